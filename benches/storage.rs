@@ -1,0 +1,164 @@
+//! Criterion benches for strom-storage: append throughput (100 B and 1 KiB records in 16 KiB and
+//! 1 MiB batches), sequential read throughput, offset lookup latency on a 1 GiB log, and memcpy of
+//! the same bytes as the yardstick. Results and the machine are recorded in docs/performance.md.
+//!
+//! Run: `cargo bench --bench storage` (set `STROM_BENCH_DIR` to put the logs on another disk).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use strom_protocol::batch::{BatchBuilder, RecordRef};
+use strom_storage::{Log, LogConfig, ValidBatch};
+
+fn bench_dir() -> tempfile::TempDir {
+    match std::env::var_os("STROM_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(PathBuf::from(d)),
+        None => tempfile::tempdir(),
+    }
+    .unwrap()
+}
+
+/// A batch of records of `record_size` value bytes (16-byte keys), about `batch_bytes` long.
+fn make_batch(record_size: usize, batch_bytes: usize) -> (Bytes, usize) {
+    let value = vec![0x5au8; record_size];
+    let mut b = BatchBuilder::with_capacity(batch_bytes + 4096);
+    let mut n = 0;
+    while b.size() + record_size + 32 <= batch_bytes {
+        let key = format!("key-{n:012}");
+        b.push(&RecordRef {
+            timestamp: 1_700_000_000_000 + n as i64,
+            key: Some(key.as_bytes()),
+            value: Some(&value),
+            headers: &[],
+        })
+        .unwrap();
+        n += 1;
+    }
+    (b.finish().unwrap(), n)
+}
+
+fn config() -> LogConfig {
+    let mut c = LogConfig::default();
+    c.set("segment.bytes", &(256u64 << 20).to_string()).unwrap();
+    c.set("retention.bytes", &(1u64 << 30).to_string()).unwrap();
+    c.set("retention.ms", "-1").unwrap();
+    c.set("max.message.bytes", &(2u64 << 20).to_string())
+        .unwrap();
+    c
+}
+
+fn append(c: &mut Criterion) {
+    let mut g = c.benchmark_group("append");
+    g.measurement_time(Duration::from_secs(8));
+    for (record_size, batch_bytes, label) in [
+        (100, 16 << 10, "100B/16KiB"),
+        (100, 1 << 20, "100B/1MiB"),
+        (1024, 16 << 10, "1KiB/16KiB"),
+        (1024, 1 << 20, "1KiB/1MiB"),
+    ] {
+        let (batch, records) = make_batch(record_size, batch_bytes);
+        let valid = ValidBatch::new(batch.clone()).unwrap();
+        // Appends go 64 batches per call when batches are small, as a partition writer drains
+        // its queue; 1 MiB batches go one per call.
+        let per_call = if batch_bytes <= 16 << 10 { 64 } else { 1 };
+        let calls: Vec<ValidBatch> = vec![valid; per_call];
+        g.throughput(Throughput::Bytes((batch.len() * per_call) as u64));
+        g.bench_function(BenchmarkId::new("bytes", label), |b| {
+            b.iter_custom(|iters| {
+                let dir = bench_dir();
+                let mut log = Log::open(dir.path(), config()).unwrap();
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(log.append_valid(&calls).unwrap());
+                    if i % 256 == 255 {
+                        log.enforce_retention().unwrap();
+                    }
+                }
+                start.elapsed()
+            })
+        });
+        eprintln!(
+            "append {label}: {records} records of {record_size} B per batch, {} B per batch",
+            batch.len()
+        );
+    }
+    g.finish();
+}
+
+fn memcpy(c: &mut Criterion) {
+    let mut g = c.benchmark_group("memcpy");
+    for size in [16usize << 10, 1 << 20] {
+        let src = vec![0x5au8; size * 64];
+        let mut dst = vec![0u8; size * 64];
+        g.throughput(Throughput::Bytes(src.len() as u64));
+        g.bench_function(BenchmarkId::new("bytes", size), |b| {
+            b.iter(|| {
+                dst.copy_from_slice(black_box(&src));
+                black_box(&dst);
+            })
+        });
+    }
+    g.finish();
+}
+
+/// A ~1 GiB log of 100 B records in 16 KiB batches.
+fn big_log() -> (tempfile::TempDir, Log, i64) {
+    let dir = bench_dir();
+    let mut c = config();
+    c.set("retention.bytes", "-1").unwrap();
+    let mut log = Log::open(dir.path(), c).unwrap();
+    let (batch, _) = make_batch(100, 16 << 10);
+    let valid = vec![ValidBatch::new(batch.clone()).unwrap(); 64];
+    while log.reader().size_bytes() < 1 << 30 {
+        log.append_valid(&valid).unwrap();
+    }
+    let end = log.end_offset();
+    (dir, log, end)
+}
+
+fn read(c: &mut Criterion) {
+    let (_dir, log, end) = big_log();
+    let reader = log.reader();
+    let mut g = c.benchmark_group("read");
+    g.measurement_time(Duration::from_secs(8));
+    // Sequential: 1 MiB per read (a fetch's partition limit), CRC of every batch checked.
+    let mut offset = 0i64;
+    let probe = reader.read(0, 1 << 20).unwrap();
+    g.throughput(Throughput::Bytes(probe.data.len() as u64));
+    g.bench_function("sequential_1MiB", |b| {
+        b.iter(|| {
+            let r = reader.read(offset, 1 << 20).unwrap();
+            offset = if r.next_offset >= end {
+                0
+            } else {
+                r.next_offset
+            };
+            black_box(r.data.len())
+        })
+    });
+    // Lookup: a random offset anywhere in the 1 GiB log, reading one batch.
+    g.throughput(Throughput::Elements(1));
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    g.bench_function("lookup_random_offset_1GiB", |b| {
+        b.iter(|| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let o = (x % end as u64) as i64;
+            black_box(reader.read(o, 1).unwrap().first_offset)
+        })
+    });
+    g.finish();
+    eprintln!(
+        "read: log of {} bytes, {} records, {} segments",
+        reader.size_bytes(),
+        end,
+        reader.segment_count()
+    );
+}
+
+criterion_group!(benches, append, memcpy, read);
+criterion_main!(benches);

@@ -1,0 +1,48 @@
+//! strom-storage: partition logs on disk. It knows files, offsets, indexes, retention, compaction
+//! and recovery; it knows nothing of the network.
+//!
+//! A [`Log`] is one partition: a directory of segments, each a `.log` file of Kafka RecordBatch v2
+//! batches (see `strom_protocol::batch`) with a sparse offset index (`.index`) and time index
+//! (`.timeindex`), named by the segment's base offset in 20 digits. One writer appends (the
+//! [`Log`] itself); any number of [`LogReader`]s read concurrently without blocking it, and get
+//! stored batches as zero-copy [`bytes::Bytes`] slices of memory-mapped segments.
+//!
+//! Modules:
+//! - [`config`]: the per-log settings (Kafka's names) and the clock;
+//! - `log`: the log, its writer and readers, open and recovery, roll, flush, retention;
+//! - `segment`: one segment's files, lookups, appends and the recovery scan;
+//! - [`index`]: the index entry layouts and searches;
+//! - `compaction`: keep-newest-per-key rewriting and its crash-safe swap;
+//! - `mmap`: the read-only maps (the crate's only `unsafe`).
+//!
+//! The on-disk format, recovery procedure and durability promise are in `docs/storage.md`.
+//!
+//! ```
+//! use strom_storage::{Log, LogConfig};
+//! use strom_protocol::batch::RecordRef;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let mut log = Log::open(dir.path(), LogConfig::default())?;
+//! let info = log.append_records(&[RecordRef { timestamp: 1, key: Some(b"order-1"), value: Some(b"placed"), headers: &[] }])?;
+//! assert_eq!(info.base_offset, 0);
+//! let read = log.reader().read(0, 1 << 20)?;
+//! assert_eq!(read.next_offset, 1);
+//! log.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod compaction;
+pub mod config;
+mod error;
+pub mod index;
+mod log;
+mod mmap;
+mod segment;
+
+pub use compaction::CompactionOutcome;
+pub use config::{CleanupPolicy, Clock, LogConfig, ManualClock, SystemClock};
+pub use error::{Result, StorageError};
+pub use log::{AppendInfo, Log, LogReader, ReadResult, RetentionOutcome, ValidBatch};
+pub use segment::SegmentRead;

@@ -1,0 +1,1168 @@
+//! A partition log: the ordered segments of one directory, its single writer ([`Log`]) and any
+//! number of readers ([`LogReader`]).
+//!
+//! The writer owns the active segment's files and is the only code that changes the log: append,
+//! roll, flush, retention, compaction and close all take `&mut Log`. Readers share an
+//! `Arc<Shared>`: a copy-on-write list of segments (swapped under a lock held only for the swap)
+//! and atomics for the log-start, log-end and durable offsets. A reader never blocks the writer and
+//! never sees a batch before all of its bytes were written, because the writer publishes lengths
+//! and offsets only after the write returned.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use strom_protocol::batch::{self, BatchBuilder, BatchHeader, RecordRef};
+
+use crate::config::{Clock, LogConfig, SystemClock};
+use crate::error::{Result, StorageError};
+use crate::index::{self, OFFSET_ENTRY, TIME_ENTRY};
+use crate::segment::{
+    self, ActiveFiles, INDEX_EXT, IndexBuilder, LOG_EXT, Planned, Segment, TIME_EXT,
+};
+
+/// Name of the clean-shutdown marker inside a log directory.
+pub(crate) const CLEAN_MARKER: &str = ".clean-shutdown";
+const MARKER_MAGIC: &[u8; 8] = b"STRMCLN1";
+const MARKER_LEN: usize = 8 + 8 + 8 + 8 + 8 + 4;
+
+/// A batch that passed [`batch::validate_produced`]: length, magic, CRC and record count. The
+/// broker validates on the connection task and hands these to the partition writer, which then
+/// appends them without checking the CRC a second time.
+#[derive(Debug, Clone)]
+pub struct ValidBatch {
+    bytes: Bytes,
+    header: BatchHeader,
+}
+
+impl ValidBatch {
+    /// Validates `bytes` as one freshly produced RecordBatch v2.
+    pub fn new(bytes: Bytes) -> Result<Self, batch::BatchError> {
+        let header = batch::validate_produced(&bytes)?;
+        Ok(Self { bytes, header })
+    }
+
+    /// The batch's bytes as given (base offset not yet assigned).
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The batch's header.
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// Records in the batch.
+    pub fn record_count(&self) -> i64 {
+        i64::from(self.header.last_offset_delta) + 1
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset given to the first record of the first batch.
+    pub base_offset: i64,
+    /// Offset after the last record: the new log-end offset.
+    pub next_offset: i64,
+    /// True when the append was fsynced before this returned (per the flush policy).
+    pub durable: bool,
+}
+
+/// Batches read from a log, plus the log's bounds at the time of the read.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// Whole stored batches (possibly empty), as a zero-copy slice of a segment's map.
+    pub data: Bytes,
+    /// Base offset of the first batch returned (at or before the offset asked for), or the
+    /// offset asked for if nothing was returned.
+    pub first_offset: i64,
+    /// Offset to read next.
+    pub next_offset: i64,
+    /// First offset still stored.
+    pub log_start: i64,
+    /// Next offset to be written.
+    pub log_end: i64,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Segments deleted.
+    pub segments_deleted: usize,
+    /// Bytes of `.log` deleted.
+    pub bytes_deleted: u64,
+    /// The log-start offset afterwards.
+    pub log_start: i64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    pub start_offset: AtomicI64,
+    pub end_offset: AtomicI64,
+    pub durable_offset: AtomicI64,
+}
+
+impl Shared {
+    pub fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
+        match self.segments.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, segments: Vec<Arc<Segment>>) {
+        let start = segments.first().map(|s| s.base_offset);
+        let mut g = match self.segments.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *g = Arc::new(segments);
+        if let Some(start) = start {
+            self.start_offset.fetch_max(start, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A read handle on a log: cheap to clone, usable from any thread while the writer appends.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+impl LogReader {
+    /// First offset still stored.
+    pub fn start_offset(&self) -> i64 {
+        self.shared.start_offset.load(Ordering::Acquire)
+    }
+
+    /// Next offset to be written.
+    pub fn end_offset(&self) -> i64 {
+        self.shared.end_offset.load(Ordering::Acquire)
+    }
+
+    /// Offset up to which (exclusive) the data is known to be fsynced.
+    pub fn durable_offset(&self) -> i64 {
+        self.shared.durable_offset.load(Ordering::Acquire)
+    }
+
+    /// Total bytes of the log's `.log` files.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.snapshot().iter().map(|s| s.len()).sum()
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.shared.snapshot().len()
+    }
+
+    /// Reads whole stored batches from the one holding `offset`, up to `max_bytes` (at least one
+    /// batch if any is there). Reading at the log end returns no data; reading outside
+    /// [start, end] is [`StorageError::OffsetOutOfRange`]. Damaged stored bytes are
+    /// [`StorageError::Corrupt`] and are never returned.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        let end = self.end_offset();
+        let start = self.start_offset();
+        let out_of_range = |start| StorageError::OffsetOutOfRange { offset, start, end };
+        if offset < start || offset > end {
+            return Err(out_of_range(start));
+        }
+        let empty = |log_start| ReadResult {
+            data: Bytes::new(),
+            first_offset: offset,
+            next_offset: offset,
+            log_start,
+            log_end: end,
+        };
+        if offset == end {
+            return Ok(empty(start));
+        }
+        let segments = self.shared.snapshot();
+        match segments.first() {
+            Some(first) if first.base_offset <= offset => {}
+            // Retention removed the segment between the bounds check and the snapshot.
+            _ => return Err(out_of_range(self.start_offset())),
+        }
+        let mut i = segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        while let Some(seg) = segments.get(i) {
+            if let Some(r) = seg.read(offset, max_bytes)? {
+                return Ok(ReadResult {
+                    data: r.data,
+                    first_offset: r.first_offset,
+                    next_offset: r.next_offset,
+                    log_start: start,
+                    log_end: end.max(r.next_offset),
+                });
+            }
+            i += 1;
+        }
+        Ok(empty(start))
+    }
+
+    /// The first offset whose record timestamp is >= `timestamp`, or `None` if every record is
+    /// older (Kafka's ListOffsets by time).
+    pub fn offset_for_time(&self, timestamp: i64) -> Result<Option<i64>> {
+        for seg in self.shared.snapshot().iter() {
+            if let Some(o) = seg.find_time(timestamp)? {
+                return Ok(Some(o.max(self.start_offset())));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Unflushed work, for the flush policy.
+#[derive(Debug, Default)]
+struct FlushState {
+    messages: u64,
+    bytes: u64,
+    oldest_ms: Option<i64>,
+    /// Files of segments rolled since the last flush; fsynced by the next one.
+    pending: Vec<File>,
+    dir_dirty: bool,
+}
+
+/// One partition's log and its only writer. See the module docs.
+#[derive(Debug)]
+pub struct Log {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) active: ActiveFiles,
+    flush: FlushState,
+    poisoned: Option<String>,
+    /// A clean-shutdown marker is on disk and still true.
+    marker_present: bool,
+}
+
+struct Marker {
+    end_offset: i64,
+    active_base: i64,
+    active_len: u64,
+    max_timestamp: i64,
+}
+
+/// Reads the clean-shutdown marker. It stays in place while the log is unchanged (so opening
+/// an idle log costs no fsync); the first change removes it durably (see `Log::mark_dirty`).
+/// Returns whether a marker file exists, and its contents if they check out.
+fn read_marker(dir: &Path) -> Result<(bool, Option<Marker>)> {
+    let path = dir.join(CLEAN_MARKER);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((false, None)),
+        Err(e) => return Err(StorageError::io("read", path)(e)),
+    };
+    Ok((true, parse_marker(&path, &bytes)))
+}
+
+fn parse_marker(path: &Path, bytes: &[u8]) -> Option<Marker> {
+    if bytes.len() != MARKER_LEN || &bytes[..8] != MARKER_MAGIC {
+        tracing::warn!(path = %path.display(), "unreadable clean-shutdown marker; recovering");
+        return None;
+    }
+    let crc = u32::from_be_bytes([bytes[40], bytes[41], bytes[42], bytes[43]]);
+    if crc32fast::hash(&bytes[..40]) != crc {
+        tracing::warn!(path = %path.display(), "clean-shutdown marker fails its checksum; recovering");
+        return None;
+    }
+    let i64_at = |at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&bytes[at..at + 8]);
+        i64::from_be_bytes(a)
+    };
+    Some(Marker {
+        end_offset: i64_at(8),
+        active_base: i64_at(16),
+        active_len: i64_at(24) as u64,
+        max_timestamp: i64_at(32),
+    })
+}
+
+/// fsyncs a directory so that file creations, renames and deletions in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io("fsync", dir))
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+pub(crate) fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
+    f.write_all(bytes)
+        .map_err(StorageError::io("write", &tmp))?;
+    f.sync_all().map_err(StorageError::io("fsync", &tmp))?;
+    fs::rename(&tmp, path).map_err(StorageError::io("rename", path))?;
+    sync_dir(dir)
+}
+
+fn file_len(f: &File, path: &Path) -> Result<u64> {
+    f.metadata()
+        .map(|m| m.len())
+        .map_err(StorageError::io("stat", path))
+}
+
+/// Segments found in a directory, by base offset.
+fn list_segments(dir: &Path) -> Result<Vec<i64>> {
+    let mut logs = Vec::new();
+    let mut swaps = Vec::new();
+    let entries = fs::read_dir(dir).map_err(StorageError::io("read dir", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(StorageError::io("read dir", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((base, rest)) = segment::parse_file_name(name) else {
+            continue;
+        };
+        match rest {
+            LOG_EXT => logs.push(base),
+            INDEX_EXT | TIME_EXT => {}
+            r if r.ends_with(".cleaned") => {
+                // An unfinished compaction: the originals are intact.
+                let p = entry.path();
+                fs::remove_file(&p).map_err(StorageError::io("remove", &p))?;
+            }
+            r if r.ends_with(".swap") => swaps.push((base, r.to_string())),
+            _ => {
+                tracing::warn!(file = %entry.path().display(), "ignoring unknown file in log directory")
+            }
+        }
+    }
+    crate::compaction::finish_swaps(dir, &mut logs, &swaps)?;
+    logs.sort_unstable();
+    logs.dedup();
+    // Index files whose log is gone are leftovers of a deletion that was cut short.
+    for entry in fs::read_dir(dir).map_err(StorageError::io("read dir", dir))? {
+        let entry = entry.map_err(StorageError::io("read dir", dir))?;
+        let name = entry.file_name();
+        if let Some((base, rest)) = name.to_str().and_then(segment::parse_file_name)
+            && (rest == INDEX_EXT || rest == TIME_EXT)
+            && logs.binary_search(&base).is_err()
+        {
+            let p = entry.path();
+            fs::remove_file(&p).map_err(StorageError::io("remove", &p))?;
+        }
+    }
+    Ok(logs)
+}
+
+/// Opens a closed segment read-only, checking (cheaply) that its indexes can be trusted and
+/// rebuilding them from the log when they cannot.
+pub(crate) fn open_sealed_segment(
+    dir: &Path,
+    base: i64,
+    config: &LogConfig,
+) -> Result<Arc<Segment>> {
+    let log_path = segment::file_path(dir, base, LOG_EXT);
+    let log = File::open(&log_path).map_err(StorageError::io("open", &log_path))?;
+    let log_len = file_len(&log, &log_path)?;
+    let index_path = segment::file_path(dir, base, INDEX_EXT);
+    let time_path = segment::file_path(dir, base, TIME_EXT);
+    let index_missing = !index_path.exists() || !time_path.exists();
+    let (_, index, time) = segment::open_files(dir, base, false)?;
+    let idx_len = file_len(&index, &index_path)?;
+    let time_len = file_len(&time, &time_path)?;
+    if !index_missing && idx_len % OFFSET_ENTRY as u64 == 0 && time_len % TIME_ENTRY as u64 == 0 {
+        let seg = Segment::map(
+            dir,
+            base,
+            &log,
+            log_len,
+            log_len,
+            &index,
+            (idx_len / OFFSET_ENTRY as u64) as usize,
+            &time,
+            (time_len / TIME_ENTRY as u64) as usize,
+            0,
+            -1,
+        )?;
+        let sane = index_looks_sane(&seg, log_len);
+        let (offset_ok, time_ok) = (sane, sane);
+        if let Some((ts, _)) = seg.last_time_entry().filter(|_| sane) {
+            seg.publish(log_len, seg.index_entry_count(), seg.time_entry_count(), ts);
+        }
+        if offset_ok && time_ok {
+            return Ok(Arc::new(seg));
+        }
+    }
+    tracing::warn!(segment = %log_path.display(), "index missing or damaged; rebuilding from the log");
+    rebuild_indexes(dir, base, &log, log_len, &index, &time, config)?;
+    drop((index, time));
+    let (_, index, time) = segment::open_files(dir, base, false)?;
+    let idx_len = file_len(&index, &index_path)?;
+    let time_len = file_len(&time, &time_path)?;
+    let seg = Segment::map(
+        dir,
+        base,
+        &log,
+        log_len,
+        log_len,
+        &index,
+        (idx_len / OFFSET_ENTRY as u64) as usize,
+        &time,
+        (time_len / TIME_ENTRY as u64) as usize,
+        0,
+        -1,
+    )?;
+    if let Some((ts, _)) = seg.last_time_entry() {
+        seg.publish(log_len, seg.index_entry_count(), seg.time_entry_count(), ts);
+    }
+    Ok(Arc::new(seg))
+}
+
+/// The cheap check that decides whether a closed or cleanly closed segment's indexes are
+/// trusted without reading them whole: first and last entries ordered, the last offset entry
+/// pointing at a batch with its offset, and a time entry present for a non-empty log (every
+/// sealed segment ends with one). A zero-filled, truncated or misaligned index fails it.
+fn index_looks_sane(seg: &Segment, log_len: u64) -> bool {
+    let offsets_ok = match (seg.first_offset_entry(), seg.last_offset_entry()) {
+        (Some(first), Some((rel, pos))) => {
+            (seg.index_entry_count() == 1 || (rel > first.0 && pos > first.1))
+                && u64::from(pos) < log_len
+                && seg.batch_base_at(pos as usize) == Some(seg.base_offset + i64::from(rel))
+        }
+        _ => true,
+    };
+    let times_ok = match (seg.first_time_entry(), seg.last_time_entry()) {
+        (Some(first), Some(last)) => {
+            seg.time_entry_count() == 1 || (last.0 > first.0 && last.1 >= first.1)
+        }
+        _ => log_len == 0,
+    };
+    offsets_ok && times_ok
+}
+
+/// Rewrites both indexes of a segment from its log. A bad batch stops the indexing there; the
+/// log itself is left as it is (reads of the damaged part report corruption).
+fn rebuild_indexes(
+    dir: &Path,
+    base: i64,
+    log: &File,
+    log_len: u64,
+    index: &File,
+    time: &File,
+    config: &LogConfig,
+) -> Result<()> {
+    let log_path = segment::file_path(dir, base, LOG_EXT);
+    let map = crate::mmap::map(log, segment::usize_of(log_len))
+        .map_err(StorageError::io("mmap", &log_path))?;
+    let mut builder = IndexBuilder::new(config.index_interval_bytes, -1, -1, 0);
+    let scan = segment::scan(&map, 0, base, base, &mut builder);
+    if let Some(reason) = &scan.stopped {
+        tracing::error!(segment = %log_path.display(), %reason, "segment is damaged; indexed up to the damage");
+    }
+    if scan.next_offset > base {
+        builder.push_time_entry(base, scan.next_offset - 1);
+    }
+    let index_path = segment::file_path(dir, base, INDEX_EXT);
+    let time_path = segment::file_path(dir, base, TIME_EXT);
+    index
+        .set_len(0)
+        .and_then(|()| std::os::unix::fs::FileExt::write_all_at(index, &builder.offset_buf, 0))
+        .map_err(StorageError::io("write", &index_path))?;
+    time.set_len(0)
+        .and_then(|()| std::os::unix::fs::FileExt::write_all_at(time, &builder.time_buf, 0))
+        .map_err(StorageError::io("write", &time_path))?;
+    Ok(())
+}
+
+impl Log {
+    /// Opens the log in `dir` (creating it if needed) with the system clock.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Self> {
+        Self::open_with_clock(dir, config, Arc::new(SystemClock))
+    }
+
+    /// Opens the log in `dir`, reading time from `clock`.
+    ///
+    /// After a clean [`Log::close`] nothing is scanned. Otherwise the last segment is checked
+    /// from its last good index entry: the first batch with a bad length, magic, CRC or offset
+    /// and everything after it is cut off, and the index entries it covers are rebuilt. Missing or
+    /// damaged indexes of older segments are rebuilt from their logs.
+    pub fn open_with_clock(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(StorageError::io("create dir", &dir))?;
+        let (marker_present, marker) = read_marker(&dir)?;
+        let mut bases = list_segments(&dir)?;
+        let mut created = false;
+        if bases.is_empty() {
+            segment::open_files(&dir, 0, true)?;
+            bases.push(0);
+            created = true;
+        }
+        let last_base = bases[bases.len() - 1];
+        let mut segments = Vec::with_capacity(bases.len());
+        for &base in &bases[..bases.len() - 1] {
+            segments.push(open_sealed_segment(&dir, base, &config)?);
+        }
+        let trusted = marker.as_ref().filter(|m| m.active_base == last_base);
+        let (active_seg, active, recovered) = open_active(&dir, last_base, &config, trusted)?;
+        let mut marker_present = marker_present;
+        if recovered && marker_present {
+            // The marker did not match what is on disk: it must not vouch for the next open.
+            let p = dir.join(CLEAN_MARKER);
+            fs::remove_file(&p).map_err(StorageError::io("remove", &p))?;
+            marker_present = false;
+        }
+        if recovered {
+            // Recovery truncated or re-indexed the tail: make that, and the data it kept, durable
+            // before the durable offset vouches for it.
+            active
+                .log
+                .sync_data()
+                .map_err(StorageError::io("fsync", &dir))?;
+            sync_dir(&dir)?;
+        }
+        segments.push(active_seg);
+        let start = segments[0].base_offset;
+        let end = active.next_offset;
+        let shared = Arc::new(Shared {
+            segments: RwLock::new(Arc::new(segments)),
+            start_offset: AtomicI64::new(start),
+            end_offset: AtomicI64::new(end),
+            // What survived a crash and was scanned is on disk as far as we can know; after a
+            // clean close everything was fsynced.
+            durable_offset: AtomicI64::new(end),
+        });
+        tracing::debug!(dir = %dir.display(), start, end, recovered, "log opened");
+        Ok(Self {
+            dir,
+            config,
+            clock,
+            shared,
+            active,
+            flush: FlushState {
+                dir_dirty: created,
+                ..FlushState::default()
+            },
+            poisoned: None,
+            marker_present,
+        })
+    }
+
+    /// Called before the first change after a clean open: removes the clean-shutdown marker,
+    /// durably, so that a crash from here on is recovered by the next open.
+    pub(crate) fn mark_dirty(&mut self) -> Result<()> {
+        if self.marker_present {
+            let p = self.dir.join(CLEAN_MARKER);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("remove", p)(e)),
+            }
+            sync_dir(&self.dir)?;
+            self.marker_present = false;
+        }
+        Ok(())
+    }
+
+    /// A read handle sharing this log.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log's settings.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Replaces the settings; they apply from the next append, roll or retention pass on.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    /// Next offset to be written.
+    pub fn end_offset(&self) -> i64 {
+        self.active.next_offset
+    }
+
+    /// First offset still stored.
+    pub fn start_offset(&self) -> i64 {
+        self.shared.start_offset.load(Ordering::Acquire)
+    }
+
+    /// Offset up to which (exclusive) the data is known to be fsynced.
+    pub fn durable_offset(&self) -> i64 {
+        self.shared.durable_offset.load(Ordering::Acquire)
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(reason) => Err(StorageError::Poisoned {
+                dir: self.dir.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, e: StorageError) -> StorageError {
+        tracing::error!(dir = %self.dir.display(), error = %e, "log poisoned");
+        self.poisoned = Some(e.to_string());
+        e
+    }
+
+    fn active_segment(&self) -> Arc<Segment> {
+        let segs = self.shared.snapshot();
+        // ok: a log always has at least its active segment.
+        segs[segs.len() - 1].clone()
+    }
+
+    /// Validates and appends encoded batches (base offsets are assigned here). Either every batch
+    /// is appended or, on a validation error, none is.
+    pub fn append(&mut self, batches: &[Bytes]) -> Result<AppendInfo> {
+        let valid = batches
+            .iter()
+            .enumerate()
+            .map(|(index, b)| {
+                ValidBatch::new(b.clone())
+                    .map_err(|source| StorageError::InvalidBatch { index, source })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.append_valid(&valid)
+    }
+
+    /// Encodes `records` as one batch and appends it.
+    pub fn append_records(&mut self, records: &[RecordRef<'_>]) -> Result<AppendInfo> {
+        let mut b = BatchBuilder::default();
+        for r in records {
+            b.push(r)
+                .map_err(|source| StorageError::InvalidBatch { index: 0, source })?;
+        }
+        let bytes = b
+            .finish()
+            .map_err(|source| StorageError::InvalidBatch { index: 0, source })?;
+        self.append(&[bytes])
+    }
+
+    /// Appends already validated batches: one vectored write per run of batches that fit the
+    /// active segment, rolling between runs as `segment.bytes`, `segment.ms` and the index
+    /// capacity require; then one fsync for the whole call if the flush policy asks for it.
+    pub fn append_valid(&mut self, batches: &[ValidBatch]) -> Result<AppendInfo> {
+        self.check_usable()?;
+        self.mark_dirty()?;
+        let max = self.config.max_message_bytes as usize;
+        if let Some(b) = batches.iter().find(|b| b.bytes.len() > max) {
+            return Err(StorageError::MessageTooLarge {
+                size: b.bytes.len(),
+                max,
+            });
+        }
+        let base_offset = self.active.next_offset;
+        let now = self.clock.now_ms();
+        let mut i = 0;
+        let mut records = 0u64;
+        let mut bytes = 0u64;
+        while i < batches.len() {
+            let seg = self.active_segment();
+            let mut run = Vec::new();
+            let mut len = self.active.len;
+            let mut next = self.active.next_offset;
+            let mut entries = self.active.index_entries;
+            let roll_by_time = self
+                .active
+                .first_append_ms
+                .is_some_and(|t| now.saturating_sub(t) >= self.config.segment_ms);
+            if roll_by_time && len > 0 {
+                self.roll()?;
+                continue;
+            }
+            while let Some(b) = batches.get(i) {
+                let size = b.bytes.len() as u64;
+                let last = next
+                    .checked_add(i64::from(b.header.last_offset_delta))
+                    .ok_or(StorageError::OffsetOverflow)?;
+                let fits = len + size <= self.config.segment_bytes
+                    && len + size <= seg.log_capacity()
+                    && entries < seg.index_capacity_entries()
+                    && last - seg.base_offset <= i64::from(u32::MAX);
+                if !fits && (len > 0 || !run.is_empty()) {
+                    break;
+                }
+                run.push(Planned {
+                    bytes: &b.bytes,
+                    header: b.header,
+                    base_offset: next,
+                });
+                len += size;
+                next = last + 1;
+                entries += 1; // at most one index entry per batch
+                i += 1;
+                records += b.record_count() as u64;
+                bytes += size;
+            }
+            if run.is_empty() {
+                self.roll()?;
+                continue;
+            }
+            if len > seg.log_capacity() {
+                // A single batch larger than the map of an empty segment: map it bigger.
+                self.remap_active(len)?;
+            }
+            let seg = self.active_segment();
+            if let Err(e) = self.active.write_run(&seg, &run) {
+                return Err(match e {
+                    StorageError::Poisoned { .. } => self.poison(e),
+                    e => e,
+                });
+            }
+            self.active.first_append_ms.get_or_insert(now);
+            self.shared
+                .end_offset
+                .store(self.active.next_offset, Ordering::Release);
+            if i < batches.len() {
+                self.roll()?;
+            }
+        }
+        self.flush.messages += records;
+        self.flush.bytes += bytes;
+        self.flush.oldest_ms.get_or_insert(now);
+        let durable = if self.flush_due(now) {
+            self.flush()?;
+            true
+        } else {
+            false
+        };
+        Ok(AppendInfo {
+            base_offset,
+            next_offset: self.active.next_offset,
+            durable,
+        })
+    }
+
+    fn flush_due(&self, now: i64) -> bool {
+        let f = &self.flush;
+        if f.messages == 0 && f.pending.is_empty() {
+            return false;
+        }
+        let c = &self.config;
+        c.flush_messages.is_some_and(|n| f.messages >= n)
+            || c.flush_bytes.is_some_and(|n| f.bytes >= n)
+            || c.flush_ms
+                .zip(f.oldest_ms)
+                .is_some_and(|(ms, t)| now.saturating_sub(t) >= ms)
+    }
+
+    /// fsyncs if the flush policy says it is time (for `flush.ms`, call this from a timer).
+    /// Returns whether it flushed.
+    pub fn flush_if_due(&mut self) -> Result<bool> {
+        if self.flush_due(self.clock.now_ms()) {
+            self.flush()?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// fsyncs everything appended so far (one fsync covers every earlier append, across rolls)
+    /// and advances the durable offset. A failed fsync poisons the log: the kernel may have
+    /// dropped the dirty pages, so nothing after the last good fsync can be trusted until a
+    /// reopen recovers from what is really on disk.
+    pub fn flush(&mut self) -> Result<i64> {
+        self.check_usable()?;
+        let end = self.active.next_offset;
+        if self.durable_offset() == end && self.flush.pending.is_empty() && !self.flush.dir_dirty {
+            return Ok(end);
+        }
+        let seg = self.active_segment();
+        let mut result = Ok(());
+        for f in self.flush.pending.drain(..) {
+            if let Err(e) = f.sync_data() {
+                result = Err(StorageError::io("fsync", &self.dir)(e));
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = self
+                .active
+                .log
+                .sync_data()
+                .map_err(StorageError::io("fsync", &seg.log_path));
+        }
+        if result.is_ok() && self.flush.dir_dirty {
+            result = sync_dir(&self.dir);
+        }
+        if let Err(e) = result {
+            return Err(self.poison(e));
+        }
+        self.flush.dir_dirty = false;
+        self.flush.messages = 0;
+        self.flush.bytes = 0;
+        self.flush.oldest_ms = None;
+        self.shared.durable_offset.store(end, Ordering::Release);
+        Ok(end)
+    }
+
+    /// Closes the active segment and starts a new one at the log-end offset.
+    pub fn roll(&mut self) -> Result<()> {
+        self.check_usable()?;
+        let old = self.active_segment();
+        if self.active.len == 0 {
+            return Ok(());
+        }
+        self.mark_dirty()?;
+        self.active.seal(&old)?;
+        let base = self.active.next_offset;
+        let (log, index, time) = segment::open_files(&self.dir, base, true)?;
+        let seg = Arc::new(Segment::map(
+            &self.dir,
+            base,
+            &log,
+            0,
+            self.config.segment_bytes,
+            &index,
+            0,
+            &time,
+            0,
+            self.config.segment_index_bytes,
+            -1,
+        )?);
+        let old_files = std::mem::replace(
+            &mut self.active,
+            ActiveFiles {
+                log,
+                index,
+                time,
+                len: 0,
+                index_entries: 0,
+                time_entries: 0,
+                next_offset: base,
+                builder: IndexBuilder::new(self.config.index_interval_bytes, -1, -1, 0),
+                first_append_ms: None,
+            },
+        );
+        if self.config.has_flush_policy() {
+            self.flush.pending.push(old_files.log);
+            self.flush.pending.push(old_files.index);
+            self.flush.pending.push(old_files.time);
+        }
+        self.flush.dir_dirty = true;
+        let mut segs: Vec<_> = self.shared.snapshot().iter().cloned().collect();
+        segs.push(seg);
+        self.shared.replace(segs);
+        tracing::debug!(dir = %self.dir.display(), base, "rolled to a new segment");
+        Ok(())
+    }
+
+    fn remap_active(&mut self, capacity: u64) -> Result<()> {
+        let old = self.active_segment();
+        let seg = Arc::new(Segment::map(
+            &self.dir,
+            old.base_offset,
+            &self.active.log,
+            self.active.len,
+            capacity,
+            &self.active.index,
+            self.active.index_entries,
+            &self.active.time,
+            self.active.time_entries,
+            self.config.segment_index_bytes,
+            old.max_timestamp(),
+        )?);
+        let mut segs: Vec<_> = self.shared.snapshot().iter().cloned().collect();
+        let n = segs.len();
+        segs[n - 1] = seg;
+        self.shared.replace(segs);
+        Ok(())
+    }
+
+    /// Deletes whole oldest segments per `retention.ms` (segments whose newest record is older)
+    /// and `retention.bytes` (while the log stays at or above the limit without them). An expired
+    /// non-empty active segment is rolled first so that idle data also expires. Does nothing
+    /// unless `cleanup.policy` includes `delete`.
+    pub fn enforce_retention(&mut self) -> Result<RetentionOutcome> {
+        self.check_usable()?;
+        let mut outcome = RetentionOutcome {
+            log_start: self.start_offset(),
+            ..Default::default()
+        };
+        if !self.config.cleanup_policy.delete {
+            return Ok(outcome);
+        }
+        let now = self.clock.now_ms();
+        let expired = |s: &Segment, retention_ms: i64| {
+            retention_ms >= 0 && s.len() > 0 && s.max_timestamp() < now.saturating_sub(retention_ms)
+        };
+        if expired(&self.active_segment(), self.config.retention_ms) {
+            self.roll()?;
+        }
+        let segs = self.shared.snapshot();
+        let mut total: u64 = segs.iter().map(|s| s.len()).sum();
+        let mut delete = 0;
+        for s in segs.iter().take(segs.len() - 1) {
+            let by_time = expired(s, self.config.retention_ms);
+            let by_size = self.config.retention_bytes >= 0
+                && total.saturating_sub(s.len()) >= self.config.retention_bytes as u64;
+            if !(by_time || by_size) {
+                break;
+            }
+            total -= s.len();
+            delete += 1;
+        }
+        if delete == 0 {
+            return Ok(outcome);
+        }
+        self.mark_dirty()?;
+        let keep: Vec<_> = segs[delete..].to_vec();
+        self.shared.replace(keep);
+        for s in &segs[..delete] {
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += s.len();
+            for p in [&s.log_path, &s.index_path, &s.time_path] {
+                match fs::remove_file(p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io("remove", p.as_path())(e)),
+                }
+            }
+        }
+        self.flush.dir_dirty = true;
+        outcome.log_start = self.start_offset();
+        tracing::info!(dir = %self.dir.display(), deleted = outcome.segments_deleted, log_start = outcome.log_start, "retention deleted segments");
+        Ok(outcome)
+    }
+
+    /// fsyncs everything, records a clean-shutdown marker and closes the files. The next open
+    /// scans nothing.
+    pub fn close(mut self) -> Result<()> {
+        self.check_usable()?;
+        let seg = self.active_segment();
+        self.active.seal(&seg)?;
+        self.flush.dir_dirty = true;
+        self.flush()?;
+        for (f, p) in [
+            (&self.active.index, &seg.index_path),
+            (&self.active.time, &seg.time_path),
+        ] {
+            f.sync_all()
+                .map_err(StorageError::io("fsync", p.as_path()))?;
+        }
+        // Closed segments written under the OS's write-back may still be dirty: the marker must
+        // not vouch for data that is only in the page cache.
+        let segs = self.shared.snapshot();
+        for s in segs.iter().take(segs.len() - 1) {
+            for p in [&s.log_path, &s.index_path, &s.time_path] {
+                File::open(p)
+                    .and_then(|f| f.sync_data())
+                    .map_err(StorageError::io("fsync", p.as_path()))?;
+            }
+        }
+        let mut m = Vec::with_capacity(MARKER_LEN);
+        m.extend_from_slice(MARKER_MAGIC);
+        m.extend_from_slice(&self.active.next_offset.to_be_bytes());
+        m.extend_from_slice(&seg.base_offset.to_be_bytes());
+        m.extend_from_slice(&self.active.len.to_be_bytes());
+        m.extend_from_slice(&self.active.builder.max_timestamp.to_be_bytes());
+        let crc = crc32fast::hash(&m);
+        m.extend_from_slice(&crc.to_be_bytes());
+        write_atomic(&self.dir, &self.dir.join(CLEAN_MARKER), &m)?;
+        tracing::debug!(dir = %self.dir.display(), end = self.active.next_offset, "log closed cleanly");
+        Ok(())
+    }
+
+    /// Deletes the log's directory and everything in it.
+    pub fn delete(self) -> Result<()> {
+        let dir = self.dir.clone();
+        drop(self);
+        fs::remove_dir_all(&dir).map_err(StorageError::io("remove dir", &dir))
+    }
+}
+
+/// Opens the last segment for appending: trusts it after a clean close, recovers it otherwise.
+fn open_active(
+    dir: &Path,
+    base: i64,
+    config: &LogConfig,
+    marker: Option<&Marker>,
+) -> Result<(Arc<Segment>, ActiveFiles, bool)> {
+    let (log, index, time) = segment::open_files(dir, base, false)?;
+    let log_path = segment::file_path(dir, base, LOG_EXT);
+    let log_len = file_len(&log, &log_path)?;
+    let idx_len = file_len(&index, &segment::file_path(dir, base, INDEX_EXT))?;
+    let time_len = file_len(&time, &segment::file_path(dir, base, TIME_EXT))?;
+    let capacity = config.segment_bytes.max(log_len);
+    let map = |log_len: u64, idx: usize, tim: usize, max_ts: i64| {
+        Segment::map(
+            dir,
+            base,
+            &log,
+            log_len,
+            capacity,
+            &index,
+            idx,
+            &time,
+            tim,
+            config.segment_index_bytes,
+            max_ts,
+        )
+    };
+    let idx_n = (idx_len / OFFSET_ENTRY as u64) as usize;
+    let time_n = (time_len / TIME_ENTRY as u64) as usize;
+    let seg = map(log_len, idx_n, time_n, -1)?;
+
+    if let Some(m) = marker.filter(|m| m.active_len == log_len)
+        && idx_len % OFFSET_ENTRY as u64 == 0
+        && time_len % TIME_ENTRY as u64 == 0
+        && index_looks_sane(&seg, log_len)
+    {
+        seg.publish(log_len, idx_n, time_n, m.max_timestamp);
+        let last_time_ts = seg.last_time_entry().map_or(-1, |(ts, _)| ts);
+        let since = seg
+            .last_offset_entry()
+            .map_or(log_len, |(_, pos)| log_len - u64::from(pos));
+        let active = ActiveFiles {
+            log,
+            index,
+            time,
+            len: log_len,
+            index_entries: idx_n,
+            time_entries: time_n,
+            next_offset: m.end_offset,
+            builder: IndexBuilder::new(
+                config.index_interval_bytes,
+                m.max_timestamp,
+                last_time_ts,
+                since,
+            ),
+            first_append_ms: None,
+        };
+        seek_end(&active.log, &log_path, log_len)?;
+        return Ok((Arc::new(seg), active, false));
+    }
+
+    // Unclean: find the last index entry that points at a good batch, keep the index up to it,
+    // and check every batch after it.
+    let committed = seg.committed();
+    let offsets_map = index_prefix(dir, base, &index, idx_n)?;
+    let mut keep_idx = index::valid_offset_prefix(&offsets_map, log_len);
+    let mut resume = None;
+    while keep_idx > 0 {
+        let (rel, pos) = index::offset_entry(&offsets_map, keep_idx - 1);
+        let pos = pos as usize;
+        let good = batch::peek_total_len(&committed[pos..])
+            .ok()
+            .flatten()
+            .filter(|&t| pos + t <= committed.len())
+            .and_then(|t| batch::validate(&committed[pos..pos + t]).ok())
+            .filter(|h| h.base_offset == base + i64::from(rel));
+        if let Some(h) = good {
+            resume = Some((pos, h));
+            break;
+        }
+        keep_idx -= 1;
+    }
+    let times = time_prefix(dir, base, &time, time_n)?;
+    let (from, next, mut builder, keep_time) = match resume {
+        Some((pos, h)) => {
+            // Time entries written at or before this index entry stay; the last of them holds the
+            // running maximum up to and including this batch.
+            let limit = (h.last_offset() - base) as u32;
+            let valid = index::valid_time_prefix(&times, u32::MAX);
+            let keep_time = (0..valid)
+                .take_while(|&i| index::time_entry(&times, i).1 <= limit)
+                .count();
+            let last_ts = keep_time
+                .checked_sub(1)
+                .map_or(-1, |i| index::time_entry(&times, i).0);
+            // The interval restarts after this batch, which already has its entry.
+            let builder = IndexBuilder::new(
+                config.index_interval_bytes,
+                last_ts.max(h.max_timestamp),
+                last_ts,
+                h.total_len() as u64,
+            );
+            (pos + h.total_len(), h.next_offset(), builder, keep_time)
+        }
+        None => (
+            0,
+            base,
+            IndexBuilder::new(config.index_interval_bytes, -1, -1, 0),
+            0,
+        ),
+    };
+    let scan = segment::scan(&committed, from, base, next, &mut builder);
+    drop(committed);
+    drop(seg);
+    if let Some(reason) = &scan.stopped {
+        tracing::warn!(segment = %log_path.display(), %reason, kept_bytes = scan.valid_len, cut_bytes = log_len - scan.valid_len, "recovery cut off a damaged tail");
+    }
+    if scan.valid_len != log_len {
+        log.set_len(scan.valid_len)
+            .map_err(StorageError::io("truncate", &log_path))?;
+    }
+    let idx_path = segment::file_path(dir, base, INDEX_EXT);
+    let time_path = segment::file_path(dir, base, TIME_EXT);
+    let idx_at = (keep_idx * OFFSET_ENTRY) as u64;
+    let time_at = (keep_time * TIME_ENTRY) as u64;
+    index
+        .set_len(idx_at)
+        .and_then(|()| {
+            std::os::unix::fs::FileExt::write_all_at(&index, &builder.offset_buf, idx_at)
+        })
+        .map_err(StorageError::io("write", &idx_path))?;
+    time.set_len(time_at)
+        .and_then(|()| std::os::unix::fs::FileExt::write_all_at(&time, &builder.time_buf, time_at))
+        .map_err(StorageError::io("write", &time_path))?;
+    let idx_n = keep_idx + builder.offset_buf.len() / OFFSET_ENTRY;
+    let time_n = keep_time + builder.time_buf.len() / TIME_ENTRY;
+    builder.offset_buf.clear();
+    builder.time_buf.clear();
+    let seg = map(scan.valid_len, idx_n, time_n, builder.max_timestamp)?;
+    seg.publish(scan.valid_len, idx_n, time_n, builder.max_timestamp);
+    let active = ActiveFiles {
+        log,
+        index,
+        time,
+        len: scan.valid_len,
+        index_entries: idx_n,
+        time_entries: time_n,
+        next_offset: scan.next_offset,
+        builder,
+        first_append_ms: None,
+    };
+    seek_end(&active.log, &log_path, scan.valid_len)?;
+    Ok((Arc::new(seg), active, true))
+}
+
+fn seek_end(mut f: &File, path: &Path, len: u64) -> Result<()> {
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(len))
+        .map(|_| ())
+        .map_err(StorageError::io("seek", path))
+}
+
+/// The first `n` offset entries of an index file (read into memory: only recovery needs it).
+fn index_prefix(dir: &Path, base: i64, f: &File, n: usize) -> Result<Vec<u8>> {
+    let mut v = vec![0u8; n * OFFSET_ENTRY];
+    std::os::unix::fs::FileExt::read_exact_at(f, &mut v, 0).map_err(StorageError::io(
+        "read",
+        segment::file_path(dir, base, INDEX_EXT),
+    ))?;
+    Ok(v)
+}
+
+fn time_prefix(dir: &Path, base: i64, f: &File, n: usize) -> Result<Vec<u8>> {
+    let mut v = vec![0u8; n * TIME_ENTRY];
+    std::os::unix::fs::FileExt::read_exact_at(f, &mut v, 0).map_err(StorageError::io(
+        "read",
+        segment::file_path(dir, base, TIME_EXT),
+    ))?;
+    Ok(v)
+}

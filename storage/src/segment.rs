@@ -1,0 +1,624 @@
+//! One segment: a `.log` file of record batches with its `.index` and `.timeindex`, named by the
+//! segment's base offset. This module owns the files' names, the shared read-side state that
+//! readers see through memory maps, the lookups (offset and time), the writer's append of a run of
+//! batches, and the scan that checks and indexes batches during recovery and index rebuilds.
+
+use std::fs::{File, OpenOptions};
+use std::io::{IoSlice, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use strom_protocol::batch::{self, BatchHeader, Records};
+
+use crate::error::{Result, StorageError};
+use crate::index::{self, OFFSET_ENTRY, TIME_ENTRY};
+use crate::mmap;
+
+/// Extension of a segment's record file.
+pub(crate) const LOG_EXT: &str = "log";
+/// Extension of a segment's offset index.
+pub(crate) const INDEX_EXT: &str = "index";
+/// Extension of a segment's time index.
+pub(crate) const TIME_EXT: &str = "timeindex";
+
+/// `{base:020}.{ext}` inside `dir`.
+pub(crate) fn file_path(dir: &Path, base_offset: i64, ext: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{ext}"))
+}
+
+/// Parses a file name of the form `{20 digits}.{rest}` into (base offset, rest).
+pub(crate) fn parse_file_name(name: &str) -> Option<(i64, &str)> {
+    let (digits, rest) = name.split_once('.')?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((digits.parse().ok()?, rest))
+}
+
+/// Index-entry bookkeeping shared by appends, recovery and rebuilds, so that every path indexes a
+/// log the same way: an offset entry for a batch once more than `index.interval.bytes` were
+/// written since the last entry, and with it a time entry when the running maximum timestamp grew.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexBuilder {
+    interval: u64,
+    bytes_since: u64,
+    /// Largest timestamp among all batches indexed so far.
+    pub max_timestamp: i64,
+    last_time_ts: i64,
+    /// Offset entries not yet written to the file.
+    pub offset_buf: Vec<u8>,
+    /// Time entries not yet written to the file.
+    pub time_buf: Vec<u8>,
+}
+
+impl IndexBuilder {
+    pub fn new(interval: u64, max_timestamp: i64, last_time_ts: i64, bytes_since: u64) -> Self {
+        Self {
+            interval,
+            bytes_since,
+            max_timestamp,
+            last_time_ts,
+            offset_buf: Vec::new(),
+            time_buf: Vec::new(),
+        }
+    }
+
+    /// Accounts for a batch at `position` (relative offsets against `segment_base`).
+    pub fn on_batch(&mut self, segment_base: i64, header: &BatchHeader, position: u32) {
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+        if self.bytes_since >= self.interval {
+            let rel = (header.base_offset - segment_base) as u32;
+            index::put_offset_entry(&mut self.offset_buf, rel, position);
+            self.push_time_entry(segment_base, header.last_offset());
+            self.bytes_since = 0;
+        }
+        self.bytes_since += header.total_len() as u64;
+    }
+
+    /// Adds a time entry for everything up to `last_offset` if the maximum grew since the last one.
+    pub fn push_time_entry(&mut self, segment_base: i64, last_offset: i64) {
+        if self.max_timestamp > self.last_time_ts {
+            let rel = (last_offset - segment_base) as u32;
+            index::put_time_entry(&mut self.time_buf, self.max_timestamp, rel);
+            self.last_time_ts = self.max_timestamp;
+        }
+    }
+}
+
+/// What readers share about a segment. Everything a reader touches is either immutable or an
+/// atomic published by the single writer after the bytes it covers were written.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub base_offset: i64,
+    pub log_path: PathBuf,
+    pub index_path: PathBuf,
+    pub time_path: PathBuf,
+    log_map: Bytes,
+    index_map: Bytes,
+    time_map: Bytes,
+    /// Committed bytes of `.log`.
+    len: AtomicU64,
+    /// Committed entries of `.index`.
+    index_entries: AtomicUsize,
+    /// Committed entries of `.timeindex`.
+    time_entries: AtomicUsize,
+    /// Largest record timestamp in the segment, -1 if empty.
+    max_timestamp: AtomicI64,
+}
+
+/// Whole batches read from one segment.
+#[derive(Debug, Clone)]
+pub struct SegmentRead {
+    /// The batches, as stored (a slice of the segment's memory map).
+    pub data: Bytes,
+    /// Base offset of the first batch (may be below the offset asked for).
+    pub first_offset: i64,
+    /// Offset after the last batch returned.
+    pub next_offset: i64,
+}
+
+impl Segment {
+    /// Creates the shared state over already-open files. `log_capacity` and `index_capacity`
+    /// size the maps; they may exceed the files' lengths (the active segment grows into them).
+    #[allow(clippy::too_many_arguments)]
+    pub fn map(
+        dir: &Path,
+        base_offset: i64,
+        log: &File,
+        log_len: u64,
+        log_capacity: u64,
+        index: &File,
+        index_entries: usize,
+        time: &File,
+        time_entries: usize,
+        index_capacity: u64,
+        max_timestamp: i64,
+    ) -> Result<Self> {
+        let log_path = file_path(dir, base_offset, LOG_EXT);
+        let index_path = file_path(dir, base_offset, INDEX_EXT);
+        let time_path = file_path(dir, base_offset, TIME_EXT);
+        let time_capacity = index_capacity / OFFSET_ENTRY as u64 * TIME_ENTRY as u64;
+        let log_map = mmap::map(log, usize_of(log_capacity.max(log_len)))
+            .map_err(StorageError::io("mmap", &log_path))?;
+        let index_map = mmap::map(
+            index,
+            usize_of(index_capacity.max((index_entries * OFFSET_ENTRY) as u64)),
+        )
+        .map_err(StorageError::io("mmap", &index_path))?;
+        let time_map = mmap::map(
+            time,
+            usize_of(time_capacity.max((time_entries * TIME_ENTRY) as u64)),
+        )
+        .map_err(StorageError::io("mmap", &time_path))?;
+        Ok(Self {
+            base_offset,
+            log_path,
+            index_path,
+            time_path,
+            log_map,
+            index_map,
+            time_map,
+            len: AtomicU64::new(log_len),
+            index_entries: AtomicUsize::new(index_entries),
+            time_entries: AtomicUsize::new(time_entries),
+            max_timestamp: AtomicI64::new(max_timestamp),
+        })
+    }
+
+    /// Committed length of the `.log` file.
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Largest record timestamp, -1 when empty.
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp.load(Ordering::Acquire)
+    }
+
+    /// Bytes of `.log` that may be mapped (the map's capacity).
+    pub fn log_capacity(&self) -> u64 {
+        self.log_map.len() as u64
+    }
+
+    /// Offset entries the map has room for.
+    pub fn index_capacity_entries(&self) -> usize {
+        (self.index_map.len() / OFFSET_ENTRY).min(self.time_map.len() / TIME_ENTRY)
+    }
+
+    pub fn index_entry_count(&self) -> usize {
+        self.index_entries.load(Ordering::Acquire)
+    }
+
+    pub fn time_entry_count(&self) -> usize {
+        self.time_entries.load(Ordering::Acquire)
+    }
+
+    /// Publishes what the writer appended: readers see it from now on.
+    pub fn publish(&self, len: u64, index_entries: usize, time_entries: usize, max_ts: i64) {
+        self.index_entries.store(index_entries, Ordering::Release);
+        self.time_entries.store(time_entries, Ordering::Release);
+        self.max_timestamp.fetch_max(max_ts, Ordering::AcqRel);
+        self.len.store(len, Ordering::Release);
+    }
+
+    /// The committed bytes of the log.
+    pub fn committed(&self) -> Bytes {
+        self.log_map.slice(..usize_of(self.len()))
+    }
+
+    fn offset_entries(&self) -> &[u8] {
+        let n = self.index_entry_count() * OFFSET_ENTRY;
+        &self.index_map[..n.min(self.index_map.len())]
+    }
+
+    fn time_entries(&self) -> &[u8] {
+        let n = self.time_entry_count() * TIME_ENTRY;
+        &self.time_map[..n.min(self.time_map.len())]
+    }
+
+    /// The first offset-index entry, if any.
+    pub fn first_offset_entry(&self) -> Option<(u32, u32)> {
+        let e = self.offset_entries();
+        (e.len() >= OFFSET_ENTRY).then(|| index::offset_entry(e, 0))
+    }
+
+    /// The first time-index entry, if any.
+    pub fn first_time_entry(&self) -> Option<(i64, u32)> {
+        let e = self.time_entries();
+        (e.len() >= TIME_ENTRY).then(|| index::time_entry(e, 0))
+    }
+
+    /// Base offset of the batch whose header starts at `pos` of the committed log, if one parses.
+    pub fn batch_base_at(&self, pos: usize) -> Option<i64> {
+        let log = self.committed();
+        BatchHeader::parse(log.get(pos..)?)
+            .ok()
+            .map(|h| h.base_offset)
+    }
+
+    /// The last offset-index entry, if any, as (relative offset, position).
+    pub fn last_offset_entry(&self) -> Option<(u32, u32)> {
+        let e = self.offset_entries();
+        let n = e.len() / OFFSET_ENTRY;
+        n.checked_sub(1).map(|i| index::offset_entry(e, i))
+    }
+
+    /// The last time-index entry, if any, as (timestamp, relative offset).
+    pub fn last_time_entry(&self) -> Option<(i64, u32)> {
+        let e = self.time_entries();
+        let n = e.len() / TIME_ENTRY;
+        n.checked_sub(1).map(|i| index::time_entry(e, i))
+    }
+
+    /// Where to start scanning for `offset`: the position of the last indexed batch at or before
+    /// it, or 0. An entry that does not point at a batch with the expected offset is ignored (the
+    /// index is a hint; the log is the truth).
+    fn start_position(&self, offset: i64, log: &[u8]) -> usize {
+        let rel = offset
+            .saturating_sub(self.base_offset)
+            .clamp(0, i64::from(u32::MAX)) as u32;
+        match index::lookup_offset(self.offset_entries(), rel) {
+            Some((entry_rel, pos)) => {
+                let pos = pos as usize;
+                match log.get(pos..).map(BatchHeader::parse) {
+                    Some(Ok(h)) if h.base_offset == self.base_offset + i64::from(entry_rel) => pos,
+                    _ => {
+                        tracing::warn!(path = %self.index_path.display(), offset, "index entry does not match the log; scanning from the segment start");
+                        0
+                    }
+                }
+            }
+            None => 0,
+        }
+    }
+
+    fn corrupt(&self, position: usize, reason: impl Into<String>) -> StorageError {
+        StorageError::corrupt(&self.log_path, position as u64, reason)
+    }
+
+    /// Header of the batch at `pos` of the committed bytes, checked to lie wholly inside them.
+    fn header_at(&self, log: &[u8], pos: usize) -> Result<BatchHeader> {
+        let h = BatchHeader::parse(&log[pos..])
+            .map_err(|e| self.corrupt(pos, format!("bad batch header: {e}")))?;
+        if h.total_len() > log.len() - pos {
+            return Err(self.corrupt(pos, "batch runs past the end of the segment"));
+        }
+        if h.base_offset < self.base_offset
+            || h.last_offset() - self.base_offset > i64::from(u32::MAX)
+        {
+            return Err(self.corrupt(
+                pos,
+                format!("batch offset {} outside the segment", h.base_offset),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes` (the
+    /// first batch is returned even if larger, so a reader always makes progress). `Ok(None)`
+    /// when no batch of this segment holds `offset` or anything after it. Every batch returned
+    /// passed its CRC check.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<SegmentRead>> {
+        let committed = self.committed();
+        let log: &[u8] = &committed;
+        let mut pos = self.start_position(offset, log);
+        // Skip batches that end before `offset`, reading only their headers.
+        let start = loop {
+            if pos >= log.len() {
+                return Ok(None);
+            }
+            let h = self.header_at(log, pos)?;
+            if h.last_offset() >= offset {
+                break pos;
+            }
+            pos += h.total_len();
+        };
+        let mut end = start;
+        let mut first_offset = None;
+        let mut next_offset = offset;
+        while end < log.len() {
+            let h = self.header_at(log, end)?;
+            let len = h.total_len();
+            if first_offset.is_some() && end + len - start > max_bytes {
+                break;
+            }
+            let computed = batch::compute_crc(&log[end..end + len]);
+            if computed != h.crc {
+                return Err(self.corrupt(
+                    end,
+                    format!(
+                        "CRC mismatch in batch at offset {}: stored {:#010x}, computed {computed:#010x}",
+                        h.base_offset, h.crc
+                    ),
+                ));
+            }
+            if h.base_offset < next_offset && first_offset.is_some() {
+                return Err(self.corrupt(end, "batch offsets go backwards"));
+            }
+            first_offset.get_or_insert(h.base_offset);
+            next_offset = h.next_offset();
+            end += len;
+        }
+        Ok(first_offset.map(|first_offset| SegmentRead {
+            data: committed.slice(start..end),
+            first_offset,
+            next_offset,
+        }))
+    }
+
+    /// The first offset in this segment whose record timestamp is >= `ts`, if any.
+    pub fn find_time(&self, ts: i64) -> Result<Option<i64>> {
+        if self.max_timestamp() < ts {
+            return Ok(None);
+        }
+        let committed = self.committed();
+        let log: &[u8] = &committed;
+        let mut pos = match index::lookup_time(self.time_entries(), ts) {
+            Some((_, rel)) => self.start_position(self.base_offset + i64::from(rel), log),
+            None => 0,
+        };
+        while pos < log.len() {
+            let h = self.header_at(log, pos)?;
+            let len = h.total_len();
+            if h.max_timestamp >= ts {
+                let batch = committed.slice(pos..pos + len);
+                if batch::compute_crc(&batch) != h.crc {
+                    return Err(self.corrupt(pos, "CRC mismatch"));
+                }
+                return match Records::new(batch) {
+                    Ok(records) => {
+                        for r in records {
+                            let r = r.map_err(|e| self.corrupt(pos, e.to_string()))?;
+                            if r.timestamp >= ts {
+                                return Ok(Some(r.offset));
+                            }
+                        }
+                        Ok(Some(h.base_offset))
+                    }
+                    // A compressed batch cannot be looked into here; its first offset is the
+                    // earliest answer that cannot skip a matching record.
+                    Err(strom_protocol::batch::BatchError::Compressed(_)) => {
+                        Ok(Some(h.base_offset))
+                    }
+                    Err(e) => Err(self.corrupt(pos, e.to_string())),
+                };
+            }
+            pos += len;
+        }
+        Ok(None)
+    }
+}
+
+pub(crate) fn usize_of(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// The files of the segment being appended to. Only the log's writer holds this.
+#[derive(Debug)]
+pub(crate) struct ActiveFiles {
+    pub log: File,
+    pub index: File,
+    pub time: File,
+    /// Bytes written to `.log` (equals the published length between appends).
+    pub len: u64,
+    pub index_entries: usize,
+    pub time_entries: usize,
+    /// Offset the next batch will get.
+    pub next_offset: i64,
+    pub builder: IndexBuilder,
+    /// Wall-clock time (ms) of the segment's first append, for `segment.ms`.
+    pub first_append_ms: Option<i64>,
+}
+
+/// Opens (creating if needed) a segment's three files for appending.
+pub(crate) fn open_files(
+    dir: &Path,
+    base_offset: i64,
+    create_new: bool,
+) -> Result<(File, File, File)> {
+    let open = |ext: &str| -> Result<File> {
+        let path = file_path(dir, base_offset, ext);
+        let mut o = OpenOptions::new();
+        o.read(true).write(true).create(true);
+        if create_new {
+            o.create_new(true);
+        }
+        o.open(&path).map_err(StorageError::io("open", path))
+    };
+    Ok((open(LOG_EXT)?, open(INDEX_EXT)?, open(TIME_EXT)?))
+}
+
+/// One batch ready to be written: its bytes and the offset it will get.
+#[derive(Debug)]
+pub(crate) struct Planned<'a> {
+    pub bytes: &'a [u8],
+    pub header: BatchHeader,
+    pub base_offset: i64,
+}
+
+impl ActiveFiles {
+    /// Writes `run` (batches that all fit this segment) with vectored writes, patching each
+    /// batch's base offset on the way out, then the index entries they earn. On a failed or
+    /// short log write the file is cut back to its previous length and nothing is published.
+    pub fn write_run(&mut self, segment: &Segment, run: &[Planned<'_>]) -> Result<()> {
+        let start_len = self.len;
+        let offsets: Vec<[u8; 8]> = run.iter().map(|p| p.base_offset.to_be_bytes()).collect();
+        let mut builder = self.builder.clone();
+        builder.offset_buf.clear();
+        builder.time_buf.clear();
+        let mut pos = start_len;
+        for p in run {
+            let mut h = p.header;
+            h.base_offset = p.base_offset;
+            builder.on_batch(segment.base_offset, &h, pos as u32);
+            pos += p.bytes.len() as u64;
+        }
+        let written = self.write_log(&segment.log_path, run, &offsets);
+        if let Err(e) = written {
+            // Cut off whatever part of the run reached the file so no torn batch stays behind.
+            let undo = self
+                .log
+                .set_len(start_len)
+                .and_then(|()| self.log.seek(SeekFrom::Start(start_len)).map(|_| ()));
+            if let Err(undo_err) = undo {
+                tracing::error!(path = %segment.log_path.display(), error = %undo_err, "could not cut back a failed append");
+                return Err(StorageError::Poisoned {
+                    dir: segment.log_path.clone(),
+                    reason: format!(
+                        "append failed ({e}) and the file could not be cut back ({undo_err})"
+                    ),
+                });
+            }
+            return Err(e);
+        }
+        // The index is derived data: written after the log, at explicit positions, so a failed
+        // index write is retried over by the next one and never misplaces an entry.
+        let index_at = (self.index_entries * OFFSET_ENTRY) as u64;
+        let time_at = (self.time_entries * TIME_ENTRY) as u64;
+        // Time entries first: an offset entry that survives a crash then always has the time
+        // entries written with it, which recovery relies on (see `log::open_active`).
+        self.time
+            .write_all_at(&builder.time_buf, time_at)
+            .map_err(StorageError::io("write", &segment.time_path))?;
+        self.index
+            .write_all_at(&builder.offset_buf, index_at)
+            .map_err(StorageError::io("write", &segment.index_path))?;
+        self.len = pos;
+        self.index_entries += builder.offset_buf.len() / OFFSET_ENTRY;
+        self.time_entries += builder.time_buf.len() / TIME_ENTRY;
+        if let Some(last) = run.last() {
+            self.next_offset = last.base_offset + i64::from(last.header.last_offset_delta) + 1;
+        }
+        builder.offset_buf.clear();
+        builder.time_buf.clear();
+        self.builder = builder;
+        segment.publish(
+            self.len,
+            self.index_entries,
+            self.time_entries,
+            self.builder.max_timestamp,
+        );
+        Ok(())
+    }
+
+    fn write_log(&mut self, path: &Path, run: &[Planned<'_>], offsets: &[[u8; 8]]) -> Result<()> {
+        // Each batch is two slices: its new base offset, then everything after the old one.
+        const IOV_BATCHES: usize = 512; // 1024 iovecs: Linux's IOV_MAX
+        for (chunk, offs) in run.chunks(IOV_BATCHES).zip(offsets.chunks(IOV_BATCHES)) {
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
+            for (p, o) in chunk.iter().zip(offs) {
+                slices.push(IoSlice::new(o));
+                slices.push(IoSlice::new(&p.bytes[8..]));
+            }
+            let mut bufs: &mut [IoSlice<'_>] = &mut slices;
+            while !bufs.is_empty() {
+                match self.log.write_vectored(bufs) {
+                    Ok(0) => {
+                        return Err(StorageError::Io {
+                            op: "write",
+                            path: path.to_path_buf(),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::WriteZero,
+                                "wrote no bytes",
+                            ),
+                        });
+                    }
+                    Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(StorageError::io("write", path)(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the final time entry so the time index records the segment's maximum timestamp.
+    pub fn seal(&mut self, segment: &Segment) -> Result<()> {
+        if self.next_offset > segment.base_offset {
+            self.builder.time_buf.clear();
+            self.builder
+                .push_time_entry(segment.base_offset, self.next_offset - 1);
+            if !self.builder.time_buf.is_empty() {
+                let at = (self.time_entries * TIME_ENTRY) as u64;
+                self.time
+                    .write_all_at(&self.builder.time_buf, at)
+                    .map_err(StorageError::io("write", &segment.time_path))?;
+                self.time_entries += 1;
+                self.builder.time_buf.clear();
+                segment.publish(
+                    self.len,
+                    self.index_entries,
+                    self.time_entries,
+                    self.builder.max_timestamp,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of checking a segment's batches from some position.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    /// End of the last good batch.
+    pub valid_len: u64,
+    /// Offset after the last good batch (or the starting offset if none).
+    pub next_offset: i64,
+    /// Why the scan stopped before the end of the bytes, if it did.
+    pub stopped: Option<String>,
+}
+
+/// Checks every batch of `log` from `from` (length, magic, CRC, increasing offsets), feeding
+/// `builder` as it goes, and stops at the first bad byte.
+pub(crate) fn scan(
+    log: &[u8],
+    from: usize,
+    segment_base: i64,
+    mut next_offset: i64,
+    builder: &mut IndexBuilder,
+) -> Scan {
+    let mut pos = from;
+    let mut stopped = None;
+    while pos < log.len() {
+        let rest = &log[pos..];
+        let total = match batch::peek_total_len(rest) {
+            Ok(Some(t)) if t <= rest.len() => t,
+            Ok(_) => {
+                stopped = Some(format!("torn batch at byte {pos}"));
+                break;
+            }
+            Err(e) => {
+                stopped = Some(format!("bad batch at byte {pos}: {e}"));
+                break;
+            }
+        };
+        let h = match batch::validate(&rest[..total]) {
+            Ok(h) => h,
+            Err(e) => {
+                stopped = Some(format!("bad batch at byte {pos}: {e}"));
+                break;
+            }
+        };
+        if h.base_offset < next_offset
+            || h.base_offset < segment_base
+            || h.last_offset() - segment_base > i64::from(u32::MAX)
+            || pos > u32::MAX as usize
+        {
+            stopped = Some(format!(
+                "batch at byte {pos} has offset {} where {next_offset} or later was expected",
+                h.base_offset
+            ));
+            break;
+        }
+        builder.on_batch(segment_base, &h, pos as u32);
+        next_offset = h.next_offset();
+        pos += total;
+    }
+    Scan {
+        valid_len: pos as u64,
+        next_offset,
+        stopped,
+    }
+}

@@ -1,0 +1,89 @@
+//! Helpers shared by the storage tests.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use strom_protocol::batch::{BatchBuilder, BatchIter, RecordRef, Records};
+use strom_storage::{LogReader, ReadResult};
+
+/// One record as the tests model it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rec {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// A record to encode: (timestamp, key, value).
+pub type Spec<'a> = (i64, Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// Encodes records as one batch.
+pub fn batch(records: &[Spec<'_>]) -> Bytes {
+    let mut b = BatchBuilder::default();
+    for &(timestamp, key, value) in records {
+        b.push(&RecordRef {
+            timestamp,
+            key,
+            value,
+            headers: &[],
+        })
+        .unwrap();
+    }
+    b.finish().unwrap()
+}
+
+/// A batch of `n` records with keys `k{i}` and values `v{i}` padded to `size` bytes.
+pub fn simple_batch(first: usize, n: usize, ts: i64, size: usize) -> Bytes {
+    let mut b = BatchBuilder::default();
+    for i in first..first + n {
+        let key = format!("k{i}");
+        let mut value = format!("v{i}-").into_bytes();
+        value.resize(size.max(value.len()), b'x');
+        b.push(&RecordRef {
+            timestamp: ts,
+            key: Some(key.as_bytes()),
+            value: Some(&value),
+            headers: &[],
+        })
+        .unwrap();
+    }
+    b.finish().unwrap()
+}
+
+/// Decodes every record of a read's batches.
+pub fn records_of(data: &Bytes) -> Vec<Rec> {
+    let mut out = Vec::new();
+    for item in BatchIter::new(data) {
+        let (range, _) = item.unwrap();
+        for r in Records::new(data.slice(range)).unwrap() {
+            let r = r.unwrap();
+            out.push(Rec {
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key: r.key.map(|k| k.to_vec()),
+                value: r.value.map(|v| v.to_vec()),
+            });
+        }
+    }
+    out
+}
+
+/// Reads every record from `from` to the log end, in small reads.
+pub fn read_all(reader: &LogReader, from: i64) -> Vec<Rec> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    loop {
+        let r: ReadResult = reader.read(offset, 4096).unwrap();
+        if r.data.is_empty() {
+            break;
+        }
+        out.extend(
+            records_of(&r.data)
+                .into_iter()
+                .filter(|x| x.offset >= offset),
+        );
+        assert!(r.next_offset > offset, "reads make progress");
+        offset = r.next_offset;
+    }
+    out
+}

@@ -1,0 +1,410 @@
+//! Reads, time lookups, rolling, retention, durability, compaction and concurrent readers.
+
+mod common;
+
+use std::fs;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{batch, read_all, records_of, simple_batch};
+use strom_storage::{CleanupPolicy, Log, LogConfig, ManualClock, StorageError};
+
+fn config(pairs: &[(&str, &str)]) -> LogConfig {
+    let mut c = LogConfig::default();
+    for (k, v) in pairs {
+        c.set(k, v).unwrap();
+    }
+    c
+}
+
+fn log_files(dir: &std::path::Path) -> usize {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
+        .count()
+}
+
+#[test]
+fn read_returns_whole_batches_from_the_one_holding_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    log.append(&[simple_batch(0, 5, 10, 10), simple_batch(5, 5, 10, 10)])
+        .unwrap();
+    let r = log.reader().read(7, 1 << 20).unwrap();
+    assert_eq!(r.first_offset, 5, "the batch holding offset 7 starts at 5");
+    assert_eq!(r.next_offset, 10);
+    let recs = records_of(&r.data);
+    assert_eq!(recs.first().unwrap().offset, 5);
+    // max_bytes smaller than a batch still returns that one batch.
+    let r = log.reader().read(0, 1).unwrap();
+    assert_eq!((r.first_offset, r.next_offset), (0, 5));
+    // At the end: nothing, no error. Past it or below the start: out of range.
+    assert!(log.reader().read(10, 100).unwrap().data.is_empty());
+    let e = log.reader().read(11, 100).unwrap_err();
+    assert!(matches!(
+        e,
+        StorageError::OffsetOutOfRange {
+            offset: 11,
+            start: 0,
+            end: 10
+        }
+    ));
+    assert!(matches!(
+        log.reader().read(-1, 100),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn find_offset_by_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(
+        dir.path(),
+        config(&[("segment.bytes", "4096"), ("index.interval.bytes", "128")]),
+    )
+    .unwrap();
+    // Timestamps 1000, 1010, ... one per record, 4 records per batch, over several segments.
+    let mut next = 0i64;
+    for _ in 0..100 {
+        let recs: Vec<common::Spec<'_>> = (0..4)
+            .map(|i| (1000 + (next + i) * 10, Some(&b"k"[..]), Some(&b"value"[..])))
+            .collect();
+        log.append(&[batch(&recs)]).unwrap();
+        next += 4;
+    }
+    assert!(log.reader().segment_count() > 2);
+    let r = log.reader();
+    assert_eq!(r.offset_for_time(0).unwrap(), Some(0));
+    assert_eq!(r.offset_for_time(1000).unwrap(), Some(0));
+    assert_eq!(r.offset_for_time(1001).unwrap(), Some(1));
+    assert_eq!(r.offset_for_time(1010).unwrap(), Some(1));
+    for o in [37i64, 150, 211, 399] {
+        assert_eq!(r.offset_for_time(1000 + o * 10).unwrap(), Some(o));
+        assert_eq!(r.offset_for_time(1000 + o * 10 - 5).unwrap(), Some(o));
+    }
+    assert_eq!(r.offset_for_time(1000 + 400 * 10).unwrap(), None);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(
+        log.reader().offset_for_time(1000 + 150 * 10).unwrap(),
+        Some(150)
+    );
+}
+
+#[test]
+fn rolls_at_segment_bytes_and_segment_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = Log::open_with_clock(
+        dir.path(),
+        config(&[("segment.bytes", "4096"), ("segment.ms", "1000")]),
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    let b = simple_batch(0, 4, 0, 200); // ~900 bytes
+    for _ in 0..4 {
+        log.append(std::slice::from_ref(&b)).unwrap();
+    }
+    assert_eq!(log_files(dir.path()), 1);
+    log.append(std::slice::from_ref(&b)).unwrap();
+    assert_eq!(
+        log_files(dir.path()),
+        2,
+        "the 5th batch does not fit 4096 bytes"
+    );
+    clock.advance(999);
+    log.append(std::slice::from_ref(&b)).unwrap();
+    assert_eq!(log_files(dir.path()), 2);
+    clock.advance(1000);
+    log.append(std::slice::from_ref(&b)).unwrap();
+    assert_eq!(log_files(dir.path()), 3, "segment.ms elapsed");
+    // One batch larger than segment.bytes goes alone into its own segment.
+    log.append(&[simple_batch(0, 10, 0, 1000)]).unwrap();
+    assert_eq!(read_all(&log.reader(), 0).len(), 4 * 7 + 10);
+}
+
+#[test]
+fn retention_by_time_and_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let mut log = Log::open_with_clock(
+        dir.path(),
+        config(&[("segment.bytes", "4096"), ("retention.ms", "60000")]),
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    for i in 0..20 {
+        log.append(&[simple_batch(i * 4, 4, 1_000_000 + i as i64 * 1000, 200)])
+            .unwrap();
+    }
+    let segments = log.reader().segment_count();
+    assert!(segments >= 4);
+    assert_eq!(log.enforce_retention().unwrap().segments_deleted, 0);
+    // Newest record of the first segments is ~1_003_000; move past it + 60 s.
+    clock.set(1_000_000 + 3_000 + 60_001);
+    let out = log.enforce_retention().unwrap();
+    assert!(out.segments_deleted >= 1);
+    assert!(out.log_start > 0);
+    assert_eq!(log.start_offset(), out.log_start);
+    let e = log.reader().read(0, 100).unwrap_err();
+    assert!(matches!(e, StorageError::OffsetOutOfRange { start, .. } if start == out.log_start));
+    assert_eq!(
+        read_all(&log.reader(), out.log_start).len() as i64,
+        80 - out.log_start
+    );
+    // Everything expired: the active segment is rolled and deleted too; offsets continue.
+    clock.advance(10_000_000);
+    let out = log.enforce_retention().unwrap();
+    assert_eq!(out.log_start, 80);
+    assert_eq!(log.end_offset(), 80);
+    assert_eq!(
+        log.append(&[simple_batch(0, 1, 0, 1)]).unwrap().base_offset,
+        80
+    );
+
+    // By size: keep at most ~8 KiB.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(
+        dir.path(),
+        config(&[
+            ("segment.bytes", "4096"),
+            ("retention.bytes", "8192"),
+            ("retention.ms", "-1"),
+        ]),
+    )
+    .unwrap();
+    for i in 0..40 {
+        log.append(&[simple_batch(i * 4, 4, 0, 200)]).unwrap();
+    }
+    log.enforce_retention().unwrap();
+    let size = log.reader().size_bytes();
+    assert!((8192 - 4096..8192 + 4096).contains(&size), "size {size}");
+    // Survives a reopen.
+    let start = log.start_offset();
+    log.close().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.start_offset(), start);
+}
+
+#[test]
+fn flush_policies_advance_the_durable_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(&[("flush.messages", "1")])).unwrap();
+    for i in 0..5 {
+        let info = log.append(&[simple_batch(i, 1, 0, 10)]).unwrap();
+        assert!(info.durable);
+        assert_eq!(log.durable_offset(), info.next_offset);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = Log::open_with_clock(
+        dir.path(),
+        config(&[("flush.ms", "100"), ("flush.bytes", "100000")]),
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    let info = log.append(&[simple_batch(0, 3, 0, 10)]).unwrap();
+    assert!(!info.durable);
+    assert_eq!(log.durable_offset(), 0);
+    assert!(!log.flush_if_due().unwrap());
+    clock.advance(100);
+    assert!(log.flush_if_due().unwrap());
+    assert_eq!(log.durable_offset(), 3);
+    // flush.bytes: a big append is flushed at once.
+    let info = log.append(&[simple_batch(0, 200, 0, 500)]).unwrap();
+    assert!(info.durable);
+
+    // The OS policy never fsyncs on its own, but flush() always works.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    log.append(&[simple_batch(0, 3, 0, 10)]).unwrap();
+    assert_eq!(log.durable_offset(), 0);
+    assert_eq!(log.flush().unwrap(), 3);
+    assert_eq!(log.reader().durable_offset(), 3);
+}
+
+#[test]
+fn compaction_keeps_newest_per_key_and_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let mut c = config(&[("segment.bytes", "4096"), ("delete.retention.ms", "1000")]);
+    c.cleanup_policy = CleanupPolicy::COMPACT;
+    let mut log = Log::open_with_clock(dir.path(), c.clone(), Arc::new(clock.clone())).unwrap();
+    // 10 keys, each written 30 times; key 3 is deleted (tombstone) at the end.
+    let mut latest = std::collections::BTreeMap::new();
+    let mut offset = 0i64;
+    for round in 0..30 {
+        let values: Vec<String> = (0..10)
+            .map(|k| format!("key{k}-round{round}-{}", "x".repeat(40)))
+            .collect();
+        let keys: Vec<String> = (0..10).map(|k| format!("key{k}")).collect();
+        let recs: Vec<common::Spec<'_>> = keys
+            .iter()
+            .zip(&values)
+            .map(|(k, v)| (1_000_000, Some(k.as_bytes()), Some(v.as_bytes())))
+            .collect();
+        log.append(&[batch(&recs)]).unwrap();
+        for (k, v) in keys.iter().zip(&values) {
+            latest.insert(k.clone(), (offset, Some(v.clone())));
+            offset += 1;
+        }
+    }
+    log.append(&[batch(&[(1_000_000, Some(b"key3"), None)])])
+        .unwrap();
+    latest.insert("key3".into(), (offset, None));
+    offset += 1;
+    log.roll().unwrap();
+    let before = log.reader().size_bytes();
+    let segments_before = log.reader().segment_count();
+    let out = log.compact().unwrap();
+    assert!(out.records_removed >= 290 - 10, "{out:?}");
+    assert!(log.reader().size_bytes() < before / 5);
+    let check = |log: &Log, tombstone_kept: bool| {
+        let all = read_all(&log.reader(), 0);
+        let got: std::collections::BTreeMap<String, (i64, Option<String>)> = all
+            .iter()
+            .map(|r| {
+                (
+                    String::from_utf8(r.key.clone().unwrap()).unwrap(),
+                    (
+                        r.offset,
+                        r.value.clone().map(|v| String::from_utf8(v).unwrap()),
+                    ),
+                )
+            })
+            .collect();
+        let mut want = latest.clone();
+        if !tombstone_kept {
+            want.remove("key3");
+        }
+        assert_eq!(got, want);
+        assert_eq!(all.len(), want.len(), "exactly one record per key");
+        assert_eq!(log.end_offset(), offset, "offsets are kept");
+    };
+    check(&log, true);
+    // After delete.retention.ms the tombstone goes too.
+    clock.advance(1001);
+    log.compact().unwrap();
+    check(&log, false);
+    // The second pass merges the now small segments (groups are sized by what they held).
+    assert!(log.reader().segment_count() < segments_before);
+    // Appends and reopen still work.
+    log.close().unwrap();
+    let mut log = Log::open_with_clock(dir.path(), c, Arc::new(clock.clone())).unwrap();
+    check(&log, false);
+    assert_eq!(
+        log.append(&[simple_batch(0, 1, 0, 1)]).unwrap().base_offset,
+        offset
+    );
+}
+
+#[test]
+fn interrupted_compaction_swap_is_finished_or_discarded_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&[("segment.bytes", "4096")]);
+    c.cleanup_policy = CleanupPolicy::COMPACT;
+    let mut log = Log::open(dir.path(), c.clone()).unwrap();
+    for i in 0..60 {
+        log.append(&[simple_batch(i % 5 * 4, 4, 0, 100)]).unwrap();
+    }
+    let want_all = read_all(&log.reader(), 0);
+    log.close().unwrap();
+    // Leftover *.cleaned files (a crash in step 1): deleted, data untouched.
+    fs::write(
+        dir.path().join("00000000000000000000.log.cleaned"),
+        b"partial",
+    )
+    .unwrap();
+    fs::write(dir.path().join("00000000000000000000.index.swap"), b"x").unwrap();
+    let log = Log::open(dir.path(), c.clone()).unwrap();
+    assert_eq!(read_all(&log.reader(), 0), want_all);
+    assert!(!dir.path().join("00000000000000000000.log.cleaned").exists());
+    assert!(!dir.path().join("00000000000000000000.index.swap").exists());
+    log.close().unwrap();
+
+    // A crash in step 3: the first two segments were merged into `0.log.swap` (with its indexes
+    // and end file), the second segment is already deleted or not; open must finish the swap.
+    let mut bases: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".log").map(str::to_string)
+        })
+        .collect();
+    bases.sort();
+    assert!(bases.len() >= 3);
+    let p = |name: String| dir.path().join(name);
+    let mut merged = fs::read(p(format!("{}.log", bases[0]))).unwrap();
+    merged.extend(fs::read(p(format!("{}.log", bases[1]))).unwrap());
+    fs::write(p(format!("{}.log.swap", bases[0])), &merged).unwrap();
+    fs::write(p(format!("{}.index.swap", bases[0])), b"").unwrap();
+    fs::write(p(format!("{}.timeindex.swap", bases[0])), b"").unwrap();
+    let end: i64 = bases[2].parse().unwrap();
+    fs::write(p(format!("{}.end.swap", bases[0])), end.to_string()).unwrap();
+    let log = Log::open(dir.path(), c.clone()).unwrap();
+    assert_eq!(
+        read_all(&log.reader(), 0),
+        want_all,
+        "nothing lost or duplicated"
+    );
+    assert!(
+        !p(format!("{}.log", bases[1])).exists(),
+        "the merged segment is gone"
+    );
+    assert!(!p(format!("{}.end.swap", bases[0])).exists());
+    assert_eq!(log.reader().segment_count(), bases.len() - 1);
+}
+
+#[test]
+fn readers_never_see_partial_batches_while_the_writer_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(
+        dir.path(),
+        config(&[("segment.bytes", "65536"), ("index.interval.bytes", "1024")]),
+    )
+    .unwrap();
+    let reader = log.reader();
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let reader = reader.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut offset = 0i64;
+                let mut seen = 0usize;
+                loop {
+                    let finished = done.load(Ordering::Acquire);
+                    let r = reader.read(offset, 8192).unwrap();
+                    let from = offset;
+                    for rec in records_of(&r.data).into_iter().filter(|x| x.offset >= from) {
+                        assert_eq!(rec.offset, offset, "contiguous");
+                        let want = format!("k{}", rec.offset).into_bytes();
+                        assert_eq!(rec.key.unwrap(), want);
+                        offset += 1;
+                        seen += 1;
+                    }
+                    if finished && r.data.is_empty() {
+                        return seen;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut next = 0;
+    for i in 0..2000 {
+        let n = 1 + i % 7;
+        log.append(&[simple_batch(next, n, 0, 30)]).unwrap();
+        next += n;
+    }
+    done.store(true, Ordering::Release);
+    for r in readers {
+        assert_eq!(r.join().unwrap(), next);
+    }
+}

@@ -1,17 +1,195 @@
-//! The `strom` binary: the broker (`strom serve`, arriving with the wire protocol) and the
-//! command-line tools.
+//! The `strom` binary: the broker (`strom serve`) and, as they arrive, the command-line tools.
+//!
+//! Every failure is one line on stderr and a non-zero exit status, never a panic or backtrace.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use strom_broker::{Broker, BrokerConfig};
 
 /// strom: a partitioned, append-only event log broker.
 #[derive(Debug, Parser)]
-#[command(name = "strom", version, about)]
-struct Cli {}
+#[command(name = "strom", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    println!(
-        "strom {}: the broker and tools arrive with the wire protocol; see README.md",
-        env!("CARGO_PKG_VERSION")
-    );
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a broker. With no flags it serves ./strom-data on 127.0.0.1:9494.
+    Serve(ServeArgs),
+}
+
+/// Settings come from the embedded defaults, then `--config FILE`, then these flags.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML file with broker settings (the names below with `_` for `-`; topic defaults under
+    /// `[topic_defaults]`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./strom-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:9494]
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// This broker's id [default: 0]
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// Create a topic on its first produce [default: true]
+    #[arg(long, value_name = "BOOL")]
+    auto_create_topics: Option<bool>,
+    /// Partitions of an auto-created topic [default: 1]
+    #[arg(long, value_name = "N")]
+    default_partitions: Option<u32>,
+    /// Most partitions one topic may have [default: 10000]
+    #[arg(long, value_name = "N")]
+    max_partitions: Option<u32>,
+    /// Largest request frame in bytes, checked before allocating [default: 8388608]
+    #[arg(long, value_name = "BYTES")]
+    max_frame_bytes: Option<u32>,
+    /// Most open client connections [default: 10000]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Request bytes per connection awaiting responses before the broker stops reading it
+    /// [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    max_inflight_bytes: Option<usize>,
+    /// Requests per connection awaiting responses [default: 1024]
+    #[arg(long, value_name = "N")]
+    max_pipelined_requests: Option<usize>,
+    /// Cap on a fetch response's record bytes [default: 52428800]
+    #[arg(long, value_name = "BYTES")]
+    fetch_max_bytes: Option<u32>,
+    /// Record bytes per partition when a fetch names no limit [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    fetch_partition_max_bytes: Option<u32>,
+    /// Cap on a fetch's long-poll wait [default: 30000]
+    #[arg(long, value_name = "MS")]
+    fetch_max_wait_ms: Option<u32>,
+    /// How long a produce waits for its acknowledgement when it names no timeout [default: 30000]
+    #[arg(long, value_name = "MS")]
+    produce_timeout_ms: Option<u32>,
+    /// How often retention and compaction run [default: 60000]
+    #[arg(long, value_name = "MS")]
+    retention_check_interval_ms: Option<u64>,
+    /// How long a graceful shutdown waits for in-flight requests [default: 10000]
+    #[arg(long, value_name = "MS")]
+    shutdown_timeout_ms: Option<u64>,
+    /// A topic default by its Kafka name, e.g. `retention.ms=86400000` or `flush.messages=1`
+    /// (repeatable; see docs/storage.md for every setting and its default)
+    #[arg(long = "topic-config", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    topic_config: Vec<(String, String)>,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<BrokerConfig> {
+        let mut c = match &self.config {
+            Some(path) => BrokerConfig::from_file(path)?,
+            None => BrokerConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
+        }
+        set!(
+            data_dir,
+            listen,
+            node_id,
+            auto_create_topics,
+            default_partitions,
+            max_partitions,
+            max_frame_bytes,
+            max_connections,
+            max_inflight_bytes,
+            max_pipelined_requests,
+            fetch_max_bytes,
+            fetch_partition_max_bytes,
+            fetch_max_wait_ms,
+            produce_timeout_ms,
+            retention_check_interval_ms,
+            shutdown_timeout_ms
+        );
+        for (k, v) in self.topic_config {
+            c.topic_defaults.insert(k, v);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strom: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the message before it
+/// already includes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = args.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Install the handlers before announcing the address, so a signal right after the
+        // announcement is never missed.
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let broker = Broker::start(config).await?;
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "listening on {}", broker.local_addr())?;
+            out.flush()?;
+        }
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        broker.shutdown().await;
+        Ok(())
+    })
 }

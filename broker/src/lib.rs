@@ -1,7 +1,33 @@
-//! strom-broker: the server. It will own the listeners, connections, request dispatch, the topic
-//! registry, partition writers, fetch long-polling and the group coordinator (see
-//! `docs/architecture.md`). Today it re-exports the crates it is built on; the server arrives with
-//! the wire protocol.
+//! strom-broker: the server.
+//!
+//! - [`config`]: the broker's settings and their defaults;
+//! - `server`: start-up, the accept loop, the connection limit, maintenance and shutdown;
+//! - `connection`: one client connection: framing, pipelining, in-flight limits, ordered
+//!   zero-copy responses;
+//! - `handlers`: one function per API;
+//! - `topics`: the topic registry and its metadata files;
+//! - `partition`: a partition's single writer task and the handles connections use;
+//! - [`error`]: the crate's error type and the storage-to-wire error mapping.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), strom_broker::BrokerError> {
+//! let config = strom_broker::BrokerConfig { listen: "127.0.0.1:0".into(), ..Default::default() };
+//! let broker = strom_broker::Broker::start(config).await?;
+//! println!("listening on {}", broker.local_addr());
+//! broker.shutdown().await;
+//! # Ok(()) }
+//! ```
 
-pub use strom_protocol as protocol;
-pub use strom_storage as storage;
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
+mod connection;
+pub mod error;
+mod handlers;
+mod partition;
+mod server;
+mod topics;
+
+pub use config::BrokerConfig;
+pub use error::BrokerError;
+pub use server::Broker;

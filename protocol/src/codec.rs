@@ -3,7 +3,10 @@
 //! `encode_*` appends one whole frame (length prefix + message) to a caller-owned `BytesMut`;
 //! `decode_*` takes one frame's payload, as [`crate::frame::decode_frame`] returns it, and
 //! checks the envelope. Decoding from a `Bytes` payload never copies `bytes` fields: a produce
-//! request's or fetch response's record batches are slices of the frame.
+//! request's or fetch response's record batches are slices of the frame. The broker's writing
+//! side is [`encode_response_chunks`]: the same frame as [`encode_response`], as a list of
+//! `Bytes` for a vectored write, in which a fetch response's record batches are the stored
+//! bytes themselves rather than a copy.
 //!
 //! A broker's read path, in outline:
 //!
@@ -42,12 +45,17 @@
 //! # serve(&mut BytesMut::new(), &mut BytesMut::new()).unwrap();
 //! ```
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint};
 
 use crate::error::ProtocolError;
-use crate::frame::encode_frame;
-use crate::messages::{Request, RequestHeader, Response};
+use crate::error_code::ErrorCode;
+use crate::frame::{LENGTH_PREFIX_LEN, MAX_ENCODABLE_FRAME_BYTES, encode_frame};
+use crate::messages::{
+    ApiKey, FetchPartitionResponse, FetchResponse, FetchTopicResponse, Request, RequestHeader,
+    Response, response,
+};
 
 /// Appends `request` to `dst` as one frame, after checking its envelope.
 ///
@@ -90,6 +98,188 @@ pub fn decode_request_header(payload: &[u8]) -> Result<RequestHeader, ProtocolEr
 pub fn encode_response(response: &Response, dst: &mut BytesMut) -> Result<(), ProtocolError> {
     response.validate()?;
     encode_frame(response, dst)
+}
+
+/// Appends `response` as one frame to `chunks`, as a sequence of `Bytes` whose concatenation is
+/// byte-for-byte what [`encode_response`] would write; record batches of Fetch responses are
+/// pushed as the very `Bytes` they are held in (a reference count, never a copy), everything
+/// else is encoded into `scratch` and split off.
+///
+/// This is how the broker answers without copying stored data in user space: the `records` of
+/// a [`FetchPartitionResponse`] are slices of memory-mapped segment files, and writing `chunks`
+/// to the socket with vectored writes (`std::io::Write::write_vectored`, or tokio's
+/// `AsyncWriteExt::write_vectored`, looping until all is written) sends those pages as they are. The layout is ordinary protobuf, so the client decodes the
+/// frame as any other; it works because prost writes fields in field-number order and `records`
+/// is field 6, the last field of `FetchPartitionResponse`: everything in front of a partition's
+/// records (the frame prefix, the envelope, the keys and lengths of the enclosing messages, the
+/// partition's fields 1 to 5, and the key and length of `records`) is encoded into `scratch`,
+/// split off as one chunk, and followed by the records themselves. Lengths come from
+/// [`Message::encoded_len`], which counts bytes without copying them. Empty `records` are left
+/// out, as proto3 does, and no pushed chunk is ever empty. Any other response is one chunk.
+///
+/// `scratch` is only a reusable buffer: this call reserves it once, encodes into it and splits
+/// what it wrote off with [`BytesMut::split`], so it is left empty and keeps its spare capacity
+/// for the next call. It should be empty on entry: anything it already holds is split off with
+/// the frame's first bytes, i.e. goes out in front of the frame. `chunks` is appended to; the
+/// allocations are per response (the reservation of `scratch` and the growth of `chunks`),
+/// never per record batch.
+///
+/// ```
+/// use std::io::{IoSlice, Write};
+///
+/// use bytes::{Bytes, BytesMut};
+/// use strom_protocol::encode_response_chunks;
+/// use strom_protocol::messages::{
+///     FetchPartitionResponse, FetchResponse, FetchTopicResponse, Response,
+/// };
+///
+/// /// Writes all of `chunks` with vectored writes, however many bytes each call takes.
+/// fn write_chunks(out: &mut impl Write, chunks: &[Bytes]) -> std::io::Result<()> {
+///     let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+///     let mut slices = &mut slices[..];
+///     while !slices.is_empty() {
+///         let written = out.write_vectored(slices)?;
+///         if written == 0 {
+///             return Err(std::io::ErrorKind::WriteZero.into());
+///         }
+///         IoSlice::advance_slices(&mut slices, written);
+///     }
+///     Ok(())
+/// }
+///
+/// // In the broker these records are a slice of a memory-mapped segment.
+/// let stored = Bytes::from(vec![0xAB; 64 * 1024]);
+/// let response = Response::new(
+///     7,
+///     FetchResponse {
+///         topics: vec![FetchTopicResponse {
+///             name: "orders".into(),
+///             partitions: vec![FetchPartitionResponse {
+///                 high_watermark: 100,
+///                 records: stored.clone(),
+///                 ..Default::default()
+///             }],
+///         }],
+///     },
+/// );
+/// let (mut scratch, mut chunks) = (BytesMut::new(), Vec::new());
+/// encode_response_chunks(&response, &mut scratch, &mut chunks).unwrap();
+/// assert_eq!(chunks.len(), 2); // everything in front of the records, then the records
+/// assert_eq!(chunks[1].as_ptr(), stored.as_ptr()); // not a copy
+///
+/// let mut socket = Vec::new();
+/// write_chunks(&mut socket, &chunks).unwrap();
+/// let mut expected = BytesMut::new();
+/// strom_protocol::encode_response(&response, &mut expected).unwrap();
+/// assert_eq!(socket, expected);
+/// chunks.clear(); // scratch is ready for the next response
+/// ```
+///
+/// # Errors
+/// As [`Response::validate`], or [`ProtocolError::FrameTooLarge`]. Both are checked before
+/// anything is written: `scratch` and `chunks` are unchanged then.
+pub fn encode_response_chunks(
+    response: &Response,
+    scratch: &mut BytesMut,
+    chunks: &mut Vec<Bytes>,
+) -> Result<(), ProtocolError> {
+    response.validate()?;
+    let Some(response::Body::Fetch(fetch)) = &response.body else {
+        encode_frame(response, scratch)?;
+        chunks.push(scratch.split().freeze());
+        return Ok(());
+    };
+    let len = response.encoded_len();
+    let prefix = u32::try_from(len).map_err(|_| ProtocolError::FrameTooLarge {
+        len,
+        max: MAX_ENCODABLE_FRAME_BYTES,
+    })?;
+
+    let (records_len, records_count) = fetch
+        .topics
+        .iter()
+        .flat_map(|topic| &topic.partitions)
+        .filter(|partition| !partition.records.is_empty())
+        .fold((0, 0), |(bytes, count), partition| {
+            (bytes + partition.records.len(), count + 1)
+        });
+    let first_chunk = chunks.len();
+    let scratch_before = scratch.len();
+    scratch.reserve(LENGTH_PREFIX_LEN + len - records_len);
+    chunks.reserve(2 * records_count + 1);
+
+    // Response: header (1), then the body's oneof field, as prost's derived `encode_raw` writes
+    // them. The destructuring patterns below are exhaustive on purpose: a field added to one of
+    // these messages fails to compile here until this encoder writes it too.
+    scratch.put_u32(prefix);
+    let Response { header, body: _ } = response;
+    if let Some(header) = header {
+        prost::encoding::message::encode(RESPONSE_HEADER_TAG, header, scratch);
+    }
+    encode_length_delimited_key(FETCH_BODY_TAG, fetch.encoded_len(), scratch);
+    let FetchResponse { topics } = fetch;
+    for topic in topics {
+        encode_length_delimited_key(1, topic.encoded_len(), scratch);
+        let FetchTopicResponse { name, partitions } = topic;
+        if !name.is_empty() {
+            prost::encoding::string::encode(1, name, scratch);
+        }
+        for partition_response in partitions {
+            encode_length_delimited_key(2, partition_response.encoded_len(), scratch);
+            let FetchPartitionResponse {
+                partition,
+                error_code,
+                error_message,
+                high_watermark,
+                log_start_offset,
+                records,
+            } = partition_response;
+            // proto3: a plain scalar equal to its default is left out, an `optional` one is
+            // written whenever it is set.
+            if *partition != 0 {
+                prost::encoding::int32::encode(1, partition, scratch);
+            }
+            if *error_code != i32::from(ErrorCode::default()) {
+                prost::encoding::int32::encode(2, error_code, scratch);
+            }
+            if let Some(error_message) = error_message {
+                prost::encoding::string::encode(3, error_message, scratch);
+            }
+            if *high_watermark != 0 {
+                prost::encoding::int64::encode(4, high_watermark, scratch);
+            }
+            if *log_start_offset != 0 {
+                prost::encoding::int64::encode(5, log_start_offset, scratch);
+            }
+            if !records.is_empty() {
+                encode_length_delimited_key(6, records.len(), scratch);
+                chunks.push(scratch.split().freeze());
+                chunks.push(records.clone());
+            }
+        }
+    }
+    if !scratch.is_empty() {
+        chunks.push(scratch.split().freeze());
+    }
+    debug_assert_eq!(
+        chunks[first_chunk..].iter().map(Bytes::len).sum::<usize>(),
+        scratch_before + LENGTH_PREFIX_LEN + len,
+        "the chunks must add up to the frame encode_response writes"
+    );
+    Ok(())
+}
+
+/// Field number of `Response.header`.
+const RESPONSE_HEADER_TAG: u32 = 1;
+
+/// Field number of `Response.fetch`: 100 + the api key, as for every body.
+const FETCH_BODY_TAG: u32 = 100 + ApiKey::Fetch as u32;
+
+/// The key of a length-delimited field (message, string or bytes) and the varint length of its
+/// `len` bytes of content, which the caller writes (or sends) next.
+fn encode_length_delimited_key(tag: u32, len: usize, dst: &mut BytesMut) {
+    encode_key(tag, WireType::LengthDelimited, dst);
+    encode_varint(len as u64, dst);
 }
 
 /// Decodes one frame's payload as a [`Response`] and checks its envelope (header present, body
@@ -680,6 +870,289 @@ mod tests {
             factor <= 64,
             "decoded {heap} bytes from {frame_len}: {factor}x"
         );
+    }
+
+    /// The chunks `encode_response_chunks` appends for `response`, checked against
+    /// `encode_response`: same bytes, no empty chunk, and the frame decodes back to `response`.
+    fn chunks_of(response: &Response) -> Vec<Bytes> {
+        let mut scratch = BytesMut::new();
+        let mut chunks = Vec::new();
+        encode_response_chunks(response, &mut scratch, &mut chunks).unwrap();
+        assert!(scratch.is_empty(), "everything written is split off");
+        assert!(
+            chunks.iter().all(|chunk| !chunk.is_empty()),
+            "no empty chunk"
+        );
+
+        let mut expected = BytesMut::new();
+        encode_response(response, &mut expected).unwrap();
+        let mut wire = BytesMut::new();
+        for chunk in &chunks {
+            wire.extend_from_slice(chunk);
+        }
+        assert_eq!(wire, expected, "chunks differ from encode_response");
+
+        let payload = decode_frame(&mut wire, MAX).unwrap().unwrap();
+        assert!(wire.is_empty());
+        assert_eq!(&decode_response(payload).unwrap(), response);
+        chunks
+    }
+
+    /// The non-empty records of a Fetch response, in wire order.
+    fn fetch_records(response: &Response) -> Vec<Bytes> {
+        let Some(response::Body::Fetch(fetch)) = &response.body else {
+            return Vec::new();
+        };
+        fetch
+            .topics
+            .iter()
+            .flat_map(|topic| &topic.partitions)
+            .map(|partition| partition.records.clone())
+            .filter(|records| !records.is_empty())
+            .collect()
+    }
+
+    /// Every record batch is its own chunk, right after the bytes in front of it, and shares the
+    /// memory of the `Bytes` the response holds.
+    fn assert_records_not_copied(response: &Response, chunks: &[Bytes]) {
+        let records = fetch_records(response);
+        let trailing = chunks.len() - 2 * records.len();
+        assert!(
+            trailing <= 1,
+            "{} chunks for {} records",
+            chunks.len(),
+            records.len()
+        );
+        for (i, records) in records.iter().enumerate() {
+            let chunk = &chunks[2 * i + 1];
+            assert_eq!(chunk.as_ptr(), records.as_ptr(), "records {i} were copied");
+            assert_eq!(chunk.len(), records.len());
+        }
+    }
+
+    #[test]
+    fn every_response_kind_encodes_to_the_same_chunks() {
+        for response in sample_responses() {
+            let chunks = chunks_of(&response);
+            match &response.body {
+                Some(response::Body::Fetch(_)) => assert_records_not_copied(&response, &chunks),
+                _ => assert_eq!(chunks.len(), 1, "one chunk for {response:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fetch_records_are_sent_as_the_stored_bytes() {
+        // A stand-in for a memory-mapped segment: the records are slices of one larger buffer.
+        let segment = Bytes::from(vec![0x5A; 300_000]);
+        let partition = |partition, records: Bytes| FetchPartitionResponse {
+            partition,
+            error_code: ErrorCode::None.into(),
+            error_message: None,
+            high_watermark: 1_000,
+            log_start_offset: 0,
+            records,
+        };
+        let response = Response::new(
+            9,
+            FetchResponse {
+                topics: vec![
+                    FetchTopicResponse {
+                        name: "orders".into(),
+                        partitions: vec![
+                            partition(0, segment.slice(10..100_010)),
+                            partition(1, Bytes::new()),
+                            partition(2, segment.slice(200_000..)),
+                        ],
+                    },
+                    FetchTopicResponse {
+                        name: "payments".into(),
+                        partitions: vec![FetchPartitionResponse {
+                            error_code: ErrorCode::OffsetOutOfRange.into(),
+                            error_message: Some("below log start".into()),
+                            ..partition(0, Bytes::new())
+                        }],
+                    },
+                ],
+            },
+        );
+        let chunks = chunks_of(&response);
+        // head, records, head, records, the second topic.
+        assert_eq!(chunks.len(), 5);
+        assert_records_not_copied(&response, &chunks);
+        assert_eq!(chunks[1].as_ptr(), segment[10..].as_ptr());
+        assert_eq!(chunks[3].as_ptr(), segment[200_000..].as_ptr());
+        let copied: usize = [0, 2, 4].iter().map(|&i| chunks[i].len()).sum();
+        assert!(copied < 100, "{copied} bytes encoded besides the records");
+    }
+
+    #[test]
+    fn scratch_is_reused_across_calls() {
+        let responses = sample_responses();
+        let mut scratch = BytesMut::with_capacity(1 << 16);
+        let allocation = scratch.spare_capacity_mut().as_ptr_range();
+        let allocation = allocation.start as usize..allocation.end as usize;
+        let mut chunks = Vec::new();
+        let mut expected = BytesMut::new();
+        for response in responses.iter().chain(&responses) {
+            encode_response_chunks(response, &mut scratch, &mut chunks).unwrap();
+            encode_response(response, &mut expected).unwrap();
+            assert!(scratch.is_empty());
+        }
+        // Everything was encoded into the one allocation made up front.
+        for chunk in &chunks {
+            if !fetch_records(&responses[7]).contains(chunk) {
+                assert!(allocation.contains(&(chunk.as_ptr() as usize)));
+            }
+        }
+        let wire: Vec<u8> = chunks
+            .iter()
+            .flat_map(|chunk| chunk.iter().copied())
+            .collect();
+        assert_eq!(wire, expected);
+        let mut wire = BytesMut::from(&wire[..]);
+        for expected in responses.iter().chain(&responses) {
+            let payload = decode_frame(&mut wire, MAX).unwrap().unwrap();
+            assert_eq!(&decode_response(payload).unwrap(), expected);
+        }
+        assert!(wire.is_empty());
+
+        // Once the chunks are sent and dropped, scratch keeps working (and may take its memory
+        // back); bytes left in it go out in front of the next frame.
+        drop(chunks);
+        let mut chunks = Vec::new();
+        scratch.put_slice(b"left");
+        encode_response_chunks(&responses[7], &mut scratch, &mut chunks).unwrap();
+        assert_eq!(&chunks[0][..4], b"left");
+        let mut expected = BytesMut::from(&b"left"[..]);
+        encode_response(&responses[7], &mut expected).unwrap();
+        let wire: Vec<u8> = chunks
+            .iter()
+            .flat_map(|chunk| chunk.iter().copied())
+            .collect();
+        assert_eq!(wire, expected);
+    }
+
+    #[test]
+    fn chunk_encoding_checks_the_envelope_and_the_frame_limit() {
+        let mut scratch = BytesMut::new();
+        let mut chunks = Vec::new();
+        let mut headless = Response::new(1, FetchResponse::default());
+        headless.header = None;
+        assert!(matches!(
+            encode_response_chunks(&headless, &mut scratch, &mut chunks),
+            Err(ProtocolError::MissingHeader)
+        ));
+        let mut bodyless = Response::new(1, FetchResponse::default());
+        bodyless.body = None;
+        assert!(matches!(
+            encode_response_chunks(&bodyless, &mut scratch, &mut chunks),
+            Err(ProtocolError::MissingBody)
+        ));
+
+        // Over 4 GiB of records without allocating them: one MiB, referenced 4097 times.
+        let mib = Bytes::from(vec![0; 1 << 20]);
+        let huge = Response::new(
+            2,
+            FetchResponse {
+                topics: vec![FetchTopicResponse {
+                    name: "huge".into(),
+                    partitions: (0..4097)
+                        .map(|partition| FetchPartitionResponse {
+                            partition,
+                            records: mib.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }],
+            },
+        );
+        let err = encode_response_chunks(&huge, &mut scratch, &mut chunks).unwrap_err();
+        assert!(matches!(
+            err,
+            ProtocolError::FrameTooLarge { len, max }
+                if len == huge.encoded_len() && max == u32::MAX as usize
+        ));
+        assert!(matches!(
+            encode_response(&huge, &mut BytesMut::new()),
+            Err(ProtocolError::FrameTooLarge { .. })
+        ));
+        assert!(
+            scratch.is_empty() && scratch.capacity() == 0,
+            "nothing was reserved"
+        );
+        assert!(chunks.is_empty(), "nothing was pushed");
+    }
+
+    /// Records of `len` bytes, sliced out of a larger buffer at `offset` as a segment's are.
+    fn records_strategy() -> impl Strategy<Value = Bytes> {
+        let len = prop_oneof![Just(0usize), 1usize..200, 0usize..=100_000];
+        (len, 0usize..16, any::<u8>()).prop_map(|(len, offset, fill)| {
+            let mut segment = vec![fill; offset + len];
+            for (i, byte) in segment.iter_mut().enumerate().step_by(997) {
+                *byte = byte.wrapping_add(u8::try_from(i % 251).unwrap());
+            }
+            Bytes::from(segment).slice(offset..)
+        })
+    }
+
+    fn fetch_response_strategy() -> impl Strategy<Value = Response> {
+        let partition = (
+            any::<i32>(),
+            prop_oneof![Just(0), Just(3), any::<i32>()],
+            proptest::option::of(".{0,20}"),
+            prop_oneof![Just(0i64), any::<i64>()],
+            prop_oneof![Just(0i64), any::<i64>()],
+            records_strategy(),
+        )
+            .prop_map(
+                |(
+                    partition,
+                    error_code,
+                    error_message,
+                    high_watermark,
+                    log_start_offset,
+                    records,
+                )| FetchPartitionResponse {
+                    partition,
+                    error_code,
+                    error_message,
+                    high_watermark,
+                    log_start_offset,
+                    records,
+                },
+            );
+        let topic = (
+            prop_oneof![Just(String::new()), "[a-z0-9._-]{1,40}"],
+            proptest::collection::vec(partition, 0..5),
+        )
+            .prop_map(|(name, partitions)| FetchTopicResponse { name, partitions });
+        (
+            any::<u32>(),
+            prop_oneof![Just(0), any::<i32>()],
+            proptest::option::of(".{0,20}"),
+            proptest::collection::vec(topic, 0..4),
+        )
+            .prop_map(
+                |(correlation_id, error_code, error_message, topics)| Response {
+                    header: Some(ResponseHeader {
+                        correlation_id,
+                        error_code,
+                        error_message,
+                    }),
+                    body: Some(FetchResponse { topics }.into()),
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn random_fetch_responses_encode_to_the_same_chunks(response in fetch_response_strategy()) {
+            let chunks = chunks_of(&response);
+            assert_records_not_copied(&response, &chunks);
+        }
     }
 
     proptest! {

@@ -29,6 +29,7 @@ pub mod varint;
 
 pub use codec::{
     decode_request, decode_request_header, decode_response, encode_request, encode_response,
+    encode_response_chunks,
 };
 pub use error::ProtocolError;
 pub use error_code::ErrorCode;

@@ -44,5 +44,5 @@ mod segment;
 pub use compaction::CompactionOutcome;
 pub use config::{CleanupPolicy, Clock, LogConfig, ManualClock, SystemClock};
 pub use error::{Result, StorageError};
-pub use log::{AppendInfo, Log, LogReader, ReadResult, RetentionOutcome, ValidBatch};
+pub use log::{AppendInfo, Log, LogReader, ReadResult, RetentionOutcome, ValidBatch, write_atomic};
 pub use segment::SegmentRead;

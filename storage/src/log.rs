@@ -292,8 +292,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(StorageError::io("fsync", dir))
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
-pub(crate) fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory. A
+/// crash leaves either the old file or the new one, never a mix. For small metadata files.
+pub fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
     f.write_all(bytes)

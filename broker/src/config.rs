@@ -1,0 +1,215 @@
+//! The broker's settings: embedded defaults, an optional TOML file, and overrides (the `strom serve`
+//! flags). Every setting has a safe default so `strom serve` needs no file.
+//!
+//! | setting | default | meaning |
+//! |---|---|---|
+//! | `data_dir` | `./strom-data` | where partitions and metadata live |
+//! | `listen` | `127.0.0.1:9494` | address to accept clients on; port 0 picks a free port |
+//! | `node_id` | 0 | this broker's id in Metadata |
+//! | `auto_create_topics` | true | a produce to an unknown topic creates it |
+//! | `default_partitions` | 1 | partitions of an auto-created topic, or of a create without a count |
+//! | `max_partitions` | 10000 | most partitions a topic may have |
+//! | `max_frame_bytes` | 8 MiB | largest request frame; checked on the length prefix, before allocating |
+//! | `max_connections` | 10000 | open client connections; more are accepted and closed at once |
+//! | `max_inflight_bytes` | 64 MiB | request bytes per connection whose responses are not yet written; the socket is not read past it |
+//! | `max_pipelined_requests` | 1024 | requests per connection awaiting their response |
+//! | `fetch_max_bytes` | 50 MiB | cap on a fetch response's record bytes |
+//! | `fetch_partition_max_bytes` | 1 MiB | record bytes per partition when a fetch gives no limit |
+//! | `fetch_max_wait_ms` | 30000 | cap on a fetch's long-poll wait |
+//! | `produce_timeout_ms` | 30000 | how long a produce waits for its acknowledgement when it names no timeout |
+//! | `retention_check_interval_ms` | 60000 | how often retention and compaction run |
+//! | `shutdown_timeout_ms` | 10000 | how long a graceful shutdown waits for in-flight requests |
+//! | `topic_defaults` | (storage defaults) | Kafka-named topic settings (`retention.ms = "..."`) for every topic that does not override them |
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use strom_storage::LogConfig;
+
+use crate::error::BrokerError;
+
+/// The broker's settings. See the module docs for each one and its default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Directory of partitions and metadata.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: String,
+    /// Broker id.
+    pub node_id: i32,
+    /// Create topics on first produce.
+    pub auto_create_topics: bool,
+    /// Partitions of a topic created without a count.
+    pub default_partitions: u32,
+    /// Upper bound on partitions per topic.
+    pub max_partitions: u32,
+    /// Largest request frame.
+    pub max_frame_bytes: u32,
+    /// Connection limit.
+    pub max_connections: usize,
+    /// Request bytes in flight per connection.
+    pub max_inflight_bytes: usize,
+    /// Requests in flight per connection.
+    pub max_pipelined_requests: usize,
+    /// Fetch response cap.
+    pub fetch_max_bytes: u32,
+    /// Per-partition fetch default.
+    pub fetch_partition_max_bytes: u32,
+    /// Long-poll cap.
+    pub fetch_max_wait_ms: u32,
+    /// Produce acknowledgement timeout default.
+    pub produce_timeout_ms: u32,
+    /// Retention / compaction period.
+    pub retention_check_interval_ms: u64,
+    /// Graceful shutdown deadline.
+    pub shutdown_timeout_ms: u64,
+    /// Topic setting defaults, by Kafka name.
+    pub topic_defaults: BTreeMap<String, String>,
+}
+
+/// The default listen port: not Kafka's 9092, so both can run side by side.
+pub const DEFAULT_PORT: u16 = 9494;
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./strom-data"),
+            listen: format!("127.0.0.1:{DEFAULT_PORT}"),
+            node_id: 0,
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_partitions: 10_000,
+            max_frame_bytes: 8 << 20,
+            max_connections: 10_000,
+            max_inflight_bytes: 64 << 20,
+            max_pipelined_requests: 1024,
+            fetch_max_bytes: 50 << 20,
+            fetch_partition_max_bytes: 1 << 20,
+            fetch_max_wait_ms: 30_000,
+            produce_timeout_ms: 30_000,
+            retention_check_interval_ms: 60_000,
+            shutdown_timeout_ms: 10_000,
+            topic_defaults: BTreeMap::new(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Reads a TOML file; settings it does not name keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, BrokerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| BrokerError::Io {
+            op: "read config",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| BrokerError::Config {
+            key: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Checks every setting; the error names the setting and the bad value.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let bad = |key: &str, reason: String| {
+            Err(BrokerError::Config {
+                key: key.to_string(),
+                reason,
+            })
+        };
+        if self.default_partitions == 0 || self.default_partitions > self.max_partitions {
+            return bad(
+                "default_partitions",
+                format!(
+                    "must be in 1..={}; got {}",
+                    self.max_partitions, self.default_partitions
+                ),
+            );
+        }
+        if self.max_frame_bytes < 1024 {
+            return bad(
+                "max_frame_bytes",
+                format!("must be at least 1024; got {}", self.max_frame_bytes),
+            );
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1".into());
+        }
+        if self.max_inflight_bytes < self.max_frame_bytes as usize {
+            return bad(
+                "max_inflight_bytes",
+                format!(
+                    "must be at least max_frame_bytes ({}); got {}",
+                    self.max_frame_bytes, self.max_inflight_bytes
+                ),
+            );
+        }
+        if self.max_pipelined_requests == 0 {
+            return bad("max_pipelined_requests", "must be at least 1".into());
+        }
+        if self.retention_check_interval_ms == 0 {
+            return bad("retention_check_interval_ms", "must be at least 1".into());
+        }
+        self.topic_defaults()?;
+        Ok(())
+    }
+
+    /// The topic settings every topic starts from: storage defaults with `topic_defaults` applied.
+    pub fn topic_defaults(&self) -> Result<LogConfig, BrokerError> {
+        let mut c = LogConfig::default();
+        for (k, v) in &self.topic_defaults {
+            c.set(k, v).map_err(|e| BrokerError::Config {
+                key: format!("topic_defaults.{k}"),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_some_settings() {
+        let c: BrokerConfig = toml::from_str(
+            r#"
+            listen = "127.0.0.1:0"
+            max_frame_bytes = 65536
+            [topic_defaults]
+            "retention.ms" = "1000"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:0");
+        assert_eq!(c.max_frame_bytes, 65536);
+        assert_eq!(c.default_partitions, 1);
+        c.validate().unwrap();
+        assert_eq!(c.topic_defaults().unwrap().retention_ms, 1000);
+        assert!(toml::from_str::<BrokerConfig>("no_such_setting = 1").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let c = BrokerConfig {
+            default_partitions: 0,
+            ..BrokerConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("default_partitions")
+        );
+        let mut c = BrokerConfig::default();
+        c.topic_defaults.insert("segment.bytes".into(), "x".into());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("segment.bytes")
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! One client connection: read frames, run each request as its own task, write the responses in
+//! request order.
+//!
+//! The reader half cuts frames out of a reusable buffer (the length prefix is checked against
+//! `max_frame_bytes` before anything is allocated) and takes each payload as a `Bytes` without
+//! copying. Before a request is started it takes its size from the connection's in-flight budget
+//! (`max_inflight_bytes`); the budget comes back when the response is written, so a client that
+//! does not read its responses stops being read. Responses leave through one writer task, in
+//! request order, several ready ones per vectored write; fetched record batches are written
+//! straight from the segment maps they were read from.
+
+use std::io::IoSlice;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use strom_protocol::frame::decode_frame;
+use strom_protocol::messages::Response;
+use strom_protocol::{decode_request, decode_request_header, encode_response_chunks};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::handlers::{self, Ordering, Started};
+use crate::server::Context;
+
+/// A response on its way out, holding the request's share of the in-flight budget.
+struct Outgoing {
+    response: Reply,
+    _budget: OwnedSemaphorePermit,
+}
+
+enum Reply {
+    Ready(Option<Response>),
+    Running(JoinHandle<Option<Response>>),
+}
+
+/// Most slices handed to one `writev` (Linux's IOV_MAX is 1024).
+const MAX_IOV: usize = 512;
+
+/// Serves one connection until the client closes it, breaks a limit, or the broker shuts down.
+pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Outgoing>(ctx.config.max_pipelined_requests);
+    let writer = tokio::spawn(write_responses(wr, rx));
+    let budget = Arc::new(Semaphore::new(ctx.config.max_inflight_bytes));
+    let max_frame = ctx.config.max_frame_bytes as usize;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let order = Arc::new(Ordering::default());
+    let reason: String = 'conn: loop {
+        // Every whole frame already buffered.
+        loop {
+            let frame = match decode_frame(&mut buf, max_frame) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => break 'conn format!("bad frame: {e}"),
+            };
+            let cost = u32::try_from(frame.len().max(1)).unwrap_or(u32::MAX);
+            let permit = tokio::select! {
+                p = budget.clone().acquire_many_owned(cost) => match p {
+                    Ok(p) => p,
+                    Err(_) => break 'conn "in-flight budget closed".to_string(),
+                },
+                _ = ctx.shutdown.cancelled() => break 'conn "broker shutting down".to_string(),
+            };
+            let response = match start(&ctx, &order, frame).await {
+                Ok(Started::Ready(r)) => Reply::Ready(r),
+                Ok(Started::Pending(f)) => Reply::Running(tokio::spawn(f)),
+                Err(reason) => break 'conn reason,
+            };
+            let out = Outgoing {
+                response,
+                _budget: permit,
+            };
+            if tx.send(out).await.is_err() {
+                break 'conn "client stopped reading".to_string();
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) if buf.is_empty() => break 'conn "closed by client".to_string(),
+                Ok(0) => break 'conn format!("closed by client inside a frame ({} bytes buffered)", buf.len()),
+                Ok(_) => {}
+                Err(e) => break 'conn format!("read error: {e}"),
+            },
+            _ = ctx.shutdown.cancelled() => break 'conn "broker shutting down".to_string(),
+        }
+    };
+    // Let the responses already started go out, then close.
+    drop(tx);
+    let _ = writer.await;
+    tracing::info!(%peer, %reason, "connection closed");
+}
+
+/// Decodes a request and runs its in-order part. A malformed request whose header still reads
+/// gets an error response with its correlation id; one without a readable header closes the
+/// connection (docs/protocol.md, section 3): there is no id to answer with.
+async fn start(ctx: &Arc<Context>, order: &Arc<Ordering>, frame: Bytes) -> Result<Started, String> {
+    match decode_request(frame.clone()) {
+        Ok(request) => Ok(handlers::start(ctx, order, request).await),
+        Err(error) => {
+            let h = decode_request_header(&frame)
+                .map_err(|e| format!("request without a readable header: {e}"))?;
+            let code = strom_protocol::api::check_version(&h)
+                .err()
+                .unwrap_or(error.error_code());
+            tracing::debug!(correlation_id = h.correlation_id, %error, "malformed request");
+            Ok(Started::Ready(Some(Response::error(
+                h.correlation_id,
+                code,
+                Some(error.to_string()),
+            ))))
+        }
+    }
+}
+
+/// Writes responses in request order, coalescing the ones that are ready into one `writev`.
+async fn write_responses(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
+    let mut scratch = BytesMut::with_capacity(16 * 1024);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut held: Vec<Outgoing> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        held.push(first);
+        // Gather more responses that are already finished, keeping order.
+        while held.len() < 256 {
+            match rx.try_recv() {
+                Ok(next) => {
+                    let ready = match &next.response {
+                        Reply::Ready(_) => true,
+                        Reply::Running(h) => h.is_finished(),
+                    };
+                    held.push(next);
+                    if !ready {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        for out in held.iter_mut() {
+            let response = match &mut out.response {
+                Reply::Ready(r) => r.take(),
+                Reply::Running(h) => match h.await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "request handler failed");
+                        return;
+                    }
+                },
+            };
+            if let Some(response) = response
+                && let Err(e) = encode_response_chunks(&response, &mut scratch, &mut chunks)
+            {
+                tracing::error!(error = %e, "could not encode a response");
+                return;
+            }
+        }
+        if let Err(e) = write_all(&mut wr, &mut chunks).await {
+            tracing::debug!(error = %e, "write failed");
+            return;
+        }
+        chunks.clear();
+        // Dropping the held responses returns their in-flight budget.
+        held.clear();
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Writes every chunk with vectored writes, however the kernel splits them.
+async fn write_all(wr: &mut OwnedWriteHalf, chunks: &mut [Bytes]) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let n = {
+            let slices: Vec<IoSlice<'_>> = chunks[first..]
+                .iter()
+                .take(MAX_IOV)
+                .map(|c| IoSlice::new(c))
+                .collect();
+            wr.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n;
+        while n > 0 && first < chunks.len() {
+            let len = chunks[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                chunks[first].advance(n);
+                n = 0;
+            }
+        }
+        while first < chunks.len() && chunks[first].is_empty() {
+            first += 1;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! One partition in the broker: its log's single writer task and the handles connections use.
+//!
+//! Connections never touch the [`Log`] itself. They validate batches (length, magic, CRC) on their
+//! own task and send them to the partition's writer over a bounded queue; the writer drains every
+//! request waiting in the queue and appends them with one storage call (one vectored write, at
+//! most one fsync for all of them), then answers each request with its base offset. Readers use a
+//! [`LogReader`] directly and wait for new data on a `watch` channel carrying the log-end offset,
+//! which the writer updates after every append.
+//!
+//! Disk work runs on tokio's blocking pool (`spawn_blocking`), the `Log` moving in and out of the
+//! closure, so a slow disk never stalls the threads that serve connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strom_protocol::ErrorCode;
+use strom_storage::{Log, LogConfig, LogReader, StorageError, ValidBatch};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::storage_code;
+
+/// How a produce wants to be acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Once appended (in the page cache, readable by fetches).
+    Appended,
+    /// Once an fsync covers the batches.
+    Fsynced,
+}
+
+/// The writer's answer to one append: the base offset, or an error code and message.
+pub type AppendReply = Result<i64, (ErrorCode, String)>;
+
+#[derive(Debug)]
+pub(crate) struct AppendRequest {
+    pub batches: Vec<ValidBatch>,
+    pub durability: Durability,
+    pub reply: oneshot::Sender<AppendReply>,
+}
+
+#[derive(Debug)]
+pub(crate) enum WriterMsg {
+    Append(AppendRequest),
+    /// New topic settings.
+    Configure(LogConfig),
+    /// Run retention and compaction.
+    Maintain,
+    /// Close the log cleanly (or delete it) and stop.
+    Stop {
+        delete: bool,
+        done: oneshot::Sender<Result<(), StorageError>>,
+    },
+}
+
+/// Requests the writer may hold in its queue before producers wait.
+const QUEUE_DEPTH: usize = 1024;
+/// Most appends the writer gathers into one storage call.
+const MAX_GROUP: usize = 4096;
+
+/// A partition as connections see it. Cheap to share.
+#[derive(Debug)]
+pub struct Partition {
+    /// Partition index within its topic.
+    pub index: i32,
+    reader: LogReader,
+    tx: mpsc::Sender<WriterMsg>,
+    end: watch::Receiver<i64>,
+}
+
+impl Partition {
+    /// Starts the writer task for `log` and returns the partition handle.
+    pub(crate) fn start(index: i32, log: Log, topic: Arc<str>) -> Arc<Self> {
+        let reader = log.reader();
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (end_tx, end) = watch::channel(log.end_offset());
+        tokio::spawn(writer(log, rx, end_tx, topic, index));
+        Arc::new(Self {
+            index,
+            reader,
+            tx,
+            end,
+        })
+    }
+
+    /// Read access to the log.
+    pub fn reader(&self) -> &LogReader {
+        &self.reader
+    }
+
+    /// A receiver that changes whenever the log-end offset moves.
+    pub fn watch_end(&self) -> watch::Receiver<i64> {
+        self.end.clone()
+    }
+
+    /// Queues `batches` for appending; the receiver resolves with the base offset.
+    pub(crate) async fn append(
+        &self,
+        batches: Vec<ValidBatch>,
+        durability: Durability,
+    ) -> oneshot::Receiver<AppendReply> {
+        let (reply, rx) = oneshot::channel();
+        let msg = WriterMsg::Append(AppendRequest {
+            batches,
+            durability,
+            reply,
+        });
+        if let Err(mpsc::error::SendError(WriterMsg::Append(req))) = self.tx.send(msg).await {
+            let _ = req.reply.send(Err((
+                ErrorCode::UnknownTopicOrPartition,
+                "the partition is being deleted or the broker is shutting down".into(),
+            )));
+        }
+        rx
+    }
+
+    pub(crate) async fn send(&self, msg: WriterMsg) {
+        let _ = self.tx.send(msg).await;
+    }
+}
+
+/// The single writer of one partition's log.
+async fn writer(
+    log: Log,
+    mut rx: mpsc::Receiver<WriterMsg>,
+    end_tx: watch::Sender<i64>,
+    topic: Arc<str>,
+    index: i32,
+) {
+    let mut log = Some(log);
+    let mut flush_timer = flush_interval(log.as_ref().map(|l| l.config()));
+    let mut msgs: Vec<WriterMsg> = Vec::new();
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => m,
+            _ = tick(&mut flush_timer) => {
+                let Some(l) = log.take() else { break };
+                let (l, r) = blocking(l, |l| l.flush_if_due()).await;
+                if let Err(e) = r {
+                    tracing::error!(topic = %topic, partition = index, error = %e, "interval flush failed");
+                }
+                log = l;
+                continue;
+            }
+        };
+        let Some(first) = first else { break };
+        msgs.push(first);
+        while msgs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(m) => msgs.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut appends: Vec<AppendRequest> = Vec::new();
+        for msg in msgs.drain(..) {
+            let control = match msg {
+                WriterMsg::Append(a) => {
+                    appends.push(a);
+                    continue;
+                }
+                control => control,
+            };
+            // Keep order: appends queued before a control message go first.
+            let Some(l) = log.take() else { break };
+            let Some(mut l) = append_group(l, std::mem::take(&mut appends), &end_tx).await else {
+                break;
+            };
+            match control {
+                WriterMsg::Configure(c) => {
+                    l.set_config(c);
+                    flush_timer = flush_interval(Some(l.config()));
+                    log = Some(l);
+                }
+                WriterMsg::Maintain => {
+                    let (l, r) = blocking(l, |l| {
+                        l.enforce_retention()?;
+                        l.compact()
+                    })
+                    .await;
+                    if let Err(e) = r {
+                        tracing::error!(topic = %topic, partition = index, error = %e, "retention or compaction failed");
+                    }
+                    log = l;
+                }
+                WriterMsg::Stop { delete, done } => {
+                    let r =
+                        tokio::task::spawn_blocking(
+                            move || {
+                                if delete { l.delete() } else { l.close() }
+                            },
+                        )
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(StorageError::Poisoned {
+                                dir: Default::default(),
+                                reason: e.to_string(),
+                            })
+                        });
+                    let _ = done.send(r);
+                    return;
+                }
+                WriterMsg::Append(_) => log = Some(l),
+            }
+        }
+        if !appends.is_empty() {
+            let Some(l) = log.take() else { break };
+            log = append_group(l, appends, &end_tx).await;
+        }
+        if log.is_none() {
+            break;
+        }
+    }
+    // Every sender is gone without a Stop (or the log failed): close what is left cleanly.
+    if let Some(l) = log {
+        let _ = tokio::task::spawn_blocking(move || l.close()).await;
+    }
+}
+
+fn flush_interval(config: Option<&LogConfig>) -> Option<tokio::time::Interval> {
+    let ms = config?.flush_ms?;
+    let mut i = tokio::time::interval(Duration::from_millis(u64::try_from(ms).ok()?.max(1)));
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    Some(i)
+}
+
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs `f` on the blocking pool with the log moved in and back out. `None` if the closure
+/// panicked: the log went with it, and the partition stops (its files stay as they are; the next
+/// start recovers them).
+async fn blocking<T: Send + 'static>(
+    mut log: Log,
+    f: impl FnOnce(&mut Log) -> Result<T, StorageError> + Send + 'static,
+) -> (Option<Log>, Result<T, StorageError>) {
+    let dir = log.dir().to_path_buf();
+    match tokio::task::spawn_blocking(move || {
+        let r = f(&mut log);
+        (log, r)
+    })
+    .await
+    {
+        Ok((log, r)) => (Some(log), r),
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "partition writer failed; the partition stops");
+            (
+                None,
+                Err(StorageError::Poisoned {
+                    dir,
+                    reason: e.to_string(),
+                }),
+            )
+        }
+    }
+}
+
+/// Appends every request of a group with one storage call and answers each.
+async fn append_group(
+    log: Log,
+    appends: Vec<AppendRequest>,
+    end_tx: &watch::Sender<i64>,
+) -> Option<Log> {
+    if appends.is_empty() {
+        return Some(log);
+    }
+    let durable = appends.iter().any(|a| a.durability == Durability::Fsynced);
+    let batches: Vec<ValidBatch> = appends
+        .iter()
+        .flat_map(|a| a.batches.iter().cloned())
+        .collect();
+    let (log, result) = blocking(log, move |l| {
+        let info = l.append_valid(&batches)?;
+        if durable && !info.durable {
+            l.flush()?;
+        }
+        Ok(info)
+    })
+    .await;
+    if let Some(l) = &log {
+        end_tx.send_replace(l.end_offset());
+    }
+    match result {
+        Ok(info) => {
+            let mut base = info.base_offset;
+            for a in appends {
+                let n: i64 = a.batches.iter().map(ValidBatch::record_count).sum();
+                let _ = a.reply.send(Ok(base));
+                base += n;
+            }
+            log
+        }
+        // A batch the writer refuses (its topic's limit changed since the connection checked):
+        // retry one request at a time so only the offending one fails.
+        Err(StorageError::MessageTooLarge { .. } | StorageError::InvalidBatch { .. })
+            if appends.len() > 1 =>
+        {
+            let mut log = log;
+            for a in appends {
+                log = match log {
+                    Some(l) => Box::pin(append_group(l, vec![a], end_tx)).await,
+                    None => None,
+                };
+            }
+            log
+        }
+        Err(e) => {
+            let code = storage_code(&e);
+            let msg = e.to_string();
+            for a in appends {
+                let _ = a.reply.send(Err((code, msg.clone())));
+            }
+            log
+        }
+    }
+}

@@ -104,15 +104,15 @@ fn memcpy(c: &mut Criterion) {
     g.finish();
 }
 
-/// A ~1 GiB log of 100 B records in 16 KiB batches.
-fn big_log() -> (tempfile::TempDir, Log, i64) {
+/// A log of about `bytes` of 100 B records in 16 KiB batches.
+fn filled_log(bytes: u64) -> (tempfile::TempDir, Log, i64) {
     let dir = bench_dir();
     let mut c = config();
     c.set("retention.bytes", "-1").unwrap();
     let mut log = Log::open(dir.path(), c).unwrap();
     let (batch, _) = make_batch(100, 16 << 10);
     let valid = vec![ValidBatch::new(batch.clone()).unwrap(); 64];
-    while log.reader().size_bytes() < 1 << 30 {
+    while log.reader().size_bytes() < bytes {
         log.append_valid(&valid).unwrap();
     }
     let end = log.end_offset();
@@ -120,7 +120,8 @@ fn big_log() -> (tempfile::TempDir, Log, i64) {
 }
 
 fn read(c: &mut Criterion) {
-    let (_dir, log, end) = big_log();
+    let (_small_dir, small, small_end) = filled_log(16 << 20);
+    let (_dir, log, end) = filled_log(1 << 30);
     let reader = log.reader();
     let mut g = c.benchmark_group("read");
     g.measurement_time(Duration::from_secs(8));
@@ -149,6 +150,17 @@ fn read(c: &mut Criterion) {
             x ^= x << 17;
             let o = (x % end as u64) as i64;
             black_box(reader.read(o, 1).unwrap().first_offset)
+        })
+    });
+    // The same lookup on a 16 MiB log: the cost must not depend on the log's size.
+    let small_reader = small.reader();
+    g.bench_function("lookup_random_offset_16MiB", |b| {
+        b.iter(|| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let o = (x % small_end as u64) as i64;
+            black_box(small_reader.read(o, 1).unwrap().first_offset)
         })
     });
     g.finish();

@@ -51,6 +51,9 @@ struct ServeArgs {
     /// Largest request frame in bytes, checked before allocating [default: 8388608]
     #[arg(long, value_name = "BYTES")]
     max_frame_bytes: Option<u32>,
+    /// Largest request in bytes for every API but Produce [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    max_control_frame_bytes: Option<u32>,
     /// Most open client connections [default: 10000]
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
@@ -109,6 +112,7 @@ impl ServeArgs {
             default_partitions,
             max_partitions,
             max_frame_bytes,
+            max_control_frame_bytes,
             max_connections,
             max_inflight_bytes,
             max_pipelined_requests,

@@ -537,3 +537,26 @@ fn control_batches_and_unknown_codecs_from_producers_are_invalid_records() {
         "nothing was appended before"
     );
 }
+
+#[test]
+fn large_requests_other_than_produce_are_refused_without_decoding() {
+    let setup = Setup::new();
+    let mut c = setup.client();
+    // 2 MiB of topic names: over the 1 MiB limit for APIs other than Produce.
+    let response = c.call(MetadataRequest {
+        topics: vec!["t".repeat(200); 10_000],
+        all_topics: false,
+    });
+    assert_eq!(header_error(&response), ErrorCode::InvalidRequest);
+    assert!(response.body.is_none());
+    // The connection is still usable, and a large Produce is still fine.
+    assert_eq!(c.api_versions().api_versions.len(), 9);
+    let big: Vec<Rec> = (0..4)
+        .map(|i| Rec::new(now_ms(), format!("k{i}"), vec![b'x'; 300_000]))
+        .collect();
+    let batches: Vec<Bytes> = big
+        .iter()
+        .map(|r| batch_of(std::slice::from_ref(r)))
+        .collect();
+    assert_eq!(c.produce_ok("seed", 0, &batches), 9);
+}

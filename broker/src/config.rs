@@ -10,6 +10,7 @@
 //! | `default_partitions` | 1 | partitions of an auto-created topic, or of a create without a count |
 //! | `max_partitions` | 10000 | most partitions a topic may have |
 //! | `max_frame_bytes` | 8 MiB | largest request frame; checked on the length prefix, before allocating |
+//! | `max_control_frame_bytes` | 1 MiB | largest request other than Produce (their decoded form can be ~50x the frame); never above `max_frame_bytes` |
 //! | `max_connections` | 10000 | open client connections; more are accepted and closed at once |
 //! | `max_inflight_bytes` | 64 MiB | request bytes per connection whose responses are not yet written; the socket is not read past it |
 //! | `max_pipelined_requests` | 1024 | requests per connection awaiting their response |
@@ -47,6 +48,8 @@ pub struct BrokerConfig {
     pub max_partitions: u32,
     /// Largest request frame.
     pub max_frame_bytes: u32,
+    /// Largest request frame for every API but Produce.
+    pub max_control_frame_bytes: u32,
     /// Connection limit.
     pub max_connections: usize,
     /// Request bytes in flight per connection.
@@ -82,6 +85,7 @@ impl Default for BrokerConfig {
             default_partitions: 1,
             max_partitions: 10_000,
             max_frame_bytes: 8 << 20,
+            max_control_frame_bytes: 1 << 20,
             max_connections: 10_000,
             max_inflight_bytes: 64 << 20,
             max_pipelined_requests: 1024,
@@ -131,6 +135,15 @@ impl BrokerConfig {
             return bad(
                 "max_frame_bytes",
                 format!("must be at least 1024; got {}", self.max_frame_bytes),
+            );
+        }
+        if self.max_control_frame_bytes < 1024 {
+            return bad(
+                "max_control_frame_bytes",
+                format!(
+                    "must be at least 1024; got {}",
+                    self.max_control_frame_bytes
+                ),
             );
         }
         if self.max_connections == 0 {

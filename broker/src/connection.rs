@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use strom_protocol::frame::decode_frame;
-use strom_protocol::messages::Response;
+use strom_protocol::messages::{ApiKey, Response};
 use strom_protocol::{decode_request, decode_request_header, encode_response_chunks};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -104,6 +104,27 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
 /// gets an error response with its correlation id; one without a readable header closes the
 /// connection (docs/protocol.md, section 3): there is no id to answer with.
 async fn start(ctx: &Arc<Context>, order: &Arc<Ordering>, frame: Bytes) -> Result<Started, String> {
+    // Decoding multiplies the size of small repeated fields (docs/protocol.md, section 9): only
+    // Produce, whose bulk is record bytes that stay slices of the frame, may use the whole
+    // frame limit.
+    let control_limit = ctx
+        .config
+        .max_control_frame_bytes
+        .min(ctx.config.max_frame_bytes);
+    if frame.len() > control_limit as usize {
+        let h = decode_request_header(&frame)
+            .map_err(|e| format!("request without a readable header: {e}"))?;
+        if h.api_key != ApiKey::Produce as i32 {
+            return Ok(Started::Ready(Some(Response::error(
+                h.correlation_id,
+                strom_protocol::ErrorCode::InvalidRequest,
+                Some(format!(
+                    "a {} byte request is over max_control_frame_bytes = {control_limit} (only Produce may be larger)",
+                    frame.len()
+                )),
+            ))));
+        }
+    }
     match decode_request(frame.clone()) {
         Ok(request) => Ok(handlers::start(ctx, order, request).await),
         Err(error) => {

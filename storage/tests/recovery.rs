@@ -41,7 +41,7 @@ fn fill(log: &mut Log, batches: usize) -> Vec<i64> {
 fn cut_at_every_byte_of_the_tail_recovers_a_prefix() {
     let src = tempfile::tempdir().unwrap();
     let mut log = Log::open(src.path(), small_segments()).unwrap();
-    let ends = fill(&mut log, 6);
+    let ends = fill(&mut log, 60);
     let want = read_all(&log.reader(), 0);
     drop(log);
     let active = segment_files(src.path(), "log").pop().unwrap();
@@ -50,8 +50,22 @@ fn cut_at_every_byte_of_the_tail_recovers_a_prefix() {
     let boundaries: Vec<usize> = strom_protocol::batch::BatchIter::new(&full)
         .map(|r| r.unwrap().0.end)
         .collect();
-    let last_batches_start = boundaries[boundaries.len().saturating_sub(4)].min(full.len());
-    for cut in (last_batches_start..=full.len()).chain([0, 1, 11, 12, 61]) {
+    // Every byte of the last three batches, and a spread of positions through the rest of the
+    // active segment (inside every earlier batch, at and around every boundary, before and after
+    // index entries).
+    assert!(
+        boundaries.len() >= 6,
+        "several batches in the active segment"
+    );
+    let tail = boundaries[boundaries.len() - 4];
+    let mut cuts: Vec<usize> = (tail..=full.len()).chain((0..tail).step_by(13)).collect();
+    for &b in &boundaries {
+        cuts.extend([b.saturating_sub(1), b, b + 1, b + 12, b + 61]);
+    }
+    cuts.retain(|&c| c <= full.len());
+    cuts.sort_unstable();
+    cuts.dedup();
+    for cut in cuts {
         let dir = tempfile::tempdir().unwrap();
         for e in fs::read_dir(src.path()).unwrap() {
             let e = e.unwrap();

@@ -364,6 +364,7 @@ fn produce_to_many_partitions_with_every_acks_mode() {
     let meta_id = c.send_body(MetadataRequest {
         topics: vec!["multi".into()],
         all_topics: false,
+        allow_auto_topic_creation: false,
     });
     let next = c.recv();
     assert_eq!(
@@ -609,6 +610,7 @@ fn pipelined_requests_are_answered_in_order() {
                 MetadataRequest {
                     topics: vec!["pipe".into()],
                     all_topics: false,
+                    allow_auto_topic_creation: false,
                 }
                 .into(),
                 Kind::Metadata,

@@ -64,7 +64,7 @@ impl Setup {
         let mut c = self.client();
         let versions = c.api_versions();
         assert_eq!(versions.error_code(), ErrorCode::None);
-        assert_eq!(versions.api_versions.len(), 9, "{versions:?}");
+        assert_eq!(versions.api_versions.len(), 10, "{versions:?}");
         for p in 0..SEED_PARTITIONS {
             assert_eq!(
                 c.fetch_all("seed", p),
@@ -197,6 +197,7 @@ fn request_sent_one_byte_at_a_time_is_answered() {
     let request = c.request(MetadataRequest {
         topics: vec!["seed".into()],
         all_topics: false,
+        allow_auto_topic_creation: false,
     });
     for byte in raw_request_frame(&request) {
         c.send_raw(&[byte]);
@@ -292,6 +293,7 @@ fn unsupported_api_version_gets_unsupported_version() {
         MetadataRequest {
             topics: vec![],
             all_topics: true,
+            allow_auto_topic_creation: false,
         },
     );
     assert_header_error(
@@ -319,7 +321,7 @@ fn unsupported_api_version_gets_unsupported_version() {
     let versions_v9 = Request::new(id, 9, ApiVersionsRequest::default());
     let versions = api_versions_body(c.call_request(&versions_v9));
     assert_eq!(versions.error_code(), ErrorCode::UnsupportedVersion);
-    assert_eq!(versions.api_versions.len(), 9);
+    assert_eq!(versions.api_versions.len(), 10);
     // Same connection, still usable.
     assert_eq!(c.metadata(&["seed"]).topics[0].partitions.len(), 2);
     s.assert_healthy();
@@ -546,11 +548,12 @@ fn large_requests_other_than_produce_are_refused_without_decoding() {
     let response = c.call(MetadataRequest {
         topics: vec!["t".repeat(200); 10_000],
         all_topics: false,
+        allow_auto_topic_creation: false,
     });
     assert_eq!(header_error(&response), ErrorCode::InvalidRequest);
     assert!(response.body.is_none());
     // The connection is still usable, and a large Produce is still fine.
-    assert_eq!(c.api_versions().api_versions.len(), 9);
+    assert_eq!(c.api_versions().api_versions.len(), 10);
     let big: Vec<Rec> = (0..4)
         .map(|i| Rec::new(now_ms(), format!("k{i}"), vec![b'x'; 300_000]))
         .collect();

@@ -104,7 +104,7 @@ pub(crate) async fn start(ctx: &Arc<Context>, order: &Arc<Ordering>, request: Re
         }
         B::Metadata(r) => {
             order.wait_for_produces().await;
-            ready(metadata(ctx, r).into())
+            ready(metadata(ctx, r).await.into())
         }
         B::CreateTopics(r) => ready(create_topics(ctx, r).await.into()),
         B::DeleteTopics(r) => {
@@ -136,10 +136,59 @@ pub(crate) async fn start(ctx: &Arc<Context>, order: &Arc<Ordering>, request: Re
             order.wait_for_produces().await;
             ready(list_offsets(ctx, r).into())
         }
+        B::InitProducerId(r) => ready(init_producer_id(ctx, r).into()),
     }
 }
 
-fn metadata(ctx: &Context, req: MetadataRequest) -> MetadataResponse {
+fn init_producer_id(ctx: &Context, req: InitProducerIdRequest) -> InitProducerIdResponse {
+    let fail = |code: ErrorCode, msg: String| InitProducerIdResponse {
+        error_code: code.into(),
+        error_message: Some(msg),
+        producer_id: -1,
+        producer_epoch: -1,
+    };
+    if req.transactional_id.is_some() {
+        return fail(
+            ErrorCode::InvalidRequest,
+            "transactions are not supported yet".into(),
+        );
+    }
+    // A producer that has an id asks for the next epoch (fencing its older self); one that has
+    // none, or whose epoch cannot grow, gets a new id.
+    let bump = req.producer_id >= 0 && (0..i32::from(i16::MAX)).contains(&req.producer_epoch);
+    if bump {
+        return InitProducerIdResponse {
+            error_code: ErrorCode::None.into(),
+            error_message: None,
+            producer_id: req.producer_id,
+            producer_epoch: req.producer_epoch + 1,
+        };
+    }
+    match ctx.producer_ids.next() {
+        Ok(id) => InitProducerIdResponse {
+            error_code: ErrorCode::None.into(),
+            error_message: None,
+            producer_id: id,
+            producer_epoch: 0,
+        },
+        Err(e) => fail(ErrorCode::StorageError, e.to_string()),
+    }
+}
+
+async fn metadata(ctx: &Context, req: MetadataRequest) -> MetadataResponse {
+    if req.allow_auto_topic_creation && ctx.config.auto_create_topics {
+        for name in &req.topics {
+            if ctx.topics.get(name).is_none()
+                && strom_protocol::topic::validate_topic_name(name).is_ok()
+                && let Err((code, msg)) = ctx
+                    .topics
+                    .get_or_create(name, ctx.config.default_partitions)
+                    .await
+            {
+                tracing::warn!(topic = %name, ?code, %msg, "auto-creation from metadata failed");
+            }
+        }
+    }
     let topics = if req.all_topics {
         ctx.topics.all()
     } else {

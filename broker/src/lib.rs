@@ -7,6 +7,7 @@
 //! - `handlers`: one function per API;
 //! - `topics`: the topic registry and its metadata files;
 //! - `partition`: a partition's single writer task and the handles connections use;
+//! - `producers`: idempotent producers: id allocation, per-partition sequence state, snapshots;
 //! - [`error`]: the crate's error type and the storage-to-wire error mapping.
 //!
 //! ```no_run
@@ -25,6 +26,7 @@ mod connection;
 pub mod error;
 mod handlers;
 mod partition;
+mod producers;
 mod server;
 mod topics;
 

@@ -18,6 +18,17 @@ use strom_storage::{Log, LogConfig, LogReader, StorageError, ValidBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::storage_code;
+use crate::producers::{ProducerStates, Verdict};
+
+/// How long a partition keeps an idle producer's sequence state (Kafka's
+/// `producer.id.expiration.ms` default).
+const PRODUCER_EXPIRY_MS: i64 = 24 * 60 * 60 * 1000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 /// How a produce wants to be acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,11 +80,22 @@ pub struct Partition {
 
 impl Partition {
     /// Starts the writer task for `log` and returns the partition handle.
-    pub(crate) fn start(index: i32, log: Log, topic: Arc<str>) -> Arc<Self> {
+    pub(crate) fn start(
+        index: i32,
+        log: Log,
+        producers: ProducerStates,
+        topic: Arc<str>,
+    ) -> Arc<Self> {
         let reader = log.reader();
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (end_tx, end) = watch::channel(log.end_offset());
-        tokio::spawn(writer(log, rx, end_tx, topic, index));
+        let state = Writer {
+            end_tx,
+            producers,
+            topic,
+            index,
+        };
+        tokio::spawn(writer(log, rx, state));
         Arc::new(Self {
             index,
             reader,
@@ -118,14 +140,17 @@ impl Partition {
     }
 }
 
-/// The single writer of one partition's log.
-async fn writer(
-    log: Log,
-    mut rx: mpsc::Receiver<WriterMsg>,
+/// What the writer task keeps besides the log.
+struct Writer {
     end_tx: watch::Sender<i64>,
+    producers: ProducerStates,
     topic: Arc<str>,
     index: i32,
-) {
+}
+
+/// The single writer of one partition's log.
+async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
+    let (topic, index) = (w.topic.clone(), w.index);
     let mut log = Some(log);
     let mut flush_timer = flush_interval(log.as_ref().map(|l| l.config()));
     let mut msgs: Vec<WriterMsg> = Vec::new();
@@ -161,7 +186,7 @@ async fn writer(
             };
             // Keep order: appends queued before a control message go first.
             let Some(l) = log.take() else { break };
-            let Some(mut l) = append_group(l, std::mem::take(&mut appends), &end_tx).await else {
+            let Some(mut l) = append_group(l, std::mem::take(&mut appends), &mut w).await else {
                 break;
             };
             match control {
@@ -171,7 +196,10 @@ async fn writer(
                     log = Some(l);
                 }
                 WriterMsg::Maintain => {
-                    let (l, r) = blocking(l, |l| {
+                    w.producers.expire(now_ms(), PRODUCER_EXPIRY_MS);
+                    let snapshot = w.producers.encode(l.end_offset());
+                    let (l, r) = blocking(l, move |l| {
+                        ProducerStates::save(l.dir(), &snapshot)?;
                         l.enforce_retention()?;
                         l.compact()
                     })
@@ -203,7 +231,7 @@ async fn writer(
         }
         if !appends.is_empty() {
             let Some(l) = log.take() else { break };
-            log = append_group(l, appends, &end_tx).await;
+            log = append_group(l, appends, &mut w).await;
         }
         if log.is_none() {
             break;
@@ -259,15 +287,32 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Appends every request of a group with one storage call and answers each.
-async fn append_group(
-    log: Log,
-    appends: Vec<AppendRequest>,
-    end_tx: &watch::Sender<i64>,
-) -> Option<Log> {
+/// Appends every request of a group with one storage call and answers each. Idempotent
+/// producers' batches are checked against the partition's producer state first: retries are
+/// answered with their first offsets, out-of-order or fenced batches are refused.
+async fn append_group(log: Log, appends: Vec<AppendRequest>, w: &mut Writer) -> Option<Log> {
     if appends.is_empty() {
         return Some(log);
     }
+    let mut accepted = Vec::with_capacity(appends.len());
+    for a in appends {
+        let headers: Vec<&strom_protocol::batch::BatchHeader> =
+            a.batches.iter().map(ValidBatch::header).collect();
+        match w.producers.check(&headers) {
+            Verdict::Append => accepted.push(a),
+            Verdict::Duplicate(offset) => {
+                let _ = a.reply.send(Ok(offset));
+            }
+            Verdict::Reject(code, msg) => {
+                let _ = a.reply.send(Err((code, msg)));
+            }
+        }
+    }
+    if accepted.is_empty() {
+        w.producers.commit();
+        return Some(log);
+    }
+    let appends = accepted;
     let durable = appends.iter().any(|a| a.durability == Durability::Fsynced);
     let batches: Vec<ValidBatch> = appends
         .iter()
@@ -282,16 +327,21 @@ async fn append_group(
     })
     .await;
     if let Some(l) = &log {
-        end_tx.send_replace(l.end_offset());
+        w.end_tx.send_replace(l.end_offset());
     }
     match result {
         Ok(info) => {
+            let now = now_ms();
             let mut base = info.base_offset;
             for a in appends {
-                let n: i64 = a.batches.iter().map(ValidBatch::record_count).sum();
-                let _ = a.reply.send(Ok(base));
-                base += n;
+                let first = base;
+                for b in &a.batches {
+                    w.producers.record(b.header(), base, now);
+                    base += b.record_count();
+                }
+                let _ = a.reply.send(Ok(first));
             }
+            w.producers.commit();
             log
         }
         // A batch the writer refuses (its topic's limit changed since the connection checked):
@@ -299,16 +349,18 @@ async fn append_group(
         Err(StorageError::MessageTooLarge { .. } | StorageError::InvalidBatch { .. })
             if appends.len() > 1 =>
         {
+            w.producers.abort();
             let mut log = log;
             for a in appends {
                 log = match log {
-                    Some(l) => Box::pin(append_group(l, vec![a], end_tx)).await,
+                    Some(l) => Box::pin(append_group(l, vec![a], w)).await,
                     None => None,
                 };
             }
             log
         }
         Err(e) => {
+            w.producers.abort();
             let code = storage_code(&e);
             let msg = e.to_string();
             for a in appends {

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::BrokerConfig;
 use crate::connection;
 use crate::error::BrokerError;
+use crate::producers::ProducerIds;
 use crate::topics::Topics;
 
 /// What request handlers share.
@@ -27,6 +28,7 @@ use crate::topics::Topics;
 pub(crate) struct Context {
     pub config: BrokerConfig,
     pub topics: Topics,
+    pub producer_ids: ProducerIds,
     pub shutdown: CancellationToken,
     /// The address clients reach this broker at (for Metadata).
     pub advertised: SocketAddr,
@@ -53,6 +55,7 @@ impl Broker {
         })?;
         let started = std::time::Instant::now();
         let topics = Topics::load(&config.data_dir, defaults, config.max_partitions).await?;
+        let producer_ids = ProducerIds::load(&config.data_dir.join("meta"))?;
         let listener =
             TcpListener::bind(&config.listen)
                 .await
@@ -77,6 +80,7 @@ impl Broker {
         let ctx = Arc::new(Context {
             config,
             topics,
+            producer_ids,
             shutdown: shutdown.clone(),
             advertised: local_addr,
         });

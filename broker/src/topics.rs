@@ -27,6 +27,7 @@ use tokio::sync::{Mutex, oneshot};
 
 use crate::error::BrokerError;
 use crate::partition::{Partition, WriterMsg};
+use crate::producers::ProducerStates;
 
 /// A topic: its partitions and settings.
 #[derive(Debug)]
@@ -224,13 +225,20 @@ impl Topics {
         for p in 0..partitions {
             let dir = self.partition_dir(&name, p);
             let c = config.clone();
-            let log = tokio::task::spawn_blocking(move || Log::open(dir, c))
-                .await
-                .map_err(|e| BrokerError::Config {
-                    key: "data_dir".into(),
-                    reason: e.to_string(),
-                })??;
-            parts.push(Partition::start(p as i32, log, name.clone()));
+            let (log, producers) = tokio::task::spawn_blocking(move || {
+                let log = Log::open(dir, c)?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                let producers = ProducerStates::load(&log, now)?;
+                Ok::<_, strom_storage::StorageError>((log, producers))
+            })
+            .await
+            .map_err(|e| BrokerError::Config {
+                key: "data_dir".into(),
+                reason: e.to_string(),
+            })??;
+            parts.push(Partition::start(p as i32, log, producers, name.clone()));
         }
         Ok(Arc::new(Topic {
             name,

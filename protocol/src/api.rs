@@ -51,6 +51,7 @@ pub const SUPPORTED_APIS: &[VersionRange] = &[
     v0(ApiKey::Produce),
     v0(ApiKey::Fetch),
     v0(ApiKey::ListOffsets),
+    v0(ApiKey::InitProducerId),
 ];
 
 /// The supported versions of the API with raw key `api_key`, if this build implements it.
@@ -137,7 +138,7 @@ mod tests {
     #[test]
     fn every_known_api_is_supported_once_in_key_order() {
         let keys: Vec<i32> = SUPPORTED_APIS.iter().map(|r| r.api_key as i32).collect();
-        let expected: Vec<i32> = (1..=9).collect();
+        let expected: Vec<i32> = (1..=9).chain([17]).collect();
         assert_eq!(keys, expected);
         for range in SUPPORTED_APIS {
             assert!(range.min <= range.max);

@@ -357,6 +357,7 @@ mod tests {
             MetadataRequest {
                 topics: vec!["orders".into(), "payments".into()],
                 all_topics: true,
+                allow_auto_topic_creation: false,
             }
             .into(),
             CreateTopicsRequest {
@@ -436,6 +437,13 @@ mod tests {
                         },
                     ],
                 }],
+            }
+            .into(),
+            InitProducerIdRequest {
+                transactional_id: None,
+                transaction_timeout_ms: 60_000,
+                producer_id: -1,
+                producer_epoch: -1,
             }
             .into(),
         ];
@@ -568,6 +576,13 @@ mod tests {
                         timestamp_ms: 1_700_000_000_000,
                     }],
                 }],
+            }
+            .into(),
+            InitProducerIdResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                producer_id: 4711,
+                producer_epoch: 3,
             }
             .into(),
         ];

@@ -150,6 +150,9 @@ error_codes! {
     /// Groups: the group still has members, so it cannot be deleted.
     NonEmptyGroup = 25, "NON_EMPTY_GROUP", retriable: false,
         "the group still has members";
+    /// Idempotent produce: a newer epoch of this producer id exists.
+    ProducerFenced = 26, "PRODUCER_FENCED", retriable: false,
+        "a newer epoch of this producer exists; this producer is fenced";
 }
 
 impl ErrorCode {

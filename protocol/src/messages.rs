@@ -75,6 +75,7 @@ apis! {
     Produce => ProduceRequest, ProduceResponse;
     Fetch => FetchRequest, FetchResponse;
     ListOffsets => ListOffsetsRequest, ListOffsetsResponse;
+    InitProducerId => InitProducerIdRequest, InitProducerIdResponse;
 }
 
 impl Request {

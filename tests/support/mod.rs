@@ -441,6 +441,7 @@ impl Client {
         metadata_body(self.call(MetadataRequest {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             all_topics: false,
+            allow_auto_topic_creation: false,
         }))
     }
 
@@ -449,6 +450,7 @@ impl Client {
         metadata_body(self.call(MetadataRequest {
             topics: vec![],
             all_topics: true,
+            allow_auto_topic_creation: false,
         }))
     }
 
@@ -753,6 +755,7 @@ body_getters! {
     produce_body => Produce(ProduceResponse);
     fetch_body => Fetch(FetchResponse);
     list_offsets_body => ListOffsets(ListOffsetsResponse);
+    init_producer_id_body => InitProducerId(InitProducerIdResponse);
 }
 
 // ------------------------------------------------------------------------------------------

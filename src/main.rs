@@ -79,6 +79,15 @@ struct ServeArgs {
     /// How often retention and compaction run [default: 60000]
     #[arg(long, value_name = "MS")]
     retention_check_interval_ms: Option<u64>,
+    /// Shortest session timeout a group member may ask for [default: 1000]
+    #[arg(long, value_name = "MS")]
+    group_min_session_timeout_ms: Option<u32>,
+    /// Longest session timeout a group member may ask for [default: 300000]
+    #[arg(long, value_name = "MS")]
+    group_max_session_timeout_ms: Option<u32>,
+    /// Session timeout of a group member that asks for none [default: 45000]
+    #[arg(long, value_name = "MS")]
+    group_default_session_timeout_ms: Option<u32>,
     /// How long a graceful shutdown waits for in-flight requests [default: 10000]
     #[arg(long, value_name = "MS")]
     shutdown_timeout_ms: Option<u64>,
@@ -121,6 +130,9 @@ impl ServeArgs {
             fetch_max_wait_ms,
             produce_timeout_ms,
             retention_check_interval_ms,
+            group_min_session_timeout_ms,
+            group_max_session_timeout_ms,
+            group_default_session_timeout_ms,
             shutdown_timeout_ms
         );
         for (k, v) in self.topic_config {

@@ -106,15 +106,21 @@ fn topics_are_created_listed_configured_and_deleted() {
             assert_eq!((p.log_start_offset, p.log_end_offset), (0, 0));
         }
     }
-    // all_topics lists exactly the two topics.
-    let mut all: Vec<String> = c
-        .metadata_all()
-        .topics
-        .into_iter()
-        .map(|t| t.name)
+    // all_topics lists the two topics, and the broker's internal offsets topic, marked internal.
+    let listed = c.metadata_all().topics;
+    let mut all: Vec<String> = listed
+        .iter()
+        .filter(|t| !t.is_internal)
+        .map(|t| t.name.clone())
         .collect();
     all.sort();
     assert_eq!(all, ["events", "orders"]);
+    let internal: Vec<&str> = listed
+        .iter()
+        .filter(|t| t.is_internal)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(internal, ["__consumer_offsets"]);
     // Unknown and invalid names in Metadata.
     let meta = c.metadata(&["no-such-topic", "bad name!"]);
     assert_eq!(
@@ -244,6 +250,7 @@ fn topics_are_created_listed_configured_and_deleted() {
         .metadata_all()
         .topics
         .into_iter()
+        .filter(|t| !t.is_internal)
         .map(|t| t.name)
         .collect();
     all.sort();

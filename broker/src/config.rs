@@ -19,6 +19,9 @@
 //! | `fetch_max_wait_ms` | 30000 | cap on a fetch's long-poll wait |
 //! | `produce_timeout_ms` | 30000 | how long a produce waits for its acknowledgement when it names no timeout |
 //! | `retention_check_interval_ms` | 60000 | how often retention and compaction run |
+//! | `group_min_session_timeout_ms` | 1000 | shortest session timeout a group member may ask for |
+//! | `group_max_session_timeout_ms` | 300000 | longest session timeout a group member may ask for |
+//! | `group_default_session_timeout_ms` | 45000 | session timeout of a member that asks for none |
 //! | `shutdown_timeout_ms` | 10000 | how long a graceful shutdown waits for in-flight requests |
 //! | `topic_defaults` | (storage defaults) | Kafka-named topic settings (`retention.ms = "..."`) for every topic that does not override them |
 
@@ -66,6 +69,12 @@ pub struct BrokerConfig {
     pub produce_timeout_ms: u32,
     /// Retention / compaction period.
     pub retention_check_interval_ms: u64,
+    /// Shortest group session timeout.
+    pub group_min_session_timeout_ms: u32,
+    /// Longest group session timeout.
+    pub group_max_session_timeout_ms: u32,
+    /// Group session timeout when a member names none.
+    pub group_default_session_timeout_ms: u32,
     /// Graceful shutdown deadline.
     pub shutdown_timeout_ms: u64,
     /// Topic setting defaults, by Kafka name.
@@ -94,6 +103,9 @@ impl Default for BrokerConfig {
             fetch_max_wait_ms: 30_000,
             produce_timeout_ms: 30_000,
             retention_check_interval_ms: 60_000,
+            group_min_session_timeout_ms: 1_000,
+            group_max_session_timeout_ms: 300_000,
+            group_default_session_timeout_ms: 45_000,
             shutdown_timeout_ms: 10_000,
             topic_defaults: BTreeMap::new(),
         }
@@ -160,6 +172,19 @@ impl BrokerConfig {
         }
         if self.max_pipelined_requests == 0 {
             return bad("max_pipelined_requests", "must be at least 1".into());
+        }
+        if !(self.group_min_session_timeout_ms..=self.group_max_session_timeout_ms)
+            .contains(&self.group_default_session_timeout_ms)
+        {
+            return bad(
+                "group_default_session_timeout_ms",
+                format!(
+                    "must be within group_min_session_timeout_ms..=group_max_session_timeout_ms ({}..={}); got {}",
+                    self.group_min_session_timeout_ms,
+                    self.group_max_session_timeout_ms,
+                    self.group_default_session_timeout_ms
+                ),
+            );
         }
         if self.retention_check_interval_ms == 0 {
             return bad("retention_check_interval_ms", "must be at least 1".into());

@@ -137,6 +137,22 @@ pub(crate) async fn start(ctx: &Arc<Context>, order: &Arc<Ordering>, request: Re
             ready(list_offsets(ctx, r).into())
         }
         B::InitProducerId(r) => ready(init_producer_id(ctx, r).into()),
+        B::FindCoordinator(_) => ready(
+            FindCoordinatorResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                node_id: ctx.config.node_id,
+                host: ctx.advertised.ip().to_string(),
+                port: u32::from(ctx.advertised.port()),
+            }
+            .into(),
+        ),
+        B::GroupHeartbeat(r) => ready(ctx.groups.heartbeat(&ctx.topics, r).into()),
+        B::OffsetCommit(r) => ready(ctx.groups.commit(&ctx.topics, r).await.into()),
+        B::OffsetFetch(r) => ready(ctx.groups.fetch(&r).into()),
+        B::ListGroups(_) => ready(ctx.groups.list().into()),
+        B::DescribeGroups(r) => ready(ctx.groups.describe(&ctx.topics, &r.groups).into()),
+        B::DeleteGroups(r) => ready(ctx.groups.delete(&ctx.topics, &r.groups).await.into()),
     }
 }
 
@@ -456,7 +472,12 @@ async fn start_produce(
     // Queue every partition's batches before waiting for any, so partitions append in parallel.
     let mut pending: Vec<(String, Vec<(i32, Pending)>)> = Vec::with_capacity(req.topics.len());
     for t in req.topics {
-        let topic = if ctx.config.auto_create_topics {
+        let topic = if is_internal_topic(&t.name) {
+            Err((
+                ErrorCode::InvalidTopicName,
+                format!("{} is internal: only the broker writes to it", t.name),
+            ))
+        } else if ctx.config.auto_create_topics {
             ctx.topics
                 .get_or_create(&t.name, ctx.config.default_partitions)
                 .await

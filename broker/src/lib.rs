@@ -5,6 +5,7 @@
 //! - `connection`: one client connection: framing, pipelining, in-flight limits, ordered
 //!   zero-copy responses;
 //! - `handlers`: one function per API;
+//! - `groups`: the group coordinator: membership, incremental assignment, committed offsets;
 //! - `topics`: the topic registry and its metadata files;
 //! - `partition`: a partition's single writer task and the handles connections use;
 //! - `producers`: idempotent producers: id allocation, per-partition sequence state, snapshots;
@@ -24,6 +25,7 @@
 pub mod config;
 mod connection;
 pub mod error;
+mod groups;
 mod handlers;
 mod partition;
 mod producers;

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::BrokerConfig;
 use crate::connection;
 use crate::error::BrokerError;
+use crate::groups::{Coordinator, SessionBounds};
 use crate::producers::ProducerIds;
 use crate::topics::Topics;
 
@@ -29,6 +30,7 @@ pub(crate) struct Context {
     pub config: BrokerConfig,
     pub topics: Topics,
     pub producer_ids: ProducerIds,
+    pub groups: Coordinator,
     pub shutdown: CancellationToken,
     /// The address clients reach this broker at (for Metadata).
     pub advertised: SocketAddr,
@@ -56,6 +58,15 @@ impl Broker {
         let started = std::time::Instant::now();
         let topics = Topics::load(&config.data_dir, defaults, config.max_partitions).await?;
         let producer_ids = ProducerIds::load(&config.data_dir.join("meta"))?;
+        let groups = Coordinator::load(
+            &topics,
+            SessionBounds {
+                min_ms: config.group_min_session_timeout_ms,
+                max_ms: config.group_max_session_timeout_ms,
+                default_ms: config.group_default_session_timeout_ms,
+            },
+        )
+        .await?;
         let listener =
             TcpListener::bind(&config.listen)
                 .await
@@ -81,6 +92,7 @@ impl Broker {
             config,
             topics,
             producer_ids,
+            groups,
             shutdown: shutdown.clone(),
             advertised: local_addr,
         });
@@ -108,6 +120,10 @@ async fn run(listener: TcpListener, ctx: Arc<Context>) {
     let tracker = TaskTracker::new();
     let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
     let maintenance = tokio::spawn(maintain(ctx.clone()));
+    let sessions = tokio::spawn(crate::groups::expire_sessions(
+        ctx.clone(),
+        Duration::from_millis(100),
+    ));
     let over_limit_logged = AtomicBool::new(false);
     loop {
         let accepted = tokio::select! {
@@ -150,6 +166,7 @@ async fn run(listener: TcpListener, ctx: Arc<Context>) {
         );
     }
     maintenance.abort();
+    sessions.abort();
     ctx.topics.close_all().await;
     tracing::info!("broker stopped");
 }

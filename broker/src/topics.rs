@@ -345,6 +345,12 @@ impl Topics {
 
     /// Deletes a topic: its metadata first (so a crash never resurrects it), then its logs.
     pub async fn delete(&self, name: &str) -> Result<(), TopicError> {
+        if strom_protocol::topic::is_internal_topic(name) {
+            return Err((
+                ErrorCode::PolicyViolation,
+                format!("{name} is internal and cannot be deleted"),
+            ));
+        }
         let _guard = self.admin.lock().await;
         let topic = self.get(name).ok_or_else(|| {
             (

@@ -51,7 +51,14 @@ pub const SUPPORTED_APIS: &[VersionRange] = &[
     v0(ApiKey::Produce),
     v0(ApiKey::Fetch),
     v0(ApiKey::ListOffsets),
+    v0(ApiKey::FindCoordinator),
+    v0(ApiKey::GroupHeartbeat),
+    v0(ApiKey::OffsetCommit),
+    v0(ApiKey::OffsetFetch),
     v0(ApiKey::InitProducerId),
+    v0(ApiKey::ListGroups),
+    v0(ApiKey::DescribeGroups),
+    v0(ApiKey::DeleteGroups),
 ];
 
 /// The supported versions of the API with raw key `api_key`, if this build implements it.
@@ -138,7 +145,7 @@ mod tests {
     #[test]
     fn every_known_api_is_supported_once_in_key_order() {
         let keys: Vec<i32> = SUPPORTED_APIS.iter().map(|r| r.api_key as i32).collect();
-        let expected: Vec<i32> = (1..=9).chain([17]).collect();
+        let expected: Vec<i32> = (1..=11).chain(15..=20).collect();
         assert_eq!(keys, expected);
         for range in SUPPORTED_APIS {
             assert!(range.min <= range.max);
@@ -153,9 +160,9 @@ mod tests {
             Err(ErrorCode::UnsupportedVersion)
         );
         assert_eq!(
-            check_version(&header(10, 0)),
+            check_version(&header(12, 0)),
             Err(ErrorCode::UnsupportedVersion),
-            "an api key from the future"
+            "an api key this build does not implement"
         );
         assert_eq!(check_version(&header(0, 0)), Err(ErrorCode::InvalidRequest));
         assert_eq!(

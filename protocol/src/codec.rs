@@ -439,11 +439,58 @@ mod tests {
                 }],
             }
             .into(),
+            FindCoordinatorRequest { key: "g".into() }.into(),
+            GroupHeartbeatRequest {
+                group_id: "payments".into(),
+                member_id: String::new(),
+                member_epoch: 0,
+                session_timeout_ms: 10_000,
+                subscribed_topics: Some(TopicNames {
+                    names: vec!["orders".into()],
+                }),
+                assignor: "range".into(),
+                owned_partitions: vec![TopicPartitions {
+                    topic: "orders".into(),
+                    partitions: vec![0, 2],
+                }],
+            }
+            .into(),
+            OffsetCommitRequest {
+                group_id: "payments".into(),
+                member_id: "m-1".into(),
+                member_epoch: 3,
+                topics: vec![OffsetCommitTopic {
+                    name: "orders".into(),
+                    partitions: vec![OffsetCommitPartition {
+                        partition: 0,
+                        offset: 42,
+                        metadata: Some("m".into()),
+                    }],
+                }],
+            }
+            .into(),
+            OffsetFetchRequest {
+                group_id: "payments".into(),
+                topics: vec![TopicPartitions {
+                    topic: "orders".into(),
+                    partitions: vec![1],
+                }],
+            }
+            .into(),
             InitProducerIdRequest {
                 transactional_id: None,
                 transaction_timeout_ms: 60_000,
                 producer_id: -1,
                 producer_epoch: -1,
+            }
+            .into(),
+            ListGroupsRequest {}.into(),
+            DescribeGroupsRequest {
+                groups: vec!["payments".into()],
+            }
+            .into(),
+            DeleteGroupsRequest {
+                groups: vec!["old".into()],
             }
             .into(),
         ];
@@ -578,11 +625,99 @@ mod tests {
                 }],
             }
             .into(),
+            FindCoordinatorResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                node_id: 0,
+                host: "127.0.0.1".into(),
+                port: 9494,
+            }
+            .into(),
+            GroupHeartbeatResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                member_id: "m-1".into(),
+                member_epoch: 4,
+                heartbeat_interval_ms: 3000,
+                assignment: vec![TopicPartitions {
+                    topic: "orders".into(),
+                    partitions: vec![0, 1],
+                }],
+            }
+            .into(),
+            OffsetCommitResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                topics: vec![OffsetCommitTopicResponse {
+                    name: "orders".into(),
+                    partitions: vec![OffsetCommitPartitionResponse {
+                        partition: 0,
+                        error_code: ErrorCode::None.into(),
+                    }],
+                }],
+            }
+            .into(),
+            OffsetFetchResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                topics: vec![OffsetFetchTopicResponse {
+                    name: "orders".into(),
+                    partitions: vec![OffsetFetchPartitionResponse {
+                        partition: 1,
+                        offset: 42,
+                        metadata: None,
+                        error_code: ErrorCode::None.into(),
+                    }],
+                }],
+            }
+            .into(),
             InitProducerIdResponse {
                 error_code: ErrorCode::None.into(),
                 error_message: None,
                 producer_id: 4711,
                 producer_epoch: 3,
+            }
+            .into(),
+            ListGroupsResponse {
+                groups: vec![ListedGroup {
+                    group_id: "payments".into(),
+                    state: "stable".into(),
+                    members: 3,
+                }],
+            }
+            .into(),
+            DescribeGroupsResponse {
+                groups: vec![DescribedGroup {
+                    group_id: "payments".into(),
+                    error_code: ErrorCode::None.into(),
+                    error_message: None,
+                    state: "stable".into(),
+                    group_epoch: 7,
+                    assignor: "range".into(),
+                    members: vec![GroupMember {
+                        member_id: "m-1".into(),
+                        member_epoch: 7,
+                        subscribed_topics: vec!["orders".into()],
+                        assignment: vec![],
+                        session_timeout_ms: 45_000,
+                    }],
+                    offsets: vec![GroupOffset {
+                        topic: "orders".into(),
+                        partition: 0,
+                        committed_offset: 5,
+                        log_end_offset: 9,
+                        lag: 4,
+                        metadata: None,
+                    }],
+                }],
+            }
+            .into(),
+            DeleteGroupsResponse {
+                results: vec![DeletedGroup {
+                    group_id: "old".into(),
+                    error_code: ErrorCode::GroupIdNotFound.into(),
+                    error_message: None,
+                }],
             }
             .into(),
         ];

@@ -75,7 +75,14 @@ apis! {
     Produce => ProduceRequest, ProduceResponse;
     Fetch => FetchRequest, FetchResponse;
     ListOffsets => ListOffsetsRequest, ListOffsetsResponse;
+    FindCoordinator => FindCoordinatorRequest, FindCoordinatorResponse;
+    GroupHeartbeat => GroupHeartbeatRequest, GroupHeartbeatResponse;
+    OffsetCommit => OffsetCommitRequest, OffsetCommitResponse;
+    OffsetFetch => OffsetFetchRequest, OffsetFetchResponse;
     InitProducerId => InitProducerIdRequest, InitProducerIdResponse;
+    ListGroups => ListGroupsRequest, ListGroupsResponse;
+    DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
+    DeleteGroups => DeleteGroupsRequest, DeleteGroupsResponse;
 }
 
 impl Request {

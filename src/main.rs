@@ -1,4 +1,5 @@
-//! The `strom` binary: the broker (`strom serve`) and, as they arrive, the command-line tools.
+//! The `strom` binary: the broker (`strom serve`) and the command-line tools (`strom topics`,
+//! `strom produce`, `strom consume`).
 //!
 //! Every failure is one line on stderr and a non-zero exit status, never a panic or backtrace.
 
@@ -6,13 +7,27 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+mod cli;
+
 use clap::{Args, Parser, Subcommand};
 use strom_broker::{Broker, BrokerConfig};
 
 /// strom: a partitioned, append-only event log broker.
 #[derive(Debug, Parser)]
-#[command(name = "strom", version, about, propagate_version = true)]
+#[command(
+    name = "strom",
+    version,
+    about,
+    propagate_version = true,
+    args_override_self = true
+)]
 struct Cli {
+    /// Broker to talk to (client commands).
+    #[arg(long, global = true, env = "STROM_BOOTSTRAP", default_value = strom_client::DEFAULT_BOOTSTRAP)]
+    bootstrap: String,
+    /// Output for client commands: text for people, json for programs (one object per line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    output: cli::Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,6 +36,20 @@ struct Cli {
 enum Command {
     /// Run a broker. With no flags it serves ./strom-data on 127.0.0.1:9494.
     Serve(ServeArgs),
+    /// Create, list, describe, delete and alter topics.
+    Topics {
+        #[command(subcommand)]
+        command: cli::topics::TopicsCommand,
+    },
+    /// Write records from standard input, one per line.
+    Produce(cli::produce::ProduceArgs),
+    /// Read records and print them.
+    Consume(cli::consume::ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    Groups {
+        #[command(subcommand)]
+        command: cli::groups::GroupsCommand,
+    },
 }
 
 /// Settings come from the embedded defaults, then `--config FILE`, then these flags.
@@ -93,15 +122,8 @@ struct ServeArgs {
     shutdown_timeout_ms: Option<u64>,
     /// A topic default by its Kafka name, e.g. `retention.ms=86400000` or `flush.messages=1`
     /// (repeatable; see docs/storage.md for every setting and its default)
-    #[arg(long = "topic-config", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    #[arg(long = "topic-config", value_name = "KEY=VALUE", value_parser = cli::parse_pair)]
     topic_config: Vec<(String, String)>,
-}
-
-fn parse_pair(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
-    Ok((k.trim().to_string(), v.trim().to_string()))
 }
 
 impl ServeArgs {
@@ -147,6 +169,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        command => client_command(&cli.bootstrap, cli.output, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -171,6 +194,43 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     line
+}
+
+/// Runs a client command on a small runtime; logs stay quiet unless RUST_LOG asks.
+fn client_command(bootstrap: &str, output: cli::Output, command: Command) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        match command {
+            Command::Serve(_) => Ok(()),
+            Command::Topics { command } => {
+                let admin =
+                    strom_client::Admin::connect(strom_client::ClientConfig::new(bootstrap))
+                        .await?;
+                cli::topics::run(&admin, command, output).await
+            }
+            Command::Groups { command } => {
+                let admin =
+                    strom_client::Admin::connect(strom_client::ClientConfig::new(bootstrap))
+                        .await?;
+                cli::groups::run(&admin, command, output).await
+            }
+            Command::Produce(args) => cli::produce::run(bootstrap, args).await,
+            Command::Consume(args) => cli::consume::run(bootstrap, args, output).await,
+        }
+    })
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

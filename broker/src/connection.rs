@@ -36,6 +36,11 @@ enum Reply {
     Running(JoinHandle<Option<Response>>),
 }
 
+/// Read buffer room of a connection with nothing buffered.
+const READ_CHUNK_IDLE: usize = 4 * 1024;
+/// Read buffer room while a connection is streaming requests.
+const READ_CHUNK_BUSY: usize = 64 * 1024;
+
 /// Most slices handed to one `writev` (Linux's IOV_MAX is 1024).
 const MAX_IOV: usize = 512;
 
@@ -50,7 +55,8 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     let writer = tokio::spawn(write_responses(wr, rx));
     let budget = Arc::new(Semaphore::new(ctx.config.max_inflight_bytes));
     let max_frame = ctx.config.max_frame_bytes as usize;
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Small until the client sends something: thousands of idle connections must stay cheap.
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_IDLE);
     let order = Arc::new(Ordering::default());
     let reason: String = 'conn: loop {
         // Every whole frame already buffered.
@@ -81,8 +87,14 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
                 break 'conn "client stopped reading".to_string();
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(64 * 1024);
+        if buf.capacity() - buf.len() < READ_CHUNK_IDLE {
+            // A busy connection reads in bigger chunks; a partial frame already reserved its
+            // whole length in `decode_frame`.
+            buf.reserve(if buf.is_empty() {
+                READ_CHUNK_IDLE
+            } else {
+                READ_CHUNK_BUSY
+            });
         }
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
@@ -145,7 +157,7 @@ async fn start(ctx: &Arc<Context>, order: &Arc<Ordering>, frame: Bytes) -> Resul
 
 /// Writes responses in request order, coalescing the ones that are ready into one `writev`.
 async fn write_responses(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
-    let mut scratch = BytesMut::with_capacity(16 * 1024);
+    let mut scratch = BytesMut::new();
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut held: Vec<Outgoing> = Vec::new();
     while let Some(first) = rx.recv().await {

@@ -266,6 +266,7 @@ fn topic_metadata(
                 isr_nodes: vec![ctx.config.node_id],
                 log_start_offset: p.reader().start_offset(),
                 log_end_offset: p.reader().end_offset(),
+                size_bytes: p.reader().size_bytes(),
             })
             .collect(),
         is_internal: is_internal_topic(name),

@@ -533,6 +533,7 @@ mod tests {
                             isr_nodes: vec![1],
                             log_start_offset: 10,
                             log_end_offset: 99,
+                            size_bytes: 4096,
                         }],
                         is_internal: false,
                     },

@@ -1035,3 +1035,76 @@ impl Rng {
         out
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Restarting on the same address
+// ------------------------------------------------------------------------------------------
+
+impl Broker {
+    /// As [`Broker::start`], but listening on `addr` (`--listen <addr>`), e.g. the address of a
+    /// broker that was stopped or killed, so that running clients reconnect to the same
+    /// address. The old port is free once the old process is gone (the listener sets
+    /// `SO_REUSEADDR`).
+    pub fn start_at(data_dir: &Path, addr: SocketAddr, extra_args: &[&str]) -> Broker {
+        fs::create_dir_all(data_dir).expect("create the data directory");
+        let n = BROKER_SEQ.fetch_add(1, Ordering::Relaxed);
+        let log_dir = data_dir
+            .parent()
+            .map_or_else(std::env::temp_dir, Path::to_path_buf);
+        let log_path = log_dir.join(format!("strom-{}-{n}.stderr", std::process::id()));
+        let stderr = File::create(&log_path).expect("create the broker's stderr file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("spawn strom serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines.by_ref() {}
+        });
+        let first = match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(Some(Ok(line))) => Ok(line),
+            Ok(Some(Err(e))) => Err(format!("reading its stdout failed: {e}")),
+            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err("it closed stdout without printing a line".to_string())
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                "it printed nothing within {} s",
+                STARTUP_TIMEOUT.as_secs()
+            )),
+        };
+        let listening = first.and_then(|line| {
+            parse_listening_line(&line)
+                .filter(|got| *got == addr)
+                .ok_or_else(|| {
+                    format!("its first stdout line is {line:?}, not `listening on {addr}`")
+                })
+        });
+        match listening {
+            Ok(addr) => Broker {
+                child: Some(child),
+                addr,
+                log_path,
+                data_dir: data_dir.to_path_buf(),
+            },
+            Err(why) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "strom serve did not start on {addr}: {why} (exit: {status:?})\n--- broker stderr ---\n{}",
+                    tail(&log_path)
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,894 @@
+//! [`Admin`]: topic administration and offset lookups (CreateTopics, DeleteTopics, Metadata,
+//! DescribeConfigs, AlterConfigs, ListOffsets), and consumer group administration (ListGroups,
+//! DescribeGroups, DeleteGroups, OffsetFetch, and offset resets with ListOffsets and an admin
+//! OffsetCommit), over the control connection.
+//!
+//! Batch calls return one result per item (each topic succeeds or fails on its own, as on the
+//! wire); the single-item helpers turn that into a plain `Result`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strom_protocol::ErrorCode;
+use strom_protocol::messages::{
+    AlterConfigsRequest, AlterableTopic, CreatableTopic, CreateTopicsRequest, DeleteGroupsRequest,
+    DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, ListGroupsRequest,
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, OffsetSpec as WireSpec, response,
+};
+
+use crate::config::ClientConfig;
+use crate::connection::Connection;
+use crate::consumer::group::{fetch_committed, from_wire, group_error, send_commit};
+use crate::control::Control;
+use crate::error::{Error, Result};
+use crate::record::TopicPartition;
+
+/// A topic to create.
+///
+/// ```
+/// use strom_client::NewTopic;
+///
+/// let topic = NewTopic::new("orders").partitions(12).config("retention.ms", "604800000");
+/// assert_eq!(topic.partitions, Some(12));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTopic {
+    /// Name (1 to 249 of `a-z A-Z 0-9 . _ -`).
+    pub name: String,
+    /// Partition count; `None` takes the broker's default.
+    pub partitions: Option<i32>,
+    /// Topic configs that differ from the broker's defaults (Kafka names, string values).
+    pub configs: BTreeMap<String, String>,
+}
+
+impl NewTopic {
+    /// A topic with the broker's default partition count and configs.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            partitions: None,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the partition count.
+    #[must_use]
+    pub fn partitions(mut self, partitions: i32) -> Self {
+        self.partitions = Some(partitions);
+        self
+    }
+
+    /// Sets one config.
+    #[must_use]
+    pub fn config(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.configs.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// A topic as Metadata describes it.
+///
+/// ```no_run
+/// # async fn run(admin: strom_client::Admin) -> Result<(), strom_client::Error> {
+/// for topic in admin.describe_topics(&["orders"]).await? {
+///     for p in &topic.partitions {
+///         println!("{}-{}: {}..{}", topic.name, p.partition, p.log_start_offset, p.log_end_offset);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    /// Name.
+    pub name: String,
+    /// One of the broker's own topics.
+    pub internal: bool,
+    /// Partitions, by index.
+    pub partitions: Vec<PartitionDescription>,
+}
+
+/// One partition of a [`TopicDescription`].
+///
+/// ```
+/// # let p = strom_client::PartitionDescription { partition: 0, leader: 0, leader_epoch: 0, log_start_offset: 0, log_end_offset: 10, size_bytes: 0, error: None };
+/// let stored = p.log_end_offset - p.log_start_offset;
+/// # assert_eq!(stored, 10);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionDescription {
+    /// Index.
+    pub partition: i32,
+    /// Node id of the leader; -1 when none.
+    pub leader: i32,
+    /// The leader's epoch.
+    pub leader_epoch: i32,
+    /// First offset still stored.
+    pub log_start_offset: i64,
+    /// Offset the next record gets.
+    pub log_end_offset: i64,
+    /// Bytes the partition's log takes on disk (0 from a broker that does not report it).
+    pub size_bytes: u64,
+    /// Why the partition is unavailable, if it is.
+    pub error: Option<ErrorCode>,
+}
+
+/// Where a config value comes from.
+///
+/// ```
+/// assert_ne!(strom_client::ConfigSource::Topic, strom_client::ConfigSource::Default);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigSource {
+    /// Set on the topic.
+    Topic,
+    /// The broker's configured default.
+    Broker,
+    /// strom's built-in default.
+    Default,
+    /// The broker did not say.
+    Unknown,
+}
+
+/// One topic config, as DescribeConfigs returns it.
+///
+/// ```no_run
+/// # async fn run(admin: strom_client::Admin) -> Result<(), strom_client::Error> {
+/// for c in admin.describe_configs("orders").await? {
+///     println!("{} = {} ({:?})", c.name, c.value, c.source);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigEntry {
+    /// Name, e.g. `retention.ms`.
+    pub name: String,
+    /// Effective value.
+    pub value: String,
+    /// Where the value comes from.
+    pub source: ConfigSource,
+    /// AlterConfigs cannot change it.
+    pub read_only: bool,
+}
+
+/// Which offset to look up.
+///
+/// ```
+/// use strom_client::OffsetSpec;
+/// let specs = [OffsetSpec::Earliest, OffsetSpec::Latest, OffsetSpec::Timestamp(1_700_000_000_000)];
+/// # assert_eq!(specs.len(), 3);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The log start offset (oldest stored record).
+    Earliest,
+    /// The log end offset (the offset the next record gets).
+    Latest,
+    /// The first offset whose record timestamp is at or after this (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// An offset found by [`Admin::list_offsets`].
+///
+/// ```no_run
+/// # async fn run(admin: strom_client::Admin) -> Result<(), strom_client::Error> {
+/// use strom_client::{OffsetSpec, TopicPartition};
+/// let found = admin.list_offsets(&[(TopicPartition::new("orders", 0), OffsetSpec::Latest)]).await?;
+/// println!("end of orders-0: {}", found[0].offset);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedOffset {
+    /// The partition.
+    pub topic_partition: TopicPartition,
+    /// The offset; -1 when no record has a timestamp at or after the one asked for.
+    pub offset: i64,
+    /// With [`OffsetSpec::Timestamp`], the timestamp of the record at `offset`; -1 otherwise.
+    pub timestamp: i64,
+}
+
+/// The state of a consumer group, as the coordinator reports it.
+///
+/// ```
+/// use strom_client::GroupState;
+/// assert_eq!(GroupState::parse("stable"), GroupState::Stable);
+/// assert_eq!(GroupState::Reconciling.to_string(), "reconciling");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GroupState {
+    /// No members (it may still have committed offsets).
+    Empty,
+    /// Members are being walked towards a new assignment: some still have partitions to give
+    /// up or to receive.
+    Reconciling,
+    /// Every member has its target assignment.
+    Stable,
+    /// A state this client does not know.
+    Unknown,
+}
+
+impl GroupState {
+    /// Parses the wire name (`empty`, `reconciling`, `stable`).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "empty" => GroupState::Empty,
+            "reconciling" => GroupState::Reconciling,
+            "stable" => GroupState::Stable,
+            _ => GroupState::Unknown,
+        }
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Empty => "empty",
+            GroupState::Reconciling => "reconciling",
+            GroupState::Stable => "stable",
+            GroupState::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for GroupState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One group of [`Admin::list_groups`].
+///
+/// ```no_run
+/// # async fn run(admin: strom_client::Admin) -> Result<(), strom_client::Error> {
+/// for g in admin.list_groups().await? {
+///     println!("{} {} ({} members)", g.group_id, g.state, g.members);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    /// The group id.
+    pub group_id: String,
+    /// Its state.
+    pub state: GroupState,
+    /// How many members it has.
+    pub members: u32,
+}
+
+/// A group as [`Admin::describe_group`] describes it.
+///
+/// ```no_run
+/// # async fn run(admin: strom_client::Admin) -> Result<(), strom_client::Error> {
+/// let g = admin.describe_group("billing").await?;
+/// println!("{} epoch {} ({}), {} members", g.state, g.epoch, g.assignor, g.members.len());
+/// for o in &g.offsets {
+///     println!("{}: committed {} of {}, lag {}", o.topic_partition, o.committed_offset, o.log_end_offset, o.lag);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// The group id.
+    pub group_id: String,
+    /// Its state.
+    pub state: GroupState,
+    /// The group epoch (bumped by every membership, subscription or partition change).
+    pub epoch: i32,
+    /// The assignment strategy (`range` or `roundrobin`).
+    pub assignor: String,
+    /// The members, with their assignments.
+    pub members: Vec<MemberDescription>,
+    /// Every committed offset of the group, with the partition's log end and the lag.
+    pub offsets: Vec<GroupOffset>,
+}
+
+/// A member of a [`GroupDescription`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    /// The id the coordinator gave it.
+    pub member_id: String,
+    /// Its epoch (behind the group's while it still has partitions to give up).
+    pub member_epoch: i32,
+    /// The topics it subscribes to.
+    pub subscribed_topics: Vec<String>,
+    /// The partitions assigned to it, sorted.
+    pub assignment: Vec<TopicPartition>,
+    /// Its session timeout.
+    pub session_timeout: Duration,
+}
+
+/// A committed offset of a [`GroupDescription`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffset {
+    /// The partition.
+    pub topic_partition: TopicPartition,
+    /// The committed offset: the next record the group reads.
+    pub committed_offset: i64,
+    /// The partition's log end offset; -1 when the partition no longer exists.
+    pub log_end_offset: i64,
+    /// `log_end_offset - committed_offset` (-1 when the partition no longer exists).
+    pub lag: i64,
+    /// The metadata stored with the commit.
+    pub metadata: Option<String>,
+}
+
+/// Where [`Admin::reset_offsets`] moves a group's committed offsets.
+///
+/// ```
+/// use strom_client::ResetTo;
+/// let replay_last_hour = ResetTo::Timestamp(1_700_000_000_000 - 3_600_000);
+/// # let _ = (replay_last_hour, ResetTo::Earliest, ResetTo::Latest, ResetTo::Offset(0));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    /// The oldest stored record: the group replays everything.
+    Earliest,
+    /// The log end: the group skips everything stored.
+    Latest,
+    /// This offset in every partition, clamped to the partition's stored range.
+    Offset(i64),
+    /// The first record at or after this time (ms since the epoch); the log end for a
+    /// partition with no such record.
+    Timestamp(i64),
+}
+
+/// One partition's ListOffsets answer (internal: per-partition errors kept apart).
+#[derive(Debug)]
+pub(crate) struct Listed {
+    pub(crate) tp: TopicPartition,
+    pub(crate) result: Result<(i64, i64)>,
+}
+
+/// Runs one ListOffsets request on `conn`; the answers follow `queries`' order.
+///
+/// # Errors
+/// The request's failure; per-partition errors are in each [`Listed`].
+pub(crate) async fn list_offsets_on(
+    conn: &Connection,
+    queries: &[(TopicPartition, OffsetSpec)],
+) -> Result<Vec<Listed>> {
+    let mut topics: Vec<ListOffsetsTopic> = Vec::new();
+    for (tp, spec) in queries {
+        let (spec, timestamp_ms) = match spec {
+            OffsetSpec::Earliest => (WireSpec::Earliest, 0),
+            OffsetSpec::Latest => (WireSpec::Latest, 0),
+            OffsetSpec::Timestamp(t) => (WireSpec::Timestamp, *t),
+        };
+        let p = ListOffsetsPartition {
+            partition: tp.partition,
+            spec: spec as i32,
+            timestamp_ms,
+        };
+        match topics.iter_mut().find(|t| *t.name == *tp.topic) {
+            Some(t) => t.partitions.push(p),
+            None => topics.push(ListOffsetsTopic {
+                name: tp.topic.to_string(),
+                partitions: vec![p],
+            }),
+        }
+    }
+    let body = conn.request(ListOffsetsRequest { topics }).await?;
+    let response::Body::ListOffsets(r) = body else {
+        return Err(Error::Protocol {
+            addr: conn.addr().to_string(),
+            reason: "ListOffsets answered with another API's body".into(),
+        });
+    };
+    // A partition may be asked for more than once (e.g. earliest and latest): answers are kept
+    // in order per partition.
+    let mut answers: BTreeMap<TopicPartition, std::collections::VecDeque<Result<(i64, i64)>>> =
+        BTreeMap::new();
+    for t in r.topics {
+        let topic: Arc<str> = Arc::from(t.name.as_str());
+        for p in t.partitions {
+            let result = match Error::from_code(p.error_code(), p.error_message.clone()) {
+                Some(e) => Err(e),
+                None => Ok((p.offset, p.timestamp_ms)),
+            };
+            answers
+                .entry(TopicPartition::new(topic.clone(), p.partition))
+                .or_default()
+                .push_back(result);
+        }
+    }
+    Ok(queries
+        .iter()
+        .map(|(tp, _)| Listed {
+            tp: tp.clone(),
+            result: answers
+                .get_mut(tp)
+                .and_then(|a| a.pop_front())
+                .unwrap_or_else(|| {
+                    Err(Error::Protocol {
+                        addr: conn.addr().to_string(),
+                        reason: format!("ListOffsets did not answer for {tp}"),
+                    })
+                }),
+        })
+        .collect())
+}
+
+/// Administers topics.
+///
+/// ```no_run
+/// use strom_client::{Admin, ClientConfig, NewTopic};
+///
+/// # async fn run() -> Result<(), strom_client::Error> {
+/// let admin = Admin::connect(ClientConfig::new("127.0.0.1:9494")).await?;
+/// admin.create_topic(NewTopic::new("orders").partitions(12)).await?;
+/// admin.alter_configs("orders", &[("retention.ms", "86400000")], &[]).await?;
+/// let topics = admin.list_topics().await?;
+/// admin.delete_topic("orders").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Admin {
+    control: Control,
+}
+
+fn unexpected(what: &str) -> Error {
+    Error::Protocol {
+        addr: String::new(),
+        reason: format!("{what} answered with another API's body"),
+    }
+}
+
+impl Admin {
+    /// Checks `config` and connects.
+    ///
+    /// # Errors
+    /// [`Error::Config`]; the connection's failure.
+    pub async fn connect(config: ClientConfig) -> Result<Admin> {
+        config.validate()?;
+        let control = Control::new(config);
+        control.connection().await?;
+        Ok(Admin { control })
+    }
+
+    fn timeout_ms(&self) -> u32 {
+        u32::try_from(self.control.config().request_timeout.as_millis()).unwrap_or(u32::MAX)
+    }
+
+    /// Creates topics (or, with `validate_only`, only checks them). One result per topic, in
+    /// order: the partition count it has, or why it failed.
+    ///
+    /// # Errors
+    /// The request's failure.
+    pub async fn create_topics(
+        &self,
+        topics: &[NewTopic],
+        validate_only: bool,
+    ) -> Result<Vec<(String, Result<i32>)>> {
+        let req = CreateTopicsRequest {
+            topics: topics
+                .iter()
+                .map(|t| CreatableTopic {
+                    name: t.name.clone(),
+                    num_partitions: t.partitions,
+                    configs: t.configs.clone().into_iter().collect(),
+                })
+                .collect(),
+            timeout_ms: self.timeout_ms(),
+            validate_only,
+        };
+        let response::Body::CreateTopics(r) = self.control.request(req).await? else {
+            return Err(unexpected("CreateTopics"));
+        };
+        Ok(r.topics
+            .into_iter()
+            .map(|t| {
+                let result = match Error::from_code(t.error_code(), t.error_message.clone()) {
+                    Some(e) => Err(e),
+                    None => Ok(t.num_partitions),
+                };
+                (t.name, result)
+            })
+            .collect())
+    }
+
+    /// Creates one topic; returns its partition count.
+    ///
+    /// # Errors
+    /// The topic's error (e.g. `TOPIC_ALREADY_EXISTS`), or the request's failure.
+    pub async fn create_topic(&self, topic: NewTopic) -> Result<i32> {
+        let name = topic.name.clone();
+        self.create_topics(&[topic], false)
+            .await?
+            .into_iter()
+            .next()
+            .map_or_else(|| Err(missing(&name)), |(_, r)| r)
+    }
+
+    /// Deletes topics; one result per topic, in order.
+    ///
+    /// # Errors
+    /// The request's failure.
+    pub async fn delete_topics(&self, names: &[&str]) -> Result<Vec<(String, Result<()>)>> {
+        let req = DeleteTopicsRequest {
+            topics: names.iter().map(|n| n.to_string()).collect(),
+            timeout_ms: self.timeout_ms(),
+        };
+        let response::Body::DeleteTopics(r) = self.control.request(req).await? else {
+            return Err(unexpected("DeleteTopics"));
+        };
+        Ok(r.topics
+            .into_iter()
+            .map(|t| {
+                let result = match Error::from_code(t.error_code(), t.error_message.clone()) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
+                (t.name, result)
+            })
+            .collect())
+    }
+
+    /// Deletes one topic.
+    ///
+    /// # Errors
+    /// The topic's error (e.g. `UNKNOWN_TOPIC_OR_PARTITION`), or the request's failure.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.delete_topics(&[name])
+            .await?
+            .into_iter()
+            .next()
+            .map_or_else(|| Err(missing(name)), |(_, r)| r)
+    }
+
+    /// Every topic, with partitions and their offsets.
+    ///
+    /// # Errors
+    /// The request's failure.
+    pub async fn list_topics(&self) -> Result<Vec<TopicDescription>> {
+        self.describe(&[]).await
+    }
+
+    /// The named topics, with partitions and their offsets, in order.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`] for a topic that does not exist; other topic errors; the
+    /// request's failure.
+    pub async fn describe_topics(&self, names: &[&str]) -> Result<Vec<TopicDescription>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.describe(names).await
+    }
+
+    async fn describe(&self, names: &[&str]) -> Result<Vec<TopicDescription>> {
+        let m = self.control.metadata(names, false).await?;
+        let mut out = Vec::with_capacity(m.topics.len());
+        for t in m.topics {
+            match t.error_code() {
+                ErrorCode::None => {}
+                ErrorCode::UnknownTopicOrPartition => {
+                    return Err(Error::UnknownTopic {
+                        topic: t.name,
+                        reason: None,
+                    });
+                }
+                code => {
+                    return Err(Error::Broker {
+                        code,
+                        message: Some(format!("topic {}", t.name)),
+                    });
+                }
+            }
+            let mut partitions: Vec<PartitionDescription> = t
+                .partitions
+                .iter()
+                .map(|p| PartitionDescription {
+                    partition: p.partition,
+                    leader: p.leader_id,
+                    leader_epoch: p.leader_epoch,
+                    log_start_offset: p.log_start_offset,
+                    log_end_offset: p.log_end_offset,
+                    size_bytes: p.size_bytes,
+                    error: (!p.error_code().is_ok()).then(|| p.error_code()),
+                })
+                .collect();
+            partitions.sort_by_key(|p| p.partition);
+            out.push(TopicDescription {
+                name: t.name,
+                internal: t.is_internal,
+                partitions,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The effective configs of `topic`, sorted by name.
+    ///
+    /// # Errors
+    /// The topic's error, or the request's failure.
+    pub async fn describe_configs(&self, topic: &str) -> Result<Vec<ConfigEntry>> {
+        let req = DescribeConfigsRequest {
+            topics: vec![topic.to_string()],
+            config_names: Vec::new(),
+        };
+        let response::Body::DescribeConfigs(r) = self.control.request(req).await? else {
+            return Err(unexpected("DescribeConfigs"));
+        };
+        let t = r.topics.into_iter().next().ok_or_else(|| missing(topic))?;
+        if let Some(e) = Error::from_code(t.error_code(), t.error_message.clone()) {
+            return Err(e);
+        }
+        Ok(t.configs
+            .into_iter()
+            .map(|c| ConfigEntry {
+                source: match c.source() {
+                    strom_protocol::messages::ConfigSource::Topic => ConfigSource::Topic,
+                    strom_protocol::messages::ConfigSource::Broker => ConfigSource::Broker,
+                    strom_protocol::messages::ConfigSource::Default => ConfigSource::Default,
+                    strom_protocol::messages::ConfigSource::Unspecified => ConfigSource::Unknown,
+                },
+                name: c.name,
+                value: c.value,
+                read_only: c.read_only,
+            })
+            .collect())
+    }
+
+    /// Sets configs on `topic` and resets others to the broker default, as one change.
+    ///
+    /// # Errors
+    /// The topic's error (e.g. `INVALID_CONFIG`), or the request's failure.
+    pub async fn alter_configs(
+        &self,
+        topic: &str,
+        set: &[(&str, &str)],
+        reset: &[&str],
+    ) -> Result<()> {
+        let req = AlterConfigsRequest {
+            topics: vec![AlterableTopic {
+                name: topic.to_string(),
+                set: set
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                reset: reset.iter().map(|r| r.to_string()).collect(),
+            }],
+            validate_only: false,
+        };
+        let response::Body::AlterConfigs(r) = self.control.request(req).await? else {
+            return Err(unexpected("AlterConfigs"));
+        };
+        let t = r.topics.into_iter().next().ok_or_else(|| missing(topic))?;
+        match Error::from_code(t.error_code(), t.error_message) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Looks offsets up: earliest, latest, or by time.
+    ///
+    /// # Errors
+    /// The first partition's error, or the request's failure.
+    pub async fn list_offsets(
+        &self,
+        queries: &[(TopicPartition, OffsetSpec)],
+    ) -> Result<Vec<ListedOffset>> {
+        let conn = self.control.connection().await?;
+        list_offsets_on(&conn, queries)
+            .await?
+            .into_iter()
+            .map(|l| {
+                let (offset, timestamp) = l.result?;
+                Ok(ListedOffset {
+                    topic_partition: l.tp,
+                    offset,
+                    timestamp,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Consumer groups.
+impl Admin {
+    /// Every group with members or committed offsets, sorted by id.
+    ///
+    /// # Errors
+    /// The request's failure.
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
+        let response::Body::ListGroups(r) = self.control.request(ListGroupsRequest {}).await?
+        else {
+            return Err(unexpected("ListGroups"));
+        };
+        Ok(r.groups
+            .into_iter()
+            .map(|g| GroupListing {
+                state: GroupState::parse(&g.state),
+                group_id: g.group_id,
+                members: g.members,
+            })
+            .collect())
+    }
+
+    /// A group's state, epoch, assignor, members with their assignments, and per partition
+    /// the committed offset, log end offset and lag.
+    ///
+    /// # Errors
+    /// [`Error::GroupNotFound`]; the request's failure.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        let req = DescribeGroupsRequest {
+            groups: vec![group.to_string()],
+        };
+        let response::Body::DescribeGroups(r) = self.control.request(req).await? else {
+            return Err(unexpected("DescribeGroups"));
+        };
+        let g = r
+            .groups
+            .into_iter()
+            .find(|g| g.group_id == group)
+            .ok_or_else(|| Error::Protocol {
+                addr: String::new(),
+                reason: format!("DescribeGroups did not answer for group {group}"),
+            })?;
+        if !g.error_code().is_ok() {
+            return Err(group_error(g.error_code(), g.error_message, group, -1));
+        }
+        let mut offsets: Vec<GroupOffset> = g
+            .offsets
+            .into_iter()
+            .map(|o| GroupOffset {
+                topic_partition: TopicPartition::new(o.topic, o.partition),
+                committed_offset: o.committed_offset,
+                log_end_offset: o.log_end_offset,
+                lag: o.lag,
+                metadata: o.metadata,
+            })
+            .collect();
+        offsets.sort_by(|a, b| a.topic_partition.cmp(&b.topic_partition));
+        Ok(GroupDescription {
+            group_id: g.group_id,
+            state: GroupState::parse(&g.state),
+            epoch: g.group_epoch,
+            assignor: g.assignor,
+            members: g
+                .members
+                .into_iter()
+                .map(|m| MemberDescription {
+                    assignment: from_wire(&m.assignment).into_iter().collect(),
+                    member_id: m.member_id,
+                    member_epoch: m.member_epoch,
+                    subscribed_topics: m.subscribed_topics,
+                    session_timeout: Duration::from_millis(u64::from(m.session_timeout_ms)),
+                })
+                .collect(),
+            offsets,
+        })
+    }
+
+    /// Deletes a group without members, with its committed offsets (durably).
+    ///
+    /// ```no_run
+    /// # async fn run(admin: strom_client::Admin) -> Result<(), strom_client::Error> {
+    /// admin.delete_group("old-billing").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::GroupNotFound`]; [`Error::NonEmptyGroup`]; the request's failure.
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        let req = DeleteGroupsRequest {
+            groups: vec![group.to_string()],
+        };
+        let response::Body::DeleteGroups(r) = self.control.request(req).await? else {
+            return Err(unexpected("DeleteGroups"));
+        };
+        let d = r
+            .results
+            .into_iter()
+            .find(|d| d.group_id == group)
+            .ok_or_else(|| Error::Protocol {
+                addr: String::new(),
+                reason: format!("DeleteGroups did not answer for group {group}"),
+            })?;
+        if d.error_code().is_ok() {
+            Ok(())
+        } else {
+            Err(group_error(d.error_code(), d.error_message, group, -1))
+        }
+    }
+
+    /// The committed offsets of a group (OffsetFetch), by partition. Empty for a group that
+    /// does not exist.
+    ///
+    /// ```no_run
+    /// # async fn run(admin: strom_client::Admin) -> Result<(), strom_client::Error> {
+    /// for (tp, offset) in admin.committed_offsets("billing").await? {
+    ///     println!("{tp}: {offset}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The request's failure.
+    pub async fn committed_offsets(&self, group: &str) -> Result<BTreeMap<TopicPartition, i64>> {
+        fetch_committed(&self.control, group, &[]).await
+    }
+
+    /// Moves the committed offsets of `group` for every partition of `topic` to `to` (looked
+    /// up with ListOffsets), with an admin commit. The group must have no members: stop (close)
+    /// its consumers first, and they resume from the new offsets. Returns the offsets committed.
+    ///
+    /// ```no_run
+    /// use strom_client::ResetTo;
+    /// # async fn run(admin: strom_client::Admin) -> Result<(), strom_client::Error> {
+    /// // Replay everything billing has read of orders.
+    /// admin.reset_offsets("billing", "orders", ResetTo::Earliest).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NonEmptyGroup`] while the group has members; [`Error::UnknownTopic`]; a
+    /// partition's ListOffsets or commit error; the requests' failures.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        to: ResetTo,
+    ) -> Result<BTreeMap<TopicPartition, i64>> {
+        let partitions = self
+            .control
+            .partition_count(topic, false)
+            .await?
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: topic.to_string(),
+                reason: None,
+            })?;
+        let tps: Vec<TopicPartition> = (0..partitions)
+            .map(|p| TopicPartition::new(topic, p))
+            .collect();
+        let conn = self.control.connection().await?;
+        let lookup = |spec: OffsetSpec| -> Vec<(TopicPartition, OffsetSpec)> {
+            tps.iter().map(|tp| (tp.clone(), spec)).collect()
+        };
+        let found = |listed: Vec<Listed>| -> Result<Vec<i64>> {
+            listed
+                .into_iter()
+                .map(|l| l.result.map(|(offset, _)| offset))
+                .collect()
+        };
+        let ends = found(list_offsets_on(&conn, &lookup(OffsetSpec::Latest)).await?)?;
+        let targets: Vec<i64> = match to {
+            ResetTo::Latest => ends.clone(),
+            ResetTo::Earliest => {
+                found(list_offsets_on(&conn, &lookup(OffsetSpec::Earliest)).await?)?
+            }
+            ResetTo::Offset(offset) => {
+                let starts = found(list_offsets_on(&conn, &lookup(OffsetSpec::Earliest)).await?)?;
+                starts
+                    .iter()
+                    .zip(&ends)
+                    .map(|(&start, &end)| offset.clamp(start, end.max(start)))
+                    .collect()
+            }
+            ResetTo::Timestamp(ts) => {
+                let at = found(list_offsets_on(&conn, &lookup(OffsetSpec::Timestamp(ts))).await?)?;
+                // -1: no record at or after the time: everything stored is before it.
+                at.iter()
+                    .zip(&ends)
+                    .map(|(&o, &end)| if o < 0 { end } else { o })
+                    .collect()
+            }
+        };
+        let offsets: Vec<(TopicPartition, i64)> = tps.into_iter().zip(targets).collect();
+        // An admin commit: no member id, epoch -1; refused while the group has members.
+        let (accepted, first_error) = send_commit(&self.control, group, "", -1, &offsets).await?;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        Ok(accepted.into_iter().collect())
+    }
+}
+
+fn missing(topic: &str) -> Error {
+    Error::Protocol {
+        addr: String::new(),
+        reason: format!("the response has no entry for topic {topic}"),
+    }
+}

@@ -1,0 +1,600 @@
+//! The background fetcher: keeps one long-poll fetch in flight for the assigned partitions that
+//! have a position and nothing waiting in the queue, checks and decodes what comes back off the
+//! application's task, and queues it for `poll`.
+//!
+//! Memory is bounded twice: a partition is not fetched again while a chunk of it waits in the
+//! queue (so the queue holds at most one chunk per partition, each at most
+//! `max_partition_fetch_bytes` or one batch), and no fetch is sent while the queued bytes are at
+//! or above `max_buffered_bytes`. Record bytes stay slices of the response frame: decoding
+//! copies nothing except what decompression produces.
+//!
+//! Positions belong to the consumer. Every seek bumps the partition's epoch; the fetcher tags
+//! each fetch and chunk with the epoch it was made for, and chunks of an older epoch are
+//! dropped (by the fetcher when the response arrives, by the consumer when it dequeues them).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use strom_protocol::ErrorCode;
+use strom_protocol::batch::{self, BatchIter};
+use strom_protocol::messages::{FetchPartition, FetchRequest, FetchTopic, response};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+use crate::admin::{OffsetSpec, list_offsets_on};
+use crate::backoff::backoff;
+use crate::batches::{MAX_DECOMPRESSED_BATCH, decompress};
+use crate::config::{AutoOffsetReset, ConsumerConfig};
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::partitioner::Rng;
+use crate::record::TopicPartition;
+
+/// The fetcher's view of one assigned partition.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PartFetch {
+    /// Where the next fetch starts; `None` while the partition has no position.
+    pub(crate) fetch_offset: Option<i64>,
+    /// Bumped by every seek and assignment.
+    pub(crate) epoch: u32,
+    /// A data chunk of this epoch waits in the queue.
+    pub(crate) buffered: bool,
+    /// Look the position up with ListOffsets (auto_offset_reset) before fetching.
+    pub(crate) needs_reset: bool,
+    /// No fetch before this (after a retriable error).
+    pub(crate) backoff_until: Option<Instant>,
+}
+
+/// State shared by the consumer and its fetcher.
+#[derive(Debug, Default)]
+pub(crate) struct FetchShared {
+    state: Mutex<BTreeMap<TopicPartition, PartFetch>>,
+    /// Wakes the fetcher: assignment or positions changed, queue space freed, closing.
+    pub(crate) wake: Notify,
+    /// Bytes of data chunks in the queue.
+    pub(crate) buffered_bytes: AtomicUsize,
+    pub(crate) closed: AtomicBool,
+    /// The [`AutoOffsetReset`] in force (the consumer's, or its group's once it subscribed).
+    reset: AtomicU8,
+}
+
+impl FetchShared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, BTreeMap<TopicPartition, PartFetch>> {
+        // Each change under this lock is one assignment of plain fields: a poisoned lock still
+        // guards consistent state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_reset_policy(&self, policy: AutoOffsetReset) {
+        let v = match policy {
+            AutoOffsetReset::None => 0,
+            AutoOffsetReset::Earliest => 1,
+            AutoOffsetReset::Latest => 2,
+        };
+        self.reset.store(v, Ordering::Release);
+    }
+
+    pub(crate) fn reset_policy(&self) -> AutoOffsetReset {
+        match self.reset.load(Ordering::Acquire) {
+            1 => AutoOffsetReset::Earliest,
+            2 => AutoOffsetReset::Latest,
+            _ => AutoOffsetReset::None,
+        }
+    }
+}
+
+/// What the fetcher hands to `poll`.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub(crate) tp: TopicPartition,
+    pub(crate) epoch: u32,
+    pub(crate) kind: ChunkKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum ChunkKind {
+    /// Whole uncompressed batches, in offset order; `next_offset` follows the last fetched
+    /// batch (control and empty batches included); `bytes` is what the chunk holds.
+    Data {
+        batches: Vec<Bytes>,
+        next_offset: i64,
+        bytes: usize,
+    },
+    /// auto_offset_reset chose this position.
+    Reset { offset: i64 },
+    /// The partition stopped (until a seek) for this reason.
+    Error(Error),
+}
+
+/// Decodes one partition's fetched records: splits them into batches, checks each CRC (when
+/// asked), drops control batches and batches wholly below `fetch_offset`, decompresses.
+/// Returns the batches, the offset after the last batch seen, and the bytes held; or the first
+/// error with the batches before it.
+pub(crate) fn decode_fetched(
+    tp: &TopicPartition,
+    records: &Bytes,
+    fetch_offset: i64,
+    check_crcs: bool,
+) -> (Vec<Bytes>, Option<i64>, usize, Option<Error>) {
+    let mut batches = Vec::new();
+    let mut next = None;
+    let mut bytes = 0;
+    let corrupt = |offset: i64, source| Error::Corrupt {
+        topic: tp.topic.to_string(),
+        partition: tp.partition,
+        offset,
+        source,
+    };
+    for item in BatchIter::new(records) {
+        let (range, header) = match item {
+            Ok(x) => x,
+            Err(e) => {
+                return (
+                    batches,
+                    next,
+                    bytes,
+                    Some(corrupt(next.unwrap_or(fetch_offset), e)),
+                );
+            }
+        };
+        let raw = records.slice(range);
+        if check_crcs && let Err(e) = batch::validate(&raw) {
+            return (batches, next, bytes, Some(corrupt(header.base_offset, e)));
+        }
+        next = Some(header.next_offset());
+        if header.is_control() || header.record_count <= 0 || header.next_offset() <= fetch_offset {
+            continue;
+        }
+        match decompress(&raw, &header, MAX_DECOMPRESSED_BATCH) {
+            Ok(b) => {
+                bytes += b.len();
+                batches.push(b);
+            }
+            Err(e) => return (batches, next, bytes, Some(e)),
+        }
+    }
+    (batches, next, bytes, None)
+}
+
+/// The fetch loop; see the module docs.
+pub(crate) struct Fetcher {
+    shared: Arc<FetchShared>,
+    config: Arc<ConsumerConfig>,
+    tx: mpsc::UnboundedSender<Chunk>,
+    conn: Option<Arc<Connection>>,
+    failures: u32,
+    rng: Rng,
+}
+
+impl Fetcher {
+    pub(crate) fn new(
+        shared: Arc<FetchShared>,
+        config: Arc<ConsumerConfig>,
+        tx: mpsc::UnboundedSender<Chunk>,
+    ) -> Self {
+        Self {
+            shared,
+            config,
+            tx,
+            conn: None,
+            failures: 0,
+            rng: Rng::new(),
+        }
+    }
+
+    fn send(&self, chunk: Chunk) {
+        // The consumer is gone when this fails; the loop notices `closed` next.
+        let _ = self.tx.send(chunk);
+    }
+
+    async fn wait(&self, until: Option<Instant>) {
+        let notified = self.shared.wake.notified();
+        match until {
+            Some(t) => {
+                let _ = tokio::time::timeout_at(t, notified).await;
+            }
+            None => notified.await,
+        }
+    }
+
+    async fn connection(&mut self) -> Option<Arc<Connection>> {
+        if let Some(c) = &self.conn
+            && c.is_alive()
+        {
+            return Some(c.clone());
+        }
+        self.conn = None;
+        match Connection::connect_any(&self.config.client).await {
+            Ok(c) => {
+                self.failures = 0;
+                self.conn = Some(c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                self.failures += 1;
+                let wait = backoff(
+                    self.config.client.reconnect_backoff,
+                    self.config.client.reconnect_backoff_max,
+                    self.failures,
+                    &mut self.rng,
+                );
+                tracing::debug!(error = %e, ?wait, "fetch connection failed; retrying");
+                self.wait(Some(Instant::now() + wait)).await;
+                None
+            }
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        while !self.shared.closed.load(Ordering::Acquire) {
+            // Queue full: wait for poll to take something.
+            if self.shared.buffered_bytes.load(Ordering::Acquire) >= self.config.max_buffered_bytes
+            {
+                let notified = self.shared.wake.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.shared.buffered_bytes.load(Ordering::Acquire)
+                    >= self.config.max_buffered_bytes
+                {
+                    notified.await;
+                }
+                continue;
+            }
+            let now = Instant::now();
+            let mut resets: Vec<(TopicPartition, u32)> = Vec::new();
+            let mut fetches: Vec<(TopicPartition, i64, u32)> = Vec::new();
+            let mut next_backoff: Option<Instant> = None;
+            // Registered before the state is read, so a change made after the read wakes us.
+            let shared = self.shared.clone();
+            let notified = shared.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            for (tp, p) in self.shared.lock().iter() {
+                if let Some(t) = p.backoff_until
+                    && t > now
+                {
+                    next_backoff = Some(next_backoff.map_or(t, |n| n.min(t)));
+                    continue;
+                }
+                if p.needs_reset {
+                    resets.push((tp.clone(), p.epoch));
+                } else if let Some(offset) = p.fetch_offset
+                    && !p.buffered
+                {
+                    fetches.push((tp.clone(), offset, p.epoch));
+                }
+            }
+            if resets.is_empty() && fetches.is_empty() {
+                match next_backoff {
+                    Some(t) => {
+                        let _ = tokio::time::timeout_at(t, notified).await;
+                    }
+                    None => notified.await,
+                }
+                continue;
+            }
+            let Some(conn) = self.connection().await else {
+                continue;
+            };
+            if !resets.is_empty() {
+                self.reset(&conn, resets).await;
+                continue;
+            }
+            self.fetch(&conn, fetches).await;
+        }
+    }
+
+    /// Finds positions by `auto_offset_reset` for partitions that have none (or lost theirs).
+    async fn reset(&mut self, conn: &Connection, parts: Vec<(TopicPartition, u32)>) {
+        let spec = match self.shared.reset_policy() {
+            AutoOffsetReset::Earliest => OffsetSpec::Earliest,
+            AutoOffsetReset::Latest => OffsetSpec::Latest,
+            AutoOffsetReset::None => {
+                // The consumer does not ask for resets under this policy.
+                let mut state = self.shared.lock();
+                for (tp, _) in &parts {
+                    if let Some(p) = state.get_mut(tp) {
+                        p.needs_reset = false;
+                    }
+                }
+                return;
+            }
+        };
+        let queries: Vec<(TopicPartition, OffsetSpec)> =
+            parts.iter().map(|(tp, _)| (tp.clone(), spec)).collect();
+        let results = list_offsets_on(conn, &queries).await;
+        let retry_at = Instant::now() + self.config.retry_backoff;
+        let mut state = self.shared.lock();
+        match results {
+            Ok(listed) => {
+                for ((tp, epoch), listed) in parts.into_iter().zip(listed) {
+                    let Some(p) = state.get_mut(&tp) else {
+                        continue;
+                    };
+                    if p.epoch != epoch {
+                        continue;
+                    }
+                    match listed.result {
+                        Ok((offset, _)) if offset >= 0 => {
+                            p.needs_reset = false;
+                            p.fetch_offset = Some(offset);
+                            p.buffered = false;
+                            let _ = self.tx.send(Chunk {
+                                tp,
+                                epoch,
+                                kind: ChunkKind::Reset { offset },
+                            });
+                        }
+                        Ok(_) => p.backoff_until = Some(retry_at),
+                        Err(e) if e.is_retriable() => p.backoff_until = Some(retry_at),
+                        Err(e) => {
+                            p.needs_reset = false;
+                            p.fetch_offset = None;
+                            let _ = self.tx.send(Chunk {
+                                tp,
+                                epoch,
+                                kind: ChunkKind::Error(e),
+                            });
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "ListOffsets for a reset failed");
+                for (tp, _) in parts {
+                    if let Some(p) = state.get_mut(&tp) {
+                        p.backoff_until = Some(retry_at);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fetch(&mut self, conn: &Connection, parts: Vec<(TopicPartition, i64, u32)>) {
+        let mut topics: Vec<FetchTopic> = Vec::new();
+        for (tp, offset, _) in &parts {
+            let partition = FetchPartition {
+                partition: tp.partition,
+                fetch_offset: *offset,
+                partition_max_bytes: self.config.max_partition_fetch_bytes,
+            };
+            match topics.last_mut() {
+                Some(t) if *t.name == *tp.topic => t.partitions.push(partition),
+                _ => topics.push(FetchTopic {
+                    name: tp.topic.to_string(),
+                    partitions: vec![partition],
+                }),
+            }
+        }
+        let max_wait_ms = u32::try_from(self.config.fetch_max_wait.as_millis()).unwrap_or(u32::MAX);
+        let request = FetchRequest {
+            max_wait_ms,
+            min_bytes: self.config.fetch_min_bytes,
+            max_bytes: self.config.fetch_max_bytes,
+            topics,
+        };
+        let timeout = self.config.client.request_timeout + self.config.fetch_max_wait;
+        let body = match conn.request_with_timeout(request, timeout).await {
+            Ok(response::Body::Fetch(f)) => f,
+            Ok(_) => {
+                conn.close("Fetch answered with another API's body");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "fetch failed");
+                if !e.is_retriable() {
+                    conn.close(format!("fetch failed: {e}"));
+                }
+                self.failures += 1;
+                let wait = backoff(
+                    self.config.retry_backoff,
+                    self.config.client.reconnect_backoff_max,
+                    self.failures,
+                    &mut self.rng,
+                );
+                self.wait(Some(Instant::now() + wait)).await;
+                return;
+            }
+        };
+        self.failures = 0;
+        let requested: BTreeMap<TopicPartition, (i64, u32)> = parts
+            .into_iter()
+            .map(|(tp, offset, epoch)| (tp, (offset, epoch)))
+            .collect();
+        for t in body.topics {
+            let topic: Arc<str> = Arc::from(t.name.as_str());
+            for p in t.partitions {
+                let tp = TopicPartition {
+                    topic: topic.clone(),
+                    partition: p.partition,
+                };
+                let Some(&(offset, epoch)) = requested.get(&tp) else {
+                    continue;
+                };
+                self.on_partition(tp, offset, epoch, p);
+            }
+        }
+    }
+
+    fn on_partition(
+        &mut self,
+        tp: TopicPartition,
+        fetch_offset: i64,
+        epoch: u32,
+        p: strom_protocol::messages::FetchPartitionResponse,
+    ) {
+        let code = p.error_code();
+        // Decode before taking the lock (CRC and decompression are the expensive part).
+        let decoded = (code == ErrorCode::None)
+            .then(|| decode_fetched(&tp, &p.records, fetch_offset, self.config.check_crcs));
+        let retry_at = Instant::now() + self.config.retry_backoff;
+        let mut state = self.shared.lock();
+        let Some(part) = state.get_mut(&tp) else {
+            return;
+        };
+        if part.epoch != epoch || part.fetch_offset != Some(fetch_offset) {
+            return; // Sought or reassigned while the fetch was in flight.
+        }
+        match (code, decoded) {
+            (ErrorCode::None, Some((batches, next, bytes, error))) => {
+                if let Some(next) = next {
+                    part.fetch_offset = Some(next.max(fetch_offset));
+                }
+                if !batches.is_empty() {
+                    part.buffered = true;
+                    self.shared
+                        .buffered_bytes
+                        .fetch_add(bytes, Ordering::AcqRel);
+                    let _ = self.tx.send(Chunk {
+                        tp: tp.clone(),
+                        epoch,
+                        kind: ChunkKind::Data {
+                            batches,
+                            next_offset: next.unwrap_or(fetch_offset),
+                            bytes,
+                        },
+                    });
+                }
+                if let Some(e) = error {
+                    part.fetch_offset = None;
+                    drop(state);
+                    self.send(Chunk {
+                        tp,
+                        epoch,
+                        kind: ChunkKind::Error(e),
+                    });
+                }
+            }
+            (ErrorCode::OffsetOutOfRange, _) => match self.shared.reset_policy() {
+                AutoOffsetReset::None => {
+                    part.fetch_offset = None;
+                    drop(state);
+                    self.send(Chunk {
+                        epoch,
+                        kind: ChunkKind::Error(Error::OffsetOutOfRange {
+                            topic: tp.topic.to_string(),
+                            partition: tp.partition,
+                            offset: fetch_offset,
+                            log_start_offset: p.log_start_offset,
+                            log_end_offset: p.high_watermark,
+                        }),
+                        tp,
+                    });
+                }
+                _ => {
+                    tracing::info!(%tp, offset = fetch_offset, log_start_offset = p.log_start_offset, high_watermark = p.high_watermark, "offset out of range; resetting");
+                    part.fetch_offset = None;
+                    part.needs_reset = true;
+                }
+            },
+            (code, _) if code.is_retriable() => {
+                tracing::debug!(%tp, %code, "retriable fetch error");
+                part.backoff_until = Some(retry_at);
+            }
+            (code, _) => {
+                part.fetch_offset = None;
+                drop(state);
+                self.send(Chunk {
+                    tp,
+                    epoch,
+                    kind: ChunkKind::Error(Error::Broker {
+                        code,
+                        message: p.error_message,
+                    }),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use strom_protocol::batch::{BatchBuilder, RecordRef, set_base_offset};
+
+    use crate::batches::{Compressor, ProducerStamp};
+    use crate::config::CompressionType;
+
+    fn batch(base: i64, n: usize, codec: CompressionType) -> Bytes {
+        let mut b = BatchBuilder::default();
+        for i in 0..n {
+            let v = format!("value-{}", base + i as i64);
+            b.push(&RecordRef {
+                timestamp: 1000 + i as i64,
+                key: None,
+                value: Some(v.as_bytes()),
+                headers: &[],
+            })
+            .unwrap();
+        }
+        let bytes = Compressor::new(codec)
+            .unwrap()
+            .finish(b, ProducerStamp::NONE)
+            .unwrap();
+        let mut m = BytesMut::from(&bytes[..]);
+        set_base_offset(&mut m, base).unwrap();
+        m.freeze()
+    }
+
+    fn fetched(parts: &[Bytes]) -> Bytes {
+        let mut all = BytesMut::new();
+        for p in parts {
+            all.extend_from_slice(p);
+        }
+        all.freeze()
+    }
+
+    #[test]
+    fn decodes_whole_batches_and_skips_old_ones() {
+        let tp = TopicPartition::new("t", 0);
+        let records = fetched(&[
+            batch(0, 5, CompressionType::None),
+            batch(5, 5, CompressionType::Lz4),
+            batch(10, 5, CompressionType::ZSTD),
+        ]);
+        // Cut the last batch short: a fetch may end inside one.
+        let cut = records.slice(..records.len() - 3);
+        let (batches, next, bytes, err) = decode_fetched(&tp, &cut, 6, true);
+        assert!(err.is_none());
+        assert_eq!(next, Some(10), "the partial batch is not counted");
+        assert_eq!(
+            batches.len(),
+            1,
+            "batch 0..5 is wholly below the fetch offset"
+        );
+        assert_eq!(bytes, batches[0].len());
+        let recs: Vec<_> = batch::Records::new(batches[0].clone())
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(recs.len(), 5);
+        assert_eq!(recs[0].offset, 5);
+        assert_eq!(recs[4].value.as_deref(), Some(&b"value-9"[..]));
+    }
+
+    #[test]
+    fn crc_errors_stop_at_the_bad_batch() {
+        let tp = TopicPartition::new("t", 3);
+        let good = batch(0, 2, CompressionType::None);
+        let mut bad = BytesMut::from(&batch(2, 2, CompressionType::None)[..]);
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        let records = fetched(&[good, bad.freeze()]);
+        let (batches, next, _, err) = decode_fetched(&tp, &records, 0, true);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(next, Some(2));
+        match err {
+            Some(Error::Corrupt {
+                partition, offset, ..
+            }) => assert_eq!((partition, offset), (3, 2)),
+            other => panic!("{other:?}"),
+        }
+        // Without CRC checks the damaged value just decodes.
+        let (batches, _, _, err) = decode_fetched(&tp, &records, 0, false);
+        assert!(err.is_none());
+        assert_eq!(batches.len(), 2);
+    }
+}

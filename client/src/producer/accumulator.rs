@@ -1,0 +1,593 @@
+//! The record accumulator: per-partition batches being filled, and the batches ready to send.
+//!
+//! `send` appends each record to its partition's open batch, directly into the batch's buffer
+//! (the RecordBatch v2 encoding, via `BatchBuilder`): no per-record allocation, and the bytes
+//! are what goes on the wire, after compression. A batch is *ready* when it is full
+//! (`batch_size`), when the next record does not fit, or when it is older than `linger`; the
+//! sender task drains ready batches, at most one per partition per request.
+//!
+//! Memory: a new batch first takes its capacity (`batch_size`, or the record's size when that
+//! is larger) from the producer's `buffer_memory` semaphore; the permit travels with the batch
+//! and is returned when the batch completes. When the semaphore is empty, `send` waits
+//! (backpressure). Keyless records stick to one partition per topic until its batch is closed
+//! (full, or drained by the sender), then move to another one at random (Kafka's sticky
+//! partitioner), so they form full batches instead of one small batch per partition.
+//!
+//! Locking: one `std::sync::Mutex` around the accumulator, never held across an await; the
+//! work under it is an append (a memcpy of the record) or a drain (moving batches out).
+//! Compression and CRCs happen in the sender, outside the lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use strom_protocol::batch::{BatchBuilder, HEADER_LEN, RecordRef};
+use strom_protocol::varint;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::partitioner::{Rng, partition_for_key};
+use crate::producer::delivery::{Completion, DeliveryFuture};
+use crate::record::ProducerRecord;
+
+/// A batch being filled or waiting to be sent.
+#[derive(Debug)]
+pub(crate) struct OpenBatch {
+    /// Unique per producer, for the flush registry.
+    pub(crate) id: u64,
+    pub(crate) builder: BatchBuilder,
+    pub(crate) completion: Arc<Completion>,
+    pub(crate) created: Instant,
+    /// This batch's share of `buffer_memory`, returned when the batch is dropped.
+    pub(crate) permit: OwnedSemaphorePermit,
+}
+
+/// One partition's queue.
+#[derive(Debug)]
+pub(crate) struct PartitionQueue {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    /// The batch records are appended to.
+    open: Option<OpenBatch>,
+    /// Closed batches, oldest first.
+    ready: VecDeque<OpenBatch>,
+}
+
+impl PartitionQueue {
+    fn is_empty(&self) -> bool {
+        self.open.is_none() && self.ready.is_empty()
+    }
+
+    fn oldest(&self) -> Option<&OpenBatch> {
+        self.ready.front().or(self.open.as_ref())
+    }
+}
+
+#[derive(Debug)]
+struct TopicEntry {
+    /// Part ids (indexes into `Accumulator::parts`) by partition index.
+    parts: Vec<usize>,
+    /// Where keyless records go now.
+    sticky: Option<i32>,
+    /// The previous sticky partition, avoided when choosing the next one.
+    last_sticky: Option<i32>,
+}
+
+/// The result of an append attempt.
+#[derive(Debug)]
+pub(crate) enum Append {
+    /// Appended; `wake` says the sender should look (a batch was created or closed), and
+    /// `created` names a batch created for it (for the flush registry).
+    Done {
+        future: DeliveryFuture,
+        wake: bool,
+        created: Option<(u64, Arc<Completion>)>,
+    },
+    /// A new batch is needed and `buffer_memory` has not this many bytes free: wait for them.
+    NeedMemory(u32),
+    /// The topic's partition count is not known yet.
+    UnknownTopic,
+}
+
+/// One batch the sender takes out.
+#[derive(Debug)]
+pub(crate) struct Drained {
+    pub(crate) part: usize,
+    pub(crate) batch: OpenBatch,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Accumulator {
+    batch_size: usize,
+    memory: Arc<Semaphore>,
+    topics: HashMap<Arc<str>, TopicEntry>,
+    /// Every partition queue, by part id (stable: queues are never removed).
+    parts: Vec<PartitionQueue>,
+    rng: Rng,
+    next_batch_id: u64,
+    /// Set by close: appends fail.
+    closed: bool,
+    /// Where the next drain starts, so a request size limit does not starve later partitions.
+    cursor: usize,
+}
+
+/// Bytes `record` takes as the first record of a batch (length prefix included).
+pub(crate) fn first_record_size(record: &ProducerRecord<'_>) -> usize {
+    let nullable =
+        |v: Option<&[u8]>| v.map_or(1, |b| varint::encoded_len(b.len() as i64) + b.len());
+    let mut body = 1 + 1 + 1 + nullable(record.key) + nullable(record.value);
+    body += varint::encoded_len(record.headers.len() as i64);
+    for h in record.headers {
+        body += varint::encoded_len(h.key.len() as i64) + h.key.len() + nullable(h.value);
+    }
+    // The timestamp delta may be up to 10 bytes for a record far from the batch's first one;
+    // the builder checks exact sizes, this only sizes a new batch's buffer.
+    varint::encoded_len(body as i64) + body + 9
+}
+
+impl Accumulator {
+    pub(crate) fn new(batch_size: usize, memory: Arc<Semaphore>) -> Self {
+        Self {
+            batch_size,
+            memory,
+            topics: HashMap::new(),
+            parts: Vec::new(),
+            rng: Rng::new(),
+            next_batch_id: 0,
+            closed: false,
+            cursor: 0,
+        }
+    }
+
+    /// Number of partition queues (the sender sizes its per-partition state by it).
+    pub(crate) fn part_count(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// The queue with id `part`.
+    pub(crate) fn part(&self, part: usize) -> Option<&PartitionQueue> {
+        self.parts.get(part)
+    }
+
+    /// `topic`'s partition count, if known.
+    pub(crate) fn partitions_of(&self, topic: &str) -> Option<i32> {
+        self.topics
+            .get(topic)
+            .map(|t| i32::try_from(t.parts.len()).unwrap_or(i32::MAX))
+    }
+
+    /// Topics known to the accumulator.
+    pub(crate) fn topics(&self) -> Vec<Arc<str>> {
+        self.topics.keys().cloned().collect()
+    }
+
+    /// Records that `topic` has `partitions` partitions (more than before: queues are added;
+    /// fewer: the extra queues stay, records are no longer routed to them).
+    pub(crate) fn set_partitions(&mut self, topic: &str, partitions: i32) {
+        let partitions = usize::try_from(partitions.max(1)).unwrap_or(1);
+        let name: Arc<str> = match self.topics.get_key_value(topic) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(topic),
+        };
+        let entry = self.topics.entry(name.clone()).or_insert(TopicEntry {
+            parts: Vec::new(),
+            sticky: None,
+            last_sticky: None,
+        });
+        while entry.parts.len() < partitions {
+            let partition = i32::try_from(entry.parts.len()).unwrap_or(i32::MAX);
+            entry.parts.push(self.parts.len());
+            self.parts.push(PartitionQueue {
+                topic: name.clone(),
+                partition,
+                open: None,
+                ready: VecDeque::new(),
+            });
+        }
+        if partitions < entry.parts.len() {
+            tracing::warn!(
+                topic,
+                partitions,
+                known = entry.parts.len(),
+                "topic has fewer partitions than before"
+            );
+            entry.parts.truncate(partitions);
+        }
+        if entry.sticky.is_some_and(|s| s as usize >= partitions) {
+            entry.sticky = None;
+        }
+    }
+
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Appends `record`. `permit` carries memory acquired by the caller after an earlier
+    /// [`Append::NeedMemory`]; it is used for a new batch when one is needed (and returned
+    /// unused otherwise).
+    pub(crate) fn append(
+        &mut self,
+        record: &ProducerRecord<'_>,
+        timestamp: i64,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<Append> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        let Some(topic) = self.topics.get_mut(record.topic) else {
+            return Ok(Append::UnknownTopic);
+        };
+        let partitions = i32::try_from(topic.parts.len()).unwrap_or(i32::MAX);
+        let sticky = record.partition.is_none() && record.key.is_none();
+        let mut partition = match (record.partition, record.key) {
+            (Some(p), _) if (0..partitions).contains(&p) => p,
+            (Some(p), _) => {
+                return Err(Error::UnknownPartition {
+                    topic: record.topic.to_string(),
+                    partition: p,
+                    partitions,
+                });
+            }
+            (None, Some(key)) => partition_for_key(key, partitions),
+            (None, None) => match topic.sticky {
+                Some(p) => p,
+                None => {
+                    let p = self.rng.next_partition(partitions, topic.last_sticky);
+                    topic.sticky = Some(p);
+                    p
+                }
+            },
+        };
+        let rec = RecordRef {
+            timestamp,
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+        };
+        let mut wake = false;
+        let mut switched = false;
+        let part_id = loop {
+            let part_id = topic.parts[partition as usize];
+            let q = &mut self.parts[part_id];
+            let Some(open) = q.open.as_mut() else {
+                break part_id;
+            };
+            let size = open.builder.record_size(&rec);
+            if open.builder.is_empty() || open.builder.size() + size <= self.batch_size {
+                let index = i32::try_from(open.builder.len()).unwrap_or(i32::MAX);
+                open.builder.push(&rec)?;
+                let future = DeliveryFuture::new(open.completion.clone(), index, timestamp);
+                if open.builder.size() >= self.batch_size
+                    && let Some(full) = q.open.take()
+                {
+                    q.ready.push_back(full);
+                    wake = true;
+                }
+                return Ok(Append::Done {
+                    future,
+                    wake,
+                    created: None,
+                });
+            }
+            // Full: close it; a keyless record moves on to another partition (once).
+            if let Some(full) = q.open.take() {
+                q.ready.push_back(full);
+                wake = true;
+            }
+            if sticky && !switched && partitions > 1 {
+                switched = true;
+                topic.last_sticky = Some(partition);
+                partition = self.rng.next_partition(partitions, Some(partition));
+                topic.sticky = Some(partition);
+                continue;
+            }
+            break part_id;
+        };
+        // A new batch on `part_id`.
+        let need = (HEADER_LEN + first_record_size(record)).max(self.batch_size);
+        let need_permits = u32::try_from(need).unwrap_or(u32::MAX);
+        let permit = match permit.take() {
+            Some(p) if p.num_permits() >= need => p,
+            _ => match self.memory.clone().try_acquire_many_owned(need_permits) {
+                Ok(p) => p,
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    return Ok(Append::NeedMemory(need_permits));
+                }
+            },
+        };
+        let q = &mut self.parts[part_id];
+        let completion = Completion::new(q.topic.clone(), q.partition);
+        let mut builder = BatchBuilder::with_capacity(need);
+        builder.push(&rec)?;
+        let id = self.next_batch_id;
+        self.next_batch_id += 1;
+        let batch = OpenBatch {
+            id,
+            builder,
+            completion: completion.clone(),
+            created: Instant::now(),
+            permit,
+        };
+        if batch.builder.size() >= self.batch_size {
+            q.ready.push_back(batch);
+        } else {
+            q.open = Some(batch);
+        }
+        Ok(Append::Done {
+            future: DeliveryFuture::new(completion.clone(), 0, timestamp),
+            wake: true,
+            created: Some((id, completion)),
+        })
+    }
+
+    /// Takes at most one ready batch per partition, for partitions `allowed` accepts, until
+    /// `budget` bytes (uncompressed) are taken. A partition's open batch is ready once it is
+    /// `linger` old, or at once when `force` (flush, close).
+    pub(crate) fn drain(
+        &mut self,
+        now: Instant,
+        linger: Duration,
+        force: bool,
+        mut budget: usize,
+        mut allowed: impl FnMut(usize) -> bool,
+        out: &mut Vec<Drained>,
+    ) {
+        let n = self.parts.len();
+        if n == 0 {
+            return;
+        }
+        let start = self.cursor % n;
+        self.cursor = self.cursor.wrapping_add(1);
+        for i in 0..n {
+            let part = (start + i) % n;
+            let q = &mut self.parts[part];
+            if q.is_empty() || !allowed(part) {
+                continue;
+            }
+            let take_ready = !q.ready.is_empty();
+            let size = if take_ready {
+                q.ready.front().map_or(0, |b| b.builder.size())
+            } else {
+                match &q.open {
+                    Some(b) if force || now >= b.created + linger => b.builder.size(),
+                    _ => continue,
+                }
+            };
+            if size > budget && !out.is_empty() {
+                continue;
+            }
+            let batch = if take_ready {
+                q.ready.pop_front()
+            } else {
+                let b = q.open.take();
+                // The sticky partition's batch is being sent: keyless records move on.
+                if let Some(t) = self.topics.get_mut(&q.topic)
+                    && t.sticky == Some(q.partition)
+                {
+                    t.sticky = None;
+                    t.last_sticky = Some(q.partition);
+                }
+                b
+            };
+            if let Some(batch) = batch {
+                budget = budget.saturating_sub(size);
+                out.push(Drained { part, batch });
+            }
+            if budget == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Removes every batch created before `cutoff` that is still queued (never sent), oldest
+    /// first per partition: they ran out of `delivery_timeout`.
+    pub(crate) fn expire(&mut self, cutoff: Instant, out: &mut Vec<OpenBatch>) {
+        for q in &mut self.parts {
+            while q.ready.front().is_some_and(|b| b.created <= cutoff) {
+                if let Some(b) = q.ready.pop_front() {
+                    out.push(b);
+                }
+            }
+            if q.ready.is_empty()
+                && q.open.as_ref().is_some_and(|b| b.created <= cutoff)
+                && let Some(b) = q.open.take()
+            {
+                out.push(b);
+            }
+        }
+    }
+
+    /// Removes every queued batch (the producer is aborting).
+    pub(crate) fn take_all(&mut self, out: &mut Vec<OpenBatch>) {
+        for q in &mut self.parts {
+            out.extend(q.ready.drain(..));
+            out.extend(q.open.take());
+        }
+    }
+
+    /// The earliest moment a queued batch becomes ready by age (ready batches count as now),
+    /// and the creation time of the oldest queued batch (for delivery timeouts).
+    /// Only partitions `allowed` accepts count for the first.
+    pub(crate) fn deadlines(
+        &self,
+        linger: Duration,
+        allowed: impl Fn(usize) -> bool,
+    ) -> (Option<Instant>, Option<Instant>) {
+        let mut ready: Option<Instant> = None;
+        let mut oldest: Option<Instant> = None;
+        for (part, q) in self.parts.iter().enumerate() {
+            if let Some(b) = q.oldest() {
+                oldest = Some(oldest.map_or(b.created, |o| o.min(b.created)));
+            }
+            if !allowed(part) {
+                continue;
+            }
+            let at = if let Some(b) = q.ready.front() {
+                Some(b.created)
+            } else {
+                q.open.as_ref().map(|b| b.created + linger)
+            };
+            if let Some(at) = at {
+                ready = Some(ready.map_or(at, |r| r.min(at)));
+            }
+        }
+        (ready, oldest)
+    }
+
+    /// Whether no batch is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.parts.iter().all(PartitionQueue::is_empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acc(batch_size: usize, memory: usize) -> Accumulator {
+        let mut a = Accumulator::new(batch_size, Arc::new(Semaphore::new(memory)));
+        a.set_partitions("t", 4);
+        a
+    }
+
+    fn append(a: &mut Accumulator, r: &ProducerRecord<'_>) -> Append {
+        a.append(r, 1_700_000_000_000, &mut None).unwrap()
+    }
+
+    fn drain_all(a: &mut Accumulator) -> Vec<Drained> {
+        let mut out = Vec::new();
+        a.drain(
+            Instant::now(),
+            Duration::ZERO,
+            true,
+            usize::MAX,
+            |_| true,
+            &mut out,
+        );
+        out
+    }
+
+    #[tokio::test]
+    async fn keyed_records_follow_murmur2() {
+        let mut a = acc(16384, 1 << 20);
+        for key in ["a", "b", "c", "d", "e", "order-1"] {
+            let r = ProducerRecord::new("t").key(key.as_bytes()).value(b"v");
+            let Append::Done { future, .. } = append(&mut a, &r) else {
+                panic!()
+            };
+            assert_eq!(future.partition(), partition_for_key(key.as_bytes(), 4));
+        }
+        assert!(matches!(
+            append(&mut a, &ProducerRecord::new("other")),
+            Append::UnknownTopic
+        ));
+        assert!(matches!(
+            a.append(&ProducerRecord::new("t").partition(4), 0, &mut None),
+            Err(Error::UnknownPartition { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn keyless_records_stick_until_the_batch_is_full() {
+        let mut a = acc(1024, 1 << 20);
+        let value = [7u8; 100];
+        let r = ProducerRecord::new("t").value(&value);
+        let mut partitions = Vec::new();
+        for _ in 0..40 {
+            let Append::Done { future, .. } = append(&mut a, &r) else {
+                panic!()
+            };
+            partitions.push(future.partition());
+        }
+        // Runs of the same partition, each run one batch (about 9 records of ~110 bytes in
+        // 1024), and consecutive runs on different partitions.
+        let mut runs: Vec<(i32, usize)> = Vec::new();
+        for p in partitions {
+            match runs.last_mut() {
+                Some((q, n)) if *q == p => *n += 1,
+                _ => runs.push((p, 1)),
+            }
+        }
+        assert!(runs.len() >= 4, "{runs:?}");
+        for w in runs.windows(2) {
+            assert_ne!(w[0].0, w[1].0);
+        }
+        for (_, n) in &runs[..runs.len() - 1] {
+            assert!((7..=9).contains(n), "{runs:?}");
+        }
+        // One batch per run, at most one per partition per drain.
+        let mut total = 0;
+        loop {
+            let drained = drain_all(&mut a);
+            if drained.is_empty() {
+                break;
+            }
+            let mut parts: Vec<usize> = drained.iter().map(|d| d.part).collect();
+            parts.dedup();
+            assert_eq!(parts.len(), drained.len());
+            assert!(drained.iter().all(|d| d.batch.builder.size() <= 1024));
+            total += drained.len();
+        }
+        assert_eq!(total, runs.len());
+    }
+
+    #[tokio::test]
+    async fn draining_the_sticky_batch_moves_keyless_records() {
+        let mut a = acc(16384, 1 << 20);
+        let r = ProducerRecord::new("t").value(b"x");
+        let Append::Done { future, .. } = append(&mut a, &r) else {
+            panic!()
+        };
+        let first = future.partition();
+        assert_eq!(drain_all(&mut a).len(), 1);
+        let Append::Done { future, .. } = append(&mut a, &r) else {
+            panic!()
+        };
+        assert_ne!(
+            future.partition(),
+            first,
+            "a sent batch switches the sticky partition"
+        );
+    }
+
+    #[tokio::test]
+    async fn new_batches_wait_for_memory() {
+        let mut a = acc(1024, 2048);
+        let value = [1u8; 900];
+        let r = ProducerRecord::new("t").key(b"k").value(&value);
+        assert!(matches!(append(&mut a, &r), Append::Done { .. }));
+        assert!(matches!(append(&mut a, &r), Append::Done { .. }));
+        // Two batches of 1024 hold all the memory.
+        assert!(matches!(append(&mut a, &r), Append::NeedMemory(1024)));
+        let drained = drain_all(&mut a);
+        assert_eq!(drained.len(), 1, "one batch per partition per drain");
+        drop(drained);
+        assert!(matches!(append(&mut a, &r), Append::Done { .. }));
+    }
+
+    #[tokio::test]
+    async fn linger_and_expiry() {
+        let mut a = acc(16384, 1 << 20);
+        let r = ProducerRecord::new("t").key(b"k").value(b"v");
+        append(&mut a, &r);
+        let (ready, oldest) = a.deadlines(Duration::from_millis(5), |_| true);
+        let created = oldest.unwrap();
+        assert_eq!(ready, Some(created + Duration::from_millis(5)));
+        let mut out = Vec::new();
+        a.drain(
+            created,
+            Duration::from_millis(5),
+            false,
+            usize::MAX,
+            |_| true,
+            &mut out,
+        );
+        assert!(out.is_empty(), "not lingered long enough");
+        let mut expired = Vec::new();
+        a.expire(created, &mut expired);
+        assert_eq!(expired.len(), 1);
+        assert!(a.is_empty());
+    }
+}

@@ -1,0 +1,1007 @@
+//! The sender: one background task per producer that turns ready batches into pipelined produce
+//! requests and their responses into completed records, retrying what failed in order.
+//!
+//! **Requests.** Up to `max_in_flight` produce requests are in flight on the producer's data
+//! connection; each carries at most one batch per partition (and many partitions), up to the
+//! broker's `max_frame_bytes`. Batches are finished here, outside the accumulator's lock:
+//! stamped with the producer id, epoch and the partition's next sequence number (idempotence),
+//! compressed, CRC'd. The broker starts one connection's requests in order, so a partition's
+//! batches are appended in sequence order even with several requests in flight.
+//!
+//! **Retries keep order.** When a batch of a partition fails in a retriable way (an error code
+//! that [`ErrorCode::is_retriable`], a lost connection, no response in time, or an
+//! `OUT_OF_ORDER_SEQUENCE` behind an earlier failure), the partition stops sending and waits for
+//! every other in-flight batch of it to be answered (later ones usually come back
+//! `OUT_OF_ORDER_SEQUENCE`: the broker refuses a sequence gap). Then the unresolved batches are
+//! resent, after a backoff, in their original sequence order with their original bytes and
+//! sequence numbers: one the broker had appended after all (its answer was lost) is recognised as
+//! a duplicate and answered with its first offset, so nothing is written twice and nothing is
+//! reordered. A batch that failed for good (e.g. `MESSAGE_TOO_LARGE`, or its
+//! `delivery_timeout`) leaves a gap: the batches after it are renumbered (sequence and CRC
+//! rewritten) to close it. `UNKNOWN_PRODUCER_ID` renumbers the partition from 0. When the
+//! producer cannot know what the broker holds (a batch whose outcome is unknown ran out of
+//! time, an unexplained sequence error), it stops taking new batches, settles what is in flight,
+//! bumps its epoch with InitProducerId and starts every partition's sequences at 0 again.
+//!
+//! **Connections.** A lost connection fails everything in flight (as above) before a new one is
+//! opened, with exponential backoff, so no batch of a partition can overtake an unresolved one.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use strom_protocol::ErrorCode;
+use strom_protocol::messages::{
+    Acks as WireAcks, ApiKey, InitProducerIdRequest, PartitionProduceData, ProduceRequest,
+    TopicProduceData, response,
+};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Duration, Instant};
+
+use crate::backoff::backoff;
+use crate::batches::{Compressor, ProducerStamp, increment_sequence, restamp};
+use crate::config::{Acks, ProducerConfig};
+use crate::connection::{Connection, ReplyReceiver};
+use crate::control::Control;
+use crate::error::{Error, Result};
+use crate::partitioner::Rng;
+use crate::producer::Shared;
+use crate::producer::accumulator::{Drained, OpenBatch};
+use crate::producer::delivery::Completion;
+
+/// The producer's identity on the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) producer_id: i64,
+    pub(crate) epoch: i16,
+}
+
+impl Identity {
+    pub(crate) const NONE: Identity = Identity {
+        producer_id: -1,
+        epoch: -1,
+    };
+}
+
+/// A finished batch: sent, in flight, or waiting to be resent.
+#[derive(Debug)]
+struct SentBatch {
+    part: usize,
+    topic: Arc<str>,
+    partition: i32,
+    bytes: Bytes,
+    records: i32,
+    base_seq: i32,
+    /// Position in the partition's send order (sequences wrap; this does not).
+    number: u64,
+    id: u64,
+    completion: Arc<Completion>,
+    created: Instant,
+    /// Whether an attempt may have been appended although no success was seen (its response
+    /// was lost, or timed out). Such a batch must be resent with the same sequence and epoch.
+    maybe_appended: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// The broker refused it without appending.
+    NotAppended,
+    /// No answer (connection lost, timeout): it may have been appended.
+    Unknown,
+    /// `OUT_OF_ORDER_SEQUENCE`: not appended, an earlier sequence is missing.
+    OutOfOrder,
+}
+
+#[derive(Debug)]
+enum Failed {
+    Retry(SentBatch, Cause),
+    Dropped {
+        number: u64,
+        seq: i32,
+        maybe_appended: bool,
+    },
+}
+
+impl Failed {
+    fn number(&self) -> u64 {
+        match self {
+            Failed::Retry(b, _) => b.number,
+            Failed::Dropped { number, .. } => *number,
+        }
+    }
+}
+
+/// The sender's view of one partition.
+#[derive(Debug, Default)]
+struct PartState {
+    next_seq: i32,
+    next_number: u64,
+    /// Batches of this partition in flight.
+    inflight: usize,
+    /// An in-flight batch failed: send nothing until every in-flight one is answered.
+    recovering: bool,
+    /// What failed in the current round.
+    failed: Vec<Failed>,
+    /// Batches to send again, in order, before any new one.
+    resend: VecDeque<SentBatch>,
+    /// No sending before this.
+    backoff_until: Option<Instant>,
+    /// Consecutive failed rounds, for the backoff.
+    attempts: u32,
+    /// The broker's sequence state for this partition is unknown: wait for a new epoch.
+    desynced: bool,
+    /// `UNKNOWN_PRODUCER_ID`: start this partition's sequences at 0 again.
+    reset_to_zero: bool,
+}
+
+impl PartState {
+    fn blocked(&self, now: Instant) -> bool {
+        self.recovering || self.desynced || self.backoff_until.is_some_and(|t| now < t)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.inflight == 0 && !self.recovering && self.failed.is_empty() && self.resend.is_empty()
+    }
+}
+
+struct InflightRequest {
+    rx: ReplyReceiver,
+    batches: Vec<SentBatch>,
+    deadline: Instant,
+}
+
+/// The background task; see the module docs.
+pub(crate) struct Sender {
+    shared: Arc<Shared>,
+    config: Arc<ProducerConfig>,
+    control: Arc<Control>,
+    idempotent: bool,
+    conn: Option<Arc<Connection>>,
+    connect_failures: u32,
+    next_connect: Instant,
+    identity: Identity,
+    parts: Vec<PartState>,
+    inflight: VecDeque<InflightRequest>,
+    compressor: Compressor,
+    needs_bump: bool,
+    bump_failures: u32,
+    next_bump: Instant,
+    next_refresh: Instant,
+    rng: Rng,
+}
+
+impl Sender {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        config: Arc<ProducerConfig>,
+        control: Arc<Control>,
+        identity: Identity,
+    ) -> Result<Self> {
+        let now = Instant::now();
+        Ok(Self {
+            compressor: Compressor::new(config.compression)?,
+            idempotent: config.is_idempotent(),
+            next_refresh: now + config.metadata_max_age,
+            shared,
+            config,
+            control,
+            conn: None,
+            connect_failures: 0,
+            next_connect: now,
+            identity,
+            parts: Vec::new(),
+            inflight: VecDeque::new(),
+            needs_bump: false,
+            bump_failures: 0,
+            next_bump: now,
+            rng: Rng::new(),
+        })
+    }
+
+    /// Runs until the producer is closed and everything is delivered or failed.
+    pub(crate) async fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            if let Some(err) = self.shared.fatal_error() {
+                self.fail_everything(&err);
+                break;
+            }
+            if self.shared.aborted.load(Ordering::Acquire) {
+                self.fail_everything(&Error::Closed);
+                break;
+            }
+            self.grow_parts();
+            self.check_connection();
+            self.expire_queued(now);
+            self.settle_all(now);
+            if self.shared.closing.load(Ordering::Acquire) && self.is_idle() {
+                break;
+            }
+            self.refresh_metadata(now);
+            if self.conn.is_none() && now >= self.next_connect && self.has_work() {
+                self.connect().await;
+            }
+            if self.needs_bump && self.conn.is_some() && self.bump_ready() && now >= self.next_bump
+            {
+                self.bump().await;
+                continue;
+            }
+            if self.conn.is_some() {
+                self.send_ready(now).await;
+            }
+            let deadline = self.next_deadline(now);
+            let reply = {
+                let front = self.inflight.front_mut();
+                let wake = &self.shared.wake;
+                tokio::select! {
+                    r = async {
+                        match front {
+                            Some(f) => Some((&mut f.rx).await),
+                            None => std::future::pending().await,
+                        }
+                    } => r,
+                    _ = wake.notified() => None,
+                    _ = tokio::time::sleep_until(deadline) => None,
+                }
+            };
+            if let Some(reply) = reply {
+                self.on_reply(reply);
+            }
+            if let Some(front) = self.inflight.front()
+                && Instant::now() >= front.deadline
+                && let Some(conn) = &self.conn
+            {
+                conn.close(format!(
+                    "no produce response within {:?}",
+                    self.request_wait()
+                ));
+            }
+        }
+        self.shared.stopped.send_replace(true);
+    }
+
+    fn request_wait(&self) -> Duration {
+        // The broker gets request_timeout to acknowledge; allow a little more for the trip.
+        self.config.client.request_timeout + Duration::from_secs(5)
+    }
+
+    fn grow_parts(&mut self) {
+        let n = self.shared.lock_acc().part_count();
+        while self.parts.len() < n {
+            self.parts.push(PartState::default());
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.shared.lock_acc().is_empty()
+            || self.parts.iter().any(|p| !p.resend.is_empty())
+            || self.needs_bump
+    }
+
+    fn is_idle(&self) -> bool {
+        self.inflight.is_empty()
+            && self.parts.iter().all(PartState::is_idle)
+            && self.shared.lock_acc().is_empty()
+    }
+
+    /// When the connection broke, everything in flight on it failed: handle that now, before a
+    /// new connection can carry a later batch of the same partitions.
+    fn check_connection(&mut self) {
+        if self.conn.as_ref().is_some_and(|c| !c.is_alive()) {
+            let err = self.conn.as_ref().map_or(Error::Closed, |c| c.dead_error());
+            tracing::debug!(error = %err, in_flight = self.inflight.len(), "produce connection lost");
+            self.conn = None;
+            self.next_connect = Instant::now();
+            while let Some(req) = self.inflight.pop_front() {
+                for b in req.batches {
+                    self.retry(b, Cause::Unknown);
+                }
+            }
+        }
+    }
+
+    async fn connect(&mut self) {
+        match Connection::connect_any(&self.config.client).await {
+            Ok(c) => {
+                self.connect_failures = 0;
+                self.conn = Some(c);
+            }
+            Err(e) => {
+                self.connect_failures += 1;
+                let wait = backoff(
+                    self.config.client.reconnect_backoff,
+                    self.config.client.reconnect_backoff_max,
+                    self.connect_failures,
+                    &mut self.rng,
+                );
+                tracing::debug!(error = %e, ?wait, "produce connection failed; retrying");
+                self.next_connect = Instant::now() + wait;
+            }
+        }
+    }
+
+    fn refresh_metadata(&mut self, now: Instant) {
+        if now < self.next_refresh {
+            return;
+        }
+        self.next_refresh = now + self.config.metadata_max_age;
+        let topics = self.shared.lock_acc().topics();
+        for t in topics {
+            self.spawn_refresh(t);
+        }
+    }
+
+    /// Looks the topic's partition count up again, in the background.
+    fn spawn_refresh(&self, topic: Arc<str>) {
+        let control = self.control.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            match control.partition_count(&topic, true).await {
+                Ok(Some(n)) => shared.lock_acc().set_partitions(&topic, n),
+                Ok(None) => tracing::debug!(%topic, "topic unknown on refresh"),
+                Err(e) => tracing::debug!(%topic, error = %e, "metadata refresh failed"),
+            }
+        });
+    }
+
+    fn stamp(&self, seq: i32) -> ProducerStamp {
+        if self.idempotent {
+            ProducerStamp {
+                producer_id: self.identity.producer_id,
+                epoch: self.identity.epoch,
+                base_sequence: seq,
+            }
+        } else {
+            ProducerStamp::NONE
+        }
+    }
+
+    /// Fails batches that waited in the accumulator longer than `delivery_timeout` without
+    /// being sent (no sequence was given to them, so nothing else changes).
+    fn expire_queued(&mut self, now: Instant) {
+        let Some(cutoff) = now.checked_sub(self.config.delivery_timeout) else {
+            return;
+        };
+        let mut expired = Vec::new();
+        self.shared.lock_acc().expire(cutoff, &mut expired);
+        for b in expired {
+            self.shared.finish(
+                b.id,
+                &b.completion,
+                Err(Error::DeliveryTimeout(self.config.delivery_timeout)),
+            );
+        }
+    }
+
+    fn fail_everything(&mut self, err: &Error) {
+        let mut queued = Vec::new();
+        {
+            let mut acc = self.shared.lock_acc();
+            acc.close();
+            acc.take_all(&mut queued);
+        }
+        for b in queued {
+            self.shared.finish(b.id, &b.completion, Err(err.clone()));
+        }
+        let mut batches = Vec::new();
+        for req in self.inflight.drain(..) {
+            batches.extend(req.batches);
+        }
+        for p in &mut self.parts {
+            batches.extend(p.resend.drain(..));
+            for f in p.failed.drain(..) {
+                if let Failed::Retry(b, _) = f {
+                    batches.push(b);
+                }
+            }
+        }
+        for b in batches {
+            self.shared.finish(b.id, &b.completion, Err(err.clone()));
+        }
+        self.shared.memory.close();
+    }
+
+    /// Finishes partitions whose failed round is over (nothing of them in flight): decides what
+    /// is resent, with which sequences, after which backoff. Also expires resend batches.
+    fn settle_all(&mut self, now: Instant) {
+        for part in 0..self.parts.len() {
+            let p = &self.parts[part];
+            if p.inflight > 0 {
+                continue;
+            }
+            let expired = p
+                .resend
+                .iter()
+                .any(|b| now >= b.created + self.config.delivery_timeout);
+            if p.recovering || !p.failed.is_empty() || expired {
+                self.settle(part, now);
+            }
+        }
+    }
+
+    fn settle(&mut self, part: usize, now: Instant) {
+        let timeout = self.config.delivery_timeout;
+        let idempotent = self.idempotent;
+        let p = &mut self.parts[part];
+        let mut items: Vec<Failed> = p.failed.drain(..).collect();
+        items.extend(
+            p.resend
+                .drain(..)
+                .map(|b| Failed::Retry(b, Cause::NotAppended)),
+        );
+        items.sort_by_key(Failed::number);
+        p.recovering = false;
+        // Out of time: fail them; they become gaps.
+        let mut finished: Vec<(SentBatch, Error)> = Vec::new();
+        let mut kept: Vec<Failed> = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Failed::Retry(b, _) if now >= b.created + timeout => {
+                    kept.push(Failed::Dropped {
+                        number: b.number,
+                        seq: b.base_seq,
+                        maybe_appended: b.maybe_appended,
+                    });
+                    finished.push((b, Error::DeliveryTimeout(timeout)));
+                }
+                other => kept.push(other),
+            }
+        }
+        let mut resend: VecDeque<SentBatch> = VecDeque::new();
+        let mut renumber_from: Option<i32> = None;
+        if idempotent {
+            let unexplained = matches!(kept.first(), Some(Failed::Retry(_, Cause::OutOfOrder)));
+            let uncertain_gap = kept.iter().any(|f| {
+                matches!(
+                    f,
+                    Failed::Dropped {
+                        maybe_appended: true,
+                        ..
+                    }
+                )
+            });
+            if p.reset_to_zero {
+                p.reset_to_zero = false;
+                renumber_from = Some(0);
+            } else if unexplained || uncertain_gap {
+                // What the broker holds for this partition is unknown: a new epoch is needed,
+                // and a batch that may have been appended cannot be sent under it (it could be
+                // written twice): it fails.
+                tracing::warn!(
+                    part,
+                    unexplained,
+                    uncertain_gap,
+                    "sequence state lost; bumping the producer epoch"
+                );
+                p.desynced = true;
+                self.needs_bump = true;
+            }
+        }
+        let desynced = p.desynced;
+        for item in kept {
+            match item {
+                Failed::Dropped { seq, .. } => {
+                    if renumber_from.is_none() && idempotent && !desynced {
+                        renumber_from = Some(seq);
+                    }
+                }
+                Failed::Retry(b, _) if desynced && b.maybe_appended => {
+                    finished.push((b, Error::DeliveryTimeout(timeout)));
+                }
+                Failed::Retry(mut b, _) => {
+                    if !desynced && let Some(seq) = renumber_from {
+                        b.base_seq = seq;
+                        renumber_from = Some(increment_sequence(seq, b.records));
+                        b.bytes = restamp(
+                            &b.bytes,
+                            ProducerStamp {
+                                producer_id: self.identity.producer_id,
+                                epoch: self.identity.epoch,
+                                base_sequence: seq,
+                            },
+                        );
+                        b.maybe_appended = false;
+                    }
+                    resend.push_back(b);
+                }
+            }
+        }
+        let p = &mut self.parts[part];
+        if let Some(next) = renumber_from
+            && !desynced
+        {
+            p.next_seq = next;
+        }
+        if resend.is_empty() {
+            p.attempts = 0;
+            p.backoff_until = None;
+        } else {
+            p.attempts += 1;
+            p.backoff_until = Some(
+                now + backoff(
+                    self.config.retry_backoff,
+                    self.config.retry_backoff_max,
+                    p.attempts,
+                    &mut self.rng,
+                ),
+            );
+        }
+        p.resend = resend;
+        for (b, e) in finished {
+            self.shared.finish(b.id, &b.completion, Err(e));
+        }
+    }
+
+    /// A new epoch can be asked for once nothing is in flight and every partition that still
+    /// knows its state has resent what it had to.
+    fn bump_ready(&self) -> bool {
+        self.inflight.is_empty()
+            && self.parts.iter().all(|p| {
+                p.inflight == 0
+                    && !p.recovering
+                    && p.failed.is_empty()
+                    && (p.resend.is_empty() || p.desynced)
+            })
+    }
+
+    async fn bump(&mut self) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        let attempts = [
+            (self.identity.producer_id, i32::from(self.identity.epoch)),
+            (-1, -1),
+        ];
+        let mut last_err = None;
+        for (producer_id, producer_epoch) in attempts {
+            match init_producer_id(&conn, producer_id, producer_epoch).await {
+                Ok(identity) => {
+                    tracing::info!(
+                        producer_id = identity.producer_id,
+                        producer_epoch = identity.epoch,
+                        "new producer epoch"
+                    );
+                    self.identity = identity;
+                    self.needs_bump = false;
+                    self.bump_failures = 0;
+                    for part in 0..self.parts.len() {
+                        self.restart_sequences(part);
+                    }
+                    return;
+                }
+                Err(e @ Error::ProducerFenced { .. }) => {
+                    self.shared.set_fatal(e);
+                    return;
+                }
+                Err(e) if e.is_retriable() => {
+                    last_err = Some(e);
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        self.bump_failures += 1;
+        self.next_bump = Instant::now()
+            + backoff(
+                self.config.retry_backoff,
+                self.config.retry_backoff_max,
+                self.bump_failures,
+                &mut self.rng,
+            );
+        if let Some(e) = last_err {
+            tracing::warn!(error = %e, "could not get a new producer epoch; retrying");
+        }
+    }
+
+    /// After a new epoch: sequences start at 0; batches waiting to be resent get new ones.
+    fn restart_sequences(&mut self, part: usize) {
+        let identity = self.identity;
+        let p = &mut self.parts[part];
+        p.desynced = false;
+        let mut seq = 0;
+        for b in &mut p.resend {
+            b.base_seq = seq;
+            b.bytes = restamp(
+                &b.bytes,
+                ProducerStamp {
+                    producer_id: identity.producer_id,
+                    epoch: identity.epoch,
+                    base_sequence: seq,
+                },
+            );
+            b.maybe_appended = false;
+            seq = increment_sequence(seq, b.records);
+        }
+        p.next_seq = seq;
+    }
+
+    /// Builds and sends requests while the in-flight limit allows.
+    async fn send_ready(&mut self, now: Instant) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        let force = self.shared.closing.load(Ordering::Acquire)
+            || self.shared.flushing.load(Ordering::Acquire) > 0;
+        let limit = conn.max_frame_bytes().saturating_sub(4096).max(1024);
+        while self.inflight.len() < self.config.max_in_flight && conn.is_alive() {
+            let mut batches: Vec<SentBatch> = Vec::new();
+            let mut size = 0usize;
+            // Resends first: they are older than anything in the accumulator.
+            for p in &mut self.parts {
+                if p.blocked(now) {
+                    continue;
+                }
+                let Some(front) = p.resend.front() else {
+                    continue;
+                };
+                if size + front.bytes.len() > limit && !batches.is_empty() {
+                    continue;
+                }
+                if let Some(b) = p.resend.pop_front() {
+                    size += b.bytes.len();
+                    batches.push(b);
+                }
+            }
+            let mut drained: Vec<Drained> = Vec::new();
+            if !self.needs_bump && size < limit {
+                let parts = &self.parts;
+                let taken_resend: Vec<usize> = batches.iter().map(|b| b.part).collect();
+                self.shared.lock_acc().drain(
+                    now,
+                    self.config.linger,
+                    force,
+                    // Compressed batches are smaller; uncompressed size is the bound used.
+                    limit - size,
+                    |part| {
+                        parts
+                            .get(part)
+                            .is_none_or(|p| !p.blocked(now) && p.resend.is_empty())
+                            && !taken_resend.contains(&part)
+                    },
+                    &mut drained,
+                );
+            }
+            for d in drained {
+                match self.finish_batch(d) {
+                    Ok(b) => batches.push(b),
+                    Err((id, completion, e)) => self.shared.finish(id, &completion, Err(e)),
+                }
+            }
+            if batches.is_empty() {
+                break;
+            }
+            self.send_request(&conn, batches).await;
+        }
+    }
+
+    /// Gives a drained batch its sequence and finishes (compresses, CRCs) it.
+    fn finish_batch(
+        &mut self,
+        d: Drained,
+    ) -> std::result::Result<SentBatch, (u64, Arc<Completion>, Error)> {
+        let OpenBatch {
+            id,
+            builder,
+            completion,
+            created,
+            permit,
+        } = d.batch;
+        let (topic, partition) = {
+            let acc = self.shared.lock_acc();
+            match acc.part(d.part) {
+                Some(q) => (q.topic.clone(), q.partition),
+                None => return Err((id, completion, Error::Closed)),
+            }
+        };
+        let records = i32::try_from(builder.len()).unwrap_or(i32::MAX);
+        while self.parts.len() <= d.part {
+            self.parts.push(PartState::default());
+        }
+        let seq = self.parts[d.part].next_seq;
+        let bytes = match self.compressor.finish(builder, self.stamp(seq)) {
+            Ok(b) => b,
+            Err(e) => return Err((id, completion, e)),
+        };
+        let p = &mut self.parts[d.part];
+        if self.idempotent {
+            p.next_seq = increment_sequence(seq, records);
+        }
+        let number = p.next_number;
+        p.next_number += 1;
+        Ok(SentBatch {
+            part: d.part,
+            topic,
+            partition,
+            bytes,
+            records,
+            base_seq: seq,
+            number,
+            id,
+            completion,
+            created,
+            maybe_appended: false,
+            _permit: permit,
+        })
+    }
+
+    async fn send_request(&mut self, conn: &Arc<Connection>, batches: Vec<SentBatch>) {
+        let mut topics: Vec<TopicProduceData> = Vec::new();
+        for b in &batches {
+            let data = PartitionProduceData {
+                partition: b.partition,
+                records: b.bytes.clone(),
+            };
+            match topics.iter_mut().find(|t| *t.name == *b.topic) {
+                Some(t) => t.partitions.push(data),
+                None => topics.push(TopicProduceData {
+                    name: b.topic.to_string(),
+                    partitions: vec![data],
+                }),
+            }
+        }
+        let acks = match self.config.acks {
+            Acks::None => WireAcks::None,
+            Acks::Leader => WireAcks::Leader,
+            Acks::Durable => WireAcks::Durable,
+        };
+        let timeout_ms =
+            u32::try_from(self.config.client.request_timeout.as_millis()).unwrap_or(u32::MAX);
+        let request = ProduceRequest {
+            acks: acks as i32,
+            timeout_ms,
+            topics,
+        };
+        for b in &batches {
+            self.parts[b.part].inflight += 1;
+        }
+        match conn.start(request, self.config.acks != Acks::None).await {
+            Ok(rx) => self.inflight.push_back(InflightRequest {
+                rx,
+                batches,
+                deadline: Instant::now() + self.request_wait(),
+            }),
+            Err(e @ Error::TooLarge { .. }) => {
+                // Only possible for a single batch above the broker's frame limit.
+                for b in batches {
+                    self.drop_batch(b, false, e.clone());
+                }
+            }
+            Err(_) => {
+                for b in batches {
+                    self.retry(b, Cause::NotAppended);
+                }
+            }
+        }
+    }
+
+    fn on_reply(
+        &mut self,
+        reply: std::result::Result<
+            crate::connection::Reply,
+            tokio::sync::oneshot::error::RecvError,
+        >,
+    ) {
+        let Some(req) = self.inflight.pop_front() else {
+            return;
+        };
+        let response = match reply {
+            Ok(Ok(Some(response))) => response,
+            Ok(Ok(None)) => {
+                // ACKS_NONE: written is all we will know.
+                for b in req.batches {
+                    self.success(b, -1);
+                }
+                return;
+            }
+            Ok(Err(_)) | Err(_) => {
+                if let Some(c) = &self.conn {
+                    c.close("produce request failed");
+                }
+                for b in req.batches {
+                    self.retry(b, Cause::Unknown);
+                }
+                return;
+            }
+        };
+        let body = match self
+            .conn
+            .as_ref()
+            .map(|c| c.body_of(response, ApiKey::Produce))
+        {
+            Some(Ok(response::Body::Produce(body))) => body,
+            Some(Err(Error::Broker { code, message })) => {
+                for b in req.batches {
+                    self.on_result(b, code, message.clone(), -1);
+                }
+                return;
+            }
+            _ => {
+                if let Some(c) = &self.conn {
+                    c.close("malformed produce response");
+                }
+                for b in req.batches {
+                    self.retry(b, Cause::Unknown);
+                }
+                return;
+            }
+        };
+        let mut results: HashMap<(&str, i32), (ErrorCode, Option<String>, i64)> = HashMap::new();
+        for t in &body.topics {
+            for p in &t.partitions {
+                results.insert(
+                    (t.name.as_str(), p.partition),
+                    (p.error_code(), p.error_message.clone(), p.base_offset),
+                );
+            }
+        }
+        let mut outcomes = Vec::with_capacity(req.batches.len());
+        for b in &req.batches {
+            outcomes.push(results.get(&(&*b.topic, b.partition)).cloned());
+        }
+        for (b, outcome) in req.batches.into_iter().zip(outcomes) {
+            match outcome {
+                Some((code, message, base_offset)) => self.on_result(b, code, message, base_offset),
+                None => self.retry(b, Cause::Unknown),
+            }
+        }
+    }
+
+    fn on_result(
+        &mut self,
+        b: SentBatch,
+        code: ErrorCode,
+        message: Option<String>,
+        base_offset: i64,
+    ) {
+        match code {
+            ErrorCode::None | ErrorCode::DuplicateSequence => self.success(b, base_offset),
+            ErrorCode::ProducerFenced => {
+                let e = Error::ProducerFenced {
+                    producer_id: self.identity.producer_id,
+                };
+                self.shared.set_fatal(e.clone());
+                self.drop_batch(b, false, e);
+            }
+            ErrorCode::OutOfOrderSequence if self.idempotent => self.retry(b, Cause::OutOfOrder),
+            ErrorCode::UnknownProducerId if self.idempotent => {
+                self.parts[b.part].reset_to_zero = true;
+                self.retry(b, Cause::NotAppended);
+            }
+            ErrorCode::UnknownTopicOrPartition => {
+                self.spawn_refresh(b.topic.clone());
+                self.retry(b, Cause::NotAppended);
+            }
+            ErrorCode::RequestTimedOut | ErrorCode::StorageError => {
+                self.retry(b, Cause::Unknown);
+            }
+            c if c.is_retriable() => self.retry(b, Cause::NotAppended),
+            ErrorCode::UnknownServerError => {
+                self.drop_batch(b, true, Error::Broker { code, message });
+            }
+            _ => self.drop_batch(b, false, Error::Broker { code, message }),
+        }
+    }
+
+    fn success(&mut self, b: SentBatch, base_offset: i64) {
+        let p = &mut self.parts[b.part];
+        p.inflight = p.inflight.saturating_sub(1);
+        if !p.recovering {
+            p.attempts = 0;
+        }
+        self.shared.finish(b.id, &b.completion, Ok(base_offset));
+    }
+
+    fn retry(&mut self, mut b: SentBatch, cause: Cause) {
+        match cause {
+            Cause::Unknown => b.maybe_appended = true,
+            Cause::OutOfOrder => b.maybe_appended = false,
+            Cause::NotAppended => {}
+        }
+        let p = &mut self.parts[b.part];
+        p.inflight = p.inflight.saturating_sub(1);
+        p.recovering = true;
+        p.failed.push(Failed::Retry(b, cause));
+    }
+
+    fn drop_batch(&mut self, b: SentBatch, maybe_appended: bool, err: Error) {
+        let p = &mut self.parts[b.part];
+        p.inflight = p.inflight.saturating_sub(1);
+        p.recovering = true;
+        // A refusal such as MESSAGE_TOO_LARGE depends only on the batch's bytes, which every
+        // attempt shares: no earlier attempt was appended either. Only an error that leaves
+        // the outcome open (`maybe_appended`) makes the gap uncertain.
+        p.failed.push(Failed::Dropped {
+            number: b.number,
+            seq: b.base_seq,
+            maybe_appended,
+        });
+        self.shared.finish(b.id, &b.completion, Err(err));
+    }
+
+    /// The next moment something is due: a batch lingered enough, a backoff ends, a request
+    /// or delivery deadline passes, a reconnect or metadata refresh is due.
+    fn next_deadline(&self, now: Instant) -> Instant {
+        let mut at = now + Duration::from_secs(1);
+        let can_send = self.conn.is_some()
+            && self.inflight.len() < self.config.max_in_flight
+            && !self.needs_bump;
+        let (ready, oldest) = self
+            .shared
+            .lock_acc()
+            .deadlines(self.config.linger, |part| {
+                can_send
+                    && self
+                        .parts
+                        .get(part)
+                        .is_none_or(|p| !p.blocked(now) && p.resend.is_empty())
+            });
+        if let Some(r) = ready {
+            at = at.min(r.max(now));
+        }
+        if let Some(o) = oldest {
+            at = at.min(o + self.config.delivery_timeout);
+        }
+        for p in &self.parts {
+            if let Some(t) = p.backoff_until
+                && t > now
+            {
+                at = at.min(t);
+            }
+            if let Some(b) = p.resend.front() {
+                at = at.min(b.created + self.config.delivery_timeout);
+            }
+        }
+        if let Some(f) = self.inflight.front() {
+            at = at.min(f.deadline);
+        }
+        if self.conn.is_none() && self.has_work() {
+            at = at.min(self.next_connect);
+        }
+        if self.needs_bump && self.bump_ready() {
+            at = at.min(self.next_bump);
+        }
+        at = at.min(self.next_refresh);
+        // Never spin: at least a millisecond when something is due now but cannot go out.
+        at.max(now + Duration::from_micros(200))
+    }
+}
+
+/// Asks for a producer id and epoch: a new producer sends -1 and -1; a producer bumping its
+/// epoch sends its current ones.
+pub(crate) async fn init_producer_id(
+    conn: &Connection,
+    producer_id: i64,
+    producer_epoch: i32,
+) -> Result<Identity> {
+    let body = conn
+        .request(InitProducerIdRequest {
+            transactional_id: None,
+            transaction_timeout_ms: 0,
+            producer_id,
+            producer_epoch,
+        })
+        .await?;
+    let response::Body::InitProducerId(r) = body else {
+        return Err(Error::Protocol {
+            addr: conn.addr().to_string(),
+            reason: "InitProducerId answered with another API's body".into(),
+        });
+    };
+    match r.error_code() {
+        ErrorCode::None => Ok(Identity {
+            producer_id: r.producer_id,
+            epoch: i16::try_from(r.producer_epoch).map_err(|_| Error::Protocol {
+                addr: conn.addr().to_string(),
+                reason: format!("producer epoch {} out of range", r.producer_epoch),
+            })?,
+        }),
+        ErrorCode::ProducerFenced => Err(Error::ProducerFenced { producer_id }),
+        code => Err(Error::Broker {
+            code,
+            message: r.error_message,
+        }),
+    }
+}

@@ -1,0 +1,237 @@
+//! `strom topics`: create, list, describe, delete and alter topics.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use strom_client::{Admin, NewTopic};
+
+use super::{Output, parse_pair};
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create a topic.
+    Create {
+        /// Topic name: 1 to 249 of [a-zA-Z0-9._-].
+        name: String,
+        /// Number of partitions [default: the broker's default_partitions]
+        #[arg(long, value_name = "N")]
+        partitions: Option<i32>,
+        /// A topic setting by its Kafka name, e.g. `retention.ms=86400000` (repeatable)
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_pair)]
+        configs: Vec<(String, String)>,
+    },
+    /// List topics with their partition counts.
+    List,
+    /// Show a topic's partitions (start and end offsets, size) and settings.
+    Describe {
+        /// Topic name.
+        name: String,
+    },
+    /// Delete a topic and all its data.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+    /// Change topic settings.
+    Alter {
+        /// Topic name.
+        name: String,
+        /// Set a setting (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_pair)]
+        configs: Vec<(String, String)>,
+        /// Return a setting to the broker's default (repeatable).
+        #[arg(long, value_name = "KEY")]
+        reset: Vec<String>,
+    },
+}
+
+pub async fn run(admin: &Admin, cmd: TopicsCommand, output: Output) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        TopicsCommand::Create {
+            name,
+            partitions,
+            configs,
+        } => {
+            let mut t = NewTopic::new(&name);
+            if let Some(p) = partitions {
+                t = t.partitions(p);
+            }
+            for (k, v) in configs {
+                t = t.config(k, v);
+            }
+            let n = admin
+                .create_topic(t)
+                .await
+                .with_context(|| format!("creating topic {name}"))?;
+            match output {
+                Output::Json => writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"topic": name, "partitions": n, "created": true})
+                )?,
+                Output::Text => writeln!(out, "created topic {name} with {n} partitions")?,
+            }
+        }
+        TopicsCommand::List => {
+            let topics = admin.list_topics().await.context("listing topics")?;
+            if output == Output::Text {
+                writeln!(
+                    out,
+                    "{:<40} {:>10} {:>8}",
+                    "TOPIC", "PARTITIONS", "INTERNAL"
+                )?;
+            }
+            for t in topics {
+                match output {
+                    Output::Json => writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"topic": t.name, "partitions": t.partitions.len(), "internal": t.internal})
+                    )?,
+                    Output::Text => writeln!(
+                        out,
+                        "{:<40} {:>10} {:>8}",
+                        t.name,
+                        t.partitions.len(),
+                        if t.internal { "yes" } else { "" }
+                    )?,
+                }
+            }
+        }
+        TopicsCommand::Describe { name } => {
+            let t = admin
+                .describe_topics(&[&name])
+                .await
+                .with_context(|| format!("describing topic {name}"))?
+                .into_iter()
+                .next()
+                .with_context(|| format!("no description of topic {name} in the answer"))?;
+            let configs = admin
+                .describe_configs(&name)
+                .await
+                .with_context(|| format!("reading the settings of topic {name}"))?;
+            match output {
+                Output::Json => {
+                    for p in &t.partitions {
+                        writeln!(
+                            out,
+                            "{}",
+                            serde_json::json!({
+                                "topic": t.name, "partition": p.partition, "leader": p.leader,
+                                "start_offset": p.log_start_offset, "end_offset": p.log_end_offset,
+                                "size_bytes": p.size_bytes,
+                            })
+                        )?;
+                    }
+                    for c in &configs {
+                        writeln!(
+                            out,
+                            "{}",
+                            serde_json::json!({"topic": t.name, "config": c.name, "value": c.value, "source": format!("{:?}", c.source).to_lowercase()})
+                        )?;
+                    }
+                }
+                Output::Text => {
+                    writeln!(out, "topic {}  partitions {}", t.name, t.partitions.len())?;
+                    writeln!(
+                        out,
+                        "{:>9} {:>6} {:>14} {:>14} {:>12} {:>12}",
+                        "PARTITION", "LEADER", "START", "END", "RECORDS", "SIZE"
+                    )?;
+                    for p in &t.partitions {
+                        writeln!(
+                            out,
+                            "{:>9} {:>6} {:>14} {:>14} {:>12} {:>12}",
+                            p.partition,
+                            p.leader,
+                            p.log_start_offset,
+                            p.log_end_offset,
+                            p.log_end_offset - p.log_start_offset,
+                            human_bytes(p.size_bytes)
+                        )?;
+                    }
+                    writeln!(out, "{:<24} {:<22} SOURCE", "SETTING", "VALUE")?;
+                    for c in &configs {
+                        writeln!(
+                            out,
+                            "{:<24} {:<22} {}",
+                            c.name,
+                            c.value,
+                            format!("{:?}", c.source).to_lowercase()
+                        )?;
+                    }
+                }
+            }
+        }
+        TopicsCommand::Delete { name } => {
+            admin
+                .delete_topic(&name)
+                .await
+                .with_context(|| format!("deleting topic {name}"))?;
+            match output {
+                Output::Json => writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"topic": name, "deleted": true})
+                )?,
+                Output::Text => writeln!(out, "deleted topic {name}")?,
+            }
+        }
+        TopicsCommand::Alter {
+            name,
+            configs,
+            reset,
+        } => {
+            if configs.is_empty() && reset.is_empty() {
+                anyhow::bail!("nothing to change: give --config KEY=VALUE or --reset KEY");
+            }
+            let set: Vec<(&str, &str)> = configs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let reset: Vec<&str> = reset.iter().map(String::as_str).collect();
+            admin
+                .alter_configs(&name, &set, &reset)
+                .await
+                .with_context(|| format!("changing the settings of topic {name}"))?;
+            match output {
+                Output::Json => writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"topic": name, "altered": true})
+                )?,
+                Output::Text => writeln!(out, "changed the settings of topic {name}")?,
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Bytes for humans: 1536 -> "1.5 KiB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_bytes() {
+        assert_eq!(super::human_bytes(0), "0 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(3 << 30), "3.0 GiB");
+    }
+}

@@ -50,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::groups::GroupsCommand,
     },
+    /// Measure throughput and latency: produce, consume, e2e, and this machine's ceilings.
+    Bench {
+        #[command(subcommand)]
+        command: cli::bench::BenchCommand,
+    },
 }
 
 /// Settings come from the embedded defaults, then `--config FILE`, then these flags.
@@ -229,6 +234,7 @@ fn client_command(bootstrap: &str, output: cli::Output, command: Command) -> any
             }
             Command::Produce(args) => cli::produce::run(bootstrap, args).await,
             Command::Consume(args) => cli::consume::run(bootstrap, args, output).await,
+            Command::Bench { command } => cli::bench::run(bootstrap, command, output).await,
         }
     })
 }

@@ -1,5 +1,6 @@
 //! The command-line tools: one module per `strom` subcommand group, and what they share.
 
+pub mod bench;
 pub mod consume;
 pub mod format;
 pub mod groups;

@@ -1,0 +1,279 @@
+//! `strom bench` end to end, at tiny sizes: each command runs the real binary (with an embedded
+//! broker, or against a `strom serve` child), exits 0 and prints one JSON object whose numbers
+//! are sane (counts as asked, rates above zero, percentiles in order); bad input is one line on
+//! stderr and a non-zero exit.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn strom(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args(args)
+        .output()
+        .expect("run strom")
+}
+
+/// Runs `strom --output json bench <args>` and returns the one JSON object it prints.
+fn bench(args: &[&str]) -> Value {
+    let mut all = vec!["--output", "json", "bench"];
+    all.extend_from_slice(args);
+    let out = strom(&all);
+    assert!(
+        out.status.success(),
+        "strom {all:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
+    serde_json::from_str(&stdout).expect("JSON")
+}
+
+/// A usage error: clap's message (first line `error: ...`) and exit status 2.
+fn usage_error(args: &[&str]) {
+    let out = strom(args);
+    assert_eq!(out.status.code(), Some(2), "{args:?} should be refused");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A run-time failure: one line on stderr and a non-zero exit.
+fn fails(args: &[&str]) -> String {
+    let out = strom(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    err
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+/// Rates above zero and latency percentiles in order.
+fn sane(v: &Value, latency_kind: &str) {
+    assert!(f(v, "records_per_sec") > 0.0, "{v}");
+    assert!(f(v, "mb_per_sec") > 0.0, "{v}");
+    assert!(f(v, "elapsed_s") > 0.0, "{v}");
+    let l = &v["latency_ms"];
+    assert_eq!(l["kind"], latency_kind, "{v}");
+    assert!(l["samples"].as_u64().unwrap() > 0, "{v}");
+    let ps: Vec<f64> = ["p50", "p90", "p99", "p99_9", "max"]
+        .iter()
+        .map(|k| f(l, k))
+        .collect();
+    assert!(ps[0] > 0.0, "{v}");
+    assert!(ps.windows(2).all(|w| w[0] <= w[1]), "ordered: {ps:?}");
+    let p = &v["process"];
+    assert!(p["rss_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert!(f(p, "cpu_user_s") + f(p, "cpu_system_s") >= 0.0, "{v}");
+}
+
+#[test]
+fn produce_batch_and_per_record() {
+    let v = bench(&["produce", "--embedded", "--records", "20000"]);
+    assert_eq!(v["command"], "produce");
+    assert_eq!(v["records"], 20000);
+    assert_eq!(v["records_in_log"], 20000);
+    assert_eq!(v["payload_bytes"], 2_000_000);
+    assert_eq!(v["settings"]["method"], "send_batch");
+    assert_eq!(v["latency_ms"]["samples"], 20, "every 1000th record");
+    assert!(v["disk_bytes"].as_u64().unwrap() >= 2_000_000, "{v}");
+    assert_eq!(v["process"]["includes_broker"], true);
+    assert!(v["broker"].is_null());
+    sane(&v, "send_to_ack");
+
+    let v = bench(&[
+        "produce",
+        "--embedded",
+        "--records",
+        "5000",
+        "--send-batch",
+        "1",
+        "--producers",
+        "2",
+        "--partitions",
+        "3",
+        "--keys",
+        "10",
+        "--record-size",
+        "64",
+        "--sample-every",
+        "100",
+    ]);
+    assert_eq!(v["records"], 5000);
+    assert_eq!(v["records_in_log"], 5000);
+    assert_eq!(v["settings"]["method"], "per_record");
+    assert_eq!(v["latency_ms"]["samples"], 50);
+    sane(&v, "send_to_ack");
+}
+
+#[test]
+fn consume_reads_what_produce_wrote() {
+    // Against a broker process: produce, then consume the same topic; --broker-pid reports it.
+    let dir = support::TestDir::new();
+    let broker = support::Broker::start(&dir.data(), &[]);
+    let addr = broker.addr.to_string();
+    let pid = broker.pid().to_string();
+    let common = ["--bootstrap", addr.as_str(), "--broker-pid", pid.as_str()];
+    let mut args = vec![
+        "produce",
+        "--records",
+        "20000",
+        "--partitions",
+        "2",
+        "--keys",
+        "100",
+    ];
+    args.extend_from_slice(&common);
+    let p = bench(&args);
+    assert_eq!(p["records"], 20000);
+    assert_eq!(p["process"]["includes_broker"], false);
+    assert!(p["broker"]["rss_bytes"].as_u64().unwrap() > 0, "{p}");
+    let mut args = vec!["consume", "--consumers", "2"];
+    args.extend_from_slice(&common);
+    let c = bench(&args);
+    assert_eq!(c["command"], "consume");
+    assert_eq!(c["records"], 20000);
+    assert_eq!(c["payload_bytes"], 2_000_000);
+    assert_eq!(c["disk_bytes"], p["disk_bytes"]);
+    sane(&c, "poll");
+    // Fewer than everything, as a group.
+    let mut args = vec!["consume", "--records", "5000", "--group", "bench-test"];
+    args.extend_from_slice(&common);
+    let g = bench(&args);
+    assert_eq!(g["records"], 5000);
+    sane(&g, "poll");
+}
+
+#[test]
+fn consume_embedded_fills_first() {
+    let v = bench(&["consume", "--embedded", "--records", "20000"]);
+    assert_eq!(v["records"], 20000);
+    assert_eq!(v["payload_bytes"], 2_000_000);
+    assert!(v["notes"][0].as_str().unwrap().contains("filled"), "{v}");
+    sane(&v, "poll");
+}
+
+#[test]
+fn e2e_times_every_record() {
+    let report = tempfile::tempdir().unwrap();
+    let v = bench(&[
+        "e2e",
+        "--embedded",
+        "--duration",
+        "1",
+        "--rate",
+        "2000",
+        "--linger-ms",
+        "0",
+        "--report",
+        report.path().to_str().unwrap(),
+    ]);
+    assert_eq!(v["command"], "e2e");
+    let sent = v["sent"].as_u64().unwrap();
+    assert!((1500..=2500).contains(&sent), "paced to about 2000: {sent}");
+    assert_eq!(v["records"], sent, "every record received");
+    assert_eq!(v["latency_ms"]["samples"], sent, "and timed");
+    sane(&v, "send_to_receipt");
+    let pages: Vec<_> = std::fs::read_dir(report.path()).unwrap().collect();
+    assert_eq!(pages.len(), 1);
+    let html = std::fs::read_to_string(pages[0].as_ref().unwrap().path()).unwrap();
+    assert!(html.contains("<svg") && html.contains("send_to_receipt"));
+}
+
+#[test]
+fn ceiling_measures_tcp_and_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = bench(&[
+        "ceiling",
+        "--bytes",
+        "8388608",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(v["command"], "ceiling");
+    assert!(f(&v["loopback_tcp"], "bytes_per_sec") > 0.0, "{v}");
+    assert!(f(&v["disk_write"], "mb_per_sec") > 0.0, "{v}");
+    assert!(f(&v["disk_fsync"], "mb_per_sec") > 0.0, "{v}");
+    assert_eq!(v["disk_fsync"]["fsyncs"], 8);
+    assert!(f(&v["disk_fsync"], "fsync_p50_ms") <= f(&v["disk_fsync"], "fsync_p99_ms"));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "its files are removed"
+    );
+}
+
+#[test]
+fn with_ceiling_reports_fractions() {
+    let v = bench(&[
+        "produce",
+        "--embedded",
+        "--records",
+        "2000",
+        "--with-ceiling",
+        "--ceiling-bytes",
+        "4194304",
+    ]);
+    assert!(f(&v["ceiling"]["disk_write"], "mb_per_sec") > 0.0, "{v}");
+    for k in ["disk_write", "disk_fsync", "loopback_tcp"] {
+        assert!(f(&v["fraction_of_ceiling"], k) > 0.0, "{v}");
+    }
+}
+
+#[test]
+fn bad_input_is_one_line() {
+    let err = fails(&["bench", "e2e", "--embedded", "--record-size", "4"]);
+    assert!(err.contains("at least 8"), "{err}");
+    usage_error(&["bench", "produce", "--records", "0"]);
+    usage_error(&["bench", "produce", "--records", "10", "--duration", "1"]);
+    usage_error(&["bench", "produce", "--duration", "-1"]);
+    usage_error(&["bench", "produce", "--acks", "2"]);
+    usage_error(&["bench", "produce", "--data-dir", "/tmp"]);
+    let err = fails(&[
+        "bench",
+        "produce",
+        "--bootstrap",
+        "127.0.0.1:1",
+        "--records",
+        "1",
+    ]);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    let err = fails(&[
+        "bench",
+        "consume",
+        "--embedded",
+        "--records",
+        "10",
+        "--consumers",
+        "2",
+    ]);
+    assert!(err.contains("partition"), "{err}");
+    let err = fails(&["bench", "produce", "--broker-pid", "999999999"]);
+    assert!(err.contains("999999999"), "{err}");
+    let err = fails(&[
+        "bench",
+        "produce",
+        "--embedded",
+        "--data-dir",
+        "/nonexistent/x",
+    ]);
+    assert!(err.contains("/nonexistent/x"), "{err}");
+    let err = fails(&[
+        "bench",
+        "ceiling",
+        "--bytes",
+        "1048576",
+        "--dir",
+        "/nonexistent/x",
+    ]);
+    assert!(err.contains("/nonexistent/x"), "{err}");
+}

@@ -42,7 +42,8 @@
 //!     }
 //!     Ok(())
 //! }
-//! # serve(&mut BytesMut::new(), &mut BytesMut::new()).unwrap();
+//! # serve(&mut BytesMut::new(), &mut BytesMut::new())?;
+//! # Ok::<(), String>(())
 //! ```
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -163,16 +164,17 @@ pub fn encode_response(response: &Response, dst: &mut BytesMut) -> Result<(), Pr
 ///     },
 /// );
 /// let (mut scratch, mut chunks) = (BytesMut::new(), Vec::new());
-/// encode_response_chunks(&response, &mut scratch, &mut chunks).unwrap();
+/// encode_response_chunks(&response, &mut scratch, &mut chunks)?;
 /// assert_eq!(chunks.len(), 2); // everything in front of the records, then the records
 /// assert_eq!(chunks[1].as_ptr(), stored.as_ptr()); // not a copy
 ///
 /// let mut socket = Vec::new();
-/// write_chunks(&mut socket, &chunks).unwrap();
+/// write_chunks(&mut socket, &chunks)?;
 /// let mut expected = BytesMut::new();
-/// strom_protocol::encode_response(&response, &mut expected).unwrap();
+/// strom_protocol::encode_response(&response, &mut expected)?;
 /// assert_eq!(socket, expected);
 /// chunks.clear(); // scratch is ready for the next response
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// # Errors

@@ -1,5 +1,6 @@
 //! Consumer tests against an in-process fake broker serving one partition of 100 records
 //! (10 batches of 10, timestamps `offset * 10`).
+#![cfg(test)]
 
 use std::time::Duration;
 

@@ -3,6 +3,7 @@
 //! first offset, `OUT_OF_ORDER_SEQUENCE` on a gap, `UNKNOWN_PRODUCER_ID` without state, fencing
 //! by epoch) and that loses requests and responses on purpose, to check that retries neither
 //! duplicate nor reorder records.
+#![cfg(test)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};

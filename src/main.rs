@@ -92,9 +92,16 @@ struct ServeArgs {
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
     /// Request bytes per connection awaiting responses before the broker stops reading it
-    /// [default: 67108864]
+    /// [default: 33554432]
     #[arg(long, value_name = "BYTES")]
     max_inflight_bytes: Option<usize>,
+    /// Request bytes awaiting responses over all connections: the bound on memory requests hold
+    /// [default: 134217728]
+    #[arg(long, value_name = "BYTES")]
+    max_inflight_bytes_total: Option<usize>,
+    /// Close a connection whose client does not read a response for this long [default: 30000]
+    #[arg(long, value_name = "MS")]
+    write_timeout_ms: Option<u64>,
     /// Requests per connection awaiting responses [default: 1024]
     #[arg(long, value_name = "N")]
     max_pipelined_requests: Option<usize>,
@@ -151,6 +158,8 @@ impl ServeArgs {
             max_control_frame_bytes,
             max_connections,
             max_inflight_bytes,
+            max_inflight_bytes_total,
+            write_timeout_ms,
             max_pipelined_requests,
             fetch_max_bytes,
             fetch_partition_max_bytes,

@@ -12,7 +12,9 @@
 //! | `max_frame_bytes` | 8 MiB | largest request frame; checked on the length prefix, before allocating |
 //! | `max_control_frame_bytes` | 1 MiB | largest request other than Produce (their decoded form can be ~50x the frame); never above `max_frame_bytes` |
 //! | `max_connections` | 10000 | open client connections; more are accepted and closed at once |
-//! | `max_inflight_bytes` | 64 MiB | request bytes per connection whose responses are not yet written; the socket is not read past it |
+//! | `max_inflight_bytes` | 32 MiB | request bytes per connection whose responses are not yet written; the socket is not read past it |
+//! | `max_inflight_bytes_total` | 128 MiB | the same over all connections: the bound on memory held by requests |
+//! | `write_timeout_ms` | 30000 | a connection whose client does not read a response for this long is closed |
 //! | `max_pipelined_requests` | 1024 | requests per connection awaiting their response |
 //! | `fetch_max_bytes` | 50 MiB | cap on a fetch response's record bytes |
 //! | `fetch_partition_max_bytes` | 1 MiB | record bytes per partition when a fetch gives no limit |
@@ -57,6 +59,10 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Request bytes in flight per connection.
     pub max_inflight_bytes: usize,
+    /// Request bytes in flight over all connections.
+    pub max_inflight_bytes_total: usize,
+    /// How long a response may wait for its client to read it.
+    pub write_timeout_ms: u64,
     /// Requests in flight per connection.
     pub max_pipelined_requests: usize,
     /// Fetch response cap.
@@ -96,7 +102,9 @@ impl Default for BrokerConfig {
             max_frame_bytes: 8 << 20,
             max_control_frame_bytes: 1 << 20,
             max_connections: 10_000,
-            max_inflight_bytes: 64 << 20,
+            max_inflight_bytes: 32 << 20,
+            max_inflight_bytes_total: 128 << 20,
+            write_timeout_ms: 30_000,
             max_pipelined_requests: 1024,
             fetch_max_bytes: 50 << 20,
             fetch_partition_max_bytes: 1 << 20,
@@ -169,6 +177,18 @@ impl BrokerConfig {
                     self.max_frame_bytes, self.max_inflight_bytes
                 ),
             );
+        }
+        if self.max_inflight_bytes_total < self.max_inflight_bytes {
+            return bad(
+                "max_inflight_bytes_total",
+                format!(
+                    "must be at least max_inflight_bytes ({}); got {}",
+                    self.max_inflight_bytes, self.max_inflight_bytes_total
+                ),
+            );
+        }
+        if self.write_timeout_ms == 0 {
+            return bad("write_timeout_ms", "must be at least 1".into());
         }
         if self.max_pipelined_requests == 0 {
             return bad("max_pipelined_requests", "must be at least 1".into());

@@ -13,7 +13,7 @@ use std::io::IoSlice;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use strom_protocol::frame::decode_frame;
+use strom_protocol::frame::{decode_frame, peek_frame_len};
 use strom_protocol::messages::{ApiKey, Response};
 use strom_protocol::{decode_request, decode_request_header, encode_response_chunks};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,10 +25,30 @@ use tokio::task::JoinHandle;
 use crate::handlers::{self, Ordering, Started};
 use crate::server::Context;
 
-/// A response on its way out, holding the request's share of the in-flight budget.
+/// A request's share of the connection's and the broker's in-flight budgets.
+struct Budget {
+    _connection: OwnedSemaphorePermit,
+    _broker: OwnedSemaphorePermit,
+}
+
+/// Takes `cost` from the connection's budget, then from the broker-wide one.
+async fn acquire(
+    connection: &Arc<Semaphore>,
+    broker: &Arc<Semaphore>,
+    cost: u32,
+) -> Option<Budget> {
+    let c = connection.clone().acquire_many_owned(cost).await.ok()?;
+    let b = broker.clone().acquire_many_owned(cost).await.ok()?;
+    Some(Budget {
+        _connection: c,
+        _broker: b,
+    })
+}
+
+/// A response on its way out, holding the request's share of the in-flight budgets.
 struct Outgoing {
     response: Reply,
-    _budget: OwnedSemaphorePermit,
+    _budget: Budget,
 }
 
 enum Reply {
@@ -52,28 +72,46 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Outgoing>(ctx.config.max_pipelined_requests);
-    let writer = tokio::spawn(write_responses(wr, rx));
+    let writer = tokio::spawn(write_responses(
+        wr,
+        rx,
+        std::time::Duration::from_millis(ctx.config.write_timeout_ms),
+    ));
     let budget = Arc::new(Semaphore::new(ctx.config.max_inflight_bytes));
     let max_frame = ctx.config.max_frame_bytes as usize;
     // Small until the client sends something: thousands of idle connections must stay cheap.
     let mut buf = BytesMut::with_capacity(READ_CHUNK_IDLE);
     let order = Arc::new(Ordering::default());
+    // Budget held for the frame at the head of `buf`: taken from its length prefix, before its
+    // body is read or room is reserved for it, so memory stays within the in-flight bounds.
+    let mut held: Option<Budget> = None;
     let reason: String = 'conn: loop {
-        // Every whole frame already buffered.
         loop {
+            if held.is_none() {
+                let Some(len) = peek_frame_len(&buf) else {
+                    break;
+                };
+                if len as usize > max_frame {
+                    break 'conn format!(
+                        "bad frame: length {len} is over max_frame_bytes = {max_frame}"
+                    );
+                }
+                let cost = len.max(1);
+                let acquired = tokio::select! {
+                    p = acquire(&budget, &ctx.inflight, cost) => p,
+                    _ = ctx.shutdown.cancelled() => break 'conn "broker shutting down".to_string(),
+                };
+                match acquired {
+                    Some(b) => held = Some(b),
+                    None => break 'conn "in-flight budget closed".to_string(),
+                }
+            }
             let frame = match decode_frame(&mut buf, max_frame) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => break 'conn format!("bad frame: {e}"),
             };
-            let cost = u32::try_from(frame.len().max(1)).unwrap_or(u32::MAX);
-            let permit = tokio::select! {
-                p = budget.clone().acquire_many_owned(cost) => match p {
-                    Ok(p) => p,
-                    Err(_) => break 'conn "in-flight budget closed".to_string(),
-                },
-                _ = ctx.shutdown.cancelled() => break 'conn "broker shutting down".to_string(),
-            };
+            let Some(permit) = held.take() else { break };
             let response = match start(&ctx, &order, frame).await {
                 Ok(Started::Ready(r)) => Reply::Ready(r),
                 Ok(Started::Pending(f)) => Reply::Running(tokio::spawn(f)),
@@ -156,7 +194,11 @@ async fn start(ctx: &Arc<Context>, order: &Arc<Ordering>, frame: Bytes) -> Resul
 }
 
 /// Writes responses in request order, coalescing the ones that are ready into one `writev`.
-async fn write_responses(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
+async fn write_responses(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outgoing>,
+    write_timeout: std::time::Duration,
+) {
     let mut scratch = BytesMut::new();
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut held: Vec<Outgoing> = Vec::new();
@@ -196,9 +238,20 @@ async fn write_responses(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing
                 return;
             }
         }
-        if let Err(e) = write_all(&mut wr, &mut chunks).await {
-            tracing::debug!(error = %e, "write failed");
-            return;
+        match tokio::time::timeout(write_timeout, write_all(&mut wr, &mut chunks)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "write failed");
+                return;
+            }
+            Err(_) => {
+                // A client that does not read its responses holds their budget: let it go.
+                tracing::warn!(
+                    timeout_ms = write_timeout.as_millis() as u64,
+                    "client did not read its responses in time; closing the connection"
+                );
+                return;
+            }
         }
         chunks.clear();
         // Dropping the held responses returns their in-flight budget.

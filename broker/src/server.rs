@@ -32,6 +32,8 @@ pub(crate) struct Context {
     pub producer_ids: ProducerIds,
     pub groups: Coordinator,
     pub shutdown: CancellationToken,
+    /// Request bytes in flight over all connections (`max_inflight_bytes_total`).
+    pub inflight: Arc<Semaphore>,
     /// The address clients reach this broker at (for Metadata).
     pub advertised: SocketAddr,
 }
@@ -67,14 +69,13 @@ impl Broker {
             },
         )
         .await?;
-        let listener =
-            TcpListener::bind(&config.listen)
-                .await
-                .map_err(|source| BrokerError::Io {
-                    op: "listen on",
-                    path: config.listen.clone().into(),
-                    source,
-                })?;
+        let listener = bind(&config.listen)
+            .await
+            .map_err(|source| BrokerError::Io {
+                op: "listen on",
+                path: config.listen.clone().into(),
+                source,
+            })?;
         let local_addr = listener.local_addr().map_err(|source| BrokerError::Io {
             op: "listen on",
             path: config.listen.clone().into(),
@@ -88,11 +89,13 @@ impl Broker {
             "broker started"
         );
         let shutdown = CancellationToken::new();
+        let inflight = Arc::new(Semaphore::new(config.max_inflight_bytes_total));
         let ctx = Arc::new(Context {
             config,
             topics,
             producer_ids,
             groups,
+            inflight,
             shutdown: shutdown.clone(),
             advertised: local_addr,
         });
@@ -115,6 +118,30 @@ impl Broker {
         let _ = self.task.await;
     }
 }
+
+/// Listens on the first address `addr` resolves to, with a backlog deep enough for a burst of
+/// thousands of connects (tokio's default of 1024 overflows, and each dropped SYN costs the
+/// client a one-second retransmit).
+async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} resolves to no address"))))
+}
+
+/// Pending connections the kernel queues before the broker accepts them (capped by
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 8192;
 
 async fn run(listener: TcpListener, ctx: Arc<Context>) {
     let tracker = TaskTracker::new();

@@ -125,9 +125,10 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
                 break 'conn "client stopped reading".to_string();
             }
         }
-        if buf.capacity() - buf.len() < READ_CHUNK_IDLE {
-            // A busy connection reads in bigger chunks; a partial frame already reserved its
-            // whole length in `decode_frame`.
+        // With a frame's header read, `decode_frame` already made room for exactly that frame;
+        // reserving more here could double the buffer past the frame limit.
+        if held.is_none() && buf.capacity() - buf.len() < READ_CHUNK_IDLE {
+            // A busy connection reads in bigger chunks.
             buf.reserve(if buf.is_empty() {
                 READ_CHUNK_IDLE
             } else {

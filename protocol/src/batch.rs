@@ -268,16 +268,20 @@ impl BatchHeader {
         self.batch_length as usize + LOG_OVERHEAD
     }
 
-    /// Offset of the last record in the batch.
+    /// Offset of the last record in the batch. The base offset is not covered by the CRC: for a
+    /// damaged or hostile one this saturates at `i64::MIN`/`i64::MAX` rather than overflow, and
+    /// callers' range checks refuse it.
     #[inline]
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
 
-    /// Offset after the last record: where the next batch starts.
+    /// Offset after the last record: where the next batch starts (saturating, as
+    /// [`BatchHeader::last_offset`]).
     #[inline]
     pub fn next_offset(&self) -> i64 {
-        self.last_offset() + 1
+        self.last_offset().saturating_add(1)
     }
 
     /// Compression codec of the records.
@@ -713,10 +717,14 @@ impl Records {
         if p != body.len() {
             return Err(err("record length disagrees with its fields"));
         }
+        let offset = self
+            .base_offset
+            .checked_add(i64::from(off_delta))
+            .ok_or_else(|| err("record offset overflows i64"))?;
         self.pos = end;
         self.index += 1;
         Ok(Record {
-            offset: self.base_offset + i64::from(off_delta),
+            offset,
             timestamp: self.base_timestamp.wrapping_add(ts_delta),
             key: key.map(|r| self.batch.slice(r)),
             value: value.map(|r| self.batch.slice(r)),
@@ -867,6 +875,28 @@ mod tests {
             b.push(r).unwrap();
         }
         b.finish().unwrap()
+    }
+
+    #[test]
+    fn offsets_at_the_ends_of_i64_saturate_or_fail() {
+        // Found by the batch_parse fuzz target: the CRC does not cover the base offset, so any
+        // value reaches the offset arithmetic, which overflowed.
+        let r = RecordRef {
+            timestamp: 1,
+            key: None,
+            value: Some(b"v"),
+            headers: &[],
+        };
+        let mut batch = BytesMut::from(&build(&[r, r])[..]);
+        set_base_offset(&mut batch, i64::MAX).unwrap();
+        let h = validate(&batch).unwrap();
+        assert_eq!((h.last_offset(), h.next_offset()), (i64::MAX, i64::MAX));
+        let mut records = Records::new(batch.freeze()).unwrap();
+        assert_eq!(records.next().unwrap().unwrap().offset, i64::MAX);
+        assert!(matches!(
+            records.next(),
+            Some(Err(BatchError::MalformedRecord { index: 1, .. }))
+        ));
     }
 
     #[test]

@@ -296,6 +296,27 @@ impl Segment {
         Ok(h)
     }
 
+    /// A read found no batch holding its offset, after skipping the batch at `skipped` because
+    /// its header said it ends before the offset. If that header is damaged, the batch may hold
+    /// the offset after all: check its CRC, so that damage is reported instead of its records
+    /// being skipped without a word. One batch's CRC, and only when a read lands in a gap.
+    fn check_skipped(&self, log: &[u8], skipped: Option<(usize, BatchHeader)>) -> Result<()> {
+        let Some((pos, h)) = skipped else {
+            return Ok(());
+        };
+        let computed = batch::compute_crc(&log[pos..pos + h.total_len()]);
+        if computed != h.crc {
+            return Err(self.corrupt(
+                pos,
+                format!(
+                    "CRC mismatch in batch at offset {}: stored {:#010x}, computed {computed:#010x}",
+                    h.base_offset, h.crc
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes` (the
     /// first batch is returned even if larger, so a reader always makes progress). `Ok(None)`
     /// when no batch of this segment holds `offset` or anything after it. Every batch returned
@@ -305,14 +326,20 @@ impl Segment {
         let log: &[u8] = &committed;
         let mut pos = self.start_position(offset, log);
         // Skip batches that end before `offset`, reading only their headers.
+        let mut skipped = None;
         let start = loop {
             if pos >= log.len() {
+                self.check_skipped(log, skipped)?;
                 return Ok(None);
             }
             let h = self.header_at(log, pos)?;
             if h.last_offset() >= offset {
+                if h.base_offset > offset {
+                    self.check_skipped(log, skipped)?;
+                }
                 break pos;
             }
+            skipped = Some((pos, h));
             pos += h.total_len();
         };
         let mut end = start;

@@ -1,0 +1,9 @@
+//! Fuzz target `batch_parse`: arbitrary bytes through every RecordBatch v2 parser. The check
+//! lives in `protocol/tests/fuzz_checks/mod.rs`, shared with the corpus replay of the normal test
+//! suite; see `docs/fuzzing.md`.
+#![no_main]
+
+#[path = "../../protocol/tests/fuzz_checks/mod.rs"]
+mod fuzz_checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_checks::batch_parse(data));

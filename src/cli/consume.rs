@@ -132,16 +132,13 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs, output: Output) -> anyhow::
         .filter(|(p, end)| starts.get(p).is_some_and(|s| s < end))
         .map(|(p, end)| (*p, *end))
         .collect();
-    let needs_headers = output == Output::Json || template.uses_headers();
-    let mut printed: u64 = 0;
+    let mut printer = Printer::new(&template, output, args.max_messages);
     let mut last_record = Instant::now();
-    let mut buf = Vec::with_capacity(1 << 16);
-    let stdout = std::io::stdout();
     loop {
         if !args.follow && remaining.is_empty() {
             break;
         }
-        if args.max_messages.is_some_and(|m| printed >= m) {
+        if printer.full() {
             break;
         }
         if let Some(t) = args.timeout_ms
@@ -156,30 +153,8 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs, output: Output) -> anyhow::
         if !records.is_empty() {
             last_record = Instant::now();
         }
-        buf.clear();
-        for r in &records {
-            if args.max_messages.is_some_and(|m| printed >= m) {
-                break;
-            }
-            let headers: Vec<(&str, Option<&[u8]>)> = if needs_headers {
-                r.headers().map(|h| (h.key, h.value)).collect()
-            } else {
-                Vec::new()
-            };
-            let view = View {
-                topic: r.topic(),
-                partition: r.partition(),
-                offset: r.offset(),
-                timestamp: r.timestamp(),
-                key: r.key().map(|b| &b[..]),
-                value: r.value().map(|b| &b[..]),
-                headers: &headers,
-            };
-            match output {
-                Output::Json => render_json(&view, &mut buf),
-                Output::Text => template.render(&view, &mut buf),
-            }
-            printed += 1;
+        if printer.print(&records)? {
+            return Ok(());
         }
         // A partition is done once the position passed its end (compacted logs may have no
         // record at end - 1).
@@ -188,14 +163,6 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs, output: Output) -> anyhow::
                 .position(TopicPartition::new(args.topic.as_str(), *p))
                 .is_none_or(|pos| pos < *end)
         });
-        let mut out = stdout.lock();
-        if let Err(e) = out.write_all(&buf).and_then(|()| out.flush()) {
-            // A closed pipe (`| head`) is the reader being done, not a failure.
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return Ok(());
-            }
-            return Err(e).context("writing to standard output");
-        }
     }
     Ok(())
 }
@@ -222,14 +189,11 @@ async fn run_group(
     consumer
         .subscribe(group, &[args.topic.as_str()])
         .with_context(|| format!("joining group {group}"))?;
-    let needs_headers = output == Output::Json || template.uses_headers();
-    let mut printed: u64 = 0;
+    let mut printer = Printer::new(template, output, args.max_messages);
     let mut last_record = Instant::now();
-    let mut buf = Vec::with_capacity(1 << 16);
-    let stdout = std::io::stdout();
     let result: anyhow::Result<()> = async {
         loop {
-            if args.max_messages.is_some_and(|m| printed >= m) {
+            if printer.full() {
                 break;
             }
             if let Some(t) = args.timeout_ms
@@ -244,37 +208,8 @@ async fn run_group(
             if !records.is_empty() {
                 last_record = Instant::now();
             }
-            buf.clear();
-            for r in &records {
-                if args.max_messages.is_some_and(|m| printed >= m) {
-                    break;
-                }
-                let headers: Vec<(&str, Option<&[u8]>)> = if needs_headers {
-                    r.headers().map(|h| (h.key, h.value)).collect()
-                } else {
-                    Vec::new()
-                };
-                let view = View {
-                    topic: r.topic(),
-                    partition: r.partition(),
-                    offset: r.offset(),
-                    timestamp: r.timestamp(),
-                    key: r.key().map(|b| &b[..]),
-                    value: r.value().map(|b| &b[..]),
-                    headers: &headers,
-                };
-                match output {
-                    Output::Json => render_json(&view, &mut buf),
-                    Output::Text => template.render(&view, &mut buf),
-                }
-                printed += 1;
-            }
-            let mut out = stdout.lock();
-            if let Err(e) = out.write_all(&buf).and_then(|()| out.flush()) {
-                if e.kind() == std::io::ErrorKind::BrokenPipe {
-                    return Ok(());
-                }
-                return Err(e).context("writing to standard output");
+            if printer.print(&records)? {
+                return Ok(());
             }
             // Without --follow: done once every partition of the topic is assigned to this
             // member and read up to where it ended when we started.
@@ -297,4 +232,68 @@ async fn run_group(
     // Commit what was printed and leave at once, so the partitions move immediately.
     let closed = consumer.close().await.context("leaving the group");
     result.and(closed)
+}
+
+/// Renders records (template or JSON) into one buffer per poll and writes it to stdout.
+struct Printer<'a> {
+    template: &'a Template,
+    output: Output,
+    needs_headers: bool,
+    max: Option<u64>,
+    printed: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> Printer<'a> {
+    fn new(template: &'a Template, output: Output, max: Option<u64>) -> Self {
+        Self {
+            template,
+            output,
+            needs_headers: output == Output::Json || template.uses_headers(),
+            max,
+            printed: 0,
+            buf: Vec::with_capacity(1 << 16),
+        }
+    }
+
+    /// `--max-messages` reached.
+    fn full(&self) -> bool {
+        self.max.is_some_and(|m| self.printed >= m)
+    }
+
+    /// Prints `records` (up to `--max-messages`). `Ok(true)` when stdout was closed (`| head`):
+    /// the reader is done, which is not a failure.
+    fn print(&mut self, records: &[strom_client::ConsumerRecord]) -> anyhow::Result<bool> {
+        self.buf.clear();
+        for r in records {
+            if self.full() {
+                break;
+            }
+            let headers: Vec<(&str, Option<&[u8]>)> = if self.needs_headers {
+                r.headers().map(|h| (h.key, h.value)).collect()
+            } else {
+                Vec::new()
+            };
+            let view = View {
+                topic: r.topic(),
+                partition: r.partition(),
+                offset: r.offset(),
+                timestamp: r.timestamp(),
+                key: r.key().map(|b| &b[..]),
+                value: r.value().map(|b| &b[..]),
+                headers: &headers,
+            };
+            match self.output {
+                Output::Json => render_json(&view, &mut self.buf),
+                Output::Text => self.template.render(&view, &mut self.buf),
+            }
+            self.printed += 1;
+        }
+        let mut out = std::io::stdout().lock();
+        match out.write_all(&self.buf).and_then(|()| out.flush()) {
+            Ok(()) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+            Err(e) => Err(e).context("writing to standard output"),
+        }
+    }
 }

@@ -1,5 +1,7 @@
 //! Consumer tests against an in-process fake broker serving one partition of 100 records
 //! (10 batches of 10, timestamps `offset * 10`).
+//!
+//! Compiled only for tests: declared `#[cfg(test)] mod tests;` in the parent module.
 #![cfg(test)]
 
 use std::time::Duration;

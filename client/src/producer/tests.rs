@@ -3,6 +3,8 @@
 //! first offset, `OUT_OF_ORDER_SEQUENCE` on a gap, `UNKNOWN_PRODUCER_ID` without state, fencing
 //! by epoch) and that loses requests and responses on purpose, to check that retries neither
 //! duplicate nor reorder records.
+//!
+//! Compiled only for tests: declared `#[cfg(test)] mod tests;` in the parent module.
 #![cfg(test)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -65,6 +65,9 @@ pub(crate) enum WriterMsg {
 
 /// Requests the writer may hold in its queue before producers wait.
 const QUEUE_DEPTH: usize = 1024;
+/// Largest append (bytes of a group) done on the writer's own task instead of the blocking pool.
+const INLINE_APPEND_BYTES: usize = 256 * 1024;
+
 /// Most appends the writer gathers into one storage call.
 const MAX_GROUP: usize = 4096;
 
@@ -318,14 +321,26 @@ async fn append_group(log: Log, appends: Vec<AppendRequest>, w: &mut Writer) -> 
         .iter()
         .flat_map(|a| a.batches.iter().cloned())
         .collect();
-    let (log, result) = blocking(log, move |l| {
-        let info = l.append_valid(&batches)?;
-        if durable && !info.durable {
-            l.flush()?;
-        }
-        Ok(info)
-    })
-    .await;
+    // A small append that needs no fsync is a write into the page cache: do it here. A hop to
+    // the blocking pool costs more than the write itself, and with many partitions every
+    // request fans out into one append per partition. Anything that may fsync (the request asks
+    // for it, or the topic's flush policy might) or is large goes to the blocking pool.
+    let bytes: usize = batches.iter().map(|b| b.bytes().len()).sum();
+    let inline = !durable && !log.config().has_flush_policy() && bytes <= INLINE_APPEND_BYTES;
+    let (log, result) = if inline {
+        let mut log = log;
+        let result = log.append_valid(&batches);
+        (Some(log), result)
+    } else {
+        blocking(log, move |l| {
+            let info = l.append_valid(&batches)?;
+            if durable && !info.durable {
+                l.flush()?;
+            }
+            Ok(info)
+        })
+        .await
+    };
     if let Some(l) = &log {
         w.end_tx.send_replace(l.end_offset());
     }

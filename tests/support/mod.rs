@@ -85,6 +85,12 @@ impl Broker {
     /// existing, empty data directory). The broker's stderr goes to a file beside the data
     /// directory, never inside it.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Broker {
+        Broker::spawn(data_dir, None, extra_args)
+    }
+
+    /// Spawns `strom serve` on `addr` (or `127.0.0.1:0`) and waits for its `listening on` line,
+    /// which must name `addr` when one was asked for.
+    fn spawn(data_dir: &Path, addr: Option<SocketAddr>, extra_args: &[&str]) -> Broker {
         fs::create_dir_all(data_dir).expect("create the data directory");
         let n = BROKER_SEQ.fetch_add(1, Ordering::Relaxed);
         let log_dir = data_dir
@@ -92,11 +98,12 @@ impl Broker {
             .map_or_else(std::env::temp_dir, Path::to_path_buf);
         let log_path = log_dir.join(format!("strom-{}-{n}.stderr", std::process::id()));
         let stderr = File::create(&log_path).expect("create the broker's stderr file");
+        let listen = addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
 
         let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
             .arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&listen)
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra_args)
@@ -128,12 +135,14 @@ impl Broker {
                 STARTUP_TIMEOUT.as_secs()
             )),
         };
-        let addr = first.and_then(|line| {
-            parse_listening_line(&line).ok_or_else(|| {
-                format!("its first stdout line is {line:?}, not `listening on 127.0.0.1:PORT`")
-            })
+        let listening = first.and_then(|line| {
+            parse_listening_line(&line)
+                .filter(|got| addr.is_none_or(|want| *got == want))
+                .ok_or_else(|| {
+                    format!("its first stdout line is {line:?}, not `listening on {listen}`")
+                })
         });
-        match addr {
+        match listening {
             Ok(addr) => Broker {
                 child: Some(child),
                 addr,
@@ -144,7 +153,7 @@ impl Broker {
                 let _ = child.kill();
                 let status = child.wait();
                 panic!(
-                    "strom serve did not start: {why} (exit: {status:?})\n--- broker stderr ---\n{}",
+                    "strom serve did not start on {listen}: {why} (exit: {status:?})\n--- broker stderr ---\n{}",
                     tail(&log_path)
                 );
             }
@@ -1046,65 +1055,6 @@ impl Broker {
     /// address. The old port is free once the old process is gone (the listener sets
     /// `SO_REUSEADDR`).
     pub fn start_at(data_dir: &Path, addr: SocketAddr, extra_args: &[&str]) -> Broker {
-        fs::create_dir_all(data_dir).expect("create the data directory");
-        let n = BROKER_SEQ.fetch_add(1, Ordering::Relaxed);
-        let log_dir = data_dir
-            .parent()
-            .map_or_else(std::env::temp_dir, Path::to_path_buf);
-        let log_path = log_dir.join(format!("strom-{}-{n}.stderr", std::process::id()));
-        let stderr = File::create(&log_path).expect("create the broker's stderr file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
-            .arg("serve")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("spawn strom serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            for _ in lines.by_ref() {}
-        });
-        let first = match rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(Some(Ok(line))) => Ok(line),
-            Ok(Some(Err(e))) => Err(format!("reading its stdout failed: {e}")),
-            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err("it closed stdout without printing a line".to_string())
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
-                "it printed nothing within {} s",
-                STARTUP_TIMEOUT.as_secs()
-            )),
-        };
-        let listening = first.and_then(|line| {
-            parse_listening_line(&line)
-                .filter(|got| *got == addr)
-                .ok_or_else(|| {
-                    format!("its first stdout line is {line:?}, not `listening on {addr}`")
-                })
-        });
-        match listening {
-            Ok(addr) => Broker {
-                child: Some(child),
-                addr,
-                log_path,
-                data_dir: data_dir.to_path_buf(),
-            },
-            Err(why) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!(
-                    "strom serve did not start on {addr}: {why} (exit: {status:?})\n--- broker stderr ---\n{}",
-                    tail(&log_path)
-                );
-            }
-        }
+        Broker::spawn(data_dir, Some(addr), extra_args)
     }
 }

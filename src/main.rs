@@ -102,6 +102,14 @@ struct ServeArgs {
     /// Close a connection whose client does not read a response for this long [default: 30000]
     #[arg(long, value_name = "MS")]
     write_timeout_ms: Option<u64>,
+    /// Close a connection whose request does not arrive whole within this long of its first
+    /// byte (slow-loris writers) [default: 30000]
+    #[arg(long, value_name = "MS")]
+    request_read_timeout_ms: Option<u64>,
+    /// Close a connection that sends nothing and awaits no response for this long
+    /// [default: 600000]
+    #[arg(long, value_name = "MS")]
+    connections_max_idle_ms: Option<u64>,
     /// Requests per connection awaiting responses [default: 1024]
     #[arg(long, value_name = "N")]
     max_pipelined_requests: Option<usize>,
@@ -160,6 +168,8 @@ impl ServeArgs {
             max_inflight_bytes,
             max_inflight_bytes_total,
             write_timeout_ms,
+            request_read_timeout_ms,
+            connections_max_idle_ms,
             max_pipelined_requests,
             fetch_max_bytes,
             fetch_partition_max_bytes,

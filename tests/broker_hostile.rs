@@ -573,3 +573,146 @@ fn large_requests_other_than_produce_are_refused_without_decoding() {
         .collect();
     assert_eq!(c.produce_ok("seed", 0, &batches), 9);
 }
+
+// ------------------------------------------------------------------------------------------
+// Well-formed requests with absurd field values: typed errors, nothing stored, nothing huge.
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn absurd_field_values_get_typed_errors() {
+    let s = Setup::new();
+    let mut c = s.client();
+    // Offsets before the log and far past it.
+    for offset in [-1, i64::MIN, i64::MAX, 1 << 40] {
+        let p = c.fetch("seed", 0, offset, 1 << 20, 0, 0);
+        assert_eq!(
+            p.error_code(),
+            ErrorCode::OffsetOutOfRange,
+            "{offset}: {p:?}"
+        );
+        assert!(p.records.is_empty());
+    }
+    // Partitions that do not exist.
+    for partition in [-1, 1_000_000_000, i32::MAX, i32::MIN] {
+        let p = c.fetch("seed", partition, 0, 1 << 20, 0, 0);
+        assert_eq!(
+            p.error_code(),
+            ErrorCode::UnknownTopicOrPartition,
+            "{partition}: {p:?}"
+        );
+        let p = c.produce(
+            "seed",
+            partition,
+            &[batch_of(&[Rec::new(1, "k", "v")])],
+            Acks::Leader,
+        );
+        assert_eq!(
+            p.error_code(),
+            ErrorCode::UnknownTopicOrPartition,
+            "{partition}: {p:?}"
+        );
+    }
+    // A fetch asking for 4 GiB gets what there is, capped by the broker's limits.
+    let p = c.fetch("seed", 0, 0, u32::MAX, 0, 0);
+    assert_eq!(p.error_code(), ErrorCode::None, "{p:?}");
+    assert_eq!(decode_records(&p.records), s.seed[0]);
+    // A long poll of u32::MAX ms is capped by fetch_max_wait_ms: not waited on here, just
+    // answered when data arrives.
+    // Topic names: empty, 64 KiB, with a path separator or "..".
+    let long = "t".repeat(64 << 10);
+    for name in ["", long.as_str(), "../escape", "a/b", ".", ".."] {
+        let r = c.create_topics(vec![creatable(name, 1, &[])], false);
+        let code = r.topics[0].error_code();
+        assert_eq!(code, ErrorCode::InvalidTopicName, "{:.20}: {r:.200?}", name);
+        let m = c.metadata(&[name]);
+        assert_ne!(m.topics[0].error_code(), ErrorCode::None, "{name:.20}");
+    }
+    // Partition counts: zero, negative, a billion.
+    for n in [0, -1, 1_000_000_000, i32::MAX] {
+        let r = c.create_topics(vec![creatable("many", n, &[])], false);
+        assert_eq!(
+            r.topics[0].error_code(),
+            ErrorCode::InvalidPartitions,
+            "{n}: {r:?}"
+        );
+    }
+    // Settings with absurd values.
+    for (k, v) in [
+        ("segment.bytes", "-1"),
+        ("retention.ms", "forever"),
+        ("max.message.bytes", "99999999999999999999"),
+        ("no.such.setting", "1"),
+    ] {
+        let r = c.create_topics(vec![creatable("cfg", 1, &[(k, v)])], false);
+        assert_eq!(
+            r.topics[0].error_code(),
+            ErrorCode::InvalidConfig,
+            "{k}={v}"
+        );
+    }
+    let names: Vec<String> = c
+        .metadata_all()
+        .topics
+        .into_iter()
+        .map(|t| t.name)
+        .filter(|n| !n.starts_with("__"))
+        .collect();
+    assert_eq!(
+        names,
+        ["seed"],
+        "no topic was created by the refused requests"
+    );
+    // Unknown API versions on a known API.
+    let id = c.next_correlation_id();
+    c.send_raw(&raw_request_frame(&header_only(
+        id,
+        ApiKey::Fetch as i32,
+        9999,
+    )));
+    assert_header_error(&c.recv(), id, &[ErrorCode::UnsupportedVersion]);
+    s.assert_healthy();
+}
+
+// ------------------------------------------------------------------------------------------
+// Slow and idle clients.
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn a_slow_loris_writer_is_cut_off_while_others_are_served() {
+    let s = Setup::with_args(&["--request-read-timeout-ms", "400"]);
+    // Announce a 1 KiB request and send it a byte every 20 ms: it would take 20 s.
+    let mut loris = s.client();
+    loris.send_raw(&1024u32.to_be_bytes());
+    let stream = loris.stream().try_clone().expect("clone the socket");
+    let trickle = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut stream = stream;
+        let mut sent = 0;
+        // The pace of the attack, not a synchronisation: stops when the broker hangs up.
+        while sent < 1024 && stream.write_all(&[0x0A]).is_ok() {
+            sent += 1;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        sent
+    });
+    // Meanwhile a well-behaved client is served.
+    s.assert_healthy();
+    loris.expect_closed_without_answer();
+    let sent = trickle.join().expect("trickle thread");
+    assert!(sent < 1024, "the broker read the whole slow request");
+    s.assert_healthy();
+}
+
+#[test]
+fn idle_connections_are_closed_but_long_polls_are_not_idle() {
+    let s = Setup::with_args(&["--connections-max-idle-ms", "300"]);
+    // A long poll of 1 s on a connection whose idle limit is 300 ms: the poll is answered.
+    let mut c = s.client();
+    let end = s.seed[0].len() as i64;
+    let p = c.fetch("seed", 0, end, 1 << 20, 1, 1000);
+    assert_eq!(p.error_code(), ErrorCode::None, "{p:?}");
+    assert!(p.records.is_empty());
+    // Then the connection sends nothing: it is closed.
+    c.expect_closed_without_answer();
+    s.assert_healthy();
+}

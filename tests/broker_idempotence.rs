@@ -6,7 +6,6 @@ mod support;
 
 use bytes::Bytes;
 use strom_protocol::ErrorCode;
-use strom_protocol::batch::{BatchBuilder, RecordRef};
 use strom_protocol::messages::*;
 
 use support::*;
@@ -24,18 +23,7 @@ fn init(c: &mut Client, id: i64, epoch: i32) -> (i64, i16) {
 
 /// A batch of `n` records from producer (`id`, `epoch`) starting at sequence `seq`.
 fn batch(id: i64, epoch: i16, seq: i32, n: usize, tag: &str) -> Bytes {
-    let mut b = BatchBuilder::default().producer(id, epoch, seq);
-    for i in 0..n {
-        let value = format!("{tag}-{i}");
-        b.push(&RecordRef {
-            timestamp: now_ms(),
-            key: Some(b"k"),
-            value: Some(value.as_bytes()),
-            headers: &[],
-        })
-        .expect("push");
-    }
-    b.finish().expect("finish")
+    producer_batch(id, epoch, seq, n, tag)
 }
 
 #[test]

@@ -15,6 +15,8 @@
 //! | `max_inflight_bytes` | 32 MiB | request bytes per connection whose responses are not yet written; the socket is not read past it |
 //! | `max_inflight_bytes_total` | 128 MiB | the same over all connections: the bound on memory held by requests |
 //! | `write_timeout_ms` | 30000 | a connection whose client does not read a response for this long is closed |
+//! | `request_read_timeout_ms` | 30000 | a request must arrive whole within this long of its first byte (slow-loris writers are closed) |
+//! | `connections_max_idle_ms` | 600000 | a connection that sends nothing and awaits nothing for this long is closed (Kafka's `connections.max.idle.ms`) |
 //! | `max_pipelined_requests` | 1024 | requests per connection awaiting their response |
 //! | `fetch_max_bytes` | 50 MiB | cap on a fetch response's record bytes |
 //! | `fetch_partition_max_bytes` | 1 MiB | record bytes per partition when a fetch gives no limit |
@@ -31,7 +33,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use strom_storage::LogConfig;
+use strom_storage::{IoFaults, LogConfig};
 
 use crate::error::BrokerError;
 
@@ -63,6 +65,10 @@ pub struct BrokerConfig {
     pub max_inflight_bytes_total: usize,
     /// How long a response may wait for its client to read it.
     pub write_timeout_ms: u64,
+    /// A request must arrive whole within this long of its first byte.
+    pub request_read_timeout_ms: u64,
+    /// Idle connections are closed after this long.
+    pub connections_max_idle_ms: u64,
     /// Requests in flight per connection.
     pub max_pipelined_requests: usize,
     /// Fetch response cap.
@@ -85,6 +91,9 @@ pub struct BrokerConfig {
     pub shutdown_timeout_ms: u64,
     /// Topic setting defaults, by Kafka name.
     pub topic_defaults: BTreeMap<String, String>,
+    /// Disk faults to inject into every partition log (tests only: no file key or flag sets it).
+    #[serde(skip)]
+    pub io_faults: Option<IoFaults>,
 }
 
 /// The default listen port: not Kafka's 9092, so both can run side by side.
@@ -105,6 +114,8 @@ impl Default for BrokerConfig {
             max_inflight_bytes: 32 << 20,
             max_inflight_bytes_total: 128 << 20,
             write_timeout_ms: 30_000,
+            request_read_timeout_ms: 30_000,
+            connections_max_idle_ms: 600_000,
             max_pipelined_requests: 1024,
             fetch_max_bytes: 50 << 20,
             fetch_partition_max_bytes: 1 << 20,
@@ -116,6 +127,7 @@ impl Default for BrokerConfig {
             group_default_session_timeout_ms: 45_000,
             shutdown_timeout_ms: 10_000,
             topic_defaults: BTreeMap::new(),
+            io_faults: None,
         }
     }
 }
@@ -189,6 +201,12 @@ impl BrokerConfig {
         }
         if self.write_timeout_ms == 0 {
             return bad("write_timeout_ms", "must be at least 1".into());
+        }
+        if self.request_read_timeout_ms == 0 {
+            return bad("request_read_timeout_ms", "must be at least 1".into());
+        }
+        if self.connections_max_idle_ms == 0 {
+            return bad("connections_max_idle_ms", "must be at least 1".into());
         }
         if self.max_pipelined_requests == 0 {
             return bad("max_pipelined_requests", "must be at least 1".into());

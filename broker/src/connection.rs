@@ -11,6 +11,7 @@
 
 use std::io::IoSlice;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use strom_protocol::frame::{decode_frame, peek_frame_len};
@@ -21,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::handlers::{self, Ordering, Started};
 use crate::server::Context;
@@ -79,6 +81,17 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     ));
     let budget = Arc::new(Semaphore::new(ctx.config.max_inflight_bytes));
     let max_frame = ctx.config.max_frame_bytes as usize;
+    let read_timeout = Duration::from_millis(ctx.config.request_read_timeout_ms);
+    let idle_timeout = Duration::from_millis(ctx.config.connections_max_idle_ms);
+    // One timer for both deadlines: a request must arrive whole within `read_timeout` of its
+    // first byte (or of the moment the broker had budget to read it), and a connection that
+    // sends nothing and awaits nothing for `idle_timeout` is closed. Reads only note the time;
+    // the timer is checked and re-armed when it fires, or moved earlier when a frame starts.
+    let mut last_read = Instant::now();
+    let mut frame_since: Option<Instant> = None;
+    let mut armed = last_read + idle_timeout;
+    let timer = tokio::time::sleep_until(armed);
+    tokio::pin!(timer);
     // Small until the client sends something: thousands of idle connections must stay cheap.
     let mut buf = BytesMut::with_capacity(READ_CHUNK_IDLE);
     let order = Arc::new(Ordering::default());
@@ -105,6 +118,8 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
                     Some(b) => held = Some(b),
                     None => break 'conn "in-flight budget closed".to_string(),
                 }
+                // The wait was the broker's, not the client's: the frame's clock starts now.
+                frame_since = None;
             }
             let frame = match decode_frame(&mut buf, max_frame) {
                 Ok(Some(f)) => f,
@@ -112,6 +127,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
                 Err(e) => break 'conn format!("bad frame: {e}"),
             };
             let Some(permit) = held.take() else { break };
+            frame_since = None;
             let response = match start(&ctx, &order, frame).await {
                 Ok(Started::Ready(r)) => Reply::Ready(r),
                 Ok(Started::Pending(f)) => Reply::Running(tokio::spawn(f)),
@@ -135,13 +151,44 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
                 READ_CHUNK_BUSY
             });
         }
+        if buf.is_empty() {
+            frame_since = None;
+        } else if frame_since.is_none() {
+            let now = Instant::now();
+            frame_since = Some(now);
+            if armed > now + read_timeout {
+                armed = now + read_timeout;
+                timer.as_mut().reset(armed);
+            }
+        }
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) if buf.is_empty() => break 'conn "closed by client".to_string(),
                 Ok(0) => break 'conn format!("closed by client inside a frame ({} bytes buffered)", buf.len()),
-                Ok(_) => {}
+                Ok(_) => last_read = Instant::now(),
                 Err(e) => break 'conn format!("read error: {e}"),
             },
+            () = &mut timer => {
+                let now = Instant::now();
+                armed = match frame_since {
+                    Some(since) if now >= since + read_timeout => break 'conn format!(
+                        "a request did not arrive whole within request_read_timeout_ms = {} ({} bytes of it buffered)",
+                        read_timeout.as_millis(),
+                        buf.len()
+                    ),
+                    Some(since) => since + read_timeout,
+                    None if now < last_read + idle_timeout => last_read + idle_timeout,
+                    // Requests still being answered (a long poll, say): not idle yet.
+                    None if budget.available_permits() < ctx.config.max_inflight_bytes => {
+                        now + idle_timeout
+                    }
+                    None => break 'conn format!(
+                        "idle for connections_max_idle_ms = {}",
+                        idle_timeout.as_millis()
+                    ),
+                };
+                timer.as_mut().reset(armed);
+            }
             _ = ctx.shutdown.cancelled() => break 'conn "broker shutting down".to_string(),
         }
     };

@@ -97,6 +97,7 @@ impl Partition {
             producers,
             topic,
             index,
+            recovery_error: None,
         };
         tokio::spawn(writer(log, rx, state));
         Arc::new(Self {
@@ -149,6 +150,8 @@ struct Writer {
     producers: ProducerStates,
     topic: Arc<str>,
     index: i32,
+    /// Why the last recovery attempt failed (logged once per distinct reason).
+    recovery_error: Option<String>,
 }
 
 /// The single writer of one partition's log.
@@ -162,11 +165,20 @@ async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
             m = rx.recv() => m,
             _ = tick(&mut flush_timer) => {
                 let Some(l) = log.take() else { break };
-                let (l, r) = blocking(l, |l| l.flush_if_due()).await;
-                if let Err(e) = r {
-                    tracing::error!(topic = %topic, partition = index, error = %e, "interval flush failed");
+                let (l, usable) = recover_if_poisoned(l, &mut w).await;
+                log = match (l, usable) {
+                    (Some(l), Ok(())) => {
+                        let (l, r) = blocking(l, |l| l.flush_if_due()).await;
+                        if let Err(e) = r {
+                            tracing::error!(topic = %topic, partition = index, error = %e, "interval flush failed");
+                        }
+                        l
+                    }
+                    (l, _) => l,
+                };
+                if log.is_none() {
+                    break;
                 }
-                log = l;
                 continue;
             }
         };
@@ -199,6 +211,12 @@ async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
                     log = Some(l);
                 }
                 WriterMsg::Maintain => {
+                    let (l, usable) = recover_if_poisoned(l, &mut w).await;
+                    let Some(l) = l else { break };
+                    if usable.is_err() {
+                        log = Some(l);
+                        continue;
+                    }
                     w.producers.expire(now_ms(), PRODUCER_EXPIRY_MS);
                     let snapshot = w.producers.encode(l.end_offset());
                     let (l, r) = blocking(l, move |l| {
@@ -290,6 +308,41 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Brings a log that an earlier failure poisoned back into service: `Log::recover` re-reads it
+/// from disk, then the producer state is rebuilt from the log, because the failed call may have
+/// stored some batches that an idempotent producer will retry (they must be answered as
+/// duplicates, with the offsets they got). While the fault lasts every attempt fails and the
+/// log stays poisoned; a failure is logged once per distinct reason.
+async fn recover_if_poisoned(log: Log, w: &mut Writer) -> (Option<Log>, Result<(), StorageError>) {
+    if log.poisoned().is_none() {
+        return (Some(log), Ok(()));
+    }
+    let (log, r) = blocking(log, |l| {
+        l.recover()?;
+        ProducerStates::load(l, now_ms())
+    })
+    .await;
+    match r {
+        Ok(producers) => {
+            w.producers = producers;
+            w.recovery_error = None;
+            if let Some(l) = &log {
+                w.end_tx.send_replace(l.end_offset());
+                tracing::info!(topic = %w.topic, partition = w.index, end = l.end_offset(), "partition recovered; appends resume");
+            }
+            (log, Ok(()))
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            if w.recovery_error.as_deref() != Some(reason.as_str()) {
+                tracing::warn!(topic = %w.topic, partition = w.index, error = %reason, "partition cannot recover yet; appends are refused");
+                w.recovery_error = Some(reason);
+            }
+            (log, Err(e))
+        }
+    }
+}
+
 /// Appends every request of a group with one storage call and answers each. Idempotent
 /// producers' batches are checked against the partition's producer state first: retries are
 /// answered with their first offsets, out-of-order or fenced batches are refused.
@@ -297,6 +350,16 @@ async fn append_group(log: Log, appends: Vec<AppendRequest>, w: &mut Writer) -> 
     if appends.is_empty() {
         return Some(log);
     }
+    let (log, usable) = recover_if_poisoned(log, w).await;
+    if let Err(e) = usable {
+        let code = storage_code(&e);
+        let msg = e.to_string();
+        for a in appends {
+            let _ = a.reply.send(Err((code, msg.clone())));
+        }
+        return log;
+    }
+    let log = log?;
     let mut accepted = Vec::with_capacity(appends.len());
     for a in appends {
         let headers: Vec<&strom_protocol::batch::BatchHeader> =

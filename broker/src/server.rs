@@ -58,7 +58,13 @@ impl Broker {
             source,
         })?;
         let started = std::time::Instant::now();
-        let topics = Topics::load(&config.data_dir, defaults, config.max_partitions).await?;
+        let topics = Topics::load(
+            &config.data_dir,
+            defaults,
+            config.max_partitions,
+            config.io_faults.clone(),
+        )
+        .await?;
         let producer_ids = ProducerIds::load(&config.data_dir.join("meta"))?;
         let groups = Coordinator::load(
             &topics,

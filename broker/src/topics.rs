@@ -22,7 +22,7 @@ use std::sync::{Arc, RwLock};
 
 use strom_protocol::ErrorCode;
 use strom_protocol::topic::validate_topic_name;
-use strom_storage::{Log, LogConfig};
+use strom_storage::{IoFaults, Log, LogConfig, LogEnv};
 use tokio::sync::{Mutex, oneshot};
 
 use crate::error::BrokerError;
@@ -76,6 +76,8 @@ pub struct Topics {
     data_dir: PathBuf,
     meta_dir: PathBuf,
     defaults: LogConfig,
+    /// Faults injected into every partition log (tests only).
+    io_faults: Option<IoFaults>,
     max_partitions: u32,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     /// Serialises creations and deletions, so two of them never race on one name.
@@ -157,6 +159,7 @@ impl Topics {
         data_dir: &Path,
         defaults: LogConfig,
         max_partitions: u32,
+        io_faults: Option<IoFaults>,
     ) -> Result<Self, BrokerError> {
         let meta_dir = data_dir.join("meta").join("topics");
         fs::create_dir_all(&meta_dir).map_err(|source| BrokerError::Io {
@@ -169,6 +172,7 @@ impl Topics {
             meta_dir: meta_dir.clone(),
             defaults,
             max_partitions,
+            io_faults,
             topics: RwLock::new(HashMap::new()),
             admin: Mutex::new(()),
         };
@@ -225,8 +229,12 @@ impl Topics {
         for p in 0..partitions {
             let dir = self.partition_dir(&name, p);
             let c = config.clone();
+            let env = LogEnv {
+                faults: self.io_faults.clone(),
+                ..LogEnv::default()
+            };
             let (log, producers) = tokio::task::spawn_blocking(move || {
-                let log = Log::open(dir, c)?;
+                let log = Log::open_in(dir, c, env)?;
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64);

@@ -223,7 +223,7 @@ impl Log {
             let to = ext_path(dir, base, ext, ".swap");
             fs::rename(&from, &to).map_err(StorageError::io("rename", &to))?;
         }
-        sync_dir(dir)?;
+        sync_dir(dir, None)?;
         // Step 3.
         let replaced: Vec<i64> = group.iter().skip(1).map(|s| s.base_offset).collect();
         finish_swap(dir, base, &replaced)?;
@@ -279,7 +279,7 @@ fn finish_swap(dir: &Path, base: i64, replaced: &[i64]) -> Result<()> {
     }
     let end = ext_path(dir, base, "end", ".swap");
     fs::remove_file(&end).map_err(StorageError::io("remove", &end))?;
-    sync_dir(dir)
+    sync_dir(dir, None)
 }
 
 /// Completes (or discards) swaps left by a compaction that a crash interrupted. `logs` holds the

@@ -12,6 +12,8 @@
 //! - `log`: the log, its writer and readers, open and recovery, roll, flush, retention;
 //! - `segment`: one segment's files, lookups, appends and the recovery scan;
 //! - [`index`]: the index entry layouts and searches;
+//! - [`io`]: the seam every append-path write, fsync and file creation passes through, where
+//!   tests inject disk faults;
 //! - `compaction`: keep-newest-per-key rewriting and its crash-safe swap;
 //! - `mmap`: the read-only maps (the crate's only `unsafe`).
 //!
@@ -37,6 +39,7 @@ mod compaction;
 pub mod config;
 mod error;
 pub mod index;
+pub mod io;
 mod log;
 mod mmap;
 mod segment;
@@ -44,5 +47,8 @@ mod segment;
 pub use compaction::CompactionOutcome;
 pub use config::{CleanupPolicy, Clock, LogConfig, ManualClock, SystemClock};
 pub use error::{Result, StorageError};
-pub use log::{AppendInfo, Log, LogReader, ReadResult, RetentionOutcome, ValidBatch, write_atomic};
+pub use io::{Fault, IoFaults, IoOp};
+pub use log::{
+    AppendInfo, Log, LogEnv, LogReader, ReadResult, RetentionOutcome, ValidBatch, write_atomic,
+};
 pub use segment::SegmentRead;

@@ -20,6 +20,7 @@ use strom_protocol::batch::{self, BatchBuilder, BatchHeader, RecordRef};
 use crate::config::{Clock, LogConfig, SystemClock};
 use crate::error::{Result, StorageError};
 use crate::index::{self, OFFSET_ENTRY, TIME_ENTRY};
+use crate::io::{self, IoFaults, IoOp};
 use crate::segment::{
     self, ActiveFiles, INDEX_EXT, IndexBuilder, LOG_EXT, Planned, Segment, TIME_EXT,
 };
@@ -240,6 +241,34 @@ pub struct Log {
     poisoned: Option<String>,
     /// A clean-shutdown marker is on disk and still true.
     marker_present: bool,
+    /// Faults to inject into writes, fsyncs and creations (tests only).
+    pub(crate) faults: Option<IoFaults>,
+}
+
+/// What a log takes from its surroundings besides its settings.
+#[derive(Debug, Clone)]
+pub struct LogEnv {
+    /// Where the log reads time from.
+    pub clock: Arc<dyn Clock>,
+    /// I/O faults to inject (tests only; see the `io` module).
+    pub faults: Option<IoFaults>,
+}
+
+impl Default for LogEnv {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            faults: None,
+        }
+    }
+}
+
+/// A log's state as read back from its directory.
+struct Loaded {
+    segments: Vec<Arc<Segment>>,
+    active: ActiveFiles,
+    marker_present: bool,
+    created: bool,
 }
 
 struct Marker {
@@ -286,8 +315,9 @@ fn parse_marker(path: &Path, bytes: &[u8]) -> Option<Marker> {
 }
 
 /// fsyncs a directory so that file creations, renames and deletions in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
+pub(crate) fn sync_dir(dir: &Path, faults: Option<&IoFaults>) -> Result<()> {
+    io::check(faults, IoOp::Sync)
+        .and_then(|()| File::open(dir))
         .and_then(|d| d.sync_all())
         .map_err(StorageError::io("fsync", dir))
 }
@@ -301,7 +331,7 @@ pub fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(StorageError::io("write", &tmp))?;
     f.sync_all().map_err(StorageError::io("fsync", &tmp))?;
     fs::rename(&tmp, path).map_err(StorageError::io("rename", path))?;
-    sync_dir(dir)
+    sync_dir(dir, None)
 }
 
 fn file_len(f: &File, path: &Path) -> Result<u64> {
@@ -367,7 +397,7 @@ pub(crate) fn open_sealed_segment(
     let index_path = segment::file_path(dir, base, INDEX_EXT);
     let time_path = segment::file_path(dir, base, TIME_EXT);
     let index_missing = !index_path.exists() || !time_path.exists();
-    let (_, index, time) = segment::open_files(dir, base, false)?;
+    let (_, index, time) = segment::open_files(dir, base, false, None)?;
     let idx_len = file_len(&index, &index_path)?;
     let time_len = file_len(&time, &time_path)?;
     if !index_missing && idx_len % OFFSET_ENTRY as u64 == 0 && time_len % TIME_ENTRY as u64 == 0 {
@@ -396,7 +426,7 @@ pub(crate) fn open_sealed_segment(
     tracing::warn!(segment = %log_path.display(), "index missing or damaged; rebuilding from the log");
     rebuild_indexes(dir, base, &log, log_len, &index, &time, config)?;
     drop((index, time));
-    let (_, index, time) = segment::open_files(dir, base, false)?;
+    let (_, index, time) = segment::open_files(dir, base, false, None)?;
     let idx_len = file_len(&index, &index_path)?;
     let time_len = file_len(&time, &time_path)?;
     let seg = Segment::map(
@@ -481,74 +511,92 @@ impl Log {
     }
 
     /// Opens the log in `dir`, reading time from `clock`.
-    ///
-    /// After a clean [`Log::close`] nothing is scanned. Otherwise the last segment is checked
-    /// from its last good index entry: the first batch with a bad length, magic, CRC or offset
-    /// and everything after it is cut off, and the index entries it covers are rebuilt. Missing or
-    /// damaged indexes of older segments are rebuilt from their logs.
     pub fn open_with_clock(
         dir: impl AsRef<Path>,
         config: LogConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
+        Self::open_in(
+            dir,
+            config,
+            LogEnv {
+                clock,
+                faults: None,
+            },
+        )
+    }
+
+    /// Opens the log in `dir` with the clock and I/O seam of `env`.
+    ///
+    /// After a clean [`Log::close`] nothing is scanned. Otherwise the last segment is checked
+    /// from its last good index entry: the first batch with a bad length, magic, CRC or offset
+    /// and everything after it is cut off, and the index entries it covers are rebuilt. Missing or
+    /// damaged indexes of older segments are rebuilt from their logs. Then every segment is
+    /// fsynced, so that the durable offset vouches only for what is on disk.
+    pub fn open_in(dir: impl AsRef<Path>, config: LogConfig, env: LogEnv) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(StorageError::io("create dir", &dir))?;
-        let (marker_present, marker) = read_marker(&dir)?;
-        let mut bases = list_segments(&dir)?;
-        let mut created = false;
-        if bases.is_empty() {
-            segment::open_files(&dir, 0, true)?;
-            bases.push(0);
-            created = true;
-        }
-        let last_base = bases[bases.len() - 1];
-        let mut segments = Vec::with_capacity(bases.len());
-        for &base in &bases[..bases.len() - 1] {
-            segments.push(open_sealed_segment(&dir, base, &config)?);
-        }
-        let trusted = marker.as_ref().filter(|m| m.active_base == last_base);
-        let (active_seg, active, recovered) = open_active(&dir, last_base, &config, trusted)?;
-        let mut marker_present = marker_present;
-        if recovered && marker_present {
-            // The marker did not match what is on disk: it must not vouch for the next open.
-            let p = dir.join(CLEAN_MARKER);
-            fs::remove_file(&p).map_err(StorageError::io("remove", &p))?;
-            marker_present = false;
-        }
-        if recovered {
-            // Recovery truncated or re-indexed the tail: make that, and the data it kept, durable
-            // before the durable offset vouches for it.
-            active
-                .log
-                .sync_data()
-                .map_err(StorageError::io("fsync", &dir))?;
-            sync_dir(&dir)?;
-        }
-        segments.push(active_seg);
-        let start = segments[0].base_offset;
-        let end = active.next_offset;
+        let loaded = load(&dir, &config, env.faults.as_ref())?;
+        let start = loaded.segments[0].base_offset;
+        let end = loaded.active.next_offset;
         let shared = Arc::new(Shared {
-            segments: RwLock::new(Arc::new(segments)),
+            segments: RwLock::new(Arc::new(loaded.segments)),
             start_offset: AtomicI64::new(start),
             end_offset: AtomicI64::new(end),
-            // What survived a crash and was scanned is on disk as far as we can know; after a
-            // clean close everything was fsynced.
             durable_offset: AtomicI64::new(end),
         });
-        tracing::debug!(dir = %dir.display(), start, end, recovered, "log opened");
+        tracing::debug!(dir = %dir.display(), start, end, "log opened");
         Ok(Self {
             dir,
             config,
-            clock,
+            clock: env.clock,
             shared,
-            active,
+            active: loaded.active,
             flush: FlushState {
-                dir_dirty: created,
+                dir_dirty: loaded.created,
                 ..FlushState::default()
             },
             poisoned: None,
-            marker_present,
+            marker_present: loaded.marker_present,
+            faults: env.faults,
         })
+    }
+
+    /// The reason appends are refused, if an earlier failure left the log's state unknown.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// Reloads the log from its directory after a failure, as an open after a crash would:
+    /// the active segment is scanned and its damaged or torn tail cut off, and everything is
+    /// fsynced again before the durable offset moves. Readers keep their handles and see the
+    /// recovered log. On success the log accepts appends again; on failure it stays poisoned.
+    pub fn recover(&mut self) -> Result<()> {
+        let marker = self.dir.join(CLEAN_MARKER);
+        match fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io("remove", marker)(e)),
+        }
+        let loaded = load(&self.dir, &self.config, self.faults.as_ref())?;
+        let start = loaded.segments[0].base_offset;
+        let end = loaded.active.next_offset;
+        {
+            let mut g = match self.shared.segments.write() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            *g = Arc::new(loaded.segments);
+            self.shared.start_offset.store(start, Ordering::Release);
+            self.shared.end_offset.store(end, Ordering::Release);
+            self.shared.durable_offset.store(end, Ordering::Release);
+        }
+        self.active = loaded.active;
+        self.flush = FlushState::default();
+        self.marker_present = false;
+        if let Some(reason) = self.poisoned.take() {
+            tracing::warn!(dir = %self.dir.display(), start, end, %reason, "log recovered after a failure");
+        }
+        Ok(())
     }
 
     /// Called before the first change after a clean open: removes the clean-shutdown marker,
@@ -561,7 +609,7 @@ impl Log {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(StorageError::io("remove", p)(e)),
             }
-            sync_dir(&self.dir)?;
+            sync_dir(&self.dir, self.faults.as_ref())?;
             self.marker_present = false;
         }
         Ok(())
@@ -668,6 +716,41 @@ impl Log {
         }
         let base_offset = self.active.next_offset;
         let now = self.clock.now_ms();
+        let (records, bytes) = match self.write_batches(batches, now) {
+            Ok(counts) => counts,
+            // Part of the call is stored and readable, the rest is not: the caller cannot be
+            // told which, so the log stops taking appends until `recover` re-reads it.
+            Err(e) if self.active.next_offset != base_offset => {
+                let reason = format!(
+                    "append failed after storing offsets {base_offset}..{}: {e}",
+                    self.active.next_offset
+                );
+                self.poison(e);
+                return Err(StorageError::Poisoned {
+                    dir: self.dir.clone(),
+                    reason,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        self.flush.messages += records;
+        self.flush.bytes += bytes;
+        self.flush.oldest_ms.get_or_insert(now);
+        let durable = if self.flush_due(now) {
+            self.flush()?;
+            true
+        } else {
+            false
+        };
+        Ok(AppendInfo {
+            base_offset,
+            next_offset: self.active.next_offset,
+            durable,
+        })
+    }
+
+    /// The writes of [`Log::append_valid`]; returns the records and bytes written.
+    fn write_batches(&mut self, batches: &[ValidBatch], now: i64) -> Result<(u64, u64)> {
         let mut i = 0;
         let mut records = 0u64;
         let mut bytes = 0u64;
@@ -732,20 +815,7 @@ impl Log {
                 self.roll()?;
             }
         }
-        self.flush.messages += records;
-        self.flush.bytes += bytes;
-        self.flush.oldest_ms.get_or_insert(now);
-        let durable = if self.flush_due(now) {
-            self.flush()?;
-            true
-        } else {
-            false
-        };
-        Ok(AppendInfo {
-            base_offset,
-            next_offset: self.active.next_offset,
-            durable,
-        })
+        Ok((records, bytes))
     }
 
     fn flush_due(&self, now: i64) -> bool {
@@ -783,22 +853,19 @@ impl Log {
             return Ok(end);
         }
         let seg = self.active_segment();
+        let faults = self.faults.as_ref();
         let mut result = Ok(());
         for f in self.flush.pending.drain(..) {
-            if let Err(e) = f.sync_data() {
-                result = Err(StorageError::io("fsync", &self.dir)(e));
+            result = io::sync_data(faults, &f, &self.dir);
+            if result.is_err() {
                 break;
             }
         }
         if result.is_ok() {
-            result = self
-                .active
-                .log
-                .sync_data()
-                .map_err(StorageError::io("fsync", &seg.log_path));
+            result = io::sync_data(faults, &self.active.log, &seg.log_path);
         }
         if result.is_ok() && self.flush.dir_dirty {
-            result = sync_dir(&self.dir);
+            result = sync_dir(&self.dir, faults);
         }
         if let Err(e) = result {
             return Err(self.poison(e));
@@ -821,7 +888,7 @@ impl Log {
         self.mark_dirty()?;
         self.active.seal(&old)?;
         let base = self.active.next_offset;
-        let (log, index, time) = segment::open_files(&self.dir, base, true)?;
+        let (log, index, time) = segment::open_files(&self.dir, base, true, self.faults.as_ref())?;
         let seg = Arc::new(Segment::map(
             &self.dir,
             base,
@@ -847,6 +914,7 @@ impl Log {
                 next_offset: base,
                 builder: IndexBuilder::new(self.config.index_interval_bytes, -1, -1, 0),
                 first_append_ms: None,
+                faults: self.faults.clone(),
             },
         );
         if self.config.has_flush_policy() {
@@ -986,14 +1054,66 @@ impl Log {
     }
 }
 
+/// Reads a log's directory: the sealed segments (their indexes rebuilt if damaged) and the
+/// active one (trusted after a clean close, recovered otherwise). After anything but a clean
+/// close every segment is fsynced: a crashed process leaves its writes in the page cache, and
+/// the durable offset must not vouch for them until they are on disk.
+fn load(dir: &Path, config: &LogConfig, faults: Option<&IoFaults>) -> Result<Loaded> {
+    fs::create_dir_all(dir).map_err(StorageError::io("create dir", dir))?;
+    let (marker_present, marker) = read_marker(dir)?;
+    let mut bases = list_segments(dir)?;
+    let mut created = false;
+    if bases.is_empty() {
+        segment::open_files(dir, 0, true, faults)?;
+        bases.push(0);
+        created = true;
+    }
+    let last_base = bases[bases.len() - 1];
+    let mut segments = Vec::with_capacity(bases.len());
+    for &base in &bases[..bases.len() - 1] {
+        segments.push(open_sealed_segment(dir, base, config)?);
+    }
+    let trusted = marker.as_ref().filter(|m| m.active_base == last_base);
+    let (active_seg, active, recovered) = open_active(dir, last_base, config, trusted, faults)?;
+    let mut marker_present = marker_present;
+    if recovered && marker_present {
+        // The marker did not match what is on disk: it must not vouch for the next open.
+        let p = dir.join(CLEAN_MARKER);
+        fs::remove_file(&p).map_err(StorageError::io("remove", &p))?;
+        marker_present = false;
+    }
+    if !marker_present && !created {
+        for s in &segments {
+            let f = File::open(&s.log_path).map_err(StorageError::io("open", &s.log_path))?;
+            io::sync_data(faults, &f, &s.log_path)?;
+        }
+        for (f, p) in [
+            (&active.log, &active_seg.log_path),
+            (&active.index, &active_seg.index_path),
+            (&active.time, &active_seg.time_path),
+        ] {
+            io::sync_data(faults, f, p)?;
+        }
+        sync_dir(dir, faults)?;
+    }
+    segments.push(active_seg);
+    Ok(Loaded {
+        segments,
+        active,
+        marker_present,
+        created,
+    })
+}
+
 /// Opens the last segment for appending: trusts it after a clean close, recovers it otherwise.
 fn open_active(
     dir: &Path,
     base: i64,
     config: &LogConfig,
     marker: Option<&Marker>,
+    faults: Option<&IoFaults>,
 ) -> Result<(Arc<Segment>, ActiveFiles, bool)> {
-    let (log, index, time) = segment::open_files(dir, base, false)?;
+    let (log, index, time) = segment::open_files(dir, base, false, None)?;
     let log_path = segment::file_path(dir, base, LOG_EXT);
     let log_len = file_len(&log, &log_path)?;
     let idx_len = file_len(&index, &segment::file_path(dir, base, INDEX_EXT))?;
@@ -1043,6 +1163,7 @@ fn open_active(
                 since,
             ),
             first_append_ms: None,
+            faults: faults.cloned(),
         };
         seek_end(&active.log, &log_path, log_len)?;
         return Ok((Arc::new(seg), active, false));
@@ -1137,6 +1258,7 @@ fn open_active(
         next_offset: scan.next_offset,
         builder,
         first_append_ms: None,
+        faults: faults.cloned(),
     };
     seek_end(&active.log, &log_path, scan.valid_len)?;
     Ok((Arc::new(seg), active, true))

@@ -4,8 +4,7 @@
 //! batches, and the scan that checks and indexes batches during recovery and index rebuilds.
 
 use std::fs::{File, OpenOptions};
-use std::io::{IoSlice, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{IoSlice, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
@@ -14,6 +13,7 @@ use strom_protocol::batch::{self, BatchHeader, Records};
 
 use crate::error::{Result, StorageError};
 use crate::index::{self, OFFSET_ENTRY, TIME_ENTRY};
+use crate::io::{self, IoFaults, IoOp};
 use crate::mmap;
 
 /// Extension of a segment's record file.
@@ -437,6 +437,8 @@ pub(crate) struct ActiveFiles {
     pub builder: IndexBuilder,
     /// Wall-clock time (ms) of the segment's first append, for `segment.ms`.
     pub first_append_ms: Option<i64>,
+    /// Faults to inject into this segment's writes (tests only).
+    pub faults: Option<IoFaults>,
 }
 
 /// Opens (creating if needed) a segment's three files for appending.
@@ -444,9 +446,13 @@ pub(crate) fn open_files(
     dir: &Path,
     base_offset: i64,
     create_new: bool,
+    faults: Option<&IoFaults>,
 ) -> Result<(File, File, File)> {
     let open = |ext: &str| -> Result<File> {
         let path = file_path(dir, base_offset, ext);
+        if create_new {
+            io::check(faults, IoOp::Create).map_err(StorageError::io("create", &path))?;
+        }
         let mut o = OpenOptions::new();
         o.read(true).write(true).create(true);
         if create_new {
@@ -454,7 +460,20 @@ pub(crate) fn open_files(
         }
         o.open(&path).map_err(StorageError::io("open", path))
     };
-    Ok((open(LOG_EXT)?, open(INDEX_EXT)?, open(TIME_EXT)?))
+    let log = open(LOG_EXT)?;
+    let rest = open(INDEX_EXT).and_then(|index| Ok((index, open(TIME_EXT)?)));
+    match rest {
+        Ok((index, time)) => Ok((log, index, time)),
+        Err(e) => {
+            if create_new {
+                // Leave no half-created segment behind for the next roll to trip over.
+                for ext in [LOG_EXT, INDEX_EXT] {
+                    let _ = std::fs::remove_file(file_path(dir, base_offset, ext));
+                }
+            }
+            Err(e)
+        }
+    }
 }
 
 /// One batch ready to be written: its bytes and the offset it will get.
@@ -467,8 +486,10 @@ pub(crate) struct Planned<'a> {
 
 impl ActiveFiles {
     /// Writes `run` (batches that all fit this segment) with vectored writes, patching each
-    /// batch's base offset on the way out, then the index entries they earn. On a failed or
-    /// short log write the file is cut back to its previous length and nothing is published.
+    /// batch's base offset on the way out, then the index entries they earn. If any of these
+    /// writes fails or is short, all three files are cut back to their previous lengths and
+    /// nothing is published: the call either stores the whole run or none of it. Only when a
+    /// file cannot be cut back is the error [`StorageError::Poisoned`].
     pub fn write_run(&mut self, segment: &Segment, run: &[Planned<'_>]) -> Result<()> {
         let start_len = self.len;
         let offsets: Vec<[u8; 8]> = run.iter().map(|p| p.base_offset.to_be_bytes()).collect();
@@ -482,36 +503,51 @@ impl ActiveFiles {
             builder.on_batch(segment.base_offset, &h, pos as u32);
             pos += p.bytes.len() as u64;
         }
-        let written = self.write_log(&segment.log_path, run, &offsets);
+        // The index is derived data: written after the log, at explicit positions. Time entries
+        // go first: an offset entry that survives a crash then always has the time entries
+        // written with it, which recovery relies on (see `log::open_active`).
+        let index_at = (self.index_entries * OFFSET_ENTRY) as u64;
+        let time_at = (self.time_entries * TIME_ENTRY) as u64;
+        let written = self
+            .write_log(&segment.log_path, run, &offsets)
+            .and_then(|()| {
+                io::write_at(
+                    self.faults.as_ref(),
+                    &self.time,
+                    &segment.time_path,
+                    &builder.time_buf,
+                    time_at,
+                )
+            })
+            .and_then(|()| {
+                io::write_at(
+                    self.faults.as_ref(),
+                    &self.index,
+                    &segment.index_path,
+                    &builder.offset_buf,
+                    index_at,
+                )
+            });
         if let Err(e) = written {
-            // Cut off whatever part of the run reached the file so no torn batch stays behind.
+            // Cut off whatever part of the run reached the files, so that no torn batch and no
+            // index entry past the published ones stays behind for a crash to find.
             let undo = self
                 .log
                 .set_len(start_len)
-                .and_then(|()| self.log.seek(SeekFrom::Start(start_len)).map(|_| ()));
+                .and_then(|()| self.log.seek(SeekFrom::Start(start_len)).map(|_| ()))
+                .and_then(|()| self.time.set_len(time_at))
+                .and_then(|()| self.index.set_len(index_at));
             if let Err(undo_err) = undo {
                 tracing::error!(path = %segment.log_path.display(), error = %undo_err, "could not cut back a failed append");
                 return Err(StorageError::Poisoned {
                     dir: segment.log_path.clone(),
                     reason: format!(
-                        "append failed ({e}) and the file could not be cut back ({undo_err})"
+                        "append failed ({e}) and the files could not be cut back ({undo_err})"
                     ),
                 });
             }
             return Err(e);
         }
-        // The index is derived data: written after the log, at explicit positions, so a failed
-        // index write is retried over by the next one and never misplaces an entry.
-        let index_at = (self.index_entries * OFFSET_ENTRY) as u64;
-        let time_at = (self.time_entries * TIME_ENTRY) as u64;
-        // Time entries first: an offset entry that survives a crash then always has the time
-        // entries written with it, which recovery relies on (see `log::open_active`).
-        self.time
-            .write_all_at(&builder.time_buf, time_at)
-            .map_err(StorageError::io("write", &segment.time_path))?;
-        self.index
-            .write_all_at(&builder.offset_buf, index_at)
-            .map_err(StorageError::io("write", &segment.index_path))?;
         self.len = pos;
         self.index_entries += builder.offset_buf.len() / OFFSET_ENTRY;
         self.time_entries += builder.time_buf.len() / TIME_ENTRY;
@@ -539,24 +575,7 @@ impl ActiveFiles {
                 slices.push(IoSlice::new(o));
                 slices.push(IoSlice::new(&p.bytes[8..]));
             }
-            let mut bufs: &mut [IoSlice<'_>] = &mut slices;
-            while !bufs.is_empty() {
-                match self.log.write_vectored(bufs) {
-                    Ok(0) => {
-                        return Err(StorageError::Io {
-                            op: "write",
-                            path: path.to_path_buf(),
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::WriteZero,
-                                "wrote no bytes",
-                            ),
-                        });
-                    }
-                    Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(StorageError::io("write", path)(e)),
-                }
-            }
+            io::write_all_vectored(self.faults.as_ref(), &self.log, path, &mut slices)?;
         }
         Ok(())
     }
@@ -569,9 +588,13 @@ impl ActiveFiles {
                 .push_time_entry(segment.base_offset, self.next_offset - 1);
             if !self.builder.time_buf.is_empty() {
                 let at = (self.time_entries * TIME_ENTRY) as u64;
-                self.time
-                    .write_all_at(&self.builder.time_buf, at)
-                    .map_err(StorageError::io("write", &segment.time_path))?;
+                io::write_at(
+                    self.faults.as_ref(),
+                    &self.time,
+                    &segment.time_path,
+                    &self.builder.time_buf,
+                    at,
+                )?;
                 self.time_entries += 1;
                 self.builder.time_buf.clear();
                 segment.publish(

@@ -905,6 +905,23 @@ pub fn now_ms() -> i64 {
     i64::try_from(since.as_millis()).expect("fits i64")
 }
 
+/// A batch of `n` records with key `k` and values `{tag}-{i}` from idempotent producer
+/// (`id`, `epoch`), starting at sequence `seq`.
+pub fn producer_batch(id: i64, epoch: i16, seq: i32, n: usize, tag: &str) -> Bytes {
+    let mut b = strom_protocol::batch::BatchBuilder::default().producer(id, epoch, seq);
+    for i in 0..n {
+        let value = format!("{tag}-{i}");
+        b.push(&strom_protocol::batch::RecordRef {
+            timestamp: now_ms(),
+            key: Some(b"k"),
+            value: Some(value.as_bytes()),
+            headers: &[],
+        })
+        .expect("push");
+    }
+    b.finish().expect("finish")
+}
+
 /// One uncompressed RecordBatch v2 holding `records` (base offset 0, as a producer writes it).
 pub fn batch_of(records: &[Rec]) -> Bytes {
     let mut builder = BatchBuilder::default();

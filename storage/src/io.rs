@@ -1,0 +1,252 @@
+//! The storage I/O seam: the writes, fsyncs and file creations a [`crate::Log`] makes while it
+//! appends, rolls and flushes all pass through the functions here, which ask the log's
+//! [`IoFaults`] (if it has one) whether to fail first. Tests use it to make the disk fail the
+//! ways real disks do (an error, a short write, a failed fsync, a full disk) and check that the
+//! log never claims to have stored what it did not, and recovers once the fault clears.
+//!
+//! Production logs carry no `IoFaults`: the check is one branch on an `Option`.
+
+use std::fs::File;
+use std::io::{self, IoSlice, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Result, StorageError};
+
+/// `ENOSPC`: what a full disk answers.
+pub const ENOSPC: i32 = 28;
+/// `EIO`: what a failing device answers.
+pub const EIO: i32 = 5;
+
+/// A kind of call that can be made to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IoOp {
+    /// A write to a segment's `.log`, `.index` or `.timeindex`.
+    Write,
+    /// An fsync of a segment file or the log's directory.
+    Sync,
+    /// Creating a new segment's files (at a roll).
+    Create,
+}
+
+impl IoOp {
+    const ALL: [IoOp; 3] = [IoOp::Write, IoOp::Sync, IoOp::Create];
+
+    fn slot(self) -> usize {
+        match self {
+            IoOp::Write => 0,
+            IoOp::Sync => 1,
+            IoOp::Create => 2,
+        }
+    }
+}
+
+/// How an injected call fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The call does nothing and fails with this OS error number (e.g. [`EIO`], [`ENOSPC`]).
+    Fail(i32),
+    /// A write stores the first half of its bytes and then fails with `ENOSPC`, as when the disk
+    /// fills up in the middle of it. For calls other than writes this is `Fail(ENOSPC)`.
+    Short,
+}
+
+/// Faults to inject, shared by every log opened with a clone of it. Each [`IoOp`] fails, while a
+/// fault is set for it, on every call (after the calls [`IoFaults::set_after`] lets through);
+/// [`IoFaults::clear`] lets calls through again.
+#[derive(Debug, Clone, Default)]
+pub struct IoFaults {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Per op: calls still to let through, then the fault.
+    faults: Mutex<[(u64, Option<Fault>); 3]>,
+    injected: AtomicU64,
+}
+
+impl IoFaults {
+    /// No faults set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every later `op` call fail with `fault` (or, with `None`, succeed again).
+    pub fn set(&self, op: IoOp, fault: Option<Fault>) {
+        self.set_after(op, 0, fault);
+    }
+
+    /// Lets the next `skip` calls of `op` through, then fails every later one with `fault`. A
+    /// write to a segment goes `.log`, `.timeindex`, `.index`: `skip` picks which one fails.
+    pub fn set_after(&self, op: IoOp, skip: u64, fault: Option<Fault>) {
+        self.faults()[op.slot()] = (skip, fault);
+    }
+
+    /// Lets every call through again.
+    pub fn clear(&self) {
+        for op in IoOp::ALL {
+            self.set(op, None);
+        }
+    }
+
+    /// How many calls have been failed so far.
+    pub fn injected(&self) -> u64 {
+        self.inner.injected.load(Ordering::Relaxed)
+    }
+
+    fn faults(&self) -> std::sync::MutexGuard<'_, [(u64, Option<Fault>); 3]> {
+        match self.inner.faults.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn take(&self, op: IoOp) -> Option<Fault> {
+        let f = {
+            let mut g = self.faults();
+            let (skip, fault) = &mut g[op.slot()];
+            if fault.is_some() && *skip > 0 {
+                *skip -= 1;
+                return None;
+            }
+            *fault
+        };
+        if f.is_some() {
+            self.inner.injected.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(?op, fault = ?f, "injected an I/O fault");
+        }
+        f
+    }
+}
+
+/// Two handles are equal when they share their faults.
+impl PartialEq for IoFaults {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Eq for IoFaults {}
+
+fn injected(fault: Fault) -> io::Error {
+    match fault {
+        Fault::Fail(errno) => io::Error::from_raw_os_error(errno),
+        Fault::Short => io::Error::from_raw_os_error(ENOSPC),
+    }
+}
+
+/// Fails with the injected error if `op` is set to fail.
+pub(crate) fn check(faults: Option<&IoFaults>, op: IoOp) -> io::Result<()> {
+    match faults.and_then(|f| f.take(op)) {
+        Some(fault) => Err(injected(fault)),
+        None => Ok(()),
+    }
+}
+
+/// `pwrite`s all of `buf` at `at`.
+pub(crate) fn write_at(
+    faults: Option<&IoFaults>,
+    file: &File,
+    path: &Path,
+    buf: &[u8],
+    at: u64,
+) -> Result<()> {
+    let r = match faults.and_then(|f| f.take(IoOp::Write)) {
+        Some(Fault::Short) => file
+            .write_all_at(&buf[..buf.len() / 2], at)
+            .and(Err(injected(Fault::Short))),
+        Some(fault) => Err(injected(fault)),
+        None => file.write_all_at(buf, at),
+    };
+    r.map_err(StorageError::io("write", path))
+}
+
+/// Writes all of `bufs` at the file's cursor with vectored writes.
+pub(crate) fn write_all_vectored(
+    faults: Option<&IoFaults>,
+    mut file: &File,
+    path: &Path,
+    mut bufs: &mut [IoSlice<'_>],
+) -> Result<()> {
+    match faults.and_then(|f| f.take(IoOp::Write)) {
+        Some(Fault::Short) => {
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            let mut left = total / 2;
+            for b in bufs.iter() {
+                let n = left.min(b.len());
+                file.write_all(&b[..n])
+                    .map_err(StorageError::io("write", path))?;
+                left -= n;
+            }
+            return Err(StorageError::io("write", path)(injected(Fault::Short)));
+        }
+        Some(fault) => return Err(StorageError::io("write", path)(injected(fault))),
+        None => {}
+    }
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => {
+                return Err(StorageError::io("write", path)(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "wrote no bytes",
+                )));
+            }
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(StorageError::io("write", path)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// `fdatasync`s `file`.
+pub(crate) fn sync_data(faults: Option<&IoFaults>, file: &File, path: &Path) -> Result<()> {
+    check(faults, IoOp::Sync)
+        .and_then(|()| file.sync_data())
+        .map_err(StorageError::io("fsync", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_fail_until_cleared_and_are_counted() {
+        let f = IoFaults::new();
+        assert!(check(Some(&f), IoOp::Sync).is_ok());
+        f.set(IoOp::Sync, Some(Fault::Fail(EIO)));
+        let e = check(Some(&f), IoOp::Sync).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(EIO));
+        assert!(check(Some(&f), IoOp::Write).is_ok());
+        f.clear();
+        assert!(check(Some(&f), IoOp::Sync).is_ok());
+        assert_eq!(f.injected(), 1);
+        assert_eq!(f, f.clone());
+        assert_ne!(f, IoFaults::new());
+    }
+
+    #[test]
+    fn a_short_write_stores_half_then_fails_with_enospc() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let f = IoFaults::new();
+        f.set(IoOp::Write, Some(Fault::Short));
+        let mut bufs = [IoSlice::new(b"abcd"), IoSlice::new(b"efgh")];
+        let e = write_all_vectored(Some(&f), &file, &path, &mut bufs).unwrap_err();
+        assert!(e.to_string().contains("No space left"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"abcd");
+        let e = write_at(Some(&f), &file, &path, b"1234", 10).unwrap_err();
+        assert!(matches!(e, StorageError::Io { .. }));
+        assert_eq!(std::fs::read(&path).unwrap().len(), 12);
+    }
+}

@@ -78,6 +78,11 @@ pub fn lookup_offset(entries: &[u8], target: u32) -> Option<(u32, u32)> {
 /// The last entry whose timestamp is < `target`: every record up to its offset is older than
 /// `target`, so a search for the first record at or after `target` may start past it.
 pub fn lookup_time(entries: &[u8], target: i64) -> Option<(i64, u32)> {
+    lookup_time_position(entries, target).map(|i| time_entry(entries, i))
+}
+
+/// The position of the entry [`lookup_time`] returns.
+pub fn lookup_time_position(entries: &[u8], target: i64) -> Option<usize> {
     let n = entries.len() / TIME_ENTRY;
     let (mut lo, mut hi) = (0usize, n);
     while lo < hi {
@@ -88,7 +93,7 @@ pub fn lookup_time(entries: &[u8], target: i64) -> Option<(i64, u32)> {
             hi = mid;
         }
     }
-    lo.checked_sub(1).map(|i| time_entry(entries, i))
+    lo.checked_sub(1)
 }
 
 /// How many leading offset entries are plausible for a log of `log_len` bytes: strictly

@@ -269,6 +269,9 @@ struct Loaded {
     active: ActiveFiles,
     marker_present: bool,
     created: bool,
+    /// The active segment, trusted after a clean close, fails its check past its last index
+    /// entry: appends must not go after the damage (finding S4 of docs/fuzzing.md).
+    damaged_tail: bool,
 }
 
 struct Marker {
@@ -382,6 +385,20 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>> {
         }
     }
     Ok(logs)
+}
+
+/// The offset after the last record a closed segment held when it was sealed, from the last
+/// entry of its time index (every seal writes one), if the file has a whole entry to read.
+fn sealed_end(dir: &Path, base: i64) -> Option<i64> {
+    let f = File::open(segment::file_path(dir, base, TIME_EXT)).ok()?;
+    let len = f.metadata().ok()?.len();
+    if len < TIME_ENTRY as u64 || len % TIME_ENTRY as u64 != 0 {
+        return None;
+    }
+    let mut e = [0u8; TIME_ENTRY];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut e, len - TIME_ENTRY as u64).ok()?;
+    let (_, rel) = index::time_entry(&e, 0);
+    base.checked_add(i64::from(rel))?.checked_add(1)
 }
 
 /// Opens a closed segment read-only, checking (cheaply) that its indexes can be trusted and
@@ -538,6 +555,7 @@ impl Log {
         let loaded = load(&dir, &config, env.faults.as_ref())?;
         let start = loaded.segments[0].base_offset;
         let end = loaded.active.next_offset;
+        let damaged_tail = loaded.damaged_tail;
         let shared = Arc::new(Shared {
             segments: RwLock::new(Arc::new(loaded.segments)),
             start_offset: AtomicI64::new(start),
@@ -558,6 +576,12 @@ impl Log {
             poisoned: None,
             marker_present: loaded.marker_present,
             faults: env.faults,
+        })
+        .and_then(|mut log: Log| {
+            if damaged_tail {
+                log.roll()?;
+            }
+            Ok(log)
         })
     }
 
@@ -1070,11 +1094,29 @@ fn load(dir: &Path, config: &LogConfig, faults: Option<&IoFaults>) -> Result<Loa
     }
     let last_base = bases[bases.len() - 1];
     let mut segments = Vec::with_capacity(bases.len());
-    for &base in &bases[..bases.len() - 1] {
-        segments.push(open_sealed_segment(dir, base, config)?);
+    for pair in bases.windows(2) {
+        let (base, next_base) = (pair[0], pair[1]);
+        let sealed_end = sealed_end(dir, base);
+        let seg = open_sealed_segment(dir, base, config)?;
+        // A closed segment must still hold what it held when it was sealed (finding S1 of
+        // docs/fuzzing.md): its last time entry says up to where. Compaction rewrites that
+        // entry with the segment, so a compacted segment's gap at its end is not mistaken for
+        // loss.
+        // Without that entry, only a log that is not compacted knows it must reach the next
+        // segment's base.
+        let held = sealed_end.or((!config.cleanup_policy.compact).then_some(next_base));
+        let end = seg.end_by_walk();
+        if let Some(held) = held.map(|e| e.min(next_base))
+            && end < held
+        {
+            tracing::error!(segment = %seg.log_path.display(), from = end, to = held, "a closed segment ends early: offsets are missing");
+            seg.set_lost(end, held);
+        }
+        segments.push(seg);
     }
     let trusted = marker.as_ref().filter(|m| m.active_base == last_base);
     let (active_seg, active, recovered) = open_active(dir, last_base, config, trusted, faults)?;
+    let damaged_tail = !recovered && tail_is_damaged(&active_seg, &active);
     let mut marker_present = marker_present;
     if recovered && marker_present {
         // The marker did not match what is on disk: it must not vouch for the next open.
@@ -1102,7 +1144,29 @@ fn load(dir: &Path, config: &LogConfig, faults: Option<&IoFaults>) -> Result<Loa
         active,
         marker_present,
         created,
+        damaged_tail,
     })
+}
+
+/// After a clean close the active segment is not scanned, but its tail (from the last index
+/// entry: at most `index.interval.bytes` plus one batch) is checked, batch by batch with CRCs.
+/// Damage there would otherwise sit in front of every later append, and the first unclean open
+/// after them would cut the log at the damage, taking acknowledged appends with it.
+fn tail_is_damaged(seg: &Segment, active: &ActiveFiles) -> bool {
+    let committed = seg.committed();
+    let (from, next) = seg
+        .last_offset_entry()
+        .map_or((0, seg.base_offset), |(rel, pos)| {
+            (pos as usize, seg.base_offset + i64::from(rel))
+        });
+    let mut scratch = IndexBuilder::new(1 << 30, -1, -1, 0);
+    let scan = segment::scan(&committed, from, seg.base_offset, next, &mut scratch);
+    let damaged =
+        scan.valid_len != committed.len() as u64 || scan.next_offset != active.next_offset;
+    if damaged {
+        tracing::error!(segment = %seg.log_path.display(), reason = ?scan.stopped, "the active segment of a cleanly closed log is damaged near its end; it is closed as it is and appends go to a new segment");
+    }
+    damaged
 }
 
 /// Opens the last segment for appending: trusts it after a clean close, recovers it otherwise.

@@ -6,6 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
@@ -106,6 +107,9 @@ pub(crate) struct Segment {
     time_entries: AtomicUsize,
     /// Largest record timestamp in the segment, -1 if empty.
     max_timestamp: AtomicI64,
+    /// Offsets `[from, to)` this closed segment held when it was sealed but its `.log` no longer
+    /// does (it ends early): reads there are corruption, not a gap to skip.
+    lost: OnceLock<(i64, i64)>,
 }
 
 /// Whole batches read from one segment.
@@ -164,7 +168,50 @@ impl Segment {
             index_entries: AtomicUsize::new(index_entries),
             time_entries: AtomicUsize::new(time_entries),
             max_timestamp: AtomicI64::new(max_timestamp),
+            lost: OnceLock::new(),
         })
+    }
+
+    /// Records that offsets `[from, to)` are missing from this closed segment's `.log`.
+    pub fn set_lost(&self, from: i64, to: i64) {
+        let _ = self.lost.set((from, to));
+    }
+
+    /// The offset after the last batch of the committed log, walking from the last offset-index
+    /// entry (or the start) by headers; stops at the first header that does not parse.
+    pub fn end_by_walk(&self) -> i64 {
+        let committed = self.committed();
+        let log: &[u8] = &committed;
+        let mut pos = self.last_offset_entry().map_or(0, |(rel, pos)| {
+            let pos = pos as usize;
+            match log.get(pos..).map(BatchHeader::parse) {
+                Some(Ok(h)) if h.base_offset == self.base_offset + i64::from(rel) => pos,
+                _ => 0,
+            }
+        });
+        let mut end = self.base_offset;
+        while pos < log.len() {
+            match self.header_at(log, pos) {
+                Ok(h) if h.base_offset >= end && h.next_offset() > h.base_offset => {
+                    end = h.next_offset();
+                    pos += h.total_len();
+                }
+                _ => break,
+            }
+        }
+        end
+    }
+
+    fn check_lost(&self, offset: i64, log_len: usize) -> Result<()> {
+        match self.lost.get() {
+            Some(&(from, to)) if (from..to).contains(&offset) => Err(self.corrupt(
+                log_len,
+                format!(
+                    "offsets {from}..{to} are missing: the segment held them when it was sealed, but its file ends early"
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Committed length of the `.log` file.
@@ -330,6 +377,7 @@ impl Segment {
         let start = loop {
             if pos >= log.len() {
                 self.check_skipped(log, skipped)?;
+                self.check_lost(offset, log.len())?;
                 return Ok(None);
             }
             let h = self.header_at(log, pos)?;
@@ -375,6 +423,30 @@ impl Segment {
         }))
     }
 
+    /// The time-index entry a search for `ts` may start from: the one [`index::lookup_time`]
+    /// picks, if it is in order with its neighbours (a damaged entry usually is not; the walk in
+    /// [`Segment::find_time`] checks the rest against the log).
+    fn time_hint(&self, ts: i64) -> Option<(i64, u32)> {
+        let e = self.time_entries();
+        let n = e.len() / TIME_ENTRY;
+        let i = index::lookup_time_position(e, ts)?;
+        let (t, rel) = index::time_entry(e, i);
+        let after_previous = i == 0 || {
+            let (pt, pr) = index::time_entry(e, i - 1);
+            pt < t && pr <= rel
+        };
+        let before_next = i + 1 >= n || {
+            let (nt, nr) = index::time_entry(e, i + 1);
+            nt > t && nr >= rel
+        };
+        if after_previous && before_next {
+            Some((t, rel))
+        } else {
+            tracing::warn!(path = %self.time_path.display(), entry = i, "time index entry out of order; scanning from the segment start");
+            None
+        }
+    }
+
     /// The first offset in this segment whose record timestamp is >= `ts`, if any.
     pub fn find_time(&self, ts: i64) -> Result<Option<i64>> {
         if self.max_timestamp() < ts {
@@ -382,13 +454,27 @@ impl Segment {
         }
         let committed = self.committed();
         let log: &[u8] = &committed;
-        let mut pos = match index::lookup_time(self.time_entries(), ts) {
+        let mut hint = self.time_hint(ts);
+        let mut pos = match hint {
             Some((_, rel)) => self.start_position(self.base_offset + i64::from(rel), log),
             None => 0,
         };
         while pos < log.len() {
             let h = self.header_at(log, pos)?;
             let len = h.total_len();
+            // The hint says every record up to its offset is older than its timestamp; the
+            // batch holding that offset must agree, or the index is damaged: start over from
+            // the segment's first batch.
+            if let Some((t, rel)) = hint
+                && (h.base_offset..=h.last_offset()).contains(&(self.base_offset + i64::from(rel)))
+            {
+                hint = None;
+                if h.max_timestamp > t {
+                    tracing::warn!(path = %self.time_path.display(), ts, "time index entry contradicts the log; scanning from the segment start");
+                    pos = 0;
+                    continue;
+                }
+            }
             if h.max_timestamp >= ts {
                 let batch = committed.slice(pos..pos + len);
                 if batch::compute_crc(&batch) != h.crc {

@@ -306,3 +306,124 @@ fn bad_batches_are_refused_and_nothing_is_stored() {
     assert!(matches!(e, StorageError::MessageTooLarge { .. }));
     assert_eq!(log.end_offset(), 0);
 }
+
+/// Byte positions of the batches of a `.log` file, from their length fields.
+fn batch_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut pos = 0;
+    while pos + 12 <= bytes.len() {
+        starts.push(pos);
+        let len = u32::from_be_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()) as usize;
+        pos += 12 + len;
+    }
+    starts
+}
+
+#[test]
+fn a_closed_segment_cut_at_a_batch_boundary_reports_the_missing_offsets() {
+    // Finding S1: a sealed segment that lost its tail used to be read as a gap.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments()).unwrap();
+    fill(&mut log, 200);
+    log.close().unwrap();
+    let logs = segment_files(dir.path(), "log");
+    assert!(logs.len() >= 3);
+    let bytes = fs::read(&logs[0]).unwrap();
+    let starts = batch_starts(&bytes);
+    let keep = starts[starts.len() / 2];
+    let kept_offsets = (starts.len() / 2 * 3) as i64;
+    OpenOptions::new()
+        .write(true)
+        .open(&logs[0])
+        .unwrap()
+        .set_len(keep as u64)
+        .unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    let second_base: i64 = logs[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(log.reader().read(0, 1 << 20).unwrap().first_offset, 0);
+    for offset in [kept_offsets, second_base - 1] {
+        let e = log.reader().read(offset, 1 << 20).unwrap_err();
+        assert!(e.is_corruption(), "offset {offset}: {e}");
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
+    // What follows is still served.
+    let r = log.reader().read(second_base, 1 << 20).unwrap();
+    assert_eq!(r.first_offset, second_base);
+}
+
+#[test]
+fn a_damaged_middle_time_index_entry_does_not_mislead_lookups() {
+    // Finding S3: one flipped byte in the middle of a sealed `.timeindex` made a lookup by time
+    // skip records.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments()).unwrap();
+    fill(&mut log, 200);
+    let expected: Vec<Option<i64>> = (1_000..1_200)
+        .map(|ts| log.reader().offset_for_time(ts).unwrap())
+        .collect();
+    log.close().unwrap();
+    let times = segment_files(dir.path(), "timeindex");
+    let len = fs::metadata(&times[0]).unwrap().len() as usize;
+    assert!(len >= 5 * 12, "several time entries");
+    let mut damaged = 0;
+    for entry in 1..len / 12 - 1 {
+        for byte in [8, 9, 11, 0, 6, 7] {
+            let mut bytes = fs::read(&times[0]).unwrap();
+            let original = bytes.clone();
+            bytes[entry * 12 + byte] ^= 0x5a;
+            fs::write(&times[0], &bytes).unwrap();
+            let log = Log::open(dir.path(), small_segments()).unwrap();
+            for (i, ts) in (1_000..1_200).enumerate() {
+                assert_eq!(
+                    log.reader().offset_for_time(ts).unwrap(),
+                    expected[i],
+                    "time {ts} after flipping byte {byte} of entry {entry}"
+                );
+            }
+            log.close().unwrap();
+            fs::write(&times[0], &original).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0);
+}
+
+#[test]
+fn damage_at_the_end_of_a_cleanly_closed_active_segment_never_shadows_appends() {
+    // Finding S4: appends went after the damage, and the next unclean open cut them off.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = LogConfig::default();
+    c.set("index.interval.bytes", "512").unwrap();
+    let mut log = Log::open(dir.path(), c.clone()).unwrap();
+    fill(&mut log, 50);
+    log.close().unwrap();
+    let logs = segment_files(dir.path(), "log");
+    assert_eq!(logs.len(), 1);
+    let mut bytes = fs::read(&logs[0]).unwrap();
+    let last = *batch_starts(&bytes).last().unwrap();
+    bytes[last + 30] ^= 0xff; // inside the CRC-covered part of the last batch
+    fs::write(&logs[0], &bytes).unwrap();
+
+    let mut log = Log::open(dir.path(), c.clone()).unwrap();
+    assert_eq!(log.end_offset(), 150);
+    let info = log.append(&[simple_batch(150, 3, 5_000, 40)]).unwrap();
+    assert_eq!(info.base_offset, 150);
+    assert_eq!(
+        log.reader().segment_count(),
+        2,
+        "the damaged segment was closed"
+    );
+    drop(log); // a crash: the next open recovers the active segment
+    let log = Log::open(dir.path(), c).unwrap();
+    assert_eq!(log.end_offset(), 153, "the append survived");
+    let r = log.reader().read(150, 1 << 20).unwrap();
+    assert_eq!((r.first_offset, r.next_offset), (150, 153));
+    // The damaged batch is reported, not served.
+    assert!(log.reader().read(147, 1 << 20).unwrap_err().is_corruption());
+}

@@ -274,7 +274,7 @@ impl Segment {
     /// The first time-index entry, if any.
     pub fn first_time_entry(&self) -> Option<(i64, u32)> {
         let e = self.time_entries();
-        (e.len() >= TIME_ENTRY).then(|| index::time_entry(e, 0))
+        index::checked_time_entry(e, 0)
     }
 
     /// Base offset of the batch whose header starts at `pos` of the committed log, if one parses.
@@ -296,7 +296,7 @@ impl Segment {
     pub fn last_time_entry(&self) -> Option<(i64, u32)> {
         let e = self.time_entries();
         let n = e.len() / TIME_ENTRY;
-        n.checked_sub(1).map(|i| index::time_entry(e, i))
+        index::checked_time_entry(e, n.checked_sub(1)?)
     }
 
     /// Where to start scanning for `offset`: the position of the last indexed batch at or before
@@ -423,28 +423,14 @@ impl Segment {
         }))
     }
 
-    /// The time-index entry a search for `ts` may start from: the one [`index::lookup_time`]
-    /// picks, if it is in order with its neighbours (a damaged entry usually is not; the walk in
-    /// [`Segment::find_time`] checks the rest against the log).
+    /// The time-index entry a search for `ts` may start from ([`index::lookup_time`]), or
+    /// none if an entry the search read fails its checksum: the walk in [`Segment::find_time`]
+    /// then starts at the segment's first batch.
     fn time_hint(&self, ts: i64) -> Option<(i64, u32)> {
-        let e = self.time_entries();
-        let n = e.len() / TIME_ENTRY;
-        let i = index::lookup_time_position(e, ts)?;
-        let (t, rel) = index::time_entry(e, i);
-        let after_previous = i == 0 || {
-            let (pt, pr) = index::time_entry(e, i - 1);
-            pt < t && pr <= rel
-        };
-        let before_next = i + 1 >= n || {
-            let (nt, nr) = index::time_entry(e, i + 1);
-            nt > t && nr >= rel
-        };
-        if after_previous && before_next {
-            Some((t, rel))
-        } else {
-            tracing::warn!(path = %self.time_path.display(), entry = i, "time index entry out of order; scanning from the segment start");
+        index::lookup_time(self.time_entries(), ts).unwrap_or_else(|()| {
+            tracing::warn!(path = %self.time_path.display(), ts, "damaged time index entry; scanning from the segment start");
             None
-        }
+        })
     }
 
     /// The first offset in this segment whose record timestamp is >= `ts`, if any.

@@ -369,14 +369,15 @@ fn a_damaged_middle_time_index_entry_does_not_mislead_lookups() {
         .collect();
     log.close().unwrap();
     let times = segment_files(dir.path(), "timeindex");
+    const ENTRY: usize = strom_storage::index::TIME_ENTRY;
     let len = fs::metadata(&times[0]).unwrap().len() as usize;
-    assert!(len >= 5 * 12, "several time entries");
+    assert!(len >= 5 * ENTRY, "several time entries");
     let mut damaged = 0;
-    for entry in 1..len / 12 - 1 {
-        for byte in [8, 9, 11, 0, 6, 7] {
+    for entry in 1..len / ENTRY {
+        for byte in [8, 9, 11, 0, 6, 7, 13] {
             let mut bytes = fs::read(&times[0]).unwrap();
             let original = bytes.clone();
-            bytes[entry * 12 + byte] ^= 0x5a;
+            bytes[entry * ENTRY + byte] ^= 0x5a;
             fs::write(&times[0], &bytes).unwrap();
             let log = Log::open(dir.path(), small_segments()).unwrap();
             for (i, ts) in (1_000..1_200).enumerate() {

@@ -13,9 +13,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::VecDeque;
 use strom_protocol::ErrorCode;
-use strom_storage::{Log, LogConfig, LogReader, StorageError, ValidBatch};
+
+use strom_storage::{Log, LogConfig, LogReader, PendingFlush, StorageError, ValidBatch};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::error::storage_code;
 use crate::producers::{ProducerStates, Verdict};
@@ -98,6 +101,8 @@ impl Partition {
             topic,
             index,
             recovery_error: None,
+            flushing: None,
+            waiting: VecDeque::new(),
         };
         tokio::spawn(writer(log, rx, state));
         Arc::new(Self {
@@ -152,6 +157,102 @@ struct Writer {
     index: i32,
     /// Why the last recovery attempt failed (logged once per distinct reason).
     recovery_error: Option<String>,
+    /// The fsync running on the blocking pool while the writer goes on appending.
+    flushing: Option<JoinHandle<(PendingFlush, Result<(), StorageError>)>>,
+    /// Appends stored but waiting for an fsync before they are acknowledged, oldest first.
+    waiting: VecDeque<Waiter>,
+}
+
+/// An append waiting for the durable offset to reach `end`.
+struct Waiter {
+    reply: oneshot::Sender<AppendReply>,
+    first: i64,
+    end: i64,
+}
+
+impl Writer {
+    /// Starts an fsync if none is running and one is needed: appends are waiting for one, or the
+    /// topic's flush policy says it is time. Appends go on while it runs; [`Writer::flushed`]
+    /// takes its outcome.
+    fn start_flush(&mut self, log: &mut Log) {
+        if self.flushing.is_some() || (self.waiting.is_empty() && !log.flush_wanted()) {
+            return;
+        }
+        match log.start_flush() {
+            Ok(Some(flush)) => {
+                self.flushing = Some(tokio::task::spawn_blocking(move || {
+                    let r = flush.run();
+                    (flush, r)
+                }));
+            }
+            Ok(None) => self.acknowledge(log.durable_offset()),
+            Err(e) => self.fail_waiting(&e),
+        }
+    }
+
+    /// Takes the outcome of the running fsync: acknowledges what it made durable, or fails
+    /// every waiting append (the log is poisoned then), and starts the next fsync if needed.
+    fn flushed(
+        &mut self,
+        log: &mut Log,
+        done: Result<(PendingFlush, Result<(), StorageError>), tokio::task::JoinError>,
+    ) {
+        self.flushing = None;
+        match done {
+            Ok((flush, result)) => match log.finish_flush(flush, result) {
+                Ok(durable) => self.acknowledge(durable),
+                Err(e) => {
+                    tracing::error!(topic = %self.topic, partition = self.index, error = %e, "fsync failed; the partition refuses appends until it recovers");
+                    self.fail_waiting(&e);
+                }
+            },
+            Err(e) => {
+                tracing::error!(topic = %self.topic, partition = self.index, error = %e, "fsync task failed");
+                self.fail_waiting(&StorageError::Poisoned {
+                    dir: log.dir().to_path_buf(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        self.start_flush(log);
+    }
+
+    /// Waits for the running fsync, if any, and takes its outcome.
+    async fn settle(&mut self, log: &mut Log) {
+        if let Some(task) = self.flushing.take() {
+            let done = task.await;
+            self.flushed(log, done);
+            if let Some(task) = self.flushing.take() {
+                let done = task.await;
+                self.flushed(log, done);
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, durable: i64) {
+        while self.waiting.front().is_some_and(|w| w.end <= durable) {
+            if let Some(w) = self.waiting.pop_front() {
+                let _ = w.reply.send(Ok(w.first));
+            }
+        }
+    }
+
+    fn fail_waiting(&mut self, e: &StorageError) {
+        let (code, msg) = (storage_code(e), e.to_string());
+        for w in self.waiting.drain(..) {
+            let _ = w.reply.send(Err((code, msg.clone())));
+        }
+    }
+}
+
+/// Resolves when the running fsync finishes; never, if none is running.
+async fn flush_done(
+    flushing: &mut Option<JoinHandle<(PendingFlush, Result<(), StorageError>)>>,
+) -> Result<(PendingFlush, Result<(), StorageError>), tokio::task::JoinError> {
+    match flushing {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The single writer of one partition's log.
@@ -163,21 +264,19 @@ async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
     loop {
         let first = tokio::select! {
             m = rx.recv() => m,
+            done = flush_done(&mut w.flushing) => {
+                let Some(l) = log.as_mut() else { break };
+                w.flushed(l, done);
+                continue;
+            }
             _ = tick(&mut flush_timer) => {
                 let Some(l) = log.take() else { break };
                 let (l, usable) = recover_if_poisoned(l, &mut w).await;
-                log = match (l, usable) {
-                    (Some(l), Ok(())) => {
-                        let (l, r) = blocking(l, |l| l.flush_if_due()).await;
-                        if let Err(e) = r {
-                            tracing::error!(topic = %topic, partition = index, error = %e, "interval flush failed");
-                        }
-                        l
-                    }
-                    (l, _) => l,
-                };
-                if log.is_none() {
-                    break;
+                log = l;
+                match (log.as_mut(), usable) {
+                    (Some(l), Ok(())) => w.start_flush(l),
+                    (Some(_), Err(_)) => {}
+                    (None, _) => break,
                 }
                 continue;
             }
@@ -231,6 +330,7 @@ async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
                     log = l;
                 }
                 WriterMsg::Stop { delete, done } => {
+                    w.settle(&mut l).await;
                     let r =
                         tokio::task::spawn_blocking(
                             move || {
@@ -259,7 +359,8 @@ async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
         }
     }
     // Every sender is gone without a Stop (or the log failed): close what is left cleanly.
-    if let Some(l) = log {
+    if let Some(mut l) = log {
+        w.settle(&mut l).await;
         let _ = tokio::task::spawn_blocking(move || l.close()).await;
     }
 }
@@ -313,10 +414,15 @@ async fn blocking<T: Send + 'static>(
 /// stored some batches that an idempotent producer will retry (they must be answered as
 /// duplicates, with the offsets they got). While the fault lasts every attempt fails and the
 /// log stays poisoned; a failure is logged once per distinct reason.
-async fn recover_if_poisoned(log: Log, w: &mut Writer) -> (Option<Log>, Result<(), StorageError>) {
+async fn recover_if_poisoned(
+    mut log: Log,
+    w: &mut Writer,
+) -> (Option<Log>, Result<(), StorageError>) {
     if log.poisoned().is_none() {
         return (Some(log), Ok(()));
     }
+    // Recovery re-reads the files: the fsync still running on them must end first.
+    w.settle(&mut log).await;
     let (log, r) = blocking(log, |l| {
         l.recover()?;
         ProducerStates::load(l, now_ms())
@@ -379,30 +485,21 @@ async fn append_group(log: Log, appends: Vec<AppendRequest>, w: &mut Writer) -> 
         return Some(log);
     }
     let appends = accepted;
-    let durable = appends.iter().any(|a| a.durability == Durability::Fsynced);
     let batches: Vec<ValidBatch> = appends
         .iter()
         .flat_map(|a| a.batches.iter().cloned())
         .collect();
-    // A small append that needs no fsync is a write into the page cache: do it here. A hop to
-    // the blocking pool costs more than the write itself, and with many partitions every
-    // request fans out into one append per partition. Anything that may fsync (the request asks
-    // for it, or the topic's flush policy might) or is large goes to the blocking pool.
+    // Appends never fsync here: that runs beside them (`Writer::start_flush`). A small append
+    // is a write into the page cache: do it on this task, since a hop to the blocking pool
+    // costs more than the write itself, and with many partitions every request fans out into
+    // one append per partition. Large ones go to the blocking pool.
     let bytes: usize = batches.iter().map(|b| b.bytes().len()).sum();
-    let inline = !durable && !log.config().has_flush_policy() && bytes <= INLINE_APPEND_BYTES;
-    let (log, result) = if inline {
+    let (mut log, result) = if bytes <= INLINE_APPEND_BYTES {
         let mut log = log;
-        let result = log.append_valid(&batches);
+        let result = log.append_deferred(&batches);
         (Some(log), result)
     } else {
-        blocking(log, move |l| {
-            let info = l.append_valid(&batches)?;
-            if durable && !info.durable {
-                l.flush()?;
-            }
-            Ok(info)
-        })
-        .await
+        blocking(log, move |l| l.append_deferred(&batches)).await
     };
     if let Some(l) = &log {
         w.end_tx.send_replace(l.end_offset());
@@ -410,6 +507,9 @@ async fn append_group(log: Log, appends: Vec<AppendRequest>, w: &mut Writer) -> 
     match result {
         Ok(info) => {
             let now = now_ms();
+            // The flush policy asking for an fsync now means these appends are acknowledged
+            // after it, as if they had asked for one.
+            let policy_flush = log.as_ref().is_some_and(Log::flush_wanted);
             let mut base = info.base_offset;
             for a in appends {
                 let first = base;
@@ -417,9 +517,20 @@ async fn append_group(log: Log, appends: Vec<AppendRequest>, w: &mut Writer) -> 
                     w.producers.record(b.header(), base, now);
                     base += b.record_count();
                 }
-                let _ = a.reply.send(Ok(first));
+                if a.durability == Durability::Fsynced || policy_flush {
+                    w.waiting.push_back(Waiter {
+                        reply: a.reply,
+                        first,
+                        end: info.next_offset,
+                    });
+                } else {
+                    let _ = a.reply.send(Ok(first));
+                }
             }
             w.producers.commit();
+            if let Some(l) = log.as_mut() {
+                w.start_flush(l);
+            }
             log
         }
         // A batch the writer refuses (its topic's limit changed since the connection checked):

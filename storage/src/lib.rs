@@ -49,6 +49,7 @@ pub use config::{CleanupPolicy, Clock, LogConfig, ManualClock, SystemClock};
 pub use error::{Result, StorageError};
 pub use io::{Fault, IoFaults, IoOp};
 pub use log::{
-    AppendInfo, Log, LogEnv, LogReader, ReadResult, RetentionOutcome, ValidBatch, write_atomic,
+    AppendInfo, Log, LogEnv, LogReader, PendingFlush, ReadResult, RetentionOutcome, ValidBatch,
+    write_atomic,
 };
 pub use segment::SegmentRead;

@@ -25,6 +25,9 @@ use crate::segment::{
     self, ActiveFiles, INDEX_EXT, IndexBuilder, LOG_EXT, Planned, Segment, TIME_EXT,
 };
 
+/// Closed segments whose files wait for the next flush before the oldest is fsynced at a roll.
+const MAX_UNFLUSHED_SEGMENTS: usize = 4;
+
 /// Name of the clean-shutdown marker inside a log directory.
 pub(crate) const CLEAN_MARKER: &str = ".clean-shutdown";
 const MARKER_MAGIC: &[u8; 8] = b"STRMCLN1";
@@ -245,6 +248,36 @@ pub struct Log {
     pub(crate) faults: Option<IoFaults>,
 }
 
+/// A flush taken out of a log by [`Log::start_flush`]: the files to fsync and the offset that
+/// becomes durable when they are.
+#[derive(Debug)]
+pub struct PendingFlush {
+    files: Vec<(File, PathBuf)>,
+    dir: Option<PathBuf>,
+    end: i64,
+    faults: Option<IoFaults>,
+}
+
+impl PendingFlush {
+    /// The offset up to which (exclusive) the log is durable once this flush succeeds.
+    pub fn end(&self) -> i64 {
+        self.end
+    }
+
+    /// fsyncs the files, then the directory if files were created or deleted. Blocks; needs
+    /// no access to the log.
+    pub fn run(&self) -> Result<()> {
+        let faults = self.faults.as_ref();
+        for (f, path) in &self.files {
+            io::sync_data(faults, f, path)?;
+        }
+        match &self.dir {
+            Some(dir) => sync_dir(dir, faults),
+            None => Ok(()),
+        }
+    }
+}
+
 /// What a log takes from its surroundings besides its settings.
 #[derive(Debug, Clone)]
 pub struct LogEnv {
@@ -397,7 +430,7 @@ fn sealed_end(dir: &Path, base: i64) -> Option<i64> {
     }
     let mut e = [0u8; TIME_ENTRY];
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut e, len - TIME_ENTRY as u64).ok()?;
-    let (_, rel) = index::time_entry(&e, 0);
+    let (_, rel) = index::checked_time_entry(&e, 0)?;
     base.checked_add(i64::from(rel))?.checked_add(1)
 }
 
@@ -729,6 +762,18 @@ impl Log {
     /// active segment, rolling between runs as `segment.bytes`, `segment.ms` and the index
     /// capacity require; then one fsync for the whole call if the flush policy asks for it.
     pub fn append_valid(&mut self, batches: &[ValidBatch]) -> Result<AppendInfo> {
+        let mut info = self.append_deferred(batches)?;
+        if self.flush_wanted() {
+            self.flush()?;
+            info.durable = true;
+        }
+        Ok(info)
+    }
+
+    /// As [`Log::append_valid`], but never fsyncs: the caller flushes when
+    /// [`Log::flush_wanted`] says so (typically with [`Log::start_flush`], so that appends go on
+    /// while the fsync runs). `durable` is always false.
+    pub fn append_deferred(&mut self, batches: &[ValidBatch]) -> Result<AppendInfo> {
         self.check_usable()?;
         self.mark_dirty()?;
         let max = self.config.max_message_bytes as usize;
@@ -760,17 +805,17 @@ impl Log {
         self.flush.messages += records;
         self.flush.bytes += bytes;
         self.flush.oldest_ms.get_or_insert(now);
-        let durable = if self.flush_due(now) {
-            self.flush()?;
-            true
-        } else {
-            false
-        };
         Ok(AppendInfo {
             base_offset,
             next_offset: self.active.next_offset,
-            durable,
+            durable: false,
         })
+    }
+
+    /// Whether the flush policy (`flush.messages`, `flush.bytes`, `flush.ms`) says it is time to
+    /// fsync what was appended.
+    pub fn flush_wanted(&self) -> bool {
+        self.flush_due(self.clock.now_ms())
     }
 
     /// The writes of [`Log::append_valid`]; returns the records and bytes written.
@@ -871,35 +916,60 @@ impl Log {
     /// dropped the dirty pages, so nothing after the last good fsync can be trusted until a
     /// reopen recovers from what is really on disk.
     pub fn flush(&mut self) -> Result<i64> {
+        match self.start_flush()? {
+            None => Ok(self.durable_offset()),
+            Some(f) => {
+                let result = f.run();
+                self.finish_flush(f, result)
+            }
+        }
+    }
+
+    /// Takes a flush of everything appended so far out of the log, to run elsewhere
+    /// ([`PendingFlush::run`], on another thread) while this log goes on appending; hand its
+    /// outcome to [`Log::finish_flush`]. `None` when everything is already durable. Appends made
+    /// while it runs are covered by the next flush.
+    pub fn start_flush(&mut self) -> Result<Option<PendingFlush>> {
         self.check_usable()?;
         let end = self.active.next_offset;
         if self.durable_offset() == end && self.flush.pending.is_empty() && !self.flush.dir_dirty {
-            return Ok(end);
+            return Ok(None);
         }
         let seg = self.active_segment();
-        let faults = self.faults.as_ref();
-        let mut result = Ok(());
-        for f in self.flush.pending.drain(..) {
-            result = io::sync_data(faults, &f, &self.dir);
-            if result.is_err() {
-                break;
-            }
-        }
-        if result.is_ok() {
-            result = io::sync_data(faults, &self.active.log, &seg.log_path);
-        }
-        if result.is_ok() && self.flush.dir_dirty {
-            result = sync_dir(&self.dir, faults);
-        }
-        if let Err(e) = result {
-            return Err(self.poison(e));
-        }
-        self.flush.dir_dirty = false;
+        let mut files: Vec<(File, PathBuf)> = self
+            .flush
+            .pending
+            .drain(..)
+            .map(|f| (f, self.dir.clone()))
+            .collect();
+        let active = self
+            .active
+            .log
+            .try_clone()
+            .map_err(StorageError::io("dup", &seg.log_path))?;
+        files.push((active, seg.log_path.clone()));
+        let dir = std::mem::take(&mut self.flush.dir_dirty).then(|| self.dir.clone());
         self.flush.messages = 0;
         self.flush.bytes = 0;
         self.flush.oldest_ms = None;
-        self.shared.durable_offset.store(end, Ordering::Release);
-        Ok(end)
+        Ok(Some(PendingFlush {
+            files,
+            dir,
+            end,
+            faults: self.faults.clone(),
+        }))
+    }
+
+    /// Records the outcome of a flush from [`Log::start_flush`]: on success the durable offset
+    /// moves to the flush's end; a failure poisons the log (see [`Log::flush`]).
+    pub fn finish_flush(&mut self, flush: PendingFlush, result: Result<()>) -> Result<i64> {
+        if let Err(e) = result {
+            return Err(self.poison(e));
+        }
+        self.shared
+            .durable_offset
+            .fetch_max(flush.end, Ordering::AcqRel);
+        Ok(self.durable_offset())
     }
 
     /// Closes the active segment and starts a new one at the log-end offset.
@@ -941,15 +1011,24 @@ impl Log {
                 faults: self.faults.clone(),
             },
         );
-        if self.config.has_flush_policy() {
-            self.flush.pending.push(old_files.log);
-            self.flush.pending.push(old_files.index);
-            self.flush.pending.push(old_files.time);
-        }
+        // The next flush must cover the closed segment too (a durable produce may have put
+        // records in it). Without a flush policy that flush may never come: past a few closed
+        // segments, the oldest is fsynced here rather than holding its files open forever.
+        self.flush.pending.push(old_files.log);
+        self.flush.pending.push(old_files.index);
+        self.flush.pending.push(old_files.time);
         self.flush.dir_dirty = true;
         let mut segs: Vec<_> = self.shared.snapshot().iter().cloned().collect();
         segs.push(seg);
         self.shared.replace(segs);
+        if self.flush.pending.len() > 3 * MAX_UNFLUSHED_SEGMENTS {
+            let oldest: Vec<File> = self.flush.pending.drain(..3).collect();
+            for f in &oldest {
+                if let Err(e) = io::sync_data(self.faults.as_ref(), f, &self.dir) {
+                    return Err(self.poison(e));
+                }
+            }
+        }
         tracing::debug!(dir = %self.dir.display(), base, "rolled to a new segment");
         Ok(())
     }

@@ -408,3 +408,38 @@ fn readers_never_see_partial_batches_while_the_writer_appends() {
         assert_eq!(r.join().unwrap(), next);
     }
 }
+
+#[test]
+fn a_flush_taken_out_of_the_log_covers_what_was_appended_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(&[("segment.bytes", "4096")])).unwrap();
+    log.append_deferred(&[valid(simple_batch(0, 10, 1, 100))])
+        .unwrap();
+    let flush = log.start_flush().unwrap().expect("something to flush");
+    assert_eq!(flush.end(), 10);
+    // Appends go on while it runs elsewhere, rolling segments too.
+    let runner = std::thread::spawn(move || {
+        let r = flush.run();
+        (flush, r)
+    });
+    for i in 1..5 {
+        let info = log
+            .append_deferred(&[valid(simple_batch(i * 10, 10, 1, 300))])
+            .unwrap();
+        assert!(!info.durable);
+    }
+    assert!(log.reader().segment_count() > 1);
+    let (flush, r) = runner.join().unwrap();
+    assert_eq!(log.finish_flush(flush, r).unwrap(), 10);
+    assert_eq!(log.durable_offset(), 10, "later appends are not covered");
+    // The next flush covers the rest, closed segments included.
+    let next = log.start_flush().unwrap().expect("more to flush");
+    assert_eq!(next.end(), 50);
+    let r = next.run();
+    assert_eq!(log.finish_flush(next, r).unwrap(), 50);
+    assert!(log.start_flush().unwrap().is_none(), "nothing left");
+}
+
+fn valid(b: bytes::Bytes) -> strom_storage::ValidBatch {
+    strom_storage::ValidBatch::new(b).unwrap()
+}

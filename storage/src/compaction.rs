@@ -227,7 +227,7 @@ impl Log {
         // Step 3.
         let replaced: Vec<i64> = group.iter().skip(1).map(|s| s.base_offset).collect();
         finish_swap(dir, base, &replaced)?;
-        let seg = crate::log::open_sealed_segment(dir, base, &self.config)?;
+        let seg = crate::log::open_sealed_segment(dir, base, &self.config, false)?;
         Ok((seg, removed))
     }
 }

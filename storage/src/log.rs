@@ -440,6 +440,7 @@ pub(crate) fn open_sealed_segment(
     dir: &Path,
     base: i64,
     config: &LogConfig,
+    rebuild: bool,
 ) -> Result<Arc<Segment>> {
     let log_path = segment::file_path(dir, base, LOG_EXT);
     let log = File::open(&log_path).map_err(StorageError::io("open", &log_path))?;
@@ -450,7 +451,11 @@ pub(crate) fn open_sealed_segment(
     let (_, index, time) = segment::open_files(dir, base, false, None)?;
     let idx_len = file_len(&index, &index_path)?;
     let time_len = file_len(&time, &time_path)?;
-    if !index_missing && idx_len % OFFSET_ENTRY as u64 == 0 && time_len % TIME_ENTRY as u64 == 0 {
+    if !rebuild
+        && !index_missing
+        && idx_len % OFFSET_ENTRY as u64 == 0
+        && time_len % TIME_ENTRY as u64 == 0
+    {
         let seg = Segment::map(
             dir,
             base,
@@ -1176,7 +1181,13 @@ fn load(dir: &Path, config: &LogConfig, faults: Option<&IoFaults>) -> Result<Loa
     for pair in bases.windows(2) {
         let (base, next_base) = (pair[0], pair[1]);
         let sealed_end = sealed_end(dir, base);
-        let seg = open_sealed_segment(dir, base, config)?;
+        let mut seg = open_sealed_segment(dir, base, config, false)?;
+        if sealed_end.is_some_and(|e| e < seg.end_by_walk()) {
+            // The time index stops short of the log (cut at an entry boundary): its last entry
+            // is not the segment's maximum timestamp, which whole-segment skips rely on.
+            tracing::warn!(segment = %seg.log_path.display(), "time index does not reach the end of the log; rebuilding");
+            seg = open_sealed_segment(dir, base, config, true)?;
+        }
         // A closed segment must still hold what it held when it was sealed (finding S1 of
         // docs/fuzzing.md): its last time entry says up to where. Compaction rewrites that
         // entry with the segment, so a compacted segment's gap at its end is not mistaken for

@@ -211,8 +211,13 @@ impl Log {
         }
         drop((out, idx, tim));
 
-        // Step 2: record which offsets the new segment replaces, then .cleaned -> .swap, indexes
-        // first, the log last.
+        // Step 2: mark the log as compacted (its closed segments may now legitimately end
+        // before the next one begins; see `log::load`), record which offsets the new segment
+        // replaces, then .cleaned -> .swap, indexes first, the log last.
+        let marker = dir.join(crate::log::COMPACTED_MARKER);
+        if !marker.exists() {
+            write_atomic(dir, &marker, b"")?;
+        }
         write_atomic(
             dir,
             &ext_path(dir, base, "end", ".swap"),

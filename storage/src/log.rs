@@ -28,6 +28,10 @@ use crate::segment::{
 /// Closed segments whose files wait for the next flush before the oldest is fsynced at a roll.
 const MAX_UNFLUSHED_SEGMENTS: usize = 4;
 
+/// Present in a log directory once compaction has rewritten a segment: from then on a closed
+/// segment may end before the next one starts (compaction removed its last records).
+pub(crate) const COMPACTED_MARKER: &str = ".compacted";
+
 /// Name of the clean-shutdown marker inside a log directory.
 pub(crate) const CLEAN_MARKER: &str = ".clean-shutdown";
 const MARKER_MAGIC: &[u8; 8] = b"STRMCLN1";
@@ -1178,6 +1182,7 @@ fn load(dir: &Path, config: &LogConfig, faults: Option<&IoFaults>) -> Result<Loa
     }
     let last_base = bases[bases.len() - 1];
     let mut segments = Vec::with_capacity(bases.len());
+    let compacted = dir.join(COMPACTED_MARKER).exists();
     for pair in bases.windows(2) {
         let (base, next_base) = (pair[0], pair[1]);
         let sealed_end = sealed_end(dir, base);
@@ -1192,9 +1197,13 @@ fn load(dir: &Path, config: &LogConfig, faults: Option<&IoFaults>) -> Result<Loa
         // docs/fuzzing.md): its last time entry says up to where. Compaction rewrites that
         // entry with the segment, so a compacted segment's gap at its end is not mistaken for
         // loss.
-        // Without that entry, only a log that is not compacted knows it must reach the next
-        // segment's base.
-        let held = sealed_end.or((!config.cleanup_policy.compact).then_some(next_base));
+        // A log that was never compacted knows more: every closed segment reaches the next
+        // segment's base (a roll starts the new one at the old one's end).
+        let held = if compacted {
+            sealed_end
+        } else {
+            Some(next_base)
+        };
         let end = seg.end_by_walk();
         if let Some(held) = held.map(|e| e.min(next_base))
             && end < held

@@ -266,20 +266,21 @@ pub struct Client {
 impl Client {
     /// Connects with TCP_NODELAY and [`IO_TIMEOUT`] read and write timeouts.
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connect to the broker at {addr}: {e}"));
-        stream.set_nodelay(true).expect("TCP_NODELAY");
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .expect("read timeout");
-        stream
-            .set_write_timeout(Some(IO_TIMEOUT))
-            .expect("write timeout");
-        Client {
+        Client::try_connect(addr).unwrap_or_else(|e| panic!("connect to the broker at {addr}: {e}"))
+    }
+
+    /// As [`Client::connect`]; `Err` when the connection cannot be made, e.g. because the
+    /// broker was just killed.
+    pub fn try_connect(addr: SocketAddr) -> io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(Client {
             stream,
             buf: BytesMut::with_capacity(64 << 10),
             next_id: 1,
-        }
+        })
     }
 
     /// The socket, for tests that need to shut a half down or change its timeouts.

@@ -1442,13 +1442,13 @@ fn acknowledged_records_and_commits_survive_kill_9_at_random_moments() {
     );
 }
 
-/// KNOWN BUG, found by the crash loop (seed 1795437753757928470, the kill in cycle 178): a kill
+/// Found by the crash loop (seed 1795437753757928470, the kill in cycle 178), now fixed: a kill
 /// in step 3 of a compaction swap, after `B.index.swap` was renamed to `B.index` and before
-/// `B.log.swap` was renamed to `B.log`, leaves a partition the broker cannot open.
+/// `B.log.swap` was renamed to `B.log`, left a partition the broker could not open.
 /// `compaction::finish_swaps` sees `B.log.swap` and runs `finish_swap` again, whose first rename
-/// (`B.index.swap` -> `B.index`) fails with ENOENT, so `strom serve` exits with
-/// `rename .../00000000000000000000.index: No such file or directory` and the partition's
-/// acknowledged records are unreachable until someone repairs the directory by hand.
+/// (`B.index.swap` -> `B.index`) failed with ENOENT, so `strom serve` exited with
+/// `rename .../00000000000000000000.index: No such file or directory`. An index already in
+/// place now counts as renamed.
 ///
 /// This builds that exact on-disk state without relying on timing: a compacted partition with
 /// two segments whose keys are all distinct (so compaction keeps every record and its output
@@ -1510,8 +1510,8 @@ fn a_compaction_swap_cut_after_its_index_rename_is_completed_on_restart() {
     let broker = match std::panic::catch_unwind(|| Broker::start(&data, &args)) {
         Ok(b) => b,
         Err(e) => panic!(
-            "KNOWN BUG (storage/src/compaction.rs, finish_swap is not idempotent): the broker \
-             cannot restart after a kill between the renames of a compaction swap:\n{}",
+            "the broker cannot restart after a kill between the renames of a compaction \
+             swap:\n{}",
             panic_message(e.as_ref())
         ),
     };

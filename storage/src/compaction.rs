@@ -280,7 +280,15 @@ fn finish_swap(dir: &Path, base: i64, replaced: &[i64]) -> Result<()> {
     for ext in [INDEX_EXT, TIME_EXT, LOG_EXT] {
         let from = ext_path(dir, base, ext, ".swap");
         let to = segment::file_path(dir, base, ext);
-        fs::rename(&from, &to).map_err(StorageError::io("rename", &to))?;
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            // A crash between these renames leaves the indexes renamed and the log not: when
+            // the swap is completed again at open, they are already in place. (An index missing
+            // altogether would be rebuilt from the log.) The log's `.swap` is what says a swap
+            // is unfinished, so it must be there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && ext != LOG_EXT => {}
+            Err(e) => return Err(StorageError::io("rename", &to)(e)),
+        }
     }
     let end = ext_path(dir, base, "end", ".swap");
     fs::remove_file(&end).map_err(StorageError::io("remove", &end))?;

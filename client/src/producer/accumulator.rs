@@ -112,6 +112,16 @@ pub(crate) struct Accumulator {
     cursor: usize,
 }
 
+/// Bytes a batch of `batch_len` bytes for `topic` adds to a produce request, protobuf framing
+/// included: its `PartitionProduceData` (tag, length, partition, records' tag and length: at
+/// most 18 bytes) and, counted as if every batch had its own `TopicProduceData`, that entry's
+/// tag, length and name (at most 9 bytes + the name). An upper bound, so a request packed up to
+/// a limit with it never exceeds the limit; with 1,000 partitions of small batches the framing
+/// alone is about 10 KB, more than the slack left for the request header.
+pub(crate) fn request_cost(topic: &str, batch_len: usize) -> usize {
+    batch_len + topic.len() + 32
+}
+
 /// Bytes `record` takes as the first record of a batch (length prefix included).
 pub(crate) fn first_record_size(record: &ProducerRecord<'_>) -> usize {
     let nullable =
@@ -323,8 +333,9 @@ impl Accumulator {
     }
 
     /// Takes at most one ready batch per partition, for partitions `allowed` accepts, until
-    /// `budget` bytes (uncompressed) are taken. A partition's open batch is ready once it is
-    /// `linger` old, or at once when `force` (flush, close).
+    /// `budget` bytes of request (uncompressed batches and their framing, [`request_cost`]) are
+    /// taken. A partition's open batch is ready once it is `linger` old, or at once when
+    /// `force` (flush, close).
     pub(crate) fn drain(
         &mut self,
         now: Instant,
@@ -355,6 +366,7 @@ impl Accumulator {
                     _ => continue,
                 }
             };
+            let size = request_cost(&q.topic, size);
             if size > budget && !out.is_empty() {
                 continue;
             }
@@ -565,6 +577,27 @@ mod tests {
         assert_eq!(drained.len(), 1, "one batch per partition per drain");
         drop(drained);
         assert!(matches!(append(&mut a, &r), Append::Done { .. }));
+    }
+
+    #[tokio::test]
+    async fn drained_requests_count_their_framing() {
+        let mut a = acc(16384, 1 << 20);
+        a.set_partitions("t", 100);
+        for p in 0..100 {
+            append(&mut a, &ProducerRecord::new("t").partition(p).value(b"v"));
+        }
+        let one = a.parts[0].open.as_ref().unwrap().builder.size();
+        let mut out = Vec::new();
+        let budget = 50 * request_cost("t", one);
+        a.drain(
+            Instant::now(),
+            Duration::ZERO,
+            true,
+            budget,
+            |_| true,
+            &mut out,
+        );
+        assert_eq!(out.len(), 50);
     }
 
     #[tokio::test]

@@ -57,6 +57,12 @@ struct FakeBroker {
     fail_at: usize,
     /// Forget every producer's state at this produce request (1-based; 0: never).
     forget_at: usize,
+    /// Partitions of every topic (0: `PARTITIONS`).
+    partitions: i32,
+    /// The broker's max_frame_bytes (0: 8 MiB); a larger request closes the connection, as the
+    /// real broker does, and is counted in `oversized`.
+    max_frame: usize,
+    oversized: AtomicUsize,
     unknown_producer: AtomicUsize,
     lost_requests: AtomicUsize,
     lost_responses: AtomicUsize,
@@ -65,6 +71,22 @@ struct FakeBroker {
 }
 
 impl FakeBroker {
+    fn partitions(&self) -> i32 {
+        if self.partitions > 0 {
+            self.partitions
+        } else {
+            PARTITIONS
+        }
+    }
+
+    fn max_frame(&self) -> usize {
+        if self.max_frame > 0 {
+            self.max_frame
+        } else {
+            8 << 20
+        }
+    }
+
     fn append(&self, partition: i32, records: &Bytes) -> (ErrorCode, i64) {
         let mut logs = self.logs.lock().unwrap();
         let log = logs.entry(partition).or_default();
@@ -139,7 +161,7 @@ impl FakeBroker {
         let body: response::Body = match request.body.unwrap() {
             request::Body::ApiVersions(_) => {
                 let mut v = api_versions_response(0);
-                v.max_frame_bytes = 8 << 20;
+                v.max_frame_bytes = self.max_frame() as u32;
                 v.into()
             }
             request::Body::InitProducerId(r) => {
@@ -167,7 +189,7 @@ impl FakeBroker {
                     .map(|t| TopicMetadata {
                         name: t.clone(),
                         error_code: 0,
-                        partitions: (0..PARTITIONS)
+                        partitions: (0..self.partitions())
                             .map(|p| PartitionMetadata {
                                 partition: p,
                                 ..Default::default()
@@ -228,6 +250,10 @@ impl FakeBroker {
         let mut buf = BytesMut::new();
         loop {
             while let Some(frame) = decode_frame(&mut buf, 64 << 20).unwrap() {
+                if frame.len() > self.max_frame() {
+                    self.oversized.fetch_add(1, AtomicOrdering::Relaxed);
+                    return;
+                }
                 let req = decode_request(frame).unwrap();
                 let is_produce = matches!(req.body, Some(request::Body::Produce(_)));
                 if is_produce && self.fail_at > 0 {
@@ -590,4 +616,44 @@ async fn an_uncertain_failure_bumps_the_epoch_and_goes_on() {
         logs.values()
             .any(|l| l.producers.values().any(|p| p.epoch == 1))
     );
+}
+
+/// The value of record `i`.
+fn numbered(i: usize) -> String {
+    format!("{i:08}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_many_small_batches_stay_within_the_frame_limit() {
+    // 1,000 partitions of one tiny batch each, all sent at once by flush: requests are packed
+    // up to the broker's frame limit, and the framing of ~800 partitions (~7 KB) is more than
+    // the slack once left for it; such a request was refused and its batches failed.
+    let broker = Arc::new(FakeBroker {
+        partitions: 1000,
+        max_frame: 64 << 10,
+        ..Default::default()
+    });
+    let addr = broker.clone().serve().await;
+    let mut c = config(addr);
+    c.linger = Duration::from_secs(5);
+    c.batch_size = 16384;
+    let producer = Producer::connect(c).await.unwrap();
+    let mut ds = Vec::new();
+    for p in 0..1000 {
+        let value = numbered(p as usize);
+        let r = crate::ProducerRecord::new("t")
+            .partition(p)
+            .value(value.as_bytes());
+        ds.push(producer.send_record(r).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for (p, d) in ds.into_iter().enumerate() {
+        let meta = d.await.unwrap_or_else(|e| panic!("partition {p}: {e}"));
+        assert_eq!(meta.partition as usize, p);
+    }
+    producer.close().await.unwrap();
+    assert_eq!(broker.oversized.load(AtomicOrdering::Relaxed), 0);
+    let logs = broker.logs.lock().unwrap();
+    assert_eq!(logs.len(), 1000);
+    assert!(logs.values().all(|l| l.values.len() == 1));
 }

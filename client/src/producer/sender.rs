@@ -623,8 +623,7 @@ impl Sender {
         let Some(conn) = self.conn.clone() else {
             return;
         };
-        let force = self.shared.closing.load(Ordering::Acquire)
-            || self.shared.flushing.load(Ordering::Acquire) > 0;
+        let force = self.shared.forcing();
         let limit = conn.max_frame_bytes().saturating_sub(4096).max(1024);
         while self.inflight.len() < self.config.max_in_flight && conn.is_alive() {
             let mut batches: Vec<SentBatch> = Vec::new();
@@ -937,16 +936,18 @@ impl Sender {
         let can_send = self.conn.is_some()
             && self.inflight.len() < self.config.max_in_flight
             && !self.needs_bump;
-        let (ready, oldest) = self
-            .shared
-            .lock_acc()
-            .deadlines(self.config.linger, |part| {
-                can_send
-                    && self
-                        .parts
-                        .get(part)
-                        .is_none_or(|p| !p.blocked(now) && p.resend.is_empty())
-            });
+        let linger = if self.shared.forcing() {
+            Duration::ZERO
+        } else {
+            self.config.linger
+        };
+        let (ready, oldest) = self.shared.lock_acc().deadlines(linger, |part| {
+            can_send
+                && self
+                    .parts
+                    .get(part)
+                    .is_none_or(|p| !p.blocked(now) && p.resend.is_empty())
+        });
         if let Some(r) = ready {
             at = at.min(r.max(now));
         }

@@ -63,6 +63,9 @@ struct FakeBroker {
     /// real broker does, and is counted in `oversized`.
     max_frame: usize,
     oversized: AtomicUsize,
+    /// Produce requests are held (not handled, not answered) while this is set.
+    hold: std::sync::atomic::AtomicBool,
+    released: tokio::sync::Notify,
     unknown_producer: AtomicUsize,
     lost_requests: AtomicUsize,
     lost_responses: AtomicUsize,
@@ -84,6 +87,24 @@ impl FakeBroker {
             self.max_frame
         } else {
             8 << 20
+        }
+    }
+
+    /// Answers the produce requests held so far, and every later one.
+    fn release(&self) {
+        self.hold.store(false, AtomicOrdering::Release);
+        self.released.notify_waiters();
+    }
+
+    async fn wait_released(&self) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.hold.load(AtomicOrdering::Acquire) {
+                return;
+            }
+            released.await;
         }
     }
 
@@ -256,6 +277,9 @@ impl FakeBroker {
                 }
                 let req = decode_request(frame).unwrap();
                 let is_produce = matches!(req.body, Some(request::Body::Produce(_)));
+                if is_produce {
+                    self.wait_released().await;
+                }
                 if is_produce && self.fail_at > 0 {
                     let n = self.produce_requests.fetch_add(1, AtomicOrdering::Relaxed) + 1;
                     if n == self.fail_at {
@@ -621,6 +645,120 @@ async fn an_uncertain_failure_bumps_the_epoch_and_goes_on() {
 /// The value of record `i`.
 fn numbered(i: usize) -> String {
     format!("{i:08}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_partitions_share_a_small_buffer() {
+    // Each new batch used to take batch_size (256 KiB) from buffer_memory (1 MiB): 4 batches,
+    // so 4 records, before send waited. Batches now take what they hold.
+    let broker = Arc::new(FakeBroker {
+        partitions: 1000,
+        ..Default::default()
+    });
+    broker.hold.store(true, AtomicOrdering::Release);
+    let addr = broker.clone().serve().await;
+    let mut c = config(addr);
+    c.batch_size = 256 << 10;
+    c.buffer_memory = 1 << 20;
+    c.max_block = Duration::from_millis(300);
+    let producer = Producer::connect(c).await.unwrap();
+    let mut ds = Vec::new();
+    let err = loop {
+        let i = ds.len();
+        let value = numbered(i);
+        match producer
+            .send(
+                "t",
+                Some(format!("key-{i}").as_bytes()),
+                Some(value.as_bytes()),
+                &[],
+            )
+            .await
+        {
+            Ok(d) => ds.push(d),
+            Err(e) => break e,
+        }
+        assert!(
+            ds.len() < 100_000,
+            "buffer_memory did not stop the producer"
+        );
+    };
+    assert!(matches!(err, Error::Timeout(_)), "{err}");
+    // 1 MiB holds about 1,000 batches of 1 KiB (their first allocation).
+    assert!(ds.len() >= 900, "only {} records fit", ds.len());
+    let shared = &producer.inner.shared;
+    assert_eq!(shared.memory_waiters.load(AtomicOrdering::Acquire), 0);
+    broker.release();
+    producer.flush().await.unwrap();
+    let accepted = ds.len();
+    for d in ds {
+        d.await.unwrap();
+    }
+    producer.close().await.unwrap();
+    let written: usize = broker
+        .logs
+        .lock()
+        .unwrap()
+        .values()
+        .map(|l| l.values.len())
+        .sum();
+    assert_eq!(written, accepted);
+    assert_eq!(shared.memory.available_permits(), 1 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_send_wakes_when_memory_frees_even_for_a_large_record() {
+    let broker = Arc::new(FakeBroker::default());
+    broker.hold.store(true, AtomicOrdering::Release);
+    let addr = broker.clone().serve().await;
+    let mut c = config(addr);
+    c.buffer_memory = 16 << 10;
+    c.batch_size = 1024;
+    c.max_record_size = 8 << 10;
+    c.max_block = Duration::from_secs(60);
+    let producer = Producer::connect(c).await.unwrap();
+    let memory = producer.inner.shared.memory.clone();
+    // Fill the buffer up to less than 4 KiB free (a send takes at most 1 KiB here, so none of
+    // these waits); the broker holds every produce, so nothing comes back.
+    let mut ds = Vec::new();
+    let small = [b's'; 200];
+    while memory.available_permits() > 4096 {
+        let key = format!("key-{}", ds.len() % 30);
+        ds.push(
+            producer
+                .send("t", Some(key.as_bytes()), Some(&small), &[])
+                .await
+                .unwrap(),
+        );
+    }
+    // A 7 KB record needs more than is free: its send waits, holding nothing.
+    let p = producer.clone();
+    let big = tokio::spawn(async move {
+        let value = [b'b'; 7000];
+        p.send("t", Some(b"big"), Some(&value), &[]).await
+    });
+    let shared = &producer.inner.shared;
+    for _ in 0..10_000 {
+        if shared.memory_waiters.load(AtomicOrdering::Acquire) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(shared.memory_waiters.load(AtomicOrdering::Acquire), 1);
+    assert!(!big.is_finished());
+    assert!(memory.available_permits() < 7000);
+    // Answers give the memory back; the waiting send gets it.
+    broker.release();
+    let d = big.await.unwrap().unwrap();
+    assert_eq!(
+        d.await.unwrap().partition,
+        partition_for_key(b"big", PARTITIONS)
+    );
+    for d in ds {
+        d.await.unwrap();
+    }
+    producer.close().await.unwrap();
+    assert_eq!(memory.available_permits(), 16 << 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -200,7 +200,9 @@ pub struct ProducerConfig {
     /// `linger.ms` default since 3.9).
     pub linger: Duration,
     /// Bytes of record batches held by the producer and not yet acknowledged; `send` waits when
-    /// they are used up. Default 32 MiB (Kafka's `buffer.memory`).
+    /// they are used up. A batch counts the room its buffer has, which grows with the records
+    /// appended (doubling up to `batch_size`), not `batch_size` from the start: many partitions
+    /// of small batches fit. Default 32 MiB (Kafka's `buffer.memory`).
     pub buffer_memory: usize,
     /// Largest record (encoded, with a batch header); larger ones fail at once. Default 1 MiB
     /// (Kafka's `max.request.size`). A request may hold several partitions' batches up to the

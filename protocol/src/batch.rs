@@ -467,6 +467,24 @@ impl BatchBuilder {
         self.buf.len()
     }
 
+    /// Bytes the buffer has room for without growing (the bytes so far included).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Moves the batch into a buffer of exactly `capacity` bytes, when that is more than it has:
+    /// for a caller that accounts its batches' memory and grows them in steps of its choosing
+    /// (a push into a full buffer grows it by however much the allocator decides). Copies the
+    /// bytes so far once.
+    pub fn grow_to(&mut self, capacity: usize) {
+        if capacity <= self.buf.capacity() {
+            return;
+        }
+        let mut buf = BytesMut::with_capacity(capacity);
+        buf.extend_from_slice(&self.buf);
+        self.buf = buf;
+    }
+
     /// Bytes `record` would add to the batch.
     pub fn record_size(&self, record: &RecordRef<'_>) -> usize {
         let base = if self.count == 0 {
@@ -875,6 +893,33 @@ mod tests {
             b.push(r).unwrap();
         }
         b.finish().unwrap()
+    }
+
+    #[test]
+    fn grow_to_sets_the_exact_capacity_and_keeps_the_records() {
+        let r = RecordRef {
+            timestamp: 5,
+            key: Some(b"k"),
+            value: Some(b"value"),
+            headers: &[],
+        };
+        let mut b = BatchBuilder::with_capacity(HEADER_LEN);
+        assert_eq!(b.capacity(), HEADER_LEN);
+        b.push(&r).unwrap();
+        b.grow_to(1000);
+        assert_eq!(b.capacity(), 1000);
+        b.grow_to(10);
+        assert_eq!(b.capacity(), 1000, "never shrinks");
+        let before = b.size();
+        b.push(&r).unwrap();
+        assert_eq!(b.capacity(), 1000, "a push that fits does not grow it");
+        assert_eq!(b.size(), before * 2 - HEADER_LEN);
+        let batch = b.finish().unwrap();
+        let values: Vec<_> = Records::new(batch)
+            .unwrap()
+            .map(|r| r.unwrap().value.unwrap())
+            .collect();
+        assert_eq!(values, [&b"value"[..], &b"value"[..]]);
     }
 
     #[test]

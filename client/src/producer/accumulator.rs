@@ -6,12 +6,27 @@
 //! (`batch_size`), when the next record does not fit, or when it is older than `linger`; the
 //! sender task drains ready batches, at most one per partition per request.
 //!
-//! Memory: a new batch first takes its capacity (`batch_size`, or the record's size when that
-//! is larger) from the producer's `buffer_memory` semaphore; the permit travels with the batch
-//! and is returned when the batch completes. When the semaphore is empty, `send` waits
-//! (backpressure). Keyless records stick to one partition per topic until its batch is closed
-//! (full, or drained by the sender), then move to another one at random (Kafka's sticky
-//! partitioner), so they form full batches instead of one small batch per partition.
+//! Memory: every byte of a batch's buffer is taken from the producer's `buffer_memory`
+//! semaphore before it is allocated, and the permit travels with the batch until the batch
+//! completes. A batch does not take `batch_size` up front: it starts with room for about what
+//! its partition's previous batch held (at least [`MIN_ALLOC`], at most `batch_size`, and at
+//! least its first record), and when a record does not fit, its buffer doubles (capped at
+//! `batch_size`), taking the extra bytes first. So an allocation happens per batch and per
+//! doubling, never per record, and what the batches hold is what is accounted: with 1,000
+//! partitions of small batches the buffer holds 1,000 batches, not `buffer_memory /
+//! batch_size` of them. The accounting is exact (a batch's permit equals its buffer's
+//! capacity), so the batches never hold more than `buffer_memory`.
+//!
+//! When the semaphore cannot cover a new batch or a doubling, `send` waits for the bytes
+//! (backpressure) and the sender sends open batches without waiting for `linger` meanwhile
+//! (the memory only comes back when batches complete). A wait never holds memory: what an
+//! attempt needs it takes at once or not at all, so waiters cannot deadlock each other, and
+//! one attempt needs at most `max(batch_size, max_record_size)` bytes, which the configuration
+//! keeps within `buffer_memory`.
+//!
+//! Keyless records stick to one partition per topic until its batch is closed (full, or
+//! drained by the sender), then move to another one at random (Kafka's sticky partitioner), so
+//! they form full batches instead of one small batch per partition.
 //!
 //! Locking: one `std::sync::Mutex` around the accumulator, never held across an await; the
 //! work under it is an append (a memcpy of the record) or a drain (moving batches out).
@@ -38,7 +53,8 @@ pub(crate) struct OpenBatch {
     pub(crate) builder: BatchBuilder,
     pub(crate) completion: Arc<Completion>,
     pub(crate) created: Instant,
-    /// This batch's share of `buffer_memory`, returned when the batch is dropped.
+    /// This batch's share of `buffer_memory`: exactly its buffer's capacity. Returned when
+    /// the batch is dropped.
     pub(crate) permit: OwnedSemaphorePermit,
 }
 
@@ -51,6 +67,8 @@ pub(crate) struct PartitionQueue {
     open: Option<OpenBatch>,
     /// Closed batches, oldest first.
     ready: VecDeque<OpenBatch>,
+    /// Bytes of the last batch closed here: the next one starts with about that much room.
+    last_size: usize,
 }
 
 impl PartitionQueue {
@@ -83,7 +101,8 @@ pub(crate) enum Append {
         wake: bool,
         created: Option<(u64, Arc<Completion>)>,
     },
-    /// A new batch is needed and `buffer_memory` has not this many bytes free: wait for them.
+    /// A new batch, or more room in the open one, is needed and `buffer_memory` has not this
+    /// many bytes free: wait for them, then append again with them.
     NeedMemory(u32),
     /// The topic's partition count is not known yet.
     UnknownTopic,
@@ -110,6 +129,63 @@ pub(crate) struct Accumulator {
     closed: bool,
     /// Where the next drain starts, so a request size limit does not starve later partitions.
     cursor: usize,
+}
+
+/// The least room a new batch starts with (unless `batch_size` is smaller).
+pub(crate) const MIN_ALLOC: usize = 1024;
+
+/// Room for a new batch whose partition's previous batch held `last` bytes: that rounded up to
+/// a power of two, within [`MIN_ALLOC`] and `batch_size`.
+fn initial_capacity(last: usize, batch_size: usize) -> usize {
+    last.checked_next_power_of_two()
+        .unwrap_or(usize::MAX)
+        .max(MIN_ALLOC)
+        .min(batch_size)
+}
+
+/// Takes `n` bytes of `buffer_memory` without waiting: from `carried` (bytes the caller waited
+/// for after [`Append::NeedMemory`]; any excess stays there and goes back when the caller drops
+/// it), topped up from the semaphore. `Ok(None)`: not available now. When it fails, `carried`
+/// is given back too, so nothing is held while the caller waits.
+fn take_memory(
+    memory: &Arc<Semaphore>,
+    carried: &mut Option<OwnedSemaphorePermit>,
+    n: usize,
+) -> Result<Option<OwnedSemaphorePermit>> {
+    let have = carried
+        .as_ref()
+        .map_or(0, OwnedSemaphorePermit::num_permits);
+    if have < n {
+        let more = u32::try_from(n - have).unwrap_or(u32::MAX);
+        match memory.clone().try_acquire_many_owned(more) {
+            Ok(p) => match carried.as_mut() {
+                Some(c) => c.merge(p),
+                None => *carried = Some(p),
+            },
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                *carried = None;
+                return Ok(None);
+            }
+        }
+    }
+    let have = carried
+        .as_ref()
+        .map_or(0, OwnedSemaphorePermit::num_permits);
+    if have == n {
+        return Ok(carried.take());
+    }
+    Ok(carried.as_mut().and_then(|c| c.split(n)))
+}
+
+/// Bytes a batch of `batch_len` bytes for `topic` adds to a produce request, protobuf framing
+/// included: its `PartitionProduceData` (tag, length, partition, records' tag and length: at
+/// most 18 bytes) and, counted as if every batch had its own `TopicProduceData`, that entry's
+/// tag, length and name (at most 9 bytes + the name). An upper bound, so a request packed up to
+/// a limit with it never exceeds the limit; with 1,000 partitions of small batches the framing
+/// alone is about 10 KB, more than the slack left for the request header.
+pub(crate) fn request_cost(topic: &str, batch_len: usize) -> usize {
+    batch_len + topic.len() + 32
 }
 
 /// Bytes `record` takes as the first record of a batch (length prefix included).
@@ -183,6 +259,7 @@ impl Accumulator {
                 partition,
                 open: None,
                 ready: VecDeque::new(),
+                last_size: 0,
             });
         }
         if partitions < entry.parts.len() {
@@ -204,8 +281,8 @@ impl Accumulator {
     }
 
     /// Appends `record`. `permit` carries memory acquired by the caller after an earlier
-    /// [`Append::NeedMemory`]; it is used for a new batch when one is needed (and returned
-    /// unused otherwise).
+    /// [`Append::NeedMemory`]; what the append needs is taken from it (and from the semaphore
+    /// when it is short), the rest is left in it for the caller to drop.
     pub(crate) fn append(
         &mut self,
         record: &ProducerRecord<'_>,
@@ -254,13 +331,27 @@ impl Accumulator {
                 break part_id;
             };
             let size = open.builder.record_size(&rec);
-            if open.builder.is_empty() || open.builder.size() + size <= self.batch_size {
+            let needed = open.builder.size() + size;
+            if open.builder.is_empty() || needed <= self.batch_size {
+                if needed > open.builder.capacity() {
+                    // Double the buffer (within batch_size), its bytes taken first.
+                    let cap = open.builder.capacity();
+                    let target = needed.max(cap.saturating_mul(2).min(self.batch_size));
+                    let Some(more) = take_memory(&self.memory, permit, target - cap)? else {
+                        return Ok(Append::NeedMemory(
+                            u32::try_from(target - cap).unwrap_or(u32::MAX),
+                        ));
+                    };
+                    open.permit.merge(more);
+                    open.builder.grow_to(target);
+                }
                 let index = i32::try_from(open.builder.len()).unwrap_or(i32::MAX);
                 open.builder.push(&rec)?;
                 let future = DeliveryFuture::new(open.completion.clone(), index, timestamp);
                 if open.builder.size() >= self.batch_size
                     && let Some(full) = q.open.take()
                 {
+                    q.last_size = full.builder.size();
                     q.ready.push_back(full);
                     wake = true;
                 }
@@ -272,6 +363,7 @@ impl Accumulator {
             }
             // Full: close it; a keyless record moves on to another partition (once).
             if let Some(full) = q.open.take() {
+                q.last_size = full.builder.size();
                 q.ready.push_back(full);
                 wake = true;
             }
@@ -285,19 +377,12 @@ impl Accumulator {
             break part_id;
         };
         // A new batch on `part_id`.
-        let need = (HEADER_LEN + first_record_size(record)).max(self.batch_size);
-        let need_permits = u32::try_from(need).unwrap_or(u32::MAX);
-        let permit = match permit.take() {
-            Some(p) if p.num_permits() >= need => p,
-            _ => match self.memory.clone().try_acquire_many_owned(need_permits) {
-                Ok(p) => p,
-                Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
-                Err(tokio::sync::TryAcquireError::NoPermits) => {
-                    return Ok(Append::NeedMemory(need_permits));
-                }
-            },
-        };
         let q = &mut self.parts[part_id];
+        let need = (HEADER_LEN + first_record_size(record))
+            .max(initial_capacity(q.last_size, self.batch_size));
+        let Some(permit) = take_memory(&self.memory, permit, need)? else {
+            return Ok(Append::NeedMemory(u32::try_from(need).unwrap_or(u32::MAX)));
+        };
         let completion = Completion::new(q.topic.clone(), q.partition);
         let mut builder = BatchBuilder::with_capacity(need);
         builder.push(&rec)?;
@@ -311,6 +396,7 @@ impl Accumulator {
             permit,
         };
         if batch.builder.size() >= self.batch_size {
+            q.last_size = batch.builder.size();
             q.ready.push_back(batch);
         } else {
             q.open = Some(batch);
@@ -323,8 +409,9 @@ impl Accumulator {
     }
 
     /// Takes at most one ready batch per partition, for partitions `allowed` accepts, until
-    /// `budget` bytes (uncompressed) are taken. A partition's open batch is ready once it is
-    /// `linger` old, or at once when `force` (flush, close).
+    /// `budget` bytes of request (uncompressed batches and their framing, [`request_cost`]) are
+    /// taken. A partition's open batch is ready once it is `linger` old, or at once when
+    /// `force` (flush, close, a `send` waiting for memory).
     pub(crate) fn drain(
         &mut self,
         now: Instant,
@@ -347,6 +434,7 @@ impl Accumulator {
                 continue;
             }
             let take_ready = !q.ready.is_empty();
+            let size_of_open = q.open.as_ref().map_or(0, |b| b.builder.size());
             let size = if take_ready {
                 q.ready.front().map_or(0, |b| b.builder.size())
             } else {
@@ -355,6 +443,7 @@ impl Accumulator {
                     _ => continue,
                 }
             };
+            let size = request_cost(&q.topic, size);
             if size > budget && !out.is_empty() {
                 continue;
             }
@@ -362,6 +451,7 @@ impl Accumulator {
                 q.ready.pop_front()
             } else {
                 let b = q.open.take();
+                q.last_size = size_of_open;
                 // The sticky partition's batch is being sent: keyless records move on.
                 if let Some(t) = self.topics.get_mut(&q.topic)
                     && t.sticky == Some(q.partition)
@@ -445,6 +535,7 @@ impl Accumulator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn acc(batch_size: usize, memory: usize) -> Accumulator {
         let mut a = Accumulator::new(batch_size, Arc::new(Semaphore::new(memory)));
@@ -565,6 +656,199 @@ mod tests {
         assert_eq!(drained.len(), 1, "one batch per partition per drain");
         drop(drained);
         assert!(matches!(append(&mut a, &r), Append::Done { .. }));
+    }
+
+    /// Every batch the accumulator holds, with what it accounts for it.
+    fn queued(a: &Accumulator) -> Vec<&OpenBatch> {
+        a.parts
+            .iter()
+            .flat_map(|q| q.ready.iter().chain(q.open.iter()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_thousand_partitions_of_small_batches_fit_a_small_budget() {
+        // batch_size 256 KiB, as the bench's default, and a 2 MiB budget: reserving
+        // batch_size per batch fit 8 batches; a batch now takes what it holds.
+        let memory = Arc::new(Semaphore::new(2 << 20));
+        let mut a = Accumulator::new(256 << 10, memory.clone());
+        a.set_partitions("t", 1000);
+        let value = [7u8; 100];
+        for round in 0..3 {
+            for p in 0..1000 {
+                let r = ProducerRecord::new("t").partition(p).value(&value);
+                match append(&mut a, &r) {
+                    Append::Done { future, .. } => assert_eq!(future.partition(), p),
+                    other => panic!("round {round}, partition {p}: {other:?}"),
+                }
+            }
+        }
+        let batches = queued(&a);
+        assert_eq!(batches.len(), 1000);
+        let held: usize = batches.iter().map(|b| b.permit.num_permits()).sum();
+        assert_eq!(held, (2 << 20) - memory.available_permits());
+        assert!(held <= 1000 * MIN_ALLOC, "{held}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_grows_in_doublings_up_to_batch_size_and_accounts_them() {
+        let memory = Arc::new(Semaphore::new(64 << 10));
+        let mut a = Accumulator::new(16 << 10, memory.clone());
+        a.set_partitions("t", 1);
+        let value = [1u8; 100];
+        let r = ProducerRecord::new("t").value(&value);
+        let mut capacities = Vec::new();
+        for _ in 0..140 {
+            assert!(matches!(append(&mut a, &r), Append::Done { .. }));
+            let b = queued(&a)[0];
+            assert_eq!(b.permit.num_permits(), b.builder.capacity());
+            assert!(b.builder.size() <= b.builder.capacity());
+            if capacities.last() != Some(&b.builder.capacity()) {
+                capacities.push(b.builder.capacity());
+            }
+        }
+        assert_eq!(capacities, [1 << 10, 2 << 10, 4 << 10, 8 << 10, 16 << 10]);
+        assert_eq!(memory.available_permits(), (64 << 10) - (16 << 10));
+        // The first batch filled up; the next one starts with what it held.
+        while queued(&a).len() < 2 {
+            append(&mut a, &r);
+        }
+        assert_eq!(queued(&a)[1].builder.capacity(), 16 << 10);
+        while !drain_all(&mut a).is_empty() {}
+        assert_eq!(
+            memory.available_permits(),
+            64 << 10,
+            "completed batches give it back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_growth_that_does_not_fit_waits_without_holding_memory() {
+        let memory = Arc::new(Semaphore::new(3 << 10));
+        let mut a = Accumulator::new(4 << 10, memory.clone());
+        a.set_partitions("t", 2);
+        let value = [1u8; 300];
+        let r0 = ProducerRecord::new("t").partition(0).value(&value);
+        let r1 = ProducerRecord::new("t").partition(1).value(&value);
+        // Partition 1 holds 1 KiB; partition 0 grows to 2 KiB, then needs 2 KiB more.
+        assert!(matches!(append(&mut a, &r1), Append::Done { .. }));
+        let mut grown = false;
+        loop {
+            match append(&mut a, &r0) {
+                Append::Done { .. } => grown |= queued(&a)[0].builder.capacity() > 1024,
+                Append::NeedMemory(n) => {
+                    assert!(grown);
+                    assert_eq!(n, 2 << 10);
+                    break;
+                }
+                Append::UnknownTopic => panic!(),
+            }
+        }
+        assert_eq!(memory.available_permits(), 0);
+        // Memory the caller waited for and no longer needs in full goes back.
+        let mut carried = Some(memory.clone().try_acquire_many_owned(0).unwrap());
+        drop(drain_all(&mut a));
+        carried
+            .as_mut()
+            .unwrap()
+            .merge(memory.clone().try_acquire_many_owned(3 << 10).unwrap());
+        let Append::Done { .. } = a.append(&r0, 0, &mut carried).unwrap() else {
+            panic!()
+        };
+        let b = queued(&a)[0];
+        assert_eq!(b.permit.num_permits(), b.builder.capacity());
+        assert_eq!(
+            carried.as_ref().unwrap().num_permits(),
+            (3 << 10) - b.builder.capacity()
+        );
+        drop(carried);
+        assert_eq!(
+            memory.available_permits(),
+            (3 << 10) - b.permit.num_permits()
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever the records and whenever batches are drained and completed, every batch's
+        /// share of the budget is exactly its buffer's capacity, so the batches never hold
+        /// more than the budget; and no append is refused memory that is free.
+        #[test]
+        fn memory_accounting_is_exact(
+            ops in prop::collection::vec((0u8..10, 0i32..5, 0usize..5000), 1..300),
+        ) {
+            const BUDGET: usize = 24 << 10;
+            let memory = Arc::new(Semaphore::new(BUDGET));
+            let mut a = Accumulator::new(2048, memory.clone());
+            a.set_partitions("t", 5);
+            let mut completing: Vec<Drained> = Vec::new();
+            let mut value = vec![0u8; 5000];
+            for (op, partition, len) in ops {
+                match op {
+                    0 => {
+                        let mut out = Vec::new();
+                        a.drain(Instant::now(), Duration::ZERO, true, usize::MAX, |_| true, &mut out);
+                        completing.extend(out);
+                    }
+                    1 => { completing.pop(); }
+                    _ => {
+                        value[0] = op;
+                        let r = ProducerRecord::new("t").partition(partition).value(&value[..len]);
+                        let mut carried = None;
+                        loop {
+                            match a.append(&r, 0, &mut carried).unwrap() {
+                                Append::Done { .. } => break,
+                                Append::NeedMemory(n) => {
+                                    prop_assert!(carried.is_none(), "nothing held while waiting");
+                                    prop_assert!(memory.available_permits() < n as usize);
+                                    // Wait: complete batches (draining open ones when nothing
+                                    // is on its way) until the bytes are free.
+                                    while memory.available_permits() < n as usize {
+                                        if completing.is_empty() {
+                                            let mut out = Vec::new();
+                                            a.drain(Instant::now(), Duration::ZERO, true, usize::MAX, |_| true, &mut out);
+                                            prop_assert!(!out.is_empty(), "waiting for memory nobody holds");
+                                            completing.extend(out);
+                                        }
+                                        completing.remove(0);
+                                    }
+                                    carried = Some(memory.clone().try_acquire_many_owned(n).unwrap());
+                                }
+                                Append::UnknownTopic => unreachable!(),
+                            }
+                        }
+                    }
+                }
+                let mut held = 0;
+                for b in queued(&a).into_iter().chain(completing.iter().map(|d| &d.batch)) {
+                    prop_assert_eq!(b.permit.num_permits(), b.builder.capacity());
+                    prop_assert!(b.builder.size() <= b.builder.capacity());
+                    held += b.builder.capacity();
+                }
+                prop_assert_eq!(held, BUDGET - memory.available_permits());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn drained_requests_count_their_framing() {
+        let mut a = acc(16384, 1 << 20);
+        a.set_partitions("t", 100);
+        for p in 0..100 {
+            append(&mut a, &ProducerRecord::new("t").partition(p).value(b"v"));
+        }
+        let one = queued(&a)[0].builder.size();
+        let mut out = Vec::new();
+        let budget = 50 * request_cost("t", one);
+        a.drain(
+            Instant::now(),
+            Duration::ZERO,
+            true,
+            budget,
+            |_| true,
+            &mut out,
+        );
+        assert_eq!(out.len(), 50);
     }
 
     #[tokio::test]

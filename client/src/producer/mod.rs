@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     /// Close gave up waiting: fail what is left.
     aborted: AtomicBool,
     flushing: AtomicUsize,
+    /// `send` calls waiting for buffer memory: the sender sends open batches without waiting
+    /// for `linger` while there are any (only completed batches give memory back).
+    memory_waiters: AtomicUsize,
     /// Set by the sender when it exits.
     stopped: watch::Sender<bool>,
 }
@@ -81,6 +84,14 @@ impl Shared {
     fn finish(&self, id: u64, completion: &Arc<Completion>, result: Result<i64>) {
         completion.complete(result);
         self.lock_registry().remove(&id);
+    }
+
+    /// Whether open batches go out now rather than after `linger`: a flush or close is under
+    /// way, or a `send` waits for memory.
+    fn forcing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+            || self.flushing.load(Ordering::Acquire) > 0
+            || self.memory_waiters.load(Ordering::Acquire) > 0
     }
 
     fn begin_close(&self) {
@@ -165,6 +176,7 @@ impl Producer {
             closing: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
             flushing: AtomicUsize::new(0),
+            memory_waiters: AtomicUsize::new(0),
             stopped: stopped_tx,
         });
         let config = Arc::new(config);
@@ -258,6 +270,15 @@ impl Producer {
                     return Ok(future);
                 }
                 Append::NeedMemory(n) => {
+                    struct Waiting<'a>(&'a Shared);
+                    impl Drop for Waiting<'_> {
+                        fn drop(&mut self) {
+                            self.0.memory_waiters.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
+                    shared.memory_waiters.fetch_add(1, Ordering::AcqRel);
+                    let _waiting = Waiting(shared);
+                    shared.wake.notify_one();
                     let acquire = shared.memory.clone().acquire_many_owned(n);
                     match tokio::time::timeout_at(deadline, acquire).await {
                         Ok(Ok(p)) => permit = Some(p),

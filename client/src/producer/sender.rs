@@ -47,7 +47,7 @@ use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::partitioner::Rng;
 use crate::producer::Shared;
-use crate::producer::accumulator::{Drained, OpenBatch};
+use crate::producer::accumulator::{Drained, OpenBatch, request_cost};
 use crate::producer::delivery::Completion;
 
 /// The producer's identity on the broker.
@@ -623,8 +623,7 @@ impl Sender {
         let Some(conn) = self.conn.clone() else {
             return;
         };
-        let force = self.shared.closing.load(Ordering::Acquire)
-            || self.shared.flushing.load(Ordering::Acquire) > 0;
+        let force = self.shared.forcing();
         let limit = conn.max_frame_bytes().saturating_sub(4096).max(1024);
         while self.inflight.len() < self.config.max_in_flight && conn.is_alive() {
             let mut batches: Vec<SentBatch> = Vec::new();
@@ -637,11 +636,12 @@ impl Sender {
                 let Some(front) = p.resend.front() else {
                     continue;
                 };
-                if size + front.bytes.len() > limit && !batches.is_empty() {
+                let cost = request_cost(&front.topic, front.bytes.len());
+                if size + cost > limit && !batches.is_empty() {
                     continue;
                 }
                 if let Some(b) = p.resend.pop_front() {
-                    size += b.bytes.len();
+                    size += cost;
                     batches.push(b);
                 }
             }
@@ -763,10 +763,18 @@ impl Sender {
                 batches,
                 deadline: Instant::now() + self.request_wait(),
             }),
-            Err(e @ Error::TooLarge { .. }) => {
-                // Only possible for a single batch above the broker's frame limit.
+            Err(e @ Error::TooLarge { .. }) if batches.len() == 1 => {
+                // A single batch above the broker's frame limit: it can never be sent.
                 for b in batches {
                     self.drop_batch(b, false, e.clone());
+                }
+            }
+            Err(e @ Error::TooLarge { .. }) => {
+                // Requests are packed with an upper bound of their size, so this is a bug;
+                // each batch on its own may still fit, so retry them (not appended).
+                tracing::error!(error = %e, batches = batches.len(), "produce request packed above the frame limit");
+                for b in batches {
+                    self.retry(b, Cause::NotAppended);
                 }
             }
             Err(_) => {
@@ -928,16 +936,18 @@ impl Sender {
         let can_send = self.conn.is_some()
             && self.inflight.len() < self.config.max_in_flight
             && !self.needs_bump;
-        let (ready, oldest) = self
-            .shared
-            .lock_acc()
-            .deadlines(self.config.linger, |part| {
-                can_send
-                    && self
-                        .parts
-                        .get(part)
-                        .is_none_or(|p| !p.blocked(now) && p.resend.is_empty())
-            });
+        let linger = if self.shared.forcing() {
+            Duration::ZERO
+        } else {
+            self.config.linger
+        };
+        let (ready, oldest) = self.shared.lock_acc().deadlines(linger, |part| {
+            can_send
+                && self
+                    .parts
+                    .get(part)
+                    .is_none_or(|p| !p.blocked(now) && p.resend.is_empty())
+        });
         if let Some(r) = ready {
             at = at.min(r.max(now));
         }

@@ -57,6 +57,15 @@ struct FakeBroker {
     fail_at: usize,
     /// Forget every producer's state at this produce request (1-based; 0: never).
     forget_at: usize,
+    /// Partitions of every topic (0: `PARTITIONS`).
+    partitions: i32,
+    /// The broker's max_frame_bytes (0: 8 MiB); a larger request closes the connection, as the
+    /// real broker does, and is counted in `oversized`.
+    max_frame: usize,
+    oversized: AtomicUsize,
+    /// Produce requests are held (not handled, not answered) while this is set.
+    hold: std::sync::atomic::AtomicBool,
+    released: tokio::sync::Notify,
     unknown_producer: AtomicUsize,
     lost_requests: AtomicUsize,
     lost_responses: AtomicUsize,
@@ -65,6 +74,40 @@ struct FakeBroker {
 }
 
 impl FakeBroker {
+    fn partitions(&self) -> i32 {
+        if self.partitions > 0 {
+            self.partitions
+        } else {
+            PARTITIONS
+        }
+    }
+
+    fn max_frame(&self) -> usize {
+        if self.max_frame > 0 {
+            self.max_frame
+        } else {
+            8 << 20
+        }
+    }
+
+    /// Answers the produce requests held so far, and every later one.
+    fn release(&self) {
+        self.hold.store(false, AtomicOrdering::Release);
+        self.released.notify_waiters();
+    }
+
+    async fn wait_released(&self) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.hold.load(AtomicOrdering::Acquire) {
+                return;
+            }
+            released.await;
+        }
+    }
+
     fn append(&self, partition: i32, records: &Bytes) -> (ErrorCode, i64) {
         let mut logs = self.logs.lock().unwrap();
         let log = logs.entry(partition).or_default();
@@ -139,7 +182,7 @@ impl FakeBroker {
         let body: response::Body = match request.body.unwrap() {
             request::Body::ApiVersions(_) => {
                 let mut v = api_versions_response(0);
-                v.max_frame_bytes = 8 << 20;
+                v.max_frame_bytes = self.max_frame() as u32;
                 v.into()
             }
             request::Body::InitProducerId(r) => {
@@ -167,7 +210,7 @@ impl FakeBroker {
                     .map(|t| TopicMetadata {
                         name: t.clone(),
                         error_code: 0,
-                        partitions: (0..PARTITIONS)
+                        partitions: (0..self.partitions())
                             .map(|p| PartitionMetadata {
                                 partition: p,
                                 ..Default::default()
@@ -228,8 +271,15 @@ impl FakeBroker {
         let mut buf = BytesMut::new();
         loop {
             while let Some(frame) = decode_frame(&mut buf, 64 << 20).unwrap() {
+                if frame.len() > self.max_frame() {
+                    self.oversized.fetch_add(1, AtomicOrdering::Relaxed);
+                    return;
+                }
                 let req = decode_request(frame).unwrap();
                 let is_produce = matches!(req.body, Some(request::Body::Produce(_)));
+                if is_produce {
+                    self.wait_released().await;
+                }
                 if is_produce && self.fail_at > 0 {
                     let n = self.produce_requests.fetch_add(1, AtomicOrdering::Relaxed) + 1;
                     if n == self.fail_at {
@@ -590,4 +640,158 @@ async fn an_uncertain_failure_bumps_the_epoch_and_goes_on() {
         logs.values()
             .any(|l| l.producers.values().any(|p| p.epoch == 1))
     );
+}
+
+/// The value of record `i`.
+fn numbered(i: usize) -> String {
+    format!("{i:08}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_partitions_share_a_small_buffer() {
+    // Each new batch used to take batch_size (256 KiB) from buffer_memory (1 MiB): 4 batches,
+    // so 4 records, before send waited. Batches now take what they hold.
+    let broker = Arc::new(FakeBroker {
+        partitions: 1000,
+        ..Default::default()
+    });
+    broker.hold.store(true, AtomicOrdering::Release);
+    let addr = broker.clone().serve().await;
+    let mut c = config(addr);
+    c.batch_size = 256 << 10;
+    c.buffer_memory = 1 << 20;
+    c.max_block = Duration::from_millis(300);
+    let producer = Producer::connect(c).await.unwrap();
+    let mut ds = Vec::new();
+    let err = loop {
+        let i = ds.len();
+        let value = numbered(i);
+        match producer
+            .send(
+                "t",
+                Some(format!("key-{i}").as_bytes()),
+                Some(value.as_bytes()),
+                &[],
+            )
+            .await
+        {
+            Ok(d) => ds.push(d),
+            Err(e) => break e,
+        }
+        assert!(
+            ds.len() < 100_000,
+            "buffer_memory did not stop the producer"
+        );
+    };
+    assert!(matches!(err, Error::Timeout(_)), "{err}");
+    // 1 MiB holds about 1,000 batches of 1 KiB (their first allocation).
+    assert!(ds.len() >= 900, "only {} records fit", ds.len());
+    let shared = &producer.inner.shared;
+    assert_eq!(shared.memory_waiters.load(AtomicOrdering::Acquire), 0);
+    broker.release();
+    producer.flush().await.unwrap();
+    let accepted = ds.len();
+    for d in ds {
+        d.await.unwrap();
+    }
+    producer.close().await.unwrap();
+    let written: usize = broker
+        .logs
+        .lock()
+        .unwrap()
+        .values()
+        .map(|l| l.values.len())
+        .sum();
+    assert_eq!(written, accepted);
+    assert_eq!(shared.memory.available_permits(), 1 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_send_wakes_when_memory_frees_even_for_a_large_record() {
+    let broker = Arc::new(FakeBroker::default());
+    broker.hold.store(true, AtomicOrdering::Release);
+    let addr = broker.clone().serve().await;
+    let mut c = config(addr);
+    c.buffer_memory = 16 << 10;
+    c.batch_size = 1024;
+    c.max_record_size = 8 << 10;
+    c.max_block = Duration::from_secs(60);
+    let producer = Producer::connect(c).await.unwrap();
+    let memory = producer.inner.shared.memory.clone();
+    // Fill the buffer up to less than 4 KiB free (a send takes at most 1 KiB here, so none of
+    // these waits); the broker holds every produce, so nothing comes back.
+    let mut ds = Vec::new();
+    let small = [b's'; 200];
+    while memory.available_permits() > 4096 {
+        let key = format!("key-{}", ds.len() % 30);
+        ds.push(
+            producer
+                .send("t", Some(key.as_bytes()), Some(&small), &[])
+                .await
+                .unwrap(),
+        );
+    }
+    // A 7 KB record needs more than is free: its send waits, holding nothing.
+    let p = producer.clone();
+    let big = tokio::spawn(async move {
+        let value = [b'b'; 7000];
+        p.send("t", Some(b"big"), Some(&value), &[]).await
+    });
+    let shared = &producer.inner.shared;
+    for _ in 0..10_000 {
+        if shared.memory_waiters.load(AtomicOrdering::Acquire) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(shared.memory_waiters.load(AtomicOrdering::Acquire), 1);
+    assert!(!big.is_finished());
+    assert!(memory.available_permits() < 7000);
+    // Answers give the memory back; the waiting send gets it.
+    broker.release();
+    let d = big.await.unwrap().unwrap();
+    assert_eq!(
+        d.await.unwrap().partition,
+        partition_for_key(b"big", PARTITIONS)
+    );
+    for d in ds {
+        d.await.unwrap();
+    }
+    producer.close().await.unwrap();
+    assert_eq!(memory.available_permits(), 16 << 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_many_small_batches_stay_within_the_frame_limit() {
+    // 1,000 partitions of one tiny batch each, all sent at once by flush: requests are packed
+    // up to the broker's frame limit, and the framing of ~800 partitions (~7 KB) is more than
+    // the slack once left for it; such a request was refused and its batches failed.
+    let broker = Arc::new(FakeBroker {
+        partitions: 1000,
+        max_frame: 64 << 10,
+        ..Default::default()
+    });
+    let addr = broker.clone().serve().await;
+    let mut c = config(addr);
+    c.linger = Duration::from_secs(5);
+    c.batch_size = 16384;
+    let producer = Producer::connect(c).await.unwrap();
+    let mut ds = Vec::new();
+    for p in 0..1000 {
+        let value = numbered(p as usize);
+        let r = crate::ProducerRecord::new("t")
+            .partition(p)
+            .value(value.as_bytes());
+        ds.push(producer.send_record(r).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for (p, d) in ds.into_iter().enumerate() {
+        let meta = d.await.unwrap_or_else(|e| panic!("partition {p}: {e}"));
+        assert_eq!(meta.partition as usize, p);
+    }
+    producer.close().await.unwrap();
+    assert_eq!(broker.oversized.load(AtomicOrdering::Relaxed), 0);
+    let logs = broker.logs.lock().unwrap();
+    assert_eq!(logs.len(), 1000);
+    assert!(logs.values().all(|l| l.values.len() == 1));
 }

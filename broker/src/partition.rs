@@ -331,19 +331,23 @@ async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
                 }
                 WriterMsg::Stop { delete, done } => {
                     w.settle(&mut l).await;
-                    let r =
-                        tokio::task::spawn_blocking(
-                            move || {
-                                if delete { l.delete() } else { l.close() }
-                            },
-                        )
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(StorageError::Poisoned {
-                                dir: Default::default(),
-                                reason: e.to_string(),
-                            })
-                        });
+                    // With the producer state saved at the log end, the next start replays
+                    // nothing (without it, start-up reads every batch since the last snapshot).
+                    let snapshot = (!delete).then(|| w.producers.encode(l.end_offset()));
+                    let r = tokio::task::spawn_blocking(move || match snapshot {
+                        Some(snapshot) => {
+                            ProducerStates::save(l.dir(), &snapshot)?;
+                            l.close()
+                        }
+                        None => l.delete(),
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(StorageError::Poisoned {
+                            dir: Default::default(),
+                            reason: e.to_string(),
+                        })
+                    });
                     let _ = done.send(r);
                     return;
                 }

@@ -473,7 +473,7 @@ pub(crate) fn open_sealed_segment(
             0,
             -1,
         )?;
-        let sane = index_looks_sane(&seg, log_len);
+        let sane = index_looks_sane(&seg, &log, log_len);
         let (offset_ok, time_ok) = (sane, sane);
         if let Some((ts, _)) = seg.last_time_entry().filter(|_| sane) {
             seg.publish(log_len, seg.index_entry_count(), seg.time_entry_count(), ts);
@@ -511,12 +511,15 @@ pub(crate) fn open_sealed_segment(
 /// trusted without reading them whole: first and last entries ordered, the last offset entry
 /// pointing at a batch with its offset, and a time entry present for a non-empty log (every
 /// sealed segment ends with one). A zero-filled, truncated or misaligned index fails it.
-fn index_looks_sane(seg: &Segment, log_len: u64) -> bool {
+fn index_looks_sane(seg: &Segment, log: &File, log_len: u64) -> bool {
     let offsets_ok = match (seg.first_offset_entry(), seg.last_offset_entry()) {
         (Some(first), Some((rel, pos))) => {
             (seg.index_entry_count() == 1 || (rel > first.0 && pos > first.1))
                 && u64::from(pos) < log_len
-                && seg.batch_base_at(pos as usize) == Some(seg.base_offset + i64::from(rel))
+                && seg
+                    .header_from_file(log, u64::from(pos), log_len)
+                    .map(|h| h.base_offset)
+                    == Some(seg.base_offset + i64::from(rel))
         }
         _ => true,
     };
@@ -541,8 +544,12 @@ fn rebuild_indexes(
     config: &LogConfig,
 ) -> Result<()> {
     let log_path = segment::file_path(dir, base, LOG_EXT);
-    let map = crate::mmap::map(log, segment::usize_of(log_len))
-        .map_err(StorageError::io("mmap", &log_path))?;
+    let map = crate::mmap::map(
+        log,
+        segment::usize_of(log_len),
+        crate::mmap::Access::Sequential,
+    )
+    .map_err(StorageError::io("mmap", &log_path))?;
     let mut builder = IndexBuilder::new(config.index_interval_bytes, -1, -1, 0);
     let scan = segment::scan(&map, 0, base, base, &mut builder);
     if let Some(reason) = &scan.stopped {
@@ -1187,24 +1194,25 @@ fn load(dir: &Path, config: &LogConfig, faults: Option<&IoFaults>) -> Result<Loa
         let (base, next_base) = (pair[0], pair[1]);
         let sealed_end = sealed_end(dir, base);
         let mut seg = open_sealed_segment(dir, base, config, false)?;
-        if sealed_end.is_some_and(|e| e < seg.end_by_walk()) {
+        let log = File::open(&seg.log_path).map_err(StorageError::io("open", &seg.log_path))?;
+        let mut end = seg.end_by_walk(&log);
+        if sealed_end.is_some_and(|e| e < end) {
             // The time index stops short of the log (cut at an entry boundary): its last entry
             // is not the segment's maximum timestamp, which whole-segment skips rely on.
             tracing::warn!(segment = %seg.log_path.display(), "time index does not reach the end of the log; rebuilding");
             seg = open_sealed_segment(dir, base, config, true)?;
+            end = seg.end_by_walk(&log);
         }
         // A closed segment must still hold what it held when it was sealed (finding S1 of
-        // docs/fuzzing.md): its last time entry says up to where. Compaction rewrites that
-        // entry with the segment, so a compacted segment's gap at its end is not mistaken for
-        // loss.
-        // A log that was never compacted knows more: every closed segment reaches the next
-        // segment's base (a roll starts the new one at the old one's end).
+        // docs/fuzzing.md). In a log that was never compacted, every closed segment reaches the
+        // next segment's base (a roll starts the new one at the old one's end). Once compaction
+        // has rewritten segments, only the last time entry says up to where: compaction
+        // rewrites it with the segment, so its gaps are not mistaken for loss.
         let held = if compacted {
             sealed_end
         } else {
             Some(next_base)
         };
-        let end = seg.end_by_walk();
         if let Some(held) = held.map(|e| e.min(next_base))
             && end < held
         {
@@ -1252,18 +1260,28 @@ fn load(dir: &Path, config: &LogConfig, faults: Option<&IoFaults>) -> Result<Loa
 /// Damage there would otherwise sit in front of every later append, and the first unclean open
 /// after them would cut the log at the damage, taking acknowledged appends with it.
 fn tail_is_damaged(seg: &Segment, active: &ActiveFiles) -> bool {
-    let committed = seg.committed();
+    // Read with `pread` rather than through the map, so the check leaves no mapped pages
+    // resident (thousands of partitions open at start-up).
+    let len = active.len;
     let (from, next) = seg
         .last_offset_entry()
         .map_or((0, seg.base_offset), |(rel, pos)| {
-            (pos as usize, seg.base_offset + i64::from(rel))
+            (u64::from(pos), seg.base_offset + i64::from(rel))
         });
-    let mut scratch = IndexBuilder::new(1 << 30, -1, -1, 0);
-    let scan = segment::scan(&committed, from, seg.base_offset, next, &mut scratch);
-    let damaged =
-        scan.valid_len != committed.len() as u64 || scan.next_offset != active.next_offset;
+    let mut tail = vec![0u8; segment::usize_of(len.saturating_sub(from))];
+    let scan = std::os::unix::fs::FileExt::read_exact_at(&active.log, &mut tail, from).map(|()| {
+        let mut scratch = IndexBuilder::new(1 << 30, -1, -1, 0);
+        segment::scan(&tail, 0, seg.base_offset, next, &mut scratch)
+    });
+    let (damaged, reason) = match scan {
+        Ok(scan) => (
+            scan.valid_len != tail.len() as u64 || scan.next_offset != active.next_offset,
+            scan.stopped,
+        ),
+        Err(e) => (true, Some(e.to_string())),
+    };
     if damaged {
-        tracing::error!(segment = %seg.log_path.display(), reason = ?scan.stopped, "the active segment of a cleanly closed log is damaged near its end; it is closed as it is and appends go to a new segment");
+        tracing::error!(segment = %seg.log_path.display(), ?reason, "the active segment of a cleanly closed log is damaged near its end; it is closed as it is and appends go to a new segment");
     }
     damaged
 }
@@ -1304,7 +1322,7 @@ fn open_active(
     if let Some(m) = marker.filter(|m| m.active_len == log_len)
         && idx_len % OFFSET_ENTRY as u64 == 0
         && time_len % TIME_ENTRY as u64 == 0
-        && index_looks_sane(&seg, log_len)
+        && index_looks_sane(&seg, &log, log_len)
     {
         seg.publish(log_len, idx_n, time_n, m.max_timestamp);
         let last_time_ts = seg.last_time_entry().map_or(-1, |(ts, _)| ts);

@@ -16,9 +16,19 @@ use std::io;
 use bytes::Bytes;
 use memmap2::MmapOptions;
 
+/// How a map will be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Mostly in order (segment data): the kernel's read-ahead and fault-around help.
+    Sequential,
+    /// Binary searches (indexes): each fault maps only the page touched, so a broker holding
+    /// thousands of indexes keeps only the pages it searched resident (`MADV_RANDOM`).
+    Random,
+}
+
 /// Maps `len` bytes of `file` read-only. `len` may exceed the file's current size; bytes past
 /// the end of the file must not be read until the file has grown to cover them.
-pub(crate) fn map(file: &File, len: usize) -> io::Result<Bytes> {
+pub(crate) fn map(file: &File, len: usize, access: Access) -> io::Result<Bytes> {
     if len == 0 {
         return Ok(Bytes::new());
     }
@@ -28,5 +38,9 @@ pub(crate) fn map(file: &File, len: usize) -> io::Result<Bytes> {
     // or before the file is mapped (recovery). Another process truncating the file would raise
     // SIGBUS; the data directory is documented as the broker's alone.
     let map = unsafe { MmapOptions::new().len(len).map(file)? };
+    if access == Access::Random {
+        // Advice only: a failure changes nothing but residency.
+        let _ = map.advise(memmap2::Advice::Random);
+    }
     Ok(Bytes::from_owner(map))
 }

@@ -12,9 +12,10 @@
 
 use std::fs::File;
 use std::io;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use memmap2::MmapOptions;
+use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
 
 /// How a map will be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,11 +27,47 @@ pub(crate) enum Access {
     Random,
 }
 
+/// A map shared by the [`Bytes`] handed out of it and the segment that may release its pages.
+struct Shared(Arc<Mmap>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A read-only map: its bytes, and a handle to drop its pages from the process's resident set.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Mapped {
+    pub bytes: Bytes,
+    map: Option<Arc<Mmap>>,
+}
+
+impl Mapped {
+    /// Drops the map's pages from this process's page tables (`MADV_DONTNEED`). They stay in
+    /// the page cache; the next read of them is a minor fault that maps them again. Without
+    /// this, every page consumers ever read through a map stays in the broker's RSS until the
+    /// segment is deleted.
+    pub fn release(&self) {
+        if let Some(map) = &self.map {
+            // SAFETY: the map is a read-only shared file mapping, so dropping its pages loses
+            // nothing: the file's contents are read again from the page cache on the next
+            // access, and strom never changes bytes of a file that a map has published.
+            let _ = unsafe { map.unchecked_advise(UncheckedAdvice::DontNeed) };
+        }
+    }
+}
+
 /// Maps `len` bytes of `file` read-only. `len` may exceed the file's current size; bytes past
 /// the end of the file must not be read until the file has grown to cover them.
 pub(crate) fn map(file: &File, len: usize, access: Access) -> io::Result<Bytes> {
+    map_releasable(file, len, access).map(|m| m.bytes)
+}
+
+/// As [`map`], keeping the handle that can release the map's pages.
+pub(crate) fn map_releasable(file: &File, len: usize, access: Access) -> io::Result<Mapped> {
     if len == 0 {
-        return Ok(Bytes::new());
+        return Ok(Mapped::default());
     }
     // SAFETY: the map is read-only and strom owns the data directory. Bytes past the end of the
     // file are never read (every reader bounds its reads by a committed length published after
@@ -42,5 +79,9 @@ pub(crate) fn map(file: &File, len: usize, access: Access) -> io::Result<Bytes> 
         // Advice only: a failure changes nothing but residency.
         let _ = map.advise(memmap2::Advice::Random);
     }
-    Ok(Bytes::from_owner(map))
+    let map = Arc::new(map);
+    Ok(Mapped {
+        bytes: Bytes::from_owner(Shared(map.clone())),
+        map: Some(map),
+    })
 }

@@ -110,7 +110,15 @@ pub(crate) struct Segment {
     /// Offsets `[from, to)` this closed segment held when it was sealed but its `.log` no longer
     /// does (it ends early): reads there are corruption, not a gap to skip.
     lost: OnceLock<(i64, i64)>,
+    /// The `.log` map, to release its pages from the process's resident set.
+    log_mapping: mmap::Mapped,
+    /// Bytes served by reads since the map's pages were last released.
+    read_since_release: AtomicU64,
 }
+
+/// Bytes a segment serves between releases of its map's pages from the resident set: bounds
+/// the broker's RSS from reads to about this much per segment being read.
+const RELEASE_EVERY_BYTES: u64 = 32 << 20;
 
 /// Whole batches read from one segment.
 #[derive(Debug, Clone)]
@@ -144,12 +152,13 @@ impl Segment {
         let index_path = file_path(dir, base_offset, INDEX_EXT);
         let time_path = file_path(dir, base_offset, TIME_EXT);
         let time_capacity = index_capacity / OFFSET_ENTRY as u64 * TIME_ENTRY as u64;
-        let log_map = mmap::map(
+        let log_mapping = mmap::map_releasable(
             log,
             usize_of(log_capacity.max(log_len)),
             mmap::Access::Sequential,
         )
         .map_err(StorageError::io("mmap", &log_path))?;
+        let log_map = log_mapping.bytes.clone();
         let index_map = mmap::map(
             index,
             usize_of(index_capacity.max((index_entries * OFFSET_ENTRY) as u64)),
@@ -175,6 +184,8 @@ impl Segment {
             time_entries: AtomicUsize::new(time_entries),
             max_timestamp: AtomicI64::new(max_timestamp),
             lost: OnceLock::new(),
+            log_mapping,
+            read_since_release: AtomicU64::new(0),
         })
     }
 
@@ -425,6 +436,15 @@ impl Segment {
             first_offset.get_or_insert(h.base_offset);
             next_offset = h.next_offset();
             end += len;
+        }
+        let served = (end - start) as u64;
+        if self.read_since_release.fetch_add(served, Ordering::Relaxed) + served
+            >= RELEASE_EVERY_BYTES
+        {
+            // Consumers read through the map: without this, every page ever read would stay
+            // in the broker's RSS. Pages still in use are mapped again on their next access.
+            self.read_since_release.store(0, Ordering::Relaxed);
+            self.log_mapping.release();
         }
         Ok(first_offset.map(|first_offset| SegmentRead {
             data: committed.slice(start..end),

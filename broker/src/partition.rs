@@ -2,8 +2,10 @@
 //!
 //! Connections never touch the [`Log`] itself. They validate batches (length, magic, CRC) on their
 //! own task and send them to the partition's writer over a bounded queue; the writer drains every
-//! request waiting in the queue and appends them with one storage call (one vectored write, at
-//! most one fsync for all of them), then answers each request with its base offset. Readers use a
+//! request waiting in the queue and appends them with one storage call (one vectored write), then
+//! answers each request with its base offset, except those that wait for an fsync: the writer
+//! keeps one flush running beside its appends (`Log::start_flush`) and answers them when a flush
+//! that started after their append finishes (pipelined group commit). Readers use a
 //! [`LogReader`] directly and wait for new data on a `watch` channel carrying the log-end offset,
 //! which the writer updates after every append.
 //!

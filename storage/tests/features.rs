@@ -458,7 +458,8 @@ fn reads_stay_correct_across_releases_of_the_maps_pages() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
     for i in 0..48 {
-        log.append(&[simple_batch(i * 1000, 1000, 1, 1000)]).unwrap();
+        log.append(&[simple_batch(i * 1000, 1000, 1, 1000)])
+            .unwrap();
     }
     let reader = log.reader();
     let first = reader.read(0, 1 << 20).unwrap().data;
@@ -467,5 +468,9 @@ fn reads_stay_correct_across_releases_of_the_maps_pages() {
     assert_eq!(all.len(), 48_000);
     let again = read_all(&reader, 0);
     assert_eq!(all, again);
-    assert_eq!(&first[..], &copy[..], "a slice held across a release reads the same");
+    assert_eq!(
+        &first[..],
+        &copy[..],
+        "a slice held across a release reads the same"
+    );
 }

@@ -218,6 +218,9 @@ impl Log {
         if !marker.exists() {
             write_atomic(dir, &marker, b"")?;
         }
+        self.shared
+            .compacted
+            .store(true, std::sync::atomic::Ordering::Release);
         write_atomic(
             dir,
             &ext_path(dir, base, "end", ".swap"),

@@ -11,7 +11,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -113,6 +113,10 @@ pub(crate) struct Shared {
     pub start_offset: AtomicI64,
     pub end_offset: AtomicI64,
     pub durable_offset: AtomicI64,
+    /// Compaction has rewritten segments: closed segments may have gaps in their offsets.
+    /// Until then every segment's batches follow each other with no gap, which reads check
+    /// (a changed base offset, which no CRC covers, is then found).
+    pub compacted: AtomicBool,
 }
 
 impl Shared {
@@ -198,8 +202,11 @@ impl LogReader {
         let mut i = segments
             .partition_point(|s| s.base_offset <= offset)
             .saturating_sub(1);
+        let compacted = self.shared.compacted.load(Ordering::Acquire);
         while let Some(seg) = segments.get(i) {
-            if let Some(r) = seg.read(offset, max_bytes)? {
+            // The active segment is never compacted.
+            let contiguous = !compacted || i + 1 == segments.len();
+            if let Some(r) = seg.read(offset, max_bytes, contiguous)? {
                 return Ok(ReadResult {
                     data: r.data,
                     first_offset: r.first_offset,
@@ -309,6 +316,8 @@ struct Loaded {
     /// The active segment, trusted after a clean close, fails its check past its last index
     /// entry: appends must not go after the damage (finding S4 of docs/fuzzing.md).
     damaged_tail: bool,
+    /// Compaction has rewritten segments of this log (its marker file is there).
+    compacted: bool,
 }
 
 struct Marker {
@@ -551,7 +560,8 @@ fn rebuild_indexes(
     )
     .map_err(StorageError::io("mmap", &log_path))?;
     let mut builder = IndexBuilder::new(config.index_interval_bytes, -1, -1, 0);
-    let scan = segment::scan(&map, 0, base, base, &mut builder);
+    // A closed segment may have been compacted: gaps between its batches are allowed here.
+    let scan = segment::scan(&map, 0, base, base, false, &mut builder);
     if let Some(reason) = &scan.stopped {
         tracing::error!(segment = %log_path.display(), %reason, "segment is damaged; indexed up to the damage");
     }
@@ -610,6 +620,7 @@ impl Log {
             start_offset: AtomicI64::new(start),
             end_offset: AtomicI64::new(end),
             durable_offset: AtomicI64::new(end),
+            compacted: AtomicBool::new(loaded.compacted),
         });
         tracing::debug!(dir = %dir.display(), start, end, "log opened");
         Ok(Self {
@@ -662,6 +673,9 @@ impl Log {
             self.shared.start_offset.store(start, Ordering::Release);
             self.shared.end_offset.store(end, Ordering::Release);
             self.shared.durable_offset.store(end, Ordering::Release);
+            self.shared
+                .compacted
+                .store(loaded.compacted, Ordering::Release);
         }
         self.active = loaded.active;
         self.flush = FlushState::default();
@@ -1252,6 +1266,7 @@ fn load(dir: &Path, config: &LogConfig, faults: Option<&IoFaults>) -> Result<Loa
         marker_present,
         created,
         damaged_tail,
+        compacted,
     })
 }
 
@@ -1271,7 +1286,7 @@ fn tail_is_damaged(seg: &Segment, active: &ActiveFiles) -> bool {
     let mut tail = vec![0u8; segment::usize_of(len.saturating_sub(from))];
     let scan = std::os::unix::fs::FileExt::read_exact_at(&active.log, &mut tail, from).map(|()| {
         let mut scratch = IndexBuilder::new(1 << 30, -1, -1, 0);
-        segment::scan(&tail, 0, seg.base_offset, next, &mut scratch)
+        segment::scan(&tail, 0, seg.base_offset, next, true, &mut scratch)
     });
     let (damaged, reason) = match scan {
         Ok(scan) => (
@@ -1400,7 +1415,9 @@ fn open_active(
             0,
         ),
     };
-    let scan = segment::scan(&committed, from, base, next, &mut builder);
+    // The active segment is never compacted: its batches follow each other with no gap, so a
+    // batch whose base offset jumps ahead is damage (the CRC does not cover the base offset).
+    let scan = segment::scan(&committed, from, base, next, true, &mut builder);
     drop(committed);
     drop(seg);
     if let Some(reason) = &scan.stopped {

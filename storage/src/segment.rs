@@ -388,11 +388,29 @@ impl Segment {
     /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes` (the
     /// first batch is returned even if larger, so a reader always makes progress). `Ok(None)`
     /// when no batch of this segment holds `offset` or anything after it. Every batch returned
-    /// passed its CRC check.
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<SegmentRead>> {
+    /// passed its CRC check. `contiguous`: the segment was never compacted, so each batch must
+    /// start where the one before it ended (and the first at the segment's base): a base offset
+    /// that does not is damage the CRC cannot see (finding S2 of docs/fuzzing.md).
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        contiguous: bool,
+    ) -> Result<Option<SegmentRead>> {
         let committed = self.committed();
         let log: &[u8] = &committed;
         let mut pos = self.start_position(offset, log);
+        // Where the next batch must start (the batch at an index entry was checked against it).
+        let mut expect = (contiguous && pos == 0).then_some(self.base_offset);
+        let jumped = |pos: usize, h: &BatchHeader, want: i64| {
+            self.corrupt(
+                pos,
+                format!(
+                    "batch claims offset {} where {want} was expected (a damaged base offset)",
+                    h.base_offset
+                ),
+            )
+        };
         // Skip batches that end before `offset`, reading only their headers.
         let mut skipped = None;
         let start = loop {
@@ -402,6 +420,10 @@ impl Segment {
                 return Ok(None);
             }
             let h = self.header_at(log, pos)?;
+            if let Some(want) = expect.filter(|&w| w != h.base_offset) {
+                return Err(jumped(pos, &h, want));
+            }
+            expect = contiguous.then(|| h.next_offset());
             if h.last_offset() >= offset {
                 if h.base_offset > offset {
                     self.check_skipped(log, skipped)?;
@@ -432,6 +454,9 @@ impl Segment {
             }
             if h.base_offset < next_offset && first_offset.is_some() {
                 return Err(self.corrupt(end, "batch offsets go backwards"));
+            }
+            if contiguous && first_offset.is_some() && h.base_offset != next_offset {
+                return Err(jumped(end, &h, next_offset));
             }
             first_offset.get_or_insert(h.base_offset);
             next_offset = h.next_offset();
@@ -729,6 +754,7 @@ pub(crate) fn scan(
     from: usize,
     segment_base: i64,
     mut next_offset: i64,
+    contiguous: bool,
     builder: &mut IndexBuilder,
 ) -> Scan {
     let mut pos = from;
@@ -754,6 +780,7 @@ pub(crate) fn scan(
             }
         };
         if h.base_offset < next_offset
+            || (contiguous && h.base_offset != next_offset)
             || h.base_offset < segment_base
             || h.last_offset() - segment_base > i64::from(u32::MAX)
             || pos > u32::MAX as usize

@@ -428,3 +428,51 @@ fn damage_at_the_end_of_a_cleanly_closed_active_segment_never_shadows_appends() 
     // The damaged batch is reported, not served.
     assert!(log.reader().read(147, 1 << 20).unwrap_err().is_corruption());
 }
+
+#[test]
+fn a_rewritten_base_offset_is_found_in_a_log_that_was_never_compacted() {
+    // Finding S2: no CRC covers a batch's base offset. Until compaction has rewritten a log,
+    // every batch starts where the one before it ended, which reads and recovery now check.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments()).unwrap();
+    fill(&mut log, 200);
+    drop(log); // a crash: the next open recovers the active segment
+    let logs = segment_files(dir.path(), "log");
+    assert!(logs.len() >= 3);
+    // A closed segment: its fifth batch (offsets 12..15) claims offsets from 1,000,000.
+    let mut bytes = fs::read(&logs[0]).unwrap();
+    let fifth = batch_starts(&bytes)[4];
+    bytes[fifth..fifth + 8].copy_from_slice(&1_000_000i64.to_be_bytes());
+    fs::write(&logs[0], &bytes).unwrap();
+    // The active segment: its last batch claims to start 100 offsets later.
+    let active = logs.last().unwrap();
+    let mut bytes = fs::read(active).unwrap();
+    let last = *batch_starts(&bytes).last().unwrap();
+    let base = i64::from_be_bytes(bytes[last..last + 8].try_into().unwrap());
+    bytes[last..last + 8].copy_from_slice(&(base + 100).to_be_bytes());
+    fs::write(active, &bytes).unwrap();
+
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(
+        log.end_offset(),
+        base,
+        "recovery cut the active segment at the jump instead of moving the log end"
+    );
+    for offset in [12, 13, 0] {
+        let mut all = Ok(());
+        let mut at = offset;
+        while at < 15 {
+            match log.reader().read(at, 1 << 20) {
+                Ok(r) => at = r.next_offset,
+                Err(e) => {
+                    all = Err(e);
+                    break;
+                }
+            }
+        }
+        let e = all.expect_err("the damaged batch is reported");
+        assert!(e.is_corruption(), "{e}");
+    }
+    // Offsets before it still read.
+    assert_eq!(log.reader().read(0, 1).unwrap().first_offset, 0);
+}

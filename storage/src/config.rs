@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `segment.bytes` | 1 GiB | roll to a new segment when the active one would grow past this |
 //! | `segment.ms` | 7 days | roll when the active segment's first append is this old |
-//! | `segment.index.bytes` | 10 MiB | capacity of each offset index (time index: 1.5x); a full index rolls |
+//! | `segment.index.bytes` | 10 MiB | capacity of each offset index (time index: 2x); a full index rolls |
 //! | `index.interval.bytes` | 4096 | log bytes between two sparse index entries |
 //! | `retention.ms` | 7 days | delete oldest segments whose newest record is older; -1 keeps forever |
 //! | `retention.bytes` | -1 | delete oldest segments while the log stays above this size; -1 = no limit |

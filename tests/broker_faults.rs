@@ -221,3 +221,45 @@ fn an_idempotent_retry_after_a_failed_fsync_is_stored_once() {
         .collect();
     assert_eq!(values, expected);
 }
+
+#[test]
+fn a_durable_retry_is_not_acknowledged_before_the_original_is_durable() {
+    // With group commit the writer appends while an fsync runs, so an idempotent producer's
+    // retry can arrive while the fsync covering the original is still running. It is a
+    // duplicate, but its answer says "durable": it must wait for that fsync too.
+    let b = FaultyBroker::start();
+    let mut c = b.client();
+    c.create_topic_ok("slow", 1, &[]);
+    let r = init_producer_id_body(c.call(InitProducerIdRequest {
+        transactional_id: None,
+        transaction_timeout_ms: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+    }));
+    let (id, epoch) = (r.producer_id, r.producer_epoch as i16);
+    let batch = idempotent_batch(id, epoch, 0, "a");
+    b.faults.set(IoOp::Sync, Some(Fault::Slow(3000)));
+    let mut original = b.client();
+    let first = original.send_produce(Acks::Durable, &[("slow", 0, batch.clone())]);
+    // Once the original is appended (visible before its fsync), its fsync is sleeping.
+    while c.offset_of("slow", 0, OffsetSpec::Latest, 0) < 4 {}
+    let mut retry = b.client();
+    let started = std::time::Instant::now();
+    let second = retry.send_produce(Acks::Durable, &[("slow", 0, batch)]);
+    let response = retry.recv();
+    let waited = started.elapsed();
+    assert_eq!(response_id(&response), second);
+    let answer = produce_body(response);
+    let p = &answer.topics[0].partitions[0];
+    assert_eq!((p.error_code(), p.base_offset), (ErrorCode::None, 0));
+    assert!(
+        waited >= std::time::Duration::from_millis(500),
+        "the retry was acknowledged after {waited:?}, while the original's fsync (3 s) ran"
+    );
+    let response = original.recv();
+    assert_eq!(response_id(&response), first);
+    let p = &produce_body(response).topics[0].partitions[0];
+    assert_eq!((p.error_code(), p.base_offset), (ErrorCode::None, 0));
+    b.faults.clear();
+    assert_eq!(c.fetch_all("slow", 0).len(), 4, "stored once");
+}

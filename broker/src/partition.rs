@@ -471,7 +471,7 @@ async fn append_group(log: Log, appends: Vec<AppendRequest>, w: &mut Writer) -> 
         }
         return log;
     }
-    let log = log?;
+    let mut log = log?;
     let mut accepted = Vec::with_capacity(appends.len());
     for a in appends {
         let headers: Vec<&strom_protocol::batch::BatchHeader> =
@@ -479,7 +479,18 @@ async fn append_group(log: Log, appends: Vec<AppendRequest>, w: &mut Writer) -> 
         match w.producers.check(&headers) {
             Verdict::Append => accepted.push(a),
             Verdict::Duplicate(offset) => {
-                let _ = a.reply.send(Ok(offset));
+                // A retry of batches whose fsync may still be running: a durable one is
+                // answered only once they are durable, as the original will be.
+                let end = offset + a.batches.iter().map(ValidBatch::record_count).sum::<i64>();
+                if a.durability == Durability::Fsynced && end > log.durable_offset() {
+                    w.waiting.push_back(Waiter {
+                        reply: a.reply,
+                        first: offset,
+                        end,
+                    });
+                } else {
+                    let _ = a.reply.send(Ok(offset));
+                }
             }
             Verdict::Reject(code, msg) => {
                 let _ = a.reply.send(Err((code, msg)));
@@ -488,6 +499,7 @@ async fn append_group(log: Log, appends: Vec<AppendRequest>, w: &mut Writer) -> 
     }
     if accepted.is_empty() {
         w.producers.commit();
+        w.start_flush(&mut log);
         return Some(log);
     }
     let appends = accepted;

@@ -51,6 +51,8 @@ pub enum Fault {
     /// A write stores the first half of its bytes and then fails with `ENOSPC`, as when the disk
     /// fills up in the middle of it. For calls other than writes this is `Fail(ENOSPC)`.
     Short,
+    /// The call succeeds after this many milliseconds: a slow disk.
+    Slow(u64),
 }
 
 /// Faults to inject, shared by every log opened with a clone of it. Each [`IoOp`] fails, while a
@@ -134,14 +136,25 @@ impl Eq for IoFaults {}
 fn injected(fault: Fault) -> io::Error {
     match fault {
         Fault::Fail(errno) => io::Error::from_raw_os_error(errno),
-        Fault::Short => io::Error::from_raw_os_error(ENOSPC),
+        Fault::Short | Fault::Slow(_) => io::Error::from_raw_os_error(ENOSPC),
+    }
+}
+
+/// The fault set for `op`, if any; a slow one is served here (the call then proceeds).
+fn fault(faults: Option<&IoFaults>, op: IoOp) -> Option<Fault> {
+    match faults.and_then(|f| f.take(op)) {
+        Some(Fault::Slow(ms)) => {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            None
+        }
+        other => other,
     }
 }
 
 /// Fails with the injected error if `op` is set to fail.
 pub(crate) fn check(faults: Option<&IoFaults>, op: IoOp) -> io::Result<()> {
-    match faults.and_then(|f| f.take(op)) {
-        Some(fault) => Err(injected(fault)),
+    match fault(faults, op) {
+        Some(f) => Err(injected(f)),
         None => Ok(()),
     }
 }
@@ -154,7 +167,7 @@ pub(crate) fn write_at(
     buf: &[u8],
     at: u64,
 ) -> Result<()> {
-    let r = match faults.and_then(|f| f.take(IoOp::Write)) {
+    let r = match fault(faults, IoOp::Write) {
         Some(Fault::Short) => file
             .write_all_at(&buf[..buf.len() / 2], at)
             .and(Err(injected(Fault::Short))),
@@ -171,7 +184,7 @@ pub(crate) fn write_all_vectored(
     path: &Path,
     mut bufs: &mut [IoSlice<'_>],
 ) -> Result<()> {
-    match faults.and_then(|f| f.take(IoOp::Write)) {
+    match fault(faults, IoOp::Write) {
         Some(Fault::Short) => {
             let total: usize = bufs.iter().map(|b| b.len()).sum();
             let mut left = total / 2;

@@ -223,8 +223,11 @@ impl LogReader {
     /// The first offset whose record timestamp is >= `timestamp`, or `None` if every record is
     /// older (Kafka's ListOffsets by time).
     pub fn offset_for_time(&self, timestamp: i64) -> Result<Option<i64>> {
-        for seg in self.shared.snapshot().iter() {
-            if let Some(o) = seg.find_time(timestamp)? {
+        let segments = self.shared.snapshot();
+        let compacted = self.shared.compacted.load(Ordering::Acquire);
+        for (i, seg) in segments.iter().enumerate() {
+            let contiguous = !compacted || i + 1 == segments.len();
+            if let Some(o) = seg.find_time(timestamp, contiguous)? {
                 return Ok(Some(o.max(self.start_offset())));
             }
         }

@@ -489,7 +489,7 @@ impl Segment {
     }
 
     /// The first offset in this segment whose record timestamp is >= `ts`, if any.
-    pub fn find_time(&self, ts: i64) -> Result<Option<i64>> {
+    pub fn find_time(&self, ts: i64, contiguous: bool) -> Result<Option<i64>> {
         if self.max_timestamp() < ts {
             return Ok(None);
         }
@@ -500,9 +500,27 @@ impl Segment {
             Some((_, rel)) => self.start_position(self.base_offset + i64::from(rel), log),
             None => 0,
         };
+        // As in `read`: in a segment never compacted, each batch starts where the previous one
+        // ended, so an answer is never taken from a batch whose base offset was changed.
+        let mut expect = None;
         while pos < log.len() {
             let h = self.header_at(log, pos)?;
             let len = h.total_len();
+            let want = if pos == 0 {
+                Some(self.base_offset)
+            } else {
+                expect
+            };
+            if let Some(want) = want.filter(|&w| contiguous && w != h.base_offset) {
+                return Err(self.corrupt(
+                    pos,
+                    format!(
+                        "batch claims offset {} where {want} was expected (a damaged base offset)",
+                        h.base_offset
+                    ),
+                ));
+            }
+            expect = Some(h.next_offset());
             // The hint says every record up to its offset is older than its timestamp; the
             // batch holding that offset must agree, or the index is damaged: start over from
             // the segment's first batch.

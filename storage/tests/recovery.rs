@@ -473,6 +473,10 @@ fn a_rewritten_base_offset_is_found_in_a_log_that_was_never_compacted() {
         let e = all.expect_err("the damaged batch is reported");
         assert!(e.is_corruption(), "{e}");
     }
-    // Offsets before it still read.
+    // A time lookup that lands on it reports it rather than naming a wrong offset.
+    let e = log.reader().offset_for_time(1_004).unwrap_err();
+    assert!(e.is_corruption(), "{e}");
+    // Offsets and times before it still read.
     assert_eq!(log.reader().read(0, 1).unwrap().first_offset, 0);
+    assert_eq!(log.reader().offset_for_time(1_003).unwrap(), Some(9));
 }

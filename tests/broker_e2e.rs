@@ -856,14 +856,6 @@ fn durable_producer(mut c: Client, acks_tx: mpsc::Sender<usize>) -> ProducerLog 
     log
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "a panic".to_string())
-}
-
 #[test]
 fn acknowledged_durable_produces_survive_kill_9() {
     let dir = TestDir::new();

@@ -40,7 +40,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use strom_protocol::batch::{self, BatchBuilder, BatchIter, HeaderRef, RecordRef, Records};
+use strom_protocol::batch::{self, BatchBuilder, BatchIter, Records};
 use strom_protocol::messages::*;
 use strom_protocol::{ErrorCode, encode_request};
 
@@ -334,27 +334,9 @@ impl Producer {
             builder = builder.producer(pid, epoch, *seq);
             *seq += count as i32;
         }
-        for r in &records {
-            let headers: Vec<HeaderRef<'_>> = r
-                .headers
-                .iter()
-                .map(|(k, v)| HeaderRef {
-                    key: k,
-                    value: v.as_deref(),
-                })
-                .collect();
-            builder
-                .push(&RecordRef {
-                    timestamp: r.timestamp,
-                    key: r.key.as_deref(),
-                    value: r.value.as_deref(),
-                    headers: &headers,
-                })
-                .expect("push a record");
-        }
         Unacked {
             tp,
-            bytes: builder.finish().expect("finish a batch"),
+            bytes: batch_with(builder, &records),
             records,
         }
     }
@@ -1196,15 +1178,6 @@ fn fail(seed: u64, cycle: &str, errors: &[String], dead_broker_log: Option<&Path
         errors.len(),
         listed.join("\n  "),
     );
-}
-
-/// The text of a caught panic.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "(a panic without a message)".into())
 }
 
 /// Every file of the partition directories that hold compaction's `.cleaned` / `.swap` files.

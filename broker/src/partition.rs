@@ -219,15 +219,11 @@ impl Writer {
         self.start_flush(log);
     }
 
-    /// Waits for the running fsync, if any, and takes its outcome.
+    /// Waits for the running fsync, and the one it may start for appends still waiting.
     async fn settle(&mut self, log: &mut Log) {
-        if let Some(task) = self.flushing.take() {
+        while let Some(task) = self.flushing.take() {
             let done = task.await;
             self.flushed(log, done);
-            if let Some(task) = self.flushing.take() {
-                let done = task.await;
-                self.flushed(log, done);
-            }
         }
     }
 

@@ -225,10 +225,8 @@ impl Segment {
         let mut buf = [0u8; batch::HEADER_LEN];
         std::os::unix::fs::FileExt::read_exact_at(log, &mut buf, pos).ok()?;
         let h = BatchHeader::parse(&buf).ok()?;
-        (h.total_len() as u64 <= len.saturating_sub(pos)
-            && h.base_offset >= self.base_offset
-            && h.last_offset() - self.base_offset <= i64::from(u32::MAX))
-        .then_some(h)
+        self.header_fits(&h, len.saturating_sub(pos)).ok()?;
+        Some(h)
     }
 
     fn check_lost(&self, offset: i64, log_len: usize) -> Result<()> {
@@ -350,18 +348,38 @@ impl Segment {
     fn header_at(&self, log: &[u8], pos: usize) -> Result<BatchHeader> {
         let h = BatchHeader::parse(&log[pos..])
             .map_err(|e| self.corrupt(pos, format!("bad batch header: {e}")))?;
-        if h.total_len() > log.len() - pos {
-            return Err(self.corrupt(pos, "batch runs past the end of the segment"));
+        self.header_fits(&h, (log.len() - pos) as u64)
+            .map_err(|reason| self.corrupt(pos, reason))?;
+        Ok(h)
+    }
+
+    /// Whether a parsed header can be a batch of this segment with `room` bytes left from its
+    /// position: it must end inside them and hold offsets of this segment.
+    fn header_fits(&self, h: &BatchHeader, room: u64) -> std::result::Result<(), String> {
+        if h.total_len() as u64 > room {
+            return Err("batch runs past the end of the segment".into());
         }
         if h.base_offset < self.base_offset
             || h.last_offset() - self.base_offset > i64::from(u32::MAX)
         {
-            return Err(self.corrupt(
-                pos,
-                format!("batch offset {} outside the segment", h.base_offset),
+            return Err(format!(
+                "batch offset {} outside the segment",
+                h.base_offset
             ));
         }
-        Ok(h)
+        Ok(())
+    }
+
+    /// A batch whose base offset is not where the previous batch ended, in a segment whose
+    /// batches follow each other with no gap: damage that no CRC covers (finding S2).
+    fn jumped(&self, pos: usize, h: &BatchHeader, want: i64) -> StorageError {
+        self.corrupt(
+            pos,
+            format!(
+                "batch claims offset {} where {want} was expected (a damaged base offset)",
+                h.base_offset
+            ),
+        )
     }
 
     /// A read found no batch holding its offset, after skipping the batch at `skipped` because
@@ -402,15 +420,6 @@ impl Segment {
         let mut pos = self.start_position(offset, log);
         // Where the next batch must start (the batch at an index entry was checked against it).
         let mut expect = (contiguous && pos == 0).then_some(self.base_offset);
-        let jumped = |pos: usize, h: &BatchHeader, want: i64| {
-            self.corrupt(
-                pos,
-                format!(
-                    "batch claims offset {} where {want} was expected (a damaged base offset)",
-                    h.base_offset
-                ),
-            )
-        };
         // Skip batches that end before `offset`, reading only their headers.
         let mut skipped = None;
         let start = loop {
@@ -421,7 +430,7 @@ impl Segment {
             }
             let h = self.header_at(log, pos)?;
             if let Some(want) = expect.filter(|&w| w != h.base_offset) {
-                return Err(jumped(pos, &h, want));
+                return Err(self.jumped(pos, &h, want));
             }
             expect = contiguous.then(|| h.next_offset());
             if h.last_offset() >= offset {
@@ -456,7 +465,7 @@ impl Segment {
                 return Err(self.corrupt(end, "batch offsets go backwards"));
             }
             if contiguous && first_offset.is_some() && h.base_offset != next_offset {
-                return Err(jumped(end, &h, next_offset));
+                return Err(self.jumped(end, &h, next_offset));
             }
             first_offset.get_or_insert(h.base_offset);
             next_offset = h.next_offset();
@@ -512,13 +521,7 @@ impl Segment {
                 expect
             };
             if let Some(want) = want.filter(|&w| contiguous && w != h.base_offset) {
-                return Err(self.corrupt(
-                    pos,
-                    format!(
-                        "batch claims offset {} where {want} was expected (a damaged base offset)",
-                        h.base_offset
-                    ),
-                ));
+                return Err(self.jumped(pos, &h, want));
             }
             expect = Some(h.next_offset());
             // The hint says every record up to its offset is older than its timestamp; the

@@ -26,6 +26,18 @@ fn segment_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
+/// Reads `log` from `from` until `to` in 1 MiB reads; the first error, if any.
+fn first_read_error(log: &Log, from: i64, to: i64) -> Option<StorageError> {
+    let mut at = from;
+    while at < to {
+        match log.reader().read(at, 1 << 20) {
+            Ok(r) => at = r.next_offset,
+            Err(e) => return Some(e),
+        }
+    }
+    None
+}
+
 /// Appends `batches` batches of 3 records each; returns the end offset after each batch.
 fn fill(log: &mut Log, batches: usize) -> Vec<i64> {
     (0..batches)
@@ -180,18 +192,7 @@ fn flipped_byte_in_a_closed_segment_is_a_corruption_error() {
     fs::write(victim, &bytes).unwrap();
     let log = Log::open(dir.path(), small_segments()).unwrap();
     let reader = log.reader();
-    let mut offset = 0;
-    let mut saw = None;
-    while offset < log.end_offset() {
-        match reader.read(offset, 1 << 20) {
-            Ok(r) => offset = r.next_offset,
-            Err(e) => {
-                saw = Some(e);
-                break;
-            }
-        }
-    }
-    let e = saw.expect("the damaged batch is never served");
+    let e = first_read_error(&log, 0, log.end_offset()).expect("the damaged batch is never served");
     assert!(e.is_corruption(), "{e}");
     let msg = e.to_string();
     assert!(
@@ -459,18 +460,7 @@ fn a_rewritten_base_offset_is_found_in_a_log_that_was_never_compacted() {
         "recovery cut the active segment at the jump instead of moving the log end"
     );
     for offset in [12, 13, 0] {
-        let mut all = Ok(());
-        let mut at = offset;
-        while at < 15 {
-            match log.reader().read(at, 1 << 20) {
-                Ok(r) => at = r.next_offset,
-                Err(e) => {
-                    all = Err(e);
-                    break;
-                }
-            }
-        }
-        let e = all.expect_err("the damaged batch is reported");
+        let e = first_read_error(&log, offset, 15).expect("the damaged batch is reported");
         assert!(e.is_corruption(), "{e}");
     }
     // A time lookup that lands on it reports it rather than naming a wrong offset.

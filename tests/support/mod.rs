@@ -909,23 +909,19 @@ pub fn now_ms() -> i64 {
 /// A batch of `n` records with key `k` and values `{tag}-{i}` from idempotent producer
 /// (`id`, `epoch`), starting at sequence `seq`.
 pub fn producer_batch(id: i64, epoch: i16, seq: i32, n: usize, tag: &str) -> Bytes {
-    let mut b = strom_protocol::batch::BatchBuilder::default().producer(id, epoch, seq);
-    for i in 0..n {
-        let value = format!("{tag}-{i}");
-        b.push(&strom_protocol::batch::RecordRef {
-            timestamp: now_ms(),
-            key: Some(b"k"),
-            value: Some(value.as_bytes()),
-            headers: &[],
-        })
-        .expect("push");
-    }
-    b.finish().expect("finish")
+    let records: Vec<Rec> = (0..n)
+        .map(|i| Rec::new(now_ms(), "k", format!("{tag}-{i}")))
+        .collect();
+    batch_with(BatchBuilder::default().producer(id, epoch, seq), &records)
 }
 
 /// One uncompressed RecordBatch v2 holding `records` (base offset 0, as a producer writes it).
 pub fn batch_of(records: &[Rec]) -> Bytes {
-    let mut builder = BatchBuilder::default();
+    batch_with(BatchBuilder::default(), records)
+}
+
+/// `records` pushed into `builder` (a plain one, or one set up for an idempotent producer).
+pub fn batch_with(mut builder: BatchBuilder, records: &[Rec]) -> Bytes {
     for r in records {
         let headers: Vec<HeaderRef<'_>> = r
             .headers
@@ -1075,4 +1071,13 @@ impl Broker {
     pub fn start_at(data_dir: &Path, addr: SocketAddr, extra_args: &[&str]) -> Broker {
         Broker::spawn(data_dir, Some(addr), extra_args)
     }
+}
+
+/// The text of a caught panic.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(a panic without a message)".into())
 }

@@ -1,5 +1,6 @@
 //! Criterion benches for strom-storage: append throughput (100 B and 1 KiB records in 16 KiB and
-//! 1 MiB batches), sequential read throughput, offset lookup latency on a 1 GiB log, and memcpy of
+//! 1 MiB batches), the cost of one small append when appends go round-robin over 1,000 logs (the
+//! broker's floor with many partitions), sequential read throughput, offset lookup latency on a 1 GiB log, and memcpy of
 //! the same bytes as the yardstick. Results and the machine are recorded in docs/performance.md.
 //!
 //! Run: `cargo bench --bench storage` (set `STROM_BENCH_DIR` to put the logs on another disk).
@@ -88,6 +89,55 @@ fn append(c: &mut Criterion) {
     g.finish();
 }
 
+/// One ~1 KiB batch (nine 100 B records) per append, as a producer lingering 5 ms sends to each
+/// of 1,000 partitions at about 2 M records/s: appends to one log, and round-robin over 1,000
+/// logs (each append then touches another file, page and index). The difference is what
+/// spreading the same records over many partitions costs the broker per batch.
+fn append_fanout(c: &mut Criterion) {
+    let mut g = c.benchmark_group("append_fanout");
+    g.measurement_time(Duration::from_secs(8));
+    g.sample_size(10);
+    let (batch, records) = make_batch(100, 1024);
+    let valid = [ValidBatch::new(batch.clone()).unwrap()];
+    let mut cfg = config();
+    cfg.set("segment.bytes", &(16u64 << 20).to_string())
+        .unwrap();
+    cfg.set("retention.bytes", &(32u64 << 20).to_string())
+        .unwrap();
+    g.throughput(Throughput::Elements(records as u64));
+    for logs in [1usize, 1000] {
+        let dir = bench_dir();
+        let mut all: Vec<Log> = (0..logs)
+            .map(|i| Log::open(dir.path().join(format!("p-{i}")), cfg.clone()).unwrap())
+            .collect();
+        let mut i = 0usize;
+        g.bench_function(BenchmarkId::new("1KiB_batch_logs", logs), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let log = &mut all[i % logs];
+                    black_box(log.append_deferred(&valid).unwrap());
+                    if log.writeback_wanted()
+                        && let Some(w) = log.start_writeback()
+                    {
+                        w.run();
+                    }
+                    if i % (256 * logs) == 256 * logs - 1 {
+                        log.enforce_retention().unwrap();
+                    }
+                    i += 1;
+                }
+                start.elapsed()
+            })
+        });
+    }
+    eprintln!(
+        "append_fanout: {records} records of 100 B per batch, {} B per batch",
+        batch.len()
+    );
+    g.finish();
+}
+
 fn memcpy(c: &mut Criterion) {
     let mut g = c.benchmark_group("memcpy");
     for size in [16usize << 10, 1 << 20] {
@@ -172,5 +222,5 @@ fn read(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, append, memcpy, read);
+criterion_group!(benches, append, append_fanout, memcpy, read);
 criterion_main!(benches);

@@ -10,9 +10,12 @@
 //! which the writer updates after every append.
 //!
 //! Disk work runs on tokio's blocking pool (`spawn_blocking`), the `Log` moving in and out of the
-//! closure, so a slow disk never stalls the threads that serve connections.
+//! closure, so a slow disk never stalls the threads that serve connections. So does the early
+//! write-back the writer starts after every `writeback.bytes` appended (`Log::start_writeback`),
+//! which keeps the kernel writing to disk alongside the appends.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use std::collections::VecDeque;
@@ -105,6 +108,7 @@ impl Partition {
             recovery_error: None,
             flushing: None,
             waiting: VecDeque::new(),
+            writing_back: Arc::new(AtomicBool::new(false)),
         };
         tokio::spawn(writer(log, rx, state));
         Arc::new(Self {
@@ -163,6 +167,8 @@ struct Writer {
     flushing: Option<JoinHandle<(PendingFlush, Result<(), StorageError>)>>,
     /// Appends stored but waiting for an fsync before they are acknowledged, oldest first.
     waiting: VecDeque<Waiter>,
+    /// Set while an early write-back (`writeback.bytes`) runs on the blocking pool.
+    writing_back: Arc<AtomicBool>,
 }
 
 /// An append waiting for the durable offset to reach `end`.
@@ -189,6 +195,22 @@ impl Writer {
             }
             Ok(None) => self.acknowledge(log.durable_offset()),
             Err(e) => self.fail_waiting(&e),
+        }
+    }
+
+    /// Starts the kernel's write-back of the latest appends (`writeback.bytes`) on the blocking
+    /// pool, unless one is still running (the next one then covers more). Nothing waits for it.
+    fn start_writeback(&mut self, log: &mut Log) {
+        if self.writing_back.load(Ordering::Acquire) || !log.writeback_wanted() {
+            return;
+        }
+        if let Some(wb) = log.start_writeback() {
+            self.writing_back.store(true, Ordering::Release);
+            let running = self.writing_back.clone();
+            tokio::task::spawn_blocking(move || {
+                wb.run();
+                running.store(false, Ordering::Release);
+            });
         }
     }
 
@@ -544,6 +566,7 @@ async fn append_group(log: Log, appends: Vec<AppendRequest>, w: &mut Writer) -> 
             w.producers.commit();
             if let Some(l) = log.as_mut() {
                 w.start_flush(l);
+                w.start_writeback(l);
             }
             log
         }

@@ -14,6 +14,7 @@
 //! | `flush.messages` | none | fsync after this many records (1 = every append) |
 //! | `flush.ms` | none | fsync when the oldest unflushed append is this old |
 //! | `flush.bytes` | none | fsync after this many unflushed bytes (strom's own; Kafka has none) |
+//! | `writeback.bytes` | 4 MiB | start the kernel's write-back of every this many appended bytes, without waiting for it (strom's own); `none` leaves it to the kernel |
 //!
 //! With no `flush.*` set, the log leaves write-back to the operating system: acknowledged data
 //! survives a crash of the process, not of the machine (see docs/storage.md).
@@ -85,6 +86,11 @@ pub struct LogConfig {
     pub flush_ms: Option<i64>,
     /// `flush.bytes`.
     pub flush_bytes: Option<u64>,
+    /// `writeback.bytes`: after this many appended bytes, the log asks the kernel to start
+    /// writing them to disk (`sync_file_range`, not waited for), so that write-back runs
+    /// alongside the appends instead of in bursts once dirty pages pile up. `None` leaves
+    /// write-back to the kernel's own thresholds.
+    pub writeback_bytes: Option<u64>,
 }
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -104,6 +110,7 @@ impl Default for LogConfig {
             flush_messages: None,
             flush_ms: None,
             flush_bytes: None,
+            writeback_bytes: Some(4 << 20),
         }
     }
 }
@@ -122,6 +129,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "segment.bytes",
     "segment.index.bytes",
     "segment.ms",
+    "writeback.bytes",
 ];
 
 /// Positions inside a segment are stored as u32; a segment may not be larger.
@@ -138,7 +146,8 @@ impl LogConfig {
         self.flush_messages.is_some() || self.flush_ms.is_some() || self.flush_bytes.is_some()
     }
 
-    /// Sets one setting by its Kafka name. `value` "none" (or -1) clears the `flush.*` settings.
+    /// Sets one setting by its Kafka name. `value` "none" (or -1) clears the `flush.*` settings
+    /// and `writeback.bytes`.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let bad = |reason: &'static str| StorageError::InvalidConfig {
             key: key.to_string(),
@@ -213,6 +222,7 @@ impl LogConfig {
             "flush.messages" => self.flush_messages = optional()?,
             "flush.ms" => self.flush_ms = optional()?.map(|v| v as i64),
             "flush.bytes" => self.flush_bytes = optional()?,
+            "writeback.bytes" => self.writeback_bytes = optional()?,
             _ => return Err(bad("unknown setting")),
         }
         Ok(())
@@ -237,6 +247,7 @@ impl LogConfig {
             ("segment.bytes", self.segment_bytes.to_string()),
             ("segment.index.bytes", self.segment_index_bytes.to_string()),
             ("segment.ms", self.segment_ms.to_string()),
+            ("writeback.bytes", opt(self.writeback_bytes)),
         ]
     }
 }

@@ -5,6 +5,9 @@
 //! log never claims to have stored what it did not, and recovers once the fault clears.
 //!
 //! Production logs carry no `IoFaults`: the check is one branch on an `Option`.
+//!
+//! Early write-back ([`start_writeback`]) passes through here too; it is a hint with no effect
+//! on what is stored, so no fault applies to it.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
@@ -212,6 +215,32 @@ pub(crate) fn write_all_vectored(
             Err(e) => return Err(StorageError::io("write", path)(e)),
         }
     }
+    Ok(())
+}
+
+/// Asks the kernel to start writing `len` bytes of `file` from `offset` to disk and returns
+/// without waiting for them (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Purely a hint for when
+/// write-back happens: it makes nothing durable (only an fsync does, and an fsync still reports
+/// any write error), so callers may ignore its errors. Does nothing on systems without the call.
+#[allow(unsafe_code)]
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        // SAFETY: the descriptor belongs to `file`, which outlives the call; the call reads
+        // and writes none of this process's memory.
+        let r = unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
     Ok(())
 }
 

@@ -13,9 +13,10 @@
 //! - `segment`: one segment's files, lookups, appends and the recovery scan;
 //! - [`index`]: the index entry layouts and searches;
 //! - [`io`]: the seam every append-path write, fsync and file creation passes through, where
-//!   tests inject disk faults;
+//!   tests inject disk faults, and the early write-back call (`sync_file_range`, the crate's
+//!   other `unsafe`: one system call);
 //! - `compaction`: keep-newest-per-key rewriting and its crash-safe swap;
-//! - `mmap`: the read-only maps (the crate's only `unsafe`).
+//! - `mmap`: the read-only maps (`unsafe`: mapping a file).
 //!
 //! The on-disk format, recovery procedure and durability promise are in `docs/storage.md`.
 //!
@@ -49,7 +50,7 @@ pub use config::{CleanupPolicy, Clock, LogConfig, ManualClock, SystemClock};
 pub use error::{Result, StorageError};
 pub use io::{Fault, IoFaults, IoOp};
 pub use log::{
-    AppendInfo, Log, LogEnv, LogReader, PendingFlush, ReadResult, RetentionOutcome, ValidBatch,
-    write_atomic,
+    AppendInfo, Log, LogEnv, LogReader, PendingFlush, PendingWriteback, ReadResult,
+    RetentionOutcome, ValidBatch, write_atomic,
 };
 pub use segment::SegmentRead;

@@ -27,6 +27,9 @@ use crate::segment::{
 
 /// Closed segments whose files wait for the next flush before the oldest is fsynced at a roll.
 const MAX_UNFLUSHED_SEGMENTS: usize = 4;
+/// The page size early write-back rounds down to (4 KiB: the smallest in use; on systems with
+/// larger pages the partial last page is simply written early too).
+const PAGE: u64 = 4096;
 
 /// Present in a log directory once compaction has rewritten a segment: from then on a closed
 /// segment may end before the next one starts (compaction removed its last records).
@@ -244,7 +247,21 @@ struct FlushState {
     /// Files of segments rolled since the last flush; fsynced by the next one.
     pending: Vec<File>,
     dir_dirty: bool,
+    /// Ends of rolled segments whose early write-back is still to start.
+    writeback: Vec<Tail>,
 }
+
+/// The part of a rolled segment's `.log` that no early write-back has covered yet.
+#[derive(Debug)]
+struct Tail {
+    base_offset: i64,
+    file: File,
+    from: u64,
+    len: u64,
+}
+
+/// Rolled segments' tails kept for early write-back when nobody starts it (at most this many).
+const MAX_WRITEBACK_TAILS: usize = 4;
 
 /// One partition's log and its only writer. See the module docs.
 #[derive(Debug)]
@@ -288,6 +305,32 @@ impl PendingFlush {
         match &self.dir {
             Some(dir) => sync_dir(dir, faults),
             None => Ok(()),
+        }
+    }
+}
+
+/// Early write-back taken out of a log by [`Log::start_writeback`]: ranges of segment files the
+/// kernel is asked to start writing to disk.
+#[derive(Debug)]
+pub struct PendingWriteback {
+    ranges: Vec<(File, u64, u64)>,
+    dir: PathBuf,
+}
+
+impl PendingWriteback {
+    /// Bytes it covers.
+    pub fn bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.2).sum()
+    }
+
+    /// Starts the write-back. May block while the device's queue is full, so run it off the
+    /// threads that serve requests; needs no access to the log. Errors are only logged: this
+    /// makes nothing durable, and the next fsync reports any write error.
+    pub fn run(&self) {
+        for (file, from, len) in &self.ranges {
+            if let Err(e) = io::start_writeback(file, *from, *len) {
+                tracing::debug!(dir = %self.dir.display(), error = %e, "could not start write-back");
+            }
         }
     }
 }
@@ -800,12 +843,18 @@ impl Log {
             self.flush()?;
             info.durable = true;
         }
+        if self.writeback_wanted()
+            && let Some(w) = self.start_writeback()
+        {
+            w.run();
+        }
         Ok(info)
     }
 
-    /// As [`Log::append_valid`], but never fsyncs: the caller flushes when
-    /// [`Log::flush_wanted`] says so (typically with [`Log::start_flush`], so that appends go on
-    /// while the fsync runs). `durable` is always false.
+    /// As [`Log::append_valid`], but never fsyncs nor starts write-back: the caller flushes
+    /// when [`Log::flush_wanted`] says so (typically with [`Log::start_flush`], so that appends
+    /// go on while the fsync runs), and starts write-back when [`Log::writeback_wanted`] does.
+    /// `durable` is always false.
     pub fn append_deferred(&mut self, batches: &[ValidBatch]) -> Result<AppendInfo> {
         self.check_usable()?;
         self.mark_dirty()?;
@@ -842,6 +891,44 @@ impl Log {
             base_offset,
             next_offset: self.active.next_offset,
             durable: false,
+        })
+    }
+
+    /// Whether `writeback.bytes` of appends have piled up since write-back was last started.
+    pub fn writeback_wanted(&self) -> bool {
+        let a = &self.active;
+        self.config
+            .writeback_bytes
+            .is_some_and(|n| a.len.saturating_sub(a.writeback_from) >= n)
+            || !self.flush.writeback.is_empty()
+    }
+
+    /// Takes the early write-back of what was appended since the last one (whole pages of the
+    /// active segment, and the ends of segments rolled since), to run elsewhere
+    /// ([`PendingWriteback::run`]). The kernel would write these pages anyway, but only once
+    /// dirty pages reach its thresholds (gigabytes on a large machine), and then it throttles
+    /// the writer hard while it catches up; started early, write-back runs at the disk's pace
+    /// alongside the appends. `None` when there is nothing to start.
+    pub fn start_writeback(&mut self) -> Option<PendingWriteback> {
+        let mut ranges: Vec<_> = std::mem::take(&mut self.flush.writeback)
+            .into_iter()
+            .map(|t| (t.file, t.from, t.len))
+            .collect();
+        let a = &mut self.active;
+        // Whole pages only: the page being appended to is left alone until it is full.
+        let end = a.len - a.len % PAGE;
+        if end > a.writeback_from {
+            match a.log.try_clone() {
+                Ok(f) => ranges.push((f, a.writeback_from, end - a.writeback_from)),
+                Err(e) => {
+                    tracing::debug!(dir = %self.dir.display(), error = %e, "could not start write-back")
+                }
+            }
+            a.writeback_from = end;
+        }
+        (!ranges.is_empty()).then(|| PendingWriteback {
+            ranges,
+            dir: self.dir.clone(),
         })
     }
 
@@ -1041,12 +1128,27 @@ impl Log {
                 next_offset: base,
                 builder: IndexBuilder::new(self.config.index_interval_bytes, -1, -1, 0),
                 first_append_ms: None,
+                writeback_from: 0,
                 faults: self.faults.clone(),
             },
         );
         // The next flush must cover the closed segment too (a durable produce may have put
         // records in it). Without a flush policy that flush may never come: past a few closed
         // segments, the oldest is fsynced here rather than holding its files open forever.
+        if self.config.writeback_bytes.is_some() && old_files.len > old_files.writeback_from {
+            if let Ok(file) = old_files.log.try_clone() {
+                let (from, len) = (old_files.writeback_from, old_files.len);
+                self.flush.writeback.push(Tail {
+                    base_offset: old.base_offset,
+                    file,
+                    from,
+                    len: len - from,
+                });
+            }
+            if self.flush.writeback.len() > MAX_WRITEBACK_TAILS {
+                self.flush.writeback.remove(0);
+            }
+        }
         self.flush.pending.push(old_files.log);
         self.flush.pending.push(old_files.index);
         self.flush.pending.push(old_files.time);
@@ -1140,6 +1242,10 @@ impl Log {
         }
         self.flush.dir_dirty = true;
         outcome.log_start = self.start_offset();
+        // Deleted segments need no write-back (and their files are freed once closed).
+        self.flush
+            .writeback
+            .retain(|t| t.base_offset >= outcome.log_start);
         tracing::info!(dir = %self.dir.display(), deleted = outcome.segments_deleted, log_start = outcome.log_start, "retention deleted segments");
         Ok(outcome)
     }
@@ -1362,6 +1468,7 @@ fn open_active(
                 since,
             ),
             first_append_ms: None,
+            writeback_from: log_len,
             faults: faults.cloned(),
         };
         seek_end(&active.log, &log_path, log_len)?;
@@ -1459,6 +1566,7 @@ fn open_active(
         next_offset: scan.next_offset,
         builder,
         first_append_ms: None,
+        writeback_from: scan.valid_len,
         faults: faults.cloned(),
     };
     seek_end(&active.log, &log_path, scan.valid_len)?;

@@ -585,6 +585,8 @@ pub(crate) struct ActiveFiles {
     pub builder: IndexBuilder,
     /// Wall-clock time (ms) of the segment's first append, for `segment.ms`.
     pub first_append_ms: Option<i64>,
+    /// Bytes of `.log` from which no early write-back has been started yet (`writeback.bytes`).
+    pub writeback_from: u64,
     /// Faults to inject into this segment's writes (tests only).
     pub faults: Option<IoFaults>,
 }

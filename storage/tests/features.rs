@@ -474,3 +474,72 @@ fn reads_stay_correct_across_releases_of_the_maps_pages() {
         "a slice held across a release reads the same"
     );
 }
+
+#[test]
+fn early_writeback_covers_whole_pages_then_rolled_tails() {
+    use strom_storage::ValidBatch;
+    let page = 4096u64;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(
+        dir.path(),
+        config(&[("writeback.bytes", "8192"), ("segment.bytes", "65536")]),
+    )
+    .unwrap();
+    let batch = [ValidBatch::new(simple_batch(0, 10, 0, 100)).unwrap()];
+    // Nothing is wanted until writeback.bytes have been appended.
+    while log.reader().size_bytes() < 8192 {
+        assert!(!log.writeback_wanted());
+        log.append_deferred(&batch).unwrap();
+    }
+    assert!(log.writeback_wanted());
+    let len = log.reader().size_bytes();
+    let w = log.start_writeback().expect("8 KiB appended");
+    // Whole pages only: the page still being appended to is left for later.
+    assert_eq!(w.bytes(), len - len % page);
+    w.run();
+    assert!(!log.writeback_wanted());
+    assert!(log.start_writeback().is_none_or(|w| w.bytes() == 0));
+    // A roll hands over the rest of the closed segment, from where the last one stopped.
+    log.roll().unwrap();
+    assert!(log.writeback_wanted());
+    let w = log.start_writeback().expect("the rolled segment's tail");
+    assert_eq!(w.bytes(), len % page);
+    w.run();
+    assert!(!log.writeback_wanted());
+    assert!(log.start_writeback().is_none());
+
+    // append (append_valid) starts the write-back itself.
+    for _ in 0..20 {
+        log.append(&[simple_batch(0, 10, 0, 100)]).unwrap();
+        assert!(!log.writeback_wanted());
+    }
+
+    // A tail whose segment retention deletes is dropped, not written back.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(
+        dir.path(),
+        config(&[
+            ("writeback.bytes", "8192"),
+            ("retention.bytes", "1"),
+            ("retention.ms", "-1"),
+        ]),
+    )
+    .unwrap();
+    log.append_deferred(&batch).unwrap();
+    log.roll().unwrap();
+    log.append_deferred(&batch).unwrap();
+    assert!(log.writeback_wanted(), "the rolled segment's tail");
+    assert_eq!(log.enforce_retention().unwrap().segments_deleted, 1);
+    assert!(!log.writeback_wanted());
+
+    // `none` leaves write-back to the kernel: never wanted, not even after a roll.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(&[("writeback.bytes", "none")])).unwrap();
+    for _ in 0..40 {
+        log.append_deferred(&batch).unwrap();
+    }
+    assert!(!log.writeback_wanted());
+    log.roll().unwrap();
+    assert!(!log.writeback_wanted());
+    assert_eq!(log.config().writeback_bytes, None);
+}

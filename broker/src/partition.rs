@@ -11,8 +11,8 @@
 //!
 //! Disk work runs on tokio's blocking pool (`spawn_blocking`), the `Log` moving in and out of the
 //! closure, so a slow disk never stalls the threads that serve connections. So does the early
-//! write-back the writer starts after every `writeback.bytes` appended (`Log::start_writeback`),
-//! which keeps the kernel writing to disk alongside the appends.
+//! write-back a topic with `writeback.bytes` set asks for (`Log::start_writeback`), which keeps
+//! the kernel writing to disk alongside the appends.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -14,7 +14,7 @@
 //! | `flush.messages` | none | fsync after this many records (1 = every append) |
 //! | `flush.ms` | none | fsync when the oldest unflushed append is this old |
 //! | `flush.bytes` | none | fsync after this many unflushed bytes (strom's own; Kafka has none) |
-//! | `writeback.bytes` | 4 MiB | start the kernel's write-back of every this many appended bytes, without waiting for it (strom's own); `none` leaves it to the kernel |
+//! | `writeback.bytes` | none | start the kernel's write-back of every this many appended bytes, without waiting for it (strom's own); `none` leaves it to the kernel |
 //!
 //! With no `flush.*` set, the log leaves write-back to the operating system: acknowledged data
 //! survives a crash of the process, not of the machine (see docs/storage.md).
@@ -110,7 +110,7 @@ impl Default for LogConfig {
             flush_messages: None,
             flush_ms: None,
             flush_bytes: None,
-            writeback_bytes: Some(4 << 20),
+            writeback_bytes: None,
         }
     }
 }

@@ -109,13 +109,20 @@ impl Summary {
         self.payload_bytes as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// The result as a fraction of each measured ceiling (payload bytes/s over ceiling bytes/s).
+    /// The result as a fraction of each measured ceiling: against the disk ceilings, the bytes
+    /// the run added on disk per second (record framing and batch headers included: what the
+    /// disk had to take), or the payload where the run added none; against loopback TCP, the
+    /// payload.
     pub fn fractions(&self) -> Option<Vec<(&'static str, f64)>> {
         let c = self.ceiling.as_ref()?;
         let b = self.bytes_per_sec();
+        let disk = match self.disk_bytes_added {
+            Some(n) if n > 0 => n as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            _ => b,
+        };
         Some(vec![
-            ("disk_write", b / c.disk_write_bytes_per_sec.max(1e-9)),
-            ("disk_fsync", b / c.disk_fsync_bytes_per_sec.max(1e-9)),
+            ("disk_write", disk / c.disk_write_bytes_per_sec.max(1e-9)),
+            ("disk_fsync", disk / c.disk_fsync_bytes_per_sec.max(1e-9)),
             ("loopback_tcp", b / c.tcp_bytes_per_sec.max(1e-9)),
         ])
     }
@@ -384,6 +391,31 @@ mod tests {
         assert!(j["fraction_of_ceiling"].is_null());
         assert_eq!(j["records_in_log"], 1000);
         assert!(j["settings"]["rate"].is_null());
+    }
+
+    #[test]
+    fn disk_fractions_count_bytes_on_disk() {
+        let mut s = summary();
+        s.ceiling = Some(crate::cli::bench::ceiling::Ceiling {
+            dir: "/tmp".into(),
+            bytes: 1 << 20,
+            tcp_bytes_per_sec: 2_000_000.0,
+            disk_write_bytes_per_sec: 480_000.0,
+            disk_fsync_bytes_per_sec: 240_000.0,
+            fsync_ns: new_histogram().unwrap(),
+        });
+        // 120,000 bytes on disk in 0.5 s against 100,000 of payload.
+        let f: std::collections::HashMap<_, _> = s.fractions().unwrap().into_iter().collect();
+        assert!((f["disk_write"] - 0.5).abs() < 1e-9, "{f:?}");
+        assert!((f["disk_fsync"] - 1.0).abs() < 1e-9, "{f:?}");
+        assert!((f["loopback_tcp"] - 0.1).abs() < 1e-9, "{f:?}");
+        // Nothing added on disk (a consume run): the payload counts.
+        s.disk_bytes_added = Some(0);
+        let f: std::collections::HashMap<_, _> = s.fractions().unwrap().into_iter().collect();
+        assert!(
+            (f["disk_write"] - 200_000.0 / 480_000.0).abs() < 1e-9,
+            "{f:?}"
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     /// `buffer_memory`, in bytes.
     memory: Arc<Semaphore>,
     fatal: Mutex<Option<Error>>,
+    /// Set once `fatal` is: `send` checks this on every record instead of taking the lock.
+    failed: AtomicBool,
     closing: AtomicBool,
     /// Close gave up waiting: fail what is left.
     aborted: AtomicBool,
@@ -68,6 +70,9 @@ impl Shared {
     }
 
     fn fatal_error(&self) -> Option<Error> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -76,6 +81,7 @@ impl Shared {
         if f.is_none() {
             tracing::error!(error = %e, "producer stopped");
             *f = Some(e);
+            self.failed.store(true, Ordering::Release);
         }
         self.wake.notify_one();
     }
@@ -173,6 +179,7 @@ impl Producer {
             wake: Notify::new(),
             memory,
             fatal: Mutex::new(None),
+            failed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
             flushing: AtomicUsize::new(0),
@@ -246,7 +253,10 @@ impl Producer {
             });
         }
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
-        let deadline = Instant::now() + self.inner.config.max_block;
+        // `max_block` runs from the first wait: a send that never waits (nearly all of them)
+        // reads no monotonic clock, one clock read per record fewer on the hot path.
+        let mut deadline: Option<Instant> = None;
+        let max_block = self.inner.config.max_block;
         let mut permit: Option<OwnedSemaphorePermit> = None;
         loop {
             let outcome = shared.lock_acc().append(&record, timestamp, &mut permit)?;
@@ -280,13 +290,17 @@ impl Producer {
                     let _waiting = Waiting(shared);
                     shared.wake.notify_one();
                     let acquire = shared.memory.clone().acquire_many_owned(n);
+                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + max_block);
                     match tokio::time::timeout_at(deadline, acquire).await {
                         Ok(Ok(p)) => permit = Some(p),
                         Ok(Err(_)) => return Err(shared.fatal_error().unwrap_or(Error::Closed)),
                         Err(_) => return Err(Error::Timeout(self.inner.config.max_block)),
                     }
                 }
-                Append::UnknownTopic => self.learn_topic(record.topic, deadline).await?,
+                Append::UnknownTopic => {
+                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + max_block);
+                    self.learn_topic(record.topic, deadline).await?;
+                }
             }
         }
     }

@@ -931,3 +931,37 @@ fn acknowledged_durable_produces_survive_kill_9() {
         );
     }
 }
+
+/// `writeback.bytes` set: the partition writer starts write-back on the blocking pool as
+/// appends pass it (and for a rolled segment's rest); nothing it does may change what is
+/// stored or served.
+#[test]
+fn a_topic_with_early_writeback_stores_and_serves_everything() {
+    let dir = TestDir::new();
+    let broker = Broker::start(&dir.data(), NO_AUTO_CREATE);
+    let mut c = broker.client();
+    c.create_topic_ok(
+        "wb",
+        1,
+        &[("writeback.bytes", "4096"), ("segment.bytes", "16384")],
+    );
+    let described = c.describe_configs("wb", &["writeback.bytes"]);
+    assert_eq!(config(&described, "writeback.bytes").value, "4096");
+    let ts = now_ms();
+    let mut expected = Vec::new();
+    for i in 0..200 {
+        let recs = records(10, ts, &format!("b{i}"));
+        c.produce_ok("wb", 0, &[batch_of(&recs)]);
+        expected.extend(recs);
+    }
+    assert_eq!(c.fetch_all("wb", 0), with_offsets(&expected, 0));
+    let segments = std::fs::read_dir(dir.data().join("wb-0"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .count();
+    assert!(
+        segments >= 2,
+        "the log rolled at least once ({segments} segments)"
+    );
+}

@@ -231,6 +231,57 @@ impl Drop for Running<'_> {
 // Producers
 // ------------------------------------------------------------------------------------------
 
+/// A producer or committer: runs one cycle's workload on its own thread until the kill.
+trait Worker: Send + 'static {
+    fn run(&mut self, cycle: usize, addr: SocketAddr, progress: &Progress) -> CycleOut;
+}
+
+impl Worker for Producer {
+    fn run(&mut self, cycle: usize, addr: SocketAddr, progress: &Progress) -> CycleOut {
+        Producer::run(self, cycle, addr, progress)
+    }
+}
+
+impl Worker for Committer {
+    fn run(&mut self, cycle: usize, addr: SocketAddr, progress: &Progress) -> CycleOut {
+        Committer::run(self, cycle, addr, progress)
+    }
+}
+
+/// Starts every worker of `workers` on a thread of its own (they come back from `join_workers`).
+fn spawn_workers<W: Worker>(
+    workers: &mut Vec<W>,
+    cycle: usize,
+    addr: SocketAddr,
+    progress: &Arc<Progress>,
+) -> Vec<thread::JoinHandle<(W, CycleOut)>> {
+    workers
+        .drain(..)
+        .map(|mut w| {
+            let progress = Arc::clone(progress);
+            thread::spawn(move || {
+                let out = w.run(cycle, addr, &progress);
+                (w, out)
+            })
+        })
+        .collect()
+}
+
+/// Waits for the threads of `spawn_workers`, puts their workers back and returns what each did.
+fn join_workers<W>(
+    threads: Vec<thread::JoinHandle<(W, CycleOut)>>,
+    workers: &mut Vec<W>,
+) -> Vec<CycleOut> {
+    threads
+        .into_iter()
+        .map(|t| {
+            let (w, out) = t.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            workers.push(w);
+            out
+        })
+        .collect()
+}
+
 /// A batch sent but not acknowledged. An idempotent producer resends it (same bytes, same
 /// sequence) before anything else.
 #[derive(Debug, Clone)]
@@ -687,16 +738,7 @@ fn decode(data: &Bytes) -> Result<(Vec<Rec>, i64), String> {
                 ));
             }
             next = r.offset + 1;
-            out.push(Rec {
-                offset: r.offset,
-                timestamp: r.timestamp,
-                key: r.key.as_deref().map(<[u8]>::to_vec),
-                value: r.value.as_deref().map(<[u8]>::to_vec),
-                headers: r
-                    .headers()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect(),
-            });
+            out.push(Rec::decoded(&r));
         }
     }
     if iter.position() != data.len() {
@@ -1279,26 +1321,8 @@ fn acknowledged_records_and_commits_survive_kill_9_at_random_moments() {
             .running
             .store(producers.len() + committers.len(), Ordering::SeqCst);
         let addr = broker.addr;
-        let producer_threads: Vec<_> = producers
-            .drain(..)
-            .map(|mut p| {
-                let progress = Arc::clone(&progress);
-                thread::spawn(move || {
-                    let out = p.run(cycle, addr, &progress);
-                    (p, out)
-                })
-            })
-            .collect();
-        let committer_threads: Vec<_> = committers
-            .drain(..)
-            .map(|mut cm| {
-                let progress = Arc::clone(&progress);
-                thread::spawn(move || {
-                    let out = cm.run(cycle, addr, &progress);
-                    (cm, out)
-                })
-            })
-            .collect();
+        let producer_threads = spawn_workers(&mut producers, cycle, addr, &progress);
+        let committer_threads = spawn_workers(&mut committers, cycle, addr, &progress);
 
         // The kill trigger. A delay is a random kill moment, not a wait for the broker.
         let deadline = Instant::now() + STALL_TIMEOUT;
@@ -1343,14 +1367,10 @@ fn acknowledged_records_and_commits_survive_kill_9_at_random_moments() {
                 progress.running.load(Ordering::SeqCst)
             ));
         }
-        for t in producer_threads {
-            let (p, out) = t.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
-            producers.push(p);
+        for out in join_workers(producer_threads, &mut producers) {
             model.absorb(out, &mut errors);
         }
-        for t in committer_threads {
-            let (cm, out) = t.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
-            committers.push(cm);
+        for out in join_workers(committer_threads, &mut committers) {
             errors.extend(out.errors);
         }
         commits_acked += progress.commits.load(Ordering::SeqCst);

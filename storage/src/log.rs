@@ -248,12 +248,13 @@ struct FlushState {
     pending: Vec<File>,
     dir_dirty: bool,
     /// Ends of rolled segments whose early write-back is still to start.
-    writeback: Vec<Tail>,
+    writeback: Vec<WritebackRange>,
 }
 
-/// The part of a rolled segment's `.log` that no early write-back has covered yet.
+/// Bytes of a segment's `.log` for early write-back: `len` bytes from `from`.
 #[derive(Debug)]
-struct Tail {
+struct WritebackRange {
+    /// The segment's base offset: retention drops the ranges of segments it deletes.
     base_offset: i64,
     file: File,
     from: u64,
@@ -313,22 +314,22 @@ impl PendingFlush {
 /// kernel is asked to start writing to disk.
 #[derive(Debug)]
 pub struct PendingWriteback {
-    ranges: Vec<(File, u64, u64)>,
+    ranges: Vec<WritebackRange>,
     dir: PathBuf,
 }
 
 impl PendingWriteback {
     /// Bytes it covers.
     pub fn bytes(&self) -> u64 {
-        self.ranges.iter().map(|r| r.2).sum()
+        self.ranges.iter().map(|r| r.len).sum()
     }
 
     /// Starts the write-back. May block while the device's queue is full, so run it off the
     /// threads that serve requests; needs no access to the log. Errors are only logged: this
     /// makes nothing durable, and the next fsync reports any write error.
     pub fn run(&self) {
-        for (file, from, len) in &self.ranges {
-            if let Err(e) = io::start_writeback(file, *from, *len) {
+        for r in &self.ranges {
+            if let Err(e) = io::start_writeback(&r.file, r.from, r.len) {
                 tracing::debug!(dir = %self.dir.display(), error = %e, "could not start write-back");
             }
         }
@@ -910,16 +911,19 @@ impl Log {
     /// the writer hard while it catches up; started early, write-back runs at the disk's pace
     /// alongside the appends. `None` when there is nothing to start.
     pub fn start_writeback(&mut self) -> Option<PendingWriteback> {
-        let mut ranges: Vec<_> = std::mem::take(&mut self.flush.writeback)
-            .into_iter()
-            .map(|t| (t.file, t.from, t.len))
-            .collect();
+        let mut ranges = std::mem::take(&mut self.flush.writeback);
+        let base_offset = self.active_segment().base_offset;
         let a = &mut self.active;
         // Whole pages only: the page being appended to is left alone until it is full.
         let end = a.len - a.len % PAGE;
         if end > a.writeback_from {
             match a.log.try_clone() {
-                Ok(f) => ranges.push((f, a.writeback_from, end - a.writeback_from)),
+                Ok(file) => ranges.push(WritebackRange {
+                    base_offset,
+                    file,
+                    from: a.writeback_from,
+                    len: end - a.writeback_from,
+                }),
                 Err(e) => {
                     tracing::debug!(dir = %self.dir.display(), error = %e, "could not start write-back")
                 }
@@ -1138,7 +1142,7 @@ impl Log {
         if self.config.writeback_bytes.is_some() && old_files.len > old_files.writeback_from {
             if let Ok(file) = old_files.log.try_clone() {
                 let (from, len) = (old_files.writeback_from, old_files.len);
-                self.flush.writeback.push(Tail {
+                self.flush.writeback.push(WritebackRange {
                     base_offset: old.base_offset,
                     file,
                     from,

@@ -888,6 +888,20 @@ impl Rec {
         }
     }
 
+    /// A record as decoded from a fetched batch, at its offset.
+    pub fn decoded(r: &batch::Record) -> Rec {
+        Rec {
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key.as_deref().map(<[u8]>::to_vec),
+            value: r.value.as_deref().map(<[u8]>::to_vec),
+            headers: r
+                .headers()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect(),
+        }
+    }
+
     /// The same record at `offset`.
     pub fn at(&self, offset: i64) -> Rec {
         Rec {
@@ -974,16 +988,7 @@ pub fn decode_records(records: &[u8]) -> Vec<Rec> {
                 "record offsets inside a batch are consecutive"
             );
             expected += 1;
-            out.push(Rec {
-                offset: r.offset,
-                timestamp: r.timestamp,
-                key: r.key.as_deref().map(<[u8]>::to_vec),
-                value: r.value.as_deref().map(<[u8]>::to_vec),
-                headers: r
-                    .headers()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect(),
-            });
+            out.push(Rec::decoded(&r));
         }
         assert_eq!(
             expected,

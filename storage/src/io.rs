@@ -84,8 +84,9 @@ impl IoFaults {
         self.set_after(op, 0, fault);
     }
 
-    /// Lets the next `skip` calls of `op` through, then fails every later one with `fault`. A
-    /// write to a segment goes `.log`, `.timeindex`, `.index`: `skip` picks which one fails.
+    /// Lets the next `skip` calls of `op` through, then fails every later one with `fault`. An
+    /// append writes `.log`, then `.timeindex` and `.index` when it completes a group of
+    /// [`crate::INDEX_WRITE_GROUP`] index entries: `skip` picks which one fails.
     pub fn set_after(&self, op: IoOp, skip: u64, fault: Option<Fault>) {
         self.faults()[op.slot()] = (skip, fault);
     }

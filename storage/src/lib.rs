@@ -53,4 +53,4 @@ pub use log::{
     AppendInfo, Log, LogEnv, LogReader, PendingFlush, PendingWriteback, ReadResult,
     RetentionOutcome, ValidBatch, write_atomic,
 };
-pub use segment::SegmentRead;
+pub use segment::{INDEX_WRITE_GROUP, SegmentRead};

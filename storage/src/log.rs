@@ -803,9 +803,14 @@ impl Log {
     }
 
     fn active_segment(&self) -> Arc<Segment> {
-        let segs = self.shared.snapshot();
-        // ok: a log always has at least its active segment.
-        segs[segs.len() - 1].clone()
+        // Test builds check that the writer's segment is the one readers see last.
+        debug_assert!(
+            self.shared
+                .snapshot()
+                .last()
+                .is_some_and(|s| Arc::ptr_eq(s, &self.active.segment))
+        );
+        self.active.segment.clone()
     }
 
     /// Validates and appends encoded batches (base offsets are assigned here). Either every batch
@@ -952,7 +957,7 @@ impl Log {
             let mut run = Vec::new();
             let mut len = self.active.len;
             let mut next = self.active.next_offset;
-            let mut entries = self.active.index_entries;
+            let mut entries = self.active.index_entries_made();
             let roll_by_time = self
                 .active
                 .first_append_ms
@@ -989,11 +994,13 @@ impl Log {
                 self.roll()?;
                 continue;
             }
-            if len > seg.log_capacity() {
+            let seg = if len > seg.log_capacity() {
                 // A single batch larger than the map of an empty segment: map it bigger.
                 self.remap_active(len)?;
-            }
-            let seg = self.active_segment();
+                self.active_segment()
+            } else {
+                seg
+            };
             if let Err(e) = self.active.write_run(&seg, &run) {
                 return Err(match e {
                     StorageError::Poisoned { .. } => self.poison(e),
@@ -1123,6 +1130,7 @@ impl Log {
         let old_files = std::mem::replace(
             &mut self.active,
             ActiveFiles {
+                segment: seg.clone(),
                 log,
                 index,
                 time,
@@ -1189,8 +1197,9 @@ impl Log {
         )?);
         let mut segs: Vec<_> = self.shared.snapshot().iter().cloned().collect();
         let n = segs.len();
-        segs[n - 1] = seg;
+        segs[n - 1] = seg.clone();
         self.shared.replace(segs);
+        self.active.segment = seg;
         Ok(())
     }
 
@@ -1453,11 +1462,13 @@ fn open_active(
         && index_looks_sane(&seg, &log, log_len)
     {
         seg.publish(log_len, idx_n, time_n, m.max_timestamp);
+        let seg = Arc::new(seg);
         let last_time_ts = seg.last_time_entry().map_or(-1, |(ts, _)| ts);
         let since = seg
             .last_offset_entry()
             .map_or(log_len, |(_, pos)| log_len - u64::from(pos));
         let active = ActiveFiles {
+            segment: seg.clone(),
             log,
             index,
             time,
@@ -1476,7 +1487,7 @@ fn open_active(
             faults: faults.cloned(),
         };
         seek_end(&active.log, &log_path, log_len)?;
-        return Ok((Arc::new(seg), active, false));
+        return Ok((seg, active, false));
     }
 
     // Unclean: find the last index entry that points at a good batch, keep the index up to it,
@@ -1560,7 +1571,9 @@ fn open_active(
     builder.time_buf.clear();
     let seg = map(scan.valid_len, idx_n, time_n, builder.max_timestamp)?;
     seg.publish(scan.valid_len, idx_n, time_n, builder.max_timestamp);
+    let seg = Arc::new(seg);
     let active = ActiveFiles {
+        segment: seg.clone(),
         log,
         index,
         time,
@@ -1574,7 +1587,7 @@ fn open_active(
         faults: faults.cloned(),
     };
     seek_end(&active.log, &log_path, scan.valid_len)?;
-    Ok((Arc::new(seg), active, true))
+    Ok((seg, active, true))
 }
 
 fn seek_end(mut f: &File, path: &Path, len: u64) -> Result<()> {

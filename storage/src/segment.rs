@@ -6,8 +6,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use strom_protocol::batch::{self, BatchHeader, Records};
@@ -66,6 +66,26 @@ impl IndexBuilder {
         }
     }
 
+    /// Where the builder stands, to [`IndexBuilder::rewind`] to if an append fails.
+    pub fn mark(&self) -> BuilderMark {
+        BuilderMark {
+            bytes_since: self.bytes_since,
+            max_timestamp: self.max_timestamp,
+            last_time_ts: self.last_time_ts,
+            offset_len: self.offset_buf.len(),
+            time_len: self.time_buf.len(),
+        }
+    }
+
+    /// Forgets everything accounted since `mark` (entries kept in memory before it stay).
+    pub fn rewind(&mut self, mark: BuilderMark) {
+        self.bytes_since = mark.bytes_since;
+        self.max_timestamp = mark.max_timestamp;
+        self.last_time_ts = mark.last_time_ts;
+        self.offset_buf.truncate(mark.offset_len);
+        self.time_buf.truncate(mark.time_len);
+    }
+
     /// Accounts for a batch at `position` (relative offsets against `segment_base`).
     pub fn on_batch(&mut self, segment_base: i64, header: &BatchHeader, position: u32) {
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
@@ -87,6 +107,25 @@ impl IndexBuilder {
         }
     }
 }
+
+/// An [`IndexBuilder`]'s state at some point ([`IndexBuilder::mark`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BuilderMark {
+    bytes_since: u64,
+    max_timestamp: i64,
+    last_time_ts: i64,
+    offset_len: usize,
+    time_len: usize,
+}
+
+/// How many offset-index entries the active segment's writer keeps in memory before writing
+/// them (and the time entries made with them) to the files in one `pwrite` each. Writing every
+/// entry as it is made cost two system calls per append once batches pass
+/// `index.interval.bytes`, a quarter of a small append's cost with many partitions
+/// (`docs/performance.md`). Entries not yet written are invisible to readers, who walk the
+/// batch headers from the last written entry instead; a crash loses them and recovery makes
+/// them again from the log (the index is derived data); a seal (roll or close) writes them.
+pub const INDEX_WRITE_GROUP: usize = 16;
 
 /// What readers share about a segment. Everything a reader touches is either immutable or an
 /// atomic published by the single writer after the bytes it covers were written.
@@ -573,6 +612,8 @@ pub(crate) fn usize_of(v: u64) -> usize {
 /// The files of the segment being appended to. Only the log's writer holds this.
 #[derive(Debug)]
 pub(crate) struct ActiveFiles {
+    /// The segment these files belong to, as readers see it (the last of the log's list).
+    pub segment: Arc<Segment>,
     pub log: File,
     pub index: File,
     pub time: File,
@@ -643,42 +684,27 @@ impl ActiveFiles {
     pub fn write_run(&mut self, segment: &Segment, run: &[Planned<'_>]) -> Result<()> {
         let start_len = self.len;
         let offsets: Vec<[u8; 8]> = run.iter().map(|p| p.base_offset.to_be_bytes()).collect();
-        let mut builder = self.builder.clone();
-        builder.offset_buf.clear();
-        builder.time_buf.clear();
+        let mark = self.builder.mark();
         let mut pos = start_len;
         for p in run {
             let mut h = p.header;
             h.base_offset = p.base_offset;
-            builder.on_batch(segment.base_offset, &h, pos as u32);
+            self.builder.on_batch(segment.base_offset, &h, pos as u32);
             pos += p.bytes.len() as u64;
         }
-        // The index is derived data: written after the log, at explicit positions. Time entries
-        // go first: an offset entry that survives a crash then always has the time entries
-        // written with it, which recovery relies on (see `log::open_active`).
-        let index_at = (self.index_entries * OFFSET_ENTRY) as u64;
-        let time_at = (self.time_entries * TIME_ENTRY) as u64;
+        let (index_at, time_at) = self.index_ends();
+        let write_index = self.builder.offset_buf.len() >= INDEX_WRITE_GROUP * OFFSET_ENTRY;
         let written = self
             .write_log(&segment.log_path, run, &offsets)
             .and_then(|()| {
-                io::write_at(
-                    self.faults.as_ref(),
-                    &self.time,
-                    &segment.time_path,
-                    &builder.time_buf,
-                    time_at,
-                )
-            })
-            .and_then(|()| {
-                io::write_at(
-                    self.faults.as_ref(),
-                    &self.index,
-                    &segment.index_path,
-                    &builder.offset_buf,
-                    index_at,
-                )
+                if write_index {
+                    self.write_index_entries(segment)
+                } else {
+                    Ok(())
+                }
             });
         if let Err(e) = written {
+            self.builder.rewind(mark);
             // Cut off whatever part of the run reached the files, so that no torn batch and no
             // index entry past the published ones stays behind for a crash to find.
             let undo = self
@@ -699,21 +725,66 @@ impl ActiveFiles {
             return Err(e);
         }
         self.len = pos;
-        self.index_entries += builder.offset_buf.len() / OFFSET_ENTRY;
-        self.time_entries += builder.time_buf.len() / TIME_ENTRY;
         if let Some(last) = run.last() {
             self.next_offset = last.base_offset + i64::from(last.header.last_offset_delta) + 1;
         }
-        builder.offset_buf.clear();
-        builder.time_buf.clear();
-        self.builder = builder;
+        self.publish(segment);
+        Ok(())
+    }
+
+    /// Offset-index entries made so far, written or still in memory.
+    pub fn index_entries_made(&self) -> usize {
+        self.index_entries + self.builder.offset_buf.len() / OFFSET_ENTRY
+    }
+
+    /// Byte lengths of the written parts of `.index` and `.timeindex`.
+    fn index_ends(&self) -> (u64, u64) {
+        (
+            (self.index_entries * OFFSET_ENTRY) as u64,
+            (self.time_entries * TIME_ENTRY) as u64,
+        )
+    }
+
+    /// Writes the index entries kept in memory at the files' written ends. Time entries go
+    /// first: an offset entry that survives a crash then always has the time entries made with
+    /// it, which recovery relies on (see `log::open_active`). The counts move only when both
+    /// writes succeed; on failure the files may hold bytes past them, which the next write
+    /// overwrites or the caller cuts off.
+    fn write_index_entries(&mut self, segment: &Segment) -> Result<()> {
+        let (index_at, time_at) = self.index_ends();
+        if !self.builder.time_buf.is_empty() {
+            io::write_at(
+                self.faults.as_ref(),
+                &self.time,
+                &segment.time_path,
+                &self.builder.time_buf,
+                time_at,
+            )?;
+        }
+        if !self.builder.offset_buf.is_empty() {
+            io::write_at(
+                self.faults.as_ref(),
+                &self.index,
+                &segment.index_path,
+                &self.builder.offset_buf,
+                index_at,
+            )?;
+        }
+        self.index_entries += self.builder.offset_buf.len() / OFFSET_ENTRY;
+        self.time_entries += self.builder.time_buf.len() / TIME_ENTRY;
+        self.builder.offset_buf.clear();
+        self.builder.time_buf.clear();
+        Ok(())
+    }
+
+    /// Shows readers the log's length, the written index entries and the maximum timestamp.
+    fn publish(&self, segment: &Segment) {
         segment.publish(
             self.len,
             self.index_entries,
             self.time_entries,
             self.builder.max_timestamp,
         );
-        Ok(())
     }
 
     fn write_log(&mut self, path: &Path, run: &[Planned<'_>], offsets: &[[u8; 8]]) -> Result<()> {
@@ -730,30 +801,16 @@ impl ActiveFiles {
         Ok(())
     }
 
-    /// Writes the final time entry so the time index records the segment's maximum timestamp.
+    /// Writes the index entries still in memory and the final time entry, so the time index
+    /// records the segment's maximum timestamp.
     pub fn seal(&mut self, segment: &Segment) -> Result<()> {
         if self.next_offset > segment.base_offset {
-            self.builder.time_buf.clear();
             self.builder
                 .push_time_entry(segment.base_offset, self.next_offset - 1);
-            if !self.builder.time_buf.is_empty() {
-                let at = (self.time_entries * TIME_ENTRY) as u64;
-                io::write_at(
-                    self.faults.as_ref(),
-                    &self.time,
-                    &segment.time_path,
-                    &self.builder.time_buf,
-                    at,
-                )?;
-                self.time_entries += 1;
-                self.builder.time_buf.clear();
-                segment.publish(
-                    self.len,
-                    self.index_entries,
-                    self.time_entries,
-                    self.builder.max_timestamp,
-                );
-            }
+        }
+        if !self.builder.offset_buf.is_empty() || !self.builder.time_buf.is_empty() {
+            self.write_index_entries(segment)?;
+            self.publish(segment);
         }
         Ok(())
     }

@@ -10,7 +10,9 @@ use std::path::Path;
 
 use common::{read_all, simple_batch};
 use strom_storage::io::{EIO, ENOSPC};
-use strom_storage::{Fault, IoFaults, IoOp, Log, LogConfig, LogEnv, StorageError};
+use strom_storage::{
+    Fault, INDEX_WRITE_GROUP, IoFaults, IoOp, Log, LogConfig, LogEnv, StorageError,
+};
 
 fn config(pairs: &[(&str, &str)]) -> LogConfig {
     let mut c = LogConfig::default();
@@ -103,8 +105,11 @@ fn failed_and_short_writes_store_nothing_and_the_log_goes_on() {
 
 #[test]
 fn a_failed_index_write_cuts_the_log_back_too() {
-    // One index entry per batch, so every append writes both indexes after the log: let the
-    // log write (and for the second case the time index write) through, fail the next one.
+    // One index entry per batch after the first, kept in memory until INDEX_WRITE_GROUP of them
+    // are made: the failing append is the one that completes the group, so it writes the log and then both
+    // indexes. Let the log write (and for the second case the time index write) through, fail
+    // the next one.
+    let before_group = INDEX_WRITE_GROUP;
     for (skip, fault) in [
         (1, Fault::Fail(EIO)),
         (2, Fault::Short),
@@ -114,7 +119,7 @@ fn a_failed_index_write_cuts_the_log_back_too() {
         let faults = IoFaults::new();
         let c = config(&[("index.interval.bytes", "1")]);
         let mut log = open(dir.path(), c.clone(), &faults);
-        for i in 0..5 {
+        for i in 0..before_group {
             log.append(&[simple_batch(i * 4, 4, i as i64, 50)]).unwrap();
         }
         let len = |ext: &str| {
@@ -124,26 +129,42 @@ fn a_failed_index_write_cuts_the_log_back_too() {
         };
         let before = (len("log"), len("index"), len("timeindex"));
         faults.set_after(IoOp::Write, skip, Some(fault));
-        let e = log.append(&[simple_batch(20, 4, 9, 50)]).unwrap_err();
+        assert_eq!(
+            before.1, 0,
+            "no index entry written before the group is made"
+        );
+        let end = before_group * 4;
+        let ts = before_group as i64 + 10;
+        let e = log.append(&[simple_batch(end, 4, ts, 50)]).unwrap_err();
         assert!(os_error(&e).is_some(), "{skip} {fault:?}: {e}");
         assert_eq!(
             (len("log"), len("index"), len("timeindex")),
             before,
             "{skip} {fault:?}: all three files are cut back"
         );
-        assert_eq!(log.end_offset(), 20);
+        assert_eq!(log.end_offset(), end as i64);
         faults.clear();
-        log.append(&[simple_batch(20, 4, 9, 50)]).unwrap();
-        log.append(&[simple_batch(24, 4, 10, 50)]).unwrap();
-        // A crash now (no close) recovers from the index: it must point at real batches.
+        log.append(&[simple_batch(end, 4, ts, 50)]).unwrap();
+        assert_eq!(
+            len("index"),
+            (INDEX_WRITE_GROUP * 8) as u64,
+            "the retried append writes the whole group"
+        );
+        log.append(&[simple_batch(end + 4, 4, ts + 1, 50)]).unwrap();
+        // A crash now (no close) recovers from the index: it must point at real batches, and
+        // the entry kept in memory is made again from the log.
         drop(log);
         let log = Log::open(dir.path(), c).unwrap();
-        assert_contiguous(&log, 28);
-        for o in 0..28 {
+        assert_contiguous(&log, end + 8);
+        for o in 0..end as i64 + 8 {
             let r = log.reader().read(o, 1).unwrap();
             assert!(r.first_offset <= o && o < r.next_offset, "offset {o}");
         }
-        assert_eq!(log.reader().offset_for_time(9).unwrap(), Some(20));
+        assert_eq!(log.reader().offset_for_time(ts).unwrap(), Some(end as i64));
+        assert_eq!(
+            log.reader().offset_for_time(ts + 1).unwrap(),
+            Some(end as i64 + 4)
+        );
     }
 }
 

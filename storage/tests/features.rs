@@ -543,3 +543,49 @@ fn early_writeback_covers_whole_pages_then_rolled_tails() {
     assert!(!log.writeback_wanted());
     assert_eq!(log.config().writeback_bytes, None);
 }
+
+#[test]
+fn index_entries_are_written_in_groups_and_every_one_by_a_close() {
+    // One index entry per batch after the first: below a group, reads and time lookups walk the
+    // log from the segment start; the index file fills a group at a time; a close writes the
+    // rest, and the reopened log (trusting its files after a clean stop) has every entry.
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&[("index.interval.bytes", "1")]);
+    let index_len = || {
+        fs::metadata(dir.path().join(format!("{:020}.index", 0)))
+            .unwrap()
+            .len()
+    };
+    let group = strom_storage::INDEX_WRITE_GROUP;
+    let mut log = Log::open(dir.path(), c.clone()).unwrap();
+    let check = |log: &Log, batches: usize| {
+        for o in 0..batches as i64 * 2 {
+            let r = log.reader().read(o, 1).unwrap();
+            assert_eq!(r.first_offset, o - o % 2, "offset {o}");
+        }
+        for b in 0..batches as i64 {
+            assert_eq!(log.reader().offset_for_time(100 + b).unwrap(), Some(b * 2));
+        }
+    };
+    for b in 0..group {
+        log.append(&[simple_batch(b * 2, 2, 100 + b as i64, 20)])
+            .unwrap();
+    }
+    assert_eq!(index_len(), 0, "{} entries are still in memory", group - 1);
+    check(&log, group);
+    let total = 3 * group + 5;
+    for b in group..total {
+        log.append(&[simple_batch(b * 2, 2, 100 + b as i64, 20)])
+            .unwrap();
+    }
+    assert_eq!(index_len(), (3 * group * 8) as u64, "three whole groups");
+    check(&log, total);
+    log.close().unwrap();
+    assert_eq!(
+        index_len(),
+        ((total - 1) * 8) as u64,
+        "a close writes the rest"
+    );
+    let log = Log::open(dir.path(), c).unwrap();
+    check(&log, total);
+}

@@ -1,11 +1,15 @@
 //! Criterion benches for strom-storage: append throughput (100 B and 1 KiB records in 16 KiB and
 //! 1 MiB batches), the cost of one small append when appends go round-robin over 1,000 logs (the
-//! broker's floor with many partitions), sequential read throughput, offset lookup latency on a 1 GiB log, and memcpy of
-//! the same bytes as the yardstick. Results and the machine are recorded in docs/performance.md.
+//! broker's floor with many partitions), what the kernel alone charges for such an append by
+//! write path (`writev` against a writable map), sequential read throughput, offset lookup
+//! latency on a 1 GiB log, and memcpy of the same bytes as the yardstick. Results and the
+//! machine are recorded in docs/performance.md.
 //!
 //! Run: `cargo bench --bench storage` (set `STROM_BENCH_DIR` to put the logs on another disk).
 
+use std::fs::File;
 use std::hint::black_box;
+use std::io::{IoSlice, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -138,6 +142,110 @@ fn append_fanout(c: &mut Criterion) {
     g.finish();
 }
 
+/// One 936-byte append into one of 1,000 files, round-robin, by kernel write path, with no `Log`
+/// around it: `writev` of two slices (what the log does; also into a single file) against a copy into a shared writable
+/// map of the file whose blocks are reserved ahead with `fallocate`, either with the reserved
+/// pages populated at once (`MADV_POPULATE_WRITE`, 64 KiB at a time) or left to fault in on
+/// the first write to each (1 MiB at a time). Evidence for the design note on 1,000 partitions
+/// in docs/performance.md; strom itself does not write through maps.
+#[allow(unsafe_code)]
+fn write_paths(c: &mut Criterion) {
+    const FILES: usize = 1000;
+    /// Room per file: more than a run writes (~4 GB over 1,000 files).
+    const CAPACITY: usize = 64 << 20;
+    /// Linux's `MADV_POPULATE_WRITE` (5.14+), not in the libc crate yet.
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    let (batch, _) = make_batch(100, 1024);
+    let n = batch.len() as u64;
+    let mut g = c.benchmark_group("write_paths");
+    g.measurement_time(Duration::from_secs(8));
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(n));
+    let open = |dir: &tempfile::TempDir| -> Vec<File> {
+        (0..FILES)
+            .map(|i| {
+                File::options()
+                    .create(true)
+                    .truncate(true)
+                    .read(true)
+                    .write(true)
+                    .open(dir.path().join(i.to_string()))
+                    .unwrap()
+            })
+            .collect()
+    };
+
+    for count in [1, FILES] {
+        let dir = bench_dir();
+        let files = &open(&dir)[..count];
+        let mut i = 0usize;
+        g.bench_function(BenchmarkId::new("writev_936B_files", count), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let bufs = [IoSlice::new(&batch[..8]), IoSlice::new(&batch[8..])];
+                    let wrote = (&files[i % count]).write_vectored(&bufs).unwrap();
+                    assert_eq!(wrote as u64, n);
+                    i += 1;
+                }
+                start.elapsed()
+            })
+        });
+    }
+
+    for (name, chunk, populate) in [
+        ("mapped_populated_936B_files", 64u64 << 10, true),
+        ("mapped_faulted_936B_files", 1u64 << 20, false),
+    ] {
+        let dir = bench_dir();
+        let files = open(&dir);
+        // SAFETY: the files are this bench's own, in its temp dir; bytes are only written
+        // below `reserved`, which `fallocate` has made part of the file.
+        let mut maps: Vec<memmap2::MmapMut> = files
+            .iter()
+            .map(|f| unsafe { memmap2::MmapOptions::new().len(CAPACITY).map_mut(f) }.unwrap())
+            .collect();
+        let mut lens = vec![0u64; FILES];
+        let mut reserved = vec![0u64; FILES];
+        let mut i = 0usize;
+        g.bench_function(BenchmarkId::new(name, FILES), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let k = i % FILES;
+                    let at = lens[k];
+                    assert!(at + n <= CAPACITY as u64, "raise CAPACITY");
+                    if at + n > reserved[k] {
+                        use std::os::fd::AsRawFd;
+                        let from = reserved[k];
+                        // SAFETY: plain system calls on this bench's own descriptor and map.
+                        let r = unsafe {
+                            libc::fallocate(files[k].as_raw_fd(), 0, from as i64, chunk as i64)
+                        };
+                        assert_eq!(r, 0, "fallocate");
+                        if populate {
+                            let r = unsafe {
+                                libc::madvise(
+                                    maps[k].as_mut_ptr().add(from as usize).cast(),
+                                    chunk as usize,
+                                    MADV_POPULATE_WRITE,
+                                )
+                            };
+                            assert_eq!(r, 0, "madvise");
+                        }
+                        reserved[k] = from + chunk;
+                    }
+                    maps[k][at as usize..(at + n) as usize].copy_from_slice(&batch);
+                    lens[k] = at + n;
+                    i += 1;
+                }
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
 fn memcpy(c: &mut Criterion) {
     let mut g = c.benchmark_group("memcpy");
     for size in [16usize << 10, 1 << 20] {
@@ -222,5 +330,5 @@ fn read(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, append, append_fanout, memcpy, read);
+criterion_group!(benches, append, append_fanout, write_paths, memcpy, read);
 criterion_main!(benches);

@@ -487,23 +487,39 @@ impl BatchBuilder {
 
     /// Bytes `record` would add to the batch.
     pub fn record_size(&self, record: &RecordRef<'_>) -> usize {
+        self.measured_record_size(record, payload_len(record))
+    }
+
+    /// As [`BatchBuilder::record_size`], for a record whose [`payload_len`] is known: a
+    /// producer that measures a record once for its own checks need not measure it again.
+    pub fn measured_record_size(&self, record: &RecordRef<'_>, payload: usize) -> usize {
         let base = if self.count == 0 {
             record.timestamp
         } else {
             self.base_timestamp
         };
-        let body = body_len(record, record.timestamp.wrapping_sub(base), self.count);
+        let body = body_len(payload, record.timestamp.wrapping_sub(base), self.count);
         varint::encoded_len(body as i64) + body
     }
 
     /// Appends one record.
     pub fn push(&mut self, record: &RecordRef<'_>) -> Result<(), BatchError> {
+        self.push_measured(record, payload_len(record))
+    }
+
+    /// As [`BatchBuilder::push`], for a record whose [`payload_len`] is known.
+    pub fn push_measured(
+        &mut self,
+        record: &RecordRef<'_>,
+        payload: usize,
+    ) -> Result<(), BatchError> {
+        debug_assert_eq!(payload, payload_len(record));
         if self.count == 0 {
             self.base_timestamp = record.timestamp;
         }
         let ts_delta = record.timestamp.wrapping_sub(self.base_timestamp);
         let offset_delta = self.count;
-        let body = body_len(record, ts_delta, offset_delta);
+        let body = body_len(payload, ts_delta, offset_delta);
         let body_i32 = i32::try_from(body).map_err(|_| BatchError::TooLarge(body))?;
         let buf = &mut self.buf;
         varint::put_varint(buf, body_i32);
@@ -578,17 +594,24 @@ fn nullable_len(v: Option<&[u8]>) -> usize {
     }
 }
 
-fn body_len(record: &RecordRef<'_>, ts_delta: i64, offset_delta: i32) -> usize {
-    let mut n = 1 // attributes
-        + varint::encoded_len(ts_delta)
-        + varint::encoded_len(i64::from(offset_delta))
-        + nullable_len(record.key)
+/// Bytes of a record's encoding that do not depend on where in a batch it goes: its key, value
+/// and headers with their lengths. The rest (length prefix, attributes, timestamp and offset
+/// deltas) is 3 to 21 bytes more ([`BatchBuilder::measured_record_size`]).
+pub fn payload_len(record: &RecordRef<'_>) -> usize {
+    let mut n = nullable_len(record.key)
         + nullable_len(record.value)
         + varint::encoded_len(record.headers.len() as i64);
     for h in record.headers {
         n += varint::encoded_len(h.key.len() as i64) + h.key.len() + nullable_len(h.value);
     }
     n
+}
+
+fn body_len(payload: usize, ts_delta: i64, offset_delta: i32) -> usize {
+    1 // attributes
+        + varint::encoded_len(ts_delta)
+        + varint::encoded_len(i64::from(offset_delta))
+        + payload
 }
 
 /// One decoded record: slices of the batch it came from, so decoding copies nothing.
@@ -1111,6 +1134,7 @@ mod tests {
                 let r = RecordRef { timestamp: *ts, key: k.as_deref(), value: v.as_deref(), headers: &headers };
                 let before = b.size();
                 let predicted = b.record_size(&r);
+                prop_assert_eq!(b.measured_record_size(&r, payload_len(&r)), predicted);
                 b.push(&r).unwrap();
                 prop_assert_eq!(b.size() - before, predicted);
             }

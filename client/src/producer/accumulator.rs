@@ -35,7 +35,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use strom_protocol::batch::{BatchBuilder, HEADER_LEN, RecordRef};
+use strom_protocol::batch::{BatchBuilder, HEADER_LEN, RecordRef, payload_len};
 use strom_protocol::varint;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Duration, Instant};
@@ -83,6 +83,7 @@ impl PartitionQueue {
 
 #[derive(Debug)]
 struct TopicEntry {
+    name: Arc<str>,
     /// Part ids (indexes into `Accumulator::parts`) by partition index.
     parts: Vec<usize>,
     /// Where keyless records go now.
@@ -120,7 +121,12 @@ pub(crate) struct Drained {
 pub(crate) struct Accumulator {
     batch_size: usize,
     memory: Arc<Semaphore>,
-    topics: HashMap<Arc<str>, TopicEntry>,
+    /// Index into `topic_entries` by name.
+    topics: HashMap<Arc<str>, usize>,
+    topic_entries: Vec<TopicEntry>,
+    /// The topic of the last append (an index into `topic_entries`, or past its end): a run
+    /// of sends to one topic compares its name instead of hashing it every time.
+    last_topic: usize,
     /// Every partition queue, by part id (stable: queues are never removed).
     parts: Vec<PartitionQueue>,
     rng: Rng,
@@ -188,17 +194,23 @@ pub(crate) fn request_cost(topic: &str, batch_len: usize) -> usize {
     batch_len + topic.len() + 32
 }
 
-/// Bytes `record` takes as the first record of a batch (length prefix included).
-pub(crate) fn first_record_size(record: &ProducerRecord<'_>) -> usize {
-    let nullable =
-        |v: Option<&[u8]>| v.map_or(1, |b| varint::encoded_len(b.len() as i64) + b.len());
-    let mut body = 1 + 1 + 1 + nullable(record.key) + nullable(record.value);
-    body += varint::encoded_len(record.headers.len() as i64);
-    for h in record.headers {
-        body += varint::encoded_len(h.key.len() as i64) + h.key.len() + nullable(h.value);
-    }
-    // The timestamp delta may be up to 10 bytes for a record far from the batch's first one;
-    // the builder checks exact sizes, this only sizes a new batch's buffer.
+/// The part of `record`'s encoding that does not depend on its place in a batch
+/// ([`payload_len`]): measured once per `send`, for the size check and the append.
+pub(crate) fn record_payload(record: &ProducerRecord<'_>) -> usize {
+    payload_len(&RecordRef {
+        timestamp: 0,
+        key: record.key,
+        value: record.value,
+        headers: record.headers,
+    })
+}
+
+/// An upper bound on the bytes a record with this [`record_payload`] adds to a batch,
+/// wherever it goes: the timestamp delta may take up to 10 bytes for a record far from the
+/// batch's first one. The builder checks exact sizes; this sizes a new batch's buffer and
+/// checks `max_record_size`.
+pub(crate) fn first_record_size(payload: usize) -> usize {
+    let body = 3 + payload;
     varint::encoded_len(body as i64) + body + 9
 }
 
@@ -208,6 +220,8 @@ impl Accumulator {
             batch_size,
             memory,
             topics: HashMap::new(),
+            topic_entries: Vec::new(),
+            last_topic: usize::MAX,
             parts: Vec::new(),
             rng: Rng::new(),
             next_batch_id: 0,
@@ -230,7 +244,21 @@ impl Accumulator {
     pub(crate) fn partitions_of(&self, topic: &str) -> Option<i32> {
         self.topics
             .get(topic)
-            .map(|t| i32::try_from(t.parts.len()).unwrap_or(i32::MAX))
+            .map(|&t| i32::try_from(self.topic_entries[t].parts.len()).unwrap_or(i32::MAX))
+    }
+
+    /// Where `topic`'s entry is, if it is known.
+    fn topic_index(&mut self, topic: &str) -> Option<usize> {
+        if self
+            .topic_entries
+            .get(self.last_topic)
+            .is_some_and(|t| *t.name == *topic)
+        {
+            return Some(self.last_topic);
+        }
+        let index = *self.topics.get(topic)?;
+        self.last_topic = index;
+        Some(index)
     }
 
     /// Topics known to the accumulator.
@@ -242,15 +270,22 @@ impl Accumulator {
     /// fewer: the extra queues stay, records are no longer routed to them).
     pub(crate) fn set_partitions(&mut self, topic: &str, partitions: i32) {
         let partitions = usize::try_from(partitions.max(1)).unwrap_or(1);
-        let name: Arc<str> = match self.topics.get_key_value(topic) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(topic),
+        let index = match self.topics.get(topic) {
+            Some(&i) => i,
+            None => {
+                let name: Arc<str> = Arc::from(topic);
+                self.topic_entries.push(TopicEntry {
+                    name: name.clone(),
+                    parts: Vec::new(),
+                    sticky: None,
+                    last_sticky: None,
+                });
+                self.topics.insert(name, self.topic_entries.len() - 1);
+                self.topic_entries.len() - 1
+            }
         };
-        let entry = self.topics.entry(name.clone()).or_insert(TopicEntry {
-            parts: Vec::new(),
-            sticky: None,
-            last_sticky: None,
-        });
+        let entry = &mut self.topic_entries[index];
+        let name = entry.name.clone();
         while entry.parts.len() < partitions {
             let partition = i32::try_from(entry.parts.len()).unwrap_or(i32::MAX);
             entry.parts.push(self.parts.len());
@@ -280,21 +315,36 @@ impl Accumulator {
         self.closed = true;
     }
 
-    /// Appends `record`. `permit` carries memory acquired by the caller after an earlier
-    /// [`Append::NeedMemory`]; what the append needs is taken from it (and from the semaphore
-    /// when it is short), the rest is left in it for the caller to drop.
+    /// Appends `record`, measuring it first (tests; `send` measures once and calls
+    /// [`Accumulator::append_measured`]).
+    #[cfg(test)]
     pub(crate) fn append(
         &mut self,
         record: &ProducerRecord<'_>,
         timestamp: i64,
         permit: &mut Option<OwnedSemaphorePermit>,
     ) -> Result<Append> {
+        self.append_measured(record, record_payload(record), timestamp, permit)
+    }
+
+    /// Appends `record`, whose [`record_payload`] is `payload`. `permit` carries memory
+    /// acquired by the caller after an earlier [`Append::NeedMemory`]; what the append needs is
+    /// taken from it (and from the semaphore when it is short), the rest is left in it for the
+    /// caller to drop.
+    pub(crate) fn append_measured(
+        &mut self,
+        record: &ProducerRecord<'_>,
+        payload: usize,
+        timestamp: i64,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<Append> {
         if self.closed {
             return Err(Error::Closed);
         }
-        let Some(topic) = self.topics.get_mut(record.topic) else {
+        let Some(index) = self.topic_index(record.topic) else {
             return Ok(Append::UnknownTopic);
         };
+        let topic = &mut self.topic_entries[index];
         let partitions = i32::try_from(topic.parts.len()).unwrap_or(i32::MAX);
         let sticky = record.partition.is_none() && record.key.is_none();
         let mut partition = match (record.partition, record.key) {
@@ -330,7 +380,7 @@ impl Accumulator {
             let Some(open) = q.open.as_mut() else {
                 break part_id;
             };
-            let size = open.builder.record_size(&rec);
+            let size = open.builder.measured_record_size(&rec, payload);
             let needed = open.builder.size() + size;
             if open.builder.is_empty() || needed <= self.batch_size {
                 if needed > open.builder.capacity() {
@@ -346,7 +396,7 @@ impl Accumulator {
                     open.builder.grow_to(target);
                 }
                 let index = i32::try_from(open.builder.len()).unwrap_or(i32::MAX);
-                open.builder.push(&rec)?;
+                open.builder.push_measured(&rec, payload)?;
                 let future = DeliveryFuture::new(open.completion.clone(), index, timestamp);
                 if open.builder.size() >= self.batch_size
                     && let Some(full) = q.open.take()
@@ -378,14 +428,14 @@ impl Accumulator {
         };
         // A new batch on `part_id`.
         let q = &mut self.parts[part_id];
-        let need = (HEADER_LEN + first_record_size(record))
+        let need = (HEADER_LEN + first_record_size(payload))
             .max(initial_capacity(q.last_size, self.batch_size));
         let Some(permit) = take_memory(&self.memory, permit, need)? else {
             return Ok(Append::NeedMemory(u32::try_from(need).unwrap_or(u32::MAX)));
         };
         let completion = Completion::new(q.topic.clone(), q.partition);
         let mut builder = BatchBuilder::with_capacity(need);
-        builder.push(&rec)?;
+        builder.push_measured(&rec, payload)?;
         let id = self.next_batch_id;
         self.next_batch_id += 1;
         let batch = OpenBatch {
@@ -453,7 +503,10 @@ impl Accumulator {
                 let b = q.open.take();
                 q.last_size = size_of_open;
                 // The sticky partition's batch is being sent: keyless records move on.
-                if let Some(t) = self.topics.get_mut(&q.topic)
+                if let Some(t) = self
+                    .topics
+                    .get(&q.topic)
+                    .and_then(|&t| self.topic_entries.get_mut(t))
                     && t.sticky == Some(q.partition)
                 {
                     t.sticky = None;

@@ -30,7 +30,7 @@ use crate::config::ProducerConfig;
 use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::record::ProducerRecord;
-use accumulator::{Accumulator, Append, first_record_size};
+use accumulator::{Accumulator, Append, first_record_size, record_payload};
 use delivery::Completion;
 use sender::{Identity, Sender, init_producer_id};
 
@@ -242,7 +242,8 @@ impl Producer {
         if let Some(e) = shared.fatal_error() {
             return Err(e);
         }
-        let size = HEADER_LEN + first_record_size(&record);
+        let payload = record_payload(&record);
+        let size = HEADER_LEN + first_record_size(payload);
         let max = self.inner.config.max_record_size;
         if size > max {
             return Err(Error::TooLarge {
@@ -259,7 +260,10 @@ impl Producer {
         let max_block = self.inner.config.max_block;
         let mut permit: Option<OwnedSemaphorePermit> = None;
         loop {
-            let outcome = shared.lock_acc().append(&record, timestamp, &mut permit)?;
+            let outcome =
+                shared
+                    .lock_acc()
+                    .append_measured(&record, payload, timestamp, &mut permit)?;
             match outcome {
                 Append::Done {
                     future,

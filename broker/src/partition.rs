@@ -60,8 +60,9 @@ pub(crate) struct AppendRequest {
 #[derive(Debug)]
 pub(crate) enum WriterMsg {
     Append(AppendRequest),
-    /// New topic settings.
-    Configure(LogConfig),
+    /// New topic settings (boxed: every message moves through the queue and the writer's
+    /// batch, and the settings would make each one three times larger).
+    Configure(Box<LogConfig>),
     /// Run retention and compaction.
     Maintain,
     /// Close the log cleanly (or delete it) and stop.
@@ -278,7 +279,9 @@ async fn flush_done(
 /// The single writer of one partition's log.
 async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
     let (topic, index) = (w.topic.clone(), w.index);
-    let mut log = Some(log);
+    // Boxed: the log moves in and out of the append, recovery and blocking-pool futures for
+    // every group, and is ~500 bytes.
+    let mut log = Some(Box::new(log));
     let mut flush_timer = flush_interval(log.as_ref().map(|l| l.config()));
     let mut msgs: Vec<WriterMsg> = Vec::new();
     loop {
@@ -325,7 +328,7 @@ async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
             };
             match control {
                 WriterMsg::Configure(c) => {
-                    l.set_config(c);
+                    l.set_config(*c);
                     flush_timer = flush_interval(Some(l.config()));
                     log = Some(l);
                 }
@@ -409,9 +412,9 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
 /// panicked: the log went with it, and the partition stops (its files stay as they are; the next
 /// start recovers them).
 async fn blocking<T: Send + 'static>(
-    mut log: Log,
+    mut log: Box<Log>,
     f: impl FnOnce(&mut Log) -> Result<T, StorageError> + Send + 'static,
-) -> (Option<Log>, Result<T, StorageError>) {
+) -> (Option<Box<Log>>, Result<T, StorageError>) {
     let dir = log.dir().to_path_buf();
     match tokio::task::spawn_blocking(move || {
         let r = f(&mut log);
@@ -439,9 +442,9 @@ async fn blocking<T: Send + 'static>(
 /// duplicates, with the offsets they got). While the fault lasts every attempt fails and the
 /// log stays poisoned; a failure is logged once per distinct reason.
 async fn recover_if_poisoned(
-    mut log: Log,
+    mut log: Box<Log>,
     w: &mut Writer,
-) -> (Option<Log>, Result<(), StorageError>) {
+) -> (Option<Box<Log>>, Result<(), StorageError>) {
     if log.poisoned().is_none() {
         return (Some(log), Ok(()));
     }
@@ -476,7 +479,11 @@ async fn recover_if_poisoned(
 /// Appends every request of a group with one storage call and answers each. Idempotent
 /// producers' batches are checked against the partition's producer state first: retries are
 /// answered with their first offsets, out-of-order or fenced batches are refused.
-async fn append_group(log: Log, appends: Vec<AppendRequest>, w: &mut Writer) -> Option<Log> {
+async fn append_group(
+    log: Box<Log>,
+    appends: Vec<AppendRequest>,
+    w: &mut Writer,
+) -> Option<Box<Log>> {
     if appends.is_empty() {
         return Some(log);
     }
@@ -545,7 +552,7 @@ async fn append_group(log: Log, appends: Vec<AppendRequest>, w: &mut Writer) -> 
             let now = now_ms();
             // The flush policy asking for an fsync now means these appends are acknowledged
             // after it, as if they had asked for one.
-            let policy_flush = log.as_ref().is_some_and(Log::flush_wanted);
+            let policy_flush = log.as_ref().is_some_and(|l| l.flush_wanted());
             let mut base = info.base_offset;
             for a in appends {
                 let first = base;

@@ -446,7 +446,7 @@ impl Topics {
             Err(p) => *p.into_inner() = config.clone(),
         }
         for p in &topic.partitions {
-            p.send(WriterMsg::Configure(config.clone())).await;
+            p.send(WriterMsg::Configure(Box::new(config.clone()))).await;
         }
         tracing::info!(topic = name, "topic settings changed");
         Ok(())

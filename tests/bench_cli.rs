@@ -154,6 +154,47 @@ fn consume_reads_what_produce_wrote() {
 }
 
 #[test]
+fn key_runs_send_each_run_to_one_partition() {
+    // --key-run 500: records 0..499 share the first key, 500..999 the second, and so on, so
+    // every partition holds whole runs (iggy-bench's keyed method); without it, every record
+    // takes the next key, and each of the 3 keys gets 1,333 or 1,334 records.
+    let dir = support::TestDir::new();
+    let broker = support::Broker::start(&dir.data(), &[]);
+    let addr = broker.addr.to_string();
+    let run = |topic: &str, extra: &[&str]| {
+        let mut args = vec![
+            "produce",
+            "--bootstrap",
+            addr.as_str(),
+            "--topic",
+            topic,
+            "--records",
+            "4000",
+            "--partitions",
+            "4",
+            "--keys",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        let v = bench(&args);
+        assert_eq!(v["records_in_log"], 4000, "{v}");
+        let mut c = broker.client();
+        (0..4)
+            .map(|p| c.offset_of(topic, p, strom_protocol::messages::OffsetSpec::Latest, 0))
+            .collect::<Vec<i64>>()
+    };
+    let runs = run("runs", &["--key-run", "500"]);
+    assert_eq!(runs.iter().sum::<i64>(), 4000);
+    assert!(runs.iter().all(|n| n % 500 == 0), "whole runs: {runs:?}");
+    let each = run("each", &[]);
+    assert_eq!(each.iter().sum::<i64>(), 4000);
+    assert!(
+        each.iter().any(|n| n % 500 != 0),
+        "a key per record spreads records: {each:?}"
+    );
+}
+
+#[test]
 fn consume_embedded_fills_first() {
     let v = bench(&["consume", "--embedded", "--records", "20000"]);
     assert_eq!(v["records"], 20000);

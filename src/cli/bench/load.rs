@@ -66,6 +66,8 @@ pub struct SendPlan {
     pub stamp: Option<Instant>,
     /// Keys used in turn; empty: no keys.
     pub keys: Arc<[Vec<u8>]>,
+    /// Consecutive records sharing a key ([`key_index`]).
+    pub key_run: u64,
     pub send_batch: u64,
     pub window: u64,
     /// Time the send → ack latency of every this-many-th record; 0: none.
@@ -117,6 +119,7 @@ pub async fn send_loop(producer: Producer, plan: SendPlan) -> anyhow::Result<Sen
         mut value,
         stamp,
         keys,
+        key_run,
         send_batch,
         window,
         sample_every,
@@ -151,7 +154,7 @@ pub async fn send_loop(producer: Producer, plan: SendPlan) -> anyhow::Result<Sen
             let key = if nkeys == 0 {
                 None
             } else {
-                Some(&keys[(i % nkeys) as usize][..])
+                Some(&keys[key_index(i, key_run, nkeys)][..])
             };
             let sampled = sample_every > 0 && (i + 1).is_multiple_of(sample_every);
             let start = if sampled || stamp.is_some() {
@@ -363,6 +366,11 @@ pub fn value(size: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Which of `nkeys` keys record `i` (from 0) takes when runs of `run` records share one.
+pub fn key_index(i: u64, run: u64, nkeys: u64) -> usize {
+    ((i / run.max(1)) % nkeys.max(1)) as usize
+}
+
 /// `n` distinct keys, `key-0000000000` onwards.
 pub fn keys(n: u32) -> Arc<[Vec<u8>]> {
     (0..n)
@@ -396,6 +404,10 @@ mod tests {
         assert!(v.iter().all(u8::is_ascii_uppercase));
         let k = keys(3);
         assert_eq!(&k[2][..], b"key-0000000002");
+        let every: Vec<usize> = (0..5).map(|i| key_index(i, 1, 3)).collect();
+        assert_eq!(every, [0, 1, 2, 0, 1]);
+        let runs: Vec<usize> = (0..7).map(|i| key_index(i, 2, 3)).collect();
+        assert_eq!(runs, [0, 0, 1, 1, 2, 2, 0]);
     }
 
     #[test]

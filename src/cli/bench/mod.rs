@@ -126,6 +126,12 @@ pub struct SendArgs {
     /// keys (each batch goes to one partition).
     #[arg(long, value_name = "K", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
     keys: u32,
+    /// Consecutive records sharing one key. 1: every record takes the next key, as an
+    /// application keying by entity does (the partitioner routes each record on its own). N:
+    /// each run of N records has one key, as iggy-bench's keyed producer sends every batch it is
+    /// handed to one partition (with `--send-batch N`, one key per handed batch).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    key_run: u64,
     /// The producer's batch.size in bytes (its buffer.memory is the larger of 32 MiB and 4
     /// batches).
     #[arg(long, value_name = "B", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(128..=16 << 20))]
@@ -582,6 +588,7 @@ fn send_settings(s: &SendArgs) -> Vec<(&'static str, Value)> {
         ("producers", json!(s.producers)),
         ("record_size", json!(s.record_size)),
         ("keys", json!(s.keys)),
+        ("key_run", json!(s.key_run)),
         (
             "method",
             json!(if s.send_batch > 1 {
@@ -653,6 +660,7 @@ fn spawn_senders(
                     value: value.clone(),
                     stamp,
                     keys: keys.clone(),
+                    key_run: s.key_run,
                     send_batch: s.send_batch,
                     window: s.window,
                     sample_every: s.sample_every,

@@ -492,6 +492,7 @@ impl BatchBuilder {
 
     /// As [`BatchBuilder::record_size`], for a record whose [`payload_len`] is known: a
     /// producer that measures a record once for its own checks need not measure it again.
+    /// `payload` must be `payload_len(record)`.
     pub fn measured_record_size(&self, record: &RecordRef<'_>, payload: usize) -> usize {
         let base = if self.count == 0 {
             record.timestamp
@@ -507,7 +508,9 @@ impl BatchBuilder {
         self.push_measured(record, payload_len(record))
     }
 
-    /// As [`BatchBuilder::push`], for a record whose [`payload_len`] is known.
+    /// As [`BatchBuilder::push`], for a record whose [`payload_len`] is known. `payload` must
+    /// be `payload_len(record)`: another value writes a record whose length prefix is wrong,
+    /// which consumers reject as corrupt (debug builds assert it).
     pub fn push_measured(
         &mut self,
         record: &RecordRef<'_>,

@@ -752,23 +752,14 @@ impl ActiveFiles {
     /// overwrites or the caller cuts off.
     fn write_index_entries(&mut self, segment: &Segment) -> Result<()> {
         let (index_at, time_at) = self.index_ends();
-        if !self.builder.time_buf.is_empty() {
-            io::write_at(
-                self.faults.as_ref(),
-                &self.time,
-                &segment.time_path,
-                &self.builder.time_buf,
-                time_at,
-            )?;
-        }
-        if !self.builder.offset_buf.is_empty() {
-            io::write_at(
-                self.faults.as_ref(),
-                &self.index,
-                &segment.index_path,
-                &self.builder.offset_buf,
-                index_at,
-            )?;
+        let b = &self.builder;
+        for (file, path, buf, at) in [
+            (&self.time, &segment.time_path, &b.time_buf, time_at),
+            (&self.index, &segment.index_path, &b.offset_buf, index_at),
+        ] {
+            if !buf.is_empty() {
+                io::write_at(self.faults.as_ref(), file, path, buf, at)?;
+            }
         }
         self.index_entries += self.builder.offset_buf.len() / OFFSET_ENTRY;
         self.time_entries += self.builder.time_buf.len() / TIME_ENTRY;

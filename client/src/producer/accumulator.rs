@@ -62,6 +62,8 @@ pub(crate) struct OpenBatch {
 #[derive(Debug)]
 pub(crate) struct PartitionQueue {
     pub(crate) topic: Arc<str>,
+    /// The topic's index in `Accumulator::topic_entries`.
+    topic_index: usize,
     pub(crate) partition: i32,
     /// The batch records are appended to.
     open: Option<OpenBatch>,
@@ -291,6 +293,7 @@ impl Accumulator {
             entry.parts.push(self.parts.len());
             self.parts.push(PartitionQueue {
                 topic: name.clone(),
+                topic_index: index,
                 partition,
                 open: None,
                 ready: VecDeque::new(),
@@ -503,10 +506,7 @@ impl Accumulator {
                 let b = q.open.take();
                 q.last_size = size_of_open;
                 // The sticky partition's batch is being sent: keyless records move on.
-                if let Some(t) = self
-                    .topics
-                    .get(&q.topic)
-                    .and_then(|&t| self.topic_entries.get_mut(t))
+                if let Some(t) = self.topic_entries.get_mut(q.topic_index)
                     && t.sticky == Some(q.partition)
                 {
                     t.sticky = None;

@@ -67,9 +67,14 @@ struct ServeArgs {
     /// Data directory [default: ./strom-data]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:9494]
+    /// Address to listen on for strom's protocol; port 0 picks a free port
+    /// [default: 127.0.0.1:9494]
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
+    /// Address to listen on for Kafka clients; port 0 picks a free port, `none` turns the Kafka
+    /// listener off [default: 127.0.0.1:9092]
+    #[arg(long, value_name = "HOST:PORT|none")]
+    kafka_listen: Option<String>,
     /// This broker's id [default: 0]
     #[arg(long)]
     node_id: Option<i32>,
@@ -158,6 +163,7 @@ impl ServeArgs {
         set!(
             data_dir,
             listen,
+            kafka_listen,
             node_id,
             auto_create_topics,
             default_partitions,
@@ -284,6 +290,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
             writeln!(out, "listening on {}", broker.local_addr())?;
+            if let Some(addr) = broker.kafka_addr() {
+                writeln!(out, "kafka listening on {addr}")?;
+            }
             out.flush()?;
         }
         tokio::select! {

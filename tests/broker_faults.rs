@@ -38,6 +38,7 @@ impl FaultyBroker {
         let config = BrokerConfig {
             data_dir: dir.data(),
             listen: "127.0.0.1:0".into(),
+            kafka_listen: "none".into(),
             io_faults: Some(faults.clone()),
             ..BrokerConfig::default()
         };

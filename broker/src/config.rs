@@ -4,7 +4,8 @@
 //! | setting | default | meaning |
 //! |---|---|---|
 //! | `data_dir` | `./strom-data` | where partitions and metadata live |
-//! | `listen` | `127.0.0.1:9494` | address to accept clients on; port 0 picks a free port |
+//! | `listen` | `127.0.0.1:9494` | address to accept strom-protocol clients on; port 0 picks a free port |
+//! | `kafka_listen` | `127.0.0.1:9092` | address to accept Kafka-protocol clients on; port 0 picks a free port, `none` turns the listener off |
 //! | `node_id` | 0 | this broker's id in Metadata |
 //! | `auto_create_topics` | true | a produce to an unknown topic creates it |
 //! | `default_partitions` | 1 | partitions of an auto-created topic, or of a create without a count |
@@ -45,6 +46,8 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// Listen address.
     pub listen: String,
+    /// Kafka listener address, or `none`.
+    pub kafka_listen: String,
     /// Broker id.
     pub node_id: i32,
     /// Create topics on first produce.
@@ -96,14 +99,22 @@ pub struct BrokerConfig {
     pub io_faults: Option<IoFaults>,
 }
 
-/// The default listen port: not Kafka's 9092, so both can run side by side.
+/// The default listen port of strom's own protocol: not Kafka's 9092, so both can run side by
+/// side.
 pub const DEFAULT_PORT: u16 = 9494;
+
+/// The default port of the Kafka listener: Kafka's, so a Kafka client's defaults just work.
+pub const DEFAULT_KAFKA_PORT: u16 = 9092;
+
+/// The listen value that turns a listener off.
+pub const LISTENER_OFF: &str = "none";
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./strom-data"),
             listen: format!("127.0.0.1:{DEFAULT_PORT}"),
+            kafka_listen: format!("127.0.0.1:{DEFAULT_KAFKA_PORT}"),
             node_id: 0,
             auto_create_topics: true,
             default_partitions: 1,
@@ -133,6 +144,12 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// The Kafka listener's address, or `None` when it is turned off.
+    pub fn kafka_listen(&self) -> Option<&str> {
+        (!self.kafka_listen.eq_ignore_ascii_case(LISTENER_OFF))
+            .then_some(self.kafka_listen.as_str())
+    }
+
     /// Reads a TOML file; settings it does not name keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, BrokerError> {
         let text = std::fs::read_to_string(path).map_err(|source| BrokerError::Io {

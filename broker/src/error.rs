@@ -30,6 +30,17 @@ pub enum BrokerError {
         #[source]
         source: io::Error,
     },
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr} (setting {setting}): {source}")]
+    Listen {
+        /// The setting that names the address (`listen`, `kafka_listen`).
+        setting: &'static str,
+        /// The address.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// A partition log failed.
     #[error(transparent)]
     Storage(#[from] StorageError),

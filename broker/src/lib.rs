@@ -1,21 +1,27 @@
-//! strom-broker: the server.
+//! strom-broker: the server. One core, several protocol front-ends:
 //!
 //! - [`config`]: the broker's settings and their defaults;
-//! - `server`: start-up, the accept loop, the connection limit, maintenance and shutdown;
-//! - `connection`: one client connection: framing, pipelining, in-flight limits, ordered
-//!   zero-copy responses;
-//! - `handlers`: one function per API;
-//! - `groups`: the group coordinator: membership, incremental assignment, committed offsets;
-//! - `topics`: the topic registry and its metadata files;
-//! - `partition`: a partition's single writer task and the handles connections use;
-//! - `producers`: idempotent producers: id allocation, per-partition sequence state, snapshots;
+//! - `core`: everything a request does once decoded, whatever its protocol: topics, partition
+//!   writers, produce, fetch and long polls, idempotent producers, the group coordinator;
+//! - `net`: what every listener shares: binding, the accept loop and connection limit, framing,
+//!   in-flight budgets, timeouts, ordered zero-copy responses;
+//! - `native`: strom's own protocol (protobuf envelopes) over the core;
+//! - `kafka`: the Apache Kafka protocol over the core;
+//! - `server`: start-up and shutdown of the whole;
 //! - [`error`]: the crate's error type and the storage-to-wire error mapping.
 //!
+//! Imports point one way: `server` -> `native`, `kafka` -> `net`, `core` -> storage, protocol.
+
 //! ```no_run
 //! # async fn run() -> Result<(), strom_broker::BrokerError> {
-//! let config = strom_broker::BrokerConfig { listen: "127.0.0.1:0".into(), ..Default::default() };
+//! let config = strom_broker::BrokerConfig {
+//!     listen: "127.0.0.1:0".into(),
+//!     kafka_listen: "127.0.0.1:0".into(),
+//!     ..Default::default()
+//! };
 //! let broker = strom_broker::Broker::start(config).await?;
 //! println!("listening on {}", broker.local_addr());
+//! println!("kafka listening on {:?}", broker.kafka_addr());
 //! broker.shutdown().await;
 //! # Ok(()) }
 //! ```
@@ -23,14 +29,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod config;
-mod connection;
+mod core;
 pub mod error;
-mod groups;
-mod handlers;
-mod partition;
-mod producers;
+mod kafka;
+mod native;
+mod net;
 mod server;
-mod topics;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;

@@ -1,121 +1,89 @@
-//! The broker as a whole: start-up (load topics, bind), the accept loop with its connection
-//! limit, periodic maintenance, and graceful shutdown.
+//! The broker as a whole: start-up (load the core, bind every listener), and graceful shutdown.
 //!
-//! Shutdown is a `CancellationToken`: the accept loop stops, each connection stops reading and
+//! Shutdown is a `CancellationToken`: the accept loops stop, each connection stops reading and
 //! writes the responses of the requests it already started, then every partition log is closed
 //! cleanly (fsync + clean-shutdown marker) so the next start scans nothing. Connections still
 //! busy after `shutdown_timeout_ms` are abandoned; the logs are closed regardless.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::BrokerConfig;
-use crate::connection;
+use crate::core::Core;
 use crate::error::BrokerError;
-use crate::groups::{Coordinator, SessionBounds};
-use crate::producers::ProducerIds;
-use crate::topics::Topics;
-
-/// What request handlers share.
-#[derive(Debug)]
-pub(crate) struct Context {
-    pub config: BrokerConfig,
-    pub topics: Topics,
-    pub producer_ids: ProducerIds,
-    pub groups: Coordinator,
-    pub shutdown: CancellationToken,
-    /// Request bytes in flight over all connections (`max_inflight_bytes_total`).
-    pub inflight: Arc<Semaphore>,
-    /// The address clients reach this broker at (for Metadata).
-    pub advertised: SocketAddr,
-}
+use crate::kafka::Kafka;
+use crate::native::Native;
+use crate::net::{Net, listener};
 
 /// A running broker.
 #[derive(Debug)]
 pub struct Broker {
     local_addr: SocketAddr,
+    kafka_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl Broker {
-    /// Loads the data directory, binds the listener and starts serving. When this returns, the
-    /// broker accepts connections at [`Broker::local_addr`].
+    /// Loads the data directory, binds the listeners and starts serving. When this returns, the
+    /// broker accepts connections at [`Broker::local_addr`] (and [`Broker::kafka_addr`]).
     pub async fn start(config: BrokerConfig) -> Result<Self, BrokerError> {
-        config.validate()?;
-        let defaults = config.topic_defaults()?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::Io {
-            op: "create dir",
-            path: config.data_dir.clone(),
-            source,
-        })?;
         let started = std::time::Instant::now();
-        let topics = Topics::load(
-            &config.data_dir,
-            defaults,
-            config.max_partitions,
-            config.io_faults.clone(),
-        )
-        .await?;
-        let producer_ids = ProducerIds::load(&config.data_dir.join("meta"))?;
-        let groups = Coordinator::load(
-            &topics,
-            SessionBounds {
-                min_ms: config.group_min_session_timeout_ms,
-                max_ms: config.group_max_session_timeout_ms,
-                default_ms: config.group_default_session_timeout_ms,
-            },
-        )
-        .await?;
-        let listener = bind(&config.listen)
-            .await
-            .map_err(|source| BrokerError::Io {
-                op: "listen on",
-                path: config.listen.clone().into(),
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| BrokerError::Io {
-            op: "listen on",
-            path: config.listen.clone().into(),
-            source,
-        })?;
+        let shutdown = CancellationToken::new();
+        // Bind first: a port in use fails start-up before any log is opened.
+        config.validate()?;
+        let (native_listener, local_addr) = bind("listen", &config.listen).await?;
+        let kafka = match config.kafka_listen() {
+            Some(addr) => Some(bind("kafka_listen", addr).await?),
+            None => None,
+        };
+        let kafka_addr = kafka.as_ref().map(|(_, a)| *a);
+        let core = Core::load(config, shutdown.clone()).await?;
         tracing::info!(
             addr = %local_addr,
-            data_dir = %config.data_dir.display(),
-            topics = topics.all().len(),
+            kafka_addr = ?kafka_addr,
+            data_dir = %core.config.data_dir.display(),
+            topics = core.topics.all().len(),
             startup_ms = started.elapsed().as_millis() as u64,
             "broker started"
         );
-        let shutdown = CancellationToken::new();
-        let inflight = Arc::new(Semaphore::new(config.max_inflight_bytes_total));
-        let ctx = Arc::new(Context {
-            config,
-            topics,
-            producer_ids,
-            groups,
-            inflight,
-            shutdown: shutdown.clone(),
-            advertised: local_addr,
-        });
-        let task = tokio::spawn(run(listener, ctx));
+        let net = Net::new(&core.config, shutdown.clone());
+        let mut loops = vec![tokio::spawn(listener::accept_loop(
+            native_listener,
+            Arc::new(Native::new(core.clone(), local_addr)),
+            net.clone(),
+            "native",
+        ))];
+        if let Some((l, addr)) = kafka {
+            loops.push(tokio::spawn(listener::accept_loop(
+                l,
+                Arc::new(Kafka::new(core.clone(), addr)),
+                net.clone(),
+                "kafka",
+            )));
+        }
+        let task = tokio::spawn(run(core, net, loops));
         Ok(Self {
             local_addr,
+            kafka_addr,
             shutdown,
             task,
         })
     }
 
-    /// The address the broker listens on.
+    /// The address the native listener accepts connections on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the Kafka listener accepts connections on, unless it is turned off.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka_addr
     }
 
     /// Stops the broker gracefully and waits until every log is closed.
@@ -125,94 +93,35 @@ impl Broker {
     }
 }
 
-/// Listens on the first address `addr` resolves to, with a backlog deep enough for a burst of
-/// thousands of connects (tokio's default of 1024 overflows, and each dropped SYN costs the
-/// client a one-second retransmit).
-async fn bind(addr: &str) -> std::io::Result<TcpListener> {
-    let mut last = None;
-    for a in tokio::net::lookup_host(addr).await? {
-        let socket = if a.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} resolves to no address"))))
+async fn bind(setting: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), BrokerError> {
+    let err = |source| BrokerError::Listen {
+        setting,
+        addr: addr.to_string(),
+        source,
+    };
+    let l = listener::bind(addr).await.map_err(err)?;
+    let a = l.local_addr().map_err(err)?;
+    Ok((l, a))
 }
 
-/// Pending connections the kernel queues before the broker accepts them (capped by
-/// `net.core.somaxconn`).
-const LISTEN_BACKLOG: u32 = 8192;
-
-async fn run(listener: TcpListener, ctx: Arc<Context>) {
-    let tracker = TaskTracker::new();
-    let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
-    let maintenance = tokio::spawn(maintain(ctx.clone()));
-    let sessions = tokio::spawn(crate::groups::expire_sessions(
-        ctx.clone(),
-        Duration::from_millis(100),
-    ));
-    let over_limit_logged = AtomicBool::new(false);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = ctx.shutdown.cancelled() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                    _ = ctx.shutdown.cancelled() => break,
-                }
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            if !over_limit_logged.swap(true, Ordering::Relaxed) {
-                tracing::warn!(%peer, max_connections = ctx.config.max_connections, "connection limit reached; closing new connections until one ends");
-            }
-            drop(stream);
-            continue;
-        };
-        over_limit_logged.store(false, Ordering::Relaxed);
-        tracing::info!(%peer, "connection opened");
-        let ctx = ctx.clone();
-        tracker.spawn(async move {
-            connection::serve(stream, ctx).await;
-            drop(permit);
-        });
+/// Runs the core's background work until shutdown, then closes everything in order.
+async fn run(core: Arc<Core>, net: Arc<Net>, loops: Vec<JoinHandle<()>>) {
+    let background = tokio::spawn(core.clone().run_background());
+    for l in loops {
+        let _ = l.await;
     }
-    drop(listener);
-    tracker.close();
-    let timeout = Duration::from_millis(ctx.config.shutdown_timeout_ms);
-    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+    net.tracker.close();
+    let timeout = Duration::from_millis(core.config.shutdown_timeout_ms);
+    if tokio::time::timeout(timeout, net.tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
-            timeout_ms = ctx.config.shutdown_timeout_ms,
+            timeout_ms = core.config.shutdown_timeout_ms,
             "connections still busy at the shutdown deadline; closing logs anyway"
         );
     }
-    maintenance.abort();
-    sessions.abort();
-    ctx.topics.close_all().await;
+    let _ = background.await;
+    core.topics.close_all().await;
     tracing::info!("broker stopped");
-}
-
-/// Runs retention and compaction on every partition, periodically.
-async fn maintain(ctx: Arc<Context>) {
-    let period = Duration::from_millis(ctx.config.retention_check_interval_ms);
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => ctx.topics.maintain().await,
-            _ = ctx.shutdown.cancelled() => return,
-        }
-    }
 }

@@ -223,6 +223,22 @@ impl LogReader {
         Ok(empty(start))
     }
 
+    /// The largest record timestamp in the log and the first offset that carries it, or `None`
+    /// when the log holds no record (Kafka's ListOffsets with `MAX_TIMESTAMP`).
+    pub fn max_timestamp(&self) -> Result<Option<(i64, i64)>> {
+        let max = self
+            .shared
+            .snapshot()
+            .iter()
+            .map(|s| s.max_timestamp())
+            .max()
+            .unwrap_or(-1);
+        if max < 0 {
+            return Ok(None);
+        }
+        Ok(self.offset_for_time(max)?.map(|o| (o, max)))
+    }
+
     /// The first offset whose record timestamp is >= `timestamp`, or `None` if every record is
     /// older (Kafka's ListOffsets by time).
     pub fn offset_for_time(&self, timestamp: i64) -> Result<Option<i64>> {

@@ -71,6 +71,8 @@ pub struct Broker {
     child: Option<Child>,
     /// The address from the broker's `listening on` line.
     pub addr: SocketAddr,
+    /// The address from its `kafka listening on` line (`None` with `--kafka-listen none`).
+    pub kafka_addr: Option<SocketAddr>,
     /// Where the broker's stderr goes (printed when a test panics while the broker is alive).
     pub log_path: PathBuf,
     data_dir: PathBuf,
@@ -99,6 +101,17 @@ impl Broker {
         let log_path = log_dir.join(format!("strom-{}-{n}.stderr", std::process::id()));
         let stderr = File::create(&log_path).expect("create the broker's stderr file");
         let listen = addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+        // The Kafka listener's default (Kafka's port 9092) would collide between tests: every
+        // test broker takes a free port unless the test names its own `--kafka-listen`.
+        let kafka_named = extra_args.contains(&"--kafka-listen");
+        let kafka_expected = !extra_args
+            .windows(2)
+            .any(|w| w[0] == "--kafka-listen" && w[1] == "none");
+        let default_kafka: &[&str] = if kafka_named {
+            &[]
+        } else {
+            &["--kafka-listen", "127.0.0.1:0"]
+        };
 
         let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
             .arg("serve")
@@ -106,6 +119,7 @@ impl Broker {
             .arg(&listen)
             .arg("--data-dir")
             .arg(data_dir)
+            .args(default_kafka)
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -113,14 +127,15 @@ impl Broker {
             .spawn()
             .expect("spawn strom serve");
 
-        // A reader thread hands over the first line, then keeps draining stdout so that the
-        // broker never blocks on a full pipe.
+        // A reader thread hands over the first two lines (`listening on`, `kafka listening
+        // on`), then keeps draining stdout so that the broker never blocks on a full pipe.
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            let first = lines.next();
-            let _ = tx.send(first);
+            for _ in 0..2 {
+                let _ = tx.send(lines.next());
+            }
             for _ in lines.by_ref() {}
         });
 
@@ -142,10 +157,27 @@ impl Broker {
                     format!("its first stdout line is {line:?}, not `listening on {listen}`")
                 })
         });
+        let listening = listening.and_then(|addr| {
+            if !kafka_expected {
+                return Ok((addr, None));
+            }
+            let second = match rx.recv_timeout(STARTUP_TIMEOUT) {
+                Ok(Some(Ok(line))) => line,
+                other => return Err(format!("no `kafka listening on` line: {other:?}")),
+            };
+            let kafka = second
+                .strip_prefix("kafka ")
+                .and_then(parse_listening_line)
+                .ok_or_else(|| {
+                    format!("its second stdout line is {second:?}, not `kafka listening on ...`")
+                })?;
+            Ok((addr, Some(kafka)))
+        });
         match listening {
-            Ok(addr) => Broker {
+            Ok((addr, kafka_addr)) => Broker {
                 child: Some(child),
                 addr,
+                kafka_addr,
                 log_path,
                 data_dir: data_dir.to_path_buf(),
             },

@@ -1,0 +1,122 @@
+//! The broker core: everything a request does once it is decoded, whatever protocol it came in.
+//!
+//! The front-ends (`crate::native` for strom's protobuf protocol, `crate::kafka` for the Apache
+//! Kafka protocol) decode their wire format into the plain types of this module, call [`Core`],
+//! and encode what it returns. Limits, validation, idempotence, long polls, group logic and
+//! topic administration live here, once:
+//!
+//! - [`topics`]: the topic registry and its metadata files;
+//! - [`partition`]: a partition's single writer task and the handles requests use;
+//! - [`producers`]: idempotent producers: id allocation, per-partition sequence state, snapshots;
+//! - [`groups`]: the group coordinator: membership, incremental assignment, committed offsets;
+//! - [`produce`]: validating batches, queueing them on partition writers, waiting for the acks;
+//! - [`fetch`]: reading partitions, with long polls on the writers' end-offset notifications;
+//! - [`admin`]: topic creation, deletion, settings, offsets by time, producer ids;
+//! - [`session`]: what one connection's requests share (read-your-writes ordering).
+//!
+//! Nothing here knows a wire format: errors are `(ErrorCode, message)` pairs ([`Failure`]) that
+//! each front-end maps to its own codes.
+
+pub(crate) mod admin;
+pub(crate) mod fetch;
+pub(crate) mod groups;
+pub(crate) mod partition;
+pub(crate) mod produce;
+pub(crate) mod producers;
+pub(crate) mod session;
+pub(crate) mod topics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strom_protocol::ErrorCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use groups::{Coordinator, SessionBounds};
+use producers::ProducerIds;
+use topics::Topics;
+
+/// A failed operation on one topic, partition or group: the code and a message for the client.
+pub(crate) type Failure = (ErrorCode, String);
+
+/// The broker's state and logic, shared by every listener and connection.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub config: BrokerConfig,
+    pub topics: Topics,
+    pub producer_ids: ProducerIds,
+    pub groups: Coordinator,
+    /// Cancelled when the broker shuts down: long polls return at once.
+    pub shutdown: CancellationToken,
+}
+
+impl Core {
+    /// Loads the data directory: topics (recovering their logs), producer ids, group offsets.
+    pub async fn load(
+        config: BrokerConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, BrokerError> {
+        config.validate()?;
+        let defaults = config.topic_defaults()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::Io {
+            op: "create dir",
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let topics = Topics::load(
+            &config.data_dir,
+            defaults,
+            config.max_partitions,
+            config.io_faults.clone(),
+        )
+        .await?;
+        let producer_ids = ProducerIds::load(&config.data_dir.join("meta"))?;
+        let groups = Coordinator::load(
+            &topics,
+            SessionBounds {
+                min_ms: config.group_min_session_timeout_ms,
+                max_ms: config.group_max_session_timeout_ms,
+                default_ms: config.group_default_session_timeout_ms,
+            },
+        )
+        .await?;
+        Ok(Arc::new(Self {
+            config,
+            topics,
+            producer_ids,
+            groups,
+            shutdown,
+        }))
+    }
+
+    /// Runs the core's background work until shutdown: retention and compaction every
+    /// `retention_check_interval_ms`, and group session expiry every 100 ms (two loops, so a
+    /// long maintenance pass over thousands of partitions never delays an expiry).
+    pub async fn run_background(self: Arc<Self>) {
+        let maintain = async {
+            let period = Duration::from_millis(self.config.retention_check_interval_ms);
+            let start = tokio::time::Instant::now() + period;
+            let mut interval = tokio::time::interval_at(start, period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                self.topics.maintain().await;
+            }
+        };
+        let expire = async {
+            let mut interval = tokio::time::interval(Duration::from_millis(100));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                self.groups.expire(&self.topics);
+            }
+        };
+        tokio::select! {
+            () = maintain => {}
+            () = expire => {}
+            () = self.shutdown.cancelled() => {}
+        }
+    }
+}

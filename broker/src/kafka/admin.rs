@@ -1,0 +1,203 @@
+//! Topic administration, offsets and producer ids over the Kafka protocol: CreateTopics,
+//! DeleteTopics, ListOffsets, InitProducerId. Each converts to the core's call and back.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ProducerId, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use strom_protocol::ErrorCode;
+
+use super::{Kafka, KafkaResponse, Req, kafka_code};
+use crate::core::Failure;
+use crate::core::admin::OffsetQuery;
+
+/// ListOffsets' special timestamps (KIP-79, KIP-734, KIP-1005).
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+
+fn message(version: i16, first: i16, msg: String) -> Option<StrBytes> {
+    (version >= first).then(|| StrBytes::from_string(msg))
+}
+
+impl Kafka {
+    pub(super) async fn create_topics(
+        &self,
+        req: &Req,
+        m: CreateTopicsRequest,
+    ) -> Result<KafkaResponse, String> {
+        let mut results = Vec::with_capacity(m.topics.len());
+        for t in m.topics {
+            let name = t.name.0.to_string();
+            let result: Result<i32, Failure> = if t.replication_factor > 1 {
+                Err((
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "replication factor {} is more than the 1 broker of this cluster",
+                        t.replication_factor
+                    ),
+                ))
+            } else if !t.assignments.is_empty() {
+                Err((
+                    ErrorCode::InvalidRequest,
+                    "manual replica assignments are not supported".to_string(),
+                ))
+            } else {
+                let mut overrides = BTreeMap::new();
+                let mut null = None;
+                for c in t.configs {
+                    match c.value {
+                        Some(v) => {
+                            overrides.insert(c.name.to_string(), v.to_string());
+                        }
+                        None => null = Some(c.name.to_string()),
+                    }
+                }
+                match null {
+                    Some(k) => Err((ErrorCode::InvalidConfig, format!("{k} has no value"))),
+                    None => {
+                        let partitions =
+                            (t.num_partitions >= 0).then_some(i64::from(t.num_partitions));
+                        self.core
+                            .create_topic(&name, partitions, overrides, m.validate_only)
+                            .await
+                    }
+                }
+            };
+            let out = CreatableTopicResult::default().with_name(t.name);
+            results.push(match result {
+                Ok(n) => out.with_num_partitions(n).with_replication_factor(1),
+                Err((code, msg)) => {
+                    // A replication factor beyond the brokers has its own Kafka code.
+                    let code = if t.replication_factor > 1 {
+                        ResponseError::InvalidReplicationFactor.code()
+                    } else {
+                        kafka_code(code)
+                    };
+                    out.with_error_code(code)
+                        .with_error_message(message(req.version, 1, msg))
+                        .with_num_partitions(-1)
+                        .with_replication_factor(-1)
+                }
+            });
+        }
+        req.respond(&CreateTopicsResponse::default().with_topics(results))
+    }
+
+    pub(super) async fn delete_topics(
+        &self,
+        req: &Req,
+        m: DeleteTopicsRequest,
+    ) -> Result<KafkaResponse, String> {
+        // Version 6 names topics in `topics` (by name or id); earlier versions in `topic_names`.
+        let mut names: Vec<Option<TopicName>> = m.topic_names.into_iter().map(Some).collect();
+        names.extend(m.topics.into_iter().map(|t| t.name));
+        let mut results = Vec::with_capacity(names.len());
+        for name in names {
+            let out = DeletableTopicResult::default().with_name(name.clone());
+            let result = match &name {
+                Some(n) => self.core.topics.delete(n).await,
+                None => Err((
+                    ErrorCode::UnknownTopicOrPartition,
+                    "topics have no ids in this broker; delete by name".to_string(),
+                )),
+            };
+            results.push(match result {
+                Ok(()) => out,
+                Err((code, msg)) => out
+                    .with_error_code(kafka_code(code))
+                    .with_error_message(message(req.version, 5, msg)),
+            });
+        }
+        req.respond(&DeleteTopicsResponse::default().with_responses(results))
+    }
+
+    pub(super) fn list_offsets(
+        &self,
+        req: &Req,
+        m: ListOffsetsRequest,
+    ) -> Result<KafkaResponse, String> {
+        let topics = m
+            .topics
+            .into_iter()
+            .map(|t| {
+                let name = t.name.0.to_string();
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let out = ListOffsetsPartitionResponse::default()
+                            .with_partition_index(p.partition_index)
+                            .with_leader_epoch(0);
+                        let query = match p.timestamp {
+                            LATEST | LATEST_TIERED => Ok(OffsetQuery::Latest),
+                            EARLIEST | EARLIEST_LOCAL => Ok(OffsetQuery::Earliest),
+                            MAX_TIMESTAMP => Ok(OffsetQuery::MaxTimestamp),
+                            ts if ts >= 0 => Ok(OffsetQuery::Time(ts)),
+                            ts => Err((
+                                ErrorCode::InvalidRequest,
+                                format!("timestamp {ts} is not a time or a known special value"),
+                            )),
+                        };
+                        match query.and_then(|q| self.core.list_offset(&name, p.partition_index, q))
+                        {
+                            Ok((offset, timestamp)) => {
+                                out.with_offset(offset).with_timestamp(timestamp)
+                            }
+                            Err((code, _)) => out
+                                .with_error_code(kafka_code(code))
+                                .with_offset(-1)
+                                .with_timestamp(-1),
+                        }
+                    })
+                    .collect();
+                ListOffsetsTopicResponse::default()
+                    .with_name(t.name)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        req.respond(&ListOffsetsResponse::default().with_topics(topics))
+    }
+
+    pub(super) fn init_producer_id(
+        &self,
+        req: &Req,
+        m: InitProducerIdRequest,
+    ) -> Result<KafkaResponse, String> {
+        let result = self.core.init_producer_id(
+            m.transactional_id.is_some(),
+            m.producer_id.0,
+            i32::from(m.producer_epoch),
+        );
+        let resp = match result {
+            Ok((id, epoch)) => InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(i16::try_from(epoch).unwrap_or(i16::MAX)),
+            Err((code, _)) => {
+                // Kafka clients read a refused transactional id as "not supported here".
+                let code = if m.transactional_id.is_some() {
+                    ResponseError::TransactionalIdAuthorizationFailed.code()
+                } else {
+                    kafka_code(code)
+                };
+                InitProducerIdResponse::default()
+                    .with_error_code(code)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1)
+            }
+        };
+        req.respond(&resp)
+    }
+}

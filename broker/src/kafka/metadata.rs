@@ -1,0 +1,132 @@
+//! Metadata and FindCoordinator: where topics, partitions and the group coordinator are. A single
+//! broker leads every partition and coordinates every group, at this listener's address.
+
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, MetadataRequest, MetadataResponse,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use strom_protocol::ErrorCode;
+use strom_protocol::topic::{is_internal_topic, validate_topic_name};
+
+use super::{Kafka, KafkaResponse, Req, kafka_code};
+
+/// The cluster id Metadata reports (a single broker is its own cluster; the cluster work gives
+/// it a real id).
+const CLUSTER_ID: &str = "strom";
+
+impl Kafka {
+    fn node(&self) -> BrokerId {
+        BrokerId(self.core.config.node_id)
+    }
+
+    fn host(&self) -> StrBytes {
+        StrBytes::from_string(self.advertised.ip().to_string())
+    }
+
+    pub(super) async fn metadata(
+        &self,
+        req: &Req,
+        m: MetadataRequest,
+    ) -> Result<KafkaResponse, String> {
+        // Version 0 asks for every topic with an empty list; later versions with a null one.
+        let names: Option<Vec<String>> = match m.topics {
+            None => None,
+            Some(t) if t.is_empty() && req.version == 0 => None,
+            Some(t) => Some(
+                t.into_iter()
+                    .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                    .collect(),
+            ),
+        };
+        // Before version 4 a client could not ask for auto-creation, and every Metadata did it.
+        let auto_create = req.version < 4 || m.allow_auto_topic_creation;
+        let names = match names {
+            Some(names) => {
+                if auto_create {
+                    self.core.auto_create(&names).await;
+                }
+                names
+            }
+            None => self
+                .core
+                .topics
+                .all()
+                .iter()
+                .map(|t| t.name.to_string())
+                .collect(),
+        };
+        let topics = names.iter().map(|n| self.topic_metadata(n)).collect();
+        let broker = MetadataResponseBroker::default()
+            .with_node_id(self.node())
+            .with_host(self.host())
+            .with_port(i32::from(self.advertised.port()));
+        let resp = MetadataResponse::default()
+            .with_brokers(vec![broker])
+            .with_cluster_id(Some(StrBytes::from_static_str(CLUSTER_ID)))
+            .with_controller_id(self.node())
+            .with_topics(topics);
+        req.respond(&resp)
+    }
+
+    fn topic_metadata(&self, name: &str) -> MetadataResponseTopic {
+        let out = MetadataResponseTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
+            .with_is_internal(is_internal_topic(name));
+        let Some(t) = self.core.topics.get(name) else {
+            let code = if validate_topic_name(name).is_err() {
+                ErrorCode::InvalidTopicName
+            } else {
+                ErrorCode::UnknownTopicOrPartition
+            };
+            return out.with_error_code(kafka_code(code));
+        };
+        let node = self.node();
+        out.with_partitions(
+            t.partitions
+                .iter()
+                .map(|p| {
+                    MetadataResponsePartition::default()
+                        .with_partition_index(p.index)
+                        .with_leader_id(node)
+                        .with_leader_epoch(0)
+                        .with_replica_nodes(vec![node])
+                        .with_isr_nodes(vec![node])
+                })
+                .collect(),
+        )
+    }
+
+    pub(super) fn find_coordinator(
+        &self,
+        req: &Req,
+        m: FindCoordinatorRequest,
+    ) -> Result<KafkaResponse, String> {
+        let port = i32::from(self.advertised.port());
+        let resp = if req.version >= 4 {
+            // Version 4 asks for many keys at once and gets one entry per key.
+            FindCoordinatorResponse::default().with_coordinators(
+                m.coordinator_keys
+                    .into_iter()
+                    .map(|key| {
+                        Coordinator::default()
+                            .with_key(key)
+                            .with_node_id(self.node())
+                            .with_host(self.host())
+                            .with_port(port)
+                    })
+                    .collect(),
+            )
+        } else {
+            FindCoordinatorResponse::default()
+                .with_node_id(self.node())
+                .with_host(self.host())
+                .with_port(port)
+        };
+        req.respond(&resp)
+    }
+}

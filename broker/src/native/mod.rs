@@ -1,0 +1,522 @@
+//! strom's own protocol front-end: decodes protobuf envelopes, calls the core, encodes the
+//! answers. It holds no broker logic: each arm converts a request into the core's types and the
+//! result back (docs/protocol.md is the wire).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use strom_protocol::ErrorCode;
+use strom_protocol::api::{api_versions_response, check_version};
+use strom_protocol::messages::*;
+use strom_protocol::topic::{is_internal_topic, validate_topic_name};
+use strom_protocol::{decode_request, decode_request_header, encode_response_chunks};
+
+use crate::core::admin::{self, OffsetQuery};
+use crate::core::fetch::{self as core_fetch, FetchPartition};
+use crate::core::partition::Durability;
+use crate::core::produce;
+use crate::core::session::Session;
+use crate::core::{Core, Failure};
+use crate::net::{Frontend, Started};
+
+/// The native protocol over the core.
+#[derive(Debug)]
+pub(crate) struct Native {
+    core: Arc<Core>,
+    /// The address clients reach this listener at (for Metadata and FindCoordinator).
+    advertised: SocketAddr,
+}
+
+impl Native {
+    pub fn new(core: Arc<Core>, advertised: SocketAddr) -> Self {
+        Self { core, advertised }
+    }
+}
+
+impl Frontend for Native {
+    type Response = Response;
+    type Connection = Session;
+
+    /// Decodes a request and runs its in-order part. A malformed request whose header still
+    /// reads gets an error response with its correlation id; one without a readable header
+    /// closes the connection (docs/protocol.md, section 3): there is no id to answer with.
+    async fn start(
+        &self,
+        session: &Arc<Session>,
+        frame: Bytes,
+    ) -> Result<Started<Response>, String> {
+        // Decoding multiplies the size of small repeated fields (docs/protocol.md, section 9):
+        // only Produce, whose bulk is record bytes that stay slices of the frame, may use the
+        // whole frame limit.
+        let config = &self.core.config;
+        let control_limit = config.max_control_frame_bytes.min(config.max_frame_bytes);
+        if frame.len() > control_limit as usize {
+            let h = decode_request_header(&frame)
+                .map_err(|e| format!("request without a readable header: {e}"))?;
+            if h.api_key != ApiKey::Produce as i32 {
+                return Ok(Started::Ready(Some(Response::error(
+                    h.correlation_id,
+                    ErrorCode::InvalidRequest,
+                    Some(format!(
+                        "a {} byte request is over max_control_frame_bytes = {control_limit} (only Produce may be larger)",
+                        frame.len()
+                    )),
+                ))));
+            }
+        }
+        match decode_request(frame.clone()) {
+            Ok(request) => Ok(self.dispatch(session, request).await),
+            Err(error) => {
+                let h = decode_request_header(&frame)
+                    .map_err(|e| format!("request without a readable header: {e}"))?;
+                let code = check_version(&h).err().unwrap_or(error.error_code());
+                tracing::debug!(correlation_id = h.correlation_id, %error, "malformed request");
+                Ok(Started::Ready(Some(Response::error(
+                    h.correlation_id,
+                    code,
+                    Some(error.to_string()),
+                ))))
+            }
+        }
+    }
+
+    fn encode(
+        &self,
+        response: &Response,
+        scratch: &mut BytesMut,
+        chunks: &mut Vec<Bytes>,
+    ) -> Result<(), String> {
+        encode_response_chunks(response, scratch, chunks).map_err(|e| e.to_string())
+    }
+}
+
+impl Native {
+    /// Starts one request. This part runs in request order on the connection's reader (so
+    /// appends from one connection reach each partition in the order they were sent, and admin
+    /// changes apply in order); waiting for acknowledgements and long polls is left to the
+    /// returned future.
+    async fn dispatch(&self, session: &Arc<Session>, request: Request) -> Started<Response> {
+        let (header, body) = match request.into_parts() {
+            Ok(parts) => parts,
+            Err(e) => {
+                return Started::Ready(Some(Response::error(
+                    0,
+                    e.error_code(),
+                    Some(e.to_string()),
+                )));
+            }
+        };
+        let id = header.correlation_id;
+        if let Err(code) = check_version(&header) {
+            return Started::Ready(Some(Response::error(
+                id,
+                code,
+                Some(format!(
+                    "api key {} version {} is not supported",
+                    header.api_key, header.api_version
+                )),
+            )));
+        }
+        use request::Body as B;
+        let core = &self.core;
+        let ready = |body: response::Body| Started::Ready(Some(Response::new(id, body)));
+        match body {
+            B::ApiVersions(_) => {
+                let mut r = api_versions_response(header.api_version);
+                r.max_frame_bytes = core.config.max_frame_bytes;
+                ready(r.into())
+            }
+            B::Metadata(r) => {
+                session.wait_for_produces().await;
+                ready(self.metadata(r).await.into())
+            }
+            B::CreateTopics(r) => ready(self.create_topics(r).await.into()),
+            B::DeleteTopics(r) => {
+                session.wait_for_produces().await;
+                ready(self.delete_topics(r).await.into())
+            }
+            B::DescribeConfigs(r) => ready(self.describe_configs(r).into()),
+            B::AlterConfigs(r) => ready(self.alter_configs(r).await.into()),
+            B::Produce(r) => {
+                let no_ack = r.acks() == Acks::None;
+                let guard = session.produce_started();
+                let pending = core.start_produce(produce_request(r)).await;
+                Started::Pending(Box::pin(async move {
+                    let resp = produce_response(pending.await);
+                    drop(guard);
+                    (!no_ack).then(|| Response::new(id, response::Body::from(resp)))
+                }))
+            }
+            B::Fetch(r) => {
+                session.wait_for_produces().await;
+                let core = core.clone();
+                Started::Pending(Box::pin(async move {
+                    let result = core.fetch(&fetch_request(r)).await;
+                    Some(Response::new(
+                        id,
+                        response::Body::from(fetch_response(result)),
+                    ))
+                }))
+            }
+            B::ListOffsets(r) => {
+                session.wait_for_produces().await;
+                ready(self.list_offsets(r).into())
+            }
+            B::InitProducerId(r) => ready(self.init_producer_id(r).into()),
+            B::FindCoordinator(_) => ready(
+                FindCoordinatorResponse {
+                    error_code: ErrorCode::None.into(),
+                    error_message: None,
+                    node_id: core.config.node_id,
+                    host: self.advertised.ip().to_string(),
+                    port: u32::from(self.advertised.port()),
+                }
+                .into(),
+            ),
+            B::GroupHeartbeat(r) => ready(core.groups.heartbeat(&core.topics, r).into()),
+            B::OffsetCommit(r) => ready(core.groups.commit(&core.topics, r).await.into()),
+            B::OffsetFetch(r) => ready(core.groups.fetch(&r).into()),
+            B::ListGroups(_) => ready(core.groups.list().into()),
+            B::DescribeGroups(r) => ready(core.groups.describe(&core.topics, &r.groups).into()),
+            B::DeleteGroups(r) => ready(core.groups.delete(&core.topics, &r.groups).await.into()),
+        }
+    }
+
+    fn init_producer_id(&self, req: InitProducerIdRequest) -> InitProducerIdResponse {
+        match self.core.init_producer_id(
+            req.transactional_id.is_some(),
+            req.producer_id,
+            req.producer_epoch,
+        ) {
+            Ok((producer_id, producer_epoch)) => InitProducerIdResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                producer_id,
+                producer_epoch,
+            },
+            Err((code, msg)) => InitProducerIdResponse {
+                error_code: code.into(),
+                error_message: Some(msg),
+                producer_id: -1,
+                producer_epoch: -1,
+            },
+        }
+    }
+
+    async fn metadata(&self, req: MetadataRequest) -> MetadataResponse {
+        if req.allow_auto_topic_creation {
+            self.core.auto_create(&req.topics).await;
+        }
+        let mut out: Vec<TopicMetadata> = Vec::new();
+        if req.all_topics {
+            for t in self.core.topics.all() {
+                out.push(self.topic_metadata(&t.name));
+            }
+        } else {
+            for name in &req.topics {
+                out.push(self.topic_metadata(name));
+            }
+        }
+        MetadataResponse {
+            brokers: vec![BrokerMetadata {
+                node_id: self.core.config.node_id,
+                host: self.advertised.ip().to_string(),
+                port: u32::from(self.advertised.port()),
+                rack: None,
+            }],
+            topics: out,
+            cluster_id: None,
+        }
+    }
+
+    fn topic_metadata(&self, name: &str) -> TopicMetadata {
+        let node = self.core.config.node_id;
+        let Some(t) = self.core.topics.get(name) else {
+            let code = if validate_topic_name(name).is_err() {
+                ErrorCode::InvalidTopicName
+            } else {
+                ErrorCode::UnknownTopicOrPartition
+            };
+            return TopicMetadata {
+                name: name.to_string(),
+                error_code: code.into(),
+                partitions: Vec::new(),
+                is_internal: false,
+            };
+        };
+        TopicMetadata {
+            name: name.to_string(),
+            error_code: ErrorCode::None.into(),
+            partitions: t
+                .partitions
+                .iter()
+                .map(|p| PartitionMetadata {
+                    partition: p.index,
+                    error_code: ErrorCode::None.into(),
+                    leader_id: node,
+                    leader_epoch: 0,
+                    replica_nodes: vec![node],
+                    isr_nodes: vec![node],
+                    log_start_offset: p.reader().start_offset(),
+                    log_end_offset: p.reader().end_offset(),
+                    size_bytes: p.reader().size_bytes(),
+                })
+                .collect(),
+            is_internal: is_internal_topic(name),
+        }
+    }
+
+    async fn create_topics(&self, req: CreateTopicsRequest) -> CreateTopicsResponse {
+        let mut topics = Vec::with_capacity(req.topics.len());
+        for t in req.topics {
+            let overrides: BTreeMap<String, String> = t.configs.into_iter().collect();
+            let result = self
+                .core
+                .create_topic(
+                    &t.name,
+                    t.num_partitions.map(i64::from),
+                    overrides,
+                    req.validate_only,
+                )
+                .await;
+            let (num_partitions, (error_code, error_message)) = match result {
+                Ok(n) => (n, split(Ok(()))),
+                Err(e) => (-1, split(Err(e))),
+            };
+            topics.push(CreatableTopicResult {
+                name: t.name,
+                error_code: error_code.into(),
+                error_message,
+                num_partitions,
+            });
+        }
+        CreateTopicsResponse { topics }
+    }
+
+    async fn delete_topics(&self, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+        let mut topics = Vec::with_capacity(req.topics.len());
+        for name in req.topics {
+            let (error_code, error_message) = split(self.core.topics.delete(&name).await);
+            topics.push(DeletableTopicResult {
+                name,
+                error_code: error_code.into(),
+                error_message,
+            });
+        }
+        DeleteTopicsResponse { topics }
+    }
+
+    fn describe_configs(&self, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+        let topics = req
+            .topics
+            .into_iter()
+            .map(
+                |name| match self.core.describe_configs(&name, &req.config_names) {
+                    Err((code, msg)) => DescribeConfigsResult {
+                        error_code: code.into(),
+                        error_message: Some(msg),
+                        name,
+                        configs: Vec::new(),
+                    },
+                    Ok(entries) => DescribeConfigsResult {
+                        name,
+                        error_code: ErrorCode::None.into(),
+                        error_message: None,
+                        configs: entries
+                            .into_iter()
+                            .map(|e| ConfigEntry {
+                                name: e.name.to_string(),
+                                value: e.value,
+                                source: match e.source {
+                                    admin::ConfigSource::Topic => ConfigSource::Topic,
+                                    admin::ConfigSource::Broker => ConfigSource::Broker,
+                                    admin::ConfigSource::Default => ConfigSource::Default,
+                                } as i32,
+                                read_only: false,
+                            })
+                            .collect(),
+                    },
+                },
+            )
+            .collect();
+        DescribeConfigsResponse { topics }
+    }
+
+    async fn alter_configs(&self, req: AlterConfigsRequest) -> AlterConfigsResponse {
+        let mut topics = Vec::with_capacity(req.topics.len());
+        for t in req.topics {
+            let set: BTreeMap<String, String> = t.set.into_iter().collect();
+            let (error_code, error_message) = split(
+                self.core
+                    .topics
+                    .alter(&t.name, &set, &t.reset, req.validate_only)
+                    .await,
+            );
+            topics.push(AlterConfigsResult {
+                name: t.name,
+                error_code: error_code.into(),
+                error_message,
+            });
+        }
+        AlterConfigsResponse { topics }
+    }
+
+    fn list_offsets(&self, req: ListOffsetsRequest) -> ListOffsetsResponse {
+        let topics = req
+            .topics
+            .into_iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let query = match p.spec() {
+                            OffsetSpec::Earliest => Ok(OffsetQuery::Earliest),
+                            OffsetSpec::Latest => Ok(OffsetQuery::Latest),
+                            OffsetSpec::Timestamp => Ok(OffsetQuery::Time(p.timestamp_ms)),
+                            OffsetSpec::Unspecified => Err((
+                                ErrorCode::InvalidRequest,
+                                "offset spec is unspecified".to_string(),
+                            )),
+                        };
+                        match query.and_then(|q| self.core.list_offset(&t.name, p.partition, q)) {
+                            Ok((offset, timestamp_ms)) => ListOffsetsPartitionResponse {
+                                partition: p.partition,
+                                error_code: ErrorCode::None.into(),
+                                error_message: None,
+                                offset,
+                                timestamp_ms,
+                            },
+                            Err((code, msg)) => ListOffsetsPartitionResponse {
+                                partition: p.partition,
+                                error_code: code.into(),
+                                error_message: Some(msg),
+                                offset: -1,
+                                timestamp_ms: -1,
+                            },
+                        }
+                    })
+                    .collect();
+                ListOffsetsTopicResponse {
+                    name: t.name,
+                    partitions,
+                }
+            })
+            .collect();
+        ListOffsetsResponse { topics }
+    }
+}
+
+fn split(r: Result<(), Failure>) -> (ErrorCode, Option<String>) {
+    match r {
+        Ok(()) => (ErrorCode::None, None),
+        Err((code, msg)) => (code, Some(msg)),
+    }
+}
+
+fn produce_request(r: ProduceRequest) -> produce::ProduceRequest {
+    produce::ProduceRequest {
+        durability: if r.acks() == Acks::Durable {
+            Durability::Fsynced
+        } else {
+            Durability::Appended
+        },
+        timeout_ms: Some(r.timeout_ms),
+        topics: r
+            .topics
+            .into_iter()
+            .map(|t| {
+                let parts = t
+                    .partitions
+                    .into_iter()
+                    .map(|p| (p.partition, p.records))
+                    .collect();
+                (t.name, parts)
+            })
+            .collect(),
+    }
+}
+
+fn produce_response(topics: Vec<(String, Vec<produce::Appended>)>) -> ProduceResponse {
+    ProduceResponse {
+        topics: topics
+            .into_iter()
+            .map(|(name, parts)| TopicProduceResponse {
+                name,
+                partitions: parts
+                    .into_iter()
+                    .map(|a| match a.result {
+                        Ok(base_offset) => PartitionProduceResponse {
+                            partition: a.partition,
+                            error_code: ErrorCode::None.into(),
+                            error_message: None,
+                            base_offset,
+                            log_start_offset: a.log_start,
+                        },
+                        Err((code, msg)) => PartitionProduceResponse {
+                            partition: a.partition,
+                            error_code: code.into(),
+                            error_message: Some(msg),
+                            base_offset: -1,
+                            log_start_offset: a.log_start,
+                        },
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn fetch_request(r: FetchRequest) -> core_fetch::FetchRequest {
+    core_fetch::FetchRequest {
+        max_wait_ms: r.max_wait_ms,
+        min_bytes: r.min_bytes,
+        max_bytes: r.max_bytes,
+        topics: r
+            .topics
+            .into_iter()
+            .map(|t| {
+                let parts = t
+                    .partitions
+                    .iter()
+                    .map(|p| FetchPartition {
+                        partition: p.partition,
+                        offset: p.fetch_offset,
+                        max_bytes: p.partition_max_bytes,
+                    })
+                    .collect();
+                (t.name, parts)
+            })
+            .collect(),
+    }
+}
+
+fn fetch_response(result: core_fetch::FetchResult) -> FetchResponse {
+    FetchResponse {
+        topics: result
+            .into_iter()
+            .map(|(name, parts)| FetchTopicResponse {
+                name,
+                partitions: parts
+                    .into_iter()
+                    .map(|f| {
+                        let (error_code, error_message, records) = match f.result {
+                            Ok(records) => (ErrorCode::None, None, records),
+                            Err((code, msg)) => (code, Some(msg), Bytes::new()),
+                        };
+                        FetchPartitionResponse {
+                            partition: f.partition,
+                            error_code: error_code.into(),
+                            error_message,
+                            high_watermark: f.high_watermark,
+                            log_start_offset: f.log_start,
+                            records,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}

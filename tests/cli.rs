@@ -4,8 +4,10 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -122,6 +124,72 @@ fn produce_then_consume_gives_back_the_input_lines() {
     got.sort_unstable();
     want.sort_unstable();
     assert_eq!(got, want);
+}
+
+#[test]
+fn every_codec_round_trips_through_the_broker() {
+    let dir = TestDir::new();
+    let broker = Broker::start(&dir.data(), &[]);
+    let addr = broker.addr.to_string();
+    // Enough repetitive lines for several batches and snappy blocks each.
+    let input: String = (0..5000)
+        .map(|i| format!("order-{}:{{\"order\":{i},\"state\":\"placed\"}}\n", i % 50))
+        .collect();
+    let mut sizes = Vec::new();
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("codec-{codec}");
+        ok(&strom(
+            &addr,
+            &["topics", "create", &topic, "--partitions", "2"],
+            b"",
+        ));
+        ok(&strom(
+            &addr,
+            &[
+                "produce",
+                &topic,
+                "--key-separator",
+                ":",
+                "--compression",
+                codec,
+                "--batch-size",
+                "65536",
+            ],
+            input.as_bytes(),
+        ));
+        let out = ok(&strom(
+            &addr,
+            &["consume", &topic, "--from-beginning", "--format", "%k:%v"],
+            b"",
+        ));
+        let mut got: Vec<&str> = out.lines().collect();
+        let mut want: Vec<&str> = input.lines().collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "{codec}");
+        sizes.push((codec, stored_bytes(&addr, &topic)));
+    }
+    // The broker stored what the producer compressed.
+    let plain = sizes[0].1;
+    for (codec, size) in &sizes[1..] {
+        assert!(
+            size * 2 < plain,
+            "{codec}: {size} bytes vs {plain} uncompressed"
+        );
+    }
+}
+
+/// The bytes a topic's partitions hold, from `strom topics describe`.
+fn stored_bytes(addr: &str, topic: &str) -> u64 {
+    ok(&strom(
+        addr,
+        &["--output", "json", "topics", "describe", topic],
+        b"",
+    ))
+    .lines()
+    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    .filter_map(|row| row["size_bytes"].as_u64())
+    .sum()
 }
 
 #[test]
@@ -313,7 +381,7 @@ fn every_failure_is_one_line_and_a_non_zero_exit() {
     ));
     fails(&strom(
         &addr,
-        &["produce", "t", "--compression", "gzip"],
+        &["produce", "t", "--compression", "brotli"],
         b"x\n",
     ));
     // A flag value clap rejects: its usage message, exit code 2.
@@ -343,6 +411,7 @@ fn group_consumption_commits_and_resets_replay() {
         v
     };
     let want = sorted(&input.replace(':', "="));
+    // A group member follows until stopped: here by --max-messages.
     let first = ok(&strom(
         &addr,
         &[
@@ -351,6 +420,8 @@ fn group_consumption_commits_and_resets_replay() {
             "--group",
             "audit",
             "--from-beginning",
+            "--max-messages",
+            "100",
             "--format",
             "%k=%v",
         ],
@@ -401,7 +472,11 @@ fn group_consumption_commits_and_resets_replay() {
         ],
         b"",
     ));
-    let replay = ok(&strom(&addr, &["consume", "g", "--group", "audit"], b""));
+    let replay = ok(&strom(
+        &addr,
+        &["consume", "g", "--group", "audit", "--max-messages", "103"],
+        b"",
+    ));
     assert_eq!(replay.lines().count(), 103);
     // Reset needs one target; delete removes the group.
     let out = strom(
@@ -414,4 +489,244 @@ fn group_consumption_commits_and_resets_replay() {
     let list = ok(&strom(&addr, &["groups", "list"], b""));
     assert!(!list.contains("audit"), "{list}");
     fails(&strom(&addr, &["groups", "describe", "audit"], b""));
+}
+
+/// How long a test waits for something that takes well under a second when all is well.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Starts `strom <args>` against `addr` with stdout and stderr piped and no stdin.
+fn spawn_strom(addr: &str, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_strom"))
+        .arg("--bootstrap")
+        .arg(addr)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn strom")
+}
+
+/// The stderr of a child that has exited, for failure messages.
+fn stderr_of(child: &mut Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    err
+}
+
+/// Waits for `child` to exit, up to [`DEADLINE`] (polling its exit, not a wait on its work).
+fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{what} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The members of `group` and the partitions the coordinator assigned each, from `strom groups
+/// describe` (empty when the group does not exist yet).
+fn group_members(addr: &str, group: &str) -> Vec<Vec<String>> {
+    let out = strom(addr, &["groups", "describe", group], b"");
+    if !out.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("member "))
+        .map(|l| {
+            let parts = l.split_once("): ").map_or("", |(_, p)| p);
+            parts
+                .split_whitespace()
+                .filter(|p| *p != "-")
+                .map(str::to_string)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn group_members_follow_an_empty_topic_and_share_its_records_until_stopped() {
+    let dir = TestDir::new();
+    let broker = Broker::start(&dir.data(), &[]);
+    let addr = broker.addr.to_string();
+    ok(&strom(
+        &addr,
+        &["topics", "create", "jobs", "--partitions", "3"],
+        b"",
+    ));
+    const N: usize = 300;
+    // Three members start together on the empty topic. Each would stop after N records; none
+    // gets that many, so only a signal stops them.
+    let n = N.to_string();
+    let mut members: Vec<Child> = (0..3)
+        .map(|_| {
+            spawn_strom(
+                &addr,
+                &[
+                    "consume",
+                    "jobs",
+                    "--group",
+                    "g",
+                    "--from-beginning",
+                    "--max-messages",
+                    &n,
+                ],
+            )
+        })
+        .collect();
+    let (tx, lines) = mpsc::channel::<(usize, String)>();
+    let readers: Vec<_> = members
+        .iter_mut()
+        .enumerate()
+        .map(|(i, m)| {
+            let stdout = m.stdout.take().expect("stdout");
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send((i, line)).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+
+    // Wait until the coordinator gave each of the three one partition; none may exit meanwhile
+    // (before, a member that alone owned every empty partition counted as done and exited 0).
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        for (i, m) in members.iter_mut().enumerate() {
+            if let Some(status) = m.try_wait().expect("try_wait") {
+                panic!(
+                    "member {i} exited ({status}) before any record arrived: {}",
+                    stderr_of(m)
+                );
+            }
+        }
+        let assigned = group_members(&addr, "g");
+        if assigned.len() == 3 && assigned.iter().all(|a| a.len() == 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members never split: {assigned:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling the group's state
+    }
+
+    let input: String = (0..N).map(|i| format!("job-{i}:run {i}\n")).collect();
+    ok(&strom(
+        &addr,
+        &["produce", "jobs", "--key-separator", ":"],
+        input.as_bytes(),
+    ));
+    let mut got: Vec<(usize, String)> = Vec::new();
+    while got.len() < N {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => got.push(line),
+            Err(e) => panic!("{} of {N} records printed: {e}", got.len()),
+        }
+    }
+    // Still running with every record printed; SIGTERM makes each commit, leave and exit 0.
+    for m in &members {
+        let sent = Command::new("kill")
+            .args(["-TERM", &m.id().to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(sent.success(), "kill -TERM {}: {sent}", m.id());
+    }
+    for (i, m) in members.iter_mut().enumerate() {
+        let status = wait_exit(m, "a member after SIGTERM");
+        assert!(status.success(), "member {i}: {status}: {}", stderr_of(m));
+    }
+    for r in readers {
+        r.join().expect("reader");
+    }
+    got.extend(lines.try_iter());
+
+    // Every record exactly once, and every member did a share.
+    let mut values: Vec<&str> = got.iter().map(|(_, v)| v.as_str()).collect();
+    values.sort_unstable();
+    let mut want: Vec<String> = (0..N).map(|i| format!("run {i}")).collect();
+    want.sort_unstable();
+    assert_eq!(values, want);
+    for i in 0..3 {
+        assert!(
+            got.iter().any(|(m, _)| *m == i),
+            "member {i} printed nothing"
+        );
+    }
+    // They committed what they printed and left the group.
+    let described = ok(&strom(
+        &addr,
+        &["--output", "json", "groups", "describe", "g"],
+        b"",
+    ));
+    let rows: Vec<serde_json::Value> = described
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{described}");
+    for row in &rows {
+        assert_eq!(row["lag"], 0, "{described}");
+        assert_eq!(row["owner"], serde_json::Value::Null, "{described}");
+    }
+    assert!(group_members(&addr, "g").is_empty());
+}
+
+#[test]
+fn a_group_member_stopped_by_max_messages_commits_only_what_it_printed() {
+    let dir = TestDir::new();
+    let broker = Broker::start(&dir.data(), &[]);
+    let addr = broker.addr.to_string();
+    ok(&strom(
+        &addr,
+        &["topics", "create", "work", "--partitions", "1"],
+        b"",
+    ));
+    let input: String = (0..10).map(|i| format!("w{i}\n")).collect();
+    ok(&strom(&addr, &["produce", "work"], input.as_bytes()));
+    // One poll returns all ten records; only four are printed, and only four committed.
+    let first = ok(&strom(
+        &addr,
+        &[
+            "consume",
+            "work",
+            "--group",
+            "w",
+            "--from-beginning",
+            "--max-messages",
+            "4",
+        ],
+        b"",
+    ));
+    assert_eq!(first, "w0\nw1\nw2\nw3\n");
+    // The next member starts at the fifth. (--timeout-ms only ends the run if records were
+    // lost; it is not what the test waits on.)
+    let rest = ok(&strom(
+        &addr,
+        &[
+            "consume",
+            "work",
+            "--group",
+            "w",
+            "--max-messages",
+            "6",
+            "--timeout-ms",
+            "30000",
+        ],
+        b"",
+    ));
+    assert_eq!(rest, "w4\nw5\nw6\nw7\nw8\nw9\n");
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run -p strom-client --example order_producer -- \
-//!     [--bootstrap ADDR] [--topic orders] [--count 1000] [--compression none|lz4|zstd]
+//!     [--bootstrap ADDR] [--topic orders] [--count 1000]
+//!     [--compression none|gzip|snappy|lz4|zstd]
 //! ```
 //!
 //! `--bootstrap` defaults to `$STROM_BOOTSTRAP`, then to 127.0.0.1:9494. The topic is created
@@ -46,7 +47,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: order_producer [--bootstrap ADDR] [--topic T] [--count N] [--compression none|lz4|zstd]"
+                    "usage: order_producer [--bootstrap ADDR] [--topic T] [--count N] [--compression none|gzip|snappy|lz4|zstd]"
                         .to_string(),
                 );
             }

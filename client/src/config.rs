@@ -121,19 +121,29 @@ pub enum Acks {
 }
 
 /// How record batches are compressed (the records section of each batch; the broker stores
-/// and serves them compressed).
+/// and serves them compressed). Every codec Kafka defines; consumers read all of them.
 ///
 /// ```
 /// use strom_client::CompressionType;
 ///
 /// assert_eq!(CompressionType::parse("lz4"), Some(CompressionType::Lz4));
 /// assert_eq!(CompressionType::parse("zstd"), Some(CompressionType::Zstd { level: 3 }));
+/// assert_eq!(CompressionType::parse("gzip"), Some(CompressionType::Gzip { level: 6 }));
+/// assert_eq!(CompressionType::parse("snappy"), Some(CompressionType::Snappy));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CompressionType {
     /// Not compressed. The default.
     #[default]
     None,
+    /// gzip (Kafka codec 1), at the level given.
+    Gzip {
+        /// deflate level, 1 to 9; 6 is zlib's (and Kafka's) default.
+        level: u32,
+    },
+    /// Snappy (Kafka codec 2), in the framing of snappy-java that Kafka's Java client writes:
+    /// a 16-byte header, then 32 KiB blocks each preceded by its compressed length.
+    Snappy,
     /// LZ4 frame format (Kafka codec 3).
     Lz4,
     /// Zstandard (Kafka codec 4), at the level given.
@@ -146,20 +156,27 @@ pub enum CompressionType {
 impl CompressionType {
     /// zstd at its default level, 3.
     pub const ZSTD: CompressionType = CompressionType::Zstd { level: 3 };
+    /// gzip at its default level, 6.
+    pub const GZIP: CompressionType = CompressionType::Gzip { level: 6 };
 
     /// The Kafka codec number written into the batch attributes.
     pub(crate) fn codec(self) -> i16 {
         match self {
             CompressionType::None => 0,
+            CompressionType::Gzip { .. } => 1,
+            CompressionType::Snappy => 2,
             CompressionType::Lz4 => 3,
             CompressionType::Zstd { .. } => 4,
         }
     }
 
-    /// Parses `none`, `lz4` or `zstd` (case-insensitive).
+    /// Parses `none`, `gzip`, `snappy`, `lz4` or `zstd` (case-insensitive; gzip and zstd at
+    /// their default levels).
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "none" => Some(CompressionType::None),
+            "gzip" => Some(CompressionType::GZIP),
+            "snappy" => Some(CompressionType::Snappy),
             "lz4" => Some(CompressionType::Lz4),
             "zstd" => Some(CompressionType::ZSTD),
             _ => None,
@@ -294,6 +311,11 @@ impl ProducerConfig {
             && !(1..=22).contains(&level)
         {
             return Err(Error::config("compression", "zstd level must be 1 to 22"));
+        }
+        if let CompressionType::Gzip { level } = self.compression
+            && !(1..=9).contains(&level)
+        {
+            return Err(Error::config("compression", "gzip level must be 1 to 9"));
         }
         Ok(())
     }
@@ -611,7 +633,28 @@ mod tests {
             vec!["a:1".to_string(), "b:2".to_string()]
         );
         assert_eq!(CompressionType::parse("ZSTD"), Some(CompressionType::ZSTD));
-        assert_eq!(CompressionType::parse("gzip"), None);
+        assert_eq!(CompressionType::parse("GZip"), Some(CompressionType::GZIP));
+        assert_eq!(
+            CompressionType::parse("snappy"),
+            Some(CompressionType::Snappy)
+        );
+        assert_eq!(CompressionType::parse("brotli"), None);
+        for bad in [
+            CompressionType::Gzip { level: 0 },
+            CompressionType::Zstd { level: 23 },
+        ] {
+            let c = ProducerConfig {
+                compression: bad,
+                ..ProducerConfig::default()
+            };
+            assert!(matches!(
+                c.validate(),
+                Err(Error::Config {
+                    name: "compression",
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]

@@ -1,9 +1,15 @@
 //! `strom consume`: read a topic's records and print them (template or JSON), from an offset, the
 //! beginning, the end or a point in time; stop at the end, after N records or after a quiet
 //! period, or follow forever.
+//!
+//! With `--group` it is a group member, a long-lived worker as with `kafka-console-consumer
+//! --group` and `kcat -G`: it follows until SIGINT/SIGTERM, `--max-messages` or `--timeout-ms`,
+//! then commits what it printed and leaves the group.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -42,7 +48,8 @@ pub struct ConsumeArgs {
     /// %v value, %T timestamp, %h headers [default: %v]
     #[arg(long, value_name = "FMT", default_value = "%v")]
     pub format: String,
-    /// Keep waiting for new records at the end instead of stopping there.
+    /// Keep waiting for new records at the end instead of stopping there. Always so with
+    /// --group: a group member runs until Ctrl-C/SIGTERM, --max-messages or --timeout-ms.
     #[arg(long)]
     pub follow: bool,
 }
@@ -62,13 +69,6 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs, output: Output) -> anyhow::
         Some(p) => bail!("topic {} has no partition {p}", args.topic),
         None => topic.partitions.iter().map(|d| d.partition).collect(),
     };
-    // Where each partition ends now: without --follow, reading stops there.
-    let ends: BTreeMap<i32, i64> = topic
-        .partitions
-        .iter()
-        .filter(|d| partitions.contains(&d.partition))
-        .map(|d| (d.partition, d.log_end_offset))
-        .collect();
     if let Some(group) = &args.group {
         if args.partition.is_some() || args.offset.is_some() || args.from_time.is_some() {
             bail!(
@@ -77,8 +77,15 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs, output: Output) -> anyhow::
                  --from-time, leave out --group)"
             );
         }
-        return run_group(bootstrap, group, &args, ends, &template, output).await;
+        return run_group(bootstrap, group, &args, &template, output).await;
     }
+    // Where each partition ends now: without --follow, reading stops there.
+    let ends: BTreeMap<i32, i64> = topic
+        .partitions
+        .iter()
+        .filter(|d| partitions.contains(&d.partition))
+        .map(|d| (d.partition, d.log_end_offset))
+        .collect();
     let assigned: Vec<(&str, i32)> = partitions
         .iter()
         .map(|&p| (args.topic.as_str(), p))
@@ -168,16 +175,20 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs, output: Output) -> anyhow::
 }
 
 /// `--group`: a member of the group; starts at the committed offsets (or, for partitions without
-/// one, the beginning with --from-beginning and the end otherwise), commits what it printed, and
-/// leaves the group when done.
+/// one, the beginning with --from-beginning and the end otherwise) and follows, as a group member
+/// is a long-lived worker: it does not stop at the end of its partitions (it may own none now and
+/// others after the next rebalance) but on SIGINT/SIGTERM, `--max-messages` or `--timeout-ms`.
+/// Then it commits what it printed and leaves the group, so its partitions move to the other
+/// members at once.
 async fn run_group(
     bootstrap: &str,
     group: &str,
     args: &ConsumeArgs,
-    ends: BTreeMap<i32, i64>,
     template: &Template,
     output: Output,
 ) -> anyhow::Result<()> {
+    // Installed before joining, so a signal at any point from here on ends in a clean leave.
+    let stop = stop_on_signal()?;
     let mut config = ConsumerConfig::new(bootstrap);
     config.max_poll_records = 10_000;
     config.group.auto_offset_reset = if args.from_beginning {
@@ -192,10 +203,9 @@ async fn run_group(
     let mut printer = Printer::new(template, output, args.max_messages);
     let mut last_record = Instant::now();
     let result: anyhow::Result<()> = async {
-        loop {
-            if printer.full() {
-                break;
-            }
+        // The poll timeout bounds how long a signal waits to be noticed. Polls are not raced
+        // against the signal: a poll dropped half-way could lose records it had taken.
+        while !stop.load(Ordering::Relaxed) && !printer.full() {
             if let Some(t) = args.timeout_ms
                 && last_record.elapsed() >= Duration::from_millis(t)
             {
@@ -208,21 +218,22 @@ async fn run_group(
             if !records.is_empty() {
                 last_record = Instant::now();
             }
-            if printer.print(&records)? {
-                return Ok(());
-            }
-            // Without --follow: done once every partition of the topic is assigned to this
-            // member and read up to where it ended when we started.
-            let assignment = consumer.assignment();
-            if !args.follow
-                && assignment.len() == ends.len()
-                && assignment.iter().all(|tp| {
+            let before = printer.printed;
+            let closed = printer.print(&records)?;
+            // Records polled past --max-messages were not printed: move those partitions back
+            // to the first of them, so the commit on leaving covers only what was printed and
+            // the group's next member starts there.
+            let printed = usize::try_from(printer.printed - before).unwrap_or(usize::MAX);
+            let mut rewound = BTreeSet::new();
+            for r in records.iter().skip(printed) {
+                let tp = r.topic_partition();
+                if rewound.insert(tp.clone()) {
                     consumer
-                        .position(tp.clone())
-                        .zip(ends.get(&tp.partition))
-                        .is_some_and(|(pos, end)| pos >= *end)
-                })
-            {
+                        .seek(tp, r.offset())
+                        .context("rewinding to the first record not printed")?;
+                }
+            }
+            if closed {
                 break;
             }
         }
@@ -232,6 +243,30 @@ async fn run_group(
     // Commit what was printed and leave at once, so the partitions move immediately.
     let closed = consumer.close().await.context("leaving the group");
     result.and(closed)
+}
+
+/// A flag set by the first SIGINT or SIGTERM, so the caller can finish cleanly; a second one
+/// exits at once (status 130), for when the clean finish hangs (e.g. the broker is gone).
+fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        flag.store(true, Ordering::Relaxed);
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("strom: interrupted again; exiting without leaving the group");
+        std::process::exit(130);
+    });
+    Ok(stop)
 }
 
 /// Renders records (template or JSON) into one buffer per poll and writes it to stdout.

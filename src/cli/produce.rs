@@ -40,7 +40,7 @@ pub struct ProduceArgs {
     /// Write every record to this partition instead of choosing by key.
     #[arg(long, value_name = "P")]
     pub partition: Option<i32>,
-    /// Compress batches: none, lz4 or zstd [default: none]
+    /// Compress batches: none, gzip, snappy, lz4 or zstd [default: none]
     #[arg(long, value_name = "CODEC", default_value = "none")]
     pub compression: String,
     /// How long a batch may wait for more records [default: 5]
@@ -64,7 +64,7 @@ pub async fn run(bootstrap: &str, args: ProduceArgs) -> anyhow::Result<()> {
     };
     config.compression = CompressionType::parse(&args.compression).with_context(|| {
         format!(
-            "unknown compression {:?}: use none, lz4 or zstd",
+            "unknown compression {:?}: use none, gzip, snappy, lz4 or zstd",
             args.compression
         )
     })?;

@@ -553,26 +553,31 @@ mod tests {
         let records = fetched(&[
             batch(0, 5, CompressionType::None),
             batch(5, 5, CompressionType::Lz4),
-            batch(10, 5, CompressionType::ZSTD),
+            batch(10, 5, CompressionType::GZIP),
+            batch(15, 5, CompressionType::Snappy),
+            batch(20, 5, CompressionType::ZSTD),
         ]);
         // Cut the last batch short: a fetch may end inside one.
         let cut = records.slice(..records.len() - 3);
         let (batches, next, bytes, err) = decode_fetched(&tp, &cut, 6, true);
         assert!(err.is_none());
-        assert_eq!(next, Some(10), "the partial batch is not counted");
+        assert_eq!(next, Some(20), "the partial batch is not counted");
         assert_eq!(
             batches.len(),
-            1,
+            3,
             "batch 0..5 is wholly below the fetch offset"
         );
-        assert_eq!(bytes, batches[0].len());
-        let recs: Vec<_> = batch::Records::new(batches[0].clone())
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect();
-        assert_eq!(recs.len(), 5);
-        assert_eq!(recs[0].offset, 5);
-        assert_eq!(recs[4].value.as_deref(), Some(&b"value-9"[..]));
+        assert_eq!(bytes, batches.iter().map(Bytes::len).sum::<usize>());
+        for (b, first) in batches.iter().zip([5, 10, 15]) {
+            let recs: Vec<_> = batch::Records::new(b.clone())
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            assert_eq!(recs.len(), 5);
+            assert_eq!(recs[0].offset, first);
+            let want = format!("value-{}", first + 4);
+            assert_eq!(recs[4].value.as_deref(), Some(want.as_bytes()));
+        }
     }
 
     #[test]

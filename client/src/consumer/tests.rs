@@ -25,6 +25,8 @@ fn batches() -> Vec<(i64, Bytes)> {
     let mut out = Vec::new();
     let codecs = [
         CompressionType::None,
+        CompressionType::GZIP,
+        CompressionType::Snappy,
         CompressionType::Lz4,
         CompressionType::ZSTD,
     ];
@@ -42,7 +44,7 @@ fn batches() -> Vec<(i64, Bytes)> {
                 })
                 .unwrap();
         }
-        let codec = codecs[b as usize % 3];
+        let codec = codecs[b as usize % codecs.len()];
         let bytes = Compressor::new(codec)
             .unwrap()
             .finish(builder, ProducerStamp::NONE)

@@ -463,7 +463,12 @@ async fn lost_requests_and_responses_neither_duplicate_nor_reorder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_with_compression_and_one_request_in_flight() {
-    for (codec, in_flight) in [(CompressionType::Lz4, 1), (CompressionType::ZSTD, 5)] {
+    for (codec, in_flight) in [
+        (CompressionType::Lz4, 1),
+        (CompressionType::ZSTD, 5),
+        (CompressionType::GZIP, 1),
+        (CompressionType::Snappy, 5),
+    ] {
         let broker = Arc::new(FakeBroker {
             chaos: 5,
             ..Default::default()

@@ -108,6 +108,8 @@ pub struct TopicArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompressionArg {
     None,
+    Gzip,
+    Snappy,
     Lz4,
     Zstd,
 }
@@ -559,6 +561,8 @@ fn producer_config(bootstrap: &str, s: &SendArgs) -> ProducerConfig {
     c.acks = acks(s.acks);
     c.compression = match s.compression {
         CompressionArg::None => CompressionType::None,
+        CompressionArg::Gzip => CompressionType::GZIP,
+        CompressionArg::Snappy => CompressionType::Snappy,
         CompressionArg::Lz4 => CompressionType::Lz4,
         CompressionArg::Zstd => CompressionType::ZSTD,
     };

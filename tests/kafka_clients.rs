@@ -308,63 +308,67 @@ fn idempotent_producer_round_trips_every_codec_and_both_protocols() {
         }
 
         // Kafka -> native: `strom consume` reads the same records, keys, values and headers.
-        if codec != "gzip" && codec != "snappy" {
-            let out = strom(
-                &broker,
-                &[
-                    "consume",
-                    &topic,
-                    "--from-beginning",
-                    "--format",
-                    "%p %o %k=%v %h\\n",
-                ],
-                b"",
-            );
-            let text = String::from_utf8_lossy(&out.stdout);
-            let lines: Vec<&str> = text.lines().collect();
-            assert_eq!(lines.len(), acked.len(), "{codec}: {text}");
-            for (key, value, partition, offset) in &acked {
-                let want = format!("{partition} {offset} {key}={value} origin={codec}");
-                assert!(lines.contains(&want.as_str()), "{codec}: missing {want:?}");
-            }
+        let out = strom(
+            &broker,
+            &[
+                "consume",
+                &topic,
+                "--from-beginning",
+                "--format",
+                "%p %o %k=%v %h\\n",
+            ],
+            b"",
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), acked.len(), "{codec}: {text}");
+        for (key, value, partition, offset) in &acked {
+            let want = format!("{partition} {offset} {key}={value} origin={codec}");
+            assert!(lines.contains(&want.as_str()), "{codec}: missing {want:?}");
         }
     }
 
-    // Native -> Kafka: records `strom produce` sent are read by librdkafka.
-    create_topic(&rt, &broker, "from-native", 1);
-    strom(
-        &broker,
-        &[
-            "produce",
-            "from-native",
-            "--key-separator",
-            ":",
-            "--header",
-            "via=native",
-        ],
-        b"k1:first\nk2:second\nk1:third\n",
-    );
-    let got = read_n(&reader(&broker, "from-native", 1), 3);
-    let pairs: Vec<(Option<String>, Option<String>)> = got
-        .iter()
-        .map(|g| (g.key.clone(), g.value.clone()))
-        .collect();
-    assert_eq!(
-        pairs,
-        vec![
-            (Some("k1".into()), Some("first".into())),
-            (Some("k2".into()), Some("second".into())),
-            (Some("k1".into()), Some("third".into())),
-        ]
-    );
-    assert_eq!(
-        got[0].headers,
-        vec![("via".to_string(), Some("native".to_string()))]
-    );
-    assert_eq!(
-        got.iter().map(|g| g.offset).collect::<Vec<_>>(),
-        vec![0, 1, 2]
-    );
+    // Native -> Kafka: records `strom produce` sent, with each codec, are read by librdkafka.
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("from-native-{codec}");
+        create_topic(&rt, &broker, &topic, 1);
+        strom(
+            &broker,
+            &[
+                "produce",
+                &topic,
+                "--key-separator",
+                ":",
+                "--header",
+                "via=native",
+                "--compression",
+                codec,
+            ],
+            b"k1:first\nk2:second\nk1:third\n",
+        );
+        let got = read_n(&reader(&broker, &topic, 1), 3);
+        let pairs: Vec<(Option<String>, Option<String>)> = got
+            .iter()
+            .map(|g| (g.key.clone(), g.value.clone()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (Some("k1".into()), Some("first".into())),
+                (Some("k2".into()), Some("second".into())),
+                (Some("k1".into()), Some("third".into())),
+            ],
+            "{codec}"
+        );
+        assert_eq!(
+            got[0].headers,
+            vec![("via".to_string(), Some("native".to_string()))]
+        );
+        assert_eq!(
+            got.iter().map(|g| g.offset).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+    }
 }
 
 #[test]

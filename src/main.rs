@@ -142,6 +142,10 @@ struct ServeArgs {
     /// Session timeout of a group member that asks for none [default: 45000]
     #[arg(long, value_name = "MS")]
     group_default_session_timeout_ms: Option<u32>,
+    /// How long a new Kafka consumer group's first rebalance waits for more members (Kafka's
+    /// group.initial.rebalance.delay.ms) [default: 3000]
+    #[arg(long, value_name = "MS")]
+    group_initial_rebalance_delay_ms: Option<u64>,
     /// How long a graceful shutdown waits for in-flight requests [default: 10000]
     #[arg(long, value_name = "MS")]
     shutdown_timeout_ms: Option<u64>,

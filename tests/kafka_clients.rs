@@ -408,3 +408,259 @@ fn nothing_acknowledged_is_lost_across_kill_9() {
         );
     }
 }
+
+/// A consumer-group member that prints what it gets, for a parent test to kill. Runs only when
+/// the parent starts this test binary with `STROM_KAFKA_MEMBER` set (group@bootstrap); as a
+/// normal test it does nothing.
+#[test]
+fn group_member_process() {
+    let Ok(spec) = std::env::var("STROM_KAFKA_MEMBER") else {
+        return;
+    };
+    let (group, bootstrap) = spec.split_once('@').expect("group@bootstrap");
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .expect("member");
+    c.subscribe(&["jobs"]).expect("subscribe");
+    loop {
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.expect("a record");
+        println!(
+            "REC {} {} {}",
+            m.partition(),
+            m.offset(),
+            String::from_utf8_lossy(m.payload().unwrap_or_default())
+        );
+        c.commit_message(&m, rdkafka::consumer::CommitMode::Sync)
+            .expect("commit");
+    }
+}
+
+/// Starts [`group_member_process`] as a child process; its `REC partition offset value` lines
+/// arrive on the returned channel.
+fn spawn_member(
+    group: &str,
+    bootstrap: &str,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<(i32, i64, String)>,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "group_member_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("STROM_KAFKA_MEMBER", format!("{group}@{bootstrap}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn a member");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            // libtest prints `test group_member_process ... ` without a newline first.
+            let Some(at) = line.find("REC ") else {
+                continue;
+            };
+            let mut it = line[at..].splitn(4, ' ');
+            it.next();
+            let (Some(p), Some(o), Some(v)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            if let (Ok(p), Ok(o)) = (p.parse(), o.parse()) {
+                let _ = tx.send((p, o, v.to_string()));
+            }
+        }
+    });
+    (child, rx)
+}
+
+#[test]
+fn a_consumer_group_rebalances_on_join_and_on_a_killed_member() {
+    use rdkafka::consumer::CommitMode;
+    let dir = TestDir::new();
+    let mut broker = Broker::start(&dir.data(), &["--group-initial-rebalance-delay-ms", "200"]);
+    let kafka = kafka_addr(&broker);
+    let rt = runtime();
+    create_topic(&rt, &broker, "jobs", 4);
+    let p = producer(&broker, "lz4");
+    let mut produced = produce_keyed(&rt, &p, "jobs", 400, "first");
+
+    // Member A, a separate process, takes all four partitions and works through them.
+    let (mut a, a_rx) = spawn_member("workers", &kafka);
+    let deadline = Instant::now() + DEADLINE;
+    let mut by_a: Vec<(i32, i64, String)> = Vec::new();
+    while by_a.len() < 50 {
+        assert!(Instant::now() < deadline, "member A consumed nothing");
+        if let Ok(r) = a_rx.recv_timeout(Duration::from_millis(200)) {
+            by_a.push(r);
+        }
+    }
+
+    // Member B joins: the group rebalances and B gets partitions of its own.
+    let b: BaseConsumer = config(&broker)
+        .set("group.id", "workers")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .expect("member B");
+    b.subscribe(&["jobs"]).expect("subscribe");
+    produced.extend(produce_keyed(&rt, &p, "jobs", 400, "second"));
+    let mut by_b: Vec<(i32, i64, String)> = Vec::new();
+    let poll_b = |by_b: &mut Vec<(i32, i64, String)>| {
+        if let Some(m) = b.poll(Duration::from_millis(100)) {
+            let m = m.expect("a record");
+            by_b.push((
+                m.partition(),
+                m.offset(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            ));
+            b.commit_message(&m, CommitMode::Sync).expect("commit");
+        }
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while by_b.is_empty() {
+        assert!(Instant::now() < deadline, "member B never got a partition");
+        poll_b(&mut by_b);
+        while let Ok(r) = a_rx.try_recv() {
+            by_a.push(r);
+        }
+    }
+    let assigned = b.assignment().expect("assignment").count();
+    assert!(
+        (1..4).contains(&assigned),
+        "B holds {assigned} of 4 partitions"
+    );
+
+    // A dies without leaving: once its session lapses B takes everything, from A's commits.
+    a.kill().expect("kill -9 member A");
+    a.wait().expect("reap A");
+    while let Ok(r) = a_rx.try_recv() {
+        by_a.push(r);
+    }
+    let want: BTreeMap<(i32, i64), String> = produced
+        .iter()
+        .map(|(_, v, p, o)| ((*p, *o), v.clone()))
+        .collect();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        // A's last lines may still be on their way through the pipe.
+        while let Ok(r) = a_rx.try_recv() {
+            by_a.push(r);
+        }
+        let seen: std::collections::BTreeSet<(i32, i64)> =
+            by_a.iter().chain(&by_b).map(|(p, o, _)| (*p, *o)).collect();
+        if want.keys().all(|k| seen.contains(k)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} records consumed; missing {:?}; B holds {:?}",
+            seen.len(),
+            want.len(),
+            want.keys()
+                .filter(|k| !seen.contains(k))
+                .collect::<Vec<_>>(),
+            b.assignment()
+        );
+        poll_b(&mut by_b);
+    }
+    assert_eq!(b.assignment().expect("assignment").count(), 4);
+    // ListGroups and DescribeGroups: one member left, stable, with every partition.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let list = b
+            .fetch_group_list(Some("workers"), Duration::from_secs(10))
+            .expect("group list");
+        let g = &list.groups()[0];
+        if g.state() == "Stable" && g.members().len() == 1 {
+            assert_eq!(g.protocol_type(), "consumer");
+            let assignment = g.members()[0].assignment().expect("an assignment");
+            assert!(!assignment.is_empty());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group is {} with {} members",
+            g.state(),
+            g.members().len()
+        );
+        poll_b(&mut by_b);
+    }
+    for (p, o, v) in by_a.iter().chain(&by_b) {
+        assert_eq!(want.get(&(*p, *o)), Some(v), "record {p}/{o}");
+    }
+    // Each member saw each partition's records in offset order (so per key, in send order).
+    for seen in [&by_a, &by_b] {
+        let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+        for (p, o, _) in seen.iter() {
+            if let Some(prev) = last.insert(*p, *o) {
+                assert!(prev < *o, "partition {p}: {o} after {prev}");
+            }
+        }
+    }
+    drop(b);
+
+    // The commits hold across a kill -9 of the broker: the group resumes at the end.
+    broker.kill9();
+    let kafka_arg = kafka.clone();
+    let broker = Broker::start_at(
+        &dir.data(),
+        broker.addr,
+        &[
+            "--kafka-listen",
+            &kafka_arg,
+            "--group-initial-rebalance-delay-ms",
+            "0",
+        ],
+    );
+    let described = strom(
+        &broker,
+        &["--output", "json", "groups", "describe", "workers"],
+        b"",
+    );
+    let text = String::from_utf8_lossy(&described.stdout);
+    assert!(text.contains("\"lag\":0"), "{text}");
+    assert!(!text.contains("\"lag\":1"), "{text}");
+    let p = producer(&broker, "none");
+    let late = produce_keyed(&rt, &p, "jobs", 20, "late");
+    let c: BaseConsumer = config(&broker)
+        .set("group.id", "workers")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("member C");
+    c.subscribe(&["jobs"]).expect("subscribe");
+    let got = {
+        let deadline = Instant::now() + DEADLINE;
+        let mut got = Vec::new();
+        while got.len() < late.len() {
+            assert!(Instant::now() < deadline, "only {} late records", got.len());
+            if let Some(m) = c.poll(Duration::from_millis(100)) {
+                let m = m.expect("a record");
+                got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            }
+        }
+        got
+    };
+    assert!(
+        got.iter().all(|v| v.starts_with("late-")),
+        "the group resumed before its commits: {got:?}"
+    );
+}

@@ -27,6 +27,7 @@
 //! | `group_min_session_timeout_ms` | 1000 | shortest session timeout a group member may ask for |
 //! | `group_max_session_timeout_ms` | 300000 | longest session timeout a group member may ask for |
 //! | `group_default_session_timeout_ms` | 45000 | session timeout of a member that asks for none |
+//! | `group_initial_rebalance_delay_ms` | 3000 | how long a new Kafka (classic protocol) group's first rebalance waits for more members (Kafka's `group.initial.rebalance.delay.ms`) |
 //! | `shutdown_timeout_ms` | 10000 | how long a graceful shutdown waits for in-flight requests |
 //! | `topic_defaults` | (storage defaults) | Kafka-named topic settings (`retention.ms = "..."`) for every topic that does not override them |
 
@@ -90,6 +91,8 @@ pub struct BrokerConfig {
     pub group_max_session_timeout_ms: u32,
     /// Group session timeout when a member names none.
     pub group_default_session_timeout_ms: u32,
+    /// First rebalance delay of a new classic group.
+    pub group_initial_rebalance_delay_ms: u64,
     /// Graceful shutdown deadline.
     pub shutdown_timeout_ms: u64,
     /// Topic setting defaults, by Kafka name.
@@ -136,6 +139,7 @@ impl Default for BrokerConfig {
             group_min_session_timeout_ms: 1_000,
             group_max_session_timeout_ms: 300_000,
             group_default_session_timeout_ms: 45_000,
+            group_initial_rebalance_delay_ms: 3_000,
             shutdown_timeout_ms: 10_000,
             topic_defaults: BTreeMap::new(),
             io_faults: None,

@@ -153,6 +153,18 @@ error_codes! {
     /// Idempotent produce: a newer epoch of this producer id exists.
     ProducerFenced = 26, "PRODUCER_FENCED", retriable: false,
         "a newer epoch of this producer exists; this producer is fenced";
+    /// Groups (Kafka's classic protocol): rejoin with the member id the coordinator gave.
+    MemberIdRequired = 27, "MEMBER_ID_REQUIRED", retriable: false,
+        "rejoin the group with the member id the coordinator gave";
+    /// Groups: the member's protocols match none of the group's other members'.
+    InconsistentGroupProtocol = 28, "INCONSISTENT_GROUP_PROTOCOL", retriable: false,
+        "the member's protocols match none of the group's members'";
+    /// Groups: another member with the same group instance id replaced this one.
+    FencedInstanceId = 29, "FENCED_INSTANCE_ID", retriable: false,
+        "another member with the same group instance id replaced this one";
+    /// Groups: the session timeout is outside the broker's bounds.
+    InvalidSessionTimeout = 30, "INVALID_SESSION_TIMEOUT", retriable: false,
+        "the session timeout is outside the broker's bounds";
 }
 
 impl ErrorCode {

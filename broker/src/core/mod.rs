@@ -80,6 +80,7 @@ impl Core {
                 max_ms: config.group_max_session_timeout_ms,
                 default_ms: config.group_default_session_timeout_ms,
             },
+            Duration::from_millis(config.group_initial_rebalance_delay_ms),
         )
         .await?;
         Ok(Arc::new(Self {

@@ -34,6 +34,10 @@ pub(crate) fn kafka_code(code: ErrorCode) -> i16 {
         ErrorCode::NonEmptyGroup => K::NonEmptyGroup,
         // An idempotent producer with an old epoch: Kafka answers a produce with this code.
         ErrorCode::ProducerFenced => K::InvalidProducerEpoch,
+        ErrorCode::MemberIdRequired => K::MemberIdRequired,
+        ErrorCode::InconsistentGroupProtocol => K::InconsistentGroupProtocol,
+        ErrorCode::FencedInstanceId => K::FencedInstanceId,
+        ErrorCode::InvalidSessionTimeout => K::InvalidSessionTimeout,
         _ => K::UnknownServerError,
     };
     k.code()

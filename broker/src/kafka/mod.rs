@@ -19,6 +19,8 @@
 mod admin;
 mod errors;
 mod fetch;
+mod group_admin;
+mod groups;
 mod metadata;
 mod produce;
 mod versions;
@@ -65,7 +67,16 @@ pub(crate) struct Req {
     pub key: ApiKey,
     pub version: i16,
     pub correlation_id: i32,
+    /// The client's name for itself (`client.id`).
+    pub client_id: String,
     pub body: Bytes,
+}
+
+/// One Kafka connection's state.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    session: Arc<Session>,
+    peer: SocketAddr,
 }
 
 impl Req {
@@ -120,9 +131,16 @@ fn ready(r: Result<KafkaResponse, String>) -> Outcome {
 
 impl Frontend for Kafka {
     type Response = KafkaResponse;
-    type Connection = Session;
+    type Connection = Conn;
 
-    async fn start(&self, session: &Arc<Session>, frame: Bytes) -> Outcome {
+    fn connect(&self, peer: SocketAddr) -> Conn {
+        Conn {
+            session: Arc::new(Session::default()),
+            peer,
+        }
+    }
+
+    async fn start(&self, conn: &Arc<Conn>, frame: Bytes) -> Outcome {
         if frame.len() < 8 {
             return Err(format!(
                 "a {} byte request is shorter than a Kafka request header",
@@ -166,15 +184,16 @@ impl Frontend for Kafka {
             ));
         }
         let mut body = frame;
-        RequestHeader::decode(&mut body, key.request_header_version(version))
+        let header = RequestHeader::decode(&mut body, key.request_header_version(version))
             .map_err(|e| format!("unreadable {key:?} v{version} request header: {e}"))?;
         let req = Req {
             key,
             version,
             correlation_id,
+            client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
             body,
         };
-        self.dispatch(session, req).await
+        self.dispatch(conn, req).await
     }
 
     fn encode(
@@ -200,7 +219,8 @@ impl Frontend for Kafka {
 }
 
 impl Kafka {
-    async fn dispatch(&self, session: &Arc<Session>, mut req: Req) -> Outcome {
+    async fn dispatch(&self, conn: &Conn, mut req: Req) -> Outcome {
+        let session = &conn.session;
         match req.key {
             ApiKey::ApiVersions => ready(req.respond(&versions::api_versions(0))),
             ApiKey::Metadata => {
@@ -238,6 +258,42 @@ impl Kafka {
                 session.wait_for_produces().await;
                 let m = req.decode()?;
                 ready(self.delete_topics(&req, m).await)
+            }
+            ApiKey::JoinGroup => {
+                let m = req.decode()?;
+                self.join_group(req, m, conn.peer)
+            }
+            ApiKey::SyncGroup => {
+                let m = req.decode()?;
+                self.sync_group(req, m)
+            }
+            ApiKey::Heartbeat => {
+                let m = req.decode()?;
+                ready(self.heartbeat(&req, m))
+            }
+            ApiKey::LeaveGroup => {
+                let m = req.decode()?;
+                ready(self.leave_group(&req, m))
+            }
+            ApiKey::OffsetCommit => {
+                let m = req.decode()?;
+                ready(self.offset_commit(&req, m).await)
+            }
+            ApiKey::OffsetFetch => {
+                let m = req.decode()?;
+                ready(self.offset_fetch(&req, m))
+            }
+            ApiKey::ListGroups => {
+                let m = req.decode()?;
+                ready(self.list_groups(&req, m))
+            }
+            ApiKey::DescribeGroups => {
+                let m = req.decode()?;
+                ready(self.describe_groups(&req, m))
+            }
+            ApiKey::DeleteGroups => {
+                let m = req.decode()?;
+                ready(self.delete_groups(&req, m).await)
             }
             // `versions::supported` let nothing else through.
             _ => ready(Ok(unsupported(req.correlation_id))),

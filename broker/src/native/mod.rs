@@ -15,6 +15,7 @@ use strom_protocol::{decode_request, decode_request_header, encode_response_chun
 
 use crate::core::admin::{self, OffsetQuery};
 use crate::core::fetch::{self as core_fetch, FetchPartition};
+use crate::core::groups::offsets::{CommitOffset, Committer};
 use crate::core::partition::Durability;
 use crate::core::produce;
 use crate::core::session::Session;
@@ -38,6 +39,10 @@ impl Native {
 impl Frontend for Native {
     type Response = Response;
     type Connection = Session;
+
+    fn connect(&self, _peer: SocketAddr) -> Session {
+        Session::default()
+    }
 
     /// Decodes a request and runs its in-order part. A malformed request whose header still
     /// reads gets an error response with its correlation id; one without a readable header
@@ -176,12 +181,187 @@ impl Native {
                 .into(),
             ),
             B::GroupHeartbeat(r) => ready(core.groups.heartbeat(&core.topics, r).into()),
-            B::OffsetCommit(r) => ready(core.groups.commit(&core.topics, r).await.into()),
-            B::OffsetFetch(r) => ready(core.groups.fetch(&r).into()),
-            B::ListGroups(_) => ready(core.groups.list().into()),
-            B::DescribeGroups(r) => ready(core.groups.describe(&core.topics, &r.groups).into()),
-            B::DeleteGroups(r) => ready(core.groups.delete(&core.topics, &r.groups).await.into()),
+            B::OffsetCommit(r) => ready(self.offset_commit(r).await.into()),
+            B::OffsetFetch(r) => ready(self.offset_fetch(r).into()),
+            B::ListGroups(_) => ready(self.list_groups().into()),
+            B::DescribeGroups(r) => ready(self.describe_groups(r).into()),
+            B::DeleteGroups(r) => ready(self.delete_groups(r).await.into()),
         }
+    }
+
+    async fn offset_commit(&self, req: OffsetCommitRequest) -> OffsetCommitResponse {
+        let who = if req.member_id.is_empty() && req.member_epoch < 0 {
+            Committer::Admin
+        } else {
+            Committer::Member {
+                id: req.member_id,
+                epoch: req.member_epoch,
+            }
+        };
+        let offsets = req
+            .topics
+            .into_iter()
+            .map(|t| {
+                let parts = t
+                    .partitions
+                    .into_iter()
+                    .map(|p| CommitOffset {
+                        partition: p.partition,
+                        offset: p.offset,
+                        metadata: p.metadata,
+                    })
+                    .collect();
+                (t.name, parts)
+            })
+            .collect();
+        let core = &self.core;
+        match core
+            .groups
+            .commit(&core.topics, &req.group_id, who, offsets)
+            .await
+        {
+            Ok(results) => OffsetCommitResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                topics: results
+                    .into_iter()
+                    .map(|(name, parts)| OffsetCommitTopicResponse {
+                        name,
+                        partitions: parts
+                            .into_iter()
+                            .map(|(partition, code)| OffsetCommitPartitionResponse {
+                                partition,
+                                error_code: code.into(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            },
+            Err((code, msg)) => OffsetCommitResponse {
+                error_code: code.into(),
+                error_message: Some(msg),
+                topics: Vec::new(),
+            },
+        }
+    }
+
+    fn offset_fetch(&self, req: OffsetFetchRequest) -> OffsetFetchResponse {
+        let wanted = (!req.topics.is_empty()).then(|| {
+            req.topics
+                .into_iter()
+                .map(|t| (t.topic, t.partitions))
+                .collect()
+        });
+        OffsetFetchResponse {
+            error_code: ErrorCode::None.into(),
+            error_message: None,
+            topics: self
+                .core
+                .groups
+                .fetch(&req.group_id, wanted)
+                .into_iter()
+                .map(|(name, parts)| OffsetFetchTopicResponse {
+                    name,
+                    partitions: parts
+                        .into_iter()
+                        .map(
+                            |(partition, offset, metadata)| OffsetFetchPartitionResponse {
+                                partition,
+                                offset,
+                                metadata,
+                                error_code: ErrorCode::None.into(),
+                            },
+                        )
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn list_groups(&self) -> ListGroupsResponse {
+        ListGroupsResponse {
+            groups: self
+                .core
+                .groups
+                .list()
+                .into_iter()
+                .map(|g| ListedGroup {
+                    group_id: g.name,
+                    state: g.state.name().to_string(),
+                    members: u32::try_from(g.members.len()).unwrap_or(u32::MAX),
+                })
+                .collect(),
+        }
+    }
+
+    fn describe_groups(&self, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
+        let core = &self.core;
+        let groups = req
+            .groups
+            .into_iter()
+            .map(|name| match core.groups.describe(&core.topics, &name) {
+                None => DescribedGroup {
+                    error_code: ErrorCode::GroupIdNotFound.into(),
+                    error_message: Some(format!("no group {name}")),
+                    group_id: name,
+                    state: "dead".into(),
+                    group_epoch: -1,
+                    assignor: String::new(),
+                    members: Vec::new(),
+                    offsets: Vec::new(),
+                },
+                Some(g) => DescribedGroup {
+                    group_id: g.name,
+                    error_code: ErrorCode::None.into(),
+                    error_message: None,
+                    state: g.state.name().into(),
+                    group_epoch: g.epoch,
+                    assignor: g.assignor,
+                    members: g
+                        .members
+                        .into_iter()
+                        .map(|m| GroupMember {
+                            member_id: m.id,
+                            member_epoch: m.epoch,
+                            subscribed_topics: m.topics.into_iter().collect(),
+                            assignment: topic_partitions(&m.assigned),
+                            session_timeout_ms: m.session_ms,
+                        })
+                        .collect(),
+                    offsets: g
+                        .offsets
+                        .into_iter()
+                        .map(|o| GroupOffset {
+                            lag: o.lag(),
+                            topic: o.topic,
+                            partition: o.partition,
+                            committed_offset: o.committed,
+                            log_end_offset: o.log_end,
+                            metadata: o.metadata,
+                        })
+                        .collect(),
+                },
+            })
+            .collect();
+        DescribeGroupsResponse { groups }
+    }
+
+    async fn delete_groups(&self, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+        let mut results = Vec::with_capacity(req.groups.len());
+        for group_id in req.groups {
+            let (code, msg) = split(
+                self.core
+                    .groups
+                    .delete_group(&self.core.topics, &group_id)
+                    .await,
+            );
+            results.push(DeletedGroup {
+                group_id,
+                error_code: code.into(),
+                error_message: msg,
+            });
+        }
+        DeleteGroupsResponse { results }
     }
 
     fn init_producer_id(&self, req: InitProducerIdRequest) -> InitProducerIdResponse {
@@ -407,6 +587,21 @@ impl Native {
             .collect();
         ListOffsetsResponse { topics }
     }
+}
+
+/// A set of partitions as the wire lists them: per topic, its partitions.
+fn topic_partitions(set: &std::collections::BTreeSet<(String, i32)>) -> Vec<TopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (t, p) in set {
+        by_topic.entry(t).or_default().push(*p);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, partitions)| TopicPartitions {
+            topic: topic.to_string(),
+            partitions,
+        })
+        .collect()
 }
 
 fn split(r: Result<(), Failure>) -> (ErrorCode, Option<String>) {

@@ -70,9 +70,10 @@ pub(crate) async fn serve<F: Frontend>(
     net: Arc<Net>,
     protocol: &'static str,
 ) {
-    let peer = stream
+    let peer_addr = stream
         .peer_addr()
-        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let peer = peer_addr.to_string();
     let _ = stream.set_nodelay(true);
     let limits = net.limits;
     let (mut rd, wr) = stream.into_split();
@@ -98,7 +99,7 @@ pub(crate) async fn serve<F: Frontend>(
     tokio::pin!(timer);
     // Small until the client sends something: thousands of idle connections must stay cheap.
     let mut buf = BytesMut::with_capacity(READ_CHUNK_IDLE);
-    let conn = Arc::new(F::Connection::default());
+    let conn = Arc::new(frontend.connect(peer_addr));
     // Budget held for the frame at the head of `buf`: taken from its length prefix, before its
     // body is read or room is reserved for it, so memory stays within the in-flight bounds.
     let mut held: Option<Budget> = None;

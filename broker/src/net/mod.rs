@@ -36,7 +36,10 @@ pub(crate) trait Frontend: Send + Sync + 'static {
     /// A response, ready to encode.
     type Response: Send + 'static;
     /// What one connection's requests share.
-    type Connection: Default + Send + Sync + 'static;
+    type Connection: Send + Sync + 'static;
+
+    /// The state of a new connection from `peer`.
+    fn connect(&self, peer: std::net::SocketAddr) -> Self::Connection;
 
     /// Starts the request in `frame` (the payload after the length prefix). This part runs in
     /// request order; `Err` closes the connection with the reason (a request without a readable

@@ -16,23 +16,25 @@
 //! deletes the commit (group deletion).
 
 pub mod assignor;
+pub(crate) mod classic;
+pub(crate) mod offsets;
+pub(crate) mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use strom_protocol::ErrorCode;
-use strom_protocol::batch::{BatchBuilder, BatchIter, RecordRef, Records};
+use strom_protocol::batch::{BatchIter, Records};
 use strom_protocol::messages::*;
 use strom_protocol::topic::validate_topic_name;
-use strom_storage::ValidBatch;
 
-use crate::core::partition::Durability;
 use crate::core::topics::Topics;
 use crate::error::BrokerError;
 use assignor::{MemberView, Strategy, Tp};
+use classic::Classic;
+use offsets::{parse_key, parse_value};
 
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -69,19 +71,14 @@ struct Group {
     /// Partition counts of the subscribed topics when `target` was computed.
     computed_for: BTreeMap<String, i32>,
     offsets: BTreeMap<Tp, (i64, Option<String>)>,
+    /// Members of Kafka's classic protocol (a group has members of one protocol at a time).
+    classic: Classic,
 }
 
 impl Group {
-    fn state(&self) -> &'static str {
-        if self.members.is_empty() {
-            "empty"
-        } else if self.members.iter().all(|(id, m)| {
-            m.epoch == self.epoch && self.target.get(id).is_some_and(|t| *t == m.assigned)
-        }) {
-            "stable"
-        } else {
-            "reconciling"
-        }
+    /// Members of either protocol.
+    fn member_count(&self) -> usize {
+        self.members.len() + self.classic.members.len()
     }
 
     /// Recomputes the target assignment for the group's current members and partitions.
@@ -127,52 +124,6 @@ impl Group {
     }
 }
 
-/// Committed-offset records.
-fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9 + group.len() + topic.len());
-    k.push(1);
-    k.extend_from_slice(&(group.len() as u16).to_be_bytes());
-    k.extend_from_slice(group.as_bytes());
-    k.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    k.extend_from_slice(topic.as_bytes());
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
-}
-
-fn offset_value(offset: i64, now_ms: i64, metadata: Option<&str>) -> Vec<u8> {
-    let meta = metadata.unwrap_or("").as_bytes();
-    let mut v = Vec::with_capacity(19 + meta.len());
-    v.push(1);
-    v.extend_from_slice(&offset.to_be_bytes());
-    v.extend_from_slice(&now_ms.to_be_bytes());
-    v.extend_from_slice(&(meta.len() as u16).to_be_bytes());
-    v.extend_from_slice(meta);
-    v
-}
-
-fn parse_key(k: &[u8]) -> Option<(String, String, i32)> {
-    let mut r = k.strip_prefix(&[1])?;
-    let mut string = || -> Option<String> {
-        let (len, rest) = r.split_at_checked(2)?;
-        let len = u16::from_be_bytes([len[0], len[1]]) as usize;
-        let (s, rest) = rest.split_at_checked(len)?;
-        r = rest;
-        String::from_utf8(s.to_vec()).ok()
-    };
-    let group = string()?;
-    let topic = string()?;
-    let p = i32::from_be_bytes(r.try_into().ok()?);
-    Some((group, topic, p))
-}
-
-fn parse_value(v: &[u8]) -> Option<(i64, Option<String>)> {
-    let r = v.strip_prefix(&[1])?;
-    let offset = i64::from_be_bytes(r.get(..8)?.try_into().ok()?);
-    let len = u16::from_be_bytes(r.get(16..18)?.try_into().ok()?) as usize;
-    let meta = std::str::from_utf8(r.get(18..18 + len)?).ok()?;
-    Some((offset, (!meta.is_empty()).then(|| meta.to_string())))
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -204,12 +155,18 @@ fn from_wire(list: &[TopicPartitions]) -> BTreeSet<Tp> {
 pub struct Coordinator {
     groups: Mutex<HashMap<String, Group>>,
     bounds: SessionBounds,
+    /// How long a classic group's first join phase waits for more members.
+    initial_rebalance_delay: Duration,
     next_member: AtomicU64,
 }
 
 impl Coordinator {
     /// Creates `__consumer_offsets` if needed and rebuilds the committed offsets from it.
-    pub async fn load(topics: &Topics, bounds: SessionBounds) -> Result<Self, BrokerError> {
+    pub async fn load(
+        topics: &Topics,
+        bounds: SessionBounds,
+        initial_rebalance_delay: Duration,
+    ) -> Result<Self, BrokerError> {
         if topics.get(OFFSETS_TOPIC).is_none() {
             let mut overrides = BTreeMap::new();
             overrides.insert("cleanup.policy".to_string(), "compact".to_string());
@@ -269,11 +226,19 @@ impl Coordinator {
             records = loaded,
             "group offsets loaded"
         );
-        Ok(Self {
-            groups: Mutex::new(groups),
+        let mut c = Self::empty(bounds, initial_rebalance_delay);
+        c.groups = Mutex::new(groups);
+        Ok(c)
+    }
+
+    /// A coordinator with no groups.
+    fn empty(bounds: SessionBounds, initial_rebalance_delay: Duration) -> Self {
+        Self {
+            groups: Mutex::new(HashMap::new()),
             bounds,
+            initial_rebalance_delay,
             next_member: AtomicU64::new(1),
-        })
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
@@ -454,6 +419,11 @@ impl Coordinator {
                 .filter(|(_, m)| m.deadline <= now)
                 .map(|(id, _)| id.clone())
                 .collect();
+            let dead_classic = g.classic.tick(now, self.initial_rebalance_delay);
+            for id in &dead_classic {
+                tracing::info!(group = %name, member = %id, "classic member session expired");
+            }
+            removed += dead_classic.len();
             if dead.is_empty() {
                 continue;
             }
@@ -466,338 +436,7 @@ impl Coordinator {
             let subscribed = g.members.values().flat_map(|m| m.topics.clone()).collect();
             g.recompute(Self::partition_counts(topics, &subscribed));
         }
-        groups.retain(|_, g| !g.members.is_empty() || !g.offsets.is_empty());
+        groups.retain(|_, g| g.member_count() > 0 || !g.offsets.is_empty() || !g.classic.is_idle());
         removed
-    }
-
-    /// Validates and stores a commit. The records are appended (fsynced) to `__consumer_offsets`
-    /// before the in-memory table changes and before the answer.
-    pub async fn commit(&self, topics: &Topics, req: OffsetCommitRequest) -> OffsetCommitResponse {
-        let fail = |code: ErrorCode, msg: String| OffsetCommitResponse {
-            error_code: code.into(),
-            error_message: Some(msg),
-            topics: Vec::new(),
-        };
-        if req.group_id.is_empty() {
-            return fail(ErrorCode::InvalidRequest, "group id is empty".into());
-        }
-        {
-            let groups = self.lock();
-            let group = groups.get(&req.group_id);
-            let members = group.map_or(0, |g| g.members.len());
-            if req.member_id.is_empty() && req.member_epoch < 0 {
-                if members > 0 {
-                    return fail(
-                        ErrorCode::NonEmptyGroup,
-                        format!(
-                            "group {} has {members} members; stop them first",
-                            req.group_id
-                        ),
-                    );
-                }
-            } else {
-                match group.and_then(|g| g.members.get(&req.member_id)) {
-                    None => {
-                        return fail(
-                            ErrorCode::UnknownMemberId,
-                            "not a member of the group".into(),
-                        );
-                    }
-                    Some(m) if m.epoch != req.member_epoch => {
-                        return fail(
-                            ErrorCode::IllegalGeneration,
-                            format!(
-                                "member epoch {} is stale; the member is at {}",
-                                req.member_epoch, m.epoch
-                            ),
-                        );
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        let now = now_ms();
-        let mut builder = BatchBuilder::default();
-        let mut results = Vec::with_capacity(req.topics.len());
-        let mut accepted: Vec<(Tp, i64, Option<String>)> = Vec::new();
-        for t in &req.topics {
-            let topic = topics.get(&t.name);
-            let mut parts = Vec::with_capacity(t.partitions.len());
-            for p in &t.partitions {
-                let code = if topic
-                    .as_ref()
-                    .and_then(|x| x.partition(p.partition))
-                    .is_none()
-                {
-                    ErrorCode::UnknownTopicOrPartition
-                } else if p.offset < 0 {
-                    ErrorCode::InvalidRequest
-                } else {
-                    let key = offset_key(&req.group_id, &t.name, p.partition);
-                    let value = offset_value(p.offset, now, p.metadata.as_deref());
-                    if builder
-                        .push(&RecordRef {
-                            timestamp: now,
-                            key: Some(&key),
-                            value: Some(&value),
-                            headers: &[],
-                        })
-                        .is_err()
-                    {
-                        ErrorCode::InvalidRequest
-                    } else {
-                        accepted.push((
-                            (t.name.clone(), p.partition),
-                            p.offset,
-                            p.metadata.clone(),
-                        ));
-                        ErrorCode::None
-                    }
-                };
-                parts.push(OffsetCommitPartitionResponse {
-                    partition: p.partition,
-                    error_code: code.into(),
-                });
-            }
-            results.push(OffsetCommitTopicResponse {
-                name: t.name.clone(),
-                partitions: parts,
-            });
-        }
-        if !accepted.is_empty()
-            && let Err((code, msg)) = self.append(topics, builder).await
-        {
-            return fail(code, msg);
-        }
-        let mut groups = self.lock();
-        let group = groups.entry(req.group_id.clone()).or_default();
-        for (tp, offset, meta) in accepted {
-            group.offsets.insert(tp, (offset, meta));
-        }
-        OffsetCommitResponse {
-            error_code: ErrorCode::None.into(),
-            error_message: None,
-            topics: results,
-        }
-    }
-
-    async fn append(
-        &self,
-        topics: &Topics,
-        builder: BatchBuilder,
-    ) -> Result<(), (ErrorCode, String)> {
-        let bytes: Bytes = builder
-            .finish()
-            .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
-        let batch =
-            ValidBatch::new(bytes).map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
-        let part = topics
-            .get(OFFSETS_TOPIC)
-            .and_then(|t| t.partition(0).cloned())
-            .ok_or((
-                ErrorCode::CoordinatorNotAvailable,
-                "the offsets log is missing".into(),
-            ))?;
-        match part.append(vec![batch], Durability::Fsynced).await.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err((
-                ErrorCode::CoordinatorNotAvailable,
-                "the offsets log stopped".into(),
-            )),
-        }
-    }
-
-    /// Committed offsets of a group (all, or the ones asked for).
-    pub fn fetch(&self, req: &OffsetFetchRequest) -> OffsetFetchResponse {
-        let groups = self.lock();
-        let group = groups.get(&req.group_id);
-        let mut by_topic: BTreeMap<String, Vec<OffsetFetchPartitionResponse>> = BTreeMap::new();
-        let entry = |tp: &Tp| {
-            let found = group.and_then(|g| g.offsets.get(tp));
-            OffsetFetchPartitionResponse {
-                partition: tp.1,
-                offset: found.map_or(-1, |v| v.0),
-                metadata: found.and_then(|v| v.1.clone()),
-                error_code: ErrorCode::None.into(),
-            }
-        };
-        if req.topics.is_empty() {
-            if let Some(g) = group {
-                for tp in g.offsets.keys() {
-                    by_topic.entry(tp.0.clone()).or_default().push(entry(tp));
-                }
-            }
-        } else {
-            for t in &req.topics {
-                for &p in &t.partitions {
-                    by_topic
-                        .entry(t.topic.clone())
-                        .or_default()
-                        .push(entry(&(t.topic.clone(), p)));
-                }
-            }
-        }
-        OffsetFetchResponse {
-            error_code: ErrorCode::None.into(),
-            error_message: None,
-            topics: by_topic
-                .into_iter()
-                .map(|(name, partitions)| OffsetFetchTopicResponse { name, partitions })
-                .collect(),
-        }
-    }
-
-    /// Every group with members or committed offsets.
-    pub fn list(&self) -> ListGroupsResponse {
-        let groups = self.lock();
-        let mut out: Vec<ListedGroup> = groups
-            .iter()
-            .map(|(id, g)| ListedGroup {
-                group_id: id.clone(),
-                state: g.state().to_string(),
-                members: g.members.len() as u32,
-            })
-            .collect();
-        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
-        ListGroupsResponse { groups: out }
-    }
-
-    /// State, members and offsets (with lag) of groups.
-    pub fn describe(&self, topics: &Topics, names: &[String]) -> DescribeGroupsResponse {
-        let groups = self.lock();
-        let described = names
-            .iter()
-            .map(|name| match groups.get(name) {
-                None => DescribedGroup {
-                    group_id: name.clone(),
-                    error_code: ErrorCode::GroupIdNotFound.into(),
-                    error_message: Some(format!("no group {name}")),
-                    state: "dead".into(),
-                    group_epoch: -1,
-                    assignor: String::new(),
-                    members: Vec::new(),
-                    offsets: Vec::new(),
-                },
-                Some(g) => DescribedGroup {
-                    group_id: name.clone(),
-                    error_code: ErrorCode::None.into(),
-                    error_message: None,
-                    state: g.state().into(),
-                    group_epoch: g.epoch,
-                    assignor: g.strategy.name().into(),
-                    members: g
-                        .members
-                        .iter()
-                        .map(|(id, m)| GroupMember {
-                            member_id: id.clone(),
-                            member_epoch: m.epoch,
-                            subscribed_topics: m.topics.iter().cloned().collect(),
-                            assignment: to_wire(&m.assigned),
-                            session_timeout_ms: m.session_ms,
-                        })
-                        .collect(),
-                    offsets: g
-                        .offsets
-                        .iter()
-                        .map(|((t, p), (offset, meta))| {
-                            let end = topics
-                                .get(t)
-                                .and_then(|x| x.partition(*p).map(|q| q.reader().end_offset()))
-                                .unwrap_or(-1);
-                            GroupOffset {
-                                topic: t.clone(),
-                                partition: *p,
-                                committed_offset: *offset,
-                                log_end_offset: end,
-                                lag: if end < 0 { -1 } else { (end - offset).max(0) },
-                                metadata: meta.clone(),
-                            }
-                        })
-                        .collect(),
-                },
-            })
-            .collect();
-        DescribeGroupsResponse { groups: described }
-    }
-
-    /// Deletes empty groups: tombstones for their offsets, appended before the answer.
-    pub async fn delete(&self, topics: &Topics, names: &[String]) -> DeleteGroupsResponse {
-        let mut results = Vec::with_capacity(names.len());
-        for name in names {
-            let (code, msg, doomed) = {
-                let groups = self.lock();
-                match groups.get(name) {
-                    None => (
-                        ErrorCode::GroupIdNotFound,
-                        Some(format!("no group {name}")),
-                        Vec::new(),
-                    ),
-                    Some(g) if !g.members.is_empty() => (
-                        ErrorCode::NonEmptyGroup,
-                        Some(format!("group {name} has {} members", g.members.len())),
-                        Vec::new(),
-                    ),
-                    Some(g) => (ErrorCode::None, None, g.offsets.keys().cloned().collect()),
-                }
-            };
-            if code != ErrorCode::None {
-                results.push(DeletedGroup {
-                    group_id: name.clone(),
-                    error_code: code.into(),
-                    error_message: msg,
-                });
-                continue;
-            }
-            let mut builder = BatchBuilder::default();
-            let now = now_ms();
-            for (t, p) in &doomed {
-                let key = offset_key(name, t, *p);
-                let _ = builder.push(&RecordRef {
-                    timestamp: now,
-                    key: Some(&key),
-                    value: None,
-                    headers: &[],
-                });
-            }
-            let result = if doomed.is_empty() {
-                Ok(())
-            } else {
-                self.append(topics, builder).await
-            };
-            match result {
-                Ok(()) => {
-                    self.lock().remove(name);
-                    tracing::info!(group = %name, "group deleted");
-                    results.push(DeletedGroup {
-                        group_id: name.clone(),
-                        error_code: ErrorCode::None.into(),
-                        error_message: None,
-                    });
-                }
-                Err((code, msg)) => results.push(DeletedGroup {
-                    group_id: name.clone(),
-                    error_code: code.into(),
-                    error_message: Some(msg),
-                }),
-            }
-        }
-        DeleteGroupsResponse { results }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn offset_records_round_trip() {
-        let k = offset_key("g", "orders", 7);
-        assert_eq!(parse_key(&k), Some(("g".into(), "orders".into(), 7)));
-        let v = offset_value(42, 1, Some("meta"));
-        assert_eq!(parse_value(&v), Some((42, Some("meta".into()))));
-        assert_eq!(parse_value(&offset_value(3, 1, None)), Some((3, None)));
-        assert_eq!(parse_key(&k[..k.len() - 1]), None);
-        assert_eq!(parse_value(&v[..5]), None);
     }
 }

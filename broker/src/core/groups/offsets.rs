@@ -1,0 +1,326 @@
+//! Committed offsets: the records of `__consumer_offsets`, commits (validated against the
+//! committing member, appended and fsynced before the table changes and before the answer),
+//! offset fetches, and group deletion (tombstones for every offset of the group).
+//!
+//! Records: key `0x01 | u16 len | group | u16 len | topic | i32 partition`, value `0x01 | i64
+//! offset | i64 commit time ms | u16 len | metadata`; a null value deletes the commit.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use strom_protocol::ErrorCode;
+use strom_protocol::batch::{BatchBuilder, RecordRef};
+use strom_storage::ValidBatch;
+
+use super::classic::ClassicState;
+use super::{Coordinator, OFFSETS_TOPIC, Tp, now_ms};
+use crate::core::Failure;
+use crate::core::partition::Durability;
+use crate::core::topics::Topics;
+
+/// Who commits: a tool outside the group, or a member at its epoch (KIP-848) or generation
+/// (Kafka's classic protocol).
+#[derive(Debug, Clone)]
+pub(crate) enum Committer {
+    /// No member (`strom groups reset-offsets`, Kafka's "simple" commits): only while the
+    /// group has no members.
+    Admin,
+    /// A member, with the epoch or generation it believes current.
+    Member { id: String, epoch: i32 },
+}
+
+/// One partition's offset to commit.
+#[derive(Debug, Clone)]
+pub(crate) struct CommitOffset {
+    pub partition: i32,
+    pub offset: i64,
+    pub metadata: Option<String>,
+}
+
+/// Per topic, each partition's result.
+pub(crate) type CommitResult = Vec<(String, Vec<(i32, ErrorCode)>)>;
+
+/// A committed offset as fetched: (partition, offset or -1, metadata).
+pub(crate) type Fetched = (i32, i64, Option<String>);
+
+impl Coordinator {
+    fn check_committer(&self, group_id: &str, who: &Committer) -> Result<(), Failure> {
+        let groups = self.lock();
+        let group = groups.get(group_id);
+        match who {
+            Committer::Admin => {
+                let members = group.map_or(0, |g| g.member_count());
+                if members > 0 {
+                    return Err((
+                        ErrorCode::NonEmptyGroup,
+                        format!("group {group_id} has {members} members; stop them first"),
+                    ));
+                }
+                Ok(())
+            }
+            Committer::Member { id, epoch } => {
+                let unknown = || {
+                    (
+                        ErrorCode::UnknownMemberId,
+                        "not a member of the group".to_string(),
+                    )
+                };
+                let g = group.ok_or_else(unknown)?;
+                if let Some(m) = g.members.get(id) {
+                    if m.epoch != *epoch {
+                        return Err((
+                            ErrorCode::IllegalGeneration,
+                            format!(
+                                "member epoch {epoch} is stale; the member is at {}",
+                                m.epoch
+                            ),
+                        ));
+                    }
+                    return Ok(());
+                }
+                let c = &g.classic;
+                if !c.members.contains_key(id) {
+                    return Err(unknown());
+                }
+                if c.generation != *epoch {
+                    return Err((
+                        ErrorCode::IllegalGeneration,
+                        format!(
+                            "generation {epoch} is stale; the group is at {}",
+                            c.generation
+                        ),
+                    ));
+                }
+                if c.state == ClassicState::CompletingRebalance {
+                    return Err((
+                        ErrorCode::RebalanceInProgress,
+                        "the group is completing a rebalance; sync first".to_string(),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Validates and stores a commit. The records are appended (fsynced) to
+    /// `__consumer_offsets` before the in-memory table changes and before the answer.
+    pub async fn commit(
+        &self,
+        topics: &Topics,
+        group_id: &str,
+        who: Committer,
+        offsets: Vec<(String, Vec<CommitOffset>)>,
+    ) -> Result<CommitResult, Failure> {
+        if group_id.is_empty() {
+            return Err((ErrorCode::InvalidRequest, "group id is empty".into()));
+        }
+        self.check_committer(group_id, &who)?;
+        let now = now_ms();
+        let mut builder = BatchBuilder::default();
+        let mut results = Vec::with_capacity(offsets.len());
+        let mut accepted: Vec<(Tp, i64, Option<String>)> = Vec::new();
+        for (name, partitions) in offsets {
+            let topic = topics.get(&name);
+            let mut parts = Vec::with_capacity(partitions.len());
+            for p in partitions {
+                let code = if topic
+                    .as_ref()
+                    .and_then(|x| x.partition(p.partition))
+                    .is_none()
+                {
+                    ErrorCode::UnknownTopicOrPartition
+                } else if p.offset < 0 {
+                    ErrorCode::InvalidRequest
+                } else {
+                    let key = offset_key(group_id, &name, p.partition);
+                    let value = offset_value(p.offset, now, p.metadata.as_deref());
+                    let pushed = builder.push(&RecordRef {
+                        timestamp: now,
+                        key: Some(&key),
+                        value: Some(&value),
+                        headers: &[],
+                    });
+                    if pushed.is_err() {
+                        ErrorCode::InvalidRequest
+                    } else {
+                        accepted.push(((name.clone(), p.partition), p.offset, p.metadata));
+                        ErrorCode::None
+                    }
+                };
+                parts.push((p.partition, code));
+            }
+            results.push((name, parts));
+        }
+        if !accepted.is_empty() {
+            self.append(topics, builder).await?;
+        }
+        let mut groups = self.lock();
+        let group = groups.entry(group_id.to_string()).or_default();
+        for (tp, offset, meta) in accepted {
+            group.offsets.insert(tp, (offset, meta));
+        }
+        Ok(results)
+    }
+
+    async fn append(&self, topics: &Topics, builder: BatchBuilder) -> Result<(), Failure> {
+        let bytes: Bytes = builder
+            .finish()
+            .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
+        let batch =
+            ValidBatch::new(bytes).map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
+        let part = topics
+            .get(OFFSETS_TOPIC)
+            .and_then(|t| t.partition(0).cloned())
+            .ok_or((
+                ErrorCode::CoordinatorNotAvailable,
+                "the offsets log is missing".into(),
+            ))?;
+        match part.append(vec![batch], Durability::Fsynced).await.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err((
+                ErrorCode::CoordinatorNotAvailable,
+                "the offsets log stopped".into(),
+            )),
+        }
+    }
+
+    /// Committed offsets of a group: every one it has (`wanted` `None`), or the partitions
+    /// asked for (-1 for those without a commit).
+    pub fn fetch(
+        &self,
+        group_id: &str,
+        wanted: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Vec<(String, Vec<Fetched>)> {
+        let groups = self.lock();
+        let group = groups.get(group_id);
+        let mut by_topic: BTreeMap<String, Vec<Fetched>> = BTreeMap::new();
+        let entry = |tp: &Tp| {
+            let found = group.and_then(|g| g.offsets.get(tp));
+            (
+                tp.1,
+                found.map_or(-1, |v| v.0),
+                found.and_then(|v| v.1.clone()),
+            )
+        };
+        match wanted {
+            None => {
+                if let Some(g) = group {
+                    for tp in g.offsets.keys() {
+                        by_topic.entry(tp.0.clone()).or_default().push(entry(tp));
+                    }
+                }
+            }
+            Some(wanted) => {
+                let mut out = Vec::with_capacity(wanted.len());
+                for (topic, partitions) in wanted {
+                    let parts = partitions
+                        .iter()
+                        .map(|&p| entry(&(topic.clone(), p)))
+                        .collect();
+                    out.push((topic, parts));
+                }
+                return out;
+            }
+        }
+        by_topic.into_iter().collect()
+    }
+
+    /// Deletes an empty group: tombstones for its offsets, appended before the answer.
+    pub async fn delete_group(&self, topics: &Topics, name: &str) -> Result<(), Failure> {
+        let doomed: Vec<Tp> = {
+            let groups = self.lock();
+            match groups.get(name) {
+                None => {
+                    return Err((ErrorCode::GroupIdNotFound, format!("no group {name}")));
+                }
+                Some(g) if g.member_count() > 0 => {
+                    return Err((
+                        ErrorCode::NonEmptyGroup,
+                        format!("group {name} has {} members", g.member_count()),
+                    ));
+                }
+                Some(g) => g.offsets.keys().cloned().collect(),
+            }
+        };
+        if !doomed.is_empty() {
+            let mut builder = BatchBuilder::default();
+            let now = now_ms();
+            for (t, p) in &doomed {
+                let key = offset_key(name, t, *p);
+                let _ = builder.push(&RecordRef {
+                    timestamp: now,
+                    key: Some(&key),
+                    value: None,
+                    headers: &[],
+                });
+            }
+            self.append(topics, builder).await?;
+        }
+        self.lock().remove(name);
+        tracing::info!(group = %name, "group deleted");
+        Ok(())
+    }
+}
+
+/// Committed-offset records.
+pub(super) fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + group.len() + topic.len());
+    k.push(1);
+    k.extend_from_slice(&(group.len() as u16).to_be_bytes());
+    k.extend_from_slice(group.as_bytes());
+    k.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    k.extend_from_slice(topic.as_bytes());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+pub(super) fn offset_value(offset: i64, now_ms: i64, metadata: Option<&str>) -> Vec<u8> {
+    let meta = metadata.unwrap_or("").as_bytes();
+    let mut v = Vec::with_capacity(19 + meta.len());
+    v.push(1);
+    v.extend_from_slice(&offset.to_be_bytes());
+    v.extend_from_slice(&now_ms.to_be_bytes());
+    v.extend_from_slice(&(meta.len() as u16).to_be_bytes());
+    v.extend_from_slice(meta);
+    v
+}
+
+pub(super) fn parse_key(k: &[u8]) -> Option<(String, String, i32)> {
+    let mut r = k.strip_prefix(&[1])?;
+    let mut string = || -> Option<String> {
+        let (len, rest) = r.split_at_checked(2)?;
+        let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+        let (s, rest) = rest.split_at_checked(len)?;
+        r = rest;
+        String::from_utf8(s.to_vec()).ok()
+    };
+    let group = string()?;
+    let topic = string()?;
+    let p = i32::from_be_bytes(r.try_into().ok()?);
+    Some((group, topic, p))
+}
+
+pub(super) fn parse_value(v: &[u8]) -> Option<(i64, Option<String>)> {
+    let r = v.strip_prefix(&[1])?;
+    let offset = i64::from_be_bytes(r.get(..8)?.try_into().ok()?);
+    let len = u16::from_be_bytes(r.get(16..18)?.try_into().ok()?) as usize;
+    let meta = std::str::from_utf8(r.get(18..18 + len)?).ok()?;
+    Some((offset, (!meta.is_empty()).then(|| meta.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_records_round_trip() {
+        let k = offset_key("g", "orders", 7);
+        assert_eq!(parse_key(&k), Some(("g".into(), "orders".into(), 7)));
+        let v = offset_value(42, 1, Some("meta"));
+        assert_eq!(parse_value(&v), Some((42, Some("meta".into()))));
+        assert_eq!(parse_value(&offset_value(3, 1, None)), Some((3, None)));
+        assert_eq!(parse_key(&k[..k.len() - 1]), None);
+        assert_eq!(parse_value(&v[..5]), None);
+    }
+}

@@ -37,5 +37,15 @@ mod net;
 mod server;
 
 pub use config::BrokerConfig;
+
+/// Entry points for the fuzz targets (`fuzz/`) and their corpus replay in the test suite.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses a Kafka request frame (the bytes after the length prefix) as the Kafka listener
+    /// does, and decodes its body when it is a supported request. Never panics.
+    pub fn kafka_request(data: &[u8]) {
+        crate::kafka::request::fuzz_one(data);
+    }
+}
 pub use error::BrokerError;
 pub use server::Broker;

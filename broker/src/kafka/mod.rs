@@ -23,14 +23,16 @@ mod group_admin;
 mod groups;
 mod metadata;
 mod produce;
+pub(crate) mod request;
 mod versions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{ApiKey, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
+use request::Parsed;
 
 use crate::core::Core;
 use crate::core::session::Session;
@@ -141,57 +143,35 @@ impl Frontend for Kafka {
     }
 
     async fn start(&self, conn: &Arc<Conn>, frame: Bytes) -> Outcome {
-        if frame.len() < 8 {
-            return Err(format!(
-                "a {} byte request is shorter than a Kafka request header",
-                frame.len()
-            ));
-        }
-        let api_key = i16::from_be_bytes([frame[0], frame[1]]);
-        let version = i16::from_be_bytes([frame[2], frame[3]]);
-        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let Ok(key) = ApiKey::try_from(api_key) else {
-            tracing::debug!(api_key, version, "unknown Kafka api key");
-            return ready(Ok(unsupported(correlation_id)));
+        let config = &self.core.config;
+        let limits = request::FrameLimits {
+            max_frame_bytes: config.max_frame_bytes,
+            max_control_frame_bytes: config.max_control_frame_bytes,
         };
-        let in_range =
-            versions::supported(key).is_some_and(|(lo, hi)| (lo..=hi).contains(&version));
-        if !in_range {
-            tracing::debug!(?key, version, "unsupported Kafka api version");
-            if key == ApiKey::ApiVersions {
+        let req = match request::parse(frame, limits)? {
+            Parsed::Unsupported { correlation_id } => {
+                return ready(Ok(unsupported(correlation_id)));
+            }
+            Parsed::ApiVersionsFallback { correlation_id } => {
                 // KIP-511: answer at version 0 with the supported list, so the client can retry
                 // with a version both speak.
                 let code = kafka_protocol::ResponseError::UnsupportedVersion.code();
-                return ready(encode_body(
-                    key,
-                    0,
-                    correlation_id,
-                    &versions::api_versions(code),
-                ));
+                let list = versions::api_versions(code);
+                return ready(encode_body(ApiKey::ApiVersions, 0, correlation_id, &list));
             }
-            return ready(Ok(unsupported(correlation_id)));
-        }
-        let config = &self.core.config;
-        let limit = if key == ApiKey::Produce {
-            config.max_frame_bytes
-        } else {
-            config.max_control_frame_bytes.min(config.max_frame_bytes)
-        };
-        if frame.len() > limit as usize {
-            return Err(format!(
-                "a {} byte {key:?} request is over its limit of {limit} bytes (max_control_frame_bytes; only Produce may use max_frame_bytes)",
-                frame.len()
-            ));
-        }
-        let mut body = frame;
-        let header = RequestHeader::decode(&mut body, key.request_header_version(version))
-            .map_err(|e| format!("unreadable {key:?} v{version} request header: {e}"))?;
-        let req = Req {
-            key,
-            version,
-            correlation_id,
-            client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
-            body,
+            Parsed::Request {
+                key,
+                version,
+                correlation_id,
+                client_id,
+                body,
+            } => Req {
+                key,
+                version,
+                correlation_id,
+                client_id,
+                body,
+            },
         };
         self.dispatch(conn, req).await
     }

@@ -324,7 +324,7 @@ impl Native {
                             member_id: m.id,
                             member_epoch: m.epoch,
                             subscribed_topics: m.topics.into_iter().collect(),
-                            assignment: topic_partitions(&m.assigned),
+                            assignment: crate::core::groups::to_wire(&m.assigned),
                             session_timeout_ms: m.session_ms,
                         })
                         .collect(),
@@ -587,21 +587,6 @@ impl Native {
             .collect();
         ListOffsetsResponse { topics }
     }
-}
-
-/// A set of partitions as the wire lists them: per topic, its partitions.
-fn topic_partitions(set: &std::collections::BTreeSet<(String, i32)>) -> Vec<TopicPartitions> {
-    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (t, p) in set {
-        by_topic.entry(t).or_default().push(*p);
-    }
-    by_topic
-        .into_iter()
-        .map(|(topic, partitions)| TopicPartitions {
-            topic: topic.to_string(),
-            partitions,
-        })
-        .collect()
 }
 
 fn split(r: Result<(), Failure>) -> (ErrorCode, Option<String>) {

@@ -158,6 +158,19 @@ impl Classic {
             .map(|(id, _)| id.clone())
     }
 
+    /// The current generation's join answer for a member that needs no rebalance.
+    fn current_join(&self, member_id: String) -> JoinResult {
+        JoinResult {
+            error: None,
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol: self.protocol.clone(),
+            leader: self.leader.clone().unwrap_or_default(),
+            member_id,
+            members: Vec::new(),
+        }
+    }
+
     /// Checks a request's member id (and instance id) against the group.
     fn check_member(&self, member_id: &str, instance_id: Option<&str>) -> Result<(), Failure> {
         if let Some(instance) = instance_id
@@ -459,15 +472,7 @@ impl Coordinator {
                 tracing::info!(group = %req.group_id, instance, old = %current, new = %member_id, "static member rejoined");
                 if unchanged && c.state == ClassicState::Stable {
                     c.members.insert(member_id.clone(), old);
-                    return answered(JoinResult {
-                        error: None,
-                        generation: c.generation,
-                        protocol_type: c.protocol_type.clone(),
-                        protocol: c.protocol.clone(),
-                        leader: c.leader.clone().unwrap_or_default(),
-                        member_id,
-                        members: Vec::new(),
-                    });
+                    return answered(c.current_join(member_id));
                 }
                 old.join = Some(tx);
                 c.members.insert(member_id, old);
@@ -513,15 +518,7 @@ impl Coordinator {
                 );
                 if settled && unchanged && !is_leader {
                     // A follower repeating its join: the current generation stands.
-                    return answered(JoinResult {
-                        error: None,
-                        generation: c.generation,
-                        protocol_type: c.protocol_type.clone(),
-                        protocol: c.protocol.clone(),
-                        leader: c.leader.clone().unwrap_or_default(),
-                        member_id,
-                        members: Vec::new(),
-                    });
+                    return answered(c.current_join(member_id));
                 }
                 m.join = Some(tx);
             }

@@ -130,7 +130,8 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn to_wire(set: &BTreeSet<Tp>) -> Vec<TopicPartitions> {
+/// A set of partitions as strom's wire lists them (the KIP-848 heartbeat and `strom groups`).
+pub(crate) fn to_wire(set: &BTreeSet<Tp>) -> Vec<TopicPartitions> {
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for (t, p) in set {
         by_topic.entry(t).or_default().push(*p);

@@ -251,6 +251,58 @@ fn admin_creates_lists_and_deletes_topics() {
         i32::from(broker.kafka_addr.expect("kafka").port())
     );
 
+    // Settings: altered and described by their Kafka names; the native side sees the change.
+    use rdkafka::admin::{AlterConfig, ConfigSource, ResourceSpecifier};
+    let altered = rt
+        .block_on(admin.alter_configs(
+            &[AlterConfig::new(ResourceSpecifier::Topic("orders")).set("retention.ms", "3600000")],
+            &AdminOptions::new(),
+        ))
+        .expect("alter_configs");
+    assert!(altered[0].is_ok(), "{altered:?}");
+    let described = rt
+        .block_on(
+            admin.describe_configs(&[ResourceSpecifier::Topic("orders")], &AdminOptions::new()),
+        )
+        .expect("describe_configs");
+    let resource = described[0].as_ref().expect("orders' settings");
+    let retention = resource.get("retention.ms").expect("retention.ms");
+    assert_eq!(retention.value.as_deref(), Some("3600000"));
+    assert_eq!(retention.source, ConfigSource::DynamicTopic);
+    let segment = resource.get("segment.bytes").expect("segment.bytes");
+    assert_eq!(segment.source, ConfigSource::Default);
+    let native = strom(
+        &broker,
+        &["--output", "json", "topics", "describe", "orders"],
+        b"",
+    );
+    assert!(
+        String::from_utf8_lossy(&native.stdout).contains("3600000"),
+        "the native protocol sees the new retention"
+    );
+    // An unknown setting is INVALID_CONFIG and changes nothing. (The rdkafka crate drops
+    // per-resource errors of AlterConfigs, so the refusal shows as the settings staying put;
+    // tests/kafka_protocol.rs checks the code itself.)
+    rt.block_on(admin.alter_configs(
+        &[AlterConfig::new(ResourceSpecifier::Topic("orders")).set("no.such.setting", "1")],
+        &AdminOptions::new(),
+    ))
+    .expect("alter_configs");
+    let described = rt
+        .block_on(
+            admin.describe_configs(&[ResourceSpecifier::Topic("orders")], &AdminOptions::new()),
+        )
+        .expect("describe_configs");
+    let resource = described[0].as_ref().expect("orders' settings");
+    assert!(resource.get("no.such.setting").is_none());
+    assert_eq!(
+        resource
+            .get("retention.ms")
+            .and_then(|e| e.value.as_deref()),
+        Some("3600000"),
+        "a refused AlterConfigs must not replace the overrides"
+    );
+
     // The native protocol sees the same topic.
     let listed = strom(&broker, &["topics", "list"], b"");
     assert!(String::from_utf8_lossy(&listed.stdout).contains("orders"));

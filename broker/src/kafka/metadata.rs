@@ -17,7 +17,7 @@ use super::{Kafka, KafkaResponse, Req, kafka_code};
 
 /// The cluster id Metadata reports (a single broker is its own cluster; the cluster work gives
 /// it a real id).
-const CLUSTER_ID: &str = "strom";
+pub(super) const CLUSTER_ID: &str = "strom";
 
 impl Kafka {
     fn node(&self) -> BrokerId {

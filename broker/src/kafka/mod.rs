@@ -17,6 +17,8 @@
 //! lists what is supported, as KIP-511 asks).
 
 mod admin;
+mod cluster;
+mod configs;
 mod errors;
 mod fetch;
 mod group_admin;
@@ -274,6 +276,27 @@ impl Kafka {
             ApiKey::DeleteGroups => {
                 let m = req.decode()?;
                 ready(self.delete_groups(&req, m).await)
+            }
+            ApiKey::DescribeConfigs => {
+                let m = req.decode()?;
+                ready(self.describe_configs(&req, m))
+            }
+            ApiKey::AlterConfigs => {
+                let m = req.decode()?;
+                ready(self.alter_configs(&req, m).await)
+            }
+            ApiKey::IncrementalAlterConfigs => {
+                let m = req.decode()?;
+                ready(self.incremental_alter_configs(&req, m).await)
+            }
+            ApiKey::DescribeCluster => {
+                let m = req.decode()?;
+                ready(self.describe_cluster(&req, m))
+            }
+            ApiKey::OffsetForLeaderEpoch => {
+                session.wait_for_produces().await;
+                let m = req.decode()?;
+                ready(self.offset_for_leader_epoch(&req, m))
             }
             // `versions::supported` let nothing else through.
             _ => ready(Ok(unsupported(req.correlation_id))),

@@ -716,3 +716,98 @@ fn a_consumer_group_rebalances_on_join_and_on_a_killed_member() {
         "the group resumed before its commits: {got:?}"
     );
 }
+
+#[test]
+fn kip_848_consumers_share_a_topic_and_follow_new_partitions() {
+    use rdkafka::admin::NewPartitions;
+    let dir = TestDir::new();
+    let broker = Broker::start(&dir.data(), &[]);
+    let rt = runtime();
+    create_topic(&rt, &broker, "tasks", 2);
+    let p = producer(&broker, "none");
+    let mut produced = produce_keyed(&rt, &p, "tasks", 200, "one");
+    let member = || -> BaseConsumer {
+        config(&broker)
+            .set("group.id", "kip848")
+            .set("group.protocol", "consumer")
+            .set("enable.auto.commit", "true")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("a KIP-848 member")
+    };
+    let a = member();
+    let b = member();
+    a.subscribe(&["tasks"]).expect("subscribe");
+    b.subscribe(&["tasks"]).expect("subscribe");
+    let mut seen: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    let mut from = [0usize; 2];
+    let poll_both = |seen: &mut BTreeMap<(i32, i64), String>, from: &mut [usize; 2]| {
+        for (i, c) in [&a, &b].into_iter().enumerate() {
+            if let Some(m) = c.poll(Duration::from_millis(50)) {
+                let m = m.expect("a record");
+                from[i] += 1;
+                seen.insert(
+                    (m.partition(), m.offset()),
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while seen.len() < produced.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} consumed",
+            seen.len(),
+            produced.len()
+        );
+        poll_both(&mut seen, &mut from);
+    }
+
+    // The topic grows: the group assigns the new partitions and their records arrive.
+    let admin: AdminClient<DefaultClientContext> = config(&broker).create().expect("admin");
+    let grown = rt
+        .block_on(admin.create_partitions(&[NewPartitions::new("tasks", 4)], &AdminOptions::new()))
+        .expect("create_partitions");
+    assert!(grown[0].is_ok(), "{grown:?}");
+    let shrink = rt
+        .block_on(admin.create_partitions(&[NewPartitions::new("tasks", 3)], &AdminOptions::new()))
+        .expect("create_partitions");
+    assert!(shrink[0].is_err(), "partitions never shrink: {shrink:?}");
+    let md = a
+        .fetch_metadata(Some("tasks"), Duration::from_secs(10))
+        .expect("metadata");
+    assert_eq!(md.topics()[0].partitions().len(), 4);
+    // A new producer sees the four partitions (an old one would after its metadata refresh).
+    drop(p);
+    let p = producer(&broker, "none");
+    produced.extend(produce_keyed(&rt, &p, "tasks", 400, "two"));
+    assert!(
+        produced.iter().any(|(_, _, part, _)| *part >= 2),
+        "new records reach the new partitions"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while seen.len() < produced.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} consumed after growing",
+            seen.len(),
+            produced.len()
+        );
+        poll_both(&mut seen, &mut from);
+    }
+    for (_, v, part, off) in &produced {
+        assert_eq!(seen.get(&(*part, *off)), Some(v));
+    }
+    assert!(
+        from[0] > 0 && from[1] > 0,
+        "both members consumed: {from:?}"
+    );
+    let described = strom(
+        &broker,
+        &["--output", "json", "groups", "describe", "kip848"],
+        b"",
+    );
+    let text = String::from_utf8_lossy(&described.stdout);
+    assert!(text.contains("tasks"), "{text}");
+}

@@ -6,12 +6,15 @@
 //!
 //! ```text
 //! name=orders
+//! id=4f1c5b0e8a2d4e6f9b3c7a1d2e5f8091
 //! partitions=12
 //! config.retention.ms=86400000
 //! crc32=1c291ca3
 //! ```
 //!
-//! Only settings the topic overrides are stored; the rest come from the broker's topic defaults,
+//! The id (a random 128-bit value, Kafka's topic id) tells a topic from an older one of the same
+//! name; files written before ids existed get one derived from the name at load. Only settings
+//! the topic overrides are stored; the rest come from the broker's topic defaults,
 //! so changing a default applies to every topic that does not override it. Partition `p` of topic
 //! `t` lives in `<data-dir>/t-p/`.
 
@@ -34,6 +37,8 @@ use crate::error::BrokerError;
 pub struct Topic {
     /// The topic's name.
     pub name: Arc<str>,
+    /// The topic's id (Kafka's topic id: Metadata v10+, KIP-848 assignments).
+    pub id: TopicId,
     /// Partitions, by index.
     pub partitions: Vec<Arc<Partition>>,
     /// Settings the topic overrides (Kafka names).
@@ -67,6 +72,69 @@ impl Topic {
     }
 }
 
+/// A topic id: 16 bytes, as Kafka's UUIDs.
+pub type TopicId = [u8; 16];
+
+/// A new random topic id (a version 4 UUID's layout).
+fn new_topic_id(name: &str) -> TopicId {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness once per process and then stepped per
+    // instance; mixing in the time and the name makes ids of one process distinct too.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut id = [0u8; 16];
+    for (i, chunk) in id.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write(name.as_bytes());
+        h.write_u128(nanos);
+        h.write_usize(i);
+        chunk.copy_from_slice(&h.finish().to_be_bytes());
+    }
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+/// The id of a topic whose metadata predates ids: derived from its name, so it stays the same
+/// across restarts without rewriting the file.
+fn legacy_topic_id(name: &str) -> TopicId {
+    let a = crc32fast::hash(name.as_bytes());
+    let b = crc32fast::hash(format!("{name}/topic-id").as_bytes());
+    let c = crc32fast::hash(format!("topic-id/{name}").as_bytes());
+    let d = crc32fast::hash(format!("{name}#{}", name.len()).as_bytes());
+    let mut id = [0u8; 16];
+    for (i, v) in [a, b, c, d].iter().enumerate() {
+        id[i * 4..i * 4 + 4].copy_from_slice(&v.to_be_bytes());
+    }
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+fn hex(id: &TopicId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex(s: &str) -> Option<TopicId> {
+    if s.len() != 32 || !s.is_ascii() {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(id)
+}
+
+/// What a topic's metadata file holds.
+struct TopicMeta {
+    name: String,
+    id: TopicId,
+    partitions: u32,
+    overrides: BTreeMap<String, String>,
+}
+
 /// An error of one topic operation, as it goes on the wire.
 pub type TopicError = (ErrorCode, String);
 
@@ -98,9 +166,14 @@ fn effective(
     Ok(c)
 }
 
-fn encode_meta(name: &str, partitions: u32, overrides: &BTreeMap<String, String>) -> String {
-    let mut s = format!("name={name}\npartitions={partitions}\n");
-    for (k, v) in overrides {
+fn encode_meta(m: &TopicMeta) -> String {
+    let mut s = format!(
+        "name={}\nid={}\npartitions={}\n",
+        m.name,
+        hex(&m.id),
+        m.partitions
+    );
+    for (k, v) in &m.overrides {
         s.push_str(&format!("config.{k}={v}\n"));
     }
     let crc = crc32fast::hash(s.as_bytes());
@@ -108,10 +181,7 @@ fn encode_meta(name: &str, partitions: u32, overrides: &BTreeMap<String, String>
     s
 }
 
-fn decode_meta(
-    path: &Path,
-    text: &str,
-) -> Result<(String, u32, BTreeMap<String, String>), BrokerError> {
+fn decode_meta(path: &Path, text: &str) -> Result<TopicMeta, BrokerError> {
     let bad = |reason: &str| BrokerError::Metadata {
         path: path.to_path_buf(),
         reason: reason.to_string(),
@@ -126,6 +196,7 @@ fn decode_meta(
         return Err(bad("checksum mismatch"));
     }
     let mut name = None;
+    let mut id = None;
     let mut partitions = None;
     let mut overrides = BTreeMap::new();
     for line in body.lines() {
@@ -134,6 +205,7 @@ fn decode_meta(
             .ok_or_else(|| bad("line without '='"))?;
         match k {
             "name" => name = Some(v.to_string()),
+            "id" => id = Some(parse_hex(v).ok_or_else(|| bad("unreadable topic id"))?),
             "partitions" => partitions = v.parse().ok(),
             k => {
                 let key = k
@@ -144,7 +216,12 @@ fn decode_meta(
         }
     }
     match (name, partitions) {
-        (Some(n), Some(p)) if p > 0 => Ok((n, p, overrides)),
+        (Some(n), Some(p)) if p > 0 => Ok(TopicMeta {
+            id: id.unwrap_or_else(|| legacy_topic_id(&n)),
+            name: n,
+            partitions: p,
+            overrides,
+        }),
         _ => Err(bad("missing name or partitions")),
     }
 }
@@ -192,14 +269,14 @@ impl Topics {
                 path: path.clone(),
                 source,
             })?;
-            let (name, partitions, overrides) = decode_meta(&path, &text)?;
-            let config = effective(&me.defaults, &overrides).map_err(|(_, reason)| {
+            let meta = decode_meta(&path, &text)?;
+            let config = effective(&me.defaults, &meta.overrides).map_err(|(_, reason)| {
                 BrokerError::Metadata {
                     path: path.clone(),
                     reason,
                 }
             })?;
-            let topic = me.open_topic(&name, partitions, overrides, config).await?;
+            let topic = me.open_topic(meta, config, Vec::new()).await?;
             me.insert(topic);
         }
         Ok(me)
@@ -217,20 +294,29 @@ impl Topics {
         self.data_dir.join(format!("{topic}-{p}"))
     }
 
+    /// Opens a topic's partition logs, starting at the partitions already open (`existing`,
+    /// for a topic that grows) and starting a writer for each.
     async fn open_topic(
         &self,
-        name: &str,
-        partitions: u32,
-        overrides: BTreeMap<String, String>,
+        meta: TopicMeta,
         config: LogConfig,
+        existing: Vec<Arc<Partition>>,
     ) -> Result<Arc<Topic>, BrokerError> {
+        let TopicMeta {
+            name,
+            id,
+            partitions,
+            overrides,
+        } = meta;
         let name: Arc<str> = Arc::from(name);
-        let mut parts = Vec::with_capacity(partitions as usize);
+        let from = existing.len() as u32;
+        let mut parts = existing;
+        parts.reserve(partitions.saturating_sub(from) as usize);
         // Partitions open a few dozen at a time: after a clean stop each open is a handful of
         // small reads, which a cold page cache turns into disk round trips; overlapping them
         // keeps start-up short with thousands of partitions.
         const OPEN_AT_ONCE: u32 = 32;
-        for first in (0..partitions).step_by(OPEN_AT_ONCE as usize) {
+        for first in (from..partitions).step_by(OPEN_AT_ONCE as usize) {
             let opening: Vec<_> = (first..partitions.min(first + OPEN_AT_ONCE))
                 .map(|p| {
                     let dir = self.partition_dir(&name, p);
@@ -259,6 +345,7 @@ impl Topics {
         }
         Ok(Arc::new(Topic {
             name,
+            id,
             partitions: parts,
             overrides: RwLock::new(overrides),
             config: RwLock::new(config),
@@ -272,6 +359,69 @@ impl Topics {
             Err(p) => p.into_inner(),
         };
         g.get(name).cloned()
+    }
+
+    /// The topic with id `id`, if it exists.
+    pub fn get_by_id(&self, id: &TopicId) -> Option<Arc<Topic>> {
+        let g = match self.topics.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.values().find(|t| t.id == *id).cloned()
+    }
+
+    /// Grows a topic to `count` partitions (Kafka's CreatePartitions): the metadata first
+    /// (durably), then the new partitions' logs. Partitions are never removed. With
+    /// `validate_only` only checks that it could.
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        count: i64,
+        validate_only: bool,
+    ) -> Result<(), TopicError> {
+        let _guard = self.admin.lock().await;
+        let topic = self.get(name).ok_or_else(|| {
+            (
+                ErrorCode::UnknownTopicOrPartition,
+                format!("no topic {name}"),
+            )
+        })?;
+        let now = topic.partitions.len() as i64;
+        if count <= now || count > i64::from(self.max_partitions) {
+            return Err((
+                ErrorCode::InvalidPartitions,
+                format!(
+                    "topic {name} has {now} partitions; the new count must be in {}..={}",
+                    now + 1,
+                    self.max_partitions
+                ),
+            ));
+        }
+        if strom_protocol::topic::is_internal_topic(name) {
+            return Err((
+                ErrorCode::PolicyViolation,
+                format!("{name} is internal: its partitions are fixed"),
+            ));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let meta = TopicMeta {
+            name: name.to_string(),
+            id: topic.id,
+            partitions: count as u32,
+            overrides: topic.overrides(),
+        };
+        let path = self.meta_dir.join(format!("{name}{META_SUFFIX}"));
+        let storage = |e: BrokerError| (ErrorCode::StorageError, e.to_string());
+        write_atomic(&self.meta_dir, &path, encode_meta(&meta).as_bytes()).map_err(storage)?;
+        let grown = self
+            .open_topic(meta, topic.config(), topic.partitions.clone())
+            .await
+            .map_err(storage)?;
+        self.insert(grown);
+        tracing::info!(topic = name, from = now, to = count, "partitions added");
+        Ok(())
     }
 
     /// Every topic, sorted by name.
@@ -323,14 +473,15 @@ impl Topics {
         let partitions = partitions as u32;
         let storage = |e: BrokerError| (ErrorCode::StorageError, e.to_string());
         let path = self.meta_dir.join(format!("{name}{META_SUFFIX}"));
-        write_atomic(
-            &self.meta_dir,
-            &path,
-            encode_meta(name, partitions, &overrides).as_bytes(),
-        )
-        .map_err(storage)?;
+        let meta = TopicMeta {
+            name: name.to_string(),
+            id: new_topic_id(name),
+            partitions,
+            overrides,
+        };
+        write_atomic(&self.meta_dir, &path, encode_meta(&meta).as_bytes()).map_err(storage)?;
         let topic = self
-            .open_topic(name, partitions, overrides, config)
+            .open_topic(meta, config, Vec::new())
             .await
             .map_err(storage)?;
         self.insert(topic.clone());
@@ -437,12 +588,14 @@ impl Topics {
             || before.retention_bytes != config.retention_bytes
             || before.cleanup_policy != config.cleanup_policy;
         let path = self.meta_dir.join(format!("{name}{META_SUFFIX}"));
-        write_atomic(
-            &self.meta_dir,
-            &path,
-            encode_meta(name, topic.partitions.len() as u32, &overrides).as_bytes(),
-        )
-        .map_err(|e| (ErrorCode::StorageError, e.to_string()))?;
+        let meta = TopicMeta {
+            name: name.to_string(),
+            id: topic.id,
+            partitions: topic.partitions.len() as u32,
+            overrides: overrides.clone(),
+        };
+        write_atomic(&self.meta_dir, &path, encode_meta(&meta).as_bytes())
+            .map_err(|e| (ErrorCode::StorageError, e.to_string()))?;
         match topic.overrides.write() {
             Ok(mut g) => *g = overrides,
             Err(p) => *p.into_inner() = overrides,
@@ -518,14 +671,38 @@ mod tests {
     fn meta_round_trips_and_detects_damage() {
         let mut o = BTreeMap::new();
         o.insert("retention.ms".to_string(), "1000".to_string());
-        let text = encode_meta("orders", 12, &o);
+        let id = new_topic_id("orders");
+        let text = encode_meta(&TopicMeta {
+            name: "orders".into(),
+            id,
+            partitions: 12,
+            overrides: o.clone(),
+        });
         let p = Path::new("x.topic");
+        let m = decode_meta(p, &text).unwrap();
         assert_eq!(
-            decode_meta(p, &text).unwrap(),
-            ("orders".to_string(), 12, o)
+            (m.name.as_str(), m.id, m.partitions, m.overrides),
+            ("orders", id, 12, o)
         );
-        let damaged = text.replace("12", "13");
+        let damaged = text.replace("=12", "=13");
         assert!(decode_meta(p, &damaged).is_err());
         assert!(decode_meta(p, "name=x\n").is_err());
+    }
+
+    #[test]
+    fn topic_ids_are_unique_and_legacy_files_get_a_stable_one() {
+        let a = new_topic_id("orders");
+        let b = new_topic_id("orders");
+        assert_ne!(a, b, "a recreated topic gets a new id");
+        assert_eq!(a[6] >> 4, 4, "version 4 layout");
+        // A file written before ids existed: no id line.
+        let mut body = "name=old\npartitions=2\n".to_string();
+        let crc = crc32fast::hash(body.as_bytes());
+        body.push_str(&format!("crc32={crc:08x}\n"));
+        let p = Path::new("old.topic");
+        let first = decode_meta(p, &body).unwrap().id;
+        assert_eq!(first, decode_meta(p, &body).unwrap().id);
+        assert_eq!(first, legacy_topic_id("old"));
+        assert_ne!(first, legacy_topic_id("older"));
     }
 }

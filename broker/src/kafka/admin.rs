@@ -4,18 +4,20 @@
 use std::collections::BTreeMap;
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
-    ProducerId, TopicName,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, InitProducerIdRequest, InitProducerIdResponse,
+    ListOffsetsRequest, ListOffsetsResponse, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use strom_protocol::ErrorCode;
+use uuid::Uuid;
 
 use super::{Kafka, KafkaResponse, Req, kafka_code};
 use crate::core::Failure;
@@ -78,7 +80,17 @@ impl Kafka {
             };
             let out = CreatableTopicResult::default().with_name(t.name);
             results.push(match result {
-                Ok(n) => out.with_num_partitions(n).with_replication_factor(1),
+                Ok(n) => {
+                    let id = self
+                        .core
+                        .topics
+                        .get(&name)
+                        .map(|t| t.id)
+                        .unwrap_or_default();
+                    out.with_topic_id(Uuid::from_bytes(id))
+                        .with_num_partitions(n)
+                        .with_replication_factor(1)
+                }
                 Err((code, msg)) => {
                     // A replication factor beyond the brokers has its own Kafka code.
                     let code = if t.replication_factor > 1 {
@@ -103,7 +115,14 @@ impl Kafka {
     ) -> Result<KafkaResponse, String> {
         // Version 6 names topics in `topics` (by name or id); earlier versions in `topic_names`.
         let mut names: Vec<Option<TopicName>> = m.topic_names.into_iter().map(Some).collect();
-        names.extend(m.topics.into_iter().map(|t| t.name));
+        names.extend(m.topics.into_iter().map(|t| {
+            t.name.or_else(|| {
+                self.core
+                    .topics
+                    .get_by_id(t.topic_id.as_bytes())
+                    .map(|x| TopicName(StrBytes::from_string(x.name.to_string())))
+            })
+        }));
         let mut results = Vec::with_capacity(names.len());
         for name in names {
             let out = DeletableTopicResult::default().with_name(name.clone());
@@ -111,7 +130,7 @@ impl Kafka {
                 Some(n) => self.core.topics.delete(n).await,
                 None => Err((
                     ErrorCode::UnknownTopicOrPartition,
-                    "topics have no ids in this broker; delete by name".to_string(),
+                    "no topic with that id".to_string(),
                 )),
             };
             results.push(match result {
@@ -122,6 +141,35 @@ impl Kafka {
             });
         }
         req.respond(&DeleteTopicsResponse::default().with_responses(results))
+    }
+
+    pub(super) async fn create_partitions(
+        &self,
+        req: &Req,
+        m: CreatePartitionsRequest,
+    ) -> Result<KafkaResponse, String> {
+        let mut results = Vec::with_capacity(m.topics.len());
+        for t in m.topics {
+            let result = if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+                Err((
+                    ErrorCode::InvalidRequest,
+                    "manual replica assignments are not supported".to_string(),
+                ))
+            } else {
+                self.core
+                    .topics
+                    .add_partitions(&t.name, i64::from(t.count), m.validate_only)
+                    .await
+            };
+            let out = CreatePartitionsTopicResult::default().with_name(t.name);
+            results.push(match result {
+                Ok(()) => out,
+                Err((code, msg)) => out
+                    .with_error_code(kafka_code(code))
+                    .with_error_message(Some(StrBytes::from_string(msg))),
+            });
+        }
+        req.respond(&CreatePartitionsResponse::default().with_results(results))
     }
 
     pub(super) fn list_offsets(

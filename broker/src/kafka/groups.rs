@@ -8,6 +8,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use bytes::{Buf, Bytes};
+use kafka_protocol::messages::consumer_group_heartbeat_response::{
+    Assignment as CghAssignment, TopicPartitions as CghTopicPartitions,
+};
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::offset_commit_response::{
@@ -18,16 +21,19 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    ConsumerProtocolAssignment, ConsumerProtocolSubscription, GroupId, HeartbeatRequest,
-    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
-    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    SyncGroupRequest, SyncGroupResponse, TopicName,
+    ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, ConsumerProtocolAssignment,
+    ConsumerProtocolSubscription, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use strom_protocol::ErrorCode;
+use uuid::Uuid;
 
 use super::{Kafka, KafkaResponse, Outcome, Req, kafka_code};
 use crate::core::Failure;
+use crate::core::groups::Heartbeat;
 use crate::core::groups::classic::{JoinRequest, JoinResult};
 use crate::core::groups::offsets::{CommitOffset, Committer};
 use crate::net::Started;
@@ -392,5 +398,76 @@ fn respond_or_log<M: kafka_protocol::protocol::Encodable>(
             tracing::error!(error = %e, "could not encode a group response");
             None
         }
+    }
+}
+
+impl Kafka {
+    /// ConsumerGroupHeartbeat (KIP-848, `group.protocol=consumer`): the same coordinator as
+    /// strom's own GroupHeartbeat; topics travel as ids, which this converts.
+    pub(super) fn consumer_group_heartbeat(
+        &self,
+        req: &Req,
+        m: ConsumerGroupHeartbeatRequest,
+    ) -> Result<KafkaResponse, String> {
+        let topics = &self.core.topics;
+        let owned = m.topic_partitions.map(|tps| {
+            tps.iter()
+                .filter_map(|tp| {
+                    topics
+                        .get_by_id(tp.topic_id.as_bytes())
+                        .map(|t| (t.name.to_string(), &tp.partitions))
+                })
+                .flat_map(|(name, ps)| ps.iter().map(move |&p| (name.clone(), p)))
+                .collect()
+        });
+        let assignor = match m.server_assignor.as_deref() {
+            None => String::new(),
+            // Kafka's "uniform" spreads partitions evenly over all topics: round-robin.
+            Some("uniform") => "roundrobin".to_string(),
+            Some(other) => other.to_string(),
+        };
+        let hb = Heartbeat {
+            group_id: m.group_id.0.to_string(),
+            member_id: m.member_id.to_string(),
+            member_epoch: m.member_epoch,
+            session_timeout_ms: 0,
+            subscribed: m
+                .subscribed_topic_names
+                .map(|names| names.iter().map(|n| n.0.to_string()).collect()),
+            assignor,
+            owned,
+        };
+        let r = self.core.groups.heartbeat(topics, hb);
+        let resp = ConsumerGroupHeartbeatResponse::default()
+            .with_member_id(Some(StrBytes::from_string(r.member_id)))
+            .with_member_epoch(r.member_epoch)
+            .with_heartbeat_interval_ms(i32::try_from(r.heartbeat_interval_ms).unwrap_or(i32::MAX));
+        let resp = match r.error {
+            Some((code, msg)) => resp
+                .with_error_code(kafka_code(code))
+                .with_error_message(Some(StrBytes::from_string(msg))),
+            None if r.member_epoch < 0 => resp,
+            None => {
+                let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> =
+                    std::collections::BTreeMap::new();
+                for (t, p) in r.assignment {
+                    by_topic.entry(t).or_default().push(p);
+                }
+                let assigned = by_topic
+                    .into_iter()
+                    .filter_map(|(t, ps)| {
+                        topics.get(&t).map(|topic| {
+                            CghTopicPartitions::default()
+                                .with_topic_id(Uuid::from_bytes(topic.id))
+                                .with_partitions(ps)
+                        })
+                    })
+                    .collect();
+                resp.with_assignment(Some(
+                    CghAssignment::default().with_topic_partitions(assigned),
+                ))
+            }
+        };
+        req.respond(&resp)
     }
 }

@@ -12,6 +12,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use strom_protocol::ErrorCode;
 use strom_protocol::topic::{is_internal_topic, validate_topic_name};
+use uuid::Uuid;
 
 use super::{Kafka, KafkaResponse, Req, kafka_code};
 
@@ -39,7 +40,15 @@ impl Kafka {
             Some(t) if t.is_empty() && req.version == 0 => None,
             Some(t) => Some(
                 t.into_iter()
-                    .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                    .filter_map(|t| match t.name {
+                        Some(n) => Some(n.0.to_string()),
+                        // Version 10+ may name a topic by its id alone.
+                        None => self
+                            .core
+                            .topics
+                            .get_by_id(t.topic_id.as_bytes())
+                            .map(|t| t.name.to_string()),
+                    })
                     .collect(),
             ),
         };
@@ -86,7 +95,7 @@ impl Kafka {
             return out.with_error_code(kafka_code(code));
         };
         let node = self.node();
-        out.with_partitions(
+        out.with_topic_id(Uuid::from_bytes(t.id)).with_partitions(
             t.partitions
                 .iter()
                 .map(|p| {

@@ -298,6 +298,14 @@ impl Kafka {
                 let m = req.decode()?;
                 ready(self.offset_for_leader_epoch(&req, m))
             }
+            ApiKey::CreatePartitions => {
+                let m = req.decode()?;
+                ready(self.create_partitions(&req, m).await)
+            }
+            ApiKey::ConsumerGroupHeartbeat => {
+                let m = req.decode()?;
+                ready(self.consumer_group_heartbeat(&req, m))
+            }
             // `versions::supported` let nothing else through.
             _ => ready(Ok(unsupported(req.correlation_id))),
         }

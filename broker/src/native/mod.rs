@@ -2,7 +2,7 @@
 //! answers. It holds no broker logic: each arm converts a request into the core's types and the
 //! result back (docs/protocol.md is the wire).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use strom_protocol::{decode_request, decode_request_header, encode_response_chun
 
 use crate::core::admin::{self, OffsetQuery};
 use crate::core::fetch::{self as core_fetch, FetchPartition};
+use crate::core::groups::Heartbeat;
 use crate::core::groups::offsets::{CommitOffset, Committer};
 use crate::core::partition::Durability;
 use crate::core::produce;
@@ -180,12 +181,37 @@ impl Native {
                 }
                 .into(),
             ),
-            B::GroupHeartbeat(r) => ready(core.groups.heartbeat(&core.topics, r).into()),
+            B::GroupHeartbeat(r) => ready(self.group_heartbeat(r).into()),
             B::OffsetCommit(r) => ready(self.offset_commit(r).await.into()),
             B::OffsetFetch(r) => ready(self.offset_fetch(r).into()),
             B::ListGroups(_) => ready(self.list_groups().into()),
             B::DescribeGroups(r) => ready(self.describe_groups(r).into()),
             B::DeleteGroups(r) => ready(self.delete_groups(r).await.into()),
+        }
+    }
+
+    fn group_heartbeat(&self, req: GroupHeartbeatRequest) -> GroupHeartbeatResponse {
+        let hb = Heartbeat {
+            owned: Some(from_wire(&req.owned_partitions)),
+            subscribed: req.subscribed_topics.map(|t| t.names.into_iter().collect()),
+            group_id: req.group_id,
+            member_id: req.member_id,
+            member_epoch: req.member_epoch,
+            session_timeout_ms: req.session_timeout_ms,
+            assignor: req.assignor,
+        };
+        let r = self.core.groups.heartbeat(&self.core.topics, hb);
+        let (error_code, error_message) = match r.error {
+            None => (ErrorCode::None, None),
+            Some((code, msg)) => (code, Some(msg)),
+        };
+        GroupHeartbeatResponse {
+            error_code: error_code.into(),
+            error_message,
+            member_id: r.member_id,
+            member_epoch: r.member_epoch,
+            heartbeat_interval_ms: r.heartbeat_interval_ms,
+            assignment: to_wire(&r.assignment),
         }
     }
 
@@ -324,7 +350,7 @@ impl Native {
                             member_id: m.id,
                             member_epoch: m.epoch,
                             subscribed_topics: m.topics.into_iter().collect(),
-                            assignment: crate::core::groups::to_wire(&m.assigned),
+                            assignment: to_wire(&m.assigned),
                             session_timeout_ms: m.session_ms,
                         })
                         .collect(),
@@ -587,6 +613,27 @@ impl Native {
             .collect();
         ListOffsetsResponse { topics }
     }
+}
+
+/// A set of partitions as the wire lists them: per topic, its partitions.
+fn to_wire(set: &BTreeSet<(String, i32)>) -> Vec<TopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (t, p) in set {
+        by_topic.entry(t).or_default().push(*p);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, partitions)| TopicPartitions {
+            topic: topic.to_string(),
+            partitions,
+        })
+        .collect()
+}
+
+fn from_wire(list: &[TopicPartitions]) -> BTreeSet<(String, i32)> {
+    list.iter()
+        .flat_map(|tp| tp.partitions.iter().map(|&p| (tp.topic.clone(), p)))
+        .collect()
 }
 
 fn split(r: Result<(), Failure>) -> (ErrorCode, Option<String>) {

@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use strom_protocol::ErrorCode;
 use strom_protocol::batch::{BatchIter, Records};
-use strom_protocol::messages::*;
 use strom_protocol::topic::validate_topic_name;
 
 use crate::core::topics::Topics;
@@ -35,6 +34,31 @@ use crate::error::BrokerError;
 use assignor::{MemberView, Strategy, Tp};
 use classic::Classic;
 use offsets::{parse_key, parse_value};
+
+/// A KIP-848 heartbeat: a join (epoch 0), a heartbeat, or a leave (epoch -1).
+#[derive(Debug, Clone)]
+pub(crate) struct Heartbeat {
+    pub group_id: String,
+    pub member_id: String,
+    pub member_epoch: i32,
+    /// 0: the broker's default.
+    pub session_timeout_ms: u32,
+    /// `None`: unchanged since the last heartbeat.
+    pub subscribed: Option<BTreeSet<String>>,
+    pub assignor: String,
+    /// `None`: unchanged since the last heartbeat.
+    pub owned: Option<BTreeSet<Tp>>,
+}
+
+/// A heartbeat's answer.
+#[derive(Debug, Clone)]
+pub(crate) struct HeartbeatResult {
+    pub error: Option<crate::core::Failure>,
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub heartbeat_interval_ms: u32,
+    pub assignment: BTreeSet<Tp>,
+}
 
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -128,27 +152,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A set of partitions as strom's wire lists them (the KIP-848 heartbeat and `strom groups`).
-pub(crate) fn to_wire(set: &BTreeSet<Tp>) -> Vec<TopicPartitions> {
-    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (t, p) in set {
-        by_topic.entry(t).or_default().push(*p);
-    }
-    by_topic
-        .into_iter()
-        .map(|(topic, partitions)| TopicPartitions {
-            topic: topic.to_string(),
-            partitions,
-        })
-        .collect()
-}
-
-fn from_wire(list: &[TopicPartitions]) -> BTreeSet<Tp> {
-    list.iter()
-        .flat_map(|tp| tp.partitions.iter().map(|&p| (tp.topic.clone(), p)))
-        .collect()
 }
 
 /// The coordinator of every group.
@@ -260,15 +263,14 @@ impl Coordinator {
             .collect()
     }
 
-    /// Joins, heartbeats or leaves.
-    pub fn heartbeat(&self, topics: &Topics, req: GroupHeartbeatRequest) -> GroupHeartbeatResponse {
-        let fail = |code: ErrorCode, msg: String| GroupHeartbeatResponse {
-            error_code: code.into(),
-            error_message: Some(msg),
+    /// Joins, heartbeats or leaves (KIP-848).
+    pub fn heartbeat(&self, topics: &Topics, req: Heartbeat) -> HeartbeatResult {
+        let fail = |code: ErrorCode, msg: String| HeartbeatResult {
+            error: Some((code, msg)),
             member_id: req.member_id.clone(),
             member_epoch: -1,
             heartbeat_interval_ms: 0,
-            assignment: Vec::new(),
+            assignment: BTreeSet::new(),
         };
         if req.group_id.is_empty() {
             return fail(ErrorCode::InvalidRequest, "group id is empty".into());
@@ -285,32 +287,31 @@ impl Coordinator {
                 g.recompute(Self::partition_counts(topics, &subscribed));
                 tracing::info!(group = %req.group_id, member = %req.member_id, epoch = g.epoch, "member left");
             }
-            return GroupHeartbeatResponse {
-                error_code: ErrorCode::None.into(),
-                error_message: None,
+            return HeartbeatResult {
+                error: None,
                 member_id: req.member_id,
                 member_epoch: -1,
                 heartbeat_interval_ms: 0,
-                assignment: Vec::new(),
+                assignment: BTreeSet::new(),
             };
         }
         let mut member_id = req.member_id.clone();
         let mut changed = false;
         if req.member_epoch == 0 {
             // Join.
-            let Some(subs) = &req.subscribed_topics else {
+            let Some(subs) = &req.subscribed else {
                 return fail(
                     ErrorCode::InvalidRequest,
                     "a join must name its topics".into(),
                 );
             };
-            if subs.names.is_empty() {
+            if subs.is_empty() {
                 return fail(
                     ErrorCode::InvalidRequest,
                     "a join must name at least one topic".into(),
                 );
             }
-            if let Some(bad) = subs.names.iter().find(|t| validate_topic_name(t).is_err()) {
+            if let Some(bad) = subs.iter().find(|t| validate_topic_name(t).is_err()) {
                 return fail(
                     ErrorCode::InvalidTopicName,
                     format!("invalid topic name {bad:?}"),
@@ -337,6 +338,15 @@ impl Coordinator {
                 );
             };
             let group = groups.entry(req.group_id.clone()).or_default();
+            if !group.classic.members.is_empty() {
+                return fail(
+                    ErrorCode::InconsistentGroupProtocol,
+                    format!(
+                        "group {} has members of Kafka's classic protocol",
+                        req.group_id
+                    ),
+                );
+            }
             if group.members.is_empty() {
                 group.strategy = strategy;
             }
@@ -348,7 +358,7 @@ impl Coordinator {
                 member_id.clone(),
                 Member {
                     epoch: 0,
-                    topics: subs.names.iter().cloned().collect(),
+                    topics: subs.clone(),
                     session_ms,
                     deadline: now + Duration::from_millis(u64::from(session_ms)),
                     assigned: BTreeSet::new(),
@@ -371,19 +381,21 @@ impl Coordinator {
             );
         };
         m.deadline = now + Duration::from_millis(u64::from(m.session_ms));
-        m.owned = from_wire(&req.owned_partitions);
-        if let Some(subs) = &req.subscribed_topics {
-            let new: BTreeSet<String> = subs.names.iter().cloned().collect();
-            if req.member_epoch != 0 && new != m.topics {
-                if let Some(bad) = new.iter().find(|t| validate_topic_name(t).is_err()) {
-                    return fail(
-                        ErrorCode::InvalidTopicName,
-                        format!("invalid topic name {bad:?}"),
-                    );
-                }
-                m.topics = new;
-                changed = true;
+        if let Some(owned) = req.owned {
+            m.owned = owned;
+        }
+        if let Some(new) = &req.subscribed
+            && req.member_epoch != 0
+            && *new != m.topics
+        {
+            if let Some(bad) = new.iter().find(|t| validate_topic_name(t).is_err()) {
+                return fail(
+                    ErrorCode::InvalidTopicName,
+                    format!("invalid topic name {bad:?}"),
+                );
             }
+            m.topics = new.clone();
+            changed = true;
         }
         let session_ms = m.session_ms;
         // New topics or partitions of subscribed topics change the target too.
@@ -398,13 +410,12 @@ impl Coordinator {
         }
         group.reconcile(&member_id);
         let m = &group.members[&member_id];
-        GroupHeartbeatResponse {
-            error_code: ErrorCode::None.into(),
-            error_message: None,
+        HeartbeatResult {
+            error: None,
             member_id,
             member_epoch: m.epoch,
             heartbeat_interval_ms: (session_ms / 3).clamp(100, 3000),
-            assignment: to_wire(&m.assigned),
+            assignment: m.assigned.clone(),
         }
     }
 

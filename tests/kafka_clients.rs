@@ -303,6 +303,38 @@ fn admin_creates_lists_and_deletes_topics() {
         "a refused AlterConfigs must not replace the overrides"
     );
 
+    // DeleteRecords moves the start: earlier records are gone for every client.
+    let p = producer(&broker, "none");
+    let acked = produce_keyed(&rt, &p, "orders", 30, "dr");
+    drop(p);
+    let partition = acked[0].2;
+    let mut before = TopicPartitionList::new();
+    before
+        .add_partition_offset("orders", partition, Offset::Offset(4))
+        .expect("add");
+    let deleted = rt
+        .block_on(admin.delete_records(&before, &AdminOptions::new()))
+        .expect("delete_records");
+    let low = deleted
+        .find_partition("orders", partition)
+        .expect("result")
+        .offset();
+    assert_eq!(low, Offset::Offset(4), "{deleted:?}");
+    let (lo, _hi) = c
+        .fetch_watermarks("orders", partition, Duration::from_secs(10))
+        .expect("watermarks");
+    assert_eq!(lo, 4);
+    let gone = acked
+        .iter()
+        .filter(|(_, _, p, o)| *p == partition && *o < 4)
+        .count();
+    let rest = read_n(&reader(&broker, "orders", 3), acked.len() - gone);
+    assert!(
+        rest.iter()
+            .all(|g| g.partition != partition || g.offset >= 4),
+        "{rest:?}"
+    );
+
     // The native protocol sees the same topic.
     let listed = strom(&broker, &["topics", "list"], b"");
     assert!(String::from_utf8_lossy(&listed.stdout).contains("orders"));

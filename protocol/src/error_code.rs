@@ -165,6 +165,9 @@ error_codes! {
     /// Groups: the session timeout is outside the broker's bounds.
     InvalidSessionTimeout = 30, "INVALID_SESSION_TIMEOUT", retriable: false,
         "the session timeout is outside the broker's bounds";
+    /// Groups: the group's members are subscribed to the topic, so its offsets stay.
+    GroupSubscribedToTopic = 31, "GROUP_SUBSCRIBED_TO_TOPIC", retriable: false,
+        "the group's members are subscribed to the topic";
 }
 
 impl ErrorCode {

@@ -42,6 +42,7 @@ mod error;
 pub mod index;
 pub mod io;
 mod log;
+mod log_start;
 mod mmap;
 mod segment;
 

@@ -675,7 +675,7 @@ impl Log {
     pub fn open_in(dir: impl AsRef<Path>, config: LogConfig, env: LogEnv) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let loaded = load(&dir, &config, env.faults.as_ref())?;
-        let start = loaded.segments[0].base_offset;
+        let start = start_of(&dir, &loaded)?;
         let end = loaded.active.next_offset;
         let damaged_tail = loaded.damaged_tail;
         let shared = Arc::new(Shared {
@@ -725,7 +725,7 @@ impl Log {
             Err(e) => return Err(StorageError::io("remove", marker)(e)),
         }
         let loaded = load(&self.dir, &self.config, self.faults.as_ref())?;
-        let start = loaded.segments[0].base_offset;
+        let start = start_of(&self.dir, &loaded)?;
         let end = loaded.active.next_offset;
         {
             let mut g = match self.shared.segments.write() {
@@ -1279,6 +1279,49 @@ impl Log {
         Ok(outcome)
     }
 
+    /// Moves the log's start to `offset` (Kafka's DeleteRecords; -1: the end): records below it
+    /// are never served again, and whole segments below it are removed. The new start is
+    /// recorded durably first. Returns the log's start afterwards (a start already past
+    /// `offset` stays).
+    pub fn delete_records_before(&mut self, offset: i64) -> Result<i64> {
+        self.check_usable()?;
+        let end = self.end_offset();
+        let start = self.start_offset();
+        let offset = if offset == -1 { end } else { offset };
+        if offset < 0 || offset > end {
+            return Err(StorageError::OffsetOutOfRange { offset, start, end });
+        }
+        if offset <= start {
+            return Ok(start);
+        }
+        self.mark_dirty()?;
+        crate::log_start::write(&self.dir, offset)?;
+        self.shared.start_offset.fetch_max(offset, Ordering::AcqRel);
+        let segs = self.shared.snapshot();
+        // A segment goes when the next one starts at or below the new start.
+        let delete = segs
+            .windows(2)
+            .take_while(|w| w[1].base_offset <= offset)
+            .count();
+        if delete > 0 {
+            self.shared.replace(segs[delete..].to_vec());
+            for s in &segs[..delete] {
+                for p in [&s.log_path, &s.index_path, &s.time_path] {
+                    match fs::remove_file(p) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(StorageError::io("remove", p.as_path())(e)),
+                    }
+                }
+            }
+            self.flush.dir_dirty = true;
+            let log_start = self.start_offset();
+            self.flush.writeback.retain(|t| t.base_offset >= log_start);
+        }
+        tracing::info!(dir = %self.dir.display(), log_start = offset, segments_deleted = delete, "records deleted");
+        Ok(self.start_offset())
+    }
+
     /// fsyncs everything, records a clean-shutdown marker and closes the files. The next open
     /// scans nothing.
     pub fn close(mut self) -> Result<()> {
@@ -1329,6 +1372,14 @@ impl Log {
 /// active one (trusted after a clean close, recovered otherwise). After anything but a clean
 /// close every segment is fsynced: a crashed process leaves its writes in the page cache, and
 /// the durable offset must not vouch for them until they are on disk.
+/// A loaded log's start: its first segment's base, or the later start DeleteRecords recorded
+/// (never past the end).
+fn start_of(dir: &Path, loaded: &Loaded) -> Result<i64> {
+    let first = loaded.segments[0].base_offset;
+    let recorded = crate::log_start::read(dir)?.unwrap_or(first);
+    Ok(recorded.clamp(first, loaded.active.next_offset.max(first)))
+}
+
 fn load(dir: &Path, config: &LogConfig, faults: Option<&IoFaults>) -> Result<Loaded> {
     fs::create_dir_all(dir).map_err(StorageError::io("create dir", dir))?;
     let (marker_present, marker) = read_marker(dir)?;

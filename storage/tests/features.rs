@@ -589,3 +589,51 @@ fn index_entries_are_written_in_groups_and_every_one_by_a_close() {
     let log = Log::open(dir.path(), c).unwrap();
     check(&log, total);
 }
+
+#[test]
+fn delete_records_moves_the_start_inside_a_segment_and_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&[("segment.bytes", "4096")]);
+    let mut log = Log::open(dir.path(), c.clone()).unwrap();
+    // Batches of 10 records; several segments.
+    for i in 0..40 {
+        log.append(&[simple_batch(i * 10, 10, 40, 1000 + i)])
+            .unwrap();
+    }
+    let segments = log_files(dir.path());
+    assert!(segments > 3, "{segments} segments");
+    assert_eq!(log.delete_records_before(5).unwrap(), 5);
+    let r = log.reader();
+    assert_eq!(r.start_offset(), 5);
+    assert!(matches!(
+        r.read(4, 100),
+        Err(StorageError::OffsetOutOfRange { start: 5, .. })
+    ));
+    // Reading from the start returns the batch holding it (as Kafka does).
+    assert_eq!(r.read(5, 1 << 20).unwrap().first_offset, 0);
+    // Moving past several segments removes them; an earlier offset changes nothing.
+    assert_eq!(log.delete_records_before(333).unwrap(), 333);
+    assert!(
+        log_files(dir.path()) < segments,
+        "whole segments below the start are gone"
+    );
+    assert_eq!(log.delete_records_before(100).unwrap(), 333);
+    assert!(matches!(
+        log.delete_records_before(401),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    // A crash (no close) keeps the start: deleted records never come back.
+    drop(log);
+    let log = Log::open(dir.path(), c.clone()).unwrap();
+    assert_eq!(log.start_offset(), 333);
+    assert!(log.reader().read(300, 100).is_err());
+    assert_eq!(log.reader().read(333, 1 << 20).unwrap().first_offset, 330);
+    assert_eq!(log.end_offset(), 400);
+    log.close().unwrap();
+    let mut log = Log::open(dir.path(), c).unwrap();
+    assert_eq!(log.start_offset(), 333);
+    // -1: everything.
+    assert_eq!(log.delete_records_before(-1).unwrap(), 400);
+    assert!(log.reader().read(399, 100).is_err());
+    assert!(log.reader().read(400, 100).unwrap().data.is_empty());
+}

@@ -65,6 +65,12 @@ pub(crate) enum WriterMsg {
     Configure(Box<LogConfig>),
     /// Run retention and compaction.
     Maintain,
+    /// Move the log start to an offset (Kafka's DeleteRecords; -1: the end); answers the start
+    /// afterwards.
+    DeleteRecords {
+        before: i64,
+        done: oneshot::Sender<Result<i64, (ErrorCode, String)>>,
+    },
     /// Close the log cleanly (or delete it) and stop.
     Stop {
         delete: bool,
@@ -149,6 +155,19 @@ impl Partition {
             )));
         }
         rx
+    }
+
+    /// Moves the log start to `before` (-1: the end) after everything queued before; returns
+    /// the start afterwards.
+    pub(crate) async fn delete_records(&self, before: i64) -> Result<i64, (ErrorCode, String)> {
+        let (done, rx) = oneshot::channel();
+        self.send(WriterMsg::DeleteRecords { before, done }).await;
+        rx.await.unwrap_or_else(|_| {
+            Err((
+                ErrorCode::UnknownTopicOrPartition,
+                "the partition is being deleted or the broker is shutting down".into(),
+            ))
+        })
     }
 
     pub(crate) async fn send(&self, msg: WriterMsg) {
@@ -350,6 +369,11 @@ async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
                     if let Err(e) = r {
                         tracing::error!(topic = %topic, partition = index, error = %e, "retention or compaction failed");
                     }
+                    log = l;
+                }
+                WriterMsg::DeleteRecords { before, done } => {
+                    let (l, r) = blocking(l, move |l| l.delete_records_before(before)).await;
+                    let _ = done.send(r.map_err(|e| (storage_code(&e), e.to_string())));
                     log = l;
                 }
                 WriterMsg::Stop { delete, done } => {

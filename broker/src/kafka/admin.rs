@@ -6,14 +6,21 @@ use std::collections::BTreeMap;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, InitProducerIdRequest, InitProducerIdResponse,
-    ListOffsetsRequest, ListOffsetsResponse, ProducerId, TopicName,
+    DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetDeleteRequest, OffsetDeleteResponse, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use strom_protocol::ErrorCode;
@@ -245,6 +252,85 @@ impl Kafka {
                     .with_producer_id(ProducerId(-1))
                     .with_producer_epoch(-1)
             }
+        };
+        req.respond(&resp)
+    }
+}
+
+impl Kafka {
+    /// DeleteRecords: moves each partition's log start (Kafka's low watermark) forward.
+    pub(super) async fn delete_records(
+        &self,
+        req: &Req,
+        m: DeleteRecordsRequest,
+    ) -> Result<KafkaResponse, String> {
+        let mut topics = Vec::with_capacity(m.topics.len());
+        for t in m.topics {
+            let topic = self.core.topics.get(&t.name.0);
+            let mut partitions = Vec::with_capacity(t.partitions.len());
+            for p in &t.partitions {
+                let out = DeleteRecordsPartitionResult::default()
+                    .with_partition_index(p.partition_index)
+                    .with_low_watermark(-1);
+                let Some(part) = topic.as_ref().and_then(|x| x.partition(p.partition_index)) else {
+                    partitions
+                        .push(out.with_error_code(kafka_code(ErrorCode::UnknownTopicOrPartition)));
+                    continue;
+                };
+                partitions.push(match part.delete_records(p.offset).await {
+                    Ok(start) => out.with_low_watermark(start),
+                    Err((code, _)) => out.with_error_code(kafka_code(code)),
+                });
+            }
+            topics.push(
+                DeleteRecordsTopicResult::default()
+                    .with_name(t.name)
+                    .with_partitions(partitions),
+            );
+        }
+        req.respond(&DeleteRecordsResponse::default().with_topics(topics))
+    }
+
+    /// OffsetDelete: drops a group's committed offsets for topics it no longer consumes.
+    pub(super) async fn offset_delete(
+        &self,
+        req: &Req,
+        m: OffsetDeleteRequest,
+    ) -> Result<KafkaResponse, String> {
+        let wanted = m
+            .topics
+            .iter()
+            .map(|t| {
+                let ps = t.partitions.iter().map(|p| p.partition_index).collect();
+                (t.name.0.to_string(), ps)
+            })
+            .collect();
+        let core = &self.core;
+        let resp = match core
+            .groups
+            .delete_offsets(&core.topics, &m.group_id.0, wanted)
+            .await
+        {
+            Err((code, _)) => OffsetDeleteResponse::default().with_error_code(kafka_code(code)),
+            Ok(results) => OffsetDeleteResponse::default().with_topics(
+                results
+                    .into_iter()
+                    .map(|(name, parts)| {
+                        OffsetDeleteResponseTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(name)))
+                            .with_partitions(
+                                parts
+                                    .into_iter()
+                                    .map(|(p, code)| {
+                                        OffsetDeleteResponsePartition::default()
+                                            .with_partition_index(p)
+                                            .with_error_code(kafka_code(code))
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
         };
         req.respond(&resp)
     }

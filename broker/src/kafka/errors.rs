@@ -38,6 +38,7 @@ pub(crate) fn kafka_code(code: ErrorCode) -> i16 {
         ErrorCode::InconsistentGroupProtocol => K::InconsistentGroupProtocol,
         ErrorCode::FencedInstanceId => K::FencedInstanceId,
         ErrorCode::InvalidSessionTimeout => K::InvalidSessionTimeout,
+        ErrorCode::GroupSubscribedToTopic => K::GroupSubscribedToTopic,
         _ => K::UnknownServerError,
     };
     k.code()

@@ -306,6 +306,15 @@ impl Kafka {
                 let m = req.decode()?;
                 ready(self.consumer_group_heartbeat(&req, m))
             }
+            ApiKey::DeleteRecords => {
+                session.wait_for_produces().await;
+                let m = req.decode()?;
+                ready(self.delete_records(&req, m).await)
+            }
+            ApiKey::OffsetDelete => {
+                let m = req.decode()?;
+                ready(self.offset_delete(&req, m).await)
+            }
             // `versions::supported` let nothing else through.
             _ => ready(Ok(unsupported(req.correlation_id))),
         }

@@ -226,6 +226,69 @@ impl Coordinator {
         by_topic.into_iter().collect()
     }
 
+    /// Deletes some committed offsets of a group (Kafka's OffsetDelete): tombstones appended
+    /// before the answer. A partition of a topic the group's members subscribe to keeps its
+    /// offset (GROUP_SUBSCRIBED_TO_TOPIC).
+    pub async fn delete_offsets(
+        &self,
+        topics: &Topics,
+        group_id: &str,
+        wanted: Vec<(String, Vec<i32>)>,
+    ) -> Result<CommitResult, Failure> {
+        let mut results = Vec::with_capacity(wanted.len());
+        let mut doomed: Vec<Tp> = Vec::new();
+        {
+            let groups = self.lock();
+            let g = groups
+                .get(group_id)
+                .ok_or_else(|| (ErrorCode::GroupIdNotFound, format!("no group {group_id}")))?;
+            let subscribed: std::collections::BTreeSet<&str> = g
+                .members
+                .values()
+                .flat_map(|m| m.topics.iter())
+                .chain(g.classic.members.values().flat_map(|m| m.topics.iter()))
+                .map(String::as_str)
+                .collect();
+            for (topic, partitions) in wanted {
+                let code = if subscribed.contains(topic.as_str()) {
+                    ErrorCode::GroupSubscribedToTopic
+                } else {
+                    ErrorCode::None
+                };
+                let mut parts = Vec::with_capacity(partitions.len());
+                for p in partitions {
+                    let tp = (topic.clone(), p);
+                    if code == ErrorCode::None && g.offsets.contains_key(&tp) {
+                        doomed.push(tp);
+                    }
+                    parts.push((p, code));
+                }
+                results.push((topic, parts));
+            }
+        }
+        if !doomed.is_empty() {
+            let mut builder = BatchBuilder::default();
+            let now = now_ms();
+            for (t, p) in &doomed {
+                let key = offset_key(group_id, t, *p);
+                let _ = builder.push(&RecordRef {
+                    timestamp: now,
+                    key: Some(&key),
+                    value: None,
+                    headers: &[],
+                });
+            }
+            self.append(topics, builder).await?;
+            let mut groups = self.lock();
+            if let Some(g) = groups.get_mut(group_id) {
+                for tp in &doomed {
+                    g.offsets.remove(tp);
+                }
+            }
+        }
+        Ok(results)
+    }
+
     /// Deletes an empty group: tombstones for its offsets, appended before the answer.
     pub async fn delete_group(&self, topics: &Topics, name: &str) -> Result<(), Failure> {
         let doomed: Vec<Tp> = {

@@ -730,3 +730,54 @@ fn a_group_member_stopped_by_max_messages_commits_only_what_it_printed() {
     ));
     assert_eq!(rest, "w4\nw5\nw6\nw7\nw8\nw9\n");
 }
+
+/// Shrinking a topic's retention frees its disk at once: the change runs a retention pass
+/// instead of waiting for the periodic one (`retention_check_interval_ms`, 60 s here).
+#[test]
+fn shrinking_retention_deletes_old_segments_at_once() {
+    let dir = TestDir::new();
+    let broker = Broker::start(&dir.data(), &[]);
+    let addr = broker.addr.to_string();
+    ok(&strom(
+        &addr,
+        &["topics", "create", "shrink", "--config", "segment.bytes=4096"],
+        b"",
+    ));
+    // Four runs, four batches of ~10 KB: each rolls a 4 KiB segment.
+    for run in 0..4 {
+        let lines: String = (0..500)
+            .map(|i| format!("record-{run}-{i:05}\n"))
+            .collect();
+        ok(&strom(&addr, &["produce", "shrink"], lines.as_bytes()));
+    }
+    let start = |addr: &str| -> i64 {
+        let json = ok(&strom(
+            addr,
+            &["--output", "json", "topics", "describe", "shrink"],
+            b"",
+        ));
+        let row = json
+            .lines()
+            .find(|l| l.contains("\"start_offset\""))
+            .expect("a partition row");
+        let v: serde_json::Value = serde_json::from_str(row).expect("json");
+        v["start_offset"].as_i64().expect("start_offset")
+    };
+    assert_eq!(start(&addr), 0);
+    ok(&strom(
+        &addr,
+        &["topics", "alter", "shrink", "--config", "retention.bytes=8192"],
+        b"",
+    ));
+    // Well under the 60 s period: only the pass the change starts can do it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if start(&addr) > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not run after the change"
+        );
+    }
+}

@@ -740,14 +740,18 @@ fn shrinking_retention_deletes_old_segments_at_once() {
     let addr = broker.addr.to_string();
     ok(&strom(
         &addr,
-        &["topics", "create", "shrink", "--config", "segment.bytes=4096"],
+        &[
+            "topics",
+            "create",
+            "shrink",
+            "--config",
+            "segment.bytes=4096",
+        ],
         b"",
     ));
     // Four runs, four batches of ~10 KB: each rolls a 4 KiB segment.
     for run in 0..4 {
-        let lines: String = (0..500)
-            .map(|i| format!("record-{run}-{i:05}\n"))
-            .collect();
+        let lines: String = (0..500).map(|i| format!("record-{run}-{i:05}\n")).collect();
         ok(&strom(&addr, &["produce", "shrink"], lines.as_bytes()));
     }
     let start = |addr: &str| -> i64 {
@@ -766,7 +770,13 @@ fn shrinking_retention_deletes_old_segments_at_once() {
     assert_eq!(start(&addr), 0);
     ok(&strom(
         &addr,
-        &["topics", "alter", "shrink", "--config", "retention.bytes=8192"],
+        &[
+            "topics",
+            "alter",
+            "shrink",
+            "--config",
+            "retention.bytes=8192",
+        ],
         b"",
     ));
     // Well under the 60 s period: only the pass the change starts can do it.

@@ -665,7 +665,12 @@ fn a_consumer_group_rebalances_on_join_and_on_a_killed_member() {
         );
         poll_b(&mut by_b);
     }
-    assert_eq!(b.assignment().expect("assignment").count(), 4);
+    // Once A's session lapses, B holds every partition.
+    let deadline = Instant::now() + DEADLINE;
+    while b.assignment().expect("assignment").count() != 4 {
+        assert!(Instant::now() < deadline, "B never took A's partitions");
+        poll_b(&mut by_b);
+    }
     // ListGroups and DescribeGroups: one member left, stable, with every partition.
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -747,6 +752,54 @@ fn a_consumer_group_rebalances_on_join_and_on_a_killed_member() {
         got.iter().all(|v| v.starts_with("late-")),
         "the group resumed before its commits: {got:?}"
     );
+
+    // `strom groups reset-offsets` works on the Kafka group: once it is empty, back to the
+    // start, and the next member replays everything.
+    drop(c);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_strom"))
+            .args(["--bootstrap", &broker.addr.to_string()])
+            .args([
+                "groups",
+                "reset-offsets",
+                "workers",
+                "--topic",
+                "jobs",
+                "--to-earliest",
+            ])
+            .output()
+            .expect("run strom");
+        if out.status.success() {
+            break;
+        }
+        // The member's leave may not have been processed yet (NON_EMPTY_GROUP).
+        assert!(
+            Instant::now() < deadline,
+            "reset-offsets failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let d: BaseConsumer = config(&broker)
+        .set("group.id", "workers")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("member D");
+    d.subscribe(&["jobs"]).expect("subscribe");
+    let total = produced.len() + late.len();
+    let mut replayed = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + DEADLINE;
+    while replayed.len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "replayed {} of {total}",
+            replayed.len()
+        );
+        if let Some(m) = d.poll(Duration::from_millis(100)) {
+            let m = m.expect("a record");
+            replayed.insert((m.partition(), m.offset()));
+        }
+    }
 }
 
 #[test]
@@ -842,4 +895,107 @@ fn kip_848_consumers_share_a_topic_and_follow_new_partitions() {
     );
     let text = String::from_utf8_lossy(&described.stdout);
     assert!(text.contains("tasks"), "{text}");
+}
+
+/// The group's generation, from `strom groups describe` (`group G  state S  epoch N ...`).
+fn generation(broker: &Broker, group: &str) -> i64 {
+    let out = strom(broker, &["groups", "describe", group], b"");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .skip_while(|w| *w != "epoch")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no epoch in {text}"))
+}
+
+#[test]
+fn cooperative_sticky_static_members_restart_without_a_rebalance() {
+    let dir = TestDir::new();
+    let broker = Broker::start(&dir.data(), &["--group-initial-rebalance-delay-ms", "0"]);
+    let rt = runtime();
+    create_topic(&rt, &broker, "coop", 4);
+    let p = producer(&broker, "none");
+    let mut produced = produce_keyed(&rt, &p, "coop", 200, "one");
+    let member = |instance: &str| -> BaseConsumer {
+        config(&broker)
+            .set("group.id", "statics")
+            .set("group.instance.id", instance)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "30000")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "100")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("a static member")
+    };
+    let a = member("worker-a");
+    let b = member("worker-b");
+    a.subscribe(&["coop"]).expect("subscribe");
+    b.subscribe(&["coop"]).expect("subscribe");
+    let mut seen: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    let take = |c: &BaseConsumer, seen: &mut BTreeMap<(i32, i64), String>| {
+        if let Some(m) = c.poll(Duration::from_millis(50)) {
+            let m = m.expect("a record");
+            seen.insert(
+                (m.partition(), m.offset()),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            );
+        }
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while seen.len() < produced.len()
+        || a.assignment().map_or(0, |x| x.count()) + b.assignment().map_or(0, |x| x.count()) != 4
+        || a.assignment().map_or(0, |x| x.count()) == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} consumed",
+            seen.len(),
+            produced.len()
+        );
+        take(&a, &mut seen);
+        take(&b, &mut seen);
+    }
+    let before = generation(&broker, "statics");
+    let b_had: Vec<i32> = b
+        .assignment()
+        .expect("assignment")
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+
+    // A restarts (a static member closes without leaving): the new A takes the old one's
+    // place and partitions; the group does not rebalance.
+    drop(a);
+    let a = member("worker-a");
+    a.subscribe(&["coop"]).expect("subscribe");
+    produced.extend(produce_keyed(&rt, &p, "coop", 200, "two"));
+    let deadline = Instant::now() + DEADLINE;
+    while seen.len() < produced.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} consumed after the restart",
+            seen.len(),
+            produced.len()
+        );
+        take(&a, &mut seen);
+        take(&b, &mut seen);
+    }
+    for (_, v, part, off) in &produced {
+        assert_eq!(seen.get(&(*part, *off)), Some(v));
+    }
+    assert_eq!(
+        generation(&broker, "statics"),
+        before,
+        "a static restart is no rebalance"
+    );
+    let b_has: Vec<i32> = b
+        .assignment()
+        .expect("assignment")
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+    assert_eq!(b_has, b_had, "B kept its partitions");
 }

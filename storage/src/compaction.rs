@@ -29,7 +29,8 @@ use bytes::Bytes;
 use strom_protocol::batch::{self, BatchError, BatchIter, Records, Retained};
 
 use crate::error::{Result, StorageError};
-use crate::log::{Log, sync_dir, write_atomic};
+use crate::io::{sync_dir, write_atomic};
+use crate::log::Log;
 use crate::segment::{self, INDEX_EXT, IndexBuilder, LOG_EXT, Segment, TIME_EXT};
 
 /// What a compaction pass did.

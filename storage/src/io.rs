@@ -252,6 +252,26 @@ pub(crate) fn sync_data(faults: Option<&IoFaults>, file: &File, path: &Path) -> 
         .map_err(StorageError::io("fsync", path))
 }
 
+/// fsyncs a directory so that file creations, renames and deletions in it are durable.
+pub(crate) fn sync_dir(dir: &Path, faults: Option<&IoFaults>) -> Result<()> {
+    check(faults, IoOp::Sync)
+        .and_then(|()| File::open(dir))
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io("fsync", dir))
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory. A
+/// crash leaves either the old file or the new one, never a mix. For small metadata files.
+pub fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
+    f.write_all(bytes)
+        .map_err(StorageError::io("write", &tmp))?;
+    f.sync_all().map_err(StorageError::io("fsync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(StorageError::io("rename", path))?;
+    sync_dir(dir, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,9 +49,9 @@ mod segment;
 pub use compaction::CompactionOutcome;
 pub use config::{CleanupPolicy, Clock, LogConfig, ManualClock, SystemClock};
 pub use error::{Result, StorageError};
-pub use io::{Fault, IoFaults, IoOp};
+pub use io::{Fault, IoFaults, IoOp, write_atomic};
 pub use log::{
     AppendInfo, Log, LogEnv, LogReader, PendingFlush, PendingWriteback, ReadResult,
-    RetentionOutcome, ValidBatch, write_atomic,
+    RetentionOutcome, ValidBatch,
 };
 pub use segment::{INDEX_WRITE_GROUP, SegmentRead};

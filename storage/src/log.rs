@@ -9,7 +9,6 @@
 //! and offsets only after the write returned.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -20,7 +19,7 @@ use strom_protocol::batch::{self, BatchBuilder, BatchHeader, RecordRef};
 use crate::config::{Clock, LogConfig, SystemClock};
 use crate::error::{Result, StorageError};
 use crate::index::{self, OFFSET_ENTRY, TIME_ENTRY};
-use crate::io::{self, IoFaults, IoOp};
+use crate::io::{self, IoFaults, sync_dir, write_atomic};
 use crate::segment::{
     self, ActiveFiles, INDEX_EXT, IndexBuilder, LOG_EXT, Planned, Segment, TIME_EXT,
 };
@@ -424,26 +423,6 @@ fn parse_marker(path: &Path, bytes: &[u8]) -> Option<Marker> {
         active_len: i64_at(24) as u64,
         max_timestamp: i64_at(32),
     })
-}
-
-/// fsyncs a directory so that file creations, renames and deletions in it are durable.
-pub(crate) fn sync_dir(dir: &Path, faults: Option<&IoFaults>) -> Result<()> {
-    io::check(faults, IoOp::Sync)
-        .and_then(|()| File::open(dir))
-        .and_then(|d| d.sync_all())
-        .map_err(StorageError::io("fsync", dir))
-}
-
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory. A
-/// crash leaves either the old file or the new one, never a mix. For small metadata files.
-pub fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
-    f.write_all(bytes)
-        .map_err(StorageError::io("write", &tmp))?;
-    f.sync_all().map_err(StorageError::io("fsync", &tmp))?;
-    fs::rename(&tmp, path).map_err(StorageError::io("rename", path))?;
-    sync_dir(dir, None)
 }
 
 fn file_len(f: &File, path: &Path) -> Result<u64> {

@@ -46,7 +46,7 @@ pub(crate) fn read(dir: &Path) -> Result<Option<i64>> {
 pub(crate) fn write(dir: &Path, offset: i64) -> Result<()> {
     let text = offset.to_string();
     let crc = crc32fast::hash(text.as_bytes());
-    crate::log::write_atomic(
+    crate::io::write_atomic(
         dir,
         &dir.join(FILE),
         format!("{text} {crc:08x}\n").as_bytes(),

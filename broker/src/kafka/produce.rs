@@ -23,40 +23,48 @@ impl Kafka {
         req: Req,
         m: ProduceRequest,
     ) -> Outcome {
+        let refuse = |code: i16, msg: String| {
+            // Answered whole: every partition gets the code, nothing is written.
+            let resp = ProduceResponse::default().with_responses(
+                m.topic_data
+                    .iter()
+                    .map(|t| {
+                        TopicProduceResponse::default()
+                            .with_name(t.name.clone())
+                            .with_partition_responses(
+                                t.partition_data
+                                    .iter()
+                                    .map(|p| {
+                                        PartitionProduceResponse::default()
+                                            .with_index(p.index)
+                                            .with_error_code(code)
+                                            .with_base_offset(-1)
+                                            .with_error_message(Some(StrBytes::from_string(
+                                                msg.clone(),
+                                            )))
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            );
+            super::ready(req.respond(&resp))
+        };
         let durability = match m.acks {
             0 | 1 => Durability::Appended,
             -1 => Durability::Fsynced,
             other => {
-                // Answered whole: every partition gets INVALID_REQUIRED_ACKS, nothing is written.
-                let code = ResponseError::InvalidRequiredAcks.code();
-                let resp = ProduceResponse::default().with_responses(
-                    m.topic_data
-                        .into_iter()
-                        .map(|t| {
-                            TopicProduceResponse::default()
-                                .with_name(t.name)
-                                .with_partition_responses(
-                                    t.partition_data
-                                        .into_iter()
-                                        .map(|p| {
-                                            PartitionProduceResponse::default()
-                                                .with_index(p.index)
-                                                .with_error_code(code)
-                                                .with_base_offset(-1)
-                                                .with_error_message(Some(StrBytes::from_string(
-                                                    format!("acks must be 0, 1 or -1; got {other}"),
-                                                )))
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
+                return refuse(
+                    ResponseError::InvalidRequiredAcks.code(),
+                    format!("acks must be 0, 1 or -1; got {other}"),
                 );
-                return super::ready(req.respond(&resp));
             }
         };
         if m.transactional_id.is_some() {
-            tracing::debug!("transactional produce refused");
+            return refuse(
+                ResponseError::TransactionalIdAuthorizationFailed.code(),
+                "transactions are not supported".to_string(),
+            );
         }
         let no_ack = m.acks == 0;
         let core_req = produce::ProduceRequest {

@@ -194,8 +194,13 @@ impl Kafka {
                     .iter()
                     .map(|p| {
                         let out = ListOffsetsPartitionResponse::default()
-                            .with_partition_index(p.partition_index)
-                            .with_leader_epoch(0);
+                            .with_partition_index(p.partition_index);
+                        // The leader epoch field exists from version 4.
+                        let out = if req.version >= 4 {
+                            out.with_leader_epoch(0)
+                        } else {
+                            out
+                        };
                         let query = match p.timestamp {
                             LATEST | LATEST_TIERED => Ok(OffsetQuery::Latest),
                             EARLIEST | EARLIEST_LOCAL => Ok(OffsetQuery::Earliest),

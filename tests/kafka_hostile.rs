@@ -450,6 +450,60 @@ fn a_produce_cut_at_every_length_is_refused() {
     });
 }
 
+#[test]
+fn a_request_sent_one_byte_at_a_time_is_answered() {
+    let s = Setup::new();
+    let mut c = s.client();
+    let payload = request_payload(
+        ApiKey::Metadata,
+        12,
+        77,
+        Some("slow"),
+        &MetadataRequest::default()
+            .with_allow_auto_topic_creation(false)
+            .with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(topic_name("seed"))),
+            ])),
+    );
+    for byte in framed(&payload) {
+        c.send_raw(&[byte]);
+    }
+    let r = c.recv::<MetadataRequest>(12, 77);
+    assert_eq!(r.topics.len(), 1, "{r:?}");
+    assert_eq!(
+        r.topics[0].partitions.len(),
+        SEED_PARTITIONS as usize,
+        "{r:?}"
+    );
+    s.assert_healthy();
+}
+
+/// A client parks 20 long polls and pipelines 50 fetches, then goes away without reading an
+/// answer. Data produced afterwards is stored and served, and a live client's long poll works.
+#[test]
+fn abandoned_long_polls_and_pipelined_requests_do_no_harm() {
+    let s = Setup::new();
+    let mut admin = s.client();
+    admin.create_topic("lp", 1);
+    {
+        let mut c = s.client();
+        for _ in 0..20 {
+            c.send(12, &fetch_from("lp", 0, 0, 1, 30_000));
+        }
+        for _ in 0..50 {
+            c.send(12, &fetch_from("seed", 0, 0, 0, 0));
+        }
+    }
+    let recs = vec![Rec::new(now_ms(), "k", "v")];
+    assert_eq!(admin.produce_ok("lp", 0, batch_of(&recs)), 0);
+    assert_eq!(admin.fetch_all("lp", 0), with_offsets(&recs, 0));
+    let p = admin.fetch(12, "lp", 0, 1, 1, 100);
+    assert_eq!(p.error_code, code::NONE, "{p:?}");
+    assert!(p.records.as_ref().is_none_or(|r| r.is_empty()), "{p:?}");
+    s.assert_healthy();
+}
+
 // ------------------------------------------------------------------------------------------
 // Readable requests with bad contents: error codes, nothing stored.
 // ------------------------------------------------------------------------------------------

@@ -189,6 +189,7 @@ impl ServeArgs {
             group_min_session_timeout_ms,
             group_max_session_timeout_ms,
             group_default_session_timeout_ms,
+            group_initial_rebalance_delay_ms,
             shutdown_timeout_ms
         );
         for (k, v) in self.topic_config {

@@ -988,7 +988,8 @@ fn cooperative_sticky_static_members_restart_without_a_rebalance() {
     assert_eq!(
         generation(&broker, "statics"),
         before,
-        "a static restart is no rebalance"
+        "a static restart is no rebalance; broker log:\n{}",
+        support::tail(&broker.log_path)
     );
     let b_has: Vec<i32> = b
         .assignment()

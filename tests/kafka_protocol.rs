@@ -31,11 +31,14 @@ use kafka_protocol::messages::offset_fetch_request::{
     OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
 };
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, DeleteGroupsRequest,
-    DescribeGroupsRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId,
+    ConsumerGroupHeartbeatRequest, CreatePartitionsRequest, DeleteGroupsRequest,
+    DeleteRecordsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    FindCoordinatorRequest, GroupId, HeartbeatRequest, IncrementalAlterConfigsRequest,
     InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetFetchRequest,
-    ProduceRequest, SyncGroupRequest,
+    ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::Encodable;
 
@@ -382,18 +385,183 @@ fn exercise(c: &mut KafkaClient, key: ApiKey, v: i16, topic: &str) {
                 "{what}: {r:?}"
             );
         }
+        ApiKey::DeleteRecords => {
+            use kafka_protocol::messages::delete_records_request::{
+                DeleteRecordsPartition, DeleteRecordsTopic,
+            };
+            // Offset 0 deletes nothing: the answer is the current low watermark.
+            let r = c.call(
+                v,
+                &DeleteRecordsRequest::default().with_topics(vec![
+                    DeleteRecordsTopic::default()
+                        .with_name(topic_name(topic))
+                        .with_partitions(vec![
+                            DeleteRecordsPartition::default()
+                                .with_partition_index(0)
+                                .with_offset(0),
+                        ]),
+                ]),
+            );
+            let p = &r.topics[0].partitions[0];
+            assert_eq!(p.error_code, code::NONE, "{what}: {r:?}");
+            assert_eq!(p.low_watermark, 0, "{what}: {r:?}");
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            use kafka_protocol::messages::offset_for_leader_epoch_request::{
+                OffsetForLeaderPartition, OffsetForLeaderTopic,
+            };
+            let r = c.call(
+                v,
+                &OffsetForLeaderEpochRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_topics(vec![
+                        OffsetForLeaderTopic::default()
+                            .with_topic(topic_name(topic))
+                            .with_partitions(vec![
+                                OffsetForLeaderPartition::default()
+                                    .with_partition(0)
+                                    .with_current_leader_epoch(0)
+                                    .with_leader_epoch(0),
+                            ]),
+                    ]),
+            );
+            let p = &r.topics[0].partitions[0];
+            assert_eq!(p.error_code, code::NONE, "{what}: {r:?}");
+            assert_eq!(p.leader_epoch, 0, "{what}: {r:?}");
+            assert!(p.end_offset > 0, "{what}: {r:?}");
+        }
+        ApiKey::DescribeConfigs => {
+            use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+            let r = c.call(
+                v,
+                &DescribeConfigsRequest::default().with_resources(vec![
+                    DescribeConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(s(topic)),
+                ]),
+            );
+            assert_eq!(r.results[0].error_code, code::NONE, "{what}: {r:?}");
+            assert!(
+                r.results[0]
+                    .configs
+                    .iter()
+                    .any(|c| &*c.name == "retention.ms"),
+                "{what}: {r:?}"
+            );
+        }
+        ApiKey::AlterConfigs => {
+            use kafka_protocol::messages::alter_configs_request::{
+                AlterConfigsResource, AlterableConfig,
+            };
+            let r = c.call(
+                v,
+                &AlterConfigsRequest::default()
+                    .with_validate_only(true)
+                    .with_resources(vec![
+                        AlterConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(s(topic))
+                            .with_configs(vec![
+                                AlterableConfig::default()
+                                    .with_name(s("retention.ms"))
+                                    .with_value(Some(s("86400000"))),
+                            ]),
+                    ]),
+            );
+            assert_eq!(r.responses[0].error_code, code::NONE, "{what}: {r:?}");
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            use kafka_protocol::messages::incremental_alter_configs_request::{
+                AlterConfigsResource, AlterableConfig,
+            };
+            let r = c.call(
+                v,
+                &IncrementalAlterConfigsRequest::default()
+                    .with_validate_only(true)
+                    .with_resources(vec![
+                        AlterConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(s(topic))
+                            .with_configs(vec![
+                                AlterableConfig::default()
+                                    .with_name(s("retention.ms"))
+                                    .with_config_operation(0)
+                                    .with_value(Some(s("86400000"))),
+                            ]),
+                    ]),
+            );
+            assert_eq!(r.responses[0].error_code, code::NONE, "{what}: {r:?}");
+        }
+        ApiKey::CreatePartitions => {
+            use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+            let r = c.call(
+                v,
+                &CreatePartitionsRequest::default()
+                    .with_validate_only(true)
+                    .with_topics(vec![
+                        CreatePartitionsTopic::default()
+                            .with_name(topic_name(topic))
+                            .with_count(2),
+                    ]),
+            );
+            assert_eq!(r.results[0].error_code, code::NONE, "{what}: {r:?}");
+        }
+        ApiKey::OffsetDelete => {
+            use kafka_protocol::messages::offset_delete_request::{
+                OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+            };
+            let r = c.call(
+                v,
+                &OffsetDeleteRequest::default()
+                    .with_group_id(group("no-such-group"))
+                    .with_topics(vec![
+                        OffsetDeleteRequestTopic::default()
+                            .with_name(topic_name(topic))
+                            .with_partitions(vec![
+                                OffsetDeleteRequestPartition::default().with_partition_index(0),
+                            ]),
+                    ]),
+            );
+            assert_eq!(r.error_code, code::GROUP_ID_NOT_FOUND, "{what}: {r:?}");
+        }
+        ApiKey::DescribeCluster => {
+            let r = c.call(v, &DescribeClusterRequest::default());
+            assert_eq!(r.error_code, code::NONE, "{what}: {r:?}");
+            assert_eq!(r.brokers.len(), 1, "{what}: {r:?}");
+        }
+        ApiKey::ConsumerGroupHeartbeat => {
+            // A join (epoch 0) then a leave (epoch -1).
+            let r = c.call(
+                v,
+                &ConsumerGroupHeartbeatRequest::default()
+                    .with_group_id(group(&format!("kip848-v{v}")))
+                    .with_member_id(s(&format!("member-v{v}")))
+                    .with_member_epoch(0)
+                    .with_rebalance_timeout_ms(30_000)
+                    .with_subscribed_topic_names(Some(vec![topic_name(topic)]))
+                    .with_topic_partitions(Some(Vec::new())),
+            );
+            assert_eq!(r.error_code, code::NONE, "{what}: {r:?}");
+            assert!(r.member_epoch > 0, "{what}: {r:?}");
+            let member = r.member_id.clone().expect("a member id");
+            let r = c.call(
+                v,
+                &ConsumerGroupHeartbeatRequest::default()
+                    .with_group_id(group(&format!("kip848-v{v}")))
+                    .with_member_id(member)
+                    .with_member_epoch(-1),
+            );
+            assert_eq!(r.error_code, code::NONE, "{what}: {r:?}");
+            assert_eq!(r.member_epoch, -1, "{what}: {r:?}");
+        }
         other => panic!("{other:?} is advertised but this test sends it nothing: add a request"),
     }
 }
 
 /// Advertised API versions the broker cannot answer today; each is run by an ignored test
 /// named after its bug, and leaves this list when the bug is fixed.
-const KNOWN_BROKEN: &[(ApiKey, i16)] = &[
-    // list_offsets_v1_to_v3_are_answered
-    (ApiKey::ListOffsets, 1),
-    (ApiKey::ListOffsets, 2),
-    (ApiKey::ListOffsets, 3),
-];
+/// Versions a known broker bug breaks, each with its own ignored test (none today).
+const KNOWN_BROKEN: &[(ApiKey, i16)] = &[];
 
 /// A broker whose new Kafka groups do not wait for more members before their first rebalance,
 /// so a JoinGroup is answered at once. Set through the configuration file: the
@@ -456,20 +624,23 @@ fn every_advertised_api_answers_at_every_advertised_version() {
     );
 }
 
-/// ListOffsets v1-v3 are advertised, but their answer sets `leader_epoch`, a field of v4+: the
-/// encoder refuses it and the broker closes the connection instead of answering.
+/// ListOffsets v1-v3 are answered (their answer must not set `leader_epoch`, a field of v4+:
+/// the encoder refuses it, and the broker used to close the connection instead of answering).
 #[test]
-#[ignore = "broker bug: ListOffsets v1-v3 answers set leader_epoch (v4+); encoding fails and the connection is closed"]
 fn list_offsets_v1_to_v3_are_answered() {
     let (_dir, broker, _c) = start(&[]);
-    let failed = exercise_all(&broker, KNOWN_BROKEN);
+    let versions = [
+        (ApiKey::ListOffsets, 1),
+        (ApiKey::ListOffsets, 2),
+        (ApiKey::ListOffsets, 3),
+    ];
+    let failed = exercise_all(&broker, &versions);
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
 /// `strom serve --group-initial-rebalance-delay-ms 0`: a new group's first JoinGroup is
 /// answered without the default 3 s wait.
 #[test]
-#[ignore = "broker bug: --group-initial-rebalance-delay-ms is parsed but never applied (src/main.rs)"]
 fn the_initial_rebalance_delay_flag_is_applied() {
     let (_dir, _broker, mut c) = start(&["--group-initial-rebalance-delay-ms", "0"]);
     let began = Instant::now();
@@ -1186,8 +1357,7 @@ fn list_offsets_answers_earliest_latest_and_by_time() {
     let (_dir, _broker, mut c) = start(&[]);
     let base = three_timestamps(&mut c);
     let ask = list_offset;
-    // v1-v3 are KNOWN_BROKEN (list_offsets_v1_to_v3_are_answered).
-    for v in 4..=10 {
+    for v in 1..=10 {
         assert_eq!(ask(&mut c, v, -2).offset, 0, "v{v}: earliest");
         assert_eq!(ask(&mut c, v, -1).offset, 3, "v{v}: latest");
         assert_eq!(
@@ -1216,7 +1386,6 @@ fn list_offsets_answers_earliest_latest_and_by_time() {
 /// or after the time asked for (the Java consumer's `offsetsForTimes` hands that timestamp to
 /// the application). strom answers with the time asked for.
 #[test]
-#[ignore = "broker bug: ListOffsets by time answers the timestamp asked for, not the found record's"]
 fn list_offsets_by_time_answers_the_found_record_s_timestamp() {
     let (_dir, _broker, mut c) = start(&[]);
     let base = three_timestamps(&mut c);

@@ -241,12 +241,19 @@ impl LogReader {
     /// The first offset whose record timestamp is >= `timestamp`, or `None` if every record is
     /// older (Kafka's ListOffsets by time).
     pub fn offset_for_time(&self, timestamp: i64) -> Result<Option<i64>> {
+        Ok(self.record_for_time(timestamp)?.map(|(o, _)| o))
+    }
+
+    /// As [`LogReader::offset_for_time`], with the timestamp of the record found (for a record
+    /// inside a compressed batch, which is not decompressed here, the batch's first timestamp
+    /// or the time asked for, whichever is later).
+    pub fn record_for_time(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
         let segments = self.shared.snapshot();
         let compacted = self.shared.compacted.load(Ordering::Acquire);
         for (i, seg) in segments.iter().enumerate() {
             let contiguous = !compacted || i + 1 == segments.len();
-            if let Some(o) = seg.find_time(timestamp, contiguous)? {
-                return Ok(Some(o.max(self.start_offset())));
+            if let Some((o, ts)) = seg.find_time(timestamp, contiguous)? {
+                return Ok(Some((o.max(self.start_offset()), ts)));
             }
         }
         Ok(None)

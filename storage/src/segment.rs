@@ -537,7 +537,7 @@ impl Segment {
     }
 
     /// The first offset in this segment whose record timestamp is >= `ts`, if any.
-    pub fn find_time(&self, ts: i64, contiguous: bool) -> Result<Option<i64>> {
+    pub fn find_time(&self, ts: i64, contiguous: bool) -> Result<Option<(i64, i64)>> {
         if self.max_timestamp() < ts {
             return Ok(None);
         }
@@ -586,15 +586,16 @@ impl Segment {
                         for r in records {
                             let r = r.map_err(|e| self.corrupt(pos, e.to_string()))?;
                             if r.timestamp >= ts {
-                                return Ok(Some(r.offset));
+                                return Ok(Some((r.offset, r.timestamp)));
                             }
                         }
-                        Ok(Some(h.base_offset))
+                        Ok(Some((h.base_offset, h.max_timestamp)))
                     }
                     // A compressed batch cannot be looked into here; its first offset is the
                     // earliest answer that cannot skip a matching record.
+                    // Its base timestamp is the best known for that record.
                     Err(strom_protocol::batch::BatchError::Compressed(_)) => {
-                        Ok(Some(h.base_offset))
+                        Ok(Some((h.base_offset, h.base_timestamp.max(ts))))
                     }
                     Err(e) => Err(self.corrupt(pos, e.to_string())),
                 };

@@ -140,8 +140,8 @@ impl Core {
         match query {
             OffsetQuery::Earliest => Ok((r.start_offset(), -1)),
             OffsetQuery::Latest => Ok((r.end_offset(), -1)),
-            OffsetQuery::Time(ts) => match r.offset_for_time(ts) {
-                Ok(Some(o)) => Ok((o, ts)),
+            OffsetQuery::Time(ts) => match r.record_for_time(ts) {
+                Ok(Some((o, found))) => Ok((o, found)),
                 Ok(None) => Ok((-1, -1)),
                 Err(e) => Err((storage_code(&e), e.to_string())),
             },

@@ -133,14 +133,14 @@ impl Kafka {
         let mut results = Vec::with_capacity(names.len());
         for name in names {
             let out = DeletableTopicResult::default().with_name(name.clone());
-            let result = match &name {
-                Some(n) => self.core.topics.delete(n).await,
-                None => Err((
-                    ErrorCode::UnknownTopicOrPartition,
-                    "no topic with that id".to_string(),
-                )),
+            let Some(n) = &name else {
+                results.push(
+                    out.with_error_code(ResponseError::UnknownTopicId.code())
+                        .with_error_message(message(req.version, 5, "no topic has that id".into())),
+                );
+                continue;
             };
-            results.push(match result {
+            results.push(match self.core.topics.delete(n).await {
                 Ok(()) => out,
                 Err((code, msg)) => out
                     .with_error_code(kafka_code(code))

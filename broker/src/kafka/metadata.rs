@@ -20,6 +20,13 @@ use super::{Kafka, KafkaResponse, Req, kafka_code};
 /// it a real id).
 pub(super) const CLUSTER_ID: &str = "strom";
 
+/// A topic a Metadata request asks about.
+enum Wanted {
+    Name(String),
+    /// Named by an id no topic has.
+    UnknownId(Uuid),
+}
+
 impl Kafka {
     fn node(&self) -> BrokerId {
         BrokerId(self.core.config.node_id)
@@ -35,41 +42,65 @@ impl Kafka {
         m: MetadataRequest,
     ) -> Result<KafkaResponse, String> {
         // Version 0 asks for every topic with an empty list; later versions with a null one.
-        let names: Option<Vec<String>> = match m.topics {
+        let wanted: Option<Vec<Wanted>> = match m.topics {
             None => None,
             Some(t) if t.is_empty() && req.version == 0 => None,
-            Some(t) => Some(
-                t.into_iter()
-                    .filter_map(|t| match t.name {
-                        Some(n) => Some(n.0.to_string()),
-                        // Version 10+ may name a topic by its id alone.
-                        None => self
-                            .core
-                            .topics
-                            .get_by_id(t.topic_id.as_bytes())
-                            .map(|t| t.name.to_string()),
-                    })
-                    .collect(),
-            ),
+            Some(t) => {
+                let mut wanted = Vec::with_capacity(t.len());
+                for t in t {
+                    wanted.push(match t.name {
+                        Some(n) => Wanted::Name(n.0.to_string()),
+                        // Before version 10 a topic name is not nullable: the request is
+                        // malformed, and Kafka closes the connection.
+                        None if req.version < 10 => {
+                            return Err(format!(
+                                "a Metadata v{} request names a topic with a null name",
+                                req.version
+                            ));
+                        }
+                        // From version 10 a topic may be named by its id alone.
+                        None => match self.core.topics.get_by_id(t.topic_id.as_bytes()) {
+                            Some(topic) => Wanted::Name(topic.name.to_string()),
+                            None => Wanted::UnknownId(t.topic_id),
+                        },
+                    });
+                }
+                Some(wanted)
+            }
         };
         // Before version 4 a client could not ask for auto-creation, and every Metadata did it.
         let auto_create = req.version < 4 || m.allow_auto_topic_creation;
-        let names = match names {
-            Some(names) => {
+        let wanted = match wanted {
+            Some(wanted) => {
                 if auto_create {
+                    let names: Vec<String> = wanted
+                        .iter()
+                        .filter_map(|w| match w {
+                            Wanted::Name(n) => Some(n.clone()),
+                            Wanted::UnknownId(_) => None,
+                        })
+                        .collect();
                     self.core.auto_create(&names).await;
                 }
-                names
+                wanted
             }
             None => self
                 .core
                 .topics
                 .all()
                 .iter()
-                .map(|t| t.name.to_string())
+                .map(|t| Wanted::Name(t.name.to_string()))
                 .collect(),
         };
-        let topics = names.iter().map(|n| self.topic_metadata(n)).collect();
+        let topics = wanted
+            .iter()
+            .map(|w| match w {
+                Wanted::Name(n) => self.topic_metadata(n),
+                Wanted::UnknownId(id) => MetadataResponseTopic::default()
+                    .with_topic_id(*id)
+                    .with_error_code(kafka_protocol::ResponseError::UnknownTopicId.code()),
+            })
+            .collect();
         let broker = MetadataResponseBroker::default()
             .with_node_id(self.node())
             .with_host(self.host())

@@ -139,6 +139,25 @@ pub(crate) type SyncResult = Result<(Option<String>, Option<String>, Bytes), Fai
 /// One member's assignment in the leader's SyncGroup: (member id, bytes, decoded partitions).
 pub(crate) type MemberAssignment = (String, Bytes, BTreeSet<Tp>);
 
+/// Whether a static member's restart leaves its subscription as it was: the same protocols, and the
+/// same topics where the front-end could decode them (a consumer's metadata also carries the
+/// partitions it owns and its generation, which a restarted static member no longer has;
+/// Kafka compares subscriptions, not bytes), else the same metadata bytes.
+fn same_subscription(
+    m: &ClassicMember,
+    protocols: &[(String, Bytes)],
+    topics: &BTreeSet<String>,
+) -> bool {
+    let names = |p: &[(String, Bytes)]| p.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    if names(&m.protocols) != names(protocols) {
+        return false;
+    }
+    if !topics.is_empty() || !m.topics.is_empty() {
+        return m.topics == *topics;
+    }
+    m.protocols == protocols
+}
+
 fn answered<T>(value: T) -> oneshot::Receiver<T> {
     let (tx, rx) = oneshot::channel();
     let _ = tx.send(value);
@@ -458,7 +477,7 @@ impl Coordinator {
                     ));
                 }
                 member_id = self.new_member_id(&req.client_id);
-                let unchanged = old.protocols == req.protocols;
+                let unchanged = same_subscription(&old, &req.protocols, &req.topics);
                 old.deadline = now + Duration::from_millis(u64::from(req.session_ms));
                 old.session_ms = req.session_ms;
                 old.rebalance_ms = req.rebalance_ms;
@@ -505,6 +524,8 @@ impl Coordinator {
         }
         match c.members.get_mut(&member_id) {
             Some(m) => {
+                // As Kafka: a member that rejoins with other metadata (a cooperative member
+                // that gave partitions up, a new subscription) needs a rebalance.
                 let unchanged = m.protocols == req.protocols;
                 let is_leader = c.leader.as_deref() == Some(member_id.as_str());
                 m.deadline = now + Duration::from_millis(u64::from(req.session_ms));

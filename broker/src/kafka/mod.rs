@@ -25,6 +25,7 @@ mod group_admin;
 mod groups;
 mod metadata;
 mod produce;
+mod produce_request;
 pub(crate) mod request;
 mod versions;
 
@@ -214,10 +215,7 @@ impl Kafka {
                 let m = req.decode()?;
                 ready(self.find_coordinator(&req, m))
             }
-            ApiKey::Produce => {
-                let m = req.decode()?;
-                self.produce(session, req, m).await
-            }
+            ApiKey::Produce => self.produce(session, req).await,
             ApiKey::Fetch => {
                 session.wait_for_produces().await;
                 let m = req.decode()?;

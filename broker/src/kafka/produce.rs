@@ -1,42 +1,60 @@
 //! Produce: Kafka's acks onto the core's durability (acks 1: once appended; acks -1 (all): once
 //! fsynced, which is what "all in-sync replicas have it" means on a single node; acks 0: no
-//! answer). The record batches are the frame's own bytes, validated and appended by the core as
-//! the native protocol's are, idempotent sequence checks included.
+//! answer). The request is read by [`produce_request`] straight into the core's types; the
+//! record batches are the frame's own bytes, validated and appended by the core as the native
+//! protocol's are, idempotent sequence checks included.
 
 use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::ProduceResponse;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use super::produce_request::{self, Produce};
 use super::{Kafka, Outcome, Req, kafka_code};
-use crate::core::partition::Durability;
 use crate::core::produce;
 use crate::core::session::Session;
 use crate::net::Started;
 
 impl Kafka {
-    pub(super) async fn produce(
-        &self,
-        session: &Arc<Session>,
-        req: Req,
-        m: ProduceRequest,
-    ) -> Outcome {
-        let refuse = |code: i16, msg: String| {
+    pub(super) async fn produce(&self, session: &Arc<Session>, req: Req) -> Outcome {
+        let Produce {
+            transactional,
+            acks,
+            request,
+        } = produce_request::parse(req.body.clone(), req.version).map_err(|e| {
+            format!(
+                "malformed Produce v{} request (correlation id {}): {e}",
+                req.version, req.correlation_id
+            )
+        })?;
+        let refusal = match (acks, transactional) {
+            (-1..=1, false) => None,
+            (-1..=1, true) => Some((
+                ResponseError::TransactionalIdAuthorizationFailed.code(),
+                "transactions are not supported".to_string(),
+            )),
+            (other, _) => Some((
+                ResponseError::InvalidRequiredAcks.code(),
+                format!("acks must be 0, 1 or -1; got {other}"),
+            )),
+        };
+        if let Some((code, msg)) = refusal {
             // Answered whole: every partition gets the code, nothing is written.
             let resp = ProduceResponse::default().with_responses(
-                m.topic_data
-                    .iter()
-                    .map(|t| {
+                request
+                    .topics
+                    .into_iter()
+                    .map(|(name, parts)| {
                         TopicProduceResponse::default()
-                            .with_name(t.name.clone())
+                            .with_name(StrBytes::from_string(name).into())
                             .with_partition_responses(
-                                t.partition_data
+                                parts
                                     .iter()
-                                    .map(|p| {
+                                    .map(|(index, _)| {
                                         PartitionProduceResponse::default()
-                                            .with_index(p.index)
+                                            .with_index(*index)
                                             .with_error_code(code)
                                             .with_base_offset(-1)
                                             .with_error_message(Some(StrBytes::from_string(
@@ -48,43 +66,11 @@ impl Kafka {
                     })
                     .collect(),
             );
-            super::ready(req.respond(&resp))
-        };
-        let durability = match m.acks {
-            0 | 1 => Durability::Appended,
-            -1 => Durability::Fsynced,
-            other => {
-                return refuse(
-                    ResponseError::InvalidRequiredAcks.code(),
-                    format!("acks must be 0, 1 or -1; got {other}"),
-                );
-            }
-        };
-        if m.transactional_id.is_some() {
-            return refuse(
-                ResponseError::TransactionalIdAuthorizationFailed.code(),
-                "transactions are not supported".to_string(),
-            );
+            return super::ready(req.respond(&resp));
         }
-        let no_ack = m.acks == 0;
-        let core_req = produce::ProduceRequest {
-            durability,
-            timeout_ms: u32::try_from(m.timeout_ms).ok(),
-            topics: m
-                .topic_data
-                .into_iter()
-                .map(|t| {
-                    let parts = t
-                        .partition_data
-                        .into_iter()
-                        .map(|p| (p.index, p.records.unwrap_or_default()))
-                        .collect();
-                    (t.name.0.to_string(), parts)
-                })
-                .collect(),
-        };
+        let no_ack = acks == 0;
         let guard = session.produce_started();
-        let pending = self.core.start_produce(core_req).await;
+        let pending = self.core.start_produce(request).await;
         let version = req.version;
         Ok(Started::Pending(Box::pin(async move {
             let topics = pending.await;

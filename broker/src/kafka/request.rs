@@ -90,7 +90,7 @@ pub(crate) fn decode_body(key: ApiKey, version: i16, body: Bytes) -> Result<(), 
         M::decode(&mut b, v).map(drop).map_err(|e| e.to_string())
     }
     match key {
-        ApiKey::Produce => d::<ProduceRequest>(body, version),
+        ApiKey::Produce => super::produce_request::parse(body, version).map(drop),
         ApiKey::Fetch => d::<FetchRequest>(body, version),
         ApiKey::ListOffsets => d::<ListOffsetsRequest>(body, version),
         ApiKey::Metadata => d::<MetadataRequest>(body, version),

@@ -204,6 +204,25 @@ fn consume_embedded_fills_first() {
 }
 
 #[test]
+fn consume_paced_reads_at_the_rate() {
+    // 3,000 records at 4,000 records/s in polls of at most 100: the last ones are due at 0.75 s.
+    let v = bench(&[
+        "consume",
+        "--embedded",
+        "--records",
+        "3000",
+        "--rate",
+        "4000",
+        "--max-poll-records",
+        "100",
+    ]);
+    assert_eq!(v["records"], 3000);
+    assert_eq!(v["settings"]["rate"], 4000);
+    assert!(f(&v, "elapsed_s") >= 0.74, "{v}");
+    assert!(f(&v, "records_per_sec") <= 4050.0, "{v}");
+}
+
+#[test]
 fn e2e_times_every_record() {
     let report = tempfile::tempdir().unwrap();
     let v = bench(&[

@@ -32,7 +32,10 @@
 //!
 //! With `--rate R`, each of the P producers sends R/P records per second in chunks of
 //! ceil(R/P/1000) records released by a tokio interval (about one chunk per millisecond; missed
-//! ticks are caught up, so the total rate holds). The producers' ticks are staggered.
+//! ticks are caught up, so the total rate holds). The producers' ticks are staggered. A paced
+//! consumer (`strom bench consume --rate R`) takes the records each `poll` returned only once
+//! they are due at R/C records/s (C consumers), waiting until then; its background fetch keeps
+//! prefetching meanwhile, as a slower application's would.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -279,6 +282,9 @@ pub struct ReadPlan {
     pub stamp: Option<Instant>,
     /// Leave the group (commit) at the end.
     pub close: bool,
+    /// Records per second for this consumer: after each poll, wait until the records it
+    /// counted are due (the background fetch keeps prefetching meanwhile).
+    pub rate: Option<f64>,
 }
 
 /// What one consumer task did.
@@ -301,6 +307,7 @@ pub async fn read_loop(mut consumer: Consumer, plan: ReadPlan) -> anyhow::Result
     let mut bytes = 0u64;
     let mut foreign = 0u64;
     let shared = &plan.shared;
+    let paced_from = tokio::time::Instant::now();
     while !shared.done.load(Ordering::Acquire) {
         if plan.deadline.is_some_and(|d| Instant::now() >= d) {
             shared.finish(Instant::now());
@@ -313,6 +320,11 @@ pub async fn read_loop(mut consumer: Consumer, plan: ReadPlan) -> anyhow::Result
             .context("reading records")?;
         if batch.is_empty() {
             continue;
+        }
+        if let Some(rate) = plan.rate {
+            // These records are read once they are due at `rate`.
+            let due = Duration::from_secs_f64((records + batch.len() as u64) as f64 / rate);
+            tokio::time::sleep_until(paced_from + due).await;
         }
         let now = Instant::now();
         let n = shared.count(batch.len() as u64, now);

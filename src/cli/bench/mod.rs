@@ -214,6 +214,11 @@ pub struct ConsumeArgs {
     /// Stop after this many seconds even if records are left.
     #[arg(long, value_name = "S", value_parser = parse_seconds)]
     duration: Option<Duration>,
+    /// Read at R records/s in total (each consumer its share), as a slower application would:
+    /// the records of each `poll` are taken when they are due, the background fetch still
+    /// prefetches [default: as fast as they go]
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
     /// Write the records to read first, untimed (implied by --embedded), with the producer
     /// settings below.
     #[arg(long)]
@@ -1079,6 +1084,7 @@ async fn consume(env: &Env, a: ConsumeArgs) -> anyhow::Result<Summary> {
                         deadline,
                         stamp: None,
                         close: a.group.is_some(),
+                        rate: a.rate.map(|r| r as f64 / f64::from(a.consumers)),
                     },
                 ))
             })
@@ -1119,6 +1125,7 @@ async fn consume(env: &Env, a: ConsumeArgs) -> anyhow::Result<Summary> {
         ("group", json!(a.group)),
         ("records", json!(target)),
         ("duration_s", json!(a.duration.map(|d| d.as_secs_f64()))),
+        ("rate", json!(a.rate)),
         ("max_poll_records", json!(a.max_poll_records)),
         ("partition_fetch_bytes", json!(a.partition_fetch_bytes)),
     ];
@@ -1182,6 +1189,7 @@ async fn e2e(env: &Env, a: E2eArgs) -> anyhow::Result<Summary> {
                         deadline: None,
                         stamp: Some(start),
                         close: false,
+                        rate: None,
                     },
                 ))
             })

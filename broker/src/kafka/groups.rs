@@ -124,7 +124,10 @@ impl Kafka {
                 ..JoinResult::default()
             });
             let code = result.error.as_ref().map_or(0, |(c, _)| kafka_code(*c));
+            // KIP-814's field exists from version 9.
+            let skip = result.skip_assignment && req.version >= 9;
             let resp = JoinGroupResponse::default()
+                .with_skip_assignment(skip)
                 .with_error_code(code)
                 .with_generation_id(result.generation)
                 .with_protocol_type(text(result.protocol_type))

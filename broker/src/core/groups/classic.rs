@@ -120,6 +120,8 @@ pub(crate) struct JoinResult {
     pub member_id: String,
     /// For the leader: every member's (id, instance id, metadata for the chosen protocol).
     pub members: Vec<(String, Option<String>, Bytes)>,
+    /// The leader may keep the current assignment instead of computing one (KIP-814).
+    pub skip_assignment: bool,
 }
 
 impl JoinResult {
@@ -177,17 +179,41 @@ impl Classic {
             .map(|(id, _)| id.clone())
     }
 
-    /// The current generation's join answer for a member that needs no rebalance.
+    /// The current generation's join answer for a member that needs no rebalance. The leader
+    /// (a static leader restarting) still gets the members, as every leader must: a client
+    /// that runs its assignor on an empty list may crash (librdkafka's sticky assignor does);
+    /// with `skip_assignment` (KIP-814) a new client keeps the assignment it will sync.
     fn current_join(&self, member_id: String) -> JoinResult {
+        let leader = self.leader.clone().unwrap_or_default();
+        let is_leader = leader == member_id;
         JoinResult {
             error: None,
             generation: self.generation,
             protocol_type: self.protocol_type.clone(),
             protocol: self.protocol.clone(),
-            leader: self.leader.clone().unwrap_or_default(),
+            members: if is_leader {
+                self.member_list()
+            } else {
+                Vec::new()
+            },
+            skip_assignment: is_leader,
+            leader,
             member_id,
-            members: Vec::new(),
         }
+    }
+
+    /// Every member's (id, instance id, metadata for the chosen protocol), for the leader.
+    fn member_list(&self) -> Vec<(String, Option<String>, Bytes)> {
+        self.members
+            .iter()
+            .map(|(id, m)| {
+                (
+                    id.clone(),
+                    m.instance_id.clone(),
+                    m.metadata(self.protocol.as_deref()),
+                )
+            })
+            .collect()
     }
 
     /// Checks a request's member id (and instance id) against the group.
@@ -279,17 +305,7 @@ impl Classic {
             self.leader = self.members.keys().next().cloned();
         }
         let leader = self.leader.clone().unwrap_or_default();
-        let members: Vec<(String, Option<String>, Bytes)> = self
-            .members
-            .iter()
-            .map(|(id, m)| {
-                (
-                    id.clone(),
-                    m.instance_id.clone(),
-                    m.metadata(self.protocol.as_deref()),
-                )
-            })
-            .collect();
+        let members = self.member_list();
         for (id, m) in self.members.iter_mut() {
             m.deadline = now + Duration::from_millis(u64::from(m.session_ms));
             if let Some(tx) = m.join.take() {
@@ -305,6 +321,7 @@ impl Classic {
                     } else {
                         Vec::new()
                     },
+                    skip_assignment: false,
                 });
             }
         }
@@ -892,6 +909,9 @@ mod tests {
         let j2 = now(co.join(again));
         assert_eq!(j2.error, None);
         assert_eq!(j2.generation, 1, "no rebalance");
+        assert_eq!(j2.leader, j2.member_id, "the restarted member still leads");
+        assert_eq!(j2.members.len(), 1, "a leader always gets the members");
+        assert!(j2.skip_assignment);
         assert_ne!(j2.member_id, old);
         let s = now(co.sync("g", 1, &j2.member_id, Some("worker-1"), Vec::new()));
         assert_eq!(s.expect("same assignment").2, Bytes::from("mine"));

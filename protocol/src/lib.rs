@@ -20,6 +20,7 @@
 pub mod api;
 pub mod batch;
 pub mod codec;
+pub mod compression;
 pub mod error;
 pub mod error_code;
 pub mod frame;

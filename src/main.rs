@@ -1,5 +1,5 @@
 //! The `strom` binary: the broker (`strom serve`) and the command-line tools (`strom topics`,
-//! `strom produce`, `strom consume`).
+//! `strom produce`, `strom consume`, `strom groups`, `strom work`, `strom queue`, `strom bench`).
 //!
 //! Every failure is one line on stderr and a non-zero exit status, never a panic or backtrace.
 
@@ -49,6 +49,14 @@ enum Command {
     Groups {
         #[command(subcommand)]
         command: cli::groups::GroupsCommand,
+    },
+    /// Work through a topic's records as a member of a queue group: run a command for each
+    /// record; its exit status acks (0), rejects (100) or nacks (any other) the record.
+    Work(cli::work::WorkArgs),
+    /// Describe and reset queue groups.
+    Queue {
+        #[command(subcommand)]
+        command: cli::queue::QueueCommand,
     },
     /// Measure throughput and latency: produce, consume, e2e, and this machine's ceilings.
     Bench {
@@ -146,6 +154,10 @@ struct ServeArgs {
     /// group.initial.rebalance.delay.ms) [default: 3000]
     #[arg(long, value_name = "MS")]
     group_initial_rebalance_delay_ms: Option<u64>,
+    /// Queue-group state records written before `__queue_state` is compacted (every group
+    /// snapshotted, older records dropped) [default: 100000]
+    #[arg(long, value_name = "N")]
+    queue_state_compact_records: Option<u64>,
     /// How long a graceful shutdown waits for in-flight requests [default: 10000]
     #[arg(long, value_name = "MS")]
     shutdown_timeout_ms: Option<u64>,
@@ -190,6 +202,7 @@ impl ServeArgs {
             group_max_session_timeout_ms,
             group_default_session_timeout_ms,
             group_initial_rebalance_delay_ms,
+            queue_state_compact_records,
             shutdown_timeout_ms
         );
         for (k, v) in self.topic_config {
@@ -262,6 +275,13 @@ fn client_command(bootstrap: &str, output: cli::Output, command: Command) -> any
                         .await?;
                 cli::groups::run(&admin, command, output).await
             }
+            Command::Queue { command } => {
+                let admin =
+                    strom_client::Admin::connect(strom_client::ClientConfig::new(bootstrap))
+                        .await?;
+                cli::queue::run(&admin, command, output).await
+            }
+            Command::Work(args) => cli::work::run(bootstrap, args).await,
             Command::Produce(args) => cli::produce::run(bootstrap, args).await,
             Command::Consume(args) => cli::consume::run(bootstrap, args, output).await,
             Command::Bench { command } => cli::bench::run(bootstrap, command, output).await,

@@ -106,7 +106,8 @@ fn topics_are_created_listed_configured_and_deleted() {
             assert_eq!((p.log_start_offset, p.log_end_offset), (0, 0));
         }
     }
-    // all_topics lists the two topics, and the broker's internal offsets topic, marked internal.
+    // all_topics lists the two topics, and the broker's internal topics (committed offsets,
+    // queue-group state), marked internal.
     let listed = c.metadata_all().topics;
     let mut all: Vec<String> = listed
         .iter()
@@ -115,12 +116,13 @@ fn topics_are_created_listed_configured_and_deleted() {
         .collect();
     all.sort();
     assert_eq!(all, ["events", "orders"]);
-    let internal: Vec<&str> = listed
+    let mut internal: Vec<&str> = listed
         .iter()
         .filter(|t| t.is_internal)
         .map(|t| t.name.as_str())
         .collect();
-    assert_eq!(internal, ["__consumer_offsets"]);
+    internal.sort_unstable();
+    assert_eq!(internal, ["__consumer_offsets", "__queue_state"]);
     // Unknown and invalid names in Metadata.
     let meta = c.metadata(&["no-such-topic", "bad name!"]);
     assert_eq!(

@@ -28,6 +28,7 @@
 //! | `group_max_session_timeout_ms` | 300000 | longest session timeout a group member may ask for |
 //! | `group_default_session_timeout_ms` | 45000 | session timeout of a member that asks for none |
 //! | `group_initial_rebalance_delay_ms` | 3000 | how long a new Kafka (classic protocol) group's first rebalance waits for more members (Kafka's `group.initial.rebalance.delay.ms`) |
+//! | `queue_state_compact_records` | 100000 | queue-group state records (`__queue_state`) written before every group is snapshotted and the older records dropped |
 //! | `shutdown_timeout_ms` | 10000 | how long a graceful shutdown waits for in-flight requests |
 //! | `topic_defaults` | (storage defaults) | Kafka-named topic settings (`retention.ms = "..."`) for every topic that does not override them |
 
@@ -93,6 +94,8 @@ pub struct BrokerConfig {
     pub group_default_session_timeout_ms: u32,
     /// First rebalance delay of a new classic group.
     pub group_initial_rebalance_delay_ms: u64,
+    /// Queue state records between compactions of `__queue_state`.
+    pub queue_state_compact_records: u64,
     /// Graceful shutdown deadline.
     pub shutdown_timeout_ms: u64,
     /// Topic setting defaults, by Kafka name.
@@ -140,6 +143,7 @@ impl Default for BrokerConfig {
             group_max_session_timeout_ms: 300_000,
             group_default_session_timeout_ms: 45_000,
             group_initial_rebalance_delay_ms: 3_000,
+            queue_state_compact_records: 100_000,
             shutdown_timeout_ms: 10_000,
             topic_defaults: BTreeMap::new(),
             io_faults: None,
@@ -247,6 +251,9 @@ impl BrokerConfig {
         }
         if self.retention_check_interval_ms == 0 {
             return bad("retention_check_interval_ms", "must be at least 1".into());
+        }
+        if self.queue_state_compact_records == 0 {
+            return bad("queue_state_compact_records", "must be at least 1".into());
         }
         self.topic_defaults()?;
         Ok(())

@@ -1,7 +1,8 @@
 //! [`Admin`]: topic administration and offset lookups (CreateTopics, DeleteTopics, Metadata,
 //! DescribeConfigs, AlterConfigs, ListOffsets), and consumer group administration (ListGroups,
 //! DescribeGroups, DeleteGroups, OffsetFetch, and offset resets with ListOffsets and an admin
-//! OffsetCommit), over the control connection.
+//! OffsetCommit), and queue group administration (DescribeQueueGroups, ResetQueueGroup), over
+//! the control connection.
 //!
 //! Batch calls return one result per item (each topic succeeds or fails on its own, as on the
 //! wire); the single-item helpers turn that into a plain `Result`.
@@ -14,8 +15,9 @@ use std::time::Duration;
 use strom_protocol::ErrorCode;
 use strom_protocol::messages::{
     AlterConfigsRequest, AlterableTopic, CreatableTopic, CreateTopicsRequest, DeleteGroupsRequest,
-    DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, ListGroupsRequest,
-    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, OffsetSpec as WireSpec, response,
+    DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeQueueGroupsRequest,
+    ListGroupsRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+    OffsetSpec as WireSpec, ResetQueueGroupRequest, reset_queue_group_request, response,
 };
 
 use crate::config::ClientConfig;
@@ -332,6 +334,84 @@ pub enum ResetTo {
     /// The first record at or after this time (ms since the epoch); the log end for a
     /// partition with no such record.
     Timestamp(i64),
+}
+
+/// A queue group as [`Admin::describe_queue_groups`] describes it.
+///
+/// ```no_run
+/// # async fn run(admin: strom_client::Admin) -> Result<(), strom_client::Error> {
+/// for g in admin.describe_queue_groups(&["mailer"]).await? {
+///     println!("{}: {} members, max.attempts {}", g.group_id, g.members.len(), g.settings["max.attempts"]);
+///     for p in &g.partitions {
+///         println!("{}-{}: {} ready, {} in flight", p.topic, p.partition, p.ready, p.in_flight);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueGroupDescription {
+    /// The group id.
+    pub group_id: String,
+    /// Every setting of the group (`lease.ms`, `max.attempts`, `backoff`, ...), by name.
+    pub settings: BTreeMap<String, String>,
+    /// Its members, sorted by id.
+    pub members: Vec<QueueMemberDescription>,
+    /// Its queue-partitions, sorted by topic and partition.
+    pub partitions: Vec<QueuePartitionDescription>,
+}
+
+/// A member of a [`QueueGroupDescription`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueMemberDescription {
+    /// The id the member made up.
+    pub member_id: String,
+    /// The topics it takes records from.
+    pub topics: Vec<String>,
+    /// Records it holds.
+    pub in_flight: u64,
+}
+
+/// One queue-partition of a [`QueueGroupDescription`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuePartitionDescription {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// First offset not finished (acknowledged or dead-lettered).
+    pub start_offset: i64,
+    /// First offset never handed out.
+    pub next_offset: i64,
+    /// The partition's log end offset (-1 when the partition no longer exists).
+    pub log_end_offset: i64,
+    /// Records that may be handed out now (including those never handed out).
+    pub ready: u64,
+    /// Failed records waiting for their backoff.
+    pub delayed: u64,
+    /// Records held by members.
+    pub in_flight: u64,
+    /// Records being written to the dead-letter topic.
+    pub dead_lettering: u64,
+    /// Age of the oldest unfinished record (by its timestamp), in ms; `None` when there is none.
+    pub oldest_unacked_ms: Option<i64>,
+}
+
+/// Where [`Admin::reset_queue_group`] moves a queue group's partitions of a topic.
+///
+/// ```
+/// use strom_client::QueueResetTo;
+/// let skip_the_backlog = QueueResetTo::Latest;
+/// # let _ = (skip_the_backlog, QueueResetTo::Earliest, QueueResetTo::Time(1_700_000_000_000));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueResetTo {
+    /// The oldest stored record: every record is handed out again, as new.
+    Earliest,
+    /// The log end: everything stored counts as done.
+    Latest,
+    /// The first record at or after this time (ms since the epoch); the log end for a
+    /// partition with no such record.
+    Time(i64),
 }
 
 /// One partition's ListOffsets answer (internal: per-partition errors kept apart).
@@ -883,6 +963,234 @@ impl Admin {
             return Err(e);
         }
         Ok(accepted.into_iter().collect())
+    }
+}
+
+/// Queue groups.
+impl Admin {
+    /// Describes queue groups (every queue group when `groups` is empty): settings, members
+    /// with the records they hold, and per partition the records ready, delayed, in flight
+    /// and being dead-lettered, the offsets and the age of the oldest unfinished record. In
+    /// the order asked for (by id when `groups` is empty).
+    ///
+    /// # Errors
+    /// [`Error::GroupNotFound`] for the first of `groups` that is not a queue group; the
+    /// request's failure.
+    pub async fn describe_queue_groups(
+        &self,
+        groups: &[&str],
+    ) -> Result<Vec<QueueGroupDescription>> {
+        let req = DescribeQueueGroupsRequest {
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        let response::Body::DescribeQueueGroups(r) = self.control.request(req).await? else {
+            return Err(unexpected("DescribeQueueGroups"));
+        };
+        if !groups.is_empty() && r.groups.len() != groups.len() {
+            return Err(Error::Protocol {
+                addr: String::new(),
+                reason: format!(
+                    "DescribeQueueGroups answered for {} groups of {}",
+                    r.groups.len(),
+                    groups.len()
+                ),
+            });
+        }
+        let mut out = Vec::with_capacity(r.groups.len());
+        for g in r.groups {
+            if !g.error_code().is_ok() {
+                return Err(group_error(
+                    g.error_code(),
+                    g.error_message,
+                    &g.group_id,
+                    -1,
+                ));
+            }
+            let mut partitions: Vec<QueuePartitionDescription> = g
+                .partitions
+                .into_iter()
+                .map(|p| QueuePartitionDescription {
+                    topic: p.topic,
+                    partition: p.partition,
+                    start_offset: p.start_offset,
+                    next_offset: p.next_offset,
+                    log_end_offset: p.log_end_offset,
+                    ready: p.ready,
+                    delayed: p.delayed,
+                    in_flight: p.in_flight,
+                    dead_lettering: p.dead_lettering,
+                    oldest_unacked_ms: (p.oldest_unacked_ms >= 0).then_some(p.oldest_unacked_ms),
+                })
+                .collect();
+            partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+            let mut members: Vec<QueueMemberDescription> = g
+                .members
+                .into_iter()
+                .map(|m| QueueMemberDescription {
+                    member_id: m.member_id,
+                    topics: m.topics,
+                    in_flight: m.in_flight,
+                })
+                .collect();
+            members.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+            out.push(QueueGroupDescription {
+                group_id: g.group_id,
+                settings: g.settings,
+                members,
+                partitions,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Moves the queue group's partitions of `topic` to `to`: records from there on are
+    /// handed out as new (attempts start over), those before count as done. The group must
+    /// have no members: stop its workers first. Returns where each partition now starts, by
+    /// partition.
+    ///
+    /// ```no_run
+    /// use strom_client::QueueResetTo;
+    /// # async fn run(admin: strom_client::Admin) -> Result<(), strom_client::Error> {
+    /// // Skip the backlog of jobs the mailer group has not finished.
+    /// admin.reset_queue_group("mailer", "jobs", QueueResetTo::Latest).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::GroupNotFound`]; [`Error::NonEmptyGroup`] while the group has members;
+    /// [`Error::UnknownTopic`]; [`Error::Broker`] with `BUSY` (retriable) while records of the
+    /// topic are being written to the dead-letter topic; the request's failure.
+    pub async fn reset_queue_group(
+        &self,
+        group: &str,
+        topic: &str,
+        to: QueueResetTo,
+    ) -> Result<Vec<(i32, i64)>> {
+        use reset_queue_group_request::To;
+        let req = ResetQueueGroupRequest {
+            group_id: group.to_string(),
+            topic: topic.to_string(),
+            to: Some(match to {
+                QueueResetTo::Earliest => To::Earliest(true),
+                QueueResetTo::Latest => To::Latest(true),
+                QueueResetTo::Time(ms) => To::TimestampMs(ms),
+            }),
+        };
+        let response::Body::ResetQueueGroup(r) = self.control.request(req).await? else {
+            return Err(unexpected("ResetQueueGroup"));
+        };
+        match r.error_code() {
+            ErrorCode::None => {}
+            ErrorCode::UnknownTopicOrPartition => {
+                return Err(Error::UnknownTopic {
+                    topic: topic.to_string(),
+                    reason: r.error_message,
+                });
+            }
+            code => return Err(group_error(code, r.error_message, group, -1)),
+        }
+        let mut moved: Vec<(i32, i64)> = r
+            .partitions
+            .into_iter()
+            .map(|p| (p.partition, p.offset))
+            .collect();
+        moved.sort_unstable();
+        Ok(moved)
+    }
+}
+
+/// A redrive task's progress ([`Admin::redrive`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedriveStatus {
+    /// The dead-letter topic.
+    pub dlq_topic: String,
+    /// Where the records go; empty: each record's origin topic.
+    pub target_topic: String,
+    /// Records per second at most.
+    pub rate: u32,
+    /// Records copied so far.
+    pub moved: u64,
+    /// Records passed over (not dead-letter copies, or their origin topic is gone).
+    pub skipped: u64,
+    /// Records still to look at.
+    pub remaining: u64,
+    /// Whether the task reached its end.
+    pub done: bool,
+}
+
+impl From<strom_protocol::messages::RedriveStatus> for RedriveStatus {
+    fn from(s: strom_protocol::messages::RedriveStatus) -> Self {
+        Self {
+            dlq_topic: s.dlq_topic,
+            target_topic: s.target_topic,
+            rate: s.rate,
+            moved: s.moved,
+            skipped: s.skipped,
+            remaining: s.remaining,
+            done: s.done,
+        }
+    }
+}
+
+impl Admin {
+    /// Starts moving the records of dead-letter topic `dlq` back to their origin topics (or to
+    /// `target`), at most `rate` records/s (0: the broker's 1000). The broker runs the task
+    /// (it resumes after a restart); follow it with [`Admin::redrive_status`].
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`]; [`Error::Broker`] with `BUSY` while a redrive of `dlq` runs, or
+    /// `INVALID_REQUEST` for a rate above 1,000,000.
+    pub async fn redrive(
+        &self,
+        dlq: &str,
+        target: Option<&str>,
+        rate: u32,
+    ) -> Result<RedriveStatus> {
+        let req = strom_protocol::messages::RedriveRequest {
+            dlq_topic: dlq.to_string(),
+            target_topic: target.unwrap_or_default().to_string(),
+            rate,
+            from_offset: None,
+            to_offset: None,
+        };
+        let response::Body::Redrive(r) = self.control.request(req).await? else {
+            return Err(unexpected("Redrive"));
+        };
+        match r.error_code() {
+            ErrorCode::None => r
+                .status
+                .map(RedriveStatus::from)
+                .ok_or_else(|| unexpected("Redrive without a status")),
+            ErrorCode::UnknownTopicOrPartition => Err(Error::UnknownTopic {
+                topic: target.unwrap_or(dlq).to_string(),
+                reason: r.error_message,
+            }),
+            code => Err(Error::Broker {
+                code,
+                message: r.error_message,
+            }),
+        }
+    }
+
+    /// The progress of the redrive of `dlq` (`None`: none was started).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn redrive_status(&self, dlq: &str) -> Result<Option<RedriveStatus>> {
+        let req = strom_protocol::messages::DescribeRedriveRequest {
+            dlq_topic: dlq.to_string(),
+        };
+        let response::Body::DescribeRedrive(r) = self.control.request(req).await? else {
+            return Err(unexpected("DescribeRedrive"));
+        };
+        match r.error_code() {
+            ErrorCode::None => Ok(r.status.map(RedriveStatus::from)),
+            ErrorCode::GroupIdNotFound => Ok(None),
+            code => Err(Error::Broker {
+                code,
+                message: r.error_message,
+            }),
+        }
     }
 }
 

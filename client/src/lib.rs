@@ -7,8 +7,12 @@
 //!   partitions, incremental rebalancing with [`RebalanceListener`] callbacks, auto-commit or
 //!   [`Consumer::commit`] / [`Consumer::commit_async`] / [`Consumer::commit_offsets`]
 //!   (at-least-once; see the `consumer` module docs for where duplicates come from);
+//! - [`QueueConsumer`]: a member of a queue group: records handed out one member at a time
+//!   under a lease, each answered on its own (ack, nack with backoff, reject to the dead-letter
+//!   topic, release, extend);
 //! - [`Admin`]: create, delete and describe topics, describe and alter configs, list offsets;
-//!   list, describe and delete groups, read their committed offsets, reset them;
+//!   list, describe and delete groups, read their committed offsets, reset them; describe
+//!   queue groups and reset them;
 //! - [`partitioner`]: Kafka's murmur2 partitioner, bit for bit;
 //! - [`Error`]: one error type with retriable and fatal kinds (`error` module);
 //! - config structs ([`ProducerConfig`], [`ConsumerConfig`] with its [`GroupConfig`],
@@ -56,12 +60,14 @@ mod control;
 pub mod error;
 pub mod partitioner;
 mod producer;
+mod queue;
 mod record;
 
 pub use admin::{
     Admin, ConfigEntry, ConfigSource, GroupDescription, GroupListing, GroupOffset, GroupState,
-    ListedOffset, MemberDescription, NewTopic, OffsetSpec, PartitionDescription, ResetTo,
-    TopicDescription,
+    ListedOffset, MemberDescription, NewTopic, OffsetSpec, PartitionDescription,
+    QueueGroupDescription, QueueMemberDescription, QueuePartitionDescription, QueueResetTo,
+    RedriveStatus, ResetTo, TopicDescription,
 };
 pub use config::{
     Acks, Assignor, AutoOffsetReset, ClientConfig, CompressionType, ConsumerConfig,
@@ -70,6 +76,7 @@ pub use config::{
 pub use consumer::{CommitHandle, Consumer, GroupMetadata, ListenerFuture, RebalanceListener};
 pub use error::{Error, Result};
 pub use producer::{DeliveryFuture, Producer};
+pub use queue::{QueueConfig, QueueConsumer, QueueRecord, Refused};
 pub use record::{ConsumerRecord, ProducerRecord, RecordMetadata, TopicPartition};
 pub use strom_protocol as protocol;
 pub use strom_protocol::batch::HeaderRef;

@@ -59,6 +59,14 @@ pub const SUPPORTED_APIS: &[VersionRange] = &[
     v0(ApiKey::ListGroups),
     v0(ApiKey::DescribeGroups),
     v0(ApiKey::DeleteGroups),
+    v0(ApiKey::QueueJoin),
+    v0(ApiKey::QueueFetch),
+    v0(ApiKey::QueueAck),
+    v0(ApiKey::QueueLeave),
+    v0(ApiKey::DescribeQueueGroups),
+    v0(ApiKey::ResetQueueGroup),
+    v0(ApiKey::Redrive),
+    v0(ApiKey::DescribeRedrive),
 ];
 
 /// The supported versions of the API with raw key `api_key`, if this build implements it.
@@ -145,7 +153,7 @@ mod tests {
     #[test]
     fn every_known_api_is_supported_once_in_key_order() {
         let keys: Vec<i32> = SUPPORTED_APIS.iter().map(|r| r.api_key as i32).collect();
-        let expected: Vec<i32> = (1..=11).chain(15..=20).collect();
+        let expected: Vec<i32> = (1..=11).chain(15..=28).collect();
         assert_eq!(keys, expected);
         for range in SUPPORTED_APIS {
             assert!(range.min <= range.max);

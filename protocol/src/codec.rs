@@ -5,8 +5,8 @@
 //! checks the envelope. Decoding from a `Bytes` payload never copies `bytes` fields: a produce
 //! request's or fetch response's record batches are slices of the frame. The broker's writing
 //! side is [`encode_response_chunks`]: the same frame as [`encode_response`], as a list of
-//! `Bytes` for a vectored write, in which a fetch response's record batches are the stored
-//! bytes themselves rather than a copy.
+//! `Bytes` for a vectored write, in which a fetch (or queue fetch) response's record batches are
+//! the stored bytes themselves rather than a copy.
 //!
 //! A broker's read path, in outline:
 //!
@@ -54,8 +54,8 @@ use crate::error::ProtocolError;
 use crate::error_code::ErrorCode;
 use crate::frame::{LENGTH_PREFIX_LEN, MAX_ENCODABLE_FRAME_BYTES, encode_frame};
 use crate::messages::{
-    ApiKey, FetchPartitionResponse, FetchResponse, FetchTopicResponse, Request, RequestHeader,
-    Response, response,
+    ApiKey, FetchPartitionResponse, FetchResponse, FetchTopicResponse, QueueFetchPartition,
+    QueueFetchResponse, Request, RequestHeader, Response, response,
 };
 
 /// Appends `request` to `dst` as one frame, after checking its envelope.
@@ -102,8 +102,8 @@ pub fn encode_response(response: &Response, dst: &mut BytesMut) -> Result<(), Pr
 }
 
 /// Appends `response` as one frame to `chunks`, as a sequence of `Bytes` whose concatenation is
-/// byte-for-byte what [`encode_response`] would write; record batches of Fetch responses are
-/// pushed as the very `Bytes` they are held in (a reference count, never a copy), everything
+/// byte-for-byte what [`encode_response`] would write; record batches of Fetch and QueueFetch
+/// responses are pushed as the very `Bytes` they are held in (a reference count, never a copy), everything
 /// else is encoded into `scratch` and split off.
 ///
 /// This is how the broker answers without copying stored data in user space: the `records` of
@@ -116,7 +116,9 @@ pub fn encode_response(response: &Response, dst: &mut BytesMut) -> Result<(), Pr
 /// partition's fields 1 to 5, and the key and length of `records`) is encoded into `scratch`,
 /// split off as one chunk, and followed by the records themselves. Lengths come from
 /// [`Message::encoded_len`], which counts bytes without copying them. Empty `records` are left
-/// out, as proto3 does, and no pushed chunk is ever empty. Any other response is one chunk.
+/// out, as proto3 does, and no pushed chunk is ever empty. A QueueFetch response is written the
+/// same way (`records` is field 5, the last of `QueueFetchPartition`). Any other response is
+/// one chunk.
 ///
 /// `scratch` is only a reusable buffer: this call reserves it once, encodes into it and splits
 /// what it wrote off with [`BytesMut::split`], so it is left empty and keeps its spare capacity
@@ -186,25 +188,39 @@ pub fn encode_response_chunks(
     chunks: &mut Vec<Bytes>,
 ) -> Result<(), ProtocolError> {
     response.validate()?;
-    let Some(response::Body::Fetch(fetch)) = &response.body else {
-        encode_frame(response, scratch)?;
-        chunks.push(scratch.split().freeze());
-        return Ok(());
+    let (body_tag, body_len, records_len, records_count) = match &response.body {
+        Some(response::Body::Fetch(fetch)) => {
+            let (bytes, count) = fetch
+                .topics
+                .iter()
+                .flat_map(|topic| &topic.partitions)
+                .filter(|partition| !partition.records.is_empty())
+                .fold((0, 0), |(bytes, count), partition| {
+                    (bytes + partition.records.len(), count + 1)
+                });
+            (FETCH_BODY_TAG, fetch.encoded_len(), bytes, count)
+        }
+        Some(response::Body::QueueFetch(fetch)) => {
+            let (bytes, count) = fetch
+                .partitions
+                .iter()
+                .filter(|partition| !partition.records.is_empty())
+                .fold((0, 0), |(bytes, count), partition| {
+                    (bytes + partition.records.len(), count + 1)
+                });
+            (QUEUE_FETCH_BODY_TAG, fetch.encoded_len(), bytes, count)
+        }
+        _ => {
+            encode_frame(response, scratch)?;
+            chunks.push(scratch.split().freeze());
+            return Ok(());
+        }
     };
     let len = response.encoded_len();
     let prefix = u32::try_from(len).map_err(|_| ProtocolError::FrameTooLarge {
         len,
         max: MAX_ENCODABLE_FRAME_BYTES,
     })?;
-
-    let (records_len, records_count) = fetch
-        .topics
-        .iter()
-        .flat_map(|topic| &topic.partitions)
-        .filter(|partition| !partition.records.is_empty())
-        .fold((0, 0), |(bytes, count), partition| {
-            (bytes + partition.records.len(), count + 1)
-        });
     let first_chunk = chunks.len();
     let scratch_before = scratch.len();
     scratch.reserve(LENGTH_PREFIX_LEN + len - records_len);
@@ -214,11 +230,38 @@ pub fn encode_response_chunks(
     // them. The destructuring patterns below are exhaustive on purpose: a field added to one of
     // these messages fails to compile here until this encoder writes it too.
     scratch.put_u32(prefix);
-    let Response { header, body: _ } = response;
+    let Response { header, body } = response;
     if let Some(header) = header {
         prost::encoding::message::encode(RESPONSE_HEADER_TAG, header, scratch);
     }
-    encode_length_delimited_key(FETCH_BODY_TAG, fetch.encoded_len(), scratch);
+    encode_length_delimited_key(body_tag, body_len, scratch);
+    match body {
+        Some(response::Body::Fetch(fetch)) => encode_fetch_body(fetch, scratch, chunks),
+        Some(response::Body::QueueFetch(fetch)) => encode_queue_fetch_body(fetch, scratch, chunks),
+        _ => {}
+    }
+    if !scratch.is_empty() {
+        chunks.push(scratch.split().freeze());
+    }
+    debug_assert_eq!(
+        chunks[first_chunk..].iter().map(Bytes::len).sum::<usize>(),
+        scratch_before + LENGTH_PREFIX_LEN + len,
+        "the chunks must add up to the frame encode_response writes"
+    );
+    Ok(())
+}
+
+/// Writes `records` as bytes field `tag`: the key and length into `scratch`, which is then cut
+/// off as a chunk, and the records as a chunk of their own (not copied).
+fn put_records(tag: u32, records: &Bytes, scratch: &mut BytesMut, chunks: &mut Vec<Bytes>) {
+    if !records.is_empty() {
+        encode_length_delimited_key(tag, records.len(), scratch);
+        chunks.push(scratch.split().freeze());
+        chunks.push(records.clone());
+    }
+}
+
+fn encode_fetch_body(fetch: &FetchResponse, scratch: &mut BytesMut, chunks: &mut Vec<Bytes>) {
     let FetchResponse { topics } = fetch;
     for topic in topics {
         encode_length_delimited_key(1, topic.encoded_len(), scratch);
@@ -253,22 +296,50 @@ pub fn encode_response_chunks(
             if *log_start_offset != 0 {
                 prost::encoding::int64::encode(5, log_start_offset, scratch);
             }
-            if !records.is_empty() {
-                encode_length_delimited_key(6, records.len(), scratch);
-                chunks.push(scratch.split().freeze());
-                chunks.push(records.clone());
-            }
+            put_records(6, records, scratch, chunks);
         }
     }
-    if !scratch.is_empty() {
-        chunks.push(scratch.split().freeze());
+}
+
+fn encode_queue_fetch_body(
+    fetch: &QueueFetchResponse,
+    scratch: &mut BytesMut,
+    chunks: &mut Vec<Bytes>,
+) {
+    let QueueFetchResponse {
+        error_code,
+        error_message,
+        ack_results,
+        partitions,
+    } = fetch;
+    if *error_code != i32::from(ErrorCode::default()) {
+        prost::encoding::int32::encode(1, error_code, scratch);
     }
-    debug_assert_eq!(
-        chunks[first_chunk..].iter().map(Bytes::len).sum::<usize>(),
-        scratch_before + LENGTH_PREFIX_LEN + len,
-        "the chunks must add up to the frame encode_response writes"
-    );
-    Ok(())
+    if let Some(error_message) = error_message {
+        prost::encoding::string::encode(2, error_message, scratch);
+    }
+    prost::encoding::message::encode_repeated(3, ack_results, scratch);
+    for p in partitions {
+        encode_length_delimited_key(4, p.encoded_len(), scratch);
+        let QueueFetchPartition {
+            topic,
+            partition,
+            acquired,
+            lease_until_ms,
+            records,
+        } = p;
+        if !topic.is_empty() {
+            prost::encoding::string::encode(1, topic, scratch);
+        }
+        if *partition != 0 {
+            prost::encoding::int32::encode(2, partition, scratch);
+        }
+        prost::encoding::message::encode_repeated(3, acquired, scratch);
+        if *lease_until_ms != 0 {
+            prost::encoding::int64::encode(4, lease_until_ms, scratch);
+        }
+        put_records(5, records, scratch, chunks);
+    }
 }
 
 /// Field number of `Response.header`.
@@ -276,6 +347,8 @@ const RESPONSE_HEADER_TAG: u32 = 1;
 
 /// Field number of `Response.fetch`: 100 + the api key, as for every body.
 const FETCH_BODY_TAG: u32 = 100 + ApiKey::Fetch as u32;
+/// Field number of `Response.queue_fetch`.
+const QUEUE_FETCH_BODY_TAG: u32 = 100 + ApiKey::QueueFetch as u32;
 
 /// The key of a length-delimited field (message, string or bytes) and the varint length of its
 /// `len` bytes of content, which the caller writes (or sends) next.
@@ -493,6 +566,78 @@ mod tests {
             .into(),
             DeleteGroupsRequest {
                 groups: vec!["old".into()],
+            }
+            .into(),
+            QueueJoinRequest {
+                group_id: "mailers".into(),
+                member_id: "m-1".into(),
+                topics: vec!["mail".into()],
+                session_timeout_ms: 30_000,
+                settings: [("max.attempts".to_string(), "3".to_string())].into(),
+            }
+            .into(),
+            QueueFetchRequest {
+                group_id: "mailers".into(),
+                member_id: "m-1".into(),
+                max_records: 100,
+                max_bytes: 1 << 20,
+                max_wait_ms: 500,
+                acks: vec![QueueAck {
+                    topic: "mail".into(),
+                    partition: 2,
+                    first_offset: 10,
+                    last_offset: 19,
+                    attempt: 1,
+                    kind: QueueAckKind::Nack as i32,
+                    delay_ms: Some(5_000),
+                    error: Some("smtp 451".into()),
+                    extend_ms: 0,
+                }],
+            }
+            .into(),
+            QueueAckRequest {
+                group_id: "mailers".into(),
+                member_id: "m-1".into(),
+                acks: vec![QueueAck {
+                    topic: "mail".into(),
+                    partition: 0,
+                    first_offset: 3,
+                    last_offset: 3,
+                    attempt: 2,
+                    kind: QueueAckKind::Extend as i32,
+                    delay_ms: None,
+                    error: None,
+                    extend_ms: 60_000,
+                }],
+            }
+            .into(),
+            QueueLeaveRequest {
+                group_id: "mailers".into(),
+                member_id: "m-1".into(),
+            }
+            .into(),
+            DescribeQueueGroupsRequest {
+                groups: vec!["mailers".into()],
+            }
+            .into(),
+            ResetQueueGroupRequest {
+                group_id: "mailers".into(),
+                topic: "mail".into(),
+                to: Some(reset_queue_group_request::To::TimestampMs(
+                    1_700_000_000_000,
+                )),
+            }
+            .into(),
+            RedriveRequest {
+                dlq_topic: "mail.dlq".into(),
+                target_topic: String::new(),
+                rate: 500,
+                from_offset: Some(10),
+                to_offset: None,
+            }
+            .into(),
+            DescribeRedriveRequest {
+                dlq_topic: "mail.dlq".into(),
             }
             .into(),
         ];
@@ -721,6 +866,98 @@ mod tests {
                     error_code: ErrorCode::GroupIdNotFound.into(),
                     error_message: None,
                 }],
+            }
+            .into(),
+            QueueJoinResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                settings: [("lease.ms".to_string(), "30000".to_string())].into(),
+            }
+            .into(),
+            QueueFetchResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                ack_results: vec![QueueAckResult {
+                    error_code: ErrorCode::InvalidRecordState.into(),
+                    error_message: Some("not held".into()),
+                }],
+                partitions: vec![QueueFetchPartition {
+                    topic: "mail".into(),
+                    partition: 1,
+                    acquired: vec![QueueAcquired {
+                        first_offset: 40,
+                        last_offset: 49,
+                        attempt: 1,
+                    }],
+                    lease_until_ms: 1_700_000_030_000,
+                    records: Bytes::from_static(b"batches"),
+                }],
+            }
+            .into(),
+            QueueAckResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                results: vec![QueueAckResult::default()],
+            }
+            .into(),
+            QueueLeaveResponse {
+                error_code: ErrorCode::UnknownMemberId.into(),
+                error_message: Some("not a member".into()),
+            }
+            .into(),
+            DescribeQueueGroupsResponse {
+                groups: vec![DescribedQueueGroup {
+                    group_id: "mailers".into(),
+                    error_code: ErrorCode::None.into(),
+                    error_message: None,
+                    settings: [("ordering".to_string(), "none".to_string())].into(),
+                    members: vec![QueueMember {
+                        member_id: "m-1".into(),
+                        topics: vec!["mail".into()],
+                        in_flight: 10,
+                    }],
+                    partitions: vec![QueuePartitionState {
+                        topic: "mail".into(),
+                        partition: 0,
+                        start_offset: 5,
+                        next_offset: 50,
+                        log_end_offset: 80,
+                        ready: 30,
+                        delayed: 2,
+                        in_flight: 10,
+                        dead_lettering: 1,
+                        oldest_unacked_ms: 1_500,
+                    }],
+                }],
+            }
+            .into(),
+            ResetQueueGroupResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                partitions: vec![QueueResetPartition {
+                    partition: 0,
+                    offset: 7,
+                }],
+            }
+            .into(),
+            RedriveResponse {
+                error_code: ErrorCode::Busy.into(),
+                error_message: Some("running".into()),
+                status: Some(RedriveStatus {
+                    dlq_topic: "mail.dlq".into(),
+                    target_topic: "mail".into(),
+                    rate: 1000,
+                    moved: 3,
+                    skipped: 1,
+                    remaining: 10,
+                    done: false,
+                }),
+            }
+            .into(),
+            DescribeRedriveResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                status: None,
             }
             .into(),
         ];
@@ -1051,18 +1288,24 @@ mod tests {
         chunks
     }
 
-    /// The non-empty records of a Fetch response, in wire order.
+    /// The non-empty records of a Fetch or QueueFetch response, in wire order.
     fn fetch_records(response: &Response) -> Vec<Bytes> {
-        let Some(response::Body::Fetch(fetch)) = &response.body else {
-            return Vec::new();
-        };
-        fetch
-            .topics
-            .iter()
-            .flat_map(|topic| &topic.partitions)
-            .map(|partition| partition.records.clone())
-            .filter(|records| !records.is_empty())
-            .collect()
+        match &response.body {
+            Some(response::Body::Fetch(fetch)) => fetch
+                .topics
+                .iter()
+                .flat_map(|topic| &topic.partitions)
+                .map(|partition| partition.records.clone())
+                .filter(|records| !records.is_empty())
+                .collect(),
+            Some(response::Body::QueueFetch(fetch)) => fetch
+                .partitions
+                .iter()
+                .map(|partition| partition.records.clone())
+                .filter(|records| !records.is_empty())
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Every record batch is its own chunk, right after the bytes in front of it, and shares the
@@ -1088,7 +1331,9 @@ mod tests {
         for response in sample_responses() {
             let chunks = chunks_of(&response);
             match &response.body {
-                Some(response::Body::Fetch(_)) => assert_records_not_copied(&response, &chunks),
+                Some(response::Body::Fetch(_) | response::Body::QueueFetch(_)) => {
+                    assert_records_not_copied(&response, &chunks)
+                }
                 _ => assert_eq!(chunks.len(), 1, "one chunk for {response:?}"),
             }
         }
@@ -1153,8 +1398,9 @@ mod tests {
             assert!(scratch.is_empty());
         }
         // Everything was encoded into the one allocation made up front.
+        let records: Vec<Bytes> = responses.iter().flat_map(fetch_records).collect();
         for chunk in &chunks {
-            if !fetch_records(&responses[7]).contains(chunk) {
+            if !records.contains(chunk) {
                 assert!(allocation.contains(&(chunk.as_ptr() as usize)));
             }
         }

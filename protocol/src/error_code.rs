@@ -168,6 +168,9 @@ error_codes! {
     /// Groups: the group's members are subscribed to the topic, so its offsets stay.
     GroupSubscribedToTopic = 31, "GROUP_SUBSCRIBED_TO_TOPIC", retriable: false,
         "the group's members are subscribed to the topic";
+    /// Queue groups: the record is not held by this member at this attempt.
+    InvalidRecordState = 32, "INVALID_RECORD_STATE", retriable: false,
+        "the record is not held by this member at this attempt";
 }
 
 impl ErrorCode {

@@ -83,6 +83,14 @@ apis! {
     ListGroups => ListGroupsRequest, ListGroupsResponse;
     DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
     DeleteGroups => DeleteGroupsRequest, DeleteGroupsResponse;
+    QueueJoin => QueueJoinRequest, QueueJoinResponse;
+    QueueFetch => QueueFetchRequest, QueueFetchResponse;
+    QueueAck => QueueAckRequest, QueueAckResponse;
+    QueueLeave => QueueLeaveRequest, QueueLeaveResponse;
+    DescribeQueueGroups => DescribeQueueGroupsRequest, DescribeQueueGroupsResponse;
+    ResetQueueGroup => ResetQueueGroupRequest, ResetQueueGroupResponse;
+    Redrive => RedriveRequest, RedriveResponse;
+    DescribeRedrive => DescribeRedriveRequest, DescribeRedriveResponse;
 }
 
 impl Request {

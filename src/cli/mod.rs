@@ -5,7 +5,9 @@ pub mod consume;
 pub mod format;
 pub mod groups;
 pub mod produce;
+pub mod queue;
 pub mod topics;
+pub mod work;
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -9,6 +9,8 @@
 //! - [`partition`]: a partition's single writer task and the handles requests use;
 //! - [`producers`]: idempotent producers: id allocation, per-partition sequence state, snapshots;
 //! - [`groups`]: the group coordinator: membership, incremental assignment, committed offsets;
+//! - [`queues`]: the queue coordinator: queue groups, per-record leases and acknowledgements,
+//!   retries with backoff, dead-letter topics;
 //! - [`produce`]: validating batches, queueing them on partition writers, waiting for the acks;
 //! - [`fetch`]: reading partitions, with long polls on the writers' end-offset notifications;
 //! - [`admin`]: topic creation, deletion, settings, offsets by time, producer ids;
@@ -23,6 +25,7 @@ pub(crate) mod groups;
 pub(crate) mod partition;
 pub(crate) mod produce;
 pub(crate) mod producers;
+pub(crate) mod queues;
 pub(crate) mod session;
 pub(crate) mod topics;
 
@@ -36,6 +39,7 @@ use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use groups::{Coordinator, SessionBounds};
 use producers::ProducerIds;
+use queues::Queues;
 use topics::Topics;
 
 /// A failed operation on one topic, partition or group: the code and a message for the client.
@@ -48,6 +52,7 @@ pub(crate) struct Core {
     pub topics: Topics,
     pub producer_ids: ProducerIds,
     pub groups: Coordinator,
+    pub queues: Queues,
     /// Cancelled when the broker shuts down: long polls return at once.
     pub shutdown: CancellationToken,
 }
@@ -83,19 +88,23 @@ impl Core {
             Duration::from_millis(config.group_initial_rebalance_delay_ms),
         )
         .await?;
+        let queues = Queues::load(&topics).await?;
         Ok(Arc::new(Self {
             config,
             topics,
             producer_ids,
             groups,
+            queues,
             shutdown,
         }))
     }
 
     /// Runs the core's background work until shutdown: retention and compaction every
-    /// `retention_check_interval_ms`, and group session expiry every 100 ms (two loops, so a
-    /// long maintenance pass over thousands of partitions never delays an expiry).
+    /// `retention_check_interval_ms`; every 100 ms, group session expiry and the queue groups'
+    /// sessions, leases, delays and dead-letter writes (separate loops, so a long maintenance
+    /// pass over thousands of partitions never delays an expiry).
     pub async fn run_background(self: Arc<Self>) {
+        self.redrive_resume().await;
         let maintain = async {
             let period = Duration::from_millis(self.config.retention_check_interval_ms);
             let start = tokio::time::Instant::now() + period;
@@ -114,9 +123,19 @@ impl Core {
                 self.groups.expire(&self.topics);
             }
         };
+        let queues = async {
+            let mut interval = tokio::time::interval(Duration::from_millis(100));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                self.queue_tick().await;
+                self.queue_dead_letter().await;
+            }
+        };
         tokio::select! {
             () = maintain => {}
             () = expire => {}
+            () = queues => {}
             () = self.shutdown.cancelled() => {}
         }
     }

@@ -170,6 +170,39 @@ impl Partition {
         })
     }
 
+    /// Calls `f` with every record of an internal (uncompressed) log, from its start to its
+    /// end, in offset order: how coordinators rebuild their state at start-up. Batches that are
+    /// not uncompressed record batches are skipped.
+    pub(crate) fn for_each_record(
+        &self,
+        mut f: impl FnMut(strom_protocol::batch::Record),
+    ) -> Result<(), StorageError> {
+        let reader = self.reader();
+        let mut offset = reader.start_offset();
+        while offset < reader.end_offset() {
+            let r = reader.read(offset, 1 << 20)?;
+            if r.data.is_empty() {
+                break;
+            }
+            for item in strom_protocol::batch::BatchIter::new(&r.data) {
+                let Ok((range, _)) = item else { break };
+                let Ok(records) = strom_protocol::batch::Records::new(r.data.slice(range)) else {
+                    continue;
+                };
+                for rec in records.flatten() {
+                    if rec.offset >= offset {
+                        f(rec);
+                    }
+                }
+            }
+            if r.next_offset <= offset {
+                break;
+            }
+            offset = r.next_offset;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn send(&self, msg: WriterMsg) {
         let _ = self.tx.send(msg).await;
     }

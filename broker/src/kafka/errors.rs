@@ -39,6 +39,7 @@ pub(crate) fn kafka_code(code: ErrorCode) -> i16 {
         ErrorCode::FencedInstanceId => K::FencedInstanceId,
         ErrorCode::InvalidSessionTimeout => K::InvalidSessionTimeout,
         ErrorCode::GroupSubscribedToTopic => K::GroupSubscribedToTopic,
+        ErrorCode::InvalidRecordState => K::InvalidRecordState,
         _ => K::UnknownServerError,
     };
     k.code()

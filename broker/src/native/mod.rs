@@ -23,6 +23,8 @@ use crate::core::session::Session;
 use crate::core::{Core, Failure};
 use crate::net::{Frontend, Started};
 
+mod queues;
+
 /// The native protocol over the core.
 #[derive(Debug)]
 pub(crate) struct Native {
@@ -187,6 +189,21 @@ impl Native {
             B::ListGroups(_) => ready(self.list_groups().into()),
             B::DescribeGroups(r) => ready(self.describe_groups(r).into()),
             B::DeleteGroups(r) => ready(self.delete_groups(r).await.into()),
+            B::QueueJoin(r) => ready(queues::join(core, r).await.into()),
+            B::QueueFetch(r) => {
+                session.wait_for_produces().await;
+                let core = core.clone();
+                Started::Pending(Box::pin(async move {
+                    let resp = queues::fetch(&core, r).await;
+                    Some(Response::new(id, response::Body::from(resp)))
+                }))
+            }
+            B::QueueAck(r) => ready(queues::ack(core, r).await.into()),
+            B::QueueLeave(r) => ready(queues::leave(core, r).await.into()),
+            B::DescribeQueueGroups(r) => ready(queues::describe(core, r).await.into()),
+            B::ResetQueueGroup(r) => ready(queues::reset(core, r).await.into()),
+            B::Redrive(r) => ready(queues::redrive(core, r).await.into()),
+            B::DescribeRedrive(r) => ready(queues::describe_redrive(core, r).await.into()),
         }
     }
 
@@ -375,12 +392,16 @@ impl Native {
     async fn delete_groups(&self, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
         let mut results = Vec::with_capacity(req.groups.len());
         for group_id in req.groups {
-            let (code, msg) = split(
+            // A queue group of this id is deleted the same way.
+            let deleted = if self.core.queues.contains(&group_id) {
+                self.core.queue_delete(&group_id).await
+            } else {
                 self.core
                     .groups
                     .delete_group(&self.core.topics, &group_id)
-                    .await,
-            );
+                    .await
+            };
+            let (code, msg) = split(deleted);
             results.push(DeletedGroup {
                 group_id,
                 error_code: code.into(),

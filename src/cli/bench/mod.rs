@@ -9,6 +9,8 @@
 //!   filled, untimed.
 //! - `e2e`: producers and consumers at once; each record carries its send time and the
 //!   consumers record send → receipt for every record.
+//! - `queue`: W queue-group workers take a topic's records and ack each one on its own;
+//!   throughput and ack latency (`queue` module).
 //! - `ceiling`: this machine's loopback TCP and disk write ceilings (`ceiling` module); the
 //!   other commands measure them first with `--with-ceiling` and report their result as a
 //!   fraction of them.
@@ -27,6 +29,7 @@
 mod ceiling;
 mod load;
 mod measure;
+mod queue;
 mod report;
 mod summary;
 
@@ -62,6 +65,8 @@ pub enum BenchCommand {
     Consume(ConsumeArgs),
     /// Produce and consume at once; latency from send to receipt of every record.
     E2e(E2eArgs),
+    /// Queue-group workers ack every record on its own; throughput and ack latency.
+    Queue(queue::QueueArgs),
     /// Measure this machine's loopback TCP and disk write ceilings.
     Ceiling(CeilingArgs),
 }
@@ -306,6 +311,7 @@ pub async fn run(bootstrap: &str, command: BenchCommand, output: Output) -> anyh
         BenchCommand::Produce(a) => (&a.target, "produce"),
         BenchCommand::Consume(a) => (&a.target, "consume"),
         BenchCommand::E2e(a) => (&a.target, "e2e"),
+        BenchCommand::Queue(a) => (a.target(), "queue"),
         BenchCommand::Ceiling(a) => return run_ceiling(a, output).await,
     };
     let report_dir = target.report.clone();
@@ -315,6 +321,7 @@ pub async fn run(bootstrap: &str, command: BenchCommand, output: Output) -> anyh
             BenchCommand::Produce(a) => produce(&env, a).await,
             BenchCommand::Consume(a) => consume(&env, a).await,
             BenchCommand::E2e(a) => e2e(&env, a).await,
+            BenchCommand::Queue(a) => queue::queue(&env, a).await,
             BenchCommand::Ceiling(_) => bail!("`bench ceiling` needs no broker"),
         }
     };
@@ -989,6 +996,24 @@ fn when(m: &std::sync::Mutex<Option<Instant>>) -> Option<Instant> {
     *m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Writes the records a read bench reads (`records`, or 1,000,000), untimed; the note saying so.
+async fn fill_topic(
+    env: &Env,
+    admin: &Admin,
+    topic: &TopicArgs,
+    send: &SendArgs,
+    records: Option<u64>,
+) -> anyhow::Result<String> {
+    prepare_topic(admin, topic).await?;
+    let n = records.unwrap_or(1_000_000);
+    let run = run_senders(env, send, &topic.topic, Amount::Records(n), None, "fill").await?;
+    Ok(format!(
+        "the topic was filled first with {} records ({:.0} records/s, not part of this result)",
+        run.records,
+        run.records as f64 / run.elapsed.as_secs_f64().max(1e-9)
+    ))
+}
+
 async fn consume(env: &Env, a: ConsumeArgs) -> anyhow::Result<Summary> {
     let admin = env.admin().await?;
     let ceiling = env.ceiling(&a.ceiling).await?;
@@ -1006,14 +1031,7 @@ async fn consume(env: &Env, a: ConsumeArgs) -> anyhow::Result<Summary> {
         );
     }
     if fill {
-        prepare_topic(&admin, &a.topic).await?;
-        let n = a.records.unwrap_or(1_000_000);
-        let run = run_senders(env, &a.send, name, Amount::Records(n), None, "fill").await?;
-        notes.push(format!(
-            "the topic was filled first with {} records ({:.0} records/s, not part of this result)",
-            run.records,
-            run.records as f64 / run.elapsed.as_secs_f64().max(1e-9)
-        ));
+        notes.push(fill_topic(env, &admin, &a.topic, &a.send, a.records).await?);
     }
     let topic = describe(&admin, name).await?.with_context(|| {
         format!("no topic {name}: write it first with `strom bench produce`, or pass --fill")

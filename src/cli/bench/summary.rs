@@ -30,6 +30,8 @@ pub enum LatencyKind {
     SendToReceipt,
     /// consume: how long each `poll` that returned records took.
     Poll,
+    /// queue: from a record's `ack` call to the response of the request that carried it.
+    AckToDurable,
 }
 
 impl LatencyKind {
@@ -38,6 +40,7 @@ impl LatencyKind {
             LatencyKind::SendToAck => "send_to_ack",
             LatencyKind::SendToReceipt => "send_to_receipt",
             LatencyKind::Poll => "poll",
+            LatencyKind::AckToDurable => "ack",
         }
     }
 
@@ -46,6 +49,7 @@ impl LatencyKind {
             LatencyKind::SendToAck => "send → ack",
             LatencyKind::SendToReceipt => "send → receipt",
             LatencyKind::Poll => "poll duration",
+            LatencyKind::AckToDurable => "ack → durable",
         }
     }
 }

@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use strom_protocol::ErrorCode;
-use strom_protocol::batch::{BatchIter, Records};
 use strom_protocol::topic::validate_topic_name;
 
 use crate::core::topics::Topics;
@@ -190,39 +189,21 @@ impl Coordinator {
             .get(OFFSETS_TOPIC)
             .and_then(|t| t.partition(0).cloned())
         {
-            let reader = part.reader();
-            let mut offset = reader.start_offset();
-            while offset < reader.end_offset() {
-                let r = reader.read(offset, 1 << 20)?;
-                if r.data.is_empty() {
-                    break;
-                }
-                for item in BatchIter::new(&r.data) {
-                    let Ok((range, _)) = item else { break };
-                    let Ok(records) = Records::new(r.data.slice(range)) else {
-                        continue;
-                    };
-                    for rec in records.flatten() {
-                        if rec.offset < offset {
-                            continue;
-                        }
-                        let Some((g, t, p)) = rec.key.as_deref().and_then(parse_key) else {
-                            continue;
-                        };
-                        let group = groups.entry(g).or_default();
-                        match rec.value.as_deref().and_then(parse_value) {
-                            Some(v) => {
-                                group.offsets.insert((t, p), v);
-                            }
-                            None => {
-                                group.offsets.remove(&(t, p));
-                            }
-                        }
-                        loaded += 1;
+            part.for_each_record(|rec| {
+                let Some((g, t, p)) = rec.key.as_deref().and_then(parse_key) else {
+                    return;
+                };
+                let group = groups.entry(g).or_default();
+                match rec.value.as_deref().and_then(parse_value) {
+                    Some(v) => {
+                        group.offsets.insert((t, p), v);
+                    }
+                    None => {
+                        group.offsets.remove(&(t, p));
                     }
                 }
-                offset = r.next_offset;
-            }
+                loaded += 1;
+            })?;
         }
         groups.retain(|_, g| !g.offsets.is_empty());
         tracing::info!(
@@ -243,6 +224,13 @@ impl Coordinator {
             initial_rebalance_delay,
             next_member: AtomicU64::new(1),
         }
+    }
+
+    /// Whether a consumer group of this name exists (members or committed offsets).
+    pub fn exists(&self, group_id: &str) -> bool {
+        self.lock()
+            .get(group_id)
+            .is_some_and(|g| g.member_count() > 0 || !g.offsets.is_empty())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {

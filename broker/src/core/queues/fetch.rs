@@ -1,0 +1,271 @@
+//! Queue fetches and acknowledgements: answers applied, leases and delays that ran out
+//! expired, then records handed out from the group's partitions in turn, with long polls on the
+//! partitions' end offsets, the group's own changes and its next deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use strom_protocol::ErrorCode;
+use strom_protocol::batch::BatchIter;
+
+use super::state::{Delta, MemberId, Millis};
+use super::{AckEntry, Chunk, Fetched, Inner, QueueFetch, StateWrites, Tp, now_ms};
+use crate::core::{Core, Failure};
+
+impl Core {
+    /// Applies a fetch's acknowledgements, then hands out records, waiting up to `max_wait_ms`
+    /// for some.
+    pub async fn queue_fetch(&self, req: QueueFetch) -> Fetched {
+        let Some(group) = self.queues.get(&req.group) else {
+            return Fetched {
+                error: Some((
+                    ErrorCode::GroupIdNotFound,
+                    format!("no queue group {}", req.group),
+                )),
+                ..Fetched::default()
+            };
+        };
+        let max_wait = Duration::from_millis(u64::from(
+            req.max_wait_ms.min(self.config.fetch_max_wait_ms),
+        ));
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut acks = Some(req.acks.as_slice());
+        let mut answer = Fetched::default();
+        loop {
+            let notified = group.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = now_ms();
+            let mut out = StateWrites::default();
+            let mut inner = group.inner.lock().await;
+            if inner.deleted {
+                answer.error = Some((ErrorCode::GroupIdNotFound, "the group was deleted".into()));
+                return answer;
+            }
+            let member: MemberId = Arc::from(req.member.as_str());
+            let topics = match inner.touch(&member) {
+                Ok(t) => t,
+                Err(e) => {
+                    answer.error = Some(e);
+                    return answer;
+                }
+            };
+            let mut woke = false;
+            if let Some(acks) = acks.take() {
+                answer.acks = inner.settle(&group.name, &member, acks, now, &mut out);
+                woke = !acks.is_empty();
+            }
+            woke |= inner.expire(&group.name, now, &mut out);
+            for t in &topics {
+                inner.ensure_partitions(&group.name, &self.topics, t, &mut out, now);
+            }
+            self.queue_acquire(
+                &group.name,
+                &mut inner,
+                &member,
+                &topics,
+                &req,
+                now,
+                &mut out,
+                &mut answer,
+            );
+            // Watch for what could change the answer: appends, the group's own changes, and
+            // its next lease or delay deadline.
+            let mut watchers = Vec::new();
+            if answer.chunks.is_empty() {
+                for t in &topics {
+                    if let Some(topic) = self.topics.get(t) {
+                        for p in &topic.partitions {
+                            let mut w = p.watch_end();
+                            w.borrow_and_update();
+                            watchers.push(w);
+                        }
+                    }
+                }
+            }
+            let next_deadline = inner.next_deadline();
+            let persisted = self.queue_persist(out).await;
+            drop(inner);
+            if woke {
+                group.wake.notify_waiters();
+            }
+            if let Err(e) = Self::queue_durable(persisted).await {
+                answer.chunks.clear();
+                answer.error = Some(e);
+                return answer;
+            }
+            if !answer.chunks.is_empty() || tokio::time::Instant::now() >= deadline {
+                return answer;
+            }
+            let wake_at = next_deadline
+                .map(|d| {
+                    let ms = (d - now_ms()).max(1) as u64;
+                    tokio::time::Instant::now() + Duration::from_millis(ms)
+                })
+                .map_or(deadline, |t| t.min(deadline));
+            let watching = !watchers.is_empty();
+            let mut changed: FuturesUnordered<_> =
+                watchers.iter_mut().map(|w| w.changed()).collect();
+            tokio::select! {
+                _ = changed.next(), if watching => {}
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+                () = self.shutdown.cancelled() => return answer,
+            }
+        }
+    }
+
+    /// Hands records to `member` from the group's partitions of `topics`, taking turns.
+    #[allow(clippy::too_many_arguments)]
+    fn queue_acquire(
+        &self,
+        group: &str,
+        inner: &mut Inner,
+        member: &MemberId,
+        topics: &[Arc<str>],
+        req: &QueueFetch,
+        now: Millis,
+        out: &mut StateWrites,
+        answer: &mut Fetched,
+    ) {
+        let policy = inner.settings.policy.clone();
+        let held = inner.held_by(member);
+        let mut want = u64::from(req.max_records.max(1))
+            .min(u64::from(policy.max_in_flight_member).saturating_sub(held));
+        let mut budget = if req.max_bytes == 0 {
+            self.config.fetch_max_bytes
+        } else {
+            req.max_bytes.min(self.config.fetch_max_bytes)
+        } as usize;
+        let tps: Vec<Tp> = inner
+            .qps
+            .keys()
+            .filter(|(t, _)| topics.contains(t))
+            .cloned()
+            .collect();
+        if tps.is_empty() || want == 0 {
+            return;
+        }
+        let n = tps.len();
+        let first = inner.cursor % n;
+        inner.cursor = inner.cursor.wrapping_add(1);
+        let limit = self.config.fetch_partition_max_bytes as usize;
+        for i in 0..n {
+            if want == 0 || budget == 0 {
+                break;
+            }
+            let tp = &tps[(first + i) % n];
+            let Some(part) = self
+                .topics
+                .get(&tp.0)
+                .and_then(|t| t.partition(tp.1).cloned())
+            else {
+                continue;
+            };
+            let reader = part.reader();
+            let (log_start, end) = (reader.start_offset(), reader.end_offset());
+            let Some(qp) = inner.qps.get(tp) else {
+                continue;
+            };
+            // Records deleted by retention before they were finished are gone: skip them.
+            if qp.start() < log_start {
+                let delta = Delta {
+                    start: log_start,
+                    next: qp.next().max(log_start),
+                    spans: Vec::new(),
+                };
+                inner.commit(group, tp, delta, out, now);
+            }
+            let Some(qp) = inner.qps.get(tp) else {
+                continue;
+            };
+            if !qp.has_available(end) {
+                continue;
+            }
+            // Each run goes out with the stored batches that hold it, read here (zero-copy
+            // slices of the log) as the state machine picks the run; a run reaches only as far
+            // as what one read within the byte limits returns.
+            let mut reads: Vec<(i64, Bytes)> = Vec::new();
+            let mut left = budget;
+            let mut cover = |first: i64, last: i64| -> i64 {
+                if left == 0 {
+                    return first - 1;
+                }
+                match reader.read(first, limit.min(left)) {
+                    Ok(r) => {
+                        let (records, next) = batches_through(&r.data, last);
+                        left = left.saturating_sub(records.len());
+                        reads.push((first, records));
+                        if next < 0 {
+                            first - 1
+                        } else {
+                            last.min(next - 1)
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "queue fetch read");
+                        first - 1
+                    }
+                }
+            };
+            let (runs, delta) = qp.acquire(member, want, end, now, &policy, &mut cover);
+            let Some(delta) = delta else { continue };
+            budget = left;
+            let lease_until = now.saturating_add(policy.lease_ms as i64);
+            inner.commit(group, tp, delta, out, now);
+            for run in runs {
+                want = want.saturating_sub((run.last - run.first + 1) as u64);
+                let records = reads
+                    .iter()
+                    .find(|(first, _)| *first == run.first)
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default();
+                answer.chunks.push(Chunk {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    runs: vec![run],
+                    lease_until,
+                    records,
+                });
+            }
+        }
+    }
+
+    /// Applies acknowledgements outside a fetch.
+    pub async fn queue_ack(
+        &self,
+        group: &str,
+        member: &str,
+        acks: &[AckEntry],
+    ) -> Result<Vec<Failure>, Failure> {
+        let g = self.queues.group(group)?;
+        let now = now_ms();
+        let mut out = StateWrites::default();
+        let mut inner = g.inner.lock().await;
+        inner.touch(member)?;
+        let results = inner.settle(&g.name, member, acks, now, &mut out);
+        let rx = self.queue_persist(out).await;
+        drop(inner);
+        g.wake.notify_waiters();
+        Self::queue_durable(rx).await?;
+        Ok(results)
+    }
+}
+
+/// The batches of `data` (whole batches from one read) whose records reach no further than
+/// `last`, and the offset after the last record they hold.
+fn batches_through(data: &Bytes, last: i64) -> (Bytes, i64) {
+    let mut end = 0;
+    let mut next = -1;
+    for item in BatchIter::new(data) {
+        let Ok((range, h)) = item else { break };
+        if h.base_offset > last {
+            break;
+        }
+        end = range.end;
+        next = h.next_offset();
+    }
+    (data.slice(..end), next)
+}

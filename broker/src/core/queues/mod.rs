@@ -1,0 +1,553 @@
+//! Queue groups: any number of members share the records of ordinary topics, one record to one
+//! member at a time under a lease, each record acknowledged on its own (docs/queues.md).
+//!
+//! This module is the queue coordinator: groups and their members (soft state: a member that
+//! sends nothing for its session timeout is gone, and what it held fails as a lease expiry
+//! does), one [`state::QueuePartition`] per (group, topic, partition), long-poll fetches that
+//! hand out records and take acknowledgements, and the durable record of it all in the internal
+//! topic `__queue_state` ([`codec`]):
+//!
+//! - every change to a queue-partition is a delta appended, with every other change of the same
+//!   request, as one batch, and fsynced (grouped with other appends by the partition writer)
+//!   before the answer leaves: an acquisition is durable before the member sees the records, so
+//!   after a crash the attempt count never goes down and a lease still held is not handed to a
+//!   second member;
+//! - changes are applied in memory and queued for appending under the group's lock, so the log
+//!   holds them in the order they happened, and replaying it gives the state that was live;
+//! - from time to time every queue-partition is written whole (a snapshot) and the log start
+//!   moves past what the snapshots cover ([`Core::queue_compact`]).
+//!
+//! Dead-lettering runs in [`dlq`]; the pure state machine is [`state`], its settings
+//! [`settings`] and [`policy`].
+
+mod admin;
+pub(crate) mod codec;
+pub(crate) mod dlq;
+mod fetch;
+mod maintain;
+pub(crate) mod policy;
+pub(crate) mod redrive;
+pub(crate) mod settings;
+pub(crate) mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use strom_protocol::ErrorCode;
+use strom_protocol::batch::{BatchBuilder, RecordRef};
+use strom_storage::ValidBatch;
+use tokio::sync::{Notify, oneshot};
+
+use super::partition::{AppendReply, Durability, Partition};
+use super::topics::Topics;
+use super::{Core, Failure};
+use crate::error::BrokerError;
+use codec::{DELTA, Key, SNAPSHOT};
+use settings::{Settings, Start};
+use state::{Acquired, Delta, MemberId, Millis, Outcome, QueuePartition};
+
+/// The internal topic holding queue groups' state.
+pub const STATE_TOPIC: &str = "__queue_state";
+
+/// Session timeout of a member that asks for none, and its bounds.
+const DEFAULT_SESSION_MS: u32 = 30_000;
+const MIN_SESSION_MS: u32 = 1_000;
+const MAX_SESSION_MS: u32 = 300_000;
+/// Members of one group, at most.
+const MAX_MEMBERS: usize = 10_000;
+
+pub(crate) fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A queue-partition's name.
+pub(crate) type Tp = (Arc<str>, i32);
+
+#[derive(Debug)]
+struct Member {
+    session_ms: u32,
+    deadline: Instant,
+    topics: Vec<Arc<str>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: Settings,
+    members: HashMap<MemberId, Member>,
+    qps: BTreeMap<Tp, QueuePartition>,
+    /// Where the next fetch starts looking, so members take turns over the partitions.
+    cursor: usize,
+    /// Deleted: requests get GROUP_ID_NOT_FOUND.
+    deleted: bool,
+}
+
+/// One queue group.
+#[derive(Debug)]
+pub(crate) struct QueueGroup {
+    name: String,
+    inner: tokio::sync::Mutex<Inner>,
+    /// Woken when records may have become available (released, failed, delay over, reset).
+    wake: Notify,
+}
+
+/// The queue coordinator's state.
+#[derive(Debug, Default)]
+pub(crate) struct Queues {
+    groups: Mutex<HashMap<String, Arc<QueueGroup>>>,
+    /// State records appended since the last compaction.
+    appended: AtomicU64,
+    /// Redrive tasks by dead-letter topic (finished ones too, for their status).
+    redrives: tokio::sync::Mutex<HashMap<String, redrive::Task>>,
+}
+
+/// Joining a queue group (or refreshing a membership).
+#[derive(Debug, Clone)]
+pub(crate) struct Join {
+    pub group: String,
+    pub member: String,
+    pub topics: Vec<String>,
+    /// 0: the default.
+    pub session_timeout_ms: u32,
+    /// Applied when this join creates the group; ignored (the group's are returned) otherwise.
+    pub settings: Vec<(String, String)>,
+}
+
+/// One acknowledgement.
+#[derive(Debug, Clone)]
+pub(crate) struct AckEntry {
+    pub topic: String,
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
+    pub attempt: u32,
+    pub outcome: Outcome,
+}
+
+/// A fetch: acknowledgements to apply, then records to take.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueFetch {
+    pub group: String,
+    pub member: String,
+    pub max_records: u32,
+    pub max_bytes: u32,
+    pub max_wait_ms: u32,
+    pub acks: Vec<AckEntry>,
+}
+
+/// Records handed out from one partition: the batches that hold them, as stored, and the runs
+/// of offsets that are the member's (other records in the batches are not).
+#[derive(Debug, Clone)]
+pub(crate) struct Chunk {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub runs: Vec<Acquired>,
+    pub lease_until: Millis,
+    pub records: Bytes,
+}
+
+/// A fetch's answer.
+#[derive(Debug, Default)]
+pub(crate) struct Fetched {
+    pub error: Option<Failure>,
+    /// Per acknowledgement, in request order.
+    pub acks: Vec<Failure>,
+    pub chunks: Vec<Chunk>,
+}
+
+/// A queue-partition as described.
+#[derive(Debug, Clone)]
+pub(crate) struct PartitionView {
+    pub topic: String,
+    pub partition: i32,
+    pub start: i64,
+    pub next: i64,
+    pub log_end: i64,
+    pub counts: state::Counts,
+    /// Age of the oldest unfinished record (by its timestamp), if any.
+    pub oldest_unacked_ms: Option<i64>,
+}
+
+/// A queue group as described.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupView {
+    pub group: String,
+    pub settings: BTreeMap<String, String>,
+    /// (member, topics, records held).
+    pub members: Vec<(String, Vec<String>, u64)>,
+    pub partitions: Vec<PartitionView>,
+}
+
+fn ok() -> Failure {
+    (ErrorCode::None, String::new())
+}
+
+fn lock_groups(q: &Queues) -> std::sync::MutexGuard<'_, HashMap<String, Arc<QueueGroup>>> {
+    match q.groups.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// State records to append for one request, in order.
+#[derive(Debug, Default)]
+struct StateWrites {
+    builder: Option<BatchBuilder>,
+    count: u64,
+    error: Option<String>,
+}
+
+impl StateWrites {
+    fn push(&mut self, key: &[u8], value: Option<&[u8]>, now: Millis) {
+        let b = self.builder.get_or_insert_with(BatchBuilder::default);
+        if let Err(e) = b.push(&RecordRef {
+            timestamp: now,
+            key: Some(key),
+            value,
+            headers: &[],
+        }) {
+            self.error = Some(e.to_string());
+        }
+        self.count += 1;
+    }
+
+    fn state(&mut self, group: &str, tp: &Tp, kind: u8, delta: &Delta, now: Millis) {
+        let key = codec::partition_key(group, &tp.0, tp.1);
+        self.push(&key, Some(&codec::encode_state(kind, delta)), now);
+    }
+}
+
+impl Queues {
+    /// Creates `__queue_state` if needed and rebuilds every group from it.
+    pub async fn load(topics: &Topics) -> Result<Self, BrokerError> {
+        if topics.get(STATE_TOPIC).is_none() {
+            let mut overrides = BTreeMap::new();
+            overrides.insert("segment.bytes".to_string(), (64u64 << 20).to_string());
+            overrides.insert("retention.ms".to_string(), "-1".to_string());
+            overrides.insert("max.message.bytes".to_string(), (64u64 << 20).to_string());
+            topics
+                .create(STATE_TOPIC, 1, overrides)
+                .await
+                .map_err(|(_, reason)| BrokerError::Config {
+                    key: STATE_TOPIC.into(),
+                    reason,
+                })?;
+        }
+        let mut groups: HashMap<String, Inner> = HashMap::new();
+        let mut redrives: HashMap<String, redrive::Task> = HashMap::new();
+        let mut records = 0u64;
+        if let Some(part) = state_partition(topics) {
+            part.for_each_record(|rec| {
+                records += 1;
+                if let Err(e) = replay(
+                    &mut groups,
+                    &mut redrives,
+                    rec.key.as_deref(),
+                    rec.value.as_deref(),
+                ) {
+                    tracing::error!(offset = rec.offset, error = %e, "skipping an unreadable queue state record");
+                }
+            })?;
+        }
+        let map = groups
+            .into_iter()
+            .filter(|(_, g)| !g.deleted)
+            .map(|(name, inner)| {
+                let g = Arc::new(QueueGroup {
+                    name: name.clone(),
+                    inner: tokio::sync::Mutex::new(inner),
+                    wake: Notify::new(),
+                });
+                (name, g)
+            })
+            .collect::<HashMap<_, _>>();
+        if !map.is_empty() {
+            tracing::info!(groups = map.len(), records, "queue groups loaded");
+        }
+        Ok(Self {
+            groups: Mutex::new(map),
+            appended: AtomicU64::new(records),
+            redrives: tokio::sync::Mutex::new(redrives),
+        })
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<QueueGroup>> {
+        lock_groups(self).get(name).cloned()
+    }
+
+    /// The group, or GROUP_ID_NOT_FOUND.
+    fn group(&self, name: &str) -> Result<Arc<QueueGroup>, Failure> {
+        self.get(name)
+            .ok_or_else(|| (ErrorCode::GroupIdNotFound, format!("no queue group {name}")))
+    }
+
+    /// Whether a queue group of this name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        lock_groups(self).contains_key(name)
+    }
+
+    /// Every group, by name.
+    pub fn all(&self) -> Vec<Arc<QueueGroup>> {
+        let mut v: Vec<_> = lock_groups(self).values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
+
+/// Applies one state record to the groups being rebuilt.
+fn replay(
+    groups: &mut HashMap<String, Inner>,
+    redrives: &mut HashMap<String, redrive::Task>,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Result<(), codec::CodecError> {
+    let key = codec::decode_key(key.ok_or(codec::CodecError("no key"))?)?;
+    match key {
+        Key::Redrive(dlq) => match value {
+            None => {
+                redrives.remove(&dlq);
+            }
+            Some(v) => {
+                redrives.insert(dlq.clone(), redrive::decode(&dlq, v)?);
+            }
+        },
+        Key::Group(name) => match value {
+            None => {
+                if let Some(g) = groups.get_mut(&name) {
+                    g.deleted = true;
+                    g.qps.clear();
+                }
+            }
+            Some(v) => {
+                let settings = settings::decode(v)?;
+                let g = groups
+                    .entry(name)
+                    .or_insert_with(|| Inner::new(settings.clone()));
+                g.settings = settings;
+                g.deleted = false;
+            }
+        },
+        Key::Partition {
+            group,
+            topic,
+            partition,
+        } => {
+            let (kind, delta) = codec::decode_state(value.ok_or(codec::CodecError("no value"))?)?;
+            let g = groups
+                .entry(group)
+                .or_insert_with(|| Inner::new(Settings::default()));
+            let tp: Tp = (Arc::from(topic.as_str()), partition);
+            if kind == SNAPSHOT {
+                g.qps.insert(tp, QueuePartition::restore(&delta));
+            } else {
+                g.qps
+                    .entry(tp)
+                    .or_insert_with(|| QueuePartition::new(delta.start))
+                    .apply(&delta);
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            members: HashMap::new(),
+            qps: BTreeMap::new(),
+            cursor: 0,
+            deleted: false,
+        }
+    }
+
+    /// Keeps `member`'s session alive; its topics. UNKNOWN_MEMBER_ID if its session ended.
+    fn touch(&mut self, member: &str) -> Result<Vec<Arc<str>>, Failure> {
+        let m = self.members.get_mut(member).ok_or_else(|| {
+            (
+                ErrorCode::UnknownMemberId,
+                "not a member of the queue group (its session ended?): join again".to_string(),
+            )
+        })?;
+        m.deadline = Instant::now() + std::time::Duration::from_millis(u64::from(m.session_ms));
+        Ok(m.topics.clone())
+    }
+
+    fn held_by(&self, member: &str) -> u64 {
+        self.qps.values().map(|qp| qp.held_by(member)).sum()
+    }
+
+    fn next_deadline(&self) -> Option<Millis> {
+        self.qps.values().filter_map(|qp| qp.next_deadline()).min()
+    }
+
+    /// Creates the queue-partitions of `topic` that do not exist yet.
+    fn ensure_partitions(
+        &mut self,
+        group: &str,
+        topics: &Topics,
+        topic: &Arc<str>,
+        out: &mut StateWrites,
+        now: Millis,
+    ) {
+        let Some(t) = topics.get(topic) else { return };
+        for p in &t.partitions {
+            let tp: Tp = (topic.clone(), p.index);
+            if self.qps.contains_key(&tp) {
+                continue;
+            }
+            let reader = p.reader();
+            let at = match self.settings.start {
+                Start::Earliest => reader.start_offset(),
+                Start::Latest => reader.end_offset(),
+            };
+            let qp = QueuePartition::new(at);
+            out.state(group, &tp, SNAPSHOT, &qp.snapshot(), now);
+            self.qps.insert(tp, qp);
+        }
+    }
+
+    /// Applies a delta and queues its record.
+    fn commit(&mut self, group: &str, tp: &Tp, delta: Delta, out: &mut StateWrites, now: Millis) {
+        if let Some(qp) = self.qps.get_mut(tp) {
+            qp.apply(&delta);
+            out.state(group, tp, DELTA, &delta, now);
+        }
+    }
+
+    /// Leases and delays that ran out by `now`. Whether records became available.
+    fn expire(&mut self, group: &str, now: Millis, out: &mut StateWrites) -> bool {
+        let due: Vec<Tp> = self
+            .qps
+            .iter()
+            .filter(|(_, qp)| qp.next_deadline().is_some_and(|d| d <= now))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        let policy = self.settings.policy.clone();
+        let mut any = false;
+        for tp in due {
+            let delta = self.qps.get(&tp).and_then(|qp| qp.expire(now, &policy));
+            if let Some(d) = delta {
+                self.commit(group, &tp, d, out, now);
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Removes `member`, giving back what it held: released if it left, failed if its session
+    /// ended.
+    fn remove_member(
+        &mut self,
+        group: &str,
+        member: &str,
+        clean: bool,
+        now: Millis,
+        out: &mut StateWrites,
+    ) {
+        self.members.remove(member);
+        let policy = self.settings.policy.clone();
+        let tps: Vec<Tp> = self.qps.keys().cloned().collect();
+        for tp in tps {
+            let delta = self
+                .qps
+                .get(&tp)
+                .and_then(|qp| qp.member_gone(member, clean, now, &policy));
+            if let Some(d) = delta {
+                self.commit(group, &tp, d, out, now);
+            }
+        }
+    }
+
+    /// Applies acknowledgements; the result of each.
+    fn settle(
+        &mut self,
+        group: &str,
+        member: &str,
+        acks: &[AckEntry],
+        now: Millis,
+        out: &mut StateWrites,
+    ) -> Vec<Failure> {
+        let policy = self.settings.policy.clone();
+        let mut results = Vec::with_capacity(acks.len());
+        for a in acks {
+            let tp: Tp = (Arc::from(a.topic.as_str()), a.partition);
+            let Some(qp) = self.qps.get(&tp) else {
+                results.push((
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("the group has no partition {} of {}", a.partition, a.topic),
+                ));
+                continue;
+            };
+            let run = Acquired {
+                first: a.first,
+                last: a.last,
+                attempt: a.attempt,
+            };
+            match qp.settle(member, run, &a.outcome, now, &policy) {
+                Ok(delta) => {
+                    self.commit(group, &tp, delta, out, now);
+                    results.push(ok());
+                }
+                Err(e) => results.push((ErrorCode::InvalidRecordState, e.to_string())),
+            }
+        }
+        results
+    }
+}
+
+/// A state batch on its way to disk (None: nothing to write).
+type Persisting = Result<Option<oneshot::Receiver<AppendReply>>, Failure>;
+
+fn state_partition(topics: &Topics) -> Option<Arc<Partition>> {
+    topics
+        .get(STATE_TOPIC)
+        .and_then(|t| t.partition(0).cloned())
+}
+
+impl Core {
+    /// Appends a request's state records; the result is what to wait on for their fsync
+    /// ([`Core::queue_durable`]). Queued under the group's lock, so the log keeps the order of
+    /// the changes.
+    async fn queue_persist(&self, out: StateWrites) -> Persisting {
+        let Some(builder) = out.builder else {
+            return Ok(None);
+        };
+        let failed = |e: String| {
+            tracing::error!(error = %e, "a queue state batch could not be built");
+            (ErrorCode::UnknownServerError, e)
+        };
+        if let Some(e) = out.error {
+            return Err(failed(e));
+        }
+        let bytes = builder.finish().map_err(|e| failed(e.to_string()))?;
+        let batch = ValidBatch::new(bytes).map_err(|e| failed(e.to_string()))?;
+        let part = state_partition(&self.topics).ok_or((
+            ErrorCode::CoordinatorNotAvailable,
+            "the queue state log is missing".to_string(),
+        ))?;
+        self.queues
+            .appended
+            .fetch_add(out.count, AtomicOrdering::Relaxed);
+        Ok(Some(part.append(vec![batch], Durability::Fsynced).await))
+    }
+
+    /// Waits until a persisted batch is on disk.
+    async fn queue_durable(persisting: Persisting) -> Result<(), Failure> {
+        let Some(rx) = persisting? else {
+            return Ok(());
+        };
+        match rx.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err((
+                ErrorCode::CoordinatorNotAvailable,
+                "the queue state log stopped".into(),
+            )),
+        }
+    }
+}

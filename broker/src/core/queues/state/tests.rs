@@ -1,0 +1,700 @@
+//! The queue-partition state machine against a plain model that keeps one state per offset, under
+//! random fetches, acks, nacks, rejects, extends, releases, lease expiries, members leaving or
+//! dying, dead-letter writes, snapshots and crash-and-reopen (a rebuild from the encoded state
+//! log). After every step: the same state per offset as the model, no record lost or held by two
+//! members, attempts never going down and never past `max_attempts`, every record dead-lettered
+//! at most once.
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::core::queues::codec::{DELTA, SNAPSHOT, decode_state, encode_state};
+use crate::core::queues::policy::Backoff;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum M {
+    Fresh,
+    Available,
+    Held { member: usize, until: Millis },
+    Delayed { until: Millis },
+    Acked,
+    Dlqing(Reason),
+    Dlqed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rec {
+    st: M,
+    attempts: u32,
+    failures: u32,
+    error: Option<Arc<str>>,
+}
+
+impl Rec {
+    fn fresh() -> Self {
+        Rec {
+            st: M::Fresh,
+            attempts: 0,
+            failures: 0,
+            error: None,
+        }
+    }
+    fn is_final(&self) -> bool {
+        matches!(self.st, M::Acked | M::Dlqed)
+    }
+    fn finish(&mut self, st: M) {
+        *self = Rec {
+            st,
+            attempts: 0,
+            failures: 0,
+            error: None,
+        };
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Produce(u8),
+    Fetch {
+        member: usize,
+        max: u8,
+    },
+    Settle {
+        member: usize,
+        pick: u16,
+        len: u8,
+        wrong_attempt: bool,
+        outcome: u8,
+        delay: Option<u16>,
+    },
+    Tick(u16),
+    Gone {
+        member: usize,
+        clean: bool,
+    },
+    DlqWrite,
+    Snapshot,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (1u8..40).prop_map(Op::Produce),
+        4 => (0usize..3, 1u8..30).prop_map(|(member, max)| Op::Fetch { member, max }),
+        8 => (0usize..3, any::<u16>(), 1u8..6, prop::bool::weighted(0.1), 0u8..5, prop::option::of(0u16..3000))
+            .prop_map(|(member, pick, len, wrong_attempt, outcome, delay)| Op::Settle {
+                member, pick, len, wrong_attempt, outcome, delay,
+            }),
+        3 => (0u16..4000).prop_map(Op::Tick),
+        1 => (0usize..3, any::<bool>()).prop_map(|(member, clean)| Op::Gone { member, clean }),
+        2 => Just(Op::DlqWrite),
+        1 => Just(Op::Snapshot),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn member(i: usize) -> MemberId {
+    Arc::from(format!("m{i}").as_str())
+}
+
+struct Harness {
+    policy: Policy,
+    qp: QueuePartition,
+    log: Vec<Vec<u8>>,
+    model: Vec<Rec>,
+    now: Millis,
+    max_attempts_seen: Vec<u32>,
+    dlq_writes: Vec<u32>,
+}
+
+impl Harness {
+    fn new(policy: Policy) -> Self {
+        let qp = QueuePartition::new(0);
+        let log = vec![encode_state(SNAPSHOT, &qp.snapshot())];
+        Self {
+            policy,
+            qp,
+            log,
+            model: Vec::new(),
+            now: 1_000_000,
+            max_attempts_seen: Vec::new(),
+            dlq_writes: Vec::new(),
+        }
+    }
+
+    fn commit(&mut self, delta: Delta) {
+        self.log.push(encode_state(DELTA, &delta));
+        self.qp.apply(&delta);
+    }
+
+    /// The model's version of a failed attempt.
+    fn failed(&self, r: &mut Rec, delay: Option<u64>, reason: Reason) {
+        if r.attempts >= self.policy.max_attempts {
+            r.st = M::Dlqing(reason);
+            return;
+        }
+        let d = delay.unwrap_or_else(|| self.policy.backoff.delay_ms(r.failures, self.now));
+        r.st = if d == 0 {
+            M::Available
+        } else {
+            M::Delayed {
+                until: self.now + d as i64,
+            }
+        };
+    }
+
+    fn step(&mut self, op: &Op) {
+        match *op {
+            Op::Produce(n) => {
+                for _ in 0..n {
+                    self.model.push(Rec::fresh());
+                    self.max_attempts_seen.push(0);
+                    self.dlq_writes.push(0);
+                }
+            }
+            Op::Fetch { member: m, max } => self.fetch(m, u64::from(max)),
+            Op::Settle {
+                member: m,
+                pick,
+                len,
+                wrong_attempt,
+                outcome,
+                delay,
+            } => self.settle(m, pick, len, wrong_attempt, outcome, delay),
+            Op::Tick(ms) => {
+                self.now += i64::from(ms);
+                self.expire();
+            }
+            Op::Gone { member: m, clean } => {
+                let delta = self
+                    .qp
+                    .member_gone(&member(m), clean, self.now, &self.policy);
+                for i in 0..self.model.len() {
+                    let mut r = self.model[i].clone();
+                    if matches!(r.st, M::Held { member, .. } if member == m) {
+                        if clean {
+                            r.st = if r.attempts >= self.policy.max_attempts {
+                                M::Dlqing(Reason::Exhausted)
+                            } else {
+                                M::Available
+                            };
+                        } else {
+                            r.failures += 1;
+                            self.failed(&mut r, None, Reason::LeaseExpired);
+                        }
+                        self.model[i] = r;
+                    }
+                }
+                if let Some(d) = delta {
+                    self.commit(d);
+                }
+            }
+            Op::DlqWrite => {
+                let first = self.qp.dead_lettering().next().map(|s| (s.first, s.last));
+                if let Some((first, last)) = first {
+                    // First the intent (the dead-letter partition's end before the write), then
+                    // the write; a crash between them leaves the intent.
+                    let d = self.qp.dead_letter_intent(first, last, 77).expect("intent");
+                    self.commit(d);
+                    self.check();
+                    let d = self
+                        .qp
+                        .dead_lettered(first, last)
+                        .expect("dead-lettering span");
+                    for o in first..=last {
+                        let r = &mut self.model[o as usize];
+                        assert!(
+                            matches!(r.st, M::Dlqing(_)),
+                            "offset {o} written to the DLQ from {:?}",
+                            r.st
+                        );
+                        r.finish(M::Dlqed);
+                        self.dlq_writes[o as usize] += 1;
+                    }
+                    self.commit(d);
+                }
+            }
+            Op::Snapshot => self.log = vec![encode_state(SNAPSHOT, &self.qp.snapshot())],
+            Op::Reopen => {
+                let mut rebuilt: Option<QueuePartition> = None;
+                for rec in &self.log {
+                    let (kind, delta) = decode_state(rec).expect("own records decode");
+                    match (kind, rebuilt.as_mut()) {
+                        (SNAPSHOT, _) => rebuilt = Some(QueuePartition::restore(&delta)),
+                        (_, Some(qp)) => qp.apply(&delta),
+                        (_, None) => panic!("a delta before any snapshot"),
+                    }
+                }
+                let rebuilt = rebuilt.expect("a snapshot");
+                assert_eq!(
+                    rebuilt.snapshot(),
+                    self.qp.snapshot(),
+                    "state after reopening"
+                );
+                assert_eq!(rebuilt.in_flight(), self.qp.in_flight());
+                let mut a: Vec<_> = rebuilt.holders().map(|(m, n)| (m.to_string(), n)).collect();
+                let mut b: Vec<_> = self.qp.holders().map(|(m, n)| (m.to_string(), n)).collect();
+                a.sort();
+                b.sort();
+                assert_eq!(a, b);
+                assert_eq!(rebuilt.next_deadline(), self.qp.next_deadline());
+                self.qp = rebuilt;
+            }
+        }
+        self.check();
+    }
+
+    fn fetch(&mut self, m: usize, max: u64) {
+        let end = self.model.len() as i64;
+        let (runs, delta) = self.qp.acquire(
+            &member(m),
+            max,
+            end,
+            self.now,
+            &self.policy,
+            &mut |_, last| last,
+        );
+        // The model's choice.
+        let cap = match self.policy.ordering {
+            Ordering::None => u64::from(self.policy.max_in_flight_partition),
+            Ordering::Partition => 1,
+        };
+        let held = self
+            .model
+            .iter()
+            .filter(|r| matches!(r.st, M::Held { .. }))
+            .count() as u64;
+        let mut budget = max.min(cap.saturating_sub(held));
+        if self.policy.ordering == Ordering::Partition {
+            match self.model.iter().find(|r| !r.is_final()) {
+                Some(r) if !matches!(r.st, M::Available | M::Fresh) => budget = 0,
+                _ => budget = budget.min(1),
+            }
+        }
+        let mut want = Vec::new();
+        let ready: Vec<usize> = (0..self.model.len())
+            .filter(|&i| self.model[i].st == M::Available)
+            .collect();
+        if let Some(&first) = ready.first()
+            && self.model[first].failures >= SUSPECT_FAILURES
+        {
+            if budget > 0 {
+                want.push(first);
+            }
+        } else {
+            for &i in &ready {
+                if (want.len() as u64) < budget && self.model[i].failures < SUSPECT_FAILURES {
+                    want.push(i);
+                }
+            }
+            for i in 0..self.model.len() {
+                if (want.len() as u64) < budget && self.model[i].st == M::Fresh {
+                    want.push(i);
+                }
+            }
+        }
+        let until = self.now + self.policy.lease_ms as i64;
+        let mut got = Vec::new();
+        for r in &runs {
+            for o in r.first..=r.last {
+                got.push(o as usize);
+                assert_eq!(
+                    r.attempt,
+                    self.model[o as usize].attempts + 1,
+                    "attempt of {o}"
+                );
+            }
+        }
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "records handed to m{m}");
+        for i in want {
+            let r = &mut self.model[i];
+            r.attempts += 1;
+            r.st = M::Held { member: m, until };
+        }
+        assert_eq!(delta.is_some(), !runs.is_empty());
+        if let Some(d) = delta {
+            self.commit(d);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &mut self,
+        m: usize,
+        pick: u16,
+        len: u8,
+        wrong: bool,
+        outcome: u8,
+        delay: Option<u16>,
+    ) {
+        let held: Vec<usize> = (0..self.model.len())
+            .filter(|&i| matches!(self.model[i].st, M::Held { member, .. } if member == m))
+            .collect();
+        // Mostly a run the member holds; sometimes someone else's or a finished one.
+        let first = if held.is_empty() || pick.is_multiple_of(7) {
+            if self.model.is_empty() {
+                return;
+            }
+            usize::from(pick) % self.model.len()
+        } else {
+            held[usize::from(pick) % held.len()]
+        };
+        let last = (first + usize::from(len) - 1).min(self.model.len().max(1) - 1);
+        let attempt = self.model[first].attempts.max(1) + u32::from(wrong);
+        let error: Option<Arc<str>> = Some(Arc::from(format!("e{pick}").as_str()));
+        let outcome = match outcome {
+            0 => Outcome::Ack,
+            1 => Outcome::Nack {
+                delay_ms: delay.map(u64::from),
+                error: error.clone(),
+            },
+            2 => Outcome::Reject {
+                error: error.clone(),
+            },
+            3 => Outcome::Extend {
+                ms: delay.map_or(0, u64::from),
+            },
+            _ => Outcome::Release,
+        };
+        let run = Acquired {
+            first: first as i64,
+            last: last as i64,
+            attempt,
+        };
+        let result = self
+            .qp
+            .settle(&member(m), run, &outcome, self.now, &self.policy);
+        let valid = (first..=last).all(|i| {
+            matches!(self.model[i].st, M::Held { member, .. } if member == m)
+                && self.model[i].attempts == attempt
+        });
+        assert_eq!(
+            result.is_ok(),
+            valid,
+            "settle {first}..={last} at {attempt} by m{m}: {result:?}"
+        );
+        let Ok(delta) = result else { return };
+        for i in first..=last {
+            let mut r = self.model[i].clone();
+            match &outcome {
+                Outcome::Ack => r.finish(M::Acked),
+                Outcome::Extend { ms } => {
+                    let ms = if *ms == 0 { self.policy.lease_ms } else { *ms };
+                    let ms = ms.min(self.policy.max_lease_ms);
+                    r.st = M::Held {
+                        member: m,
+                        until: self.now + ms as i64,
+                    };
+                }
+                Outcome::Release => {
+                    r.st = if r.attempts >= self.policy.max_attempts {
+                        M::Dlqing(Reason::Exhausted)
+                    } else {
+                        M::Available
+                    };
+                }
+                Outcome::Reject { error } => {
+                    r.failures += 1;
+                    r.error = error.clone();
+                    r.st = M::Dlqing(Reason::Rejected);
+                }
+                Outcome::Nack { delay_ms, error } => {
+                    r.failures += 1;
+                    r.error = error.clone();
+                    self.failed(&mut r, *delay_ms, Reason::Exhausted);
+                }
+            }
+            self.model[i] = r;
+        }
+        self.commit(delta);
+    }
+
+    fn expire(&mut self) {
+        let delta = self.qp.expire(self.now, &self.policy);
+        let mut changed = false;
+        for i in 0..self.model.len() {
+            let mut r = self.model[i].clone();
+            match r.st {
+                M::Held { until, .. } if until <= self.now => {
+                    r.failures += 1;
+                    self.failed(&mut r, None, Reason::LeaseExpired);
+                }
+                M::Delayed { until } if until <= self.now => r.st = M::Available,
+                _ => continue,
+            }
+            changed = true;
+            self.model[i] = r;
+        }
+        assert_eq!(delta.is_some(), changed);
+        if let Some(d) = delta {
+            self.commit(d);
+        }
+    }
+
+    /// The queue-partition, offset by offset, against the model.
+    fn check(&mut self) {
+        let start = self.qp.start() as usize;
+        let next = self.qp.next() as usize;
+        assert!(start <= next && next <= self.model.len().max(next));
+        for (i, r) in self.model.iter().enumerate() {
+            if i < start {
+                assert!(r.is_final(), "offset {i} below start {start} is {:?}", r.st);
+            } else if i >= next {
+                assert_eq!(r.st, M::Fresh, "offset {i} from next {next}");
+            }
+        }
+        // start is the first unfinished offset, next the first fresh one.
+        let model_start = self
+            .model
+            .iter()
+            .position(|r| !r.is_final())
+            .unwrap_or(self.model.len());
+        assert_eq!(start, model_start.min(next), "start");
+        let mut covered = start;
+        for s in self.qp.spans() {
+            assert_eq!(s.first as usize, covered, "spans leave a gap or overlap");
+            covered = s.last as usize + 1;
+            for o in s.first..=s.last {
+                let r = &self.model[o as usize];
+                let st = match &s.state {
+                    State::Available => M::Available,
+                    State::Acquired { member, until } => M::Held {
+                        member: member[1..].parse().expect("member index"),
+                        until: *until,
+                    },
+                    State::Delayed { until } => M::Delayed { until: *until },
+                    State::Acked => M::Acked,
+                    State::DeadLettering { reason, .. } => M::Dlqing(*reason),
+                    State::DeadLettered => M::Dlqed,
+                };
+                assert_eq!(st, r.st, "state of {o}");
+                assert_eq!(
+                    (s.attempts, s.failures, &s.error),
+                    (r.attempts, r.failures, &r.error),
+                    "counts of {o}"
+                );
+            }
+        }
+        assert_eq!(covered, next.max(start), "spans end at next");
+        for (i, r) in self.model.iter().enumerate() {
+            assert!(r.attempts <= self.policy.max_attempts, "attempts of {i}");
+            if !r.is_final() {
+                assert!(
+                    r.attempts >= self.max_attempts_seen[i],
+                    "attempts of {i} went down"
+                );
+                self.max_attempts_seen[i] = r.attempts;
+            }
+            assert!(self.dlq_writes[i] <= 1, "{i} dead-lettered twice");
+        }
+        let in_flight = self
+            .model
+            .iter()
+            .filter(|r| matches!(r.st, M::Held { .. }))
+            .count() as u64;
+        assert_eq!(self.qp.in_flight(), in_flight);
+        assert!(in_flight <= u64::from(self.policy.max_in_flight_partition));
+    }
+}
+
+fn policy(ordering: Ordering, list: bool) -> Policy {
+    Policy {
+        lease_ms: 2_000,
+        max_lease_ms: 5_000,
+        max_attempts: 4,
+        backoff: if list {
+            Backoff::List(vec![0, 500, 1_500])
+        } else {
+            Backoff::Exponential {
+                base_ms: 100,
+                max_ms: 3_000,
+                jitter_pct: 20,
+            }
+        },
+        max_in_flight_member: 1_000,
+        max_in_flight_partition: 40,
+        ordering,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matches_the_model(ops in prop::collection::vec(op(), 1..200), list in any::<bool>()) {
+        let mut h = Harness::new(policy(Ordering::None, list));
+        for op in &ops {
+            h.step(op);
+        }
+    }
+
+    #[test]
+    fn matches_the_model_in_partition_order(ops in prop::collection::vec(op(), 1..200), list in any::<bool>()) {
+        let mut h = Harness::new(policy(Ordering::Partition, list));
+        for op in &ops {
+            h.step(op);
+        }
+    }
+}
+
+#[test]
+fn every_record_ends_acked_or_dead_lettered_once() {
+    // Members that fail everything: each record is handed out exactly max_attempts times and
+    // then dead-lettered once.
+    let mut h = Harness::new(policy(Ordering::None, true));
+    h.step(&Op::Produce(30));
+    for round in 0..200u16 {
+        h.step(&Op::Fetch {
+            member: usize::from(round % 3),
+            max: 25,
+        });
+        for _ in 0..30 {
+            h.step(&Op::Settle {
+                member: usize::from(round % 3),
+                pick: round,
+                len: 5,
+                wrong_attempt: false,
+                outcome: 1,
+                delay: None,
+            });
+        }
+        h.step(&Op::Tick(2_000));
+        for _ in 0..5 {
+            h.step(&Op::DlqWrite);
+        }
+    }
+    assert!(h.model.iter().all(|r| r.st == M::Dlqed), "{:?}", h.model);
+    assert!(h.dlq_writes.iter().all(|&n| n == 1));
+    assert_eq!(h.qp.start(), 30);
+}
+
+#[test]
+fn backoff_grows_to_its_cap_with_jitter_below_it() {
+    let b = Backoff::Exponential {
+        base_ms: 100,
+        max_ms: 1_000,
+        jitter_pct: 20,
+    };
+    for now in 0..50 {
+        let d: Vec<u64> = (1..=6).map(|f| b.delay_ms(f, now)).collect();
+        for (f, full) in [100u64, 200, 400, 800, 1_000, 1_000].iter().enumerate() {
+            assert!(
+                d[f] <= *full && d[f] >= full - full / 5,
+                "failure {}: {}",
+                f + 1,
+                d[f]
+            );
+        }
+    }
+    let l = Backoff::List(vec![1, 5, 30]);
+    assert_eq!(
+        (1..=5).map(|f| l.delay_ms(f, 0)).collect::<Vec<_>>(),
+        [1, 5, 30, 30, 30]
+    );
+}
+
+fn run(first: Offset, last: Offset) -> Acquired {
+    Acquired {
+        first,
+        last,
+        attempt: 1,
+    }
+}
+
+#[test]
+fn absurd_ranges_and_numbers_are_refused_not_panics() {
+    let p = policy(Ordering::None, false);
+    let mut qp = QueuePartition::new(0);
+    let m = member(0);
+    let (_, d) = qp.acquire(&m, u64::MAX, i64::MAX, i64::MAX, &p, &mut |_, last| last);
+    qp.apply(&d.expect("acquired"));
+    for (first, last) in [
+        (i64::MIN, i64::MAX),
+        (i64::MAX, i64::MAX),
+        (i64::MIN, i64::MIN),
+        (-5, -1),
+        (5, 1),
+        (0, i64::MAX),
+    ] {
+        for outcome in [
+            Outcome::Ack,
+            Outcome::Extend { ms: u64::MAX },
+            Outcome::Nack {
+                delay_ms: Some(u64::MAX),
+                error: None,
+            },
+        ] {
+            assert!(
+                qp.settle(&m, run(first, last), &outcome, i64::MAX, &p)
+                    .is_err()
+            );
+        }
+    }
+    // Extreme clocks and delays saturate.
+    let d = qp
+        .settle(
+            &m,
+            run(0, 0),
+            &Outcome::Extend { ms: u64::MAX },
+            i64::MAX,
+            &p,
+        )
+        .expect("held");
+    qp.apply(&d);
+    let d = qp
+        .settle(
+            &m,
+            run(1, 1),
+            &Outcome::Nack {
+                delay_ms: Some(u64::MAX),
+                error: None,
+            },
+            i64::MAX,
+            &p,
+        )
+        .expect("held");
+    qp.apply(&d);
+    assert!(qp.expire(i64::MIN, &p).is_none());
+}
+
+#[test]
+fn a_run_goes_out_only_as_far_as_its_records_can() {
+    let p = policy(Ordering::None, false);
+    let mut qp = QueuePartition::new(0);
+    let (a, b) = (member(0), member(1));
+    // Fresh records: the caller can only hand over 0..=3 of 0..=9.
+    let (runs, d) = qp.acquire(&a, 10, 10, 0, &p, &mut |first, last| last.min(first + 3));
+    assert_eq!(
+        runs,
+        [Acquired {
+            first: 0,
+            last: 3,
+            attempt: 1
+        }]
+    );
+    qp.apply(&d.expect("acquired"));
+    assert_eq!(qp.next(), 4);
+    // Released, then taken again where only 2 records fit: the rest stays available.
+    let d = qp
+        .settle(&a, run(0, 3), &Outcome::Release, 0, &p)
+        .expect("held");
+    qp.apply(&d);
+    let (runs, d) = qp.acquire(&b, 100, 4, 0, &p, &mut |first, last| last.min(first + 1));
+    assert_eq!(
+        runs,
+        [Acquired {
+            first: 0,
+            last: 1,
+            attempt: 2
+        }]
+    );
+    qp.apply(&d.expect("acquired"));
+    assert_eq!(qp.counts().available, 2);
+    // Nothing can be handed over: nothing is taken.
+    let (runs, d) = qp.acquire(&b, 100, 10, 0, &p, &mut |first, _| first - 1);
+    assert!(runs.is_empty() && d.is_none());
+}

@@ -864,3 +864,66 @@ fn queue_redrive_moves_dead_letters_back_to_their_topic() {
     let err = fails(&strom(&addr, &["queue", "redrive", "nope.dlq"], b""));
     assert!(err.contains("nope.dlq"), "{err}");
 }
+
+#[test]
+fn key_order_holds_through_strom_work_under_failures() {
+    let dir = TestDir::new();
+    let broker = Broker::start(&dir.data(), &[]);
+    let addr = broker.addr.to_string();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = out_dir(&tmp, "out");
+    ok(&strom(
+        &addr,
+        &["topics", "create", "ledger", "--partitions", "2"],
+        b"",
+    ));
+    // 3 keys x 12 records, values key-seq; every record whose seq ends in 1 fails once.
+    let input: String = (0..36)
+        .map(|i| format!("acct{}:acct{}-{:02}\n", i % 3, i % 3, i / 3))
+        .collect();
+    ok(&strom(
+        &addr,
+        &["produce", "ledger", "--key-separator", ":"],
+        input.as_bytes(),
+    ));
+    let script = r#"
+        v=$(cat)
+        case "$v" in
+          *1) if [ "$STROM_ATTEMPT" = 1 ]; then echo "flaky" >&2; exit 1; fi;;
+        esac
+        echo "$v" >> "$OUT/$STROM_KEY"
+    "#;
+    let args = [
+        "ledger",
+        "--group",
+        "bank",
+        "--ordering",
+        "key",
+        "--concurrency",
+        "3",
+        "--backoff",
+        "list:50ms",
+        "--exec",
+        script,
+    ];
+    let env = [("OUT", out.to_str().expect("utf-8 path"))];
+    let mut workers: Vec<Worker> = (0..2)
+        .map(|i| Worker::spawn(&addr, tmp.path(), &format!("w{i}"), &args, &env))
+        .collect();
+    wait_until("every record finished", || {
+        for w in &mut workers {
+            w.assert_running();
+        }
+        describe(&addr, "bank").filter(|g| finished(g, 36))
+    });
+    for w in &mut workers {
+        assert!(w.terminate().success());
+    }
+    let seen = files(&out);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for (key, lines) in seen {
+        let got: Vec<&str> = lines.lines().collect();
+        let want: Vec<String> = (0..12).map(|n| format!("{key}-{n:02}")).collect();
+        assert_eq!(got, want, "records of {key} done out of order");
+    }
+}

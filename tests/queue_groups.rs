@@ -709,3 +709,83 @@ async fn redrive_moves_dead_letters_back_once_even_across_kill_9() {
     let again = take(&mut m, N).await;
     assert!(again.iter().all(|r| r.attempt() == 1));
 }
+
+#[tokio::test]
+async fn key_order_holds_under_failures_and_other_keys_go_on() {
+    let dir = TestDir::new();
+    let broker = Broker::start(&dir.data(), &[]);
+    let addr = broker.addr.to_string();
+    create(&addr, "ledger", 1).await;
+    // 5 keys, 20 records each, interleaved; produce gives record i the key k{i}, so key
+    // k{i % 5} for our purposes comes from the value.
+    const KEYS: usize = 5;
+    const PER_KEY: usize = 20;
+    let producer = Producer::connect(ProducerConfig::new(&addr))
+        .await
+        .expect("producer");
+    let mut sent = Vec::new();
+    for i in 0..KEYS * PER_KEY {
+        let key = format!("account-{}", i % KEYS);
+        let value = format!("{}:{}", i % KEYS, i / KEYS);
+        sent.push(
+            producer
+                .send("ledger", Some(key.as_bytes()), Some(value.as_bytes()), &[])
+                .await
+                .expect("send"),
+        );
+    }
+    for s in sent {
+        s.await.expect("delivered");
+    }
+    producer.close().await.expect("close");
+    let settings = [
+        ("ordering", "key"),
+        ("backoff", "list:50ms"),
+        ("max.attempts", "10"),
+    ];
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(
+            QueueConsumer::join(member(&addr, "bank", "ledger", &settings))
+                .await
+                .expect("join"),
+        );
+    }
+    // Per key: the next sequence number expected, and whether one is in flight.
+    let mut next = [0usize; KEYS];
+    let mut in_flight = [false; KEYS];
+    let mut held: Vec<Vec<QueueRecord>> = vec![Vec::new(); members.len()];
+    let deadline = Instant::now() + DEADLINE;
+    let mut round = 0u64;
+    while next.iter().any(|n| *n < PER_KEY) {
+        assert!(Instant::now() < deadline, "stuck at {next:?}");
+        round += 1;
+        for (i, m) in members.iter_mut().enumerate() {
+            for r in m.poll(10).await.expect("poll") {
+                let v = value(&r);
+                let (k, n) = v.split_once(':').expect("k:n");
+                let (k, n): (usize, usize) = (k.parse().unwrap(), n.parse().unwrap());
+                assert!(!in_flight[k], "two records of key {k} in flight at once");
+                assert_eq!(n, next[k], "key {k} out of order");
+                in_flight[k] = true;
+                held[i].push(r);
+            }
+            // Answer what this member holds: every third record fails once.
+            for r in held[i].drain(..) {
+                let v = value(&r);
+                let (k, n) = v.split_once(':').expect("k:n");
+                let (k, n): (usize, usize) = (k.parse().unwrap(), n.parse().unwrap());
+                in_flight[k] = false;
+                if n % 3 == 1 && r.attempt() == 1 {
+                    m.nack(&r, None, Some("try again"));
+                } else {
+                    m.ack(&r);
+                    next[k] = n + 1;
+                }
+            }
+            m.flush().await.expect("flush");
+            assert!(m.take_refused().is_empty());
+        }
+    }
+    assert!(round < 10_000);
+}

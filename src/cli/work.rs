@@ -68,6 +68,9 @@ pub enum OrderingArg {
     None,
     /// At most one record per partition in flight: each partition in order.
     Partition,
+    /// At most one record per key in flight: each key in order; a failing record holds back
+    /// only its key.
+    Key,
 }
 
 impl OrderingArg {
@@ -75,6 +78,7 @@ impl OrderingArg {
         match self {
             OrderingArg::None => "none",
             OrderingArg::Partition => "partition",
+            OrderingArg::Key => "key",
         }
     }
 }
@@ -108,8 +112,8 @@ pub struct WorkArgs {
     /// [group default: 30000]
     #[arg(long, value_name = "MS")]
     pub lease_ms: Option<u64>,
-    /// Group setting ordering: `none` (any records at once) or `partition` (one record per
-    /// partition in flight); per-key ordering is not implemented yet (used when this worker
+    /// Group setting ordering: `none` (any records at once), `partition` (one record per
+    /// partition in flight) or `key` (one record per key in flight) (used when this worker
     /// creates the group) [group default: none]
     #[arg(long, value_enum, value_name = "ORDERING")]
     pub ordering: Option<OrderingArg>,

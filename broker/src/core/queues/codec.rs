@@ -10,7 +10,8 @@
 //! - `0x03 | u16 len | dead-letter topic`: a redrive task ([`super::redrive`]).
 //!
 //! State body: `i64 start | i64 next | u32 spans | span*`, a span `i64 first |
-//! i64 last | u32 attempts | u32 failures | u16 len | error | u8 state | ...` with
+//! i64 last | u32 attempts | u32 failures | u16 len | error | u8 0 or 1 | (u64 key hash) | u8
+//! state | ...` with
 //! state 1 available, 2 acquired (`u16 len | member | i64 until`), 3 delayed (`i64 until`), 4
 //! acked, 5 dead-lettering (`u8 reason | i64 since`), 6 dead-lettered. All big-endian. Decoding
 //! checks every length against the bytes present and never panics.
@@ -149,6 +150,13 @@ pub fn encode_state(kind: u8, delta: &Delta) -> Vec<u8> {
         out.put_u32(s.attempts);
         out.put_u32(s.failures);
         put_str(&mut out, s.error.as_deref().unwrap_or(""));
+        match s.key {
+            None => out.put_u8(0),
+            Some(k) => {
+                out.put_u8(1);
+                out.put_u64(k);
+            }
+        }
         match &s.state {
             State::Available => out.put_u8(1),
             State::Acquired { member, until } => {
@@ -189,8 +197,8 @@ pub fn decode_state(value: &[u8]) -> Result<(u8, Delta), CodecError> {
     if start < 0 || next < start {
         return Err(CodecError("bounds out of order"));
     }
-    // A span takes at least 27 bytes: count cannot ask for more memory than the bytes present.
-    if count > r.0.len() / 27 {
+    // A span takes at least 28 bytes: count cannot ask for more memory than the bytes present.
+    if count > r.0.len() / 28 {
         return Err(CodecError("more spans than bytes"));
     }
     let mut spans = Vec::with_capacity(count);
@@ -206,6 +214,11 @@ pub fn decode_state(value: &[u8]) -> Result<(u8, Delta), CodecError> {
         let failures = r.u32()?;
         let error = r.str()?;
         let error = (!error.is_empty()).then(|| Arc::<str>::from(error));
+        let key = match r.u8()? {
+            0 => None,
+            1 => Some(r.i64()? as u64),
+            _ => return Err(CodecError("unknown key marker")),
+        };
         let state = match r.u8()? {
             1 => State::Available,
             2 => {
@@ -234,6 +247,7 @@ pub fn decode_state(value: &[u8]) -> Result<(u8, Delta), CodecError> {
             attempts,
             failures,
             error,
+            key,
         });
     }
     if !r.0.is_empty() {
@@ -254,6 +268,7 @@ mod tests {
             attempts: 2,
             failures: 1,
             error: Some(Arc::from("boom")),
+            key: (first % 2 == 0).then_some(first as u64 * 7),
         };
         Delta {
             start: 10,

@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::collections::BTreeMap;
 use strom_protocol::ErrorCode;
-use strom_protocol::batch::BatchIter;
 
-use super::state::{Delta, MemberId, Millis};
+use strom_protocol::batch::{BatchIter, Records};
+use strom_protocol::compression::{MAX_DECOMPRESSED_BATCH, decompress};
+
+use super::policy::{Ordering, key_hash};
+use super::state::{Delta, MemberId, Millis, RecordSource};
 use super::{AckEntry, Chunk, Fetched, Inner, QueueFetch, StateWrites, Tp, now_ms};
 use crate::core::{Core, Failure};
 
@@ -187,49 +191,54 @@ impl Core {
             // Each run goes out with the stored batches that hold it, read here (zero-copy
             // slices of the log) as the state machine picks the run; a run reaches only as far
             // as what one read within the byte limits returns.
-            let mut reads: Vec<(i64, Bytes)> = Vec::new();
-            let mut left = budget;
-            let mut cover = |first: i64, last: i64| -> i64 {
-                if left == 0 {
-                    return first - 1;
-                }
-                match reader.read(first, limit.min(left)) {
-                    Ok(r) => {
-                        let (records, next) = batches_through(&r.data, last);
-                        left = left.saturating_sub(records.len());
-                        reads.push((first, records));
-                        if next < 0 {
-                            first - 1
-                        } else {
-                            last.min(next - 1)
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "queue fetch read");
-                        first - 1
-                    }
-                }
+            let mut source = Reads {
+                reader: part.reader(),
+                limit,
+                left: budget,
+                reads: Vec::new(),
+                keys: BTreeMap::new(),
+                want_keys: policy.ordering == Ordering::Key,
+                tp,
             };
-            let (runs, delta) = qp.acquire(member, want, end, now, &policy, &mut cover);
+            let (runs, delta) = qp.acquire(member, want, end, now, &policy, &mut source);
             let Some(delta) = delta else { continue };
-            budget = left;
+            budget = source.left;
             let lease_until = now.saturating_add(policy.lease_ms as i64);
             inner.commit(group, tp, delta, out, now);
-            for run in runs {
-                want = want.saturating_sub((run.last - run.first + 1) as u64);
-                let records = reads
-                    .iter()
-                    .find(|(first, _)| *first == run.first)
-                    .map(|(_, r)| r.clone())
-                    .unwrap_or_default();
-                answer.chunks.push(Chunk {
+            // One chunk per read, with the runs it holds.
+            let mut chunks: Vec<Chunk> = source
+                .reads
+                .into_iter()
+                .map(|(_, _, records)| Chunk {
                     topic: tp.0.clone(),
                     partition: tp.1,
-                    runs: vec![run],
+                    runs: Vec::new(),
                     lease_until,
                     records,
-                });
+                })
+                .collect();
+            let spans: Vec<(i64, i64)> = source_spans(&chunks);
+            for run in runs {
+                want = want.saturating_sub((run.last - run.first + 1) as u64);
+                match spans
+                    .iter()
+                    .position(|(first, last)| *first <= run.first && run.last <= *last)
+                {
+                    Some(i) => chunks[i].runs.push(run),
+                    // Only when the records are gone (deleted under the read): the member
+                    // answers the run's offsets as gaps.
+                    None => chunks.push(Chunk {
+                        topic: tp.0.clone(),
+                        partition: tp.1,
+                        runs: vec![run],
+                        lease_until,
+                        records: Bytes::new(),
+                    }),
+                }
             }
+            answer
+                .chunks
+                .extend(chunks.into_iter().filter(|c| !c.runs.is_empty()));
         }
     }
 
@@ -268,4 +277,83 @@ fn batches_through(data: &Bytes, last: i64) -> (Bytes, i64) {
         next = h.next_offset();
     }
     (data.slice(..end), next)
+}
+
+/// The offsets each chunk's reads cover (from the first offset asked for to the last that the
+/// read's batches hold).
+fn source_spans(chunks: &[Chunk]) -> Vec<(i64, i64)> {
+    chunks
+        .iter()
+        .map(|c| {
+            let mut first = i64::MAX;
+            let mut last = -1;
+            for (_, h) in BatchIter::new(&c.records).flatten() {
+                first = first.min(h.base_offset);
+                last = last.max(h.last_offset());
+            }
+            (first, last)
+        })
+        .collect()
+}
+
+/// What the state machine learns about records while it picks them: reads of the log within
+/// the fetch's byte limits, and (`ordering=key`) the keys of the records read.
+struct Reads<'a> {
+    reader: &'a strom_storage::LogReader,
+    limit: usize,
+    /// Bytes the fetch may still return.
+    left: usize,
+    /// (first offset asked for, last offset covered, batches).
+    reads: Vec<(i64, i64, Bytes)>,
+    keys: BTreeMap<i64, Option<u64>>,
+    want_keys: bool,
+    tp: &'a Tp,
+}
+
+impl RecordSource for Reads<'_> {
+    fn cover(&mut self, first: i64, last: i64) -> i64 {
+        if self.left == 0 {
+            return first - 1;
+        }
+        match self.reader.read(first, self.limit.min(self.left)) {
+            Ok(r) => {
+                let (records, next) = batches_through(&r.data, last);
+                self.left = self.left.saturating_sub(records.len());
+                if self.want_keys {
+                    read_keys(&records, &mut self.keys);
+                }
+                let covered = if next < 0 {
+                    first - 1
+                } else {
+                    last.min(next - 1)
+                };
+                self.reads.push((first, covered, records));
+                covered
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.tp.0, partition = self.tp.1, error = %e, "queue fetch read");
+                first - 1
+            }
+        }
+    }
+
+    fn key(&mut self, offset: i64) -> Option<u64> {
+        self.keys.get(&offset).copied().flatten()
+    }
+}
+
+/// The key hashes of the records in `batches` (decompressed when they must be).
+fn read_keys(batches: &Bytes, out: &mut BTreeMap<i64, Option<u64>>) {
+    for (range, header) in BatchIter::new(batches).flatten() {
+        let raw = batches.slice(range);
+        let Ok(plain) = decompress(&raw, &header, MAX_DECOMPRESSED_BATCH) else {
+            continue;
+        };
+        let Ok(records) = Records::new(plain) else {
+            continue;
+        };
+        for rec in records.flatten() {
+            out.insert(rec.offset, rec.key.as_deref().map(key_hash));
+        }
+    }
 }

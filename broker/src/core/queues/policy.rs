@@ -79,4 +79,19 @@ pub enum Ordering {
     None,
     /// One record of a partition in flight at a time, in offset order.
     Partition,
+    /// One record of a key in flight at a time, in offset order; a failing record holds back
+    /// only its key. Records without a key are unordered.
+    Key,
+}
+
+/// The hash a key is ordered by (FNV-1a, 64 bits): stored in the state log, so it must never
+/// change between builds. Equal keys always hash equal; two keys that collide are merely
+/// ordered together.
+pub fn key_hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }

@@ -7,7 +7,7 @@
 //! | `max.attempts` | 5 | 1 to 1000 hand-outs before the record is dead-lettered |
 //! | `backoff` | `exp:1s..60s` | `exp:BASE..MAX` (doubling, up to 20% jitter below), `list:D1,D2,...` (then the last), `none` |
 //! | `dead.letter.topic` | `<topic>.dlq` | a topic name; created on demand |
-//! | `ordering` | `none` | `none`, `partition` |
+//! | `ordering` | `none` | `none`, `partition`, `key` |
 //! | `max.in.flight.per.member` | 1000 | 1 to 1000000 records held by one member |
 //! | `max.in.flight.per.partition` | 10000 | 1 to 1000000 records held at once in one partition |
 //! | `start` | `earliest` | where a new queue-partition begins: `earliest`, `latest` |
@@ -196,8 +196,11 @@ impl Settings {
                 p.ordering = match value {
                     "none" => Ordering::None,
                     "partition" => Ordering::Partition,
+                    "key" => Ordering::Key,
                     other => {
-                        return Err(format!("ordering: {other:?} is not one of none, partition"));
+                        return Err(format!(
+                            "ordering: {other:?} is not one of none, partition, key"
+                        ));
                     }
                 }
             }
@@ -234,6 +237,7 @@ impl Settings {
             match p.ordering {
                 Ordering::None => "none",
                 Ordering::Partition => "partition",
+                Ordering::Key => "key",
             }
             .into(),
         );

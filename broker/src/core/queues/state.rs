@@ -26,7 +26,7 @@
 //!
 //! `Acked` and `DeadLettered` are final; `start` moves past them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 pub use super::policy::{Ordering, Policy};
@@ -108,6 +108,9 @@ pub struct Span {
     pub failures: u32,
     /// The last error text a member gave.
     pub error: Option<Arc<str>>,
+    /// The record's key hash ([`super::policy::key_hash`]), in groups with `ordering=key`
+    /// (one record per span there); `None` otherwise, and for records without a key.
+    pub key: Option<u64>,
 }
 
 impl Span {
@@ -129,6 +132,7 @@ impl Span {
             && self.attempts == next.attempts
             && self.failures == next.failures
             && self.error == next.error
+            && self.key == next.key
             && self.state == next.state
     }
 }
@@ -174,6 +178,20 @@ pub enum Refused {
 /// Failures from which a record is handed out alone.
 pub const SUSPECT_FAILURES: u32 = 2;
 
+/// With `ordering=key`: records held back behind an earlier record of their key, at most, per
+/// queue-partition; new records are not looked at beyond that until some go.
+pub const MAX_WAITING: u64 = 10_000;
+
+/// What [`QueuePartition::acquire`] needs to know about the records it hands out.
+pub trait RecordSource {
+    /// How far from `first` towards `last` the records can be handed over in this fetch: the
+    /// last offset that can, below `first` when none can.
+    fn cover(&mut self, first: Offset, last: Offset) -> Offset;
+    /// The key hash of the record at `offset` (asked only with `ordering=key`, for offsets
+    /// `cover` allowed); `None` for a record without a key, or no record.
+    fn key(&mut self, offset: Offset) -> Option<u64>;
+}
+
 /// A run handed to a member by [`QueuePartition::acquire`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Acquired {
@@ -205,6 +223,9 @@ pub struct QueuePartition {
     deadlines: BTreeSet<(Millis, Offset)>,
     /// First offsets of `DeadLettering` spans.
     dead_lettering: BTreeSet<Offset>,
+    /// Per key hash, the unfinished records that have it (`ordering=key`): the lowest is the
+    /// only one that may be handed out.
+    by_key: HashMap<u64, BTreeSet<Offset>>,
     /// Records held, per member.
     held: HashMap<MemberId, u64>,
     in_flight: u64,
@@ -220,6 +241,7 @@ impl QueuePartition {
             ready: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             dead_lettering: BTreeSet::new(),
+            by_key: HashMap::new(),
             held: HashMap::new(),
             in_flight: 0,
         }
@@ -389,6 +411,14 @@ impl QueuePartition {
 
     fn put(&mut self, span: Span) {
         let n = span.len();
+        if let Some(k) = span.key
+            && !span.state.is_final()
+        {
+            self.by_key
+                .entry(k)
+                .or_default()
+                .extend(span.first..=span.last);
+        }
         match &span.state {
             State::Available => {
                 self.ready.insert(span.first);
@@ -414,6 +444,16 @@ impl QueuePartition {
             unreachable!("take of a span that is not there");
         };
         let n = span.len();
+        if let Some(k) = span.key
+            && let Some(offsets) = self.by_key.get_mut(&k)
+        {
+            for o in span.first..=span.last {
+                offsets.remove(&o);
+            }
+            if offsets.is_empty() {
+                self.by_key.remove(&k);
+            }
+        }
         match &span.state {
             State::Available => {
                 self.ready.remove(&first);
@@ -496,10 +536,14 @@ impl QueuePartition {
     /// Hands up to `max` records to `member` until `now + lease_ms`: first those ready again
     /// (lowest offset first; a record that failed twice or more goes alone, so a poison record
     /// is isolated), then those never handed out, below `end`. At most `max_in_flight_partition`
-    /// records are held at once. `cover(first, last)` says how far from `first` towards `last`
-    /// the caller can hand the records over in this fetch (the last offset it can, below `first`
-    /// when none): a run is only handed out as far as its records go with it. Returns the runs
-    /// and the delta (None: nothing to hand out).
+    /// records are held at once. `records` says how far runs can go with their records in this
+    /// fetch, and (`ordering=key`) the records' keys. Returns the runs and the delta (None:
+    /// nothing to hand out).
+    ///
+    /// With `ordering=key` a record may go only while it is its key's lowest unfinished record.
+    /// New records are looked at in offset order: those that may go are handed out, those
+    /// held back by an earlier record of their key become `Available` spans that wait (at
+    /// most [`MAX_WAITING`] at once), so records of other keys behind them still go.
     pub fn acquire(
         &self,
         member: &MemberId,
@@ -507,12 +551,13 @@ impl QueuePartition {
         end: Offset,
         now: Millis,
         policy: &Policy,
-        cover: &mut dyn FnMut(Offset, Offset) -> Offset,
+        records: &mut dyn RecordSource,
     ) -> (Vec<Acquired>, Option<Delta>) {
         let cap = match policy.ordering {
-            Ordering::None => u64::from(policy.max_in_flight_partition),
+            Ordering::None | Ordering::Key => u64::from(policy.max_in_flight_partition),
             Ordering::Partition => 1,
         };
+        let by_key = policy.ordering == Ordering::Key;
         let mut budget = max.min(cap.saturating_sub(self.in_flight));
         let until = now.saturating_add(policy.lease_ms as i64);
         let mut runs = Vec::new();
@@ -536,17 +581,23 @@ impl QueuePartition {
             let Some(span) = self.spans.get(first) else {
                 continue;
             };
+            let keyed = by_key && span.key.is_some();
+            if keyed && !self.lowest_of_key(span) {
+                continue;
+            }
             let take = if span.failures >= SUSPECT_FAILURES {
                 if i > 0 {
                     continue;
                 }
                 alone = true;
                 1
+            } else if keyed {
+                1
             } else {
                 span.len().min(budget)
             };
             let want = span.first + take as i64 - 1;
-            let last = cover(span.first, want).min(want);
+            let last = records.cover(span.first, want).min(want);
             if last < span.first {
                 break;
             }
@@ -570,34 +621,96 @@ impl QueuePartition {
         }
         let mut next = self.next;
         let fresh = if budget > 0 && self.next < end {
-            let want = self.next + budget.min((end - self.next) as u64) as i64 - 1;
-            Some(cover(self.next, want).min(want))
+            // With key order, look further than the budget: held-back records do not use it.
+            let room = if by_key {
+                budget.saturating_add(MAX_WAITING)
+            } else {
+                budget
+            };
+            let want = self.next + room.min((end - self.next) as u64) as i64 - 1;
+            Some(records.cover(self.next, want).min(want))
         } else {
             None
         };
-        if let Some(last) = fresh.filter(|last| *last >= self.next) {
-            runs.push(Acquired {
-                first: self.next,
-                last,
-                attempt: 1,
-            });
-            spans.push(Span {
-                first: self.next,
-                last,
-                state: State::Acquired {
+        let new = |first: Offset, last: Offset, state: State, attempts: u32, key| Span {
+            first,
+            last,
+            state,
+            attempts,
+            failures: 0,
+            error: None,
+            key,
+        };
+        match fresh.filter(|last| *last >= self.next) {
+            Some(last) if by_key => {
+                let mut waiting = self
+                    .spans
+                    .values()
+                    .filter(|s| s.state == State::Available && s.attempts == 0)
+                    .map(Span::len)
+                    .sum::<u64>();
+                let mut busy: HashSet<u64> = HashSet::new();
+                let mut o = self.next;
+                while o <= last {
+                    let key = records.key(o);
+                    let free =
+                        key.is_none_or(|k| !self.by_key.contains_key(&k) && !busy.contains(&k));
+                    if free {
+                        if budget == 0 {
+                            break;
+                        }
+                        budget -= 1;
+                        runs.push(Acquired {
+                            first: o,
+                            last: o,
+                            attempt: 1,
+                        });
+                        let held = State::Acquired {
+                            member: member.clone(),
+                            until,
+                        };
+                        spans.push(new(o, o, held, 1, key));
+                    } else {
+                        if waiting >= MAX_WAITING {
+                            break;
+                        }
+                        waiting += 1;
+                        spans.push(new(o, o, State::Available, 0, key));
+                    }
+                    if let Some(k) = key {
+                        busy.insert(k);
+                    }
+                    o += 1;
+                }
+                next = o;
+            }
+            Some(last) => {
+                runs.push(Acquired {
+                    first: self.next,
+                    last,
+                    attempt: 1,
+                });
+                let held = State::Acquired {
                     member: member.clone(),
                     until,
-                },
-                attempts: 1,
-                failures: 0,
-                error: None,
-            });
-            next = last + 1;
+                };
+                spans.push(new(self.next, last, held, 1, None));
+                next = last + 1;
+            }
+            None => {}
         }
         if spans.is_empty() {
             return (runs, None);
         }
         (runs, Some(self.finish(spans, next)))
+    }
+
+    /// Whether `span` starts at its key's lowest unfinished record.
+    fn lowest_of_key(&self, span: &Span) -> bool {
+        span.key
+            .and_then(|k| self.by_key.get(&k))
+            .and_then(|offsets| offsets.first())
+            .is_none_or(|lowest| *lowest == span.first)
     }
 
     /// Applies a member's outcome to the run `held`, which it must hold at `held.attempt`. All
@@ -791,6 +904,7 @@ fn finished(mut s: Span, state: State) -> Span {
     s.attempts = 0;
     s.failures = 0;
     s.error = None;
+    s.key = None;
     s
 }
 

@@ -30,15 +30,18 @@ struct Rec {
     attempts: u32,
     failures: u32,
     error: Option<Arc<str>>,
+    /// The record's key hash (used with `ordering=key`).
+    key: Option<u64>,
 }
 
 impl Rec {
-    fn fresh() -> Self {
+    fn fresh(offset: usize) -> Self {
         Rec {
             st: M::Fresh,
             attempts: 0,
             failures: 0,
             error: None,
+            key: key_of(offset),
         }
     }
     fn is_final(&self) -> bool {
@@ -50,7 +53,37 @@ impl Rec {
             attempts: 0,
             failures: 0,
             error: None,
+            key: self.key,
         };
+    }
+}
+
+/// Three keys and some records without one, interleaved.
+fn key_of(offset: usize) -> Option<u64> {
+    (offset % 4 != 3).then(|| ((offset * 7 + offset / 5) % 3) as u64)
+}
+
+/// Records as the tests hand them over: every run whole, keys from the model.
+struct Src<'a>(&'a [Rec]);
+
+impl RecordSource for Src<'_> {
+    fn cover(&mut self, _first: Offset, last: Offset) -> Offset {
+        last
+    }
+    fn key(&mut self, offset: Offset) -> Option<u64> {
+        self.0.get(offset as usize).and_then(|r| r.key)
+    }
+}
+
+/// Records that can only go `n` at a time.
+struct Limit(i64);
+
+impl RecordSource for Limit {
+    fn cover(&mut self, first: Offset, last: Offset) -> Offset {
+        last.min(first + self.0 - 1)
+    }
+    fn key(&mut self, _offset: Offset) -> Option<u64> {
+        None
     }
 }
 
@@ -149,7 +182,7 @@ impl Harness {
         match *op {
             Op::Produce(n) => {
                 for _ in 0..n {
-                    self.model.push(Rec::fresh());
+                    self.model.push(Rec::fresh(self.model.len()));
                     self.max_attempts_seen.push(0);
                     self.dlq_writes.push(0);
                 }
@@ -247,6 +280,9 @@ impl Harness {
     }
 
     fn fetch(&mut self, m: usize, max: u64) {
+        if self.policy.ordering == Ordering::Key {
+            return self.fetch_by_key(m, max);
+        }
         let end = self.model.len() as i64;
         let (runs, delta) = self.qp.acquire(
             &member(m),
@@ -254,11 +290,11 @@ impl Harness {
             end,
             self.now,
             &self.policy,
-            &mut |_, last| last,
+            &mut Src(&self.model),
         );
         // The model's choice.
         let cap = match self.policy.ordering {
-            Ordering::None => u64::from(self.policy.max_in_flight_partition),
+            Ordering::None | Ordering::Key => u64::from(self.policy.max_in_flight_partition),
             Ordering::Partition => 1,
         };
         let held = self
@@ -295,9 +331,22 @@ impl Harness {
                 }
             }
         }
+        assert_eq!(delta.is_some(), !runs.is_empty());
+        self.handed_out(m, &runs, want, delta);
+    }
+
+    /// Checks the runs the queue-partition handed to member `m` against the model's `want`,
+    /// then applies the fetch to both.
+    fn handed_out(
+        &mut self,
+        m: usize,
+        runs: &[Acquired],
+        mut want: Vec<usize>,
+        delta: Option<Delta>,
+    ) {
         let until = self.now + self.policy.lease_ms as i64;
         let mut got = Vec::new();
-        for r in &runs {
+        for r in runs {
             for o in r.first..=r.last {
                 got.push(o as usize);
                 assert_eq!(
@@ -315,10 +364,87 @@ impl Harness {
             r.attempts += 1;
             r.st = M::Held { member: m, until };
         }
-        assert_eq!(delta.is_some(), !runs.is_empty());
         if let Some(d) = delta {
             self.commit(d);
         }
+    }
+
+    /// The model of a fetch with `ordering=key`: a record may go only while no lower record
+    /// of its key is unfinished; new records held back by one wait as available.
+    fn fetch_by_key(&mut self, m: usize, max: u64) {
+        let end = self.model.len() as i64;
+        let (runs, delta) = self.qp.acquire(
+            &member(m),
+            max,
+            end,
+            self.now,
+            &self.policy,
+            &mut Src(&self.model),
+        );
+        let held = self
+            .model
+            .iter()
+            .filter(|r| matches!(r.st, M::Held { .. }))
+            .count() as u64;
+        let mut budget =
+            max.min(u64::from(self.policy.max_in_flight_partition).saturating_sub(held));
+        let lowest_of_key = |model: &[Rec], i: usize| {
+            model[i]
+                .key
+                .is_none_or(|k| !model[..i].iter().any(|r| r.key == Some(k) && !r.is_final()))
+        };
+        let mut want = Vec::new();
+        let ready: Vec<usize> = (0..self.model.len())
+            .filter(|&i| self.model[i].st == M::Available)
+            .collect();
+        for (n, &i) in ready.iter().enumerate() {
+            if budget == 0 {
+                break;
+            }
+            if !lowest_of_key(&self.model, i) {
+                continue;
+            }
+            if self.model[i].failures >= SUSPECT_FAILURES {
+                if n > 0 {
+                    continue;
+                }
+                want.push(i);
+                budget = 0;
+                break;
+            }
+            want.push(i);
+            budget -= 1;
+        }
+        let mut waiting = Vec::new();
+        let fresh_from = self
+            .model
+            .iter()
+            .position(|r| r.st == M::Fresh)
+            .unwrap_or(self.model.len());
+        if budget > 0 {
+            for i in fresh_from..self.model.len() {
+                let lower_busy = self.model[i].key.is_some_and(|k| {
+                    self.model[..i].iter().enumerate().any(|(j, r)| {
+                        r.key == Some(k)
+                            && (!r.is_final()
+                                && (j < fresh_from || want.contains(&j) || waiting.contains(&j)))
+                    })
+                });
+                if !lower_busy {
+                    if budget == 0 {
+                        break;
+                    }
+                    budget -= 1;
+                    want.push(i);
+                } else {
+                    waiting.push(i);
+                }
+            }
+        }
+        for &i in &waiting {
+            self.model[i].st = M::Available;
+        }
+        self.handed_out(m, &runs, want, delta);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -472,6 +598,10 @@ impl Harness {
                     State::DeadLettered => M::Dlqed,
                 };
                 assert_eq!(st, r.st, "state of {o}");
+                let key = (self.policy.ordering == Ordering::Key && !r.is_final())
+                    .then_some(r.key)
+                    .flatten();
+                assert_eq!(s.key, key, "key of {o}");
                 assert_eq!(
                     (s.attempts, s.failures, &s.error),
                     (r.attempts, r.failures, &r.error),
@@ -490,6 +620,19 @@ impl Harness {
                 self.max_attempts_seen[i] = r.attempts;
             }
             assert!(self.dlq_writes[i] <= 1, "{i} dead-lettered twice");
+        }
+        // Key order: a record of a key is held only while every lower record of it is done.
+        if self.policy.ordering == Ordering::Key {
+            for (i, r) in self.model.iter().enumerate() {
+                if let (M::Held { .. }, Some(k)) = (&r.st, r.key) {
+                    assert!(
+                        self.model[..i]
+                            .iter()
+                            .all(|x| x.key != Some(k) || x.is_final()),
+                        "{i} (key {k}) is held while a lower record of its key is unfinished"
+                    );
+                }
+            }
         }
         let in_flight = self
             .model
@@ -527,6 +670,14 @@ proptest! {
     #[test]
     fn matches_the_model(ops in prop::collection::vec(op(), 1..200), list in any::<bool>()) {
         let mut h = Harness::new(policy(Ordering::None, list));
+        for op in &ops {
+            h.step(op);
+        }
+    }
+
+    #[test]
+    fn matches_the_model_in_key_order(ops in prop::collection::vec(op(), 1..200), list in any::<bool>()) {
+        let mut h = Harness::new(policy(Ordering::Key, list));
         for op in &ops {
             h.step(op);
         }
@@ -610,7 +761,7 @@ fn absurd_ranges_and_numbers_are_refused_not_panics() {
     let p = policy(Ordering::None, false);
     let mut qp = QueuePartition::new(0);
     let m = member(0);
-    let (_, d) = qp.acquire(&m, u64::MAX, i64::MAX, i64::MAX, &p, &mut |_, last| last);
+    let (_, d) = qp.acquire(&m, u64::MAX, i64::MAX, i64::MAX, &p, &mut Src(&[]));
     qp.apply(&d.expect("acquired"));
     for (first, last) in [
         (i64::MIN, i64::MAX),
@@ -667,7 +818,7 @@ fn a_run_goes_out_only_as_far_as_its_records_can() {
     let mut qp = QueuePartition::new(0);
     let (a, b) = (member(0), member(1));
     // Fresh records: the caller can only hand over 0..=3 of 0..=9.
-    let (runs, d) = qp.acquire(&a, 10, 10, 0, &p, &mut |first, last| last.min(first + 3));
+    let (runs, d) = qp.acquire(&a, 10, 10, 0, &p, &mut Limit(4));
     assert_eq!(
         runs,
         [Acquired {
@@ -683,7 +834,7 @@ fn a_run_goes_out_only_as_far_as_its_records_can() {
         .settle(&a, run(0, 3), &Outcome::Release, 0, &p)
         .expect("held");
     qp.apply(&d);
-    let (runs, d) = qp.acquire(&b, 100, 4, 0, &p, &mut |first, last| last.min(first + 1));
+    let (runs, d) = qp.acquire(&b, 100, 4, 0, &p, &mut Limit(2));
     assert_eq!(
         runs,
         [Acquired {
@@ -695,6 +846,6 @@ fn a_run_goes_out_only_as_far_as_its_records_can() {
     qp.apply(&d.expect("acquired"));
     assert_eq!(qp.counts().available, 2);
     // Nothing can be handed over: nothing is taken.
-    let (runs, d) = qp.acquire(&b, 100, 10, 0, &p, &mut |first, _| first - 1);
+    let (runs, d) = qp.acquire(&b, 100, 10, 0, &p, &mut Limit(0));
     assert!(runs.is_empty() && d.is_none());
 }

@@ -528,15 +528,32 @@ fn group_member_process() {
     }
 }
 
+/// A member process, killed when dropped: a test that fails half-way must not leave a member
+/// behind that would join the group of a later test's broker on a reused port.
+struct Member(std::process::Child);
+
+impl Member {
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts [`group_member_process`] as a child process; its `REC partition offset value` lines
 /// arrive on the returned channel.
 fn spawn_member(
     group: &str,
     bootstrap: &str,
-) -> (
-    std::process::Child,
-    std::sync::mpsc::Receiver<(i32, i64, String)>,
-) {
+) -> (Member, std::sync::mpsc::Receiver<(i32, i64, String)>) {
     use std::io::BufRead;
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
         .args([
@@ -570,7 +587,7 @@ fn spawn_member(
             }
         }
     });
-    (child, rx)
+    (Member(child), rx)
 }
 
 #[test]
@@ -605,7 +622,6 @@ fn a_consumer_group_rebalances_on_join_and_on_a_killed_member() {
         .create()
         .expect("member B");
     b.subscribe(&["jobs"]).expect("subscribe");
-    produced.extend(produce_keyed(&rt, &p, "jobs", 400, "second"));
     let mut by_b: Vec<(i32, i64, String)> = Vec::new();
     let poll_b = |by_b: &mut Vec<(i32, i64, String)>| {
         if let Some(m) = b.poll(Duration::from_millis(100)) {
@@ -619,8 +635,18 @@ fn a_consumer_group_rebalances_on_join_and_on_a_killed_member() {
         }
     };
     let deadline = Instant::now() + DEADLINE;
-    while by_b.is_empty() {
+    while b.assignment().map_or(0, |a| a.count()) == 0 {
         assert!(Instant::now() < deadline, "member B never got a partition");
+        poll_b(&mut by_b);
+        while let Ok(r) = a_rx.try_recv() {
+            by_a.push(r);
+        }
+    }
+    // Only now the second 400 records: A may have read everything of the partitions it gave up
+    // before the rebalance ended, and B must have records to read.
+    produced.extend(produce_keyed(&rt, &p, "jobs", 400, "second"));
+    while by_b.is_empty() {
+        assert!(Instant::now() < deadline, "member B never got a record");
         poll_b(&mut by_b);
         while let Ok(r) = a_rx.try_recv() {
             by_a.push(r);

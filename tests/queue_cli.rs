@@ -403,6 +403,15 @@ fn poison_records_are_retried_then_dead_lettered_once() {
     });
     let g = describe(&addr, "billing").expect("the group");
     assert_eq!(g["settings"]["max.attempts"], "3", "{g}");
+    let total = |field: &str| -> u64 {
+        g["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .map(|p| p[field].as_u64().expect("a count"))
+            .sum()
+    };
+    assert_eq!((total("acked"), total("dead_lettered")), (13, 8), "{g}");
     assert_eq!(g["settings"]["backoff"], "list:100ms", "{g}");
 
     // What each command saw, by value.

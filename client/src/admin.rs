@@ -394,6 +394,10 @@ pub struct QueuePartitionDescription {
     pub dead_lettering: u64,
     /// Age of the oldest unfinished record (by its timestamp), in ms; `None` when there is none.
     pub oldest_unacked_ms: Option<i64>,
+    /// Records acked since the group began taking this partition.
+    pub acked: u64,
+    /// Records dead-lettered since then.
+    pub dead_lettered: u64,
 }
 
 /// Where [`Admin::reset_queue_group`] moves a queue group's partitions of a topic.
@@ -1020,6 +1024,8 @@ impl Admin {
                     in_flight: p.in_flight,
                     dead_lettering: p.dead_lettering,
                     oldest_unacked_ms: (p.oldest_unacked_ms >= 0).then_some(p.oldest_unacked_ms),
+                    acked: p.acked,
+                    dead_lettered: p.dead_lettered,
                 })
                 .collect();
             partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));

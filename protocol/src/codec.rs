@@ -927,6 +927,8 @@ mod tests {
                         in_flight: 10,
                         dead_lettering: 1,
                         oldest_unacked_ms: 1_500,
+                        acked: 40,
+                        dead_lettered: 3,
                     }],
                 }],
             }

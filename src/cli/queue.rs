@@ -108,6 +108,7 @@ fn describe_json(g: &QueueGroupDescription) -> serde_json::Value {
             "topic": p.topic, "partition": p.partition,
             "ready": p.ready, "delayed": p.delayed, "in_flight": p.in_flight,
             "dead_lettering": p.dead_lettering,
+            "acked": p.acked, "dead_lettered": p.dead_lettered,
             "start_offset": p.start_offset, "next_offset": p.next_offset,
             "log_end_offset": p.log_end_offset,
             "oldest_unacked_ms": p.oldest_unacked_ms,
@@ -145,13 +146,15 @@ fn describe_text(out: &mut impl Write, g: &QueueGroupDescription) -> std::io::Re
     }
     writeln!(
         out,
-        "{:<30} {:>9} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12}  OLDEST-UNACKED",
+        "{:<30} {:>9} {:>10} {:>10} {:>10} {:>11} {:>10} {:>13} {:>12} {:>12} {:>12}  OLDEST-UNACKED",
         "TOPIC",
         "PARTITION",
         "READY",
         "DELAYED",
         "IN-FLIGHT",
-        "DEAD-LET",
+        "DLQ-PENDING",
+        "ACKED",
+        "DEAD-LETTERED",
         "START",
         "NEXT",
         "LOG-END"
@@ -159,13 +162,15 @@ fn describe_text(out: &mut impl Write, g: &QueueGroupDescription) -> std::io::Re
     for p in &g.partitions {
         writeln!(
             out,
-            "{:<30} {:>9} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12}  {}",
+            "{:<30} {:>9} {:>10} {:>10} {:>10} {:>11} {:>10} {:>13} {:>12} {:>12} {:>12}  {}",
             p.topic,
             p.partition,
             p.ready,
             p.delayed,
             p.in_flight,
             p.dead_lettering,
+            p.acked,
+            p.dead_lettered,
             p.start_offset,
             p.next_offset,
             p.log_end_offset,

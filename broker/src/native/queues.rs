@@ -230,6 +230,8 @@ pub(super) async fn describe(
                         in_flight: p.counts.in_flight,
                         dead_lettering: p.counts.dead_lettering,
                         oldest_unacked_ms: p.oldest_unacked_ms.unwrap_or(-1),
+                        acked: p.finished.acked,
+                        dead_lettered: p.finished.dead_lettered,
                     })
                     .collect(),
             },

@@ -225,6 +225,7 @@ impl Core {
                         next: qp.next(),
                         log_end,
                         counts,
+                        finished: qp.finished(),
                         oldest_unacked_ms,
                     }
                 })

@@ -9,7 +9,7 @@
 //!   ([`super::settings::encode`]); a null value deletes the group;
 //! - `0x03 | u16 len | dead-letter topic`: a redrive task ([`super::redrive`]).
 //!
-//! State body: `i64 start | i64 next | u32 spans | span*`, a span `i64 first |
+//! State body: `i64 start | i64 next | u64 acked | u64 dead-lettered | u32 spans | span*`, a span `i64 first |
 //! i64 last | u32 attempts | u32 failures | u16 len | error | u8 0 or 1 | (u64 key hash) | u8
 //! state | ...` with
 //! state 1 available, 2 acquired (`u16 len | member | i64 until`), 3 delayed (`i64 until`), 4
@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut};
 
-use super::state::{Delta, Reason, Span, State};
+use super::state::{Delta, Finished, Reason, Span, State};
 
 /// What went wrong reading a state record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +143,8 @@ pub fn encode_state(kind: u8, delta: &Delta) -> Vec<u8> {
     out.put_u8(kind);
     out.put_i64(delta.start);
     out.put_i64(delta.next);
+    out.put_u64(delta.finished.acked);
+    out.put_u64(delta.finished.dead_lettered);
     out.put_u32(delta.spans.len() as u32);
     for s in &delta.spans {
         out.put_i64(s.first);
@@ -193,6 +195,10 @@ pub fn decode_state(value: &[u8]) -> Result<(u8, Delta), CodecError> {
     }
     let start = r.i64()?;
     let next = r.i64()?;
+    let finished = Finished {
+        acked: r.i64()? as u64,
+        dead_lettered: r.i64()? as u64,
+    };
     let count = r.u32()? as usize;
     if start < 0 || next < start {
         return Err(CodecError("bounds out of order"));
@@ -253,7 +259,15 @@ pub fn decode_state(value: &[u8]) -> Result<(u8, Delta), CodecError> {
     if !r.0.is_empty() {
         return Err(CodecError("bytes after the last span"));
     }
-    Ok((kind, Delta { start, next, spans }))
+    Ok((
+        kind,
+        Delta {
+            start,
+            next,
+            finished,
+            spans,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -273,6 +287,10 @@ mod tests {
         Delta {
             start: 10,
             next: 40,
+            finished: Finished {
+                acked: 5,
+                dead_lettered: 2,
+            },
             spans: vec![
                 span(10, 12, State::Available),
                 span(
@@ -329,8 +347,8 @@ mod tests {
             }
         }
         // A huge span count in a short record is refused before allocating.
-        let mut b = bytes[..22].to_vec();
-        b[18..22].copy_from_slice(&u32::MAX.to_be_bytes());
+        let mut b = bytes[..38].to_vec();
+        b[34..38].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decode_state(&b), Err(CodecError("more spans than bytes")));
     }
 }

@@ -178,6 +178,7 @@ impl Core {
                 let delta = Delta {
                     start: log_start,
                     next: qp.next().max(log_start),
+                    finished: qp.finished(),
                     spans: Vec::new(),
                 };
                 inner.commit(group, tp, delta, out, now);

@@ -168,6 +168,7 @@ pub(crate) struct PartitionView {
     pub next: i64,
     pub log_end: i64,
     pub counts: state::Counts,
+    pub finished: state::Finished,
     /// Age of the oldest unfinished record (by its timestamp), if any.
     pub oldest_unacked_ms: Option<i64>,
 }

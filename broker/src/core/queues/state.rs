@@ -137,12 +137,21 @@ impl Span {
     }
 }
 
-/// A change to a queue-partition: spans with their whole new state, and the new bounds.
+/// A change to a queue-partition: spans with their whole new state, and the new bounds and
+/// totals.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Delta {
     pub start: Offset,
     pub next: Offset,
+    pub finished: Finished,
     pub spans: Vec<Span>,
+}
+
+/// Records finished since the queue-partition began, by how (for describe and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Finished {
+    pub acked: u64,
+    pub dead_lettered: u64,
 }
 
 /// What a member answers for a run of records it holds.
@@ -215,6 +224,7 @@ pub struct Counts {
 pub struct QueuePartition {
     start: Offset,
     next: Offset,
+    finished: Finished,
     spans: BTreeMap<Offset, Span>,
     // Indexes kept by `put` and `take`, never persisted.
     /// First offsets of `Available` spans.
@@ -237,6 +247,7 @@ impl QueuePartition {
         Self {
             start,
             next: start,
+            finished: Finished::default(),
             spans: BTreeMap::new(),
             ready: BTreeSet::new(),
             deadlines: BTreeSet::new(),
@@ -255,6 +266,11 @@ impl QueuePartition {
     /// First offset never handed out.
     pub fn next(&self) -> Offset {
         self.next
+    }
+
+    /// Records acked and dead-lettered so far.
+    pub fn finished(&self) -> Finished {
+        self.finished
     }
 
     /// Records held at once in this partition.
@@ -285,6 +301,7 @@ impl QueuePartition {
         Delta {
             start: self.start,
             next: self.next,
+            finished: self.finished,
             spans: self.spans.values().cloned().collect(),
         }
     }
@@ -340,6 +357,7 @@ impl QueuePartition {
             self.put(span.clone());
             self.merge_around(span.first);
         }
+        self.finished = delta.finished;
         if delta.next > self.next {
             self.next = delta.next;
         }
@@ -514,9 +532,18 @@ impl QueuePartition {
 
     fn finish(&self, mut spans: Vec<Span>, next: Offset) -> Delta {
         spans.sort_by_key(|s| s.first);
+        let mut finished = self.finished;
+        for s in &spans {
+            match s.state {
+                State::Acked => finished.acked += self.count_becoming(s),
+                State::DeadLettered => finished.dead_lettered += self.count_becoming(s),
+                _ => {}
+            }
+        }
         let mut d = Delta {
             start: self.start,
             next,
+            finished,
             spans,
         };
         d.start = self.start_after(&d.spans).min(next);
@@ -703,6 +730,20 @@ impl QueuePartition {
             return (runs, None);
         }
         (runs, Some(self.finish(spans, next)))
+    }
+
+    /// Records of `span` whose state is not yet `span`'s.
+    fn count_becoming(&self, span: &Span) -> u64 {
+        let mut same = 0u64;
+        for (_, old) in self.spans.range(..=span.last).rev() {
+            if old.last < span.first {
+                break;
+            }
+            if old.state == span.state {
+                same += (old.last.min(span.last) - old.first.max(span.first) + 1) as u64;
+            }
+        }
+        span.len() - same
     }
 
     /// Whether `span` starts at its key's lowest unfinished record.
@@ -895,7 +936,9 @@ impl QueuePartition {
     /// The queue-partition moved to `offset`: every record from it on as never handed out,
     /// everything before it done; records held are dropped (their acks will be refused).
     pub fn reset(&self, offset: Offset) -> Self {
-        Self::new(offset)
+        let mut qp = Self::new(offset);
+        qp.finished = self.finished;
+        qp
     }
 }
 

@@ -140,6 +140,8 @@ struct Harness {
     now: Millis,
     max_attempts_seen: Vec<u32>,
     dlq_writes: Vec<u32>,
+    /// Records acked so far.
+    acks: u64,
 }
 
 impl Harness {
@@ -154,6 +156,7 @@ impl Harness {
             now: 1_000_000,
             max_attempts_seen: Vec::new(),
             dlq_writes: Vec::new(),
+            acks: 0,
         }
     }
 
@@ -507,7 +510,10 @@ impl Harness {
         for i in first..=last {
             let mut r = self.model[i].clone();
             match &outcome {
-                Outcome::Ack => r.finish(M::Acked),
+                Outcome::Ack => {
+                    r.finish(M::Acked);
+                    self.acks += 1;
+                }
                 Outcome::Extend { ms } => {
                     let ms = if *ms == 0 { self.policy.lease_ms } else { *ms };
                     let ms = ms.min(self.policy.max_lease_ms);
@@ -634,6 +640,13 @@ impl Harness {
                 }
             }
         }
+        let f = self.qp.finished();
+        assert_eq!(f.acked, self.acks, "acked total");
+        assert_eq!(
+            f.dead_lettered,
+            self.dlq_writes.iter().map(|n| u64::from(*n)).sum::<u64>(),
+            "dead-lettered total"
+        );
         let in_flight = self
             .model
             .iter()

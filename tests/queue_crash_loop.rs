@@ -12,7 +12,8 @@
 //!   and never pass `max.attempts`;
 //! * records that fail every time are in the dead-letter topic, with `max.attempts` attempts;
 //! * `__queue_state` was compacted along the way (every 40 records), kills landing in
-//!   compactions too.
+//!   compactions too;
+//! * then a redrive of the dead letters, killed five times: each arrives in its target once.
 //!
 //! `STROM_QUEUE_CRASH_CYCLES=N` sets the number of kills (default 12), `STROM_QUEUE_CRASH_SEED=N`
 //! replays the kill delays.
@@ -124,7 +125,7 @@ async fn worker(addr: String, id: usize, seen: Arc<Mutex<Seen>>, stop: Arc<Atomi
             match (fate(i), r.attempt()) {
                 (Fate::Ack, _) | (Fate::FailOnceThenAck, 2..) => {
                     m.ack(&r);
-                    answered.push((i, r.partition(), r.offset()));
+                    answered.push((i, r.partition(), r.offset(), r.attempt()));
                 }
                 (Fate::FailOnceThenAck, _) | (Fate::AlwaysFail, _) => {
                     m.nack(&r, None, Some("failed on purpose"));
@@ -137,16 +138,20 @@ async fn worker(addr: String, id: usize, seen: Arc<Mutex<Seen>>, stop: Arc<Atomi
         }
         match m.flush().await {
             Ok(()) => {
-                let refused: BTreeSet<(i32, i64)> = m
+                // A refusal names the attempt it was for: one of an earlier answer (a nack, or
+                // an ack sent before a restart) says nothing about this round's acks.
+                let refused: BTreeSet<(i32, i64, u32)> = m
                     .take_refused()
                     .iter()
+                    .filter(|r| r.was_ack)
                     .flat_map(|r| {
-                        (r.first_offset..=r.last_offset).map(move |o| (r.tp.partition, o))
+                        (r.first_offset..=r.last_offset)
+                            .map(move |o| (r.tp.partition, o, r.attempt))
                     })
                     .collect();
                 let mut s = lock(&seen);
-                for (i, p, o) in answered {
-                    if !refused.contains(&(p, o)) {
+                for (i, p, o, attempt) in answered {
+                    if !refused.contains(&(p, o, attempt)) {
                         s.acked.insert(i);
                     }
                 }
@@ -156,7 +161,7 @@ async fn worker(addr: String, id: usize, seen: Arc<Mutex<Seen>>, stop: Arc<Atomi
                 // the next request, where a repeat of an applied ack is refused.
                 lock(&seen)
                     .maybe_acked
-                    .extend(answered.iter().map(|(i, _, _)| *i));
+                    .extend(answered.iter().map(|(i, _, _, _)| *i));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -329,71 +334,149 @@ async fn queue_state_survives_kill_9_at_random_moments() {
     for w in workers {
         w.await.expect("worker");
     }
-    let s = lock(&seen);
-    assert!(s.errors.is_empty(), "{:?}", s.errors);
-    for i in 0..RECORDS {
-        assert!(
-            s.acked.contains(&i) || dead.contains_key(&i) || s.maybe_acked.contains(&i),
-            "rec-{i} ended neither acked nor dead-lettered; attempts {:?}",
-            s.attempts.get(&i)
-        );
-    }
-    for (i, copies) in &dead {
-        assert_eq!(
-            copies.len(),
-            1,
-            "rec-{i} is in the dead-letter topic {} times",
-            copies.len()
-        );
-        assert!(!s.acked.contains(i), "rec-{i} was acked and dead-lettered");
-        if fate(*i) == Fate::Ack {
-            // Only if crashes kept its acks from landing until its last lease ran out.
-            assert_eq!(
-                copies[0]["strom.dlq.reason"], "lease-expired",
-                "rec-{i}: {:?}",
-                copies[0]
+    {
+        let s = lock(&seen);
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        for i in 0..RECORDS {
+            assert!(
+                s.acked.contains(&i) || dead.contains_key(&i) || s.maybe_acked.contains(&i),
+                "rec-{i} ended neither acked nor dead-lettered; attempts {:?}",
+                s.attempts.get(&i)
             );
         }
+        for (i, copies) in &dead {
+            assert_eq!(
+                copies.len(),
+                1,
+                "rec-{i} is in the dead-letter topic {} times",
+                copies.len()
+            );
+            assert!(!s.acked.contains(i), "rec-{i} was acked and dead-lettered");
+            if fate(*i) == Fate::Ack {
+                // Only if crashes kept its acks from landing until its last lease ran out.
+                assert_eq!(
+                    copies[0]["strom.dlq.reason"], "lease-expired",
+                    "rec-{i}: {:?}",
+                    copies[0]
+                );
+            }
+        }
+        for (i, attempts) in &s.attempts {
+            assert!(
+                attempts.windows(2).all(|w| w[0] < w[1]),
+                "rec-{i} was handed out with attempts {attempts:?}"
+            );
+            assert!(
+                attempts.iter().all(|a| *a >= 1 && *a <= MAX_ATTEMPTS),
+                "rec-{i}: {attempts:?}"
+            );
+        }
+        for i in (0..RECORDS).filter(|i| fate(*i) == Fate::AlwaysFail) {
+            let copy = &dead
+                .get(&i)
+                .unwrap_or_else(|| panic!("rec-{i} always fails; not dead-lettered"))[0];
+            assert_eq!(
+                copy["strom.dlq.attempts"],
+                MAX_ATTEMPTS.to_string(),
+                "rec-{i}: {copy:?}"
+            );
+        }
+        for i in (0..RECORDS).filter(|i| fate(*i) == Fate::Reject) {
+            // Rejected at its first attempt, unless a crash lost that answer and the lease ran out.
+            assert!(
+                dead.contains_key(&i),
+                "rec-{i} was rejected; not dead-lettered"
+            );
+        }
+        // Compaction ran: the state log's start moved.
+        let state_start = broker.client().offset_of(
+            "__queue_state",
+            0,
+            strom_client::protocol::messages::OffsetSpec::Earliest,
+            -1,
+        );
+        assert!(state_start > 0, "__queue_state was never compacted");
+        println!(
+            "{cycles} kills: {} acked, {} dead-lettered, {} deliveries, state log from {state_start}",
+            s.acked.len(),
+            dead.len(),
+            s.attempts.values().map(Vec::len).sum::<usize>()
+        );
     }
-    for (i, attempts) in &s.attempts {
+
+    // Then a redrive of the dead letters to a topic of its own, killed at random moments too:
+    // every dead letter arrives there once.
+    let admin = Admin::connect(ClientConfig::new(&addr))
+        .await
+        .expect("admin");
+    admin
+        .create_topic(NewTopic::new("work.again").partitions(1))
+        .await
+        .expect("create the redrive target");
+    let started = admin
+        .redrive("work.dlq", Some("work.again"), 40)
+        .await
+        .expect("start the redrive");
+    assert_eq!(started.remaining, dead.len() as u64);
+    let mut kills = 0;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        tokio::time::sleep(Duration::from_millis(20 + next(&mut seed) % 60)).await;
+        let status = match Admin::connect(ClientConfig::new(&addr)).await {
+            Ok(a) => a.redrive_status("work.dlq").await.ok().flatten(),
+            Err(_) => None,
+        };
+        if status.as_ref().is_some_and(|s| s.done) {
+            break;
+        }
         assert!(
-            attempts.windows(2).all(|w| w[0] < w[1]),
-            "rec-{i} was handed out with attempts {attempts:?}"
+            Instant::now() < deadline,
+            "the redrive did not finish: {status:?}"
         );
+        if kills < 5 {
+            broker.kill9();
+            broker = Broker::start_at(&dir.data(), broker.addr, BROKER_ARGS);
+            kills += 1;
+        }
+    }
+    let mut again = Consumer::connect(ConsumerConfig {
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        ..ConsumerConfig::new(&addr)
+    })
+    .await
+    .expect("consumer");
+    again.assign(&[("work.again", 0)]);
+    let mut sources: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + DEADLINE;
+    while sources.values().sum::<usize>() < dead.len() {
         assert!(
-            attempts.iter().all(|a| *a >= 1 && *a <= MAX_ATTEMPTS),
-            "rec-{i}: {attempts:?}"
+            Instant::now() < deadline,
+            "{} of {} redriven records",
+            sources.len(),
+            dead.len()
         );
+        for r in again.poll(Duration::from_millis(100)).await.expect("read") {
+            let source = r
+                .headers()
+                .find(|h| h.key == "strom.redrive.source")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .expect("a redrive source");
+            *sources.entry(source).or_default() += 1;
+        }
     }
-    for i in (0..RECORDS).filter(|i| fate(*i) == Fate::AlwaysFail) {
-        let copy = &dead
-            .get(&i)
-            .unwrap_or_else(|| panic!("rec-{i} always fails; not dead-lettered"))[0];
-        assert_eq!(
-            copy["strom.dlq.attempts"],
-            MAX_ATTEMPTS.to_string(),
-            "rec-{i}: {copy:?}"
-        );
-    }
-    for i in (0..RECORDS).filter(|i| fate(*i) == Fate::Reject) {
-        // Rejected at its first attempt, unless a crash lost that answer and the lease ran out.
-        assert!(
-            dead.contains_key(&i),
-            "rec-{i} was rejected; not dead-lettered"
-        );
-    }
-    // Compaction ran: the state log's start moved.
-    let state_start = broker.client().offset_of(
-        "__queue_state",
-        0,
-        strom_client::protocol::messages::OffsetSpec::Earliest,
-        -1,
+    assert!(
+        again
+            .poll(Duration::from_millis(300))
+            .await
+            .expect("read")
+            .is_empty(),
+        "more copies"
     );
-    assert!(state_start > 0, "__queue_state was never compacted");
-    println!(
-        "{cycles} kills: {} acked, {} dead-lettered, {} deliveries, state log from {state_start}",
-        s.acked.len(),
-        dead.len(),
-        s.attempts.values().map(Vec::len).sum::<usize>()
+    assert_eq!(sources.len(), dead.len());
+    assert!(
+        sources.values().all(|n| *n == 1),
+        "a dead letter was redriven twice: {sources:?}"
     );
+    println!("redrive: {} records, {kills} kills", dead.len());
 }

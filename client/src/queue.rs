@@ -118,7 +118,12 @@ pub struct Refused {
     pub first_offset: i64,
     /// Last offset of the range.
     pub last_offset: i64,
-    /// Why (`INVALID_RECORD_STATE`: not held by this member at that attempt any more).
+    /// The attempt the answer was for (a record handed out again has a new attempt).
+    pub attempt: u32,
+    /// Whether it was an ack (a nack, reject, extend or release otherwise).
+    pub was_ack: bool,
+    /// Why (`INVALID_RECORD_STATE`: not held by this member at that attempt any more;
+    /// `UNKNOWN_MEMBER_ID`: the member's session had ended, so what it held was failed).
     pub code: ErrorCode,
     /// The broker's explanation.
     pub message: Option<String>,
@@ -340,6 +345,8 @@ impl QueueConsumer {
                     tp: TopicPartition::new(a.topic.as_str(), a.partition),
                     first_offset: a.first_offset,
                     last_offset: a.last_offset,
+                    attempt: a.attempt,
+                    was_ack: a.kind == QueueAckKind::Ack as i32,
                     code,
                     message: r.error_message,
                 });
@@ -354,6 +361,8 @@ impl QueueConsumer {
                 tp: TopicPartition::new(a.topic.as_str(), a.partition),
                 first_offset: a.first_offset,
                 last_offset: a.last_offset,
+                attempt: a.attempt,
+                was_ack: a.kind == QueueAckKind::Ack as i32,
                 code: ErrorCode::UnknownMemberId,
                 message: message.clone(),
             });
@@ -371,7 +380,15 @@ impl QueueConsumer {
             member_id: self.member_id.clone(),
             acks: acks.clone(),
         };
-        let body = match self.control.request(req).await {
+        // Sent once: a request repeated after a lost connection could reach a restarted broker
+        // after the first was applied, and its refusal would then say the opposite of what
+        // happened. A failure leaves the answers queued; the caller knows they may have landed.
+        let sent = async {
+            let conn = self.control.connection().await?;
+            conn.request(req).await
+        }
+        .await;
+        let body = match sent {
             Ok(b) => b,
             Err(e) => {
                 self.pending.splice(0..0, acks);

@@ -516,6 +516,26 @@ async fn bad_queue_requests_get_typed_errors_and_change_nothing() {
         queue_error(&c.call(fetch("stranger", vec![]))).0,
         ErrorCode::UnknownMemberId
     );
+    // One id, one kind of group: a consumer group member cannot join with a queue group's id.
+    let r = c.call(GroupHeartbeatRequest {
+        group_id: "g".into(),
+        member_id: String::new(),
+        member_epoch: 0,
+        session_timeout_ms: 0,
+        subscribed_topics: Some(TopicNames {
+            names: vec!["q".into()],
+        }),
+        assignor: String::new(),
+        owned_partitions: vec![],
+    });
+    let Some(response::Body::GroupHeartbeat(hb)) = r.body else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        hb.error_code(),
+        ErrorCode::InconsistentGroupProtocol,
+        "{hb:?}"
+    );
     // Absurd answers: every one refused on its own, nothing else changes.
     let ack = |first: i64, last: i64, attempt: u32, kind: QueueAckKind| QueueAck {
         topic: "q".into(),

@@ -89,6 +89,9 @@ impl Core {
         )
         .await?;
         let queues = Queues::load(&topics).await?;
+        // One id, one kind of group: consumer groups refuse queue groups' ids (and the queue
+        // coordinator refuses consumer groups').
+        groups.refuse_ids(queues.ids());
         Ok(Arc::new(Self {
             config,
             topics,

@@ -451,6 +451,9 @@ impl Coordinator {
         }
         let now = Instant::now();
         let delay = self.initial_rebalance_delay;
+        if let Err((code, msg)) = self.check_not_taken(&req.group_id) {
+            return fail(code, msg);
+        }
         let mut groups = self.lock();
         let group: &mut Group = groups.entry(req.group_id.clone()).or_default();
         if !group.members.is_empty() {

@@ -62,6 +62,15 @@ pub(crate) struct HeartbeatResult {
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// Tells whether a group id belongs to another kind of group.
+pub(crate) struct TakenIds(pub Box<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for TakenIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TakenIds")
+    }
+}
+
 /// Session timeout bounds and default, in ms.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionBounds {
@@ -157,6 +166,9 @@ fn now_ms() -> i64 {
 #[derive(Debug)]
 pub struct Coordinator {
     groups: Mutex<HashMap<String, Group>>,
+    /// Group ids taken by another kind of group (queue groups), which members of consumer
+    /// groups may not join; set once at start-up.
+    taken: std::sync::OnceLock<TakenIds>,
     bounds: SessionBounds,
     /// How long a classic group's first join phase waits for more members.
     initial_rebalance_delay: Duration,
@@ -220,10 +232,28 @@ impl Coordinator {
     fn empty(bounds: SessionBounds, initial_rebalance_delay: Duration) -> Self {
         Self {
             groups: Mutex::new(HashMap::new()),
+            taken: std::sync::OnceLock::new(),
             bounds,
             initial_rebalance_delay,
             next_member: AtomicU64::new(1),
         }
+    }
+
+    /// Sets what says a group id belongs to another kind of group (once; later calls do
+    /// nothing).
+    pub fn refuse_ids(&self, taken: TakenIds) {
+        let _ = self.taken.set(taken);
+    }
+
+    /// INCONSISTENT_GROUP_PROTOCOL if `group_id` is another kind of group's.
+    pub(crate) fn check_not_taken(&self, group_id: &str) -> Result<(), crate::core::Failure> {
+        if self.taken.get().is_some_and(|taken| (taken.0)(group_id)) {
+            return Err((
+                ErrorCode::InconsistentGroupProtocol,
+                format!("{group_id} is a queue group, not a consumer group"),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether a consumer group of this name exists (members or committed offsets).
@@ -325,6 +355,9 @@ impl Coordinator {
                     format!("unknown assignor {:?}", req.assignor),
                 );
             };
+            if let Err((code, msg)) = self.check_not_taken(&req.group_id) {
+                return fail(code, msg);
+            }
             let group = groups.entry(req.group_id.clone()).or_default();
             if !group.classic.members.is_empty() {
                 return fail(

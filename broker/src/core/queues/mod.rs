@@ -98,7 +98,7 @@ pub(crate) struct QueueGroup {
 /// The queue coordinator's state.
 #[derive(Debug, Default)]
 pub(crate) struct Queues {
-    groups: Mutex<HashMap<String, Arc<QueueGroup>>>,
+    groups: Arc<Mutex<HashMap<String, Arc<QueueGroup>>>>,
     /// State records appended since the last compaction.
     appended: AtomicU64,
     /// Redrive tasks by dead-letter topic (finished ones too, for their status).
@@ -270,7 +270,7 @@ impl Queues {
             tracing::info!(groups = map.len(), records, "queue groups loaded");
         }
         Ok(Self {
-            groups: Mutex::new(map),
+            groups: Arc::new(Mutex::new(map)),
             appended: AtomicU64::new(records),
             redrives: tokio::sync::Mutex::new(redrives),
         })
@@ -284,6 +284,15 @@ impl Queues {
     fn group(&self, name: &str) -> Result<Arc<QueueGroup>, Failure> {
         self.get(name)
             .ok_or_else(|| (ErrorCode::GroupIdNotFound, format!("no queue group {name}")))
+    }
+
+    /// What tells the consumer-group coordinator which ids are queue groups'.
+    pub fn ids(&self) -> crate::core::groups::TakenIds {
+        let groups = self.groups.clone();
+        crate::core::groups::TakenIds(Box::new(move |id| match groups.lock() {
+            Ok(g) => g.contains_key(id),
+            Err(p) => p.into_inner().contains_key(id),
+        }))
     }
 
     /// Whether a queue group of this name exists.

@@ -369,6 +369,27 @@ impl QueueConsumer {
         }
     }
 
+    /// Sends a request carrying `acks` (taken from the queue) once: a request repeated after a
+    /// lost connection could reach a restarted broker after the first was applied, and its
+    /// refusal would then say the opposite of what happened. On failure the answers go back to
+    /// the front of the queue; the caller knows they may have landed.
+    async fn send_once(
+        &mut self,
+        req: impl Into<strom_protocol::messages::request::Body>,
+        acks: &[QueueAck],
+        timeout: Duration,
+    ) -> Result<response::Body> {
+        let sent = async {
+            let conn = self.control.connection().await?;
+            conn.request_with_timeout(req, timeout).await
+        }
+        .await;
+        if sent.is_err() {
+            self.pending.splice(0..0, acks.iter().cloned());
+        }
+        sent
+    }
+
     /// Sends the queued answers now (an empty flush keeps the membership alive).
     ///
     /// # Errors
@@ -380,21 +401,8 @@ impl QueueConsumer {
             member_id: self.member_id.clone(),
             acks: acks.clone(),
         };
-        // Sent once: a request repeated after a lost connection could reach a restarted broker
-        // after the first was applied, and its refusal would then say the opposite of what
-        // happened. A failure leaves the answers queued; the caller knows they may have landed.
-        let sent = async {
-            let conn = self.control.connection().await?;
-            conn.request(req).await
-        }
-        .await;
-        let body = match sent {
-            Ok(b) => b,
-            Err(e) => {
-                self.pending.splice(0..0, acks);
-                return Err(e);
-            }
-        };
+        let timeout = self.config.client.request_timeout;
+        let body = self.send_once(req, &acks, timeout).await?;
         let response::Body::QueueAck(r) = body else {
             return Err(unexpected("QueueAck"));
         };
@@ -431,18 +439,7 @@ impl QueueConsumer {
             acks: acks.clone(),
         };
         let timeout = max_wait + self.config.client.request_timeout;
-        let sent = async {
-            let conn = self.control.connection().await?;
-            conn.request_with_timeout(req, timeout).await
-        }
-        .await;
-        let body = match sent {
-            Ok(b) => b,
-            Err(e) => {
-                self.pending.splice(0..0, acks);
-                return Err(e);
-            }
-        };
+        let body = self.send_once(req, &acks, timeout).await?;
         let response::Body::QueueFetch(r) = body else {
             return Err(unexpected("QueueFetch"));
         };

@@ -42,6 +42,9 @@ enum Command {
         command: cli::topics::TopicsCommand,
     },
     /// Write records from standard input, one per line.
+    ///
+    /// Records go through the batching, idempotent producer. With --deliver-after or
+    /// --deliver-at, queue groups hand them out only from that time on (delayed delivery).
     Produce(cli::produce::ProduceArgs),
     /// Read records and print them.
     Consume(cli::consume::ConsumeArgs),

@@ -936,3 +936,108 @@ fn key_order_holds_through_strom_work_under_failures() {
         assert_eq!(got, want, "records of {key} done out of order");
     }
 }
+
+#[test]
+fn delayed_records_wait_for_their_time_through_strom_work() {
+    let dir = TestDir::new();
+    let broker = Broker::start(&dir.data(), &[]);
+    let addr = broker.addr.to_string();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = out_dir(&tmp, "out");
+    ok(&strom(&addr, &["topics", "create", "jobs"], b""));
+    // Each record leaves a file named by its value holding when the command ran (ms).
+    let script = r#"date +%s%3N > "$OUT/$(cat)""#;
+    let mut worker = Worker::spawn(
+        &addr,
+        tmp.path(),
+        "w",
+        &["jobs", "--group", "pool", "--exec", script],
+        &[("OUT", out.to_str().expect("utf-8 path"))],
+    );
+    wait_until("the worker joined", || {
+        worker.assert_running();
+        describe(&addr, "pool").filter(|g| members(g) == 1)
+    });
+
+    // --deliver-after: the time is taken when the command runs, between these two clocks.
+    let before = now_ms();
+    ok(&strom(
+        &addr,
+        &["produce", "jobs", "--deliver-after", "3s"],
+        b"after-1\nafter-2\n",
+    ));
+    let after = now_ms();
+    ok(&strom(&addr, &["produce", "jobs"], b"now-1\nnow-2\n"));
+    // --deliver-at: a whole second about 4 s ahead, in RFC 3339.
+    let at_s = (now_ms() + 4_999) / 1000;
+    let stamp = Command::new("date")
+        .args(["-u", "-d", &format!("@{at_s}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date");
+    let stamp = String::from_utf8(stamp.stdout).expect("utf-8");
+    ok(&strom(
+        &addr,
+        &["produce", "jobs", "--deliver-at", stamp.trim()],
+        b"at-1\n",
+    ));
+    let g = describe(&addr, "pool").expect("the group");
+    let delayed: i64 = g["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| p["delayed"].as_i64().unwrap())
+        .sum();
+    assert!(
+        now_ms() >= before + 3_000 || delayed >= 2,
+        "describe shows the pending delays: {g}"
+    );
+
+    let ran = wait_until("every record processed", || {
+        worker.assert_running();
+        let done = files(&out);
+        (done.len() == 5 && done.values().all(|t| !t.trim().is_empty())).then_some(done)
+    });
+    let when = |v: &str| -> i64 { ran[v].trim().parse().expect("ms") };
+    for v in ["after-1", "after-2"] {
+        assert!(
+            when(v) >= before + 3_000,
+            "{v} ran {} ms early",
+            before + 3_000 - when(v)
+        );
+        assert!(
+            when(v) <= after + 3_000 + 1_000,
+            "{v} ran {} ms after its time",
+            when(v) - after - 3_000
+        );
+    }
+    let at = at_s * 1000;
+    assert!(
+        when("at-1") >= at,
+        "at-1 ran {} ms early",
+        at - when("at-1")
+    );
+    assert!(
+        when("at-1") <= at + 1_000,
+        "at-1 ran {} ms late",
+        when("at-1") - at
+    );
+    for v in ["now-1", "now-2"] {
+        assert!(
+            when(v) < before + 3_000,
+            "{v} waited behind delayed records"
+        );
+    }
+    worker.stop();
+
+    // Bad times are refused by the command line, before anything is sent.
+    for args in [
+        ["produce", "jobs", "--deliver-after", "91d"],
+        ["produce", "jobs", "--deliver-at", "tomorrow"],
+    ] {
+        let out = strom(&addr, &args, b"x\n");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--deliver-"), "{args:?}: {err}");
+    }
+    assert_eq!(records(&addr, "jobs").len(), 5, "a refused produce wrote");
+}

@@ -3,8 +3,11 @@
 //! ends and dead-letter writes) and restarted on the same data directory and address.
 //!
 //! Each record's fate is fixed by its number: most are acked at once, some fail once and are
-//! acked at the second attempt, some are rejected, some fail every time. Checked at the end:
+//! acked at the second attempt, some are rejected, some fail every time. A sixth of them are
+//! produced with a delivery time 0.3 to 4.3 s ahead, so kills land while delays are pending and
+//! as they fire too. Checked at the end:
 //!
+//! * no delayed record was handed out before its delivery time, whatever the kills;
 //! * every record ends acked (an ack the broker confirmed) or in the dead-letter topic, never
 //!   both, and none is in the dead-letter topic twice;
 //! * the attempts a record was handed out with strictly increase (a crash never hands out the
@@ -27,10 +30,10 @@ use std::time::{Duration, Instant};
 
 use strom_client::{
     Admin, AutoOffsetReset, ClientConfig, Consumer, ConsumerConfig, NewTopic, Producer,
-    ProducerConfig, QueueConfig, QueueConsumer,
+    ProducerConfig, ProducerRecord, QueueConfig, QueueConsumer,
 };
 
-use support::{Broker, TestDir};
+use support::{Broker, TestDir, now_ms};
 
 const RECORDS: usize = 600;
 const WORKERS: usize = 3;
@@ -45,6 +48,11 @@ enum Fate {
     FailOnceThenAck,
     Reject,
     AlwaysFail,
+}
+
+/// Record `i`'s delay from the start of the produce, if it has one.
+fn delay_ms(i: usize) -> Option<i64> {
+    (i % 6 == 2).then(|| 300 + (i as i64 * 37) % 4_000)
 }
 
 fn fate(i: usize) -> Fate {
@@ -80,7 +88,7 @@ fn next(seed: &mut u64) -> u64 {
     *seed
 }
 
-async fn worker(addr: String, id: usize, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>) {
+async fn worker(addr: String, id: usize, t0: i64, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>) {
     let mut config = QueueConfig::new(&addr, "crashers", &["work"]);
     config.member_id = Some(format!("worker-{id}"));
     config.max_wait = Duration::from_millis(100);
@@ -121,6 +129,14 @@ async fn worker(addr: String, id: usize, seen: Arc<Mutex<Seen>>, stop: Arc<Atomi
                 lock(&seen).errors.push(format!("unexpected value {v:?}"));
                 continue;
             };
+            if let Some(d) = delay_ms(i)
+                && now_ms() < t0 + d
+            {
+                lock(&seen).errors.push(format!(
+                    "rec-{i} handed out {} ms before its delivery time",
+                    t0 + d - now_ms()
+                ));
+            }
             lock(&seen).attempts.entry(i).or_default().push(r.attempt());
             match (fate(i), r.attempt()) {
                 (Fate::Ack, _) | (Fate::FailOnceThenAck, 2..) => {
@@ -223,15 +239,17 @@ async fn queue_state_survives_kill_9_at_random_moments() {
         .await
         .expect("producer");
     let mut pending = Vec::new();
+    let t0 = now_ms();
     for i in 0..RECORDS {
         let key = format!("k{i}");
         let value = format!("rec-{i}");
-        pending.push(
-            producer
-                .send("work", Some(key.as_bytes()), Some(value.as_bytes()), &[])
-                .await
-                .expect("send"),
-        );
+        let mut record = ProducerRecord::new("work")
+            .key(key.as_bytes())
+            .value(value.as_bytes());
+        if let Some(d) = delay_ms(i) {
+            record = record.deliver_at(t0 + d);
+        }
+        pending.push(producer.send_record(record).await.expect("send"));
     }
     for p in pending {
         p.await.expect("delivered");
@@ -241,7 +259,7 @@ async fn queue_state_survives_kill_9_at_random_moments() {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..WORKERS)
-        .map(|id| tokio::spawn(worker(addr.clone(), id, seen.clone(), stop.clone())))
+        .map(|id| tokio::spawn(worker(addr.clone(), id, t0, seen.clone(), stop.clone())))
         .collect();
 
     // Kills spread over the work: each after the next share of the ~720 deliveries, plus a

@@ -23,24 +23,14 @@ use std::time::{Duration, Instant};
 use strom_client::HeaderRef;
 use strom_client::protocol::ErrorCode;
 use strom_client::{
-    Admin, AutoOffsetReset, ClientConfig, Consumer, ConsumerConfig, NewTopic, Producer,
-    ProducerConfig, ProducerRecord, QueueConfig, QueueConsumer, QueueRecord,
+    Admin, AutoOffsetReset, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    ProducerRecord, QueueConfig, QueueConsumer, QueueRecord,
 };
 
 use support::{Broker, TestDir};
 
 /// Longest wait for any condition.
 const DEADLINE: Duration = Duration::from_secs(30);
-
-async fn create(addr: &str, topic: &str, partitions: i32) {
-    let admin = Admin::connect(ClientConfig::new(addr))
-        .await
-        .expect("admin");
-    admin
-        .create_topic(NewTopic::new(topic).partitions(partitions))
-        .await
-        .expect("create topic");
-}
 
 /// Produces `values` with key `k{i}` and a header, durably; returns their (partition, offset).
 async fn produce(addr: &str, topic: &str, values: &[String]) -> Vec<(i32, i64)> {
@@ -177,7 +167,7 @@ async fn members_share_records_and_each_is_handed_out_once() {
     let dir = TestDir::new();
     let broker = Broker::start(&dir.data(), &[]);
     let addr = broker.addr.to_string();
-    create(&addr, "jobs", 3).await;
+    support::admin_create_topic(&addr, "jobs", 3).await;
     let values: Vec<String> = (0..300).map(|i| format!("job-{i}")).collect();
     produce(&addr, "jobs", &values).await;
 
@@ -231,7 +221,7 @@ async fn a_nack_comes_back_after_its_backoff_and_failures_end_in_the_dead_letter
     let dir = TestDir::new();
     let broker = Broker::start(&dir.data(), &[]);
     let addr = broker.addr.to_string();
-    create(&addr, "mail", 1).await;
+    support::admin_create_topic(&addr, "mail", 1).await;
     let values = vec![
         "ok-0".to_string(),
         "poison".to_string(),
@@ -302,7 +292,7 @@ async fn an_expired_lease_goes_to_another_member_and_the_late_ack_is_refused() {
     let dir = TestDir::new();
     let broker = Broker::start(&dir.data(), &[]);
     let addr = broker.addr.to_string();
-    create(&addr, "resize", 1).await;
+    support::admin_create_topic(&addr, "resize", 1).await;
     produce(&addr, "resize", &["img-1".to_string()]).await;
     let settings = [("lease.ms", "500"), ("backoff", "none")];
     let mut slow = QueueConsumer::join(member(&addr, "resizers", "resize", &settings))
@@ -340,7 +330,7 @@ async fn leases_and_attempts_survive_kill_9() {
     let dir = TestDir::new();
     let mut broker = Broker::start(&dir.data(), &[]);
     let addr = broker.addr.to_string();
-    create(&addr, "orders", 2).await;
+    support::admin_create_topic(&addr, "orders", 2).await;
     let values: Vec<String> = (0..20).map(|i| format!("order-{i}")).collect();
     produce(&addr, "orders", &values).await;
     let settings = [("lease.ms", "60000"), ("backoff", "none")];
@@ -408,7 +398,7 @@ async fn a_member_that_leaves_releases_what_it_holds() {
     let dir = TestDir::new();
     let broker = Broker::start(&dir.data(), &[]);
     let addr = broker.addr.to_string();
-    create(&addr, "tasks", 1).await;
+    support::admin_create_topic(&addr, "tasks", 1).await;
     produce(
         &addr,
         "tasks",
@@ -458,7 +448,7 @@ async fn bad_queue_requests_get_typed_errors_and_change_nothing() {
     let dir = TestDir::new();
     let broker = Broker::start(&dir.data(), &[]);
     let addr = broker.addr.to_string();
-    create(&addr, "q", 1).await;
+    support::admin_create_topic(&addr, "q", 1).await;
     produce(&addr, "q", &["a".to_string(), "b".to_string()]).await;
     let mut c = broker.client();
     let join = |member: &str, settings: &[(&str, &str)], session: u32| QueueJoinRequest {
@@ -662,7 +652,7 @@ async fn redrive_moves_dead_letters_back_once_even_across_kill_9() {
     let dir = TestDir::new();
     let mut broker = Broker::start(&dir.data(), &[]);
     let addr = broker.addr.to_string();
-    create(&addr, "jobs", 2).await;
+    support::admin_create_topic(&addr, "jobs", 2).await;
     const N: usize = 60;
     dead_letter(&addr, "jobs", N).await;
     read_all(&addr, "jobs.dlq", N).await;
@@ -735,7 +725,7 @@ async fn key_order_holds_under_failures_and_other_keys_go_on() {
     let dir = TestDir::new();
     let broker = Broker::start(&dir.data(), &[]);
     let addr = broker.addr.to_string();
-    create(&addr, "ledger", 1).await;
+    support::admin_create_topic(&addr, "ledger", 1).await;
     // 5 keys, 20 records each, interleaved; produce gives record i the key k{i}, so key
     // k{i % 5} for our purposes comes from the value.
     const KEYS: usize = 5;

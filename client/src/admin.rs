@@ -386,7 +386,8 @@ pub struct QueuePartitionDescription {
     pub log_end_offset: i64,
     /// Records that may be handed out now (including those never handed out).
     pub ready: u64,
-    /// Failed records waiting for their backoff.
+    /// Records waiting for a time: failed ones for their backoff, and records produced with a
+    /// delivery time still ahead.
     pub delayed: u64,
     /// Records held by members.
     pub in_flight: u64,

@@ -32,7 +32,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A setting is invalid. Fatal: fix the configuration.
+    /// A setting is invalid: of the configuration, or of a record (e.g. its `deliver_at`).
+    /// Fatal: fix the configuration or the record.
     #[error("invalid setting {name}: {reason}")]
     Config {
         /// The setting, as named in the config struct.

@@ -77,6 +77,8 @@ pub use consumer::{CommitHandle, Consumer, GroupMetadata, ListenerFuture, Rebala
 pub use error::{Error, Result};
 pub use producer::{DeliveryFuture, Producer};
 pub use queue::{QueueConfig, QueueConsumer, QueueRecord, Refused};
-pub use record::{ConsumerRecord, ProducerRecord, RecordMetadata, TopicPartition};
+pub use record::{
+    ConsumerRecord, MAX_DELIVERY_DELAY, ProducerRecord, RecordMetadata, TopicPartition,
+};
 pub use strom_protocol as protocol;
 pub use strom_protocol::batch::HeaderRef;

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use strom_protocol::batch::{HeaderRef, Record};
@@ -46,10 +47,15 @@ impl<T: Into<Arc<str>>> From<(T, i32)> for TopicPartition {
     }
 }
 
+/// How far ahead a record's delivery time ([`ProducerRecord::deliver_at()`]) may be: 90 days, as
+/// the broker allows. [`crate::Producer::send_record`] refuses a later time.
+pub const MAX_DELIVERY_DELAY: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+
 /// One record to send, with every optional part. [`crate::Producer::send`] covers the common
-/// case (no explicit partition, timestamp now).
+/// case (no explicit partition, timestamp now, not delayed).
 ///
 /// ```
+/// use std::time::Duration;
 /// use strom_client::{HeaderRef, ProducerRecord};
 ///
 /// let headers = [HeaderRef { key: "source", value: Some(b"web") }];
@@ -57,8 +63,10 @@ impl<T: Into<Arc<str>>> From<(T, i32)> for TopicPartition {
 ///     .key(b"order-17")
 ///     .value(b"{\"amount\":42}")
 ///     .headers(&headers)
-///     .timestamp(1_700_000_000_000);
+///     .timestamp(1_700_000_000_000)
+///     .deliver_after(Duration::from_secs(30));
 /// assert_eq!(record.partition, None);
+/// assert!(record.deliver_at.is_some());
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct ProducerRecord<'a> {
@@ -75,6 +83,13 @@ pub struct ProducerRecord<'a> {
     pub headers: &'a [HeaderRef<'a>],
     /// Create time in ms since the Unix epoch; `None` uses the current time.
     pub timestamp: Option<i64>,
+    /// Delayed delivery: the time (ms since the Unix epoch, on the producer's clock) before
+    /// which queue groups do not hand this record to a member; `None` (or a time already past)
+    /// is not delayed. Consumer groups and plain fetches read the record at once, as any other.
+    /// At most [`MAX_DELIVERY_DELAY`] ahead. The time is kept per batch, so records with
+    /// different times never share a batch: give many records the same time (not "now + d"
+    /// per record) to keep them batched.
+    pub deliver_at: Option<i64>,
 }
 
 impl<'a> ProducerRecord<'a> {
@@ -87,6 +102,7 @@ impl<'a> ProducerRecord<'a> {
             value: None,
             headers: &[],
             timestamp: None,
+            deliver_at: None,
         }
     }
 
@@ -123,6 +139,25 @@ impl<'a> ProducerRecord<'a> {
     pub fn timestamp(mut self, timestamp: i64) -> Self {
         self.timestamp = Some(timestamp);
         self
+    }
+
+    /// Delays delivery to queue groups until `deliver_at` (ms since the Unix epoch); see the
+    /// field of the same name.
+    #[must_use]
+    pub fn deliver_at(mut self, deliver_at: i64) -> Self {
+        self.deliver_at = Some(deliver_at);
+        self
+    }
+
+    /// Delays delivery to queue groups by `delay` from now (the time is computed here, at the
+    /// call); see the `deliver_at` field.
+    #[must_use]
+    pub fn deliver_after(self, delay: Duration) -> Self {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let at = now.saturating_add(delay).as_millis();
+        self.deliver_at(i64::try_from(at).unwrap_or(i64::MAX))
     }
 }
 

@@ -473,10 +473,12 @@ mod tests {
                         PartitionProduceData {
                             partition: 0,
                             records: two_batches(),
+                            deliver_at_ms: Vec::new(),
                         },
                         PartitionProduceData {
                             partition: 3,
                             records: batch(&[b"x"]),
+                            deliver_at_ms: Vec::new(),
                         },
                     ],
                 }],
@@ -1098,6 +1100,7 @@ mod tests {
                     partitions: vec![PartitionProduceData {
                         partition: 0,
                         records: records.clone(),
+                        deliver_at_ms: Vec::new(),
                     }],
                 }],
             },

@@ -149,6 +149,7 @@ fn write_seeds() {
                 partitions: vec![PartitionProduceData {
                     partition: 1,
                     records: records.clone(),
+                    deliver_at_ms: Vec::new(),
                 }],
             }],
         }

@@ -827,6 +827,7 @@ pub fn produce_request(acks: Acks, data: &[(&str, i32, Bytes)]) -> ProduceReques
         let entry = PartitionProduceData {
             partition: *partition,
             records: records.clone(),
+            deliver_at_ms: Vec::new(),
         };
         match topics.iter_mut().find(|t| t.name == *topic) {
             Some(t) => t.partitions.push(entry),
@@ -941,6 +942,17 @@ impl Rec {
             ..self.clone()
         }
     }
+}
+
+/// Creates `topic` with `partitions` through the Rust client's `Admin` (for the async tests).
+pub async fn admin_create_topic(addr: &str, topic: &str, partitions: i32) {
+    let admin = strom_client::Admin::connect(strom_client::ClientConfig::new(addr))
+        .await
+        .expect("admin");
+    admin
+        .create_topic(strom_client::NewTopic::new(topic).partitions(partitions))
+        .await
+        .expect("create topic");
 }
 
 /// Milliseconds since the Unix epoch, now. Records get timestamps near now so that the default

@@ -7,6 +7,7 @@
 //!
 //! - [`topics`]: the topic registry and its metadata files;
 //! - [`partition`]: a partition's single writer task and the handles requests use;
+//! - [`delays`]: delayed delivery's per-partition index of runs not to hand out yet;
 //! - [`producers`]: idempotent producers: id allocation, per-partition sequence state, snapshots;
 //! - [`groups`]: the group coordinator: membership, incremental assignment, committed offsets;
 //! - [`queues`]: the queue coordinator: queue groups, per-record leases and acknowledgements,
@@ -20,6 +21,7 @@
 //! each front-end maps to its own codes.
 
 pub(crate) mod admin;
+pub(crate) mod delays;
 pub(crate) mod fetch;
 pub(crate) mod groups;
 pub(crate) mod partition;

@@ -21,11 +21,14 @@ use std::time::Duration;
 use std::collections::VecDeque;
 use strom_protocol::ErrorCode;
 
+use strom_protocol::batch::{BatchBuilder, RecordRef};
 use strom_storage::{Log, LogConfig, LogReader, PendingFlush, StorageError, ValidBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::core::delays::{self, Delay, DelayIndex};
 use crate::core::producers::{ProducerStates, Verdict};
+use crate::core::topics::TopicId;
 use crate::error::storage_code;
 
 /// How long a partition keeps an idle producer's sequence state (Kafka's
@@ -55,6 +58,21 @@ pub(crate) struct AppendRequest {
     pub batches: Vec<ValidBatch>,
     pub durability: Durability,
     pub reply: oneshot::Sender<AppendReply>,
+    /// Delivery times for queue groups, when some batch has one.
+    pub delays: Option<DelayedAppend>,
+}
+
+/// An append whose batches (some of them) are delayed for queue groups (docs/queues.md).
+#[derive(Debug)]
+pub(crate) struct DelayedAppend {
+    /// Per batch, its delivery time (ms since the Unix epoch; 0: not delayed).
+    pub times: Vec<i64>,
+    /// `__queue_state`, where the delayed runs are recorded.
+    pub state: Arc<Partition>,
+    pub topic_id: TopicId,
+    /// Gets the wait for the runs' record, which the produce must also wait for (taken when
+    /// it is sent).
+    pub recorded: Option<oneshot::Sender<oneshot::Receiver<AppendReply>>>,
 }
 
 #[derive(Debug)]
@@ -94,6 +112,7 @@ pub struct Partition {
     reader: LogReader,
     tx: mpsc::Sender<WriterMsg>,
     end: watch::Receiver<i64>,
+    delays: Arc<DelayIndex>,
 }
 
 impl Partition {
@@ -107,7 +126,9 @@ impl Partition {
         let reader = log.reader();
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (end_tx, end) = watch::channel(log.end_offset());
+        let delays = Arc::new(DelayIndex::default());
         let state = Writer {
+            delays: delays.clone(),
             end_tx,
             producers,
             topic,
@@ -123,7 +144,13 @@ impl Partition {
             reader,
             tx,
             end,
+            delays,
         })
+    }
+
+    /// The partition's delayed runs, for queue groups.
+    pub fn delays(&self) -> &Arc<DelayIndex> {
+        &self.delays
     }
 
     /// Read access to the log.
@@ -142,11 +169,22 @@ impl Partition {
         batches: Vec<ValidBatch>,
         durability: Durability,
     ) -> oneshot::Receiver<AppendReply> {
+        self.append_delayed(batches, durability, None).await
+    }
+
+    /// [`Partition::append`] with delivery times for queue groups.
+    pub(crate) async fn append_delayed(
+        &self,
+        batches: Vec<ValidBatch>,
+        durability: Durability,
+        delays: Option<DelayedAppend>,
+    ) -> oneshot::Receiver<AppendReply> {
         let (reply, rx) = oneshot::channel();
         let msg = WriterMsg::Append(AppendRequest {
             batches,
             durability,
             reply,
+            delays,
         });
         if let Err(mpsc::error::SendError(WriterMsg::Append(req))) = self.tx.send(msg).await {
             let _ = req.reply.send(Err((
@@ -211,6 +249,7 @@ impl Partition {
 /// What the writer task keeps besides the log.
 struct Writer {
     end_tx: watch::Sender<i64>,
+    delays: Arc<DelayIndex>,
     producers: ProducerStates,
     topic: Arc<str>,
     index: i32,
@@ -584,7 +623,7 @@ async fn append_group(
         w.start_flush(&mut log);
         return Some(log);
     }
-    let appends = accepted;
+    let mut appends = accepted;
     let batches: Vec<ValidBatch> = appends
         .iter()
         .flat_map(|a| a.batches.iter().cloned())
@@ -594,6 +633,9 @@ async fn append_group(
     // costs more than the write itself, and with many partitions every request fans out into
     // one append per partition. Large ones go to the blocking pool.
     let bytes: usize = batches.iter().map(|b| b.bytes().len()).sum();
+    // Delayed runs are entered (and their records queued on `__queue_state`) before the
+    // append makes the records readable.
+    let registered = register_delays(&mut appends, log.end_offset(), w).await;
     let (mut log, result) = if bytes <= INLINE_APPEND_BYTES {
         let mut log = log;
         let result = log.append_deferred(&batches);
@@ -640,6 +682,7 @@ async fn append_group(
             if appends.len() > 1 =>
         {
             w.producers.abort();
+            withdraw_delays(registered, w).await;
             let mut log = log;
             for a in appends {
                 log = match log {
@@ -651,12 +694,114 @@ async fn append_group(
         }
         Err(e) => {
             w.producers.abort();
+            withdraw_delays(registered, w).await;
             let code = storage_code(&e);
             let msg = e.to_string();
             for a in appends {
                 let _ = a.reply.send(Err((code, msg.clone())));
             }
             log
+        }
+    }
+}
+
+/// Enters the delayed runs of `appends` (to be appended from `base`) in the partition's index
+/// and queues their records on `__queue_state`, handing each produce the wait for its record.
+/// Returns what was entered, to withdraw if the append fails.
+async fn register_delays(
+    appends: &mut [AppendRequest],
+    base: i64,
+    w: &Writer,
+) -> Vec<(Arc<Partition>, TopicId, Delay)> {
+    let mut entered = Vec::new();
+    let mut offset = base;
+    for a in appends.iter_mut() {
+        let durability = a.durability;
+        let Some(d) = &mut a.delays else {
+            offset += a.batches.iter().map(ValidBatch::record_count).sum::<i64>();
+            continue;
+        };
+        // Consecutive batches with one time are one run.
+        let mut runs: Vec<Delay> = Vec::new();
+        for (b, at) in a.batches.iter().zip(d.times.iter().copied()) {
+            let n = b.record_count();
+            if at > 0 && n > 0 {
+                match runs.last_mut() {
+                    Some(r) if r.at == at && r.last + 1 == offset => r.last = offset + n - 1,
+                    _ => runs.push(Delay {
+                        first: offset,
+                        last: offset + n - 1,
+                        at,
+                    }),
+                }
+            }
+            offset += n;
+        }
+        if runs.is_empty() {
+            continue;
+        }
+        let mut builder = BatchBuilder::default();
+        let now = now_ms();
+        let mut built = Ok(());
+        for r in &runs {
+            let k = delays::key(&w.topic, w.index, r.first);
+            let v = delays::value(&d.topic_id, r.last, r.at);
+            if built.is_ok() {
+                built = builder.push(&RecordRef {
+                    timestamp: now,
+                    key: Some(&k),
+                    value: Some(&v),
+                    headers: &[],
+                });
+            }
+        }
+        let batch = built
+            .map_err(|e| e.to_string())
+            .and_then(|()| builder.finish().map_err(|e| e.to_string()))
+            .and_then(|b| ValidBatch::new(b).map_err(|e| e.to_string()));
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                // Not delayed then: the produce is answered without the wait.
+                tracing::error!(topic = %w.topic, partition = w.index, error = %e, "a delayed run could not be recorded; delivering at once");
+                continue;
+            }
+        };
+        let _order = w.delays.order.lock().await;
+        for r in &runs {
+            w.delays.insert(*r);
+            entered.push((d.state.clone(), d.topic_id, *r));
+        }
+        let rx = d.state.append(vec![batch], durability).await;
+        drop(_order);
+        // The produce waits for this too; if it is gone the record is still written.
+        if let Some(tx) = d.recorded.take() {
+            let _ = tx.send(rx);
+        }
+    }
+    entered
+}
+
+/// Takes back delayed runs whose append failed: out of the index, and a withdrawal queued on
+/// `__queue_state` (the offsets will be given to other records).
+async fn withdraw_delays(entered: Vec<(Arc<Partition>, TopicId, Delay)>, w: &Writer) {
+    for (state, _, d) in entered {
+        w.delays.remove(d.first);
+        let k = delays::key(&w.topic, w.index, d.first);
+        let mut builder = BatchBuilder::default();
+        let pushed = builder.push(&RecordRef {
+            timestamp: now_ms(),
+            key: Some(&k),
+            value: None,
+            headers: &[],
+        });
+        if let Ok(batch) = pushed
+            .map_err(|e| e.to_string())
+            .and_then(|()| builder.finish().map_err(|e| e.to_string()))
+            .and_then(|b| ValidBatch::new(b).map_err(|e| e.to_string()))
+        {
+            let _order = w.delays.order.lock().await;
+            drop(state.append(vec![batch], Durability::Appended).await);
         }
     }
 }

@@ -16,7 +16,9 @@ use strom_storage::ValidBatch;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::partition::{AppendReply, Durability, Partition};
+use super::delays::{MAX_DELAY_MS, MAX_PENDING};
+use super::partition::{AppendReply, DelayedAppend, Durability, Partition};
+use super::topics::Topic;
 use super::{Core, Failure};
 use crate::error::batch_code;
 
@@ -27,9 +29,13 @@ pub(crate) struct ProduceRequest {
     pub durability: Durability,
     /// How long to wait for the acknowledgements (`None`: `produce_timeout_ms`).
     pub timeout_ms: Option<u32>,
-    /// Record batches per topic and partition.
-    pub topics: Vec<(String, Vec<(i32, Bytes)>)>,
+    /// Record batches per topic and partition, with the batches' delivery times for queue
+    /// groups (empty: none delayed; else one per batch, 0 for a batch not delayed).
+    pub topics: Vec<(String, Vec<PartitionData>)>,
 }
+
+/// One partition's part of a produce: index, record batches, and the batches' delivery times.
+pub(crate) type PartitionData = (i32, Bytes, Vec<i64>);
 
 /// The outcome of one partition's append.
 #[derive(Debug)]
@@ -43,7 +49,11 @@ pub(crate) struct Appended {
 
 enum Pending {
     Done(Failure),
-    Waiting(oneshot::Receiver<AppendReply>, Arc<Partition>),
+    Waiting(
+        oneshot::Receiver<AppendReply>,
+        Arc<Partition>,
+        Option<oneshot::Receiver<oneshot::Receiver<AppendReply>>>,
+    ),
 }
 
 impl Core {
@@ -80,7 +90,7 @@ impl Core {
                 })
             };
             let mut parts = Vec::with_capacity(partitions.len());
-            for (index, records) in partitions {
+            for (index, records, deliver_at) in partitions {
                 let state = match &topic {
                     Err(e) => Pending::Done(e.clone()),
                     Ok(topic) => match topic.partition(index) {
@@ -89,11 +99,25 @@ impl Core {
                             format!("topic {name} has no partition {index}"),
                         )),
                         Some(part) => {
-                            match validate_records(&records, topic.config().max_message_bytes) {
+                            let checked =
+                                validate_records(&records, topic.config().max_message_bytes)
+                                    .and_then(|b| {
+                                        let delays =
+                                            self.delays_for(topic, part, &b, deliver_at)?;
+                                        Ok((b, delays))
+                                    });
+                            match checked {
                                 Err(e) => Pending::Done(e),
-                                Ok(batches) => Pending::Waiting(
+                                Ok((batches, None)) => Pending::Waiting(
                                     part.append(batches, req.durability).await,
                                     part.clone(),
+                                    None,
+                                ),
+                                Ok((batches, Some((delays, recorded)))) => Pending::Waiting(
+                                    part.append_delayed(batches, req.durability, Some(delays))
+                                        .await,
+                                    part.clone(),
+                                    Some(recorded),
                                 ),
                             }
                         }
@@ -110,8 +134,28 @@ impl Core {
                 for (partition, state) in parts {
                     let (result, log_start) = match state {
                         Pending::Done(e) => (Err(e), -1),
-                        Pending::Waiting(rx, part) => {
-                            let r = match tokio::time::timeout_at(deadline, rx).await {
+                        Pending::Waiting(rx, part, recorded) => {
+                            let appended = async {
+                                let r = rx.await;
+                                // A delayed run's record in `__queue_state` is part of the
+                                // acknowledgement.
+                                if let (Ok(Ok(_)), Some(recorded)) = (&r, recorded)
+                                    && let Ok(wait) = recorded.await
+                                {
+                                    match wait.await {
+                                        Ok(Ok(_)) => {}
+                                        Ok(Err(e)) => return Ok(Err(e)),
+                                        Err(_) => {
+                                            return Ok(Err((
+                                                ErrorCode::StorageError,
+                                                "the queue state log stopped".to_string(),
+                                            )));
+                                        }
+                                    }
+                                }
+                                r
+                            };
+                            let r = match tokio::time::timeout_at(deadline, appended).await {
                                 Ok(Ok(r)) => r,
                                 Ok(Err(_)) => Err((
                                     ErrorCode::StorageError,
@@ -137,6 +181,73 @@ impl Core {
             }
             topics
         }
+    }
+}
+
+/// A delayed append, and the wait for its runs' record.
+type Delays = (
+    DelayedAppend,
+    oneshot::Receiver<oneshot::Receiver<AppendReply>>,
+);
+
+impl Core {
+    /// Checks a partition's delivery times: one per batch (or none), none more than
+    /// [`MAX_DELAY_MS`] ahead, and room in the partition's index. None when no batch is
+    /// delayed.
+    fn delays_for(
+        &self,
+        topic: &Topic,
+        part: &Partition,
+        batches: &[ValidBatch],
+        times: Vec<i64>,
+    ) -> Result<Option<Delays>, Failure> {
+        if times.is_empty() {
+            return Ok(None);
+        }
+        if times.len() != batches.len() {
+            return Err((
+                ErrorCode::InvalidRequest,
+                format!(
+                    "{} delivery times for {} batches: give one per batch, or none",
+                    times.len(),
+                    batches.len()
+                ),
+            ));
+        }
+        let now = super::queues::now_ms();
+        if times.iter().any(|t| *t > now.saturating_add(MAX_DELAY_MS)) {
+            return Err((
+                ErrorCode::InvalidRequest,
+                "a delivery time is more than 90 days ahead".to_string(),
+            ));
+        }
+        let times: Vec<i64> = times
+            .into_iter()
+            .map(|t| if t > now { t } else { 0 })
+            .collect();
+        if times.iter().all(|t| *t == 0) {
+            return Ok(None);
+        }
+        if part.delays().len() >= MAX_PENDING {
+            return Err((
+                ErrorCode::Busy,
+                format!("the partition holds {MAX_PENDING} pending delays; retry once some fire"),
+            ));
+        }
+        let state = super::queues::state_partition(&self.topics).ok_or((
+            ErrorCode::CoordinatorNotAvailable,
+            "the queue state log is missing".to_string(),
+        ))?;
+        let (tx, rx) = oneshot::channel();
+        Ok(Some((
+            DelayedAppend {
+                times,
+                state,
+                topic_id: topic.id,
+                recorded: Some(tx),
+            },
+            rx,
+        )))
     }
 }
 

@@ -52,7 +52,7 @@ impl Kafka {
                             .with_partition_responses(
                                 parts
                                     .iter()
-                                    .map(|(index, _)| {
+                                    .map(|(index, _, _)| {
                                         PartitionProduceResponse::default()
                                             .with_index(*index)
                                             .with_error_code(code)

@@ -57,7 +57,7 @@ pub(crate) fn parse(mut b: Bytes, version: i16) -> Result<Produce, String> {
             if flexible {
                 skip_tags(r)?;
             }
-            parts.push((index, records));
+            parts.push((index, records, Vec::new()));
         }
         if flexible {
             skip_tags(r)?;

@@ -679,7 +679,7 @@ fn produce_request(r: ProduceRequest) -> produce::ProduceRequest {
                 let parts = t
                     .partitions
                     .into_iter()
-                    .map(|p| (p.partition, p.records))
+                    .map(|p| (p.partition, p.records, p.deliver_at_ms))
                     .collect();
                 (t.name, parts)
             })

@@ -28,6 +28,12 @@
 //! drained by the sender), then move to another one at random (Kafka's sticky partitioner), so
 //! they form full batches instead of one small batch per partition.
 //!
+//! Delayed delivery: a batch carries one delivery time (`deliver_at`, 0 for none), which the
+//! request sends beside its bytes (the broker indexes delays per batch and never decompresses).
+//! A record whose time differs from its partition's open batch closes that batch (it is ready
+//! to send) and starts a new one, so records with different times never share a batch; records
+//! of a partition still go out in `send` order. Times at or before the epoch count as none.
+//!
 //! Locking: one `std::sync::Mutex` around the accumulator, never held across an await; the
 //! work under it is an append (a memcpy of the record) or a drain (moving batches out).
 //! Compression and CRCs happen in the sender, outside the lock.
@@ -53,6 +59,9 @@ pub(crate) struct OpenBatch {
     pub(crate) builder: BatchBuilder,
     pub(crate) completion: Arc<Completion>,
     pub(crate) created: Instant,
+    /// Delivery time of every record in the batch (ms since the Unix epoch), 0 for not
+    /// delayed.
+    pub(crate) deliver_at: i64,
     /// This batch's share of `buffer_memory`: exactly its buffer's capacity. Returned when
     /// the batch is dropped.
     pub(crate) permit: OwnedSemaphorePermit,
@@ -188,12 +197,25 @@ fn take_memory(
 
 /// Bytes a batch of `batch_len` bytes for `topic` adds to a produce request, protobuf framing
 /// included: its `PartitionProduceData` (tag, length, partition, records' tag and length: at
-/// most 18 bytes) and, counted as if every batch had its own `TopicProduceData`, that entry's
-/// tag, length and name (at most 9 bytes + the name). An upper bound, so a request packed up to
-/// a limit with it never exceeds the limit; with 1,000 partitions of small batches the framing
-/// alone is about 10 KB, more than the slack left for the request header.
-pub(crate) fn request_cost(topic: &str, batch_len: usize) -> usize {
-    batch_len + topic.len() + 32
+/// most 18 bytes; for a delayed batch, `deliver_at` > 0, also its `deliver_at_ms`: at most
+/// [`DELIVER_AT_COST`]) and, counted as if every batch had its own `TopicProduceData`, that
+/// entry's tag, length and name (at most 9 bytes + the name). An upper bound, so a request
+/// packed up to a limit with it never exceeds the limit; with 1,000 partitions of small batches
+/// the framing alone is about 10 KB, more than the slack left for the request header.
+pub(crate) fn request_cost(topic: &str, batch_len: usize, deliver_at: i64) -> usize {
+    let delay = if deliver_at > 0 { DELIVER_AT_COST } else { 0 };
+    batch_len + topic.len() + 32 + delay
+}
+
+/// The most a batch's `deliver_at_ms` entry adds to its `PartitionProduceData`: the packed
+/// field's tag (1 byte), length (1) and one positive int64 varint (at most 9). The entry's
+/// length prefix is already counted at its largest.
+pub(crate) const DELIVER_AT_COST: usize = 11;
+
+/// The batch key of a record's delivery time: 0 (not delayed) for none or a time at or before
+/// the epoch.
+pub(crate) fn deliver_at_of(record: &ProducerRecord<'_>) -> i64 {
+    record.deliver_at.map_or(0, |t| t.max(0))
 }
 
 /// The part of `record`'s encoding that does not depend on its place in a batch
@@ -375,6 +397,7 @@ impl Accumulator {
             value: record.value,
             headers: record.headers,
         };
+        let deliver_at = deliver_at_of(record);
         let mut wake = false;
         let mut switched = false;
         let part_id = loop {
@@ -383,6 +406,16 @@ impl Accumulator {
             let Some(open) = q.open.as_mut() else {
                 break part_id;
             };
+            if open.deliver_at != deliver_at {
+                // One delivery time per batch: close this one (it goes out as it is) and start
+                // a new one here (which wakes the sender). The partition stays: this is not
+                // the batch filling up.
+                if let Some(other) = q.open.take() {
+                    q.last_size = other.builder.size();
+                    q.ready.push_back(other);
+                }
+                break part_id;
+            }
             let size = open.builder.measured_record_size(&rec, payload);
             let needed = open.builder.size() + size;
             if open.builder.is_empty() || needed <= self.batch_size {
@@ -446,6 +479,7 @@ impl Accumulator {
             builder,
             completion: completion.clone(),
             created: Instant::now(),
+            deliver_at,
             permit,
         };
         if batch.builder.size() >= self.batch_size {
@@ -489,14 +523,17 @@ impl Accumulator {
             let take_ready = !q.ready.is_empty();
             let size_of_open = q.open.as_ref().map_or(0, |b| b.builder.size());
             let size = if take_ready {
-                q.ready.front().map_or(0, |b| b.builder.size())
+                q.ready.front().map_or(0, |b| {
+                    request_cost(&q.topic, b.builder.size(), b.deliver_at)
+                })
             } else {
                 match &q.open {
-                    Some(b) if force || now >= b.created + linger => b.builder.size(),
+                    Some(b) if force || now >= b.created + linger => {
+                        request_cost(&q.topic, b.builder.size(), b.deliver_at)
+                    }
                     _ => continue,
                 }
             };
-            let size = request_cost(&q.topic, size);
             if size > budget && !out.is_empty() {
                 continue;
             }
@@ -892,7 +929,7 @@ mod tests {
         }
         let one = queued(&a)[0].builder.size();
         let mut out = Vec::new();
-        let budget = 50 * request_cost("t", one);
+        let budget = 50 * request_cost("t", one, 0);
         a.drain(
             Instant::now(),
             Duration::ZERO,
@@ -902,6 +939,108 @@ mod tests {
             &mut out,
         );
         assert_eq!(out.len(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_new_delivery_time_closes_the_open_batch() {
+        let mut a = acc(16384, 1 << 20);
+        let at = |t: Option<i64>| ProducerRecord {
+            deliver_at: t,
+            ..ProducerRecord::new("t").partition(2).value(b"v")
+        };
+        let times = [
+            Some(5_000),
+            Some(5_000),
+            Some(9_000),
+            None,
+            Some(-1), // before the epoch: not delayed, as None
+            Some(0),
+            Some(5_000),
+        ];
+        let mut wakes = Vec::new();
+        for t in times {
+            let Append::Done { wake, created, .. } = append(&mut a, &at(t)) else {
+                panic!()
+            };
+            wakes.push((wake, created.is_some()));
+        }
+        // A batch is created (and the sender woken) exactly where the time changes.
+        let new = |n| (true, n);
+        assert_eq!(
+            wakes,
+            [
+                new(true),
+                (false, false),
+                new(true),
+                new(true),
+                (false, false),
+                (false, false),
+                new(true)
+            ]
+        );
+        // The closed ones are ready at once, oldest first, one per drain, without linger.
+        let mut batches = Vec::new();
+        loop {
+            let mut out = Vec::new();
+            a.drain(
+                Instant::now(),
+                Duration::from_secs(60),
+                false,
+                usize::MAX,
+                |_| true,
+                &mut out,
+            );
+            if out.is_empty() {
+                break;
+            }
+            assert_eq!(out.len(), 1, "one batch per partition per drain");
+            batches.extend(out.into_iter().map(|d| d.batch));
+        }
+        let got: Vec<(i64, usize)> = batches
+            .iter()
+            .map(|b| (b.deliver_at, b.builder.len()))
+            .collect();
+        assert_eq!(got, [(5_000, 2), (9_000, 1), (0, 3)]);
+        // The last one is still open, lingering.
+        let last = drain_all(&mut a);
+        assert_eq!(last.len(), 1);
+        assert_eq!(
+            (last[0].batch.deliver_at, last[0].batch.builder.len()),
+            (5_000, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn keyless_records_stay_on_their_partition_when_the_time_changes() {
+        let mut a = acc(16384, 1 << 20);
+        let mut partitions = Vec::new();
+        for i in 0..6 {
+            let r = ProducerRecord::new("t").value(b"v").deliver_at(1 + i % 2);
+            let Append::Done { future, .. } = append(&mut a, &r) else {
+                panic!()
+            };
+            partitions.push(future.partition());
+        }
+        partitions.dedup();
+        assert_eq!(partitions.len(), 1, "a time change is not a full batch");
+        assert_eq!(queued(&a).len(), 6);
+    }
+
+    #[test]
+    fn a_delayed_batch_costs_its_deliver_at_ms() {
+        assert_eq!(request_cost("t", 100, 0), request_cost("t", 100, -3));
+        assert_eq!(
+            request_cost("t", 100, 1),
+            request_cost("t", 100, 0) + DELIVER_AT_COST
+        );
+        // The packed field's size for the largest time: tag, length, protobuf varint.
+        let mut v = i64::MAX as u64;
+        let mut varint = 1;
+        while v >= 0x80 {
+            v >>= 7;
+            varint += 1;
+        }
+        assert_eq!(1 + 1 + varint, DELIVER_AT_COST);
     }
 
     #[tokio::test]

@@ -29,7 +29,7 @@ use crate::backoff::backoff;
 use crate::config::ProducerConfig;
 use crate::control::Control;
 use crate::error::{Error, Result};
-use crate::record::ProducerRecord;
+use crate::record::{MAX_DELIVERY_DELAY, ProducerRecord};
 use accumulator::{Accumulator, Append, first_record_size, record_payload};
 use delivery::Completion;
 use sender::{Identity, Sender, init_producer_id};
@@ -154,6 +154,23 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Refuses a delivery time more than [`MAX_DELIVERY_DELAY`] after `now` (both ms since the Unix
+/// epoch), as the broker would (with `INVALID_REQUEST`, for the whole batch).
+fn check_deliver_at(at: i64, now: i64) -> Result<()> {
+    let max = i64::try_from(MAX_DELIVERY_DELAY.as_millis()).unwrap_or(i64::MAX);
+    if at > now.saturating_add(max) {
+        return Err(Error::config(
+            "deliver_at",
+            format!(
+                "{at} is {} ms from now, more than the {} days a delivery may be delayed",
+                at.saturating_sub(now),
+                MAX_DELIVERY_DELAY.as_secs() / 86_400
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Producer {
     /// Checks `config`, connects to the cluster and (with idempotence) gets a producer id, then
     /// starts the sender task. Must be called within a tokio runtime.
@@ -228,19 +245,26 @@ impl Producer {
             value,
             headers,
             timestamp: None,
+            deliver_at: None,
         })
         .await
     }
 
-    /// Sends a record with an explicit partition or timestamp; see [`Producer::send`].
+    /// Sends a record with an explicit partition, timestamp or delivery time; see
+    /// [`Producer::send`]. A record with a delivery time goes in a batch of records with the
+    /// same time (see [`ProducerRecord`]'s `deliver_at`).
     ///
     /// # Errors
-    /// As [`Producer::send`], and [`Error::UnknownPartition`] for a partition the topic does
-    /// not have.
+    /// As [`Producer::send`], [`Error::UnknownPartition`] for a partition the topic does not
+    /// have, and [`Error::Config`] (named `deliver_at`) for a delivery time more than
+    /// [`crate::MAX_DELIVERY_DELAY`] ahead of this machine's clock.
     pub async fn send_record(&self, record: ProducerRecord<'_>) -> Result<DeliveryFuture> {
         let shared = &self.inner.shared;
         if let Some(e) = shared.fatal_error() {
             return Err(e);
+        }
+        if let Some(at) = record.deliver_at {
+            check_deliver_at(at, now_ms())?;
         }
         let payload = record_payload(&record);
         let size = HEADER_LEN + first_record_size(payload);

@@ -23,6 +23,11 @@
 //! time, an unexplained sequence error), it stops taking new batches, settles what is in flight,
 //! bumps its epoch with InitProducerId and starts every partition's sequences at 0 again.
 //!
+//! **Delayed delivery.** A batch's delivery time (`deliver_at`, from the accumulator) travels
+//! with it through every attempt: its partition's entry in the request carries
+//! `deliver_at_ms = [deliver_at]` when it is delayed and nothing when it is not (the common case
+//! sends no extra bytes). A resend carries the same time with the same bytes.
+//!
 //! **Connections.** A lost connection fails everything in flight (as above) before a new one is
 //! opened, with exponential backoff, so no batch of a partition can overtake an unresolved one.
 
@@ -78,6 +83,9 @@ struct SentBatch {
     id: u64,
     completion: Arc<Completion>,
     created: Instant,
+    /// The batch's delivery time (ms since the Unix epoch), 0 for not delayed: sent with every
+    /// attempt.
+    deliver_at: i64,
     /// Whether an attempt may have been appended although no success was seen (its response
     /// was lost, or timed out). Such a batch must be resent with the same sequence and epoch.
     maybe_appended: bool,
@@ -636,7 +644,7 @@ impl Sender {
                 let Some(front) = p.resend.front() else {
                     continue;
                 };
-                let cost = request_cost(&front.topic, front.bytes.len());
+                let cost = request_cost(&front.topic, front.bytes.len(), front.deliver_at);
                 if size + cost > limit && !batches.is_empty() {
                     continue;
                 }
@@ -687,6 +695,7 @@ impl Sender {
             builder,
             completion,
             created,
+            deliver_at,
             permit,
         } = d.batch;
         let (topic, partition) = {
@@ -722,6 +731,7 @@ impl Sender {
             id,
             completion,
             created,
+            deliver_at,
             maybe_appended: false,
             _permit: permit,
         })
@@ -733,6 +743,7 @@ impl Sender {
             let data = PartitionProduceData {
                 partition: b.partition,
                 records: b.bytes.clone(),
+                deliver_at_ms: deliver_at_ms(&[b.deliver_at]),
             };
             match topics.iter_mut().find(|t| *t.name == *b.topic) {
                 Some(t) => t.partitions.push(data),
@@ -976,6 +987,18 @@ impl Sender {
         at = at.min(self.next_refresh);
         // Never spin: at least a millisecond when something is due now but cannot go out.
         at.max(now + Duration::from_micros(200))
+    }
+}
+
+/// A partition's `deliver_at_ms` for the batches in its `records`, in order, given each batch's
+/// delivery time (0 for not delayed): one entry per batch, or none at all when no batch is
+/// delayed, so undelayed data sends nothing extra (and allocates nothing). The sender puts one
+/// batch per partition in a request; the rule holds for any number.
+pub(crate) fn deliver_at_ms(batches: &[i64]) -> Vec<i64> {
+    if batches.iter().all(|&t| t <= 0) {
+        Vec::new()
+    } else {
+        batches.iter().map(|&t| t.max(0)).collect()
     }
 }
 

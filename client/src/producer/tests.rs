@@ -71,6 +71,33 @@ struct FakeBroker {
     lost_responses: AtomicUsize,
     duplicates: AtomicUsize,
     out_of_order: AtomicUsize,
+    /// Every partition entry of every produce request handled, resends included.
+    received: Mutex<Vec<Received>>,
+}
+
+/// One `PartitionProduceData` as the fake broker received it.
+#[derive(Debug, Clone)]
+struct Received {
+    partition: i32,
+    /// Each batch's values, in order.
+    batches: Vec<Vec<Bytes>>,
+    deliver_at_ms: Vec<i64>,
+}
+
+/// The values of each batch in `records`.
+fn batch_values(records: &Bytes) -> Vec<Vec<Bytes>> {
+    BatchIter::new(records)
+        .map(|item| {
+            let (range, _) = item.unwrap();
+            let raw = records.slice(range);
+            let h = validate_produced(&raw).unwrap();
+            let plain = decompress(&raw, &h, 1 << 30).unwrap();
+            Records::new(plain)
+                .unwrap()
+                .map(|r| r.unwrap().value.unwrap())
+                .collect()
+        })
+        .collect()
 }
 
 impl FakeBroker {
@@ -233,6 +260,11 @@ impl FakeBroker {
                             .partitions
                             .into_iter()
                             .map(|d| {
+                                self.received.lock().unwrap().push(Received {
+                                    partition: d.partition,
+                                    batches: batch_values(&d.records),
+                                    deliver_at_ms: d.deliver_at_ms.clone(),
+                                });
                                 let (code, base) = self.append(d.partition, &d.records);
                                 PartitionProduceResponse {
                                     partition: d.partition,
@@ -799,4 +831,185 @@ async fn requests_of_many_small_batches_stay_within_the_frame_limit() {
     let logs = broker.logs.lock().unwrap();
     assert_eq!(logs.len(), 1000);
     assert!(logs.values().all(|l| l.values.len() == 1));
+}
+
+/// ms since the Unix epoch, now.
+fn now_ms() -> i64 {
+    super::now_ms()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_times_split_batches_and_travel_per_batch() {
+    let broker = Arc::new(FakeBroker::default());
+    let addr = broker.clone().serve().await;
+    let mut c = config(addr);
+    // Without delivery times, every record below would share one batch per partition.
+    c.batch_size = 16384;
+    c.linger = Duration::from_secs(5);
+    let producer = Producer::connect(c).await.unwrap();
+    let t1 = now_ms() + 3_600_000;
+    let t2 = t1 + 3_600_000;
+    // Partition 0: [0, 1, 2] at t1, [3, 4, 5] at t2, [6, 7] not delayed, [8, 9] at t1 again.
+    let times = [
+        Some(t1),
+        Some(t1),
+        Some(t1),
+        Some(t2),
+        Some(t2),
+        Some(t2),
+        None,
+        None,
+        Some(t1),
+        Some(t1),
+    ];
+    let mut ds = Vec::new();
+    for (i, at) in times.iter().enumerate() {
+        let value = numbered(i);
+        let mut r = crate::ProducerRecord::new("t")
+            .partition(0)
+            .value(value.as_bytes());
+        r.deliver_at = *at;
+        ds.push(producer.send_record(r).await.unwrap());
+        // Partition 1, never delayed, shares requests with partition 0.
+        let r = crate::ProducerRecord::new("t")
+            .partition(1)
+            .value(value.as_bytes());
+        ds.push(producer.send_record(r).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for d in ds {
+        d.await.unwrap();
+    }
+    producer.close().await.unwrap();
+    let received = broker.received.lock().unwrap().clone();
+    let values = |r: &[usize]| -> Vec<Bytes> {
+        r.iter()
+            .map(|&i| Bytes::from(numbered(i).into_bytes()))
+            .collect()
+    };
+    let p0: Vec<(Vec<Vec<Bytes>>, Vec<i64>)> = received
+        .iter()
+        .filter(|r| r.partition == 0)
+        .map(|r| (r.batches.clone(), r.deliver_at_ms.clone()))
+        .collect();
+    assert_eq!(
+        p0,
+        vec![
+            (vec![values(&[0, 1, 2])], vec![t1]),
+            (vec![values(&[3, 4, 5])], vec![t2]),
+            (vec![values(&[6, 7])], vec![]),
+            (vec![values(&[8, 9])], vec![t1]),
+        ],
+        "one batch per delivery time, each with its own entry"
+    );
+    let p1: Vec<&Received> = received.iter().filter(|r| r.partition == 1).collect();
+    assert_eq!(p1.len(), 1, "undelayed records keep batching: {p1:?}");
+    assert_eq!(p1[0].batches, vec![values(&(0..10).collect::<Vec<_>>())]);
+    assert!(p1[0].deliver_at_ms.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_without_delay_send_no_deliver_at_ms() {
+    let broker = Arc::new(FakeBroker::default());
+    let addr = broker.clone().serve().await;
+    send_and_check(&broker, config(addr), 500, 10).await;
+    let received = broker.received.lock().unwrap();
+    assert!(received.len() > 3);
+    for r in received.iter() {
+        assert!(r.deliver_at_ms.is_empty(), "{r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_resend_the_same_delivery_times() {
+    let broker = Arc::new(FakeBroker {
+        chaos: 5,
+        ..Default::default()
+    });
+    let addr = broker.clone().serve().await;
+    let producer = Producer::connect(config(addr)).await.unwrap();
+    let base = now_ms() + 60_000;
+    // Runs of 7 records share a time; every third run is not delayed.
+    let deliver_at = |i: usize| match (i / 7) % 3 {
+        0 => None,
+        n => Some(base + n as i64 * 1000 + (i / 21) as i64),
+    };
+    let mut ds = Vec::new();
+    for i in 0..3000 {
+        let key = format!("key-{}", i % 20);
+        let value = numbered(i);
+        let mut r = crate::ProducerRecord::new("t")
+            .key(key.as_bytes())
+            .value(value.as_bytes());
+        r.deliver_at = deliver_at(i);
+        ds.push(producer.send_record(r).await.unwrap());
+    }
+    for d in ds {
+        d.await.unwrap();
+    }
+    producer.close().await.unwrap();
+    assert!(broker.lost_responses.load(AtomicOrdering::Relaxed) > 0);
+    assert!(broker.duplicates.load(AtomicOrdering::Relaxed) > 0);
+    // Every attempt of every batch, resends included, carried its records' one time.
+    let received = broker.received.lock().unwrap();
+    let mut seen = 0;
+    for r in received.iter() {
+        assert!(r.deliver_at_ms.is_empty() || r.deliver_at_ms.len() == r.batches.len());
+        for (b, batch) in r.batches.iter().enumerate() {
+            let sent = r.deliver_at_ms.get(b).copied().unwrap_or(0);
+            for v in batch {
+                let i: usize = std::str::from_utf8(v).unwrap().parse().unwrap();
+                assert_eq!(sent, deliver_at(i).unwrap_or(0), "record {i}: {r:?}");
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen > 3000, "resends were checked too: {seen}");
+    // Each partition's log holds every record once, in order.
+    let logs = broker.logs.lock().unwrap();
+    assert_eq!(logs.values().map(|l| l.values.len()).sum::<usize>(), 3000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_time_more_than_90_days_ahead_is_refused_at_send() {
+    let broker = Arc::new(FakeBroker::default());
+    let addr = broker.clone().serve().await;
+    let producer = Producer::connect(config(addr)).await.unwrap();
+    let day = 86_400_000;
+    let r = crate::ProducerRecord::new("t")
+        .value(b"late")
+        .deliver_at(now_ms() + 91 * day);
+    let err = producer.send_record(r).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                name: "deliver_at",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.is_fatal());
+    let r = crate::ProducerRecord::new("t")
+        .value(b"later")
+        .deliver_after(Duration::from_secs(89 * 86_400));
+    producer.send_record(r).await.unwrap().await.unwrap();
+    producer.close().await.unwrap();
+    assert!(super::check_deliver_at(1_000 + 90 * day, 1_000).is_ok());
+    assert!(super::check_deliver_at(1_001 + 90 * day, 1_000).is_err());
+    assert!(super::check_deliver_at(i64::MAX, i64::MAX).is_ok());
+    assert!(
+        super::check_deliver_at(-5, 1_000).is_ok(),
+        "past: not delayed"
+    );
+}
+
+#[test]
+fn deliver_at_ms_is_empty_unless_a_batch_is_delayed() {
+    use super::sender::deliver_at_ms;
+    assert!(deliver_at_ms(&[0]).is_empty());
+    assert!(deliver_at_ms(&[0, 0, -7]).is_empty());
+    assert_eq!(deliver_at_ms(&[5]), vec![5]);
+    assert_eq!(deliver_at_ms(&[0, 5, -1]), vec![0, 5, 0]);
 }

@@ -210,18 +210,31 @@ impl Core {
                         .get(&tp.0)
                         .and_then(|t| t.partition(tp.1).cloned());
                     let log_end = reader.as_ref().map_or(-1, |p| p.reader().end_offset());
-                    let has_unfinished = qp.start() < log_end;
+                    let (delayed, delayed_fresh, first_delayed) =
+                        reader.as_ref().map_or((0, 0, None), |p| {
+                            let d = p.delays();
+                            (
+                                d.pending_records(qp.fired(), qp.origin()),
+                                d.pending_records(qp.fired(), qp.next()),
+                                d.first_pending(qp.fired(), qp.origin()),
+                            )
+                        });
+                    // Records whose delivery time is ahead are not finished either.
+                    let start = first_delayed.map_or(qp.start(), |f| f.min(qp.start()));
                     let oldest_unacked_ms = reader
-                        .filter(|_| has_unfinished)
-                        .and_then(|p| timestamp_at(&p, qp.start()))
+                        .as_ref()
+                        .filter(|_| start < log_end)
+                        .and_then(|p| timestamp_at(p, start))
                         .map(|ts| (now - ts).max(0));
                     let mut counts = qp.counts();
-                    // Never handed out yet: ready too.
-                    counts.available += (log_end - qp.next()).max(0) as u64;
+                    counts.delayed += delayed;
+                    // Never handed out yet: ready too, unless their delivery time is ahead.
+                    counts.available +=
+                        ((log_end - qp.next()).max(0) as u64).saturating_sub(delayed_fresh);
                     PartitionView {
                         topic: tp.0.to_string(),
                         partition: tp.1,
-                        start: qp.start(),
+                        start,
                         next: qp.next(),
                         log_end,
                         counts,

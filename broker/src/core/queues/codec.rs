@@ -9,7 +9,10 @@
 //!   ([`super::settings::encode`]); a null value deletes the group;
 //! - `0x03 | u16 len | dead-letter topic`: a redrive task ([`super::redrive`]).
 //!
-//! State body: `i64 start | i64 next | u64 acked | u64 dead-lettered | u32 spans | span*`, a span `i64 first |
+//! - `0x04 | ...`: a delayed run of a partition ([`crate::core::delays`]).
+//!
+//! State body (version 2): `i64 start | i64 next | u64 acked | u64 dead-lettered | i64 fired at |
+//! i64 fired through | i64 origin | u32 spans | span*` (version 1, read still, has no `fired` and `origin`), a span `i64 first |
 //! i64 last | u32 attempts | u32 failures | u16 len | error | u8 0 or 1 | (u64 key hash) | u8
 //! state | ...` with
 //! state 1 available, 2 acquired (`u16 len | member | i64 until`), 3 delayed (`i64 until`), 4
@@ -20,7 +23,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut};
 
-use super::state::{Delta, Finished, Reason, Span, State};
+use super::state::{Delta, Finished, Fired, Reason, Span, State};
 
 /// What went wrong reading a state record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +40,7 @@ pub const KEY_REDRIVE: u8 = 3;
 pub const SNAPSHOT: u8 = 1;
 /// Value kind: a delta.
 pub const DELTA: u8 = 2;
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// A decoded key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +52,8 @@ pub enum Key {
     },
     Group(String),
     Redrive(String),
+    /// A delayed run ([`crate::core::delays`]); the whole key, for its own decoder.
+    Delay,
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -132,6 +137,7 @@ pub fn decode_key(key: &[u8]) -> Result<Key, CodecError> {
         }
         KEY_GROUP => Ok(Key::Group(r.str()?.to_string())),
         KEY_REDRIVE => Ok(Key::Redrive(r.str()?.to_string())),
+        crate::core::delays::KEY_DELAY => Ok(Key::Delay),
         _ => Err(CodecError("unknown key kind")),
     }
 }
@@ -145,6 +151,9 @@ pub fn encode_state(kind: u8, delta: &Delta) -> Vec<u8> {
     out.put_i64(delta.next);
     out.put_u64(delta.finished.acked);
     out.put_u64(delta.finished.dead_lettered);
+    out.put_i64(delta.fired.at);
+    out.put_i64(delta.fired.through);
+    out.put_i64(delta.origin);
     out.put_u32(delta.spans.len() as u32);
     for s in &delta.spans {
         out.put_i64(s.first);
@@ -186,7 +195,8 @@ pub fn encode_state(kind: u8, delta: &Delta) -> Vec<u8> {
 /// within `start..next`, and not overlap.
 pub fn decode_state(value: &[u8]) -> Result<(u8, Delta), CodecError> {
     let mut r = Reader(value);
-    if r.u8()? != VERSION {
+    let version = r.u8()?;
+    if version != VERSION && version != 1 {
         return Err(CodecError("unknown version"));
     }
     let kind = r.u8()?;
@@ -198,6 +208,15 @@ pub fn decode_state(value: &[u8]) -> Result<(u8, Delta), CodecError> {
     let finished = Finished {
         acked: r.i64()? as u64,
         dead_lettered: r.i64()? as u64,
+    };
+    let (fired, origin) = if version == 1 {
+        (Fired::default(), start)
+    } else {
+        let fired = Fired {
+            at: r.i64()?,
+            through: r.i64()?,
+        };
+        (fired, r.i64()?)
     };
     let count = r.u32()? as usize;
     if start < 0 || next < start {
@@ -265,6 +284,8 @@ pub fn decode_state(value: &[u8]) -> Result<(u8, Delta), CodecError> {
             start,
             next,
             finished,
+            fired,
+            origin,
             spans,
         },
     ))
@@ -291,6 +312,11 @@ mod tests {
                 acked: 5,
                 dead_lettered: 2,
             },
+            fired: Fired {
+                at: 1_700_000_000_000,
+                through: 3,
+            },
+            origin: 4,
             spans: vec![
                 span(10, 12, State::Available),
                 span(
@@ -347,8 +373,8 @@ mod tests {
             }
         }
         // A huge span count in a short record is refused before allocating.
-        let mut b = bytes[..38].to_vec();
-        b[34..38].copy_from_slice(&u32::MAX.to_be_bytes());
+        let mut b = bytes[..62].to_vec();
+        b[58..62].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decode_state(&b), Err(CodecError("more spans than bytes")));
     }
 }

@@ -14,8 +14,9 @@ use strom_protocol::batch::{BatchIter, Records};
 use strom_protocol::compression::{MAX_DECOMPRESSED_BATCH, decompress};
 
 use super::policy::{Ordering, key_hash};
-use super::state::{Delta, MemberId, Millis, RecordSource};
+use super::state::{Delta, Fired, MemberId, Millis, RecordSource};
 use super::{AckEntry, Chunk, Fetched, Inner, QueueFetch, StateWrites, Tp, now_ms};
+use crate::core::delays::DelayIndex;
 use crate::core::{Core, Failure};
 
 impl Core {
@@ -62,6 +63,7 @@ impl Core {
                 woke = !acks.is_empty();
             }
             woke |= inner.expire(&group.name, now, &mut out);
+            woke |= inner.fire(&group.name, &self.topics, now, &mut out);
             for t in &topics {
                 inner.ensure_partitions(&group.name, &self.topics, t, &mut out, now);
             }
@@ -89,7 +91,10 @@ impl Core {
                     }
                 }
             }
-            let next_deadline = inner.next_deadline();
+            let next_deadline = match (inner.next_deadline(), inner.next_delivery(&self.topics)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let persisted = self.queue_persist(out).await;
             drop(inner);
             if woke {
@@ -179,6 +184,8 @@ impl Core {
                     start: log_start,
                     next: qp.next().max(log_start),
                     finished: qp.finished(),
+                    fired: qp.fired(),
+                    origin: qp.origin(),
                     spans: Vec::new(),
                 };
                 inner.commit(group, tp, delta, out, now);
@@ -200,6 +207,7 @@ impl Core {
                 keys: BTreeMap::new(),
                 want_keys: policy.ordering == Ordering::Key,
                 tp,
+                delays: part.delays(),
             };
             let (runs, delta) = qp.acquire(member, want, end, now, &policy, &mut source);
             let Some(delta) = delta else { continue };
@@ -309,6 +317,7 @@ struct Reads<'a> {
     keys: BTreeMap<i64, Option<u64>>,
     want_keys: bool,
     tp: &'a Tp,
+    delays: &'a DelayIndex,
 }
 
 impl RecordSource for Reads<'_> {
@@ -339,6 +348,38 @@ impl RecordSource for Reads<'_> {
     }
 
     fn key(&mut self, offset: i64) -> Option<u64> {
+        self.keys.get(&offset).copied().flatten()
+    }
+
+    fn delayed(&mut self, first: i64, last: i64, fired: Fired) -> Option<(i64, i64)> {
+        self.delays.delayed_in(first, last, fired)
+    }
+}
+
+/// Reads records' key hashes on demand (delayed records taken in with `ordering=key`).
+pub(super) struct KeyReader<'a> {
+    reader: &'a strom_storage::LogReader,
+    keys: BTreeMap<i64, Option<u64>>,
+}
+
+impl<'a> KeyReader<'a> {
+    pub(super) fn new(reader: &'a strom_storage::LogReader) -> Self {
+        Self {
+            reader,
+            keys: BTreeMap::new(),
+        }
+    }
+
+    /// The key hash of the record at `offset` (None: no key, or no record).
+    pub(super) fn key(&mut self, offset: i64) -> Option<u64> {
+        if !self.keys.contains_key(&offset) {
+            match self.reader.read(offset, 1 << 20) {
+                Ok(r) => read_keys(&r.data, &mut self.keys),
+                Err(e) => tracing::warn!(offset, error = %e, "reading a delayed record's key"),
+            }
+            // Not found (deleted): remember, so it is read once.
+            self.keys.entry(offset).or_insert(None);
+        }
         self.keys.get(&offset).copied().flatten()
     }
 }

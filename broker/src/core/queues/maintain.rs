@@ -1,15 +1,20 @@
 //! The queue coordinator's background work: sessions that ended, leases and delays that ran
-//! out, and compaction of `__queue_state`.
+//! out, delayed records whose time came, forgetting delayed runs every group has taken in, and
+//! compaction of `__queue_state`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::Instant;
 
 use super::codec::{self, SNAPSHOT};
 use super::redrive;
 use super::settings;
-use super::state::MemberId;
-use super::{StateWrites, now_ms, state_partition};
+use super::state::{Fired, MemberId, Millis};
+use super::{StateWrites, Tp, now_ms, state_partition};
+use crate::core::delays;
+
+/// Delayed runs per batch when compaction writes them whole (~60 bytes each).
+const SNAPSHOT_RUNS_PER_BATCH: usize = 20_000;
 use crate::core::Core;
 
 impl Core {
@@ -30,7 +35,9 @@ impl Core {
                 tracing::info!(group = %g.name, member = %m, "queue group member's session ended");
                 inner.remove_member(&g.name, m, false, now, &mut out);
             }
-            let woke = inner.expire(&g.name, now, &mut out) || !gone.is_empty();
+            let woke = inner.expire(&g.name, now, &mut out)
+                | inner.fire(&g.name, &self.topics, now, &mut out)
+                || !gone.is_empty();
             let rx = self.queue_persist(out).await;
             drop(inner);
             if woke {
@@ -40,11 +47,90 @@ impl Core {
                 tracing::error!(group = %g.name, error = %e, "queue state append failed");
             }
         }
+        let live_delays = self.prune_delays(now).await;
+        // Compaction rewrites the delayed runs still pending: wait until the log holds more
+        // than that beside them.
         if self.queues.appended.load(AtomicOrdering::Relaxed)
-            > self.config.queue_state_compact_records
+            > self
+                .config
+                .queue_state_compact_records
+                .saturating_add(live_delays as u64)
         {
             self.queue_compact().await;
         }
+    }
+
+    /// Forgets delayed runs every queue-partition of their partition has taken in (all due
+    /// runs, for a partition no queue group reads). Returns the runs still held.
+    async fn prune_delays(&self, now: Millis) -> usize {
+        let mut marks: HashMap<Tp, Fired> = HashMap::new();
+        for g in self.queues.all() {
+            let inner = g.inner.lock().await;
+            for (tp, qp) in &inner.qps {
+                let m = marks.entry(tp.clone()).or_insert(qp.fired());
+                *m = (*m).min(qp.fired());
+            }
+        }
+        let mut live = 0;
+        for t in self.topics.all() {
+            for p in &t.partitions {
+                let index = p.delays();
+                if index.len() == 0 {
+                    continue;
+                }
+                let mark = marks
+                    .get(&(t.name.clone(), p.index))
+                    .copied()
+                    .unwrap_or(Fired::upto(now));
+                index.prune(mark);
+                live += index.len();
+            }
+        }
+        live
+    }
+
+    /// Writes every partition's delayed runs whole (compaction). The base offset of the first
+    /// batch, or None when there are none; Err when a write failed.
+    async fn write_delays(&self) -> Result<Option<i64>, String> {
+        let mut first = None;
+        for t in self.topics.all() {
+            for p in &t.partitions {
+                let index = p.delays();
+                if index.len() == 0 {
+                    continue;
+                }
+                // Under the order lock: a run entered after this snapshot is written after it.
+                let order = index.order.lock().await;
+                let mut waits = Vec::new();
+                for chunk in index.all().chunks(SNAPSHOT_RUNS_PER_BATCH) {
+                    let mut out = StateWrites::default();
+                    let now = now_ms();
+                    for d in chunk {
+                        out.push(
+                            &delays::key(&t.name, p.index, d.first),
+                            Some(&delays::value(&t.id, d.last, d.at)),
+                            now,
+                        );
+                    }
+                    waits.push(self.queue_persist(out).await);
+                }
+                drop(order);
+                for w in waits {
+                    match w {
+                        Ok(Some(rx)) => match rx.await {
+                            Ok(Ok(base)) => {
+                                first.get_or_insert(base);
+                            }
+                            Ok(Err((_, e))) => return Err(e),
+                            Err(_) => return Err("the state log stopped".into()),
+                        },
+                        Ok(None) => {}
+                        Err((_, e)) => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(first)
     }
 
     /// Writes every group whole and moves `__queue_state`'s start past what that covers.
@@ -79,6 +165,16 @@ impl Core {
                     },
                     _ => return,
                 }
+            }
+        }
+        match self.write_delays().await {
+            Ok(Some(base)) => {
+                first_offset.get_or_insert(base);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "delayed runs' snapshot failed; not compacting");
+                return;
             }
         }
         loop {

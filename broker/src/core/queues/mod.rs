@@ -41,8 +41,9 @@ use strom_protocol::batch::{BatchBuilder, RecordRef};
 use strom_storage::ValidBatch;
 use tokio::sync::{Notify, oneshot};
 
+use super::delays::Delay;
 use super::partition::{AppendReply, Durability, Partition};
-use super::topics::Topics;
+use super::topics::{TopicId, Topics};
 use super::{Core, Failure};
 use crate::error::BrokerError;
 use codec::{DELTA, Key, SNAPSHOT};
@@ -58,6 +59,9 @@ const MIN_SESSION_MS: u32 = 1_000;
 const MAX_SESSION_MS: u32 = 300_000;
 /// Members of one group, at most.
 const MAX_MEMBERS: usize = 10_000;
+/// Delayed records one queue-partition takes in per step, at most (with `ordering=key` each is a
+/// span until handed out).
+const FIRE_LIMIT: u64 = 10_000;
 
 pub(crate) fn now_ms() -> Millis {
     std::time::SystemTime::now()
@@ -240,6 +244,7 @@ impl Queues {
         }
         let mut groups: HashMap<String, Inner> = HashMap::new();
         let mut redrives: HashMap<String, redrive::Task> = HashMap::new();
+        let mut delays = DelayRecords::new();
         let mut records = 0u64;
         if let Some(part) = state_partition(topics) {
             part.for_each_record(|rec| {
@@ -247,6 +252,7 @@ impl Queues {
                 if let Err(e) = replay(
                     &mut groups,
                     &mut redrives,
+                    &mut delays,
                     rec.key.as_deref(),
                     rec.value.as_deref(),
                 ) {
@@ -254,6 +260,7 @@ impl Queues {
                 }
             })?;
         }
+        restore_delays(topics, delays);
         let map = groups
             .into_iter()
             .filter(|(_, g)| !g.deleted)
@@ -308,15 +315,57 @@ impl Queues {
     }
 }
 
+/// Delayed runs read back, per (topic, partition): first -> (topic id, last, time).
+type DelayRecords = HashMap<(String, i32), BTreeMap<i64, (TopicId, i64, i64)>>;
+
+/// Enters the delayed runs read back into their partitions' indexes: those of topics that still
+/// exist (with the same id), within the log.
+fn restore_delays(topics: &Topics, records: DelayRecords) {
+    let mut restored = 0usize;
+    for ((topic, partition), runs) in records {
+        let Some(t) = topics.get(&topic) else {
+            continue;
+        };
+        let Some(p) = t.partition(partition) else {
+            continue;
+        };
+        let index = p.delays();
+        for (first, (id, last, at)) in runs {
+            if id == t.id {
+                index.insert(Delay { first, last, at });
+                restored += 1;
+            }
+        }
+        index.truncate(p.reader().end_offset());
+    }
+    if restored > 0 {
+        tracing::info!(runs = restored, "delayed runs loaded");
+    }
+}
+
 /// Applies one state record to the groups being rebuilt.
 fn replay(
     groups: &mut HashMap<String, Inner>,
     redrives: &mut HashMap<String, redrive::Task>,
-    key: Option<&[u8]>,
+    delays: &mut DelayRecords,
+    raw_key: Option<&[u8]>,
     value: Option<&[u8]>,
 ) -> Result<(), codec::CodecError> {
-    let key = codec::decode_key(key.ok_or(codec::CodecError("no key"))?)?;
+    let raw_key = raw_key.ok_or(codec::CodecError("no key"))?;
+    let key = codec::decode_key(raw_key)?;
     match key {
+        Key::Delay => {
+            let r = crate::core::delays::decode(raw_key, value).map_err(codec::CodecError)?;
+            let runs = delays.entry((r.topic, r.partition)).or_default();
+            match r.entry {
+                Some(e) => {
+                    runs.insert(r.first, e);
+                }
+                None => {
+                    runs.remove(&r.first);
+                }
+            }
+        }
         Key::Redrive(dlq) => match value {
             None => {
                 redrives.remove(&dlq);
@@ -449,6 +498,49 @@ impl Inner {
         any
     }
 
+    /// Takes in delayed records whose delivery time came by `now`. Whether any did.
+    fn fire(&mut self, group: &str, topics: &Topics, now: Millis, out: &mut StateWrites) -> bool {
+        let policy = self.settings.policy.clone();
+        let mut any = false;
+        let tps: Vec<Tp> = self.qps.keys().cloned().collect();
+        for tp in tps {
+            let Some(part) = topics.get(&tp.0).and_then(|t| t.partition(tp.1).cloned()) else {
+                continue;
+            };
+            let Some(qp) = self.qps.get(&tp) else {
+                continue;
+            };
+            let index = part.delays();
+            if index.next_after(qp.fired()).is_none_or(|at| at > now) {
+                continue;
+            }
+            let (due, upto) = index.due(qp.fired(), now, qp.next(), FIRE_LIMIT);
+            let log_start = part.reader().start_offset();
+            let due: Vec<(i64, i64)> = due
+                .into_iter()
+                .filter(|(_, l)| *l >= log_start)
+                .map(|(f, l)| (f.max(log_start), l))
+                .collect();
+            let mut keys = fetch::KeyReader::new(part.reader());
+            if let Some(d) = qp.fire(&due, upto, &policy, &mut |o| keys.key(o)) {
+                any |= !d.spans.is_empty();
+                self.commit(group, &tp, d, out, now);
+            }
+        }
+        any
+    }
+
+    /// The earliest delivery time still ahead for this group, if any.
+    fn next_delivery(&self, topics: &Topics) -> Option<Millis> {
+        self.qps
+            .iter()
+            .filter_map(|(tp, qp)| {
+                let part = topics.get(&tp.0)?.partition(tp.1).cloned()?;
+                part.delays().next_after(qp.fired())
+            })
+            .min()
+    }
+
     /// Removes `member`, giving back what it held: released if it left, failed if its session
     /// ended.
     fn remove_member(
@@ -513,7 +605,7 @@ impl Inner {
 /// A state batch on its way to disk (None: nothing to write).
 type Persisting = Result<Option<oneshot::Receiver<AppendReply>>, Failure>;
 
-fn state_partition(topics: &Topics) -> Option<Arc<Partition>> {
+pub(crate) fn state_partition(topics: &Topics) -> Option<Arc<Partition>> {
     topics
         .get(STATE_TOPIC)
         .and_then(|t| t.partition(0).cloned())

@@ -1,10 +1,13 @@
 //! One queue-partition's record states: the pure state machine of a (queue group, topic,
 //! partition), with no I/O, no clock and no locks.
 //!
-//! Offsets below `start` are finished (acknowledged or dead-lettered); offsets from `next` on were
-//! never handed out; every offset in `start..next` lies in exactly one [`Span`], a run of
-//! consecutive offsets that share a state, an attempt count, a failure count and a last error
-//! (run-length encoding: a fetch of 500 records is one span, so are 500 acks in a row).
+//! Offsets from `next` on were never looked at; below it, an offset lies in at most one
+//! [`Span`], a run of consecutive offsets that share a state, an attempt count, a failure count
+//! and a last error (run-length encoding: a fetch of 500 records is one span, so are 500 acks
+//! in a row). An offset below `next` in no span is finished (acknowledged or dead-lettered), or
+//! a record whose delivery time is still ahead (delayed delivery: the scan skipped it, and
+//! [`QueuePartition::fire`] takes it in when its time comes, wherever it lies). `start` is the
+//! lowest offset of an unfinished span (or `next`): nothing below it is held or waiting.
 //!
 //! Every operation is computed as a [`Delta`] (the spans it rewrites, with their whole new
 //! state, and the new `start` / `next`) and then applied with [`QueuePartition::apply`], the same
@@ -22,6 +25,7 @@
 //!   `DeadLettering` if that was the last allowed attempt);
 //! - extend: `Acquired{until}` -> `Acquired{later}`;
 //! - a delay ends: `Delayed` -> `Available`;
+//! - a delivery time comes: (skipped) -> `Available`, attempts 0;
 //! - the dead-letter record is durable: `DeadLettering` -> `DeadLettered`.
 //!
 //! `Acked` and `DeadLettered` are final; `start` moves past them.
@@ -30,6 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 pub use super::policy::{Ordering, Policy};
+pub use crate::core::delays::Fired;
 
 /// An offset in the partition.
 pub type Offset = i64;
@@ -144,6 +149,11 @@ pub struct Delta {
     pub start: Offset,
     pub next: Offset,
     pub finished: Finished,
+    /// How far delayed records have been taken in ([`QueuePartition::fire`]).
+    pub fired: Fired,
+    /// The offset the queue-partition began (or was reset) at: delayed records below it are
+    /// not its.
+    pub origin: Offset,
     pub spans: Vec<Span>,
 }
 
@@ -199,7 +209,16 @@ pub trait RecordSource {
     /// The key hash of the record at `offset` (asked only with `ordering=key`, for offsets
     /// `cover` allowed); `None` for a record without a key, or no record.
     fn key(&mut self, offset: Offset) -> Option<u64>;
+    /// The lowest run of records in `first..=last` whose delivery time `fired` has not reached
+    /// (delayed delivery), clipped to the range.
+    fn delayed(&mut self, first: Offset, last: Offset, fired: Fired) -> Option<(Offset, Offset)> {
+        let _ = (first, last, fired);
+        None
+    }
 }
+
+/// Delayed runs one fetch skips at most (each skip is an index lookup, no memory).
+const MAX_SKIPS: usize = 10_000;
 
 /// A run handed to a member by [`QueuePartition::acquire`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +244,8 @@ pub struct QueuePartition {
     start: Offset,
     next: Offset,
     finished: Finished,
+    fired: Fired,
+    origin: Offset,
     spans: BTreeMap<Offset, Span>,
     // Indexes kept by `put` and `take`, never persisted.
     /// First offsets of `Available` spans.
@@ -236,6 +257,9 @@ pub struct QueuePartition {
     /// Per key hash, the unfinished records that have it (`ordering=key`): the lowest is the
     /// only one that may be handed out.
     by_key: HashMap<u64, BTreeSet<Offset>>,
+    /// Per key hash, records of it held (`ordering=key`): a record taken in late may be below
+    /// one already handed out.
+    busy_keys: HashMap<u64, u64>,
     /// Records held, per member.
     held: HashMap<MemberId, u64>,
     in_flight: u64,
@@ -248,11 +272,14 @@ impl QueuePartition {
             start,
             next: start,
             finished: Finished::default(),
+            fired: Fired::default(),
+            origin: start,
             spans: BTreeMap::new(),
             ready: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             dead_lettering: BTreeSet::new(),
             by_key: HashMap::new(),
+            busy_keys: HashMap::new(),
             held: HashMap::new(),
             in_flight: 0,
         }
@@ -271,6 +298,16 @@ impl QueuePartition {
     /// Records acked and dead-lettered so far.
     pub fn finished(&self) -> Finished {
         self.finished
+    }
+
+    /// How far delayed records have been taken in.
+    pub fn fired(&self) -> Fired {
+        self.fired
+    }
+
+    /// Where the queue-partition began or was last reset.
+    pub fn origin(&self) -> Offset {
+        self.origin
     }
 
     /// Records held at once in this partition.
@@ -302,6 +339,8 @@ impl QueuePartition {
             start: self.start,
             next: self.next,
             finished: self.finished,
+            fired: self.fired,
+            origin: self.origin,
             spans: self.spans.values().cloned().collect(),
         }
     }
@@ -358,12 +397,13 @@ impl QueuePartition {
             self.merge_around(span.first);
         }
         self.finished = delta.finished;
+        self.fired = self.fired.max(delta.fired);
+        self.origin = delta.origin;
         if delta.next > self.next {
             self.next = delta.next;
         }
-        if delta.start > self.start {
-            self.start = delta.start;
-        }
+        // Absolute: a delayed record taken in below it moves it back.
+        self.start = delta.start;
         if self.next < self.start {
             self.next = self.start;
         }
@@ -445,6 +485,9 @@ impl QueuePartition {
                 self.deadlines.insert((*until, span.first));
                 *self.held.entry(member.clone()).or_insert(0) += n;
                 self.in_flight += n;
+                if let Some(k) = span.key {
+                    *self.busy_keys.entry(k).or_insert(0) += n;
+                }
             }
             State::Delayed { until } => {
                 self.deadlines.insert((*until, span.first));
@@ -485,6 +528,14 @@ impl QueuePartition {
                     }
                 }
                 self.in_flight -= n;
+                if let Some(k) = span.key
+                    && let Some(b) = self.busy_keys.get_mut(&k)
+                {
+                    *b -= n;
+                    if *b == 0 {
+                        self.busy_keys.remove(&k);
+                    }
+                }
             }
             State::Delayed { until } => {
                 self.deadlines.remove(&(*until, first));
@@ -497,37 +548,35 @@ impl QueuePartition {
         span
     }
 
-    /// The start after `spans` are applied: past every final span at the front.
-    fn start_after(&self, changed: &[Span]) -> Offset {
-        let mut start = self.start;
-        let mut changed = changed.iter().peekable();
-        let mut existing = self.spans.range(start..).map(|(_, s)| s).peekable();
-        loop {
-            // The span covering `start`: a changed one wins over an existing one.
-            while changed.peek().is_some_and(|s| s.last < start) {
-                changed.next();
+    /// The start after `changed` (in offset order, not overlapping) is applied: the lowest
+    /// offset of an unfinished span, or `next`.
+    fn start_after(&self, changed: &[Span], next: Offset) -> Offset {
+        let mut start = changed
+            .iter()
+            .find(|s| !s.state.is_final())
+            .map_or(next, |s| s.first);
+        for (_, e) in self.spans.range(self.start..) {
+            if e.first >= start {
+                break;
             }
-            while existing.peek().is_some_and(|s| s.last < start) {
-                existing.next();
+            if e.state.is_final() {
+                continue;
             }
-            let span = match (changed.peek(), existing.peek()) {
-                (Some(c), _) if c.first <= start => *c,
-                (_, Some(e)) if e.first <= start => {
-                    // Cut short where a changed span begins.
-                    let stop = changed.peek().map_or(e.last, |c| e.last.min(c.first - 1));
-                    if !e.state.is_final() {
-                        return start;
-                    }
-                    start = stop + 1;
-                    continue;
+            // The lowest part of `e` the change leaves as it is.
+            let mut p = e.first;
+            let from = changed.partition_point(|c| c.last < p);
+            for c in &changed[from..] {
+                if c.first > p {
+                    break;
                 }
-                _ => return start,
-            };
-            if !span.state.is_final() {
-                return start;
+                p = c.last + 1;
             }
-            start = span.last + 1;
+            if p <= e.last {
+                start = start.min(p);
+                break;
+            }
         }
+        start.min(next)
     }
 
     fn finish(&self, mut spans: Vec<Span>, next: Offset) -> Delta {
@@ -544,9 +593,11 @@ impl QueuePartition {
             start: self.start,
             next,
             finished,
+            fired: self.fired,
+            origin: self.origin,
             spans,
         };
-        d.start = self.start_after(&d.spans).min(next);
+        d.start = self.start_after(&d.spans, next);
         // Spans below the new start are implied by it.
         let start = d.start;
         d.spans.retain(|s| s.last >= start);
@@ -646,19 +697,6 @@ impl QueuePartition {
                 budget = 0;
             }
         }
-        let mut next = self.next;
-        let fresh = if budget > 0 && self.next < end {
-            // With key order, look further than the budget: held-back records do not use it.
-            let room = if by_key {
-                budget.saturating_add(MAX_WAITING)
-            } else {
-                budget
-            };
-            let want = self.next + room.min((end - self.next) as u64) as i64 - 1;
-            Some(records.cover(self.next, want).min(want))
-        } else {
-            None
-        };
         let new = |first: Offset, last: Offset, state: State, attempts: u32, key| Span {
             first,
             last,
@@ -668,68 +706,153 @@ impl QueuePartition {
             error: None,
             key,
         };
-        match fresh.filter(|last| *last >= self.next) {
-            Some(last) if by_key => {
-                let mut waiting = self
-                    .spans
-                    .values()
-                    .filter(|s| s.state == State::Available && s.attempts == 0)
-                    .map(Span::len)
-                    .sum::<u64>();
-                let mut busy: HashSet<u64> = HashSet::new();
-                let mut o = self.next;
-                while o <= last {
-                    let key = records.key(o);
-                    let free =
-                        key.is_none_or(|k| !self.by_key.contains_key(&k) && !busy.contains(&k));
-                    if free {
-                        if budget == 0 {
-                            break;
-                        }
-                        budget -= 1;
-                        runs.push(Acquired {
-                            first: o,
-                            last: o,
-                            attempt: 1,
-                        });
-                        let held = State::Acquired {
-                            member: member.clone(),
-                            until,
-                        };
-                        spans.push(new(o, o, held, 1, key));
-                    } else {
-                        if waiting >= MAX_WAITING {
-                            break;
-                        }
-                        waiting += 1;
-                        spans.push(new(o, o, State::Available, 0, key));
-                    }
-                    if let Some(k) = key {
-                        busy.insert(k);
-                    }
-                    o += 1;
+        let held = State::Acquired {
+            member: member.clone(),
+            until,
+        };
+        let mut next = self.next;
+        if by_key && budget > 0 && next < end {
+            // With key order, look further than the budget: held-back records do not use it.
+            let room = budget.saturating_add(MAX_WAITING);
+            let want = next + room.min((end - next) as u64) as i64 - 1;
+            let last = records.cover(next, want).min(want);
+            let mut waiting = self
+                .spans
+                .values()
+                .filter(|s| s.state == State::Available && s.attempts == 0)
+                .map(Span::len)
+                .sum::<u64>();
+            let mut busy: HashSet<u64> = HashSet::new();
+            let mut delayed = records.delayed(next, last, self.fired);
+            while next <= last {
+                if let Some((f, l)) = delayed
+                    && f <= next
+                {
+                    next = l + 1;
+                    delayed = records.delayed(next, last, self.fired);
+                    continue;
                 }
-                next = o;
+                let key = records.key(next);
+                let free = key.is_none_or(|k| !self.by_key.contains_key(&k) && !busy.contains(&k));
+                if free {
+                    if budget == 0 {
+                        break;
+                    }
+                    budget -= 1;
+                    runs.push(Acquired {
+                        first: next,
+                        last: next,
+                        attempt: 1,
+                    });
+                    spans.push(new(next, next, held.clone(), 1, key));
+                } else {
+                    if waiting >= MAX_WAITING {
+                        break;
+                    }
+                    waiting += 1;
+                    spans.push(new(next, next, State::Available, 0, key));
+                }
+                if let Some(k) = key {
+                    busy.insert(k);
+                }
+                next += 1;
             }
-            Some(last) => {
+        } else {
+            // Runs of records never handed out, skipping those whose delivery time is ahead
+            // (they stay out of every span until [`QueuePartition::fire`]).
+            let mut skips = 0;
+            while budget > 0 && next < end {
+                let want = next + budget.min((end - next) as u64) as i64 - 1;
+                let upto = match records.delayed(next, end - 1, self.fired) {
+                    Some((f, l)) if f <= next => {
+                        next = l + 1;
+                        skips += 1;
+                        if skips >= MAX_SKIPS {
+                            break;
+                        }
+                        continue;
+                    }
+                    Some((f, _)) => want.min(f - 1),
+                    None => want,
+                };
+                let last = records.cover(next, upto).min(upto);
+                if last < next {
+                    break;
+                }
                 runs.push(Acquired {
-                    first: self.next,
+                    first: next,
                     last,
                     attempt: 1,
                 });
-                let held = State::Acquired {
-                    member: member.clone(),
-                    until,
-                };
-                spans.push(new(self.next, last, held, 1, None));
+                spans.push(new(next, last, held.clone(), 1, None));
+                budget -= (last - next + 1) as u64;
                 next = last + 1;
+                if last < upto {
+                    // The read stopped short (the fetch's bytes).
+                    break;
+                }
             }
-            None => {}
         }
-        if spans.is_empty() {
+        if spans.is_empty() && next == self.next {
             return (runs, None);
         }
         (runs, Some(self.finish(spans, next)))
+    }
+
+    /// Takes in delayed records whose delivery time came: `due` are the runs between `fired`
+    /// and `upto` ([`crate::core::delays::DelayIndex::due`]), and `keys` gives a record's key
+    /// hash (asked only with `ordering=key`). The parts of them this queue-partition skipped
+    /// (below `next`, from `origin` on, in no span) become `Available` with no attempt yet;
+    /// afterwards `upto` counts as taken in. None when nothing changes.
+    pub fn fire(
+        &self,
+        due: &[(Offset, Offset)],
+        upto: Fired,
+        policy: &Policy,
+        keys: &mut dyn FnMut(Offset) -> Option<u64>,
+    ) -> Option<Delta> {
+        if upto <= self.fired {
+            return None;
+        }
+        let by_key = policy.ordering == Ordering::Key;
+        let mut spans = Vec::new();
+        for &(first, last) in due {
+            let (first, last) = (first.max(self.origin), last.min(self.next - 1));
+            let mut p = first;
+            // The gaps between the spans over first..=last.
+            let covering: Vec<(Offset, Offset)> = self
+                .spans
+                .range(..=last)
+                .rev()
+                .take_while(|(_, s)| s.last >= first)
+                .map(|(_, s)| (s.first, s.last))
+                .collect();
+            for (f, l) in covering.into_iter().rev().chain([(last + 1, last + 1)]) {
+                let gap_last = (f - 1).min(last);
+                if p <= gap_last {
+                    if by_key {
+                        for o in p..=gap_last {
+                            spans.push(taken_in(o, o, keys(o)));
+                        }
+                    } else {
+                        spans.push(taken_in(p, gap_last, None));
+                    }
+                }
+                p = p.max(l + 1);
+            }
+        }
+        // Neighbouring runs of one kind are one span.
+        let mut merged: Vec<Span> = Vec::with_capacity(spans.len());
+        spans.sort_by_key(|s| s.first);
+        for s in spans {
+            match merged.last_mut() {
+                Some(m) if m.joins(&s) => m.last = s.last,
+                _ => merged.push(s),
+            }
+        }
+        let mut d = self.finish(merged, self.next);
+        d.fired = upto;
+        Some(d)
     }
 
     /// Records of `span` whose state is not yet `span`'s.
@@ -746,12 +869,16 @@ impl QueuePartition {
         span.len() - same
     }
 
-    /// Whether `span` starts at its key's lowest unfinished record.
+    /// Whether `span` starts at its key's lowest unfinished record, and no record of its key
+    /// is held (one taken in late can be below one handed out).
     fn lowest_of_key(&self, span: &Span) -> bool {
-        span.key
-            .and_then(|k| self.by_key.get(&k))
-            .and_then(|offsets| offsets.first())
-            .is_none_or(|lowest| *lowest == span.first)
+        let Some(k) = span.key else { return true };
+        !self.busy_keys.contains_key(&k)
+            && self
+                .by_key
+                .get(&k)
+                .and_then(|offsets| offsets.first())
+                .is_none_or(|lowest| *lowest == span.first)
     }
 
     /// Applies a member's outcome to the run `held`, which it must hold at `held.attempt`. All
@@ -938,7 +1065,21 @@ impl QueuePartition {
     pub fn reset(&self, offset: Offset) -> Self {
         let mut qp = Self::new(offset);
         qp.finished = self.finished;
+        qp.fired = self.fired;
         qp
+    }
+}
+
+/// A delayed record taken in: available, never handed out.
+fn taken_in(first: Offset, last: Offset, key: Option<u64>) -> Span {
+    Span {
+        first,
+        last,
+        state: State::Available,
+        attempts: 0,
+        failures: 0,
+        error: None,
+        key,
     }
 }
 

@@ -1,15 +1,18 @@
 //! The queue-partition state machine against a plain model that keeps one state per offset, under
 //! random fetches, acks, nacks, rejects, extends, releases, lease expiries, members leaving or
-//! dying, dead-letter writes, snapshots and crash-and-reopen (a rebuild from the encoded state
-//! log). After every step: the same state per offset as the model, no record lost or held by two
-//! members, attempts never going down and never past `max_attempts`, every record dead-lettered
-//! at most once.
+//! dying, dead-letter writes, snapshots, crash-and-reopen (a rebuild from the encoded state
+//! log) and delayed delivery (records produced with a delivery time, skipped while it is ahead
+//! and taken in when it comes, through a real [`DelayIndex`] with a small per-step limit). After
+//! every step: the same state per offset as the model, no record lost or held by two members,
+//! none handed out before its delivery time, attempts never going down and never past
+//! `max_attempts`, every record dead-lettered at most once.
 
 use std::sync::Arc;
 
 use proptest::prelude::*;
 
 use super::*;
+use crate::core::delays::{Delay, DelayIndex};
 use crate::core::queues::codec::{DELTA, SNAPSHOT, decode_state, encode_state};
 use crate::core::queues::policy::Backoff;
 
@@ -17,11 +20,18 @@ use crate::core::queues::policy::Backoff;
 enum M {
     Fresh,
     Available,
-    Held { member: usize, until: Millis },
-    Delayed { until: Millis },
+    Held {
+        member: usize,
+        until: Millis,
+    },
+    Delayed {
+        until: Millis,
+    },
     Acked,
     Dlqing(Reason),
     Dlqed,
+    /// Looked at while its delivery time was ahead: not in the queue until it comes.
+    Skipped,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +73,9 @@ fn key_of(offset: usize) -> Option<u64> {
     (offset % 4 != 3).then(|| ((offset * 7 + offset / 5) % 3) as u64)
 }
 
-/// Records as the tests hand them over: every run whole, keys from the model.
-struct Src<'a>(&'a [Rec]);
+/// Records as the tests hand them over: every run whole, keys from the model, delays from the
+/// index.
+struct Src<'a>(&'a [Rec], &'a DelayIndex);
 
 impl RecordSource for Src<'_> {
     fn cover(&mut self, _first: Offset, last: Offset) -> Offset {
@@ -73,7 +84,14 @@ impl RecordSource for Src<'_> {
     fn key(&mut self, offset: Offset) -> Option<u64> {
         self.0.get(offset as usize).and_then(|r| r.key)
     }
+    fn delayed(&mut self, first: Offset, last: Offset, fired: Fired) -> Option<(Offset, Offset)> {
+        self.1.delayed_in(first, last, fired)
+    }
 }
+
+/// Delayed records taken in per tick, at most: small, so the mark often stops inside a time and
+/// inside a run.
+const FIRE_LIMIT: u64 = 7;
 
 /// Records that can only go `n` at a time.
 struct Limit(i64);
@@ -89,7 +107,8 @@ impl RecordSource for Limit {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Produce(u8),
+    /// Records, delayed by some milliseconds or not.
+    Produce(u8, Option<u16>),
     Fetch {
         member: usize,
         max: u8,
@@ -114,7 +133,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (1u8..40).prop_map(Op::Produce),
+        3 => (1u8..40, prop::option::weighted(0.4, 1u16..5000)).prop_map(|(n, d)| Op::Produce(n, d)),
         4 => (0usize..3, 1u8..30).prop_map(|(member, max)| Op::Fetch { member, max }),
         8 => (0usize..3, any::<u16>(), 1u8..6, prop::bool::weighted(0.1), 0u8..5, prop::option::of(0u16..3000))
             .prop_map(|(member, pick, len, wrong_attempt, outcome, delay)| Op::Settle {
@@ -142,6 +161,9 @@ struct Harness {
     dlq_writes: Vec<u32>,
     /// Records acked so far.
     acks: u64,
+    /// Per record, its delivery time.
+    deliver: Vec<Option<Millis>>,
+    index: DelayIndex,
 }
 
 impl Harness {
@@ -157,6 +179,43 @@ impl Harness {
             max_attempts_seen: Vec::new(),
             dlq_writes: Vec::new(),
             acks: 0,
+            deliver: Vec::new(),
+            index: DelayIndex::default(),
+        }
+    }
+
+    /// Whether record `i`'s delivery time is one the queue-partition has not taken in.
+    fn pending(&self, i: usize) -> bool {
+        self.deliver[i].is_some_and(|at| {
+            let o = i as i64;
+            self.qp
+                .fired()
+                .pending(Delay {
+                    first: o,
+                    last: o,
+                    at,
+                })
+                .is_some()
+        })
+    }
+
+    /// Takes in what came due, as the broker does on its ticks.
+    fn fire(&mut self) {
+        let (due, upto) = self
+            .index
+            .due(self.qp.fired(), self.now, self.qp.next(), FIRE_LIMIT);
+        let delta = self
+            .qp
+            .fire(&due, upto, &self.policy, &mut |o| key_of(o as usize));
+        let Some(d) = delta else {
+            assert!(due.is_empty());
+            return;
+        };
+        self.commit(d);
+        for i in 0..self.model.len() {
+            if self.model[i].st == M::Skipped && !self.pending(i) {
+                self.model[i].st = M::Available;
+            }
         }
     }
 
@@ -183,11 +242,18 @@ impl Harness {
 
     fn step(&mut self, op: &Op) {
         match *op {
-            Op::Produce(n) => {
+            Op::Produce(n, delay) => {
+                let first = self.model.len() as i64;
+                let at = delay.map(|d| self.now + i64::from(d));
                 for _ in 0..n {
                     self.model.push(Rec::fresh(self.model.len()));
                     self.max_attempts_seen.push(0);
                     self.dlq_writes.push(0);
+                    self.deliver.push(at);
+                }
+                if let Some(at) = at {
+                    let last = self.model.len() as i64 - 1;
+                    self.index.insert(Delay { first, last, at });
                 }
             }
             Op::Fetch { member: m, max } => self.fetch(m, u64::from(max)),
@@ -202,6 +268,7 @@ impl Harness {
             Op::Tick(ms) => {
                 self.now += i64::from(ms);
                 self.expire();
+                self.fire();
             }
             Op::Gone { member: m, clean } => {
                 let delta = self
@@ -293,7 +360,7 @@ impl Harness {
             end,
             self.now,
             &self.policy,
-            &mut Src(&self.model),
+            &mut Src(&self.model, &self.index),
         );
         // The model's choice.
         let cap = match self.policy.ordering {
@@ -307,12 +374,17 @@ impl Harness {
             .count() as u64;
         let mut budget = max.min(cap.saturating_sub(held));
         if self.policy.ordering == Ordering::Partition {
-            match self.model.iter().find(|r| !r.is_final()) {
+            match self
+                .model
+                .iter()
+                .find(|r| !r.is_final() && r.st != M::Skipped)
+            {
                 Some(r) if !matches!(r.st, M::Available | M::Fresh) => budget = 0,
                 _ => budget = budget.min(1),
             }
         }
         let mut want = Vec::new();
+        let mut skipped = Vec::new();
         let ready: Vec<usize> = (0..self.model.len())
             .filter(|&i| self.model[i].st == M::Available)
             .collect();
@@ -329,12 +401,23 @@ impl Harness {
                 }
             }
             for i in 0..self.model.len() {
-                if (want.len() as u64) < budget && self.model[i].st == M::Fresh {
+                if self.model[i].st != M::Fresh {
+                    continue;
+                }
+                if want.len() as u64 >= budget {
+                    break;
+                }
+                if self.pending(i) {
+                    skipped.push(i);
+                } else {
                     want.push(i);
                 }
             }
         }
-        assert_eq!(delta.is_some(), !runs.is_empty());
+        assert_eq!(delta.is_some(), !runs.is_empty() || !skipped.is_empty());
+        for &i in &skipped {
+            self.model[i].st = M::Skipped;
+        }
         self.handed_out(m, &runs, want, delta);
     }
 
@@ -351,6 +434,13 @@ impl Harness {
         let mut got = Vec::new();
         for r in runs {
             for o in r.first..=r.last {
+                if let Some(at) = self.deliver[o as usize] {
+                    assert!(
+                        at <= self.now,
+                        "{o} handed out at {} before its time {at}",
+                        self.now
+                    );
+                }
                 got.push(o as usize);
                 assert_eq!(
                     r.attempt,
@@ -382,7 +472,7 @@ impl Harness {
             end,
             self.now,
             &self.policy,
-            &mut Src(&self.model),
+            &mut Src(&self.model, &self.index),
         );
         let held = self
             .model
@@ -391,10 +481,17 @@ impl Harness {
             .count() as u64;
         let mut budget =
             max.min(u64::from(self.policy.max_in_flight_partition).saturating_sub(held));
+        // A record goes while no lower record of its key is in the queue unfinished and none
+        // of its key is held (a record taken in late can be below one handed out).
         let lowest_of_key = |model: &[Rec], i: usize| {
-            model[i]
-                .key
-                .is_none_or(|k| !model[..i].iter().any(|r| r.key == Some(k) && !r.is_final()))
+            model[i].key.is_none_or(|k| {
+                !model[..i]
+                    .iter()
+                    .any(|r| r.key == Some(k) && !r.is_final() && r.st != M::Skipped)
+                    && !model
+                        .iter()
+                        .any(|r| r.key == Some(k) && matches!(r.st, M::Held { .. }))
+            })
         };
         let mut want = Vec::new();
         let ready: Vec<usize> = (0..self.model.len())
@@ -419,6 +516,7 @@ impl Harness {
             budget -= 1;
         }
         let mut waiting = Vec::new();
+        let mut skipped = Vec::new();
         let fresh_from = self
             .model
             .iter()
@@ -426,10 +524,15 @@ impl Harness {
             .unwrap_or(self.model.len());
         if budget > 0 {
             for i in fresh_from..self.model.len() {
+                if self.pending(i) {
+                    skipped.push(i);
+                    continue;
+                }
                 let lower_busy = self.model[i].key.is_some_and(|k| {
                     self.model[..i].iter().enumerate().any(|(j, r)| {
                         r.key == Some(k)
                             && (!r.is_final()
+                                && r.st != M::Skipped
                                 && (j < fresh_from || want.contains(&j) || waiting.contains(&j)))
                     })
                 });
@@ -446,6 +549,9 @@ impl Harness {
         }
         for &i in &waiting {
             self.model[i].st = M::Available;
+        }
+        for &i in &skipped {
+            self.model[i].st = M::Skipped;
         }
         self.handed_out(m, &runs, want, delta);
     }
@@ -574,23 +680,31 @@ impl Harness {
         assert!(start <= next && next <= self.model.len().max(next));
         for (i, r) in self.model.iter().enumerate() {
             if i < start {
-                assert!(r.is_final(), "offset {i} below start {start} is {:?}", r.st);
+                assert!(
+                    r.is_final() || r.st == M::Skipped,
+                    "offset {i} below start {start} is {:?}",
+                    r.st
+                );
             } else if i >= next {
                 assert_eq!(r.st, M::Fresh, "offset {i} from next {next}");
             }
         }
-        // start is the first unfinished offset, next the first fresh one.
+        // start is the first unfinished offset in the queue, next the first fresh one.
         let model_start = self
             .model
             .iter()
-            .position(|r| !r.is_final())
+            .position(|r| !r.is_final() && r.st != M::Skipped)
             .unwrap_or(self.model.len());
         assert_eq!(start, model_start.min(next), "start");
-        let mut covered = start;
+        let mut in_span = vec![false; next];
+        let mut floor = -1i64;
         for s in self.qp.spans() {
-            assert_eq!(s.first as usize, covered, "spans leave a gap or overlap");
-            covered = s.last as usize + 1;
+            assert!(s.first > floor, "spans overlap");
+            assert!(s.first as usize >= start, "a span below start");
+            assert!((s.last as usize) < next, "a span from next on");
+            floor = s.last;
             for o in s.first..=s.last {
+                in_span[o as usize] = true;
                 let r = &self.model[o as usize];
                 let st = match &s.state {
                     State::Available => M::Available,
@@ -615,7 +729,25 @@ impl Harness {
                 );
             }
         }
-        assert_eq!(covered, next.max(start), "spans end at next");
+        // Offsets in no span: records skipped for their delivery time, or finished ones (below
+        // start, or above it once a record taken in late moved start back).
+        for (o, covered) in in_span.iter().enumerate() {
+            let r = &self.model[o];
+            if !covered {
+                assert!(
+                    r.st == M::Skipped || r.is_final(),
+                    "offset {o} in no span is {:?}",
+                    r.st
+                );
+            }
+            if r.st == M::Skipped {
+                assert!(!covered, "skipped {o} is in a span");
+                assert!(
+                    self.pending(o),
+                    "{o} still skipped after its time was taken in"
+                );
+            }
+        }
         for (i, r) in self.model.iter().enumerate() {
             assert!(r.attempts <= self.policy.max_attempts, "attempts of {i}");
             if !r.is_final() {
@@ -627,14 +759,20 @@ impl Harness {
             }
             assert!(self.dlq_writes[i] <= 1, "{i} dead-lettered twice");
         }
-        // Key order: a record of a key is held only while every lower record of it is done.
+        // Key order: one record of a key held at most; and, records delayed aside, a record
+        // is held only while every lower record of its key is done.
         if self.policy.ordering == Ordering::Key {
+            let mut held_keys = std::collections::HashSet::new();
             for (i, r) in self.model.iter().enumerate() {
                 if let (M::Held { .. }, Some(k)) = (&r.st, r.key) {
+                    assert!(held_keys.insert(k), "two records of key {k} held");
                     assert!(
                         self.model[..i]
                             .iter()
-                            .all(|x| x.key != Some(k) || x.is_final()),
+                            .enumerate()
+                            .all(|(j, x)| x.key != Some(k)
+                                || x.is_final()
+                                || self.deliver[j].is_some()),
                         "{i} (key {k}) is held while a lower record of its key is unfinished"
                     );
                 }
@@ -707,10 +845,18 @@ proptest! {
 
 #[test]
 fn every_record_ends_acked_or_dead_lettered_once() {
-    // Members that fail everything: each record is handed out exactly max_attempts times and
-    // then dead-lettered once.
-    let mut h = Harness::new(policy(Ordering::None, true));
-    h.step(&Op::Produce(30));
+    for ordering in [Ordering::None, Ordering::Key, Ordering::Partition] {
+        fail_everything(ordering);
+    }
+}
+
+/// Members that fail everything: each record (a third of them delayed far, a third a little) is
+/// handed out exactly max_attempts times and then dead-lettered once.
+fn fail_everything(ordering: Ordering) {
+    let mut h = Harness::new(policy(ordering, true));
+    h.step(&Op::Produce(10, Some(30_000)));
+    h.step(&Op::Produce(10, None));
+    h.step(&Op::Produce(10, Some(100)));
     for round in 0..200u16 {
         h.step(&Op::Fetch {
             member: usize::from(round % 3),
@@ -731,7 +877,11 @@ fn every_record_ends_acked_or_dead_lettered_once() {
             h.step(&Op::DlqWrite);
         }
     }
-    assert!(h.model.iter().all(|r| r.st == M::Dlqed), "{:?}", h.model);
+    assert!(
+        h.model.iter().all(|r| r.st == M::Dlqed),
+        "{ordering:?}: {:?}",
+        h.model
+    );
     assert!(h.dlq_writes.iter().all(|&n| n == 1));
     assert_eq!(h.qp.start(), 30);
 }
@@ -774,7 +924,14 @@ fn absurd_ranges_and_numbers_are_refused_not_panics() {
     let p = policy(Ordering::None, false);
     let mut qp = QueuePartition::new(0);
     let m = member(0);
-    let (_, d) = qp.acquire(&m, u64::MAX, i64::MAX, i64::MAX, &p, &mut Src(&[]));
+    let (_, d) = qp.acquire(
+        &m,
+        u64::MAX,
+        i64::MAX,
+        i64::MAX,
+        &p,
+        &mut Src(&[], &DelayIndex::default()),
+    );
     qp.apply(&d.expect("acquired"));
     for (first, last) in [
         (i64::MIN, i64::MAX),

@@ -15,7 +15,8 @@
 //! time is ahead and takes them in when it comes ([`super::queues::state`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BufMut};
 
@@ -84,9 +85,28 @@ pub struct DelayIndex {
     /// the index whole, so an entry is either in the snapshot or written after it.
     pub order: tokio::sync::Mutex<()>,
     entries: Mutex<Entries>,
+    /// Runs held by every partition's index together (the broker's; queue groups skip all
+    /// delay work while it is 0).
+    total: Arc<AtomicUsize>,
+}
+
+impl Drop for DelayIndex {
+    fn drop(&mut self) {
+        let n = self.lock().by_offset.len();
+        self.total.fetch_sub(n, AtomicOrdering::Relaxed);
+    }
 }
 
 impl DelayIndex {
+    /// An empty index counting its runs into `total`.
+    pub fn new(total: Arc<AtomicUsize>) -> Self {
+        Self {
+            order: tokio::sync::Mutex::new(()),
+            entries: Mutex::new(Entries::default()),
+            total,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Entries> {
         match self.entries.lock() {
             Ok(e) => e,
@@ -97,8 +117,13 @@ impl DelayIndex {
     /// Enters a run (replacing any entry that starts at the same offset).
     pub fn insert(&self, d: Delay) {
         let mut e = self.lock();
-        if let Some((_, at)) = e.by_offset.insert(d.first, (d.last, d.at)) {
-            e.by_time.remove(&(at, d.first));
+        match e.by_offset.insert(d.first, (d.last, d.at)) {
+            Some((_, at)) => {
+                e.by_time.remove(&(at, d.first));
+            }
+            None => {
+                self.total.fetch_add(1, AtomicOrdering::Relaxed);
+            }
         }
         e.by_time.insert((d.at, d.first));
     }
@@ -108,6 +133,7 @@ impl DelayIndex {
         let mut e = self.lock();
         if let Some((_, at)) = e.by_offset.remove(&first) {
             e.by_time.remove(&(at, first));
+            self.total.fetch_sub(1, AtomicOrdering::Relaxed);
         }
     }
 
@@ -215,6 +241,7 @@ impl DelayIndex {
             e.by_time.remove(&(*at, *first));
             e.by_offset.remove(first);
         }
+        self.total.fetch_sub(gone.len(), AtomicOrdering::Relaxed);
         gone.len()
     }
 
@@ -255,6 +282,8 @@ impl DelayIndex {
             if first < end {
                 e.by_offset.insert(first, (end - 1, at));
                 e.by_time.insert((at, first));
+            } else {
+                self.total.fetch_sub(1, AtomicOrdering::Relaxed);
             }
         }
     }
@@ -409,6 +438,24 @@ mod tests {
         assert_eq!(f, Fired { at: 7, through: 2 });
         assert_eq!(i.prune(f), 4);
         assert_eq!(i.all(), vec![d(3, 3, 7)]);
+        assert_eq!(i.total.load(AtomicOrdering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_shared_total_follows_every_index() {
+        let total = Arc::new(AtomicUsize::new(0));
+        let a = DelayIndex::new(total.clone());
+        let b = DelayIndex::new(total.clone());
+        a.insert(d(0, 9, 5));
+        a.insert(d(0, 9, 6)); // the same run again
+        a.insert(d(10, 19, 6));
+        b.insert(d(0, 0, 1));
+        assert_eq!(total.load(AtomicOrdering::Relaxed), 3);
+        a.truncate(5);
+        a.remove(0);
+        assert_eq!(total.load(AtomicOrdering::Relaxed), 1);
+        drop(b);
+        assert_eq!(total.load(AtomicOrdering::Relaxed), 0);
     }
 
     #[test]

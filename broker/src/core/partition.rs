@@ -15,7 +15,7 @@
 //! the kernel writing to disk alongside the appends.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use std::collections::VecDeque;
@@ -122,11 +122,12 @@ impl Partition {
         log: Log,
         producers: ProducerStates,
         topic: Arc<str>,
+        delayed_runs: Arc<AtomicUsize>,
     ) -> Arc<Self> {
         let reader = log.reader();
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (end_tx, end) = watch::channel(log.end_offset());
-        let delays = Arc::new(DelayIndex::default());
+        let delays = Arc::new(DelayIndex::new(delayed_runs));
         let state = Writer {
             delays: delays.clone(),
             end_tx,
@@ -714,6 +715,9 @@ async fn register_delays(
     w: &Writer,
 ) -> Vec<(Arc<Partition>, TopicId, Delay)> {
     let mut entered = Vec::new();
+    if appends.iter().all(|a| a.delays.is_none()) {
+        return entered;
+    }
     let mut offset = base;
     for a in appends.iter_mut() {
         let durability = a.durability;

@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, RwLock};
 
 use strom_protocol::ErrorCode;
@@ -150,6 +151,8 @@ pub struct Topics {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     /// Serialises creations and deletions, so two of them never race on one name.
     admin: Mutex<()>,
+    /// Delayed runs held by every partition's delay index, together.
+    delayed_runs: Arc<AtomicUsize>,
 }
 
 const META_SUFFIX: &str = ".topic";
@@ -252,6 +255,7 @@ impl Topics {
             io_faults,
             topics: RwLock::new(HashMap::new()),
             admin: Mutex::new(()),
+            delayed_runs: Arc::new(AtomicUsize::new(0)),
         };
         let entries = fs::read_dir(&meta_dir).map_err(|source| BrokerError::Io {
             op: "read dir",
@@ -340,7 +344,13 @@ impl Topics {
                     key: "data_dir".into(),
                     reason: e.to_string(),
                 })??;
-                parts.push(Partition::start(p as i32, log, producers, name.clone()));
+                parts.push(Partition::start(
+                    p as i32,
+                    log,
+                    producers,
+                    name.clone(),
+                    self.delayed_runs.clone(),
+                ));
             }
         }
         Ok(Arc::new(Topic {
@@ -350,6 +360,12 @@ impl Topics {
             overrides: RwLock::new(overrides),
             config: RwLock::new(config),
         }))
+    }
+
+    /// Delayed runs held by every partition together: none means no queue-partition has a
+    /// delay to take in.
+    pub fn delayed_runs(&self) -> usize {
+        self.delayed_runs.load(AtomicOrdering::Relaxed)
     }
 
     /// The topic called `name`, if it exists.

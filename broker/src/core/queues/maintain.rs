@@ -63,6 +63,9 @@ impl Core {
     /// Forgets delayed runs every queue-partition of their partition has taken in (all due
     /// runs, for a partition no queue group reads). Returns the runs still held.
     async fn prune_delays(&self, now: Millis) -> usize {
+        if self.topics.delayed_runs() == 0 {
+            return 0;
+        }
         let mut marks: HashMap<Tp, Fired> = HashMap::new();
         for g in self.queues.all() {
             let inner = g.inner.lock().await;
@@ -93,6 +96,9 @@ impl Core {
     /// batch, or None when there are none; Err when a write failed.
     async fn write_delays(&self) -> Result<Option<i64>, String> {
         let mut first = None;
+        if self.topics.delayed_runs() == 0 {
+            return Ok(first);
+        }
         for t in self.topics.all() {
             for p in &t.partitions {
                 let index = p.delays();

@@ -500,20 +500,28 @@ impl Inner {
 
     /// Takes in delayed records whose delivery time came by `now`. Whether any did.
     fn fire(&mut self, group: &str, topics: &Topics, now: Millis, out: &mut StateWrites) -> bool {
+        if topics.delayed_runs() == 0 {
+            return false;
+        }
+        let due: Vec<(Tp, Arc<Partition>)> = self
+            .qps
+            .iter()
+            .filter_map(|(tp, qp)| {
+                let part = topics.get(&tp.0)?.partition(tp.1).cloned()?;
+                let at = part.delays().next_after(qp.fired())?;
+                (at <= now).then(|| (tp.clone(), part))
+            })
+            .collect();
+        if due.is_empty() {
+            return false;
+        }
         let policy = self.settings.policy.clone();
         let mut any = false;
-        let tps: Vec<Tp> = self.qps.keys().cloned().collect();
-        for tp in tps {
-            let Some(part) = topics.get(&tp.0).and_then(|t| t.partition(tp.1).cloned()) else {
-                continue;
-            };
+        for (tp, part) in due {
             let Some(qp) = self.qps.get(&tp) else {
                 continue;
             };
             let index = part.delays();
-            if index.next_after(qp.fired()).is_none_or(|at| at > now) {
-                continue;
-            }
             let (due, upto) = index.due(qp.fired(), now, qp.next(), FIRE_LIMIT);
             let log_start = part.reader().start_offset();
             let due: Vec<(i64, i64)> = due
@@ -532,6 +540,9 @@ impl Inner {
 
     /// The earliest delivery time still ahead for this group, if any.
     fn next_delivery(&self, topics: &Topics) -> Option<Millis> {
+        if topics.delayed_runs() == 0 {
+            return None;
+        }
         self.qps
             .iter()
             .filter_map(|(tp, qp)| {

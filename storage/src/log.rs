@@ -179,6 +179,13 @@ impl LogReader {
     /// [start, end] is [`StorageError::OffsetOutOfRange`]. Damaged stored bytes are
     /// [`StorageError::Corrupt`] and are never returned.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        self.read_until(offset, i64::MAX, max_bytes)
+    }
+
+    /// [`LogReader::read`], stopping before the first batch that starts after `last` (the
+    /// batch holding `offset` is always returned): a reader that wants a few records does not
+    /// pay for checking `max_bytes` of batches it will not use.
+    pub fn read_until(&self, offset: i64, last: i64, max_bytes: usize) -> Result<ReadResult> {
         let end = self.end_offset();
         let start = self.start_offset();
         let out_of_range = |start| StorageError::OffsetOutOfRange { offset, start, end };
@@ -208,7 +215,7 @@ impl LogReader {
         while let Some(seg) = segments.get(i) {
             // The active segment is never compacted.
             let contiguous = !compacted || i + 1 == segments.len();
-            if let Some(r) = seg.read(offset, max_bytes, contiguous)? {
+            if let Some(r) = seg.read(offset, last, max_bytes, contiguous)? {
                 return Ok(ReadResult {
                     data: r.data,
                     first_offset: r.first_offset,

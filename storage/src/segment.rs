@@ -158,6 +158,9 @@ pub(crate) struct Segment {
 /// Bytes a segment serves between releases of its map's pages from the resident set: bounds
 /// the broker's RSS from reads to about this much per segment being read.
 const RELEASE_EVERY_BYTES: u64 = 32 << 20;
+/// What one read brings into the map at least: a page fault on a file mapping maps the
+/// neighbouring pages already in the page cache too (Linux's `fault_around_bytes`, 64 KiB).
+const FAULT_AROUND_BYTES: u64 = 64 << 10;
 
 /// Whole batches read from one segment.
 #[derive(Debug, Clone)]
@@ -442,8 +445,9 @@ impl Segment {
         Ok(())
     }
 
-    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes` (the
-    /// first batch is returned even if larger, so a reader always makes progress). `Ok(None)`
+    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes` and up
+    /// to the last batch that starts at or before `last` (the first batch is returned even if
+    /// larger or later, so a reader always makes progress). `Ok(None)`
     /// when no batch of this segment holds `offset` or anything after it. Every batch returned
     /// passed its CRC check. `contiguous`: the segment was never compacted, so each batch must
     /// start where the one before it ended (and the first at the segment's base): a base offset
@@ -451,12 +455,14 @@ impl Segment {
     pub fn read(
         &self,
         offset: i64,
+        last: i64,
         max_bytes: usize,
         contiguous: bool,
     ) -> Result<Option<SegmentRead>> {
         let committed = self.committed();
         let log: &[u8] = &committed;
         let mut pos = self.start_position(offset, log);
+        let walked_from = pos;
         // Where the next batch must start (the batch at an index entry was checked against it).
         let mut expect = (contiguous && pos == 0).then_some(self.base_offset);
         // Skip batches that end before `offset`, reading only their headers.
@@ -487,7 +493,7 @@ impl Segment {
         while end < log.len() {
             let h = self.header_at(log, end)?;
             let len = h.total_len();
-            if first_offset.is_some() && end + len - start > max_bytes {
+            if first_offset.is_some() && (end + len - start > max_bytes || h.base_offset > last) {
                 break;
             }
             let computed = batch::compute_crc(&log[end..end + len]);
@@ -510,8 +516,15 @@ impl Segment {
             next_offset = h.next_offset();
             end += len;
         }
-        let served = (end - start) as u64;
-        if self.read_since_release.fetch_add(served, Ordering::Relaxed) + served
+        // What this read brought into the map: the headers walked from the index entry and the
+        // batches returned, and at least what one page fault maps. Counting only the bytes
+        // returned would let many small reads at scattered offsets (a queue group handing out
+        // records that came due one by one) keep the whole segment resident.
+        let touched = ((end - walked_from) as u64).max(FAULT_AROUND_BYTES);
+        if self
+            .read_since_release
+            .fetch_add(touched, Ordering::Relaxed)
+            + touched
             >= RELEASE_EVERY_BYTES
         {
             // Consumers read through the map: without this, every page ever read would stay

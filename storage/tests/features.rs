@@ -62,6 +62,27 @@ fn read_returns_whole_batches_from_the_one_holding_the_offset() {
 }
 
 #[test]
+fn read_until_stops_before_batches_past_the_last_offset_wanted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    let batches: Vec<_> = (0..5).map(|i| simple_batch(i * 2, 2, 10, 10)).collect();
+    log.append(&batches).unwrap();
+    let r = log.reader();
+    // Offsets 3..=4 are in the batches starting at 2 and 4.
+    let got = r.read_until(3, 4, 1 << 20).unwrap();
+    assert_eq!((got.first_offset, got.next_offset), (2, 6));
+    // The batch holding the offset comes even when `last` is before it.
+    let got = r.read_until(5, 0, 1 << 20).unwrap();
+    assert_eq!((got.first_offset, got.next_offset), (4, 6));
+    // max_bytes still applies, and read is read_until to the end.
+    let whole = r.read(0, 1 << 20).unwrap();
+    assert_eq!(whole.next_offset, 10);
+    assert_eq!(r.read_until(0, i64::MAX, 1 << 20).unwrap().data, whole.data);
+    let one = r.read_until(0, 9, 1).unwrap();
+    assert_eq!((one.first_offset, one.next_offset), (0, 2));
+}
+
+#[test]
 fn find_offset_by_time() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(

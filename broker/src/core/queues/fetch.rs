@@ -325,7 +325,10 @@ impl RecordSource for Reads<'_> {
         if self.left == 0 {
             return first - 1;
         }
-        match self.reader.read(first, self.limit.min(self.left)) {
+        match self
+            .reader
+            .read_until(first, last, self.limit.min(self.left))
+        {
             Ok(r) => {
                 let (records, next) = batches_through(&r.data, last);
                 self.left = self.left.saturating_sub(records.len());
@@ -373,7 +376,10 @@ impl<'a> KeyReader<'a> {
     /// The key hash of the record at `offset` (None: no key, or no record).
     pub(super) fn key(&mut self, offset: i64) -> Option<u64> {
         if !self.keys.contains_key(&offset) {
-            match self.reader.read(offset, 1 << 20) {
+            match self
+                .reader
+                .read_until(offset, offset.saturating_add(4_095), 1 << 20)
+            {
                 Ok(r) => read_keys(&r.data, &mut self.keys),
                 Err(e) => tracing::warn!(offset, error = %e, "reading a delayed record's key"),
             }

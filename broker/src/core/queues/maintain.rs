@@ -3,7 +3,6 @@
 //! compaction of `__queue_state`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::Instant;
 
 use super::codec::{self, SNAPSHOT};
@@ -12,6 +11,7 @@ use super::settings;
 use super::state::{Fired, MemberId, Millis};
 use super::{StateWrites, Tp, now_ms, state_partition};
 use crate::core::delays;
+use crate::core::partition::Durability;
 
 /// Delayed runs per batch when compaction writes them whole (~60 bytes each).
 const SNAPSHOT_RUNS_PER_BATCH: usize = 20_000;
@@ -48,14 +48,22 @@ impl Core {
             }
         }
         let live_delays = self.prune_delays(now).await;
-        // Compaction rewrites the delayed runs still pending: wait until the log holds more
-        // than that beside them.
-        if self.queues.appended.load(AtomicOrdering::Relaxed)
-            > self
-                .config
-                .queue_state_compact_records
-                .saturating_add(live_delays as u64)
-        {
+        // The records the state log holds (delayed runs' records, written by partition
+        // writers, included). Compaction rewrites the delayed runs still pending, so it waits
+        // until the log holds more than the setting beside them, and at least as many as them:
+        // a compaction then writes at most about as much as it drops (with a million delays
+        // pending, it does not rewrite them all every 100,000 records).
+        let held = state_partition(&self.topics).map_or(0, |p| {
+            let r = p.reader();
+            (r.end_offset() - r.start_offset()).max(0) as u64
+        });
+        let live_delays = live_delays as u64;
+        let floor = self
+            .queues
+            .snapshot_records
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(live_delays);
+        if held.saturating_sub(floor) > self.config.queue_state_compact_records.max(live_delays) {
             self.queue_compact().await;
         }
     }
@@ -106,8 +114,10 @@ impl Core {
                     continue;
                 }
                 // Under the order lock: a run entered after this snapshot is written after it.
-                let order = index.order.lock().await;
-                let mut waits = Vec::new();
+                // One batch at a time, each waited for until appended (the groups' snapshots
+                // after them are fsynced, which covers these too): the memory it takes stays one
+                // batch, whatever the number of runs.
+                let _order = index.order.lock().await;
                 for chunk in index.all().chunks(SNAPSHOT_RUNS_PER_BATCH) {
                     let mut out = StateWrites::default();
                     let now = now_ms();
@@ -118,11 +128,7 @@ impl Core {
                             now,
                         );
                     }
-                    waits.push(self.queue_persist(out).await);
-                }
-                drop(order);
-                for w in waits {
-                    match w {
+                    match self.queue_persist_as(out, Durability::Appended).await {
                         Ok(Some(rx)) => match rx.await {
                             Ok(Ok(base)) => {
                                 first.get_or_insert(base);
@@ -153,7 +159,7 @@ impl Core {
         };
         let mut first_offset: Option<i64> = None;
         let mut done: HashSet<String> = HashSet::new();
-        self.queues.appended.store(0, AtomicOrdering::Relaxed);
+        let mut written = 0u64;
         {
             // Redrive tasks first, under their lock (their changes are appended under it too).
             let tasks = self.queues.redrives.lock().await;
@@ -162,6 +168,7 @@ impl Core {
                 for t in tasks.values() {
                     out.push(&redrive::key(&t.dlq), Some(&redrive::encode(t)), now_ms());
                 }
+                written += out.count;
                 let rx = self.queue_persist(out).await;
                 drop(tasks);
                 match rx {
@@ -174,10 +181,11 @@ impl Core {
             }
         }
         match self.write_delays().await {
-            Ok(Some(base)) => {
-                first_offset.get_or_insert(base);
+            Ok(base) => {
+                if let Some(base) = base {
+                    first_offset.get_or_insert(base);
+                }
             }
-            Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "delayed runs' snapshot failed; not compacting");
                 return;
@@ -209,6 +217,7 @@ impl Core {
                 for (tp, qp) in &inner.qps {
                     out.state(&g.name, tp, SNAPSHOT, &qp.snapshot(), now);
                 }
+                written += out.count;
                 let rx = self.queue_persist(out).await;
                 drop(inner);
                 let base = match rx {
@@ -230,6 +239,9 @@ impl Core {
                 }
             }
         }
+        self.queues
+            .snapshot_records
+            .store(written, std::sync::atomic::Ordering::Relaxed);
         let before = first_offset.unwrap_or_else(|| part.reader().end_offset());
         if let Err((_, e)) = part.delete_records(before).await {
             tracing::error!(error = %e, "moving the queue state log start failed");

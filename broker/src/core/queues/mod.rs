@@ -31,7 +31,6 @@ pub(crate) mod settings;
 pub(crate) mod state;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -103,10 +102,11 @@ pub(crate) struct QueueGroup {
 #[derive(Debug, Default)]
 pub(crate) struct Queues {
     groups: Arc<Mutex<HashMap<String, Arc<QueueGroup>>>>,
-    /// State records appended since the last compaction.
-    appended: AtomicU64,
     /// Redrive tasks by dead-letter topic (finished ones too, for their status).
     redrives: tokio::sync::Mutex<HashMap<String, redrive::Task>>,
+    /// Records the last compaction wrote besides delayed runs (groups' and redrives'
+    /// snapshots): what the state log holds at least, so it does not count towards the next.
+    snapshot_records: std::sync::atomic::AtomicU64,
 }
 
 /// Joining a queue group (or refreshing a membership).
@@ -278,8 +278,8 @@ impl Queues {
         }
         Ok(Self {
             groups: Arc::new(Mutex::new(map)),
-            appended: AtomicU64::new(records),
             redrives: tokio::sync::Mutex::new(redrives),
+            snapshot_records: Default::default(),
         })
     }
 
@@ -627,6 +627,11 @@ impl Core {
     /// ([`Core::queue_durable`]). Queued under the group's lock, so the log keeps the order of
     /// the changes.
     async fn queue_persist(&self, out: StateWrites) -> Persisting {
+        self.queue_persist_as(out, Durability::Fsynced).await
+    }
+
+    /// [`Core::queue_persist`], answered once appended (`Durability::Appended`) or fsynced.
+    async fn queue_persist_as(&self, out: StateWrites, durability: Durability) -> Persisting {
         let Some(builder) = out.builder else {
             return Ok(None);
         };
@@ -643,10 +648,7 @@ impl Core {
             ErrorCode::CoordinatorNotAvailable,
             "the queue state log is missing".to_string(),
         ))?;
-        self.queues
-            .appended
-            .fetch_add(out.count, AtomicOrdering::Relaxed);
-        Ok(Some(part.append(vec![batch], Durability::Fsynced).await))
+        Ok(Some(part.append(vec![batch], durability).await))
     }
 
     /// Waits until a persisted batch is on disk.

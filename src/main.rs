@@ -61,7 +61,8 @@ enum Command {
         #[command(subcommand)]
         command: cli::queue::QueueCommand,
     },
-    /// Measure throughput and latency: produce, consume, e2e, and this machine's ceilings.
+    /// Measure throughput and latency: produce, consume, e2e, queue groups, delayed delivery,
+    /// and this machine's ceilings.
     Bench {
         #[command(subcommand)]
         command: cli::bench::BenchCommand,

@@ -11,6 +11,8 @@
 //!   consumers record send → receipt for every record.
 //! - `queue`: W queue-group workers take a topic's records and ack each one on its own;
 //!   throughput and ack latency (`queue` module).
+//! - `delay`: N records with delivery times of their own spread over a window, all pending at
+//!   once; how late queue-group workers get them, and the broker's RSS (`delay` module).
 //! - `ceiling`: this machine's loopback TCP and disk write ceilings (`ceiling` module); the
 //!   other commands measure them first with `--with-ceiling` and report their result as a
 //!   fraction of them.
@@ -27,6 +29,7 @@
 //! `report` (HTML).
 
 mod ceiling;
+mod delay;
 mod load;
 mod measure;
 mod queue;
@@ -67,6 +70,9 @@ pub enum BenchCommand {
     E2e(E2eArgs),
     /// Queue-group workers ack every record on its own; throughput and ack latency.
     Queue(queue::QueueArgs),
+    /// Delayed delivery: records with delivery times of their own, all pending at once; how
+    /// late queue-group workers get them, and the broker's RSS meanwhile.
+    Delay(delay::DelayArgs),
     /// Measure this machine's loopback TCP and disk write ceilings.
     Ceiling(CeilingArgs),
 }
@@ -312,6 +318,7 @@ pub async fn run(bootstrap: &str, command: BenchCommand, output: Output) -> anyh
         BenchCommand::Consume(a) => (&a.target, "consume"),
         BenchCommand::E2e(a) => (&a.target, "e2e"),
         BenchCommand::Queue(a) => (a.target(), "queue"),
+        BenchCommand::Delay(a) => (a.target(), "delay"),
         BenchCommand::Ceiling(a) => return run_ceiling(a, output).await,
     };
     let report_dir = target.report.clone();
@@ -322,6 +329,7 @@ pub async fn run(bootstrap: &str, command: BenchCommand, output: Output) -> anyh
             BenchCommand::Consume(a) => consume(&env, a).await,
             BenchCommand::E2e(a) => e2e(&env, a).await,
             BenchCommand::Queue(a) => queue::queue(&env, a).await,
+            BenchCommand::Delay(a) => delay::delay(&env, a).await,
             BenchCommand::Ceiling(_) => bail!("`bench ceiling` needs no broker"),
         }
     };

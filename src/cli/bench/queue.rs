@@ -67,6 +67,31 @@ struct WorkerResult {
     latency: Histogram<u64>,
 }
 
+/// `workers` members of queue group `group` over `topic`, each on its own connection (the
+/// group's `max.in.flight.per.member` and `start` set in case the join creates it).
+pub(super) async fn join_members(
+    env: &Env,
+    group: &str,
+    topic: &str,
+    workers: u32,
+    max_in_flight: u32,
+    start: &str,
+) -> anyhow::Result<Vec<QueueConsumer>> {
+    let mut members = Vec::new();
+    for _ in 0..workers {
+        let mut config = QueueConfig::new(&env.bootstrap, group, &[topic])
+            .setting("max.in.flight.per.member", max_in_flight.to_string())
+            .setting("start", start);
+        config.max_wait = Duration::from_millis(500);
+        members.push(
+            QueueConsumer::join(config)
+                .await
+                .with_context(|| format!("joining queue group {group}"))?,
+        );
+    }
+    Ok(members)
+}
+
 /// One worker: fetch, ack every record, until the shared count reaches the target.
 async fn work(
     mut member: QueueConsumer,
@@ -149,18 +174,7 @@ pub(super) async fn queue(env: &Env, a: QueueArgs) -> anyhow::Result<Summary> {
             .map_or(0, |d| d.as_millis());
         format!("strom-bench-queue-{now}")
     });
-    let mut members = Vec::new();
-    for _ in 0..a.workers {
-        let mut config = QueueConfig::new(&env.bootstrap, &group, &[name])
-            .setting("max.in.flight.per.member", a.max_in_flight.to_string())
-            .setting("start", "earliest");
-        config.max_wait = Duration::from_millis(500);
-        members.push(
-            QueueConsumer::join(config)
-                .await
-                .with_context(|| format!("joining queue group {group}"))?,
-        );
-    }
+    let members = join_members(env, &group, name, a.workers, a.max_in_flight, "earliest").await?;
     let acked = Arc::new(AtomicU64::new(0));
     let ticker = Ticker::start(
         "queue",

@@ -32,6 +32,8 @@ pub enum LatencyKind {
     Poll,
     /// queue: from a record's `ack` call to the response of the request that carried it.
     AckToDurable,
+    /// delay: from a record's delivery time to `poll` returning it, every record.
+    Lateness,
 }
 
 impl LatencyKind {
@@ -41,6 +43,7 @@ impl LatencyKind {
             LatencyKind::SendToReceipt => "send_to_receipt",
             LatencyKind::Poll => "poll",
             LatencyKind::AckToDurable => "ack",
+            LatencyKind::Lateness => "lateness",
         }
     }
 
@@ -50,6 +53,7 @@ impl LatencyKind {
             LatencyKind::SendToReceipt => "send → receipt",
             LatencyKind::Poll => "poll duration",
             LatencyKind::AckToDurable => "ack → durable",
+            LatencyKind::Lateness => "lateness (delivery time → receipt)",
         }
     }
 }

@@ -158,8 +158,9 @@ struct ServeArgs {
     /// group.initial.rebalance.delay.ms) [default: 3000]
     #[arg(long, value_name = "MS")]
     group_initial_rebalance_delay_ms: Option<u64>,
-    /// Queue-group state records written before `__queue_state` is compacted (every group
-    /// snapshotted, older records dropped) [default: 100000]
+    /// Queue-group state records `__queue_state` holds beyond its last snapshots and the
+    /// pending delayed runs before it is compacted (every group snapshotted, older records
+    /// dropped) [default: 100000]
     #[arg(long, value_name = "N")]
     queue_state_compact_records: Option<u64>,
     /// How long a graceful shutdown waits for in-flight requests [default: 10000]

@@ -28,7 +28,7 @@
 //! | `group_max_session_timeout_ms` | 300000 | longest session timeout a group member may ask for |
 //! | `group_default_session_timeout_ms` | 45000 | session timeout of a member that asks for none |
 //! | `group_initial_rebalance_delay_ms` | 3000 | how long a new Kafka (classic protocol) group's first rebalance waits for more members (Kafka's `group.initial.rebalance.delay.ms`) |
-//! | `queue_state_compact_records` | 100000 | queue-group state records (`__queue_state`) written before every group is snapshotted and the older records dropped |
+//! | `queue_state_compact_records` | 100000 | queue-group state records (`__queue_state`) held beyond the last snapshots and the pending delayed runs (and more than those runs) before every group is snapshotted and the older records dropped |
 //! | `shutdown_timeout_ms` | 10000 | how long a graceful shutdown waits for in-flight requests |
 //! | `topic_defaults` | (storage defaults) | Kafka-named topic settings (`retention.ms = "..."`) for every topic that does not override them |
 

@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BufMut};
 
-use super::topics::TopicId;
+/// A topic's id, as `topics::TopicId` (the same type; named here so this module, which the
+/// partition writer uses, does not import the topic registry).
+pub type TopicId = [u8; 16];
 
 /// How far ahead a delivery time may be: 90 days.
 pub const MAX_DELAY_MS: i64 = 90 * 24 * 60 * 60 * 1000;

@@ -26,9 +26,8 @@ use strom_storage::{Log, LogConfig, LogReader, PendingFlush, StorageError, Valid
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::core::delays::{self, Delay, DelayIndex};
+use crate::core::delays::{self, Delay, DelayIndex, TopicId};
 use crate::core::producers::{ProducerStates, Verdict};
-use crate::core::topics::TopicId;
 use crate::error::storage_code;
 
 /// How long a partition keeps an idle producer's sequence state (Kafka's

@@ -87,6 +87,10 @@ struct ServeArgs {
     /// listener off [default: 127.0.0.1:9092]
     #[arg(long, value_name = "HOST:PORT|none")]
     kafka_listen: Option<String>,
+    /// Address of the HTTP listener (`/metrics`); port 0 picks a free port, `none` turns it off
+    /// [default: 127.0.0.1:9644]
+    #[arg(long, value_name = "HOST:PORT|none")]
+    http_listen: Option<String>,
     /// This broker's id [default: 0]
     #[arg(long)]
     node_id: Option<i32>,
@@ -185,6 +189,7 @@ impl ServeArgs {
             data_dir,
             listen,
             kafka_listen,
+            http_listen,
             node_id,
             auto_create_topics,
             default_partitions,
@@ -322,6 +327,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             writeln!(out, "listening on {}", broker.local_addr())?;
             if let Some(addr) = broker.kafka_addr() {
                 writeln!(out, "kafka listening on {addr}")?;
+            }
+            if let Some(addr) = broker.http_addr() {
+                writeln!(out, "http listening on {addr}")?;
             }
             out.flush()?;
         }

@@ -39,6 +39,7 @@ impl FaultyBroker {
             data_dir: dir.data(),
             listen: "127.0.0.1:0".into(),
             kafka_listen: "none".into(),
+            http_listen: "none".into(),
             io_faults: Some(faults.clone()),
             ..BrokerConfig::default()
         };

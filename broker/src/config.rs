@@ -6,6 +6,7 @@
 //! | `data_dir` | `./strom-data` | where partitions and metadata live |
 //! | `listen` | `127.0.0.1:9494` | address to accept strom-protocol clients on; port 0 picks a free port |
 //! | `kafka_listen` | `127.0.0.1:9092` | address to accept Kafka-protocol clients on; port 0 picks a free port, `none` turns the listener off |
+//! | `http_listen` | `127.0.0.1:9644` | address of the HTTP listener (`/metrics`, docs/http.md); port 0 picks a free port, `none` turns it off |
 //! | `node_id` | 0 | this broker's id in Metadata |
 //! | `auto_create_topics` | true | a produce to an unknown topic creates it |
 //! | `default_partitions` | 1 | partitions of an auto-created topic, or of a create without a count |
@@ -50,6 +51,8 @@ pub struct BrokerConfig {
     pub listen: String,
     /// Kafka listener address, or `none`.
     pub kafka_listen: String,
+    /// HTTP listener address, or `none`.
+    pub http_listen: String,
     /// Broker id.
     pub node_id: i32,
     /// Create topics on first produce.
@@ -112,6 +115,9 @@ pub const DEFAULT_PORT: u16 = 9494;
 /// The default port of the Kafka listener: Kafka's, so a Kafka client's defaults just work.
 pub const DEFAULT_KAFKA_PORT: u16 = 9092;
 
+/// The default port of the HTTP listener (Redpanda's admin port, which serves its metrics).
+pub const DEFAULT_HTTP_PORT: u16 = 9644;
+
 /// The listen value that turns a listener off.
 pub const LISTENER_OFF: &str = "none";
 
@@ -121,6 +127,7 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from("./strom-data"),
             listen: format!("127.0.0.1:{DEFAULT_PORT}"),
             kafka_listen: format!("127.0.0.1:{DEFAULT_KAFKA_PORT}"),
+            http_listen: format!("127.0.0.1:{DEFAULT_HTTP_PORT}"),
             node_id: 0,
             auto_create_topics: true,
             default_partitions: 1,
@@ -156,6 +163,11 @@ impl BrokerConfig {
     pub fn kafka_listen(&self) -> Option<&str> {
         (!self.kafka_listen.eq_ignore_ascii_case(LISTENER_OFF))
             .then_some(self.kafka_listen.as_str())
+    }
+
+    /// The HTTP listener's address, or `None` when it is turned off.
+    pub fn http_listen(&self) -> Option<&str> {
+        (!self.http_listen.eq_ignore_ascii_case(LISTENER_OFF)).then_some(self.http_listen.as_str())
     }
 
     /// Reads a TOML file; settings it does not name keep their defaults.

@@ -17,11 +17,13 @@
 //! let config = strom_broker::BrokerConfig {
 //!     listen: "127.0.0.1:0".into(),
 //!     kafka_listen: "127.0.0.1:0".into(),
+//!     http_listen: "127.0.0.1:0".into(),
 //!     ..Default::default()
 //! };
 //! let broker = strom_broker::Broker::start(config).await?;
 //! println!("listening on {}", broker.local_addr());
 //! println!("kafka listening on {:?}", broker.kafka_addr());
+//! println!("http listening on {:?}", broker.http_addr());
 //! broker.shutdown().await;
 //! # Ok(()) }
 //! ```
@@ -31,6 +33,7 @@
 pub mod config;
 mod core;
 pub mod error;
+mod http;
 mod kafka;
 mod native;
 mod net;

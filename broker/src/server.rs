@@ -25,6 +25,7 @@ use crate::net::{Net, listener};
 pub struct Broker {
     local_addr: SocketAddr,
     kafka_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -43,10 +44,16 @@ impl Broker {
             None => None,
         };
         let kafka_addr = kafka.as_ref().map(|(_, a)| *a);
+        let http = match config.http_listen() {
+            Some(addr) => Some(bind("http_listen", addr).await?),
+            None => None,
+        };
+        let http_addr = http.as_ref().map(|(_, a)| *a);
         let core = Core::load(config, shutdown.clone()).await?;
         tracing::info!(
             addr = %local_addr,
             kafka_addr = ?kafka_addr,
+            http_addr = ?http_addr,
             data_dir = %core.config.data_dir.display(),
             topics = core.topics.all().len(),
             startup_ms = started.elapsed().as_millis() as u64,
@@ -67,10 +74,18 @@ impl Broker {
                 "kafka",
             )));
         }
+        if let Some((l, _)) = http {
+            loops.push(tokio::spawn(crate::http::serve(
+                l,
+                core.clone(),
+                shutdown.clone(),
+            )));
+        }
         let task = tokio::spawn(run(core, net, loops));
         Ok(Self {
             local_addr,
             kafka_addr,
+            http_addr,
             shutdown,
             task,
         })
@@ -84,6 +99,11 @@ impl Broker {
     /// The address the Kafka listener accepts connections on, unless it is turned off.
     pub fn kafka_addr(&self) -> Option<SocketAddr> {
         self.kafka_addr
+    }
+
+    /// The address the HTTP listener accepts connections on, unless it is turned off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Stops the broker gracefully and waits until every log is closed.

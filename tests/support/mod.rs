@@ -73,6 +73,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     /// The address from its `kafka listening on` line (`None` with `--kafka-listen none`).
     pub kafka_addr: Option<SocketAddr>,
+    /// The address from its `http listening on` line (`None` with `--http-listen none`).
+    pub http_addr: Option<SocketAddr>,
     /// Where the broker's stderr goes (printed when a test panics while the broker is alive).
     pub log_path: PathBuf,
     data_dir: PathBuf,
@@ -112,6 +114,16 @@ impl Broker {
         } else {
             &["--kafka-listen", "127.0.0.1:0"]
         };
+        // The same for the HTTP listener (its default port is 9644).
+        let http_named = extra_args.contains(&"--http-listen");
+        let http_expected = !extra_args
+            .windows(2)
+            .any(|w| w[0] == "--http-listen" && w[1] == "none");
+        let default_http: &[&str] = if http_named {
+            &[]
+        } else {
+            &["--http-listen", "127.0.0.1:0"]
+        };
 
         let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
             .arg("serve")
@@ -120,6 +132,7 @@ impl Broker {
             .arg("--data-dir")
             .arg(data_dir)
             .args(default_kafka)
+            .args(default_http)
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -127,13 +140,14 @@ impl Broker {
             .spawn()
             .expect("spawn strom serve");
 
-        // A reader thread hands over the first two lines (`listening on`, `kafka listening
-        // on`), then keeps draining stdout so that the broker never blocks on a full pipe.
+        // A reader thread hands over the first three lines (`listening on`, `kafka listening
+        // on`, `http listening on`), then keeps draining stdout so that the broker never blocks
+        // on a full pipe.
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            for _ in 0..2 {
+            for _ in 0..3 {
                 let _ = tx.send(lines.next());
             }
             for _ in lines.by_ref() {}
@@ -157,27 +171,31 @@ impl Broker {
                     format!("its first stdout line is {line:?}, not `listening on {listen}`")
                 })
         });
-        let listening = listening.and_then(|addr| {
-            if !kafka_expected {
-                return Ok((addr, None));
+        // Then `<prefix> listening on ADDR`, when that listener is on.
+        let next_line = |expected: bool, prefix: &str| -> Result<Option<SocketAddr>, String> {
+            if !expected {
+                return Ok(None);
             }
-            let second = match rx.recv_timeout(STARTUP_TIMEOUT) {
+            let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
                 Ok(Some(Ok(line))) => line,
-                other => return Err(format!("no `kafka listening on` line: {other:?}")),
+                other => return Err(format!("no `{prefix}listening on` line: {other:?}")),
             };
-            let kafka = second
-                .strip_prefix("kafka ")
+            line.strip_prefix(prefix)
                 .and_then(parse_listening_line)
-                .ok_or_else(|| {
-                    format!("its second stdout line is {second:?}, not `kafka listening on ...`")
-                })?;
-            Ok((addr, Some(kafka)))
+                .map(Some)
+                .ok_or_else(|| format!("{line:?} is not `{prefix}listening on ...`"))
+        };
+        let listening = listening.and_then(|addr| {
+            let kafka = next_line(kafka_expected, "kafka ")?;
+            let http = next_line(http_expected, "http ")?;
+            Ok((addr, kafka, http))
         });
         match listening {
-            Ok((addr, kafka_addr)) => Broker {
+            Ok((addr, kafka_addr, http_addr)) => Broker {
                 child: Some(child),
                 addr,
                 kafka_addr,
+                http_addr,
                 log_path,
                 data_dir: data_dir.to_path_buf(),
             },

@@ -422,6 +422,7 @@ impl Env {
         let config = BrokerConfig {
             listen: "127.0.0.1:0".into(),
             kafka_listen: strom_broker::config::LISTENER_OFF.into(),
+            http_listen: strom_broker::config::LISTENER_OFF.into(),
             data_dir: dir.0.clone(),
             ..BrokerConfig::default()
         };

@@ -184,6 +184,11 @@ fn metrics_show_partitions_and_consumer_group_lag() {
         Some(1.0)
     );
     assert!(value(&m, "strom_uptime_seconds", &[]).is_some());
+    // The process, under Prometheus's usual names: a broker holds some memory, CPU time and
+    // files (its logs and sockets).
+    assert!(value(&m, "process_resident_memory_bytes", &[]).is_some_and(|b| b > 1e6));
+    assert!(value(&m, "process_cpu_seconds_total", &[]).is_some_and(|s| s >= 0.0));
+    assert!(value(&m, "process_open_fds", &[]).is_some_and(|n| n >= 4.0));
     // Only what it serves: other paths are 404.
     assert_eq!(get(broker.http_addr.expect("http"), "/nothing-here").0, 404);
 }

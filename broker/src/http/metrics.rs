@@ -36,7 +36,9 @@ fn with(mut labels: Labels, more: &[(&'static str, &str)]) -> Labels {
 
 /// The whole scrape, as text.
 pub(super) async fn render(core: &Core, started: Instant) -> String {
-    let mut registry = Registry::with_prefix("strom");
+    let mut root = Registry::default();
+    process(&mut root);
+    let registry = root.sub_registry_with_prefix("strom");
 
     let build = gauges();
     build
@@ -189,10 +191,59 @@ pub(super) async fn render(core: &Core, started: Instant) -> String {
     );
 
     let mut out = String::new();
-    if let Err(e) = encode(&mut out, &registry) {
+    if let Err(e) = encode(&mut out, &root) {
         tracing::error!(error = %e, "encoding the metrics failed");
         out.clear();
         let _ = writeln!(out, "# EOF");
     }
     out
+}
+
+/// What `/proc/self` says of the broker's process, under the names Prometheus's own clients use
+/// (`process_*`). Linux only; a file that cannot be read leaves its metric out.
+fn process(registry: &mut Registry) {
+    // utime and stime, in clock ticks (USER_HZ, 100 on Linux), fields 14 and 15 of stat; the
+    // command name (field 2) may hold spaces, so count after its closing parenthesis.
+    if let Some(ticks) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+    {
+        let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        cpu.inc_by(ticks as f64 / 100.0);
+        registry.register_with_unit(
+            "process_cpu",
+            "User and system CPU time the process used",
+            Unit::Seconds,
+            cpu,
+        );
+    }
+    if let Some(kib) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<i64>().ok()
+        })
+    {
+        let rss = Gauge::<i64>::default();
+        rss.set(kib.saturating_mul(1024));
+        registry.register_with_unit(
+            "process_resident_memory",
+            "Resident set size of the process (anonymous and file-backed pages)",
+            Unit::Bytes,
+            rss,
+        );
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let fds = Gauge::<i64>::default();
+        fds.set(i64::try_from(dir.count()).unwrap_or(i64::MAX));
+        registry.register(
+            "process_open_fds",
+            "File descriptors the process holds open",
+            fds,
+        );
+    }
 }

@@ -202,6 +202,10 @@ impl LogReader {
         if offset == end {
             return Ok(empty(start));
         }
+        // Nothing past the end read above: the writer may have put a batch into the segment
+        // (where this read sees it) before it moved the end, and a reader handed that batch
+        // would ask next for an offset beyond the end it can see: out of range.
+        let last = last.min(end - 1);
         let segments = self.shared.snapshot();
         match segments.first() {
             Some(first) if first.base_offset <= offset => {}
@@ -227,6 +231,32 @@ impl LogReader {
             i += 1;
         }
         Ok(empty(start))
+    }
+
+    /// The header of the stored batch holding `offset` (or the first one after it, past a
+    /// compacted gap), its CRC not checked: a cheap look at a batch's timestamps or size.
+    /// `None` at or past the end; [`StorageError::OffsetOutOfRange`] below the start.
+    pub fn batch_header(&self, offset: i64) -> Result<Option<BatchHeader>> {
+        let end = self.end_offset();
+        let start = self.start_offset();
+        if offset < start {
+            return Err(StorageError::OffsetOutOfRange { offset, start, end });
+        }
+        if offset >= end {
+            return Ok(None);
+        }
+        let segments = self.shared.snapshot();
+        let i = segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        let compacted = self.shared.compacted.load(Ordering::Acquire);
+        for (j, seg) in segments.iter().enumerate().skip(i) {
+            let contiguous = !compacted || j + 1 == segments.len();
+            if let Some(h) = seg.batch_header(offset, contiguous)? {
+                return Ok(Some(h));
+            }
+        }
+        Ok(None)
     }
 
     /// The largest record timestamp in the log and the first offset that carries it, or `None`

@@ -445,6 +445,55 @@ impl Segment {
         Ok(())
     }
 
+    /// Finds the batch that holds `offset` (or the first one after it) in `log`, walking batch
+    /// headers from the nearest index entry: (where the walk started, the batch's position, its
+    /// header), or `None` when no batch of the segment holds `offset` or anything after it.
+    /// Headers are checked to fit the segment (and to follow each other when `contiguous`);
+    /// CRCs are not, except a skipped batch's when the walk lands in a gap.
+    fn locate(
+        &self,
+        offset: i64,
+        log: &[u8],
+        contiguous: bool,
+    ) -> Result<Option<(usize, usize, BatchHeader)>> {
+        let mut pos = self.start_position(offset, log);
+        let walked_from = pos;
+        // Where the next batch must start (the batch at an index entry was checked against it).
+        let mut expect = (contiguous && pos == 0).then_some(self.base_offset);
+        // Skip batches that end before `offset`, reading only their headers.
+        let mut skipped = None;
+        loop {
+            if pos >= log.len() {
+                self.check_skipped(log, skipped)?;
+                self.check_lost(offset, log.len())?;
+                return Ok(None);
+            }
+            let h = self.header_at(log, pos)?;
+            if let Some(want) = expect.filter(|&w| w != h.base_offset) {
+                return Err(self.jumped(pos, &h, want));
+            }
+            expect = contiguous.then(|| h.next_offset());
+            if h.last_offset() >= offset {
+                if h.base_offset > offset {
+                    self.check_skipped(log, skipped)?;
+                }
+                return Ok(Some((walked_from, pos, h)));
+            }
+            skipped = Some((pos, h));
+            pos += h.total_len();
+        }
+    }
+
+    /// The header of the batch holding `offset` (or the first after it), read without checking
+    /// the batch's CRC: for estimates such as how old the record at an offset is, where reading
+    /// and checking the whole batch would cost far more than the answer is worth.
+    pub fn batch_header(&self, offset: i64, contiguous: bool) -> Result<Option<BatchHeader>> {
+        let committed = self.committed();
+        Ok(self
+            .locate(offset, &committed, contiguous)?
+            .map(|(_, _, h)| h))
+    }
+
     /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes` and up
     /// to the last batch that starts at or before `last` (the first batch is returned even if
     /// larger or later, so a reader always makes progress). `Ok(None)`
@@ -461,31 +510,8 @@ impl Segment {
     ) -> Result<Option<SegmentRead>> {
         let committed = self.committed();
         let log: &[u8] = &committed;
-        let mut pos = self.start_position(offset, log);
-        let walked_from = pos;
-        // Where the next batch must start (the batch at an index entry was checked against it).
-        let mut expect = (contiguous && pos == 0).then_some(self.base_offset);
-        // Skip batches that end before `offset`, reading only their headers.
-        let mut skipped = None;
-        let start = loop {
-            if pos >= log.len() {
-                self.check_skipped(log, skipped)?;
-                self.check_lost(offset, log.len())?;
-                return Ok(None);
-            }
-            let h = self.header_at(log, pos)?;
-            if let Some(want) = expect.filter(|&w| w != h.base_offset) {
-                return Err(self.jumped(pos, &h, want));
-            }
-            expect = contiguous.then(|| h.next_offset());
-            if h.last_offset() >= offset {
-                if h.base_offset > offset {
-                    self.check_skipped(log, skipped)?;
-                }
-                break pos;
-            }
-            skipped = Some((pos, h));
-            pos += h.total_len();
+        let Some((walked_from, start, _)) = self.locate(offset, log, contiguous)? else {
+            return Ok(None);
         };
         let mut end = start;
         let mut first_offset = None;

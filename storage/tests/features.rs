@@ -83,6 +83,42 @@ fn read_until_stops_before_batches_past_the_last_offset_wanted() {
 }
 
 #[test]
+fn batch_header_finds_the_batch_holding_an_offset_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(
+        dir.path(),
+        config(&[("segment.bytes", "4096"), ("index.interval.bytes", "128")]),
+    )
+    .unwrap();
+    // Batch i holds offsets 4i..4i+3 with timestamps 1000 + 10 * offset.
+    for b in 0..100i64 {
+        let recs: Vec<common::Spec<'_>> = (0..4)
+            .map(|i| {
+                (
+                    1000 + (4 * b + i) * 10,
+                    Some(&b"k"[..]),
+                    Some(&b"value"[..]),
+                )
+            })
+            .collect();
+        log.append(&[batch(&recs)]).unwrap();
+    }
+    assert!(log_files(dir.path()) > 2, "several segments");
+    let r = log.reader();
+    for offset in [0, 3, 4, 157, 398, 399] {
+        let h = r.batch_header(offset).unwrap().expect("a batch");
+        assert_eq!(h.base_offset, offset / 4 * 4, "offset {offset}");
+        assert_eq!(h.base_timestamp, 1000 + h.base_offset * 10);
+    }
+    assert!(r.batch_header(400).unwrap().is_none(), "at the end");
+    assert!(r.batch_header(401).unwrap().is_none(), "past the end");
+    assert!(matches!(
+        r.batch_header(-1),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+}
+
+#[test]
 fn find_offset_by_time() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(

@@ -91,6 +91,10 @@ struct ServeArgs {
     /// [default: 127.0.0.1:9644]
     #[arg(long, value_name = "HOST:PORT|none")]
     http_listen: Option<String>,
+    /// Show partition series in /metrics per partition; false sums them per topic (for many
+    /// thousands of partitions) [default: true]
+    #[arg(long, value_name = "BOOL")]
+    metrics_per_partition: Option<bool>,
     /// This broker's id [default: 0]
     #[arg(long)]
     node_id: Option<i32>,
@@ -190,6 +194,7 @@ impl ServeArgs {
             listen,
             kafka_listen,
             http_listen,
+            metrics_per_partition,
             node_id,
             auto_create_topics,
             default_partitions,

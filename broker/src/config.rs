@@ -7,6 +7,7 @@
 //! | `listen` | `127.0.0.1:9494` | address to accept strom-protocol clients on; port 0 picks a free port |
 //! | `kafka_listen` | `127.0.0.1:9092` | address to accept Kafka-protocol clients on; port 0 picks a free port, `none` turns the listener off |
 //! | `http_listen` | `127.0.0.1:9644` | address of the HTTP listener (`/metrics`, docs/http.md); port 0 picks a free port, `none` turns it off |
+//! | `metrics_per_partition` | true | `/metrics` shows partition series per partition; false sums them per topic (for brokers with many thousands of partitions) |
 //! | `node_id` | 0 | this broker's id in Metadata |
 //! | `auto_create_topics` | true | a produce to an unknown topic creates it |
 //! | `default_partitions` | 1 | partitions of an auto-created topic, or of a create without a count |
@@ -53,6 +54,8 @@ pub struct BrokerConfig {
     pub kafka_listen: String,
     /// HTTP listener address, or `none`.
     pub http_listen: String,
+    /// Partition series per partition in `/metrics` (false: summed per topic).
+    pub metrics_per_partition: bool,
     /// Broker id.
     pub node_id: i32,
     /// Create topics on first produce.
@@ -128,6 +131,7 @@ impl Default for BrokerConfig {
             listen: format!("127.0.0.1:{DEFAULT_PORT}"),
             kafka_listen: format!("127.0.0.1:{DEFAULT_KAFKA_PORT}"),
             http_listen: format!("127.0.0.1:{DEFAULT_HTTP_PORT}"),
+            metrics_per_partition: true,
             node_id: 0,
             auto_create_topics: true,
             default_partitions: 1,

@@ -38,6 +38,7 @@ mod kafka;
 mod native;
 mod net;
 mod server;
+mod stats;
 
 pub use config::BrokerConfig;
 

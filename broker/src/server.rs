@@ -59,7 +59,7 @@ impl Broker {
             startup_ms = started.elapsed().as_millis() as u64,
             "broker started"
         );
-        let net = Net::new(&core.config, shutdown.clone());
+        let net = Net::new(&core.config, core.stats.clone(), shutdown.clone());
         let mut loops = vec![tokio::spawn(listener::accept_loop(
             native_listener,
             Arc::new(Native::new(core.clone(), local_addr)),
@@ -75,9 +75,16 @@ impl Broker {
             )));
         }
         if let Some((l, _)) = http {
+            let addrs = crate::http::Addresses {
+                native: local_addr,
+                kafka: kafka_addr,
+                http: http_addr,
+            };
             loops.push(tokio::spawn(crate::http::serve(
                 l,
                 core.clone(),
+                net.clone(),
+                addrs,
                 shutdown.clone(),
             )));
         }

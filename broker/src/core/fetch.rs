@@ -5,6 +5,7 @@
 //! `watch` channels, never in a sleep loop, until data arrives, `max_wait_ms` passes (capped by
 //! `fetch_max_wait_ms`) or the broker shuts down.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -82,6 +83,7 @@ impl Core {
                 || watchers.is_empty()
                 || Instant::now() >= deadline
             {
+                self.stats.fetch_bytes.fetch_add(bytes, Relaxed);
                 return resp;
             }
             let mut changed: FuturesUnordered<_> =
@@ -89,7 +91,10 @@ impl Core {
             tokio::select! {
                 _ = changed.next() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.shutdown.cancelled() => return resp,
+                _ = self.shutdown.cancelled() => {
+                    self.stats.fetch_bytes.fetch_add(bytes, Relaxed);
+                    return resp;
+                }
             }
         }
     }

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::stats::Stats;
 use groups::{Coordinator, SessionBounds};
 use producers::ProducerIds;
 use queues::Queues;
@@ -55,6 +56,8 @@ pub(crate) struct Core {
     pub producer_ids: ProducerIds,
     pub groups: Coordinator,
     pub queues: Queues,
+    /// The data path's counters (`/metrics`).
+    pub stats: Arc<Stats>,
     /// Cancelled when the broker shuts down: long polls return at once.
     pub shutdown: CancellationToken,
 }
@@ -72,11 +75,13 @@ impl Core {
             path: config.data_dir.clone(),
             source,
         })?;
+        let stats = Arc::new(Stats::default());
         let topics = Topics::load(
             &config.data_dir,
             defaults,
             config.max_partitions,
             config.io_faults.clone(),
+            stats.clone(),
         )
         .await?;
         let producer_ids = ProducerIds::load(&config.data_dir.join("meta"))?;
@@ -100,6 +105,7 @@ impl Core {
             producer_ids,
             groups,
             queues,
+            stats,
             shutdown,
         }))
     }

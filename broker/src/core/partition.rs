@@ -15,7 +15,7 @@
 //! the kernel writing to disk alongside the appends.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use std::collections::VecDeque;
@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use crate::core::delays::{self, Delay, DelayIndex, TopicId};
 use crate::core::producers::{ProducerStates, Verdict};
 use crate::error::storage_code;
+use crate::stats::Stats;
 
 /// How long a partition keeps an idle producer's sequence state (Kafka's
 /// `producer.id.expiration.ms` default).
@@ -112,6 +113,18 @@ pub struct Partition {
     tx: mpsc::Sender<WriterMsg>,
     end: watch::Receiver<i64>,
     delays: Arc<DelayIndex>,
+    stats: Arc<PartitionStats>,
+}
+
+/// What a partition's writer counts for `/metrics`: per append group, never per record.
+#[derive(Debug, Default)]
+pub(crate) struct PartitionStats {
+    /// Records appended since the broker started.
+    pub records: AtomicU64,
+    /// Record batch bytes appended since the broker started.
+    pub bytes: AtomicU64,
+    /// Idempotent producers whose state the partition keeps.
+    pub producers: AtomicU64,
 }
 
 impl Partition {
@@ -122,8 +135,13 @@ impl Partition {
         producers: ProducerStates,
         topic: Arc<str>,
         delayed_runs: Arc<AtomicUsize>,
+        broker: Arc<Stats>,
     ) -> Arc<Self> {
         let reader = log.reader();
+        let stats = Arc::new(PartitionStats::default());
+        stats
+            .producers
+            .store(producers.len() as u64, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (end_tx, end) = watch::channel(log.end_offset());
         let delays = Arc::new(DelayIndex::new(delayed_runs));
@@ -137,6 +155,8 @@ impl Partition {
             flushing: None,
             waiting: VecDeque::new(),
             writing_back: Arc::new(AtomicBool::new(false)),
+            stats: stats.clone(),
+            broker,
         };
         tokio::spawn(writer(log, rx, state));
         Arc::new(Self {
@@ -145,7 +165,18 @@ impl Partition {
             tx,
             end,
             delays,
+            stats,
         })
+    }
+
+    /// What the partition's writer counted.
+    pub fn stats(&self) -> &PartitionStats {
+        &self.stats
+    }
+
+    /// Requests queued for the partition's writer.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// The partition's delayed runs, for queue groups.
@@ -261,6 +292,8 @@ struct Writer {
     waiting: VecDeque<Waiter>,
     /// Set while an early write-back (`writeback.bytes`) runs on the blocking pool.
     writing_back: Arc<AtomicBool>,
+    stats: Arc<PartitionStats>,
+    broker: Arc<Stats>,
 }
 
 /// An append waiting for the durable offset to reach `end`.
@@ -271,6 +304,16 @@ struct Waiter {
 }
 
 impl Writer {
+    /// Counts an append group of `records` records and `bytes` bytes.
+    fn counted(&self, records: i64, bytes: usize) {
+        let s = &self.stats;
+        s.records
+            .fetch_add(u64::try_from(records).unwrap_or(0), Ordering::Relaxed);
+        s.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        s.producers
+            .store(self.producers.len() as u64, Ordering::Relaxed);
+    }
+
     /// Starts an fsync if none is running and one is needed: appends are waiting for one, or the
     /// topic's flush policy says it is time. Appends go on while it runs; [`Writer::flushed`]
     /// takes its outcome.
@@ -280,8 +323,11 @@ impl Writer {
         }
         match log.start_flush() {
             Ok(Some(flush)) => {
+                let broker = self.broker.clone();
                 self.flushing = Some(tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
                     let r = flush.run();
+                    broker.fsync.observe(started.elapsed());
                     (flush, r)
                 }));
             }
@@ -431,6 +477,7 @@ async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
                         continue;
                     }
                     w.producers.expire(now_ms(), PRODUCER_EXPIRY_MS);
+                    w.counted(0, 0);
                     let snapshot = w.producers.encode(l.end_offset());
                     let (l, r) = blocking(l, move |l| {
                         ProducerStates::save(l.dir(), &snapshot)?;
@@ -670,6 +717,7 @@ async fn append_group(
                 }
             }
             w.producers.commit();
+            w.counted(info.next_offset - info.base_offset, bytes);
             if let Some(l) = log.as_mut() {
                 w.start_flush(l);
                 w.start_writeback(l);

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -91,6 +92,9 @@ impl Core {
             };
             let mut parts = Vec::with_capacity(partitions.len());
             for (index, records, deliver_at) in partitions {
+                self.stats
+                    .produce_bytes
+                    .fetch_add(records.len() as u64, Relaxed);
                 let state = match &topic {
                     Err(e) => Pending::Done(e.clone()),
                     Ok(topic) => match topic.partition(index) {

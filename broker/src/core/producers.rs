@@ -278,6 +278,11 @@ impl ProducerStates {
         self.pending.clear();
     }
 
+    /// Producers whose state is kept.
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
     /// Forgets producers not seen for `expiry_ms`.
     pub fn expire(&mut self, now_ms: i64, expiry_ms: i64) {
         self.producers

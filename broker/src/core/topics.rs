@@ -32,6 +32,7 @@ use tokio::sync::{Mutex, oneshot};
 use crate::core::partition::{Partition, WriterMsg};
 use crate::core::producers::ProducerStates;
 use crate::error::BrokerError;
+use crate::stats::Stats;
 
 /// A topic: its partitions and settings.
 #[derive(Debug)]
@@ -153,6 +154,8 @@ pub struct Topics {
     admin: Mutex<()>,
     /// Delayed runs held by every partition's delay index, together.
     delayed_runs: Arc<AtomicUsize>,
+    /// The broker's data-path counters, which partition writers count fsyncs in.
+    stats: Arc<Stats>,
 }
 
 const META_SUFFIX: &str = ".topic";
@@ -240,6 +243,7 @@ impl Topics {
         defaults: LogConfig,
         max_partitions: u32,
         io_faults: Option<IoFaults>,
+        stats: Arc<Stats>,
     ) -> Result<Self, BrokerError> {
         let meta_dir = data_dir.join("meta").join("topics");
         fs::create_dir_all(&meta_dir).map_err(|source| BrokerError::Io {
@@ -256,6 +260,7 @@ impl Topics {
             topics: RwLock::new(HashMap::new()),
             admin: Mutex::new(()),
             delayed_runs: Arc::new(AtomicUsize::new(0)),
+            stats,
         };
         let entries = fs::read_dir(&meta_dir).map_err(|source| BrokerError::Io {
             op: "read dir",
@@ -350,6 +355,7 @@ impl Topics {
                     producers,
                     name.clone(),
                     self.delayed_runs.clone(),
+                    self.stats.clone(),
                 ));
             }
         }

@@ -42,10 +42,17 @@ impl Kafka {
         let core = self.core.clone();
         Started::Pending(Box::pin(async move {
             let result = core.fetch(&core_req).await;
+            let errors = result
+                .iter()
+                .flat_map(|(_, parts)| parts)
+                .filter_map(|p| p.result.as_ref().err().map(|(code, _)| kafka_code(*code)))
+                .collect();
             Some(KafkaResponse {
                 correlation_id: req.correlation_id,
                 flexible_header: req.version >= 12,
                 body: encode_fetch_response(&result, req.version),
+                api: req.key as i16,
+                errors,
             })
         }))
     }

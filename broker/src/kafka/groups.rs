@@ -391,7 +391,7 @@ impl Kafka {
     }
 }
 
-fn respond_or_log<M: kafka_protocol::protocol::Encodable>(
+fn respond_or_log<M: kafka_protocol::protocol::Encodable + super::codes::ErrorCodes>(
     req: &Req,
     msg: &M,
 ) -> Option<KafkaResponse> {

@@ -18,6 +18,7 @@
 
 mod admin;
 mod cluster;
+mod codes;
 mod configs;
 mod errors;
 mod fetch;
@@ -33,6 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use codes::ErrorCodes;
 use kafka_protocol::messages::{ApiKey, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use request::Parsed;
@@ -64,6 +66,10 @@ pub(crate) struct KafkaResponse {
     /// Response header version 1 (flexible: an empty tagged-field section after the id).
     flexible_header: bool,
     body: Vec<Bytes>,
+    /// The API answered (-1: a request whose API is not served), for `/metrics`.
+    api: i16,
+    /// The error codes the answer carries (none, usually: no allocation then).
+    errors: Vec<i16>,
 }
 
 /// A request whose API and version are known to be supported, with its body still encoded.
@@ -96,12 +102,12 @@ impl Req {
     }
 
     /// Encodes `msg` as this request's answer.
-    pub fn respond<M: Encodable>(&self, msg: &M) -> Result<KafkaResponse, String> {
+    pub fn respond<M: Encodable + ErrorCodes>(&self, msg: &M) -> Result<KafkaResponse, String> {
         encode_body(self.key, self.version, self.correlation_id, msg)
     }
 }
 
-fn encode_body<M: Encodable>(
+fn encode_body<M: Encodable + ErrorCodes>(
     key: ApiKey,
     version: i16,
     correlation_id: i32,
@@ -110,10 +116,14 @@ fn encode_body<M: Encodable>(
     let mut buf = BytesMut::new();
     msg.encode(&mut buf, version)
         .map_err(|e| format!("could not encode a {key:?} v{version} response: {e}"))?;
+    let mut errors = Vec::new();
+    msg.error_codes(&mut |code| errors.push(code));
     Ok(KafkaResponse {
         correlation_id,
         flexible_header: key.response_header_version(version) >= 1,
         body: vec![buf.freeze()],
+        api: key as i16,
+        errors,
     })
 }
 
@@ -125,6 +135,8 @@ fn unsupported(correlation_id: i32) -> KafkaResponse {
         correlation_id,
         flexible_header: false,
         body: vec![Bytes::copy_from_slice(&code.to_be_bytes())],
+        api: -1,
+        errors: vec![code],
     }
 }
 
@@ -177,6 +189,14 @@ impl Frontend for Kafka {
             },
         };
         self.dispatch(conn, req).await
+    }
+
+    fn observe(&self, response: &KafkaResponse, elapsed: std::time::Duration) {
+        self.core.stats.kafka.answered(
+            i32::from(response.api),
+            elapsed,
+            response.errors.iter().map(|&c| i32::from(c)),
+        );
     }
 
     fn encode(

@@ -23,6 +23,7 @@ use crate::core::session::Session;
 use crate::core::{Core, Failure};
 use crate::net::{Frontend, Started};
 
+mod codes;
 mod queues;
 
 /// The native protocol over the core.
@@ -87,6 +88,16 @@ impl Frontend for Native {
                     Some(error.to_string()),
                 ))))
             }
+        }
+    }
+
+    fn observe(&self, response: &Response, elapsed: std::time::Duration) {
+        // A request that fails whole has its code in the header and no body (nor an API).
+        let top = response.header.as_ref().map_or(0, |h| h.error_code);
+        let key = response.body.as_ref().map_or(-1, |b| b.api_key() as i32);
+        let api = self.core.stats.native.answered(key, elapsed, [top]);
+        if let Some(body) = &response.body {
+            codes::error_codes(body, &mut |code| api.error(code));
         }
     }
 

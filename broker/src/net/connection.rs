@@ -47,6 +47,8 @@ async fn acquire(
 /// A response on its way out, holding the request's share of the in-flight budgets.
 struct Outgoing<R> {
     response: Reply<R>,
+    /// When the request was read whole: its latency runs until the response is ready to write.
+    started: Instant,
     _budget: Budget,
 }
 
@@ -133,6 +135,7 @@ pub(crate) async fn serve<F: Frontend>(
             };
             let Some(permit) = held.take() else { break };
             frame_since = None;
+            let started = Instant::now();
             let response = match frontend.start(&conn, frame).await {
                 Ok(Started::Ready(r)) => Reply::Ready(r),
                 Ok(Started::Pending(f)) => Reply::Running(tokio::spawn(f)),
@@ -140,6 +143,7 @@ pub(crate) async fn serve<F: Frontend>(
             };
             let out = Outgoing {
                 response,
+                started,
                 _budget: permit,
             };
             if tx.send(out).await.is_err() {
@@ -242,9 +246,9 @@ async fn write_responses<F: Frontend>(
                     }
                 },
             };
-            if let Some(response) = response
-                && let Err(e) = frontend.encode(&response, &mut scratch, &mut chunks)
-            {
+            let Some(response) = response else { continue };
+            frontend.observe(&response, out.started.elapsed());
+            if let Err(e) = frontend.encode(&response, &mut scratch, &mut chunks) {
                 tracing::error!(error = %e, "could not encode a response");
                 return;
             }

@@ -58,7 +58,9 @@ pub(crate) async fn accept_loop<F: Frontend>(
                 }
             }
         };
+        let counted = net.stats.connections(protocol);
         let Ok(permit) = net.connections.clone().try_acquire_owned() else {
+            counted.rejected.fetch_add(1, Ordering::Relaxed);
             if !over_limit_logged.swap(true, Ordering::Relaxed) {
                 tracing::warn!(protocol, %peer, max_connections = net.max_connections, "connection limit reached; closing new connections until one ends");
             }
@@ -69,8 +71,14 @@ pub(crate) async fn accept_loop<F: Frontend>(
         tracing::info!(protocol, %peer, "connection opened");
         let frontend = frontend.clone();
         let shared = net.clone();
+        counted.open.fetch_add(1, Ordering::Relaxed);
         net.tracker.spawn(async move {
-            connection::serve(stream, frontend, shared, protocol).await;
+            connection::serve(stream, frontend, shared.clone(), protocol).await;
+            shared
+                .stats
+                .connections(protocol)
+                .open
+                .fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }

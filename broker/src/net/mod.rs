@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::BrokerConfig;
+use crate::stats::Stats;
 
 /// The part of a request left after its in-order start: its response, or a future that
 /// completes it (an acknowledgement or a long poll).
@@ -49,6 +50,11 @@ pub(crate) trait Frontend: Send + Sync + 'static {
         conn: &Arc<Self::Connection>,
         frame: Bytes,
     ) -> impl Future<Output = Result<Started<Self::Response>, String>> + Send;
+
+    /// Counts an answered request for `/metrics`: its API, error codes and latency (from the
+    /// request read whole to its response ready to write). Requests that get no response (a
+    /// produce with acks 0) are not counted.
+    fn observe(&self, response: &Self::Response, elapsed: Duration);
 
     /// Encodes a response, with its length prefix, as chunks: small parts written into
     /// `scratch`, large payloads (record batches) pushed as the very `Bytes` they are.
@@ -93,18 +99,33 @@ pub(crate) struct Net {
     pub max_connections: usize,
     /// Request bytes in flight over all connections (`max_inflight_bytes_total`).
     pub inflight: Arc<Semaphore>,
+    pub max_inflight: usize,
+    /// Connections counted per listener (`/metrics`).
+    pub stats: Arc<Stats>,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
 impl Net {
-    pub fn new(config: &BrokerConfig, shutdown: CancellationToken) -> Arc<Self> {
+    /// Open connections over all listeners.
+    pub fn open_connections(&self) -> usize {
+        self.max_connections - self.connections.available_permits()
+    }
+
+    /// Request bytes in flight over all connections.
+    pub fn inflight_bytes(&self) -> usize {
+        self.max_inflight - self.inflight.available_permits()
+    }
+
+    pub fn new(config: &BrokerConfig, stats: Arc<Stats>, shutdown: CancellationToken) -> Arc<Self> {
         Arc::new(Self {
             limits: Limits::from_config(config),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             max_connections: config.max_connections,
             inflight: Arc::new(Semaphore::new(config.max_inflight_bytes_total)),
+            max_inflight: config.max_inflight_bytes_total,
+            stats,
             tracker: TaskTracker::new(),
             shutdown,
         })

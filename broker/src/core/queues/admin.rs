@@ -239,6 +239,7 @@ impl Core {
                         log_end,
                         counts,
                         finished: qp.finished(),
+                        redelivered: qp.redelivered(),
                         oldest_unacked_ms,
                     }
                 })

@@ -214,6 +214,16 @@ impl Core {
             budget = source.left;
             let lease_until = now.saturating_add(policy.lease_ms as i64);
             inner.commit(group, tp, delta, out, now);
+            let again: i64 = runs
+                .iter()
+                .filter(|r| r.attempt > 1)
+                .map(|r| r.last - r.first + 1)
+                .sum();
+            if again > 0
+                && let Some(qp) = inner.qps.get_mut(tp)
+            {
+                qp.count_redelivered(again as u64);
+            }
             // One chunk per read, with the runs it holds.
             let mut chunks: Vec<Chunk> = source
                 .reads
@@ -245,9 +255,12 @@ impl Core {
                     }),
                 }
             }
-            answer
-                .chunks
-                .extend(chunks.into_iter().filter(|c| !c.runs.is_empty()));
+            chunks.retain(|c| !c.runs.is_empty());
+            let bytes: usize = chunks.iter().map(|c| c.records.len()).sum();
+            self.stats
+                .fetch_bytes
+                .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+            answer.chunks.extend(chunks);
         }
     }
 

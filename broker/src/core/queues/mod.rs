@@ -173,6 +173,8 @@ pub(crate) struct PartitionView {
     pub log_end: i64,
     pub counts: state::Counts,
     pub finished: state::Finished,
+    /// Records handed out again since the broker started.
+    pub redelivered: u64,
     /// Age of the oldest unfinished record (by its timestamp), if any.
     pub oldest_unacked_ms: Option<i64>,
 }

@@ -263,6 +263,8 @@ pub struct QueuePartition {
     /// Records held, per member.
     held: HashMap<MemberId, u64>,
     in_flight: u64,
+    /// Records handed out again (attempt 2 or later) since the broker started; not persisted.
+    redelivered: u64,
 }
 
 impl QueuePartition {
@@ -282,7 +284,18 @@ impl QueuePartition {
             busy_keys: HashMap::new(),
             held: HashMap::new(),
             in_flight: 0,
+            redelivered: 0,
         }
+    }
+
+    /// Records handed out again (attempt 2 or later) since the broker started.
+    pub fn redelivered(&self) -> u64 {
+        self.redelivered
+    }
+
+    /// Counts `n` records handed out again.
+    pub fn count_redelivered(&mut self, n: u64) {
+        self.redelivered += n;
     }
 
     /// First offset not finished.

@@ -71,8 +71,9 @@ pub(super) async fn sample(core: Arc<Core>, history: Arc<History>, shutdown: Can
             _ = interval.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let point = take(&core).await;
-        history.push(point);
+        if let Some(point) = take(&core).await {
+            history.push(point);
+        }
     }
 }
 
@@ -108,8 +109,9 @@ fn largest<V: Ord + Copy>(mut all: Vec<(String, V)>, n: usize) -> BTreeMap<Strin
     all.into_iter().collect()
 }
 
-async fn take(core: &Core) -> Point {
-    let (records, bytes) = appended(core);
+/// One sample: queue groups described on the runtime (their state is behind async locks), the
+/// walk over every partition and consumer group on the blocking pool.
+async fn take(core: &Arc<Core>) -> Option<Point> {
     let queues: Vec<(String, u64)> = super::queue_views(core)
         .await
         .into_iter()
@@ -122,14 +124,20 @@ async fn take(core: &Core) -> Point {
             (v.group, ready)
         })
         .collect();
-    Point {
-        time_ms: now_ms(),
-        records_appended_total: records,
-        bytes_appended_total: bytes,
-        fetch_bytes_total: core.stats.fetch_bytes.load(Relaxed),
-        lag: largest(group_lags(core), MAX_GROUPS),
-        queue_ready: largest(queues, MAX_GROUPS),
-    }
+    let core = core.clone();
+    tokio::task::spawn_blocking(move || {
+        let (records, bytes) = appended(&core);
+        Point {
+            time_ms: now_ms(),
+            records_appended_total: records,
+            bytes_appended_total: bytes,
+            fetch_bytes_total: core.stats.fetch_bytes.load(Relaxed),
+            lag: largest(group_lags(&core), MAX_GROUPS),
+            queue_ready: largest(queues, MAX_GROUPS),
+        }
+    })
+    .await
+    .ok()
 }
 
 #[cfg(test)]

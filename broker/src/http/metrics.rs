@@ -17,6 +17,7 @@ use prometheus_client::registry::{Registry, Unit};
 use super::series::{Histograms, Labels, Series, Value, shared};
 use super::{Http, now_ms};
 use crate::core::Core;
+use crate::core::queues::GroupView;
 use crate::core::topics::{Topic, TopicId};
 use crate::stats::ApiTable;
 
@@ -56,8 +57,20 @@ fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The whole scrape, as text.
-pub(super) async fn render(http: &Http) -> String {
+/// The whole scrape, as text. Queue groups are described on the runtime (their state sits
+/// behind async locks); everything else, walking every partition and group and encoding tens of
+/// thousands of lines, runs on the blocking pool so a scrape never holds a runtime worker that
+/// produce and fetch requests need.
+pub(super) async fn render(http: Http) -> String {
+    let queues = super::queue_views(&http.core).await;
+    let rendered = tokio::task::spawn_blocking(move || render_now(&http, &queues)).await;
+    rendered.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "rendering the metrics failed");
+        "# EOF\n".to_string()
+    })
+}
+
+fn render_now(http: &Http, queues: &[GroupView]) -> String {
     // The last scrape's size, so the text is written without growing (and copying) its buffer.
     let mut out = String::with_capacity(http.metrics_size.load(Relaxed) + 4096);
     let mut root = Registry::default();
@@ -67,7 +80,7 @@ pub(super) async fn render(http: &Http) -> String {
     requests(registry, http);
     partitions(registry, http);
     consumer_groups(registry, http);
-    queue_groups(registry, http).await;
+    queue_groups(registry, http, queues);
     if let Err(e) = encode(&mut out, &root) {
         tracing::error!(error = %e, "encoding the metrics failed");
         out.clear();
@@ -376,7 +389,7 @@ fn consumer_groups(registry: &mut Registry, http: &Http) {
 }
 
 /// Record counts by state, acks, dead letters, redeliveries and members per queue group.
-async fn queue_groups(registry: &mut Registry, http: &Http) {
+fn queue_groups(registry: &mut Registry, http: &Http, views: &[GroupView]) {
     let names = TopicNames::of(&http.core);
     let mut records = Series::<i64>::gauge();
     let mut acked = Series::<u64>::counter();
@@ -385,8 +398,7 @@ async fn queue_groups(registry: &mut Registry, http: &Http) {
     let mut oldest = Series::<f64>::gauge();
     let mut members = Series::<i64>::gauge();
     let mut member_in_flight = Series::<i64>::gauge();
-    let views = super::queue_views(&http.core).await;
-    for view in &views {
+    for view in views {
         let group = Labels::of("group", shared(&view.group));
         members.add(group.clone(), count(view.members.len()));
         for (member, _, held) in &view.members {

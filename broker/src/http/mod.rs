@@ -93,7 +93,7 @@ pub(crate) async fn serve(
 
 /// `GET /metrics`.
 async fn scrape(State(http): State<Http>) -> impl IntoResponse {
-    let body = metrics::render(&http).await;
+    let body = metrics::render(http).await;
     (
         [(
             header::CONTENT_TYPE,

@@ -17,6 +17,7 @@ use strom_protocol::compression::{MAX_DECOMPRESSED_BATCH, decompress};
 
 use super::Http;
 use super::error::{Answer, ApiError, text};
+use crate::core::topics::Topic;
 
 /// Most records one page returns.
 const MAX_RECORDS: usize = 500;
@@ -150,29 +151,18 @@ fn read_records(
     Ok(out)
 }
 
-/// `GET /api/topics/{topic}/records`: a page of records (see docs/http.md for which).
-pub(super) async fn records(
-    State(http): State<Http>,
-    name: Result<Path<String>, PathRejection>,
-    q: Result<Query<RecordsQuery>, QueryRejection>,
-) -> Answer {
-    let name = text(name)?;
-    let q = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let t = http
-        .core
-        .topics
-        .get(&name)
-        .ok_or_else(|| ApiError::not_found(format!("no topic {name}")))?;
+/// The records a page shows (see docs/http.md for which), newest first over a whole topic.
+fn page(t: &Topic, q: &RecordsQuery) -> Result<Vec<Value>, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_RECORDS).clamp(1, MAX_RECORDS);
     let mut budget = MAX_PAGE_BYTES;
     let tail = |p: &crate::core::partition::Partition| {
         let r = p.reader();
         (r.end_offset() - limit as i64).max(r.start_offset())
     };
-    let records: Vec<Value> = match q.partition {
+    Ok(match q.partition {
         Some(index) => {
             let part = t.partition(index).ok_or_else(|| {
-                ApiError::not_found(format!("topic {name} has no partition {index}"))
+                ApiError::not_found(format!("topic {} has no partition {index}", t.name))
             })?;
             let from = q.offset.unwrap_or_else(|| tail(part));
             read_records(part, from, limit, &mut budget)?
@@ -197,7 +187,29 @@ pub(super) async fn records(
             all.truncate(limit);
             all.into_iter().map(|(_, v)| v).collect()
         }
-    };
+    })
+}
+
+/// `GET /api/topics/{topic}/records`: a page of records (see docs/http.md for which).
+pub(super) async fn records(
+    State(http): State<Http>,
+    name: Result<Path<String>, PathRejection>,
+    q: Result<Query<RecordsQuery>, QueryRejection>,
+) -> Answer {
+    let name = text(name)?;
+    let q = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let t = http
+        .core
+        .topics
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("no topic {name}")))?;
+    let q = q.0;
+    let topic = t.clone();
+    // Reading and decoding up to MAX_PAGE_BYTES is work for the blocking pool, not a runtime
+    // worker that produce and fetch requests need.
+    let records = tokio::task::spawn_blocking(move || page(&topic, &q))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(Json(json!({ "topic": &*t.name, "records": records })))
 }
 

@@ -153,18 +153,14 @@ async fn topic(State(http): State<Http>, name: Result<Path<String>, PathRejectio
 /// `GET /api/groups`: consumer groups with their state, members and total lag.
 async fn groups(State(http): State<Http>) -> Answer {
     let core = &http.core;
-    let list: Vec<Value> = core
-        .groups
-        .list()
-        .into_iter()
-        .filter_map(|g| core.groups.describe(&core.topics, &g.name))
+    let list: Vec<Value> = super::consumer_group_views(core)
+        .iter()
         .map(|v| {
-            let lag: i64 = v.offsets.iter().map(|o| o.lag().max(0)).sum();
             json!({
                 "group": v.name,
                 "state": v.state.name(),
                 "members": v.members.len(),
-                "lag": lag,
+                "lag": super::total_lag(v),
             })
         })
         .collect();

@@ -91,12 +91,10 @@ pub(super) fn appended(core: &Core) -> (u64, u64) {
 }
 
 /// Each consumer group's lag, summed over its partitions.
-pub(super) fn group_lags(core: &Core) -> Vec<(String, i64)> {
-    core.groups
-        .list()
-        .into_iter()
-        .filter_map(|g| core.groups.describe(&core.topics, &g.name))
-        .map(|v| (v.name, v.offsets.iter().map(|o| o.lag().max(0)).sum()))
+fn group_lags(core: &Core) -> Vec<(String, i64)> {
+    super::consumer_group_views(core)
+        .iter()
+        .map(|v| (v.name.clone(), super::total_lag(v)))
         .collect()
 }
 

@@ -318,10 +318,7 @@ fn consumer_groups(registry: &mut Registry, http: &Http) {
     let mut lag_seconds = Series::<f64>::gauge();
     let mut members = Series::<i64>::gauge();
     let mut state = Series::<i64>::gauge();
-    for g in core.groups.list() {
-        let Some(view) = core.groups.describe(&core.topics, &g.name) else {
-            continue;
-        };
+    for view in super::consumer_group_views(core) {
         let group = Labels::of("group", shared(&view.name));
         members.add(group.clone(), count(view.members.len()));
         state.add(group.and("state", view.state.name()), 1);

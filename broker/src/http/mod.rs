@@ -153,6 +153,20 @@ fn batch_timestamp(core: &Core, topic: &str, partition: i32, offset: i64) -> Opt
     Some(h.base_timestamp)
 }
 
+/// Every consumer group as described (offsets with the partitions' ends now), by name.
+fn consumer_group_views(core: &Core) -> Vec<crate::core::groups::view::GroupView> {
+    core.groups
+        .list()
+        .into_iter()
+        .filter_map(|g| core.groups.describe(&core.topics, &g.name))
+        .collect()
+}
+
+/// Total lag of a described consumer group: records after its committed offsets.
+fn total_lag(v: &crate::core::groups::view::GroupView) -> i64 {
+    v.offsets.iter().map(|o| o.lag().max(0)).sum()
+}
+
 /// Every queue group as described, by name.
 async fn queue_views(core: &Core) -> Vec<crate::core::queues::GroupView> {
     let mut views: Vec<_> = core

@@ -1,0 +1,350 @@
+//! The active controller: what the member that leads the metadata quorum does on top of Raft.
+//! It answers brokers' calls (registration, heartbeats, admin requests), keeps the liveness
+//! table for its term, and proposes the leadership changes liveness calls for
+//! ([`crate::placement::reconcile`]), a few times per session and whenever a broker returns.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+
+use crate::controller::{Inner, Office};
+use crate::image::MetadataImage;
+use crate::liveness::Heartbeat;
+use crate::placement;
+use crate::rpc::{BrokerState, ClusterStatus, ControllerRequest, ControllerResponse, Member};
+use crate::types::{BrokerId, ControllerNode, MetaCommand, MetaResponse, Rejection, TopicId};
+
+/// How long the active controller waits for one of its proposals to commit.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Inner {
+    /// The liveness table for `term`, seeded afresh when the term changed.
+    fn office(&self, term: u64) -> std::sync::MutexGuard<'_, Office> {
+        let mut office = self.office.lock().unwrap_or_else(PoisonError::into_inner);
+        if office.term != Some(term) {
+            let image = self.image.borrow().clone();
+            office.liveness.seed(&image, Instant::now());
+            office.term = Some(term);
+            tracing::info!(
+                term,
+                brokers = image.brokers.len(),
+                "this broker is the active controller"
+            );
+        }
+        office
+    }
+
+    fn not_controller(&self) -> ControllerResponse {
+        ControllerResponse::NotController {
+            leader: self.leader_address(),
+        }
+    }
+
+    /// Proposes `command` and waits until it is applied here, for at most [`WRITE_TIMEOUT`]:
+    /// without a quorum nothing commits, and the caller hears `Unavailable` (the command may
+    /// still commit later, should the quorum return).
+    async fn write(&self, command: MetaCommand) -> Result<(u64, MetaResponse), ControllerResponse> {
+        let Ok(written) =
+            tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await
+        else {
+            return Err(ControllerResponse::Unavailable {
+                message: format!(
+                    "not committed within {WRITE_TIMEOUT:?}: is a quorum of voters up?"
+                ),
+            });
+        };
+        match written {
+            Ok(written) => Ok((written.log_id.index, written.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                let leader = forward
+                    .leader_id
+                    .zip(forward.leader_node)
+                    .map(|(id, node)| (id, node.addr));
+                Err(ControllerResponse::NotController { leader })
+            }
+            Err(e) => Err(ControllerResponse::Unavailable {
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Answers a broker's call; only the active controller answers anything but
+    /// `NotController`.
+    pub(crate) async fn handle(&self, request: ControllerRequest) -> ControllerResponse {
+        let Some(term) = self.leader_term() else {
+            return self.not_controller();
+        };
+        match self.handle_as_leader(term, request).await {
+            Ok(response) | Err(response) => response,
+        }
+    }
+
+    async fn handle_as_leader(
+        &self,
+        term: u64,
+        request: ControllerRequest,
+    ) -> Result<ControllerResponse, ControllerResponse> {
+        let committed = |(index, response): (u64, MetaResponse)| match response {
+            MetaResponse::Rejected(rejection) => ControllerResponse::Rejected(rejection),
+            _ => ControllerResponse::Committed { index },
+        };
+        Ok(match request {
+            ControllerRequest::Join { broker, addr } => {
+                if self.voters.contains_key(&broker) {
+                    return Err(ControllerResponse::Invalid {
+                        message: format!("broker {broker} is a voter, not a learner"),
+                    });
+                }
+                match self
+                    .raft
+                    .add_learner(broker, ControllerNode { addr }, false)
+                    .await
+                {
+                    Ok(written) => ControllerResponse::Committed {
+                        index: written.log_id.index,
+                    },
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                        self.not_controller()
+                    }
+                    Err(e) => ControllerResponse::Unavailable {
+                        message: e.to_string(),
+                    },
+                }
+            }
+            ControllerRequest::Register {
+                broker,
+                incarnation,
+                endpoints,
+                rack,
+            } => {
+                let command = MetaCommand::RegisterBroker {
+                    broker,
+                    incarnation,
+                    endpoints,
+                    rack,
+                };
+                match self.write(command).await? {
+                    (index, MetaResponse::Registered { broker_epoch }) => {
+                        ControllerResponse::Registered {
+                            epoch: broker_epoch,
+                            index,
+                        }
+                    }
+                    other => committed(other),
+                }
+            }
+            ControllerRequest::Heartbeat { broker, epoch } => {
+                let image = self.image.borrow().clone();
+                let outcome =
+                    self.office(term)
+                        .liveness
+                        .heartbeat(&image, broker, epoch, Instant::now());
+                match outcome {
+                    Heartbeat::Alive { newly } => {
+                        if newly {
+                            tracing::info!(broker, epoch, "broker unfenced");
+                            self.reconcile(term).await;
+                        }
+                        ControllerResponse::HeartbeatAck { fenced: false }
+                    }
+                    Heartbeat::StaleEpoch => ControllerResponse::StaleEpoch,
+                }
+            }
+            ControllerRequest::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+            } => {
+                let image = self.image.borrow().clone();
+                if let Err(message) = check_topic_name(&name) {
+                    return Err(ControllerResponse::Invalid { message });
+                }
+                if image.topics.contains_key(&name) {
+                    return Err(ControllerResponse::Rejected(Rejection::TopicExists {
+                        name,
+                    }));
+                }
+                let live = self.live_brokers(term, &image);
+                let assignments =
+                    placement::assign_replicas(&image, &live, partitions, replication_factor)
+                        .map_err(|e| ControllerResponse::Invalid {
+                            message: e.to_string(),
+                        })?;
+                let id = TopicId(uuid::Uuid::new_v4().as_u128());
+                committed(
+                    self.write(MetaCommand::CreateTopic {
+                        name,
+                        id,
+                        configs,
+                        assignments,
+                    })
+                    .await?,
+                )
+            }
+            ControllerRequest::DeleteTopic { name } => {
+                let id = self.image.borrow().topics.get(&name).map(|t| t.id);
+                let Some(id) = id else {
+                    return Err(ControllerResponse::Rejected(Rejection::UnknownTopic {
+                        name,
+                    }));
+                };
+                committed(self.write(MetaCommand::DeleteTopic { name, id }).await?)
+            }
+            ControllerRequest::CreatePartitions { name, total } => {
+                let image = self.image.borrow().clone();
+                let Some(topic) = image.topics.get(&name) else {
+                    return Err(ControllerResponse::Rejected(Rejection::UnknownTopic {
+                        name,
+                    }));
+                };
+                let current = topic.partitions.len() as u32;
+                if total <= current {
+                    return Err(ControllerResponse::Invalid {
+                        message: format!("topic {name} has {current} partitions; it can only grow"),
+                    });
+                }
+                let factor = topic
+                    .partitions
+                    .first()
+                    .map_or(1, |p| p.replicas.len() as u32);
+                let live = self.live_brokers(term, &image);
+                let assignments =
+                    placement::assign_replicas(&image, &live, total - current, factor).map_err(
+                        |e| ControllerResponse::Invalid {
+                            message: e.to_string(),
+                        },
+                    )?;
+                committed(
+                    self.write(MetaCommand::CreatePartitions { name, assignments })
+                        .await?,
+                )
+            }
+            ControllerRequest::AlterTopicConfigs { name, configs } => committed(
+                self.write(MetaCommand::AlterTopicConfigs { name, configs })
+                    .await?,
+            ),
+            ControllerRequest::AllocateProducerIds { broker, count } => {
+                match self
+                    .write(MetaCommand::AllocateProducerIds { broker, count })
+                    .await?
+                {
+                    (_, MetaResponse::ProducerIds { first, count }) => {
+                        ControllerResponse::ProducerIds { first, count }
+                    }
+                    other => committed(other),
+                }
+            }
+            ControllerRequest::Status => ControllerResponse::Status(self.status(term)),
+        })
+    }
+
+    /// The unfenced registered brokers.
+    fn live_brokers(&self, term: u64, image: &MetadataImage) -> BTreeSet<BrokerId> {
+        let office = self.office(term);
+        image
+            .brokers
+            .keys()
+            .copied()
+            .filter(|broker| office.liveness.is_alive(*broker))
+            .collect()
+    }
+
+    fn status(&self, term: u64) -> ClusterStatus {
+        let image = self.image.borrow().clone();
+        let office = self.office(term);
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<BrokerId> = membership.voter_ids().collect();
+        let matched = |id: BrokerId| match &metrics.replication {
+            Some(replication) if id != self.id => {
+                replication.get(&id).cloned().flatten().map(|l| l.index)
+            }
+            _ => metrics.last_log_index,
+        };
+        ClusterStatus {
+            leader: self.id,
+            term: metrics.current_term,
+            committed: metrics.last_applied.map_or(0, |l| l.index),
+            members: membership
+                .nodes()
+                .map(|(id, node)| Member {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    voter: voters.contains(id),
+                    matched: matched(*id),
+                })
+                .collect(),
+            brokers: image
+                .brokers
+                .iter()
+                .map(|(id, registration)| BrokerState {
+                    id: *id,
+                    epoch: registration.epoch,
+                    endpoints: registration.endpoints.clone(),
+                    alive: office.liveness.is_alive(*id),
+                })
+                .collect(),
+        }
+    }
+
+    /// Fences brokers whose sessions ran out and proposes the leadership changes liveness calls
+    /// for, as one batch.
+    async fn reconcile(&self, term: u64) {
+        let image = self.image.borrow().clone();
+        let commands = {
+            let mut office = self.office(term);
+            for broker in office.liveness.expire(&image, Instant::now()) {
+                tracing::warn!(broker, "broker fenced: its session expired");
+            }
+            placement::reconcile(&image, |broker| office.liveness.is_alive(broker))
+        };
+        if commands.is_empty() {
+            return;
+        }
+        let count = commands.len();
+        match self.write(MetaCommand::Batch { commands }).await {
+            Ok((index, _)) => {
+                tracing::info!(partitions = count, index, "partition leadership changed")
+            }
+            Err(e) => tracing::warn!(?e, "partition leadership change not committed"),
+        }
+    }
+
+    /// While this member leads: fence expired sessions and reconcile, a few times per session.
+    pub(crate) async fn leader_duties(self: Arc<Self>) {
+        let period = (self.timing.session / 4).max(Duration::from_millis(20));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.stopped() {
+            ticker.tick().await;
+            if let Some(term) = self.leader_term() {
+                self.reconcile(term).await;
+            }
+        }
+    }
+}
+
+/// Kafka's rule for topic names: 1 to 249 of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(format!(
+            "topic name must be 1 to 249 characters, not {}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name {name:?} is not allowed"));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(c) => Err(format!(
+            "topic name {name:?} has {c:?}; use letters, digits, '.', '_' and '-'"
+        )),
+        None => Ok(()),
+    }
+}

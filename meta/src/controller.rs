@@ -1,0 +1,425 @@
+//! The controller every broker embeds: one member of the metadata quorum (a voter, or a learner
+//! that follows the log), and, while it leads, the *active controller* that decides placement,
+//! tracks broker liveness and moves partition leadership.
+//!
+//! [`Controller::start`] opens the stores, starts openraft and the controller listener, and
+//! bootstraps: a voter with an empty log initializes the quorum with the configured voters (the
+//! same configuration on every voter, which openraft allows), a broker that is not a voter asks
+//! to join as a learner. [`Controller::call`] is how the rest of the broker reaches the active
+//! controller, wherever it is: locally when this broker leads, over the controller protocol
+//! otherwise, following leader hints until a deadline.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use openraft::{Raft, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::Error;
+use crate::image::MetadataImage;
+use crate::liveness::Liveness;
+use crate::network::{CallError, Connection, Network};
+use crate::rpc::{ControllerRequest, ControllerResponse};
+use crate::types::{BrokerId, ControllerNode, Endpoints, TypeConfig};
+
+/// The quorum's timing. The defaults suit brokers on one network: a controller failover takes
+/// about one election timeout, a dead broker is fenced one session after its last heartbeat.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Raft heartbeat from the active controller to the other members.
+    pub raft_heartbeat: Duration,
+    /// The shortest election timeout.
+    pub election_min: Duration,
+    /// The longest election timeout.
+    pub election_max: Duration,
+    /// How often a broker heartbeats to the active controller.
+    pub broker_heartbeat: Duration,
+    /// How long a broker stays unfenced after a heartbeat.
+    pub session: Duration,
+    /// A snapshot of the image is taken every this many entries.
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot, so a member slightly behind gets entries, not a snapshot.
+    pub keep_after_snapshot: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            raft_heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(400),
+            election_max: Duration::from_millis(800),
+            broker_heartbeat: Duration::from_millis(250),
+            session: Duration::from_millis(1500),
+            snapshot_every: 5000,
+            keep_after_snapshot: 1000,
+        }
+    }
+}
+
+/// What a controller needs to start.
+#[derive(Debug)]
+pub struct ControllerConfig {
+    /// This broker's id.
+    pub node_id: BrokerId,
+    /// Where the metadata log and snapshots live.
+    pub dir: PathBuf,
+    /// The bound controller listener.
+    pub listener: TcpListener,
+    /// The address other controllers reach this one at.
+    pub advertised: String,
+    /// The voters by id, with their controller addresses.
+    pub voters: BTreeMap<BrokerId, String>,
+    /// Timing.
+    pub timing: Timing,
+}
+
+/// Why a call to the active controller failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// No active controller answered before the deadline.
+    #[error("no active controller answered within {waited:?}{}", last.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    NoController {
+        /// How long it tried.
+        waited: Duration,
+        /// The last network error, if any.
+        last: Option<CallError>,
+    },
+}
+
+/// A running controller. Dropping it does not stop it; call [`Controller::shutdown`].
+#[derive(Debug, Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) id: BrokerId,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) image: watch::Receiver<Arc<MetadataImage>>,
+    pub(crate) voters: BTreeMap<BrokerId, String>,
+    pub(crate) timing: Timing,
+    pub(crate) office: Mutex<Office>,
+    peers: tokio::sync::Mutex<BTreeMap<BrokerId, Connection>>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("id", &self.id)
+            .field("voters", &self.voters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The active controller's soft state, valid for one term.
+#[derive(Debug)]
+pub(crate) struct Office {
+    pub(crate) term: Option<u64>,
+    pub(crate) liveness: Liveness,
+}
+
+impl Controller {
+    /// Opens the metadata stores under `config.dir`, starts Raft and the listener, and joins
+    /// or forms the quorum.
+    pub async fn start(config: ControllerConfig) -> Result<Self, Error> {
+        let ControllerConfig {
+            node_id,
+            dir,
+            listener,
+            advertised,
+            voters,
+            timing,
+        } = config;
+        let (log_store, state_machine) = crate::state_machine::open_stores(&dir)?;
+        let image = state_machine.image_watch();
+        let raft_config = openraft::Config {
+            cluster_name: "strom".into(),
+            heartbeat_interval: millis(timing.raft_heartbeat),
+            election_timeout_min: millis(timing.election_min),
+            election_timeout_max: millis(timing.election_max),
+            install_snapshot_timeout: 2_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
+            max_in_snapshot_log_to_keep: timing.keep_after_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let raft = Raft::new(
+            node_id,
+            Arc::new(raft_config),
+            Network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
+        let (stop, stop_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            id: node_id,
+            raft,
+            image,
+            voters,
+            office: Mutex::new(Office {
+                term: None,
+                liveness: Liveness::new(timing.session),
+            }),
+            timing,
+            peers: tokio::sync::Mutex::new(BTreeMap::new()),
+            stop,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&inner), stop_rx));
+        let duties = tokio::spawn(Arc::clone(&inner).leader_duties());
+        inner.tasks().extend([server, duties]);
+        let controller = Self { inner };
+        controller.bootstrap(advertised).await?;
+        Ok(controller)
+    }
+
+    async fn bootstrap(&self, advertised: String) -> Result<(), Error> {
+        let inner = &self.inner;
+        let initialized = inner
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        if inner.voters.contains_key(&inner.id) {
+            let members: BTreeMap<BrokerId, ControllerNode> = inner
+                .voters
+                .iter()
+                .map(|(id, addr)| (*id, ControllerNode { addr: addr.clone() }))
+                .collect();
+            tracing::info!(voters = ?inner.voters, "forming the metadata quorum");
+            if let Err(e) = inner.raft.initialize(members).await {
+                // Another voter's log reached this one first: nothing to do.
+                tracing::debug!(error = %e, "metadata quorum already formed");
+            }
+        } else {
+            let controller = self.clone();
+            let join = tokio::spawn(async move {
+                let request = ControllerRequest::Join {
+                    broker: controller.inner.id,
+                    addr: advertised,
+                };
+                loop {
+                    match controller
+                        .call(request.clone(), Duration::from_secs(10))
+                        .await
+                    {
+                        Ok(ControllerResponse::Committed { .. }) => {
+                            tracing::info!("joined the metadata quorum as a learner");
+                            return;
+                        }
+                        Ok(other) => {
+                            tracing::warn!(?other, "joining the metadata quorum was refused")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot join the metadata quorum yet"),
+                    }
+                    if controller.inner.stopped() {
+                        return;
+                    }
+                }
+            });
+            inner.tasks().push(join);
+        }
+        Ok(())
+    }
+
+    /// This broker's id.
+    pub fn id(&self) -> BrokerId {
+        self.inner.id
+    }
+
+    /// The metadata image, updated as entries are applied.
+    pub fn image(&self) -> watch::Receiver<Arc<MetadataImage>> {
+        self.inner.image.clone()
+    }
+
+    /// openraft's metrics (term, leader, log positions).
+    pub fn metrics(&self) -> watch::Receiver<openraft::RaftMetrics<BrokerId, ControllerNode>> {
+        self.inner.raft.metrics()
+    }
+
+    /// The active controller, as far as this member knows.
+    pub fn leader(&self) -> Option<BrokerId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// Asks the active controller, wherever it is, retrying through elections and unreachable
+    /// members until `patience` has passed.
+    pub async fn call(
+        &self,
+        request: ControllerRequest,
+        patience: Duration,
+    ) -> Result<ControllerResponse, ControllerError> {
+        let started = Instant::now();
+        let mut hint: Option<(BrokerId, String)> = None;
+        let mut last = None;
+        let mut round = 0usize;
+        loop {
+            let inner = &self.inner;
+            if inner.leader_term().is_some() {
+                let remaining = patience.saturating_sub(started.elapsed());
+                match tokio::time::timeout(remaining, inner.handle(request.clone())).await {
+                    Ok(ControllerResponse::NotController { leader }) => hint = leader,
+                    Ok(ControllerResponse::Unavailable { .. }) | Err(_) => {}
+                    Ok(response) => return Ok(response),
+                }
+            } else if let Some((node, addr)) =
+                hint.take().or_else(|| inner.leader_address()).or_else(|| {
+                    round += 1;
+                    inner.voter_to_try(round)
+                })
+            {
+                let remaining = patience
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(100));
+                let mut peers = inner.peers.lock().await;
+                let connection = peers
+                    .entry(node)
+                    .or_insert_with(|| Connection::new(node, addr.clone()));
+                if connection.addr() != addr {
+                    *connection = Connection::new(node, addr);
+                }
+                match connection.controller(request.clone(), remaining).await {
+                    Ok(ControllerResponse::NotController { leader }) => hint = leader,
+                    Ok(ControllerResponse::Unavailable { .. }) => {}
+                    Ok(response) => return Ok(response),
+                    Err(e) => last = Some(e),
+                }
+            }
+            if started.elapsed() >= patience || inner.stopped() {
+                return Err(ControllerError::NoController {
+                    waited: started.elapsed(),
+                    last,
+                });
+            }
+            // Wait for news of a leader, or a little, before trying again.
+            let mut metrics = inner.raft.metrics();
+            let _ = tokio::time::timeout(inner.timing.raft_heartbeat, metrics.changed()).await;
+        }
+    }
+
+    /// Registers this broker with `endpoints` and heartbeats until shutdown, registering again
+    /// whenever the controller says its epoch is stale. The receiver holds the broker epoch once
+    /// registered.
+    pub fn start_broker_session(
+        &self,
+        endpoints: Endpoints,
+        rack: Option<String>,
+    ) -> watch::Receiver<Option<u64>> {
+        let (epoch_tx, epoch_rx) = watch::channel(None);
+        let controller = self.clone();
+        let task = tokio::spawn(async move {
+            let incarnation = uuid::Uuid::new_v4().as_u128();
+            let id = controller.inner.id;
+            let interval = controller.inner.timing.broker_heartbeat;
+            while !controller.inner.stopped() {
+                let register = ControllerRequest::Register {
+                    broker: id,
+                    incarnation,
+                    endpoints: endpoints.clone(),
+                    rack: rack.clone(),
+                };
+                let epoch = match controller.call(register, Duration::from_secs(5)).await {
+                    Ok(ControllerResponse::Registered { epoch, .. }) => epoch,
+                    Ok(other) => {
+                        tracing::warn!(?other, "broker registration refused");
+                        tokio::time::sleep(interval).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "broker registration failed; retrying");
+                        continue;
+                    }
+                };
+                tracing::info!(broker = id, epoch, "broker registered");
+                epoch_tx.send_replace(Some(epoch));
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    if controller.inner.stopped() {
+                        return;
+                    }
+                    let beat = ControllerRequest::Heartbeat { broker: id, epoch };
+                    match controller.call(beat, controller.inner.timing.session).await {
+                        Ok(ControllerResponse::StaleEpoch) => break,
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(error = %e, "broker heartbeat failed"),
+                    }
+                }
+            }
+        });
+        self.inner.tasks().push(task);
+        epoch_rx
+    }
+
+    /// Stops the listener, the background tasks and Raft.
+    pub async fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+        let tasks = std::mem::take(&mut *self.inner.tasks());
+        for task in &tasks {
+            task.abort();
+        }
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::debug!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// The current term, while this member is the active controller.
+    pub(crate) fn leader_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        (metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id))
+            .then_some(metrics.current_term)
+    }
+
+    /// The active controller's id and address, if this member knows them.
+    pub(crate) fn leader_address(&self) -> Option<(BrokerId, String)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        if leader == self.id {
+            return None;
+        }
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some((leader, node.addr.clone()))
+    }
+
+    /// A voter to ask when no leader is known, in turn.
+    fn voter_to_try(&self, round: usize) -> Option<(BrokerId, String)> {
+        let others: Vec<_> = self
+            .voters
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .collect();
+        let (id, addr) = others.get(round % others.len().max(1))?;
+        Some((**id, (*addr).clone()))
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}

@@ -1,0 +1,331 @@
+//! The controller protocol: what brokers' controllers say to each other over the controller
+//! listener, and how it is framed.
+//!
+//! A frame is `length: u32 BE | JSON`. The length is checked against [`MAX_FRAME`] before
+//! anything is allocated. Every request names the node it is for, so a misconfigured address is
+//! refused ([`Response::WrongNode`]) instead of silently talking to the wrong controller (which
+//! openraft forbids). A connection carries one request at a time, answered in order.
+//!
+//! Raft's own messages (append entries, vote, install snapshot) travel as openraft's serde
+//! types; the rest ([`ControllerRequest`]) are the cluster's admin and liveness calls, which any
+//! broker sends to the active controller.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::types::{BrokerId, Endpoints, Rejection, TypeConfig};
+
+/// The largest frame either side accepts: a snapshot chunk (3 MiB by default) or a batch of
+/// log entries fits with room to spare.
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// A request, addressed to one node.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The node the sender means to reach.
+    pub to: BrokerId,
+    /// What it asks.
+    pub request: Request,
+}
+
+/// Everything a controller can be asked.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
+pub enum Request {
+    /// Raft: replicate entries (also the heartbeat).
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft: ask for a vote.
+    Vote(VoteRequest<BrokerId>),
+    /// Raft: one chunk of a snapshot.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A broker's call to the active controller.
+    Controller(ControllerRequest),
+}
+
+/// Everything a controller answers.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// Raft: the append's outcome.
+    AppendEntries(Result<AppendEntriesResponse<BrokerId>, RaftError<BrokerId>>),
+    /// Raft: the vote's outcome.
+    Vote(Result<VoteResponse<BrokerId>, RaftError<BrokerId>>),
+    /// Raft: the snapshot chunk's outcome.
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<BrokerId>, RaftError<BrokerId, InstallSnapshotError>>,
+    ),
+    /// The answer to a [`ControllerRequest`].
+    Controller(ControllerResponse),
+    /// The request was for another node: this one is `actual`.
+    WrongNode {
+        /// This node's id.
+        actual: BrokerId,
+    },
+}
+
+/// A broker's call to the active controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum ControllerRequest {
+    /// A broker that is not a voter asks to follow the metadata log as a learner.
+    Join {
+        /// Its id.
+        broker: BrokerId,
+        /// Its controller listener.
+        addr: String,
+    },
+    /// A broker process registers (once per start).
+    Register {
+        /// Its id.
+        broker: BrokerId,
+        /// A random id of this process start.
+        #[serde(with = "crate::types::hex128")]
+        incarnation: u128,
+        /// Its client-facing addresses.
+        endpoints: Endpoints,
+        /// Its rack.
+        rack: Option<String>,
+    },
+    /// A registered broker is alive.
+    Heartbeat {
+        /// Its id.
+        broker: BrokerId,
+        /// The epoch its registration was given.
+        epoch: u64,
+    },
+    /// Creates a topic, placing its replicas over the live brokers.
+    CreateTopic {
+        /// The name.
+        name: String,
+        /// Partitions.
+        partitions: u32,
+        /// Replicas per partition.
+        replication_factor: u32,
+        /// Settings.
+        configs: BTreeMap<String, String>,
+    },
+    /// Deletes a topic.
+    DeleteTopic {
+        /// The name.
+        name: String,
+    },
+    /// Grows a topic to `total` partitions.
+    CreatePartitions {
+        /// The name.
+        name: String,
+        /// The partition count wanted.
+        total: u32,
+    },
+    /// Sets (`Some`) or removes (`None`) topic settings.
+    AlterTopicConfigs {
+        /// The name.
+        name: String,
+        /// The changes.
+        configs: BTreeMap<String, Option<String>>,
+    },
+    /// A block of producer ids for `broker`.
+    AllocateProducerIds {
+        /// The broker.
+        broker: BrokerId,
+        /// How many.
+        count: u32,
+    },
+    /// The quorum's state as the active controller sees it.
+    Status,
+}
+
+/// The active controller's answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum ControllerResponse {
+    /// Done; committed at this log index.
+    Committed {
+        /// The metadata log index of the entry that did it.
+        index: u64,
+    },
+    /// Registered with this broker epoch.
+    Registered {
+        /// The broker epoch.
+        epoch: u64,
+        /// The log index of the registration.
+        index: u64,
+    },
+    /// The heartbeat was taken.
+    HeartbeatAck {
+        /// False once the broker is unfenced.
+        fenced: bool,
+    },
+    /// The broker must register again (its epoch is not its newest registration's).
+    StaleEpoch,
+    /// Producer ids `first .. first + count`.
+    ProducerIds {
+        /// The first id.
+        first: i64,
+        /// How many.
+        count: u32,
+    },
+    /// The quorum's state.
+    Status(ClusterStatus),
+    /// This node is not the active controller; the leader is this one, if known.
+    NotController {
+        /// The active controller's id and controller address, if known.
+        leader: Option<(BrokerId, String)>,
+    },
+    /// The metadata refused the change.
+    Rejected(Rejection),
+    /// The request was not valid (a bad replication factor, say).
+    Invalid {
+        /// Why.
+        message: String,
+    },
+    /// The controller could not do it now (no quorum, shutting down); retrying may help.
+    Unavailable {
+        /// Why.
+        message: String,
+    },
+}
+
+/// The quorum as the active controller sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The active controller.
+    pub leader: BrokerId,
+    /// Its Raft term.
+    pub term: u64,
+    /// The metadata log's committed index.
+    pub committed: u64,
+    /// Voters and learners with their controller addresses.
+    pub members: Vec<Member>,
+    /// Registered brokers.
+    pub brokers: Vec<BrokerState>,
+}
+
+/// One member of the metadata quorum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its id.
+    pub id: BrokerId,
+    /// Its controller listener.
+    pub addr: String,
+    /// A voter (true) or a learner.
+    pub voter: bool,
+    /// The last log index the leader knows it holds (`None` if unknown).
+    pub matched: Option<u64>,
+}
+
+/// One registered broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerState {
+    /// Its id.
+    pub id: BrokerId,
+    /// Its broker epoch.
+    pub epoch: u64,
+    /// Its client-facing addresses.
+    pub endpoints: Endpoints,
+    /// Heartbeating within its session.
+    pub alive: bool,
+}
+
+/// Writes one frame.
+pub async fn write_frame<W, T>(writer: &mut W, value: &T) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let body = serde_json::to_vec(value).map_err(io::Error::other)?;
+    if body.len() > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "frame of {} bytes is over the {MAX_FRAME}-byte limit",
+                body.len()
+            ),
+        ));
+    }
+    let len = u32::try_from(body.len()).map_err(io::Error::other)?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    writer.write_all(&frame).await?;
+    writer.flush().await
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream between frames.
+pub async fn read_frame<R, T>(reader: &mut R) -> io::Result<Option<T>>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the {MAX_FRAME}-byte limit"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_lengths_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let request = Envelope {
+            to: 3,
+            request: Request::Controller(ControllerRequest::Heartbeat {
+                broker: 1,
+                epoch: 7,
+            }),
+        };
+        write_frame(&mut a, &request).await.unwrap();
+        let read: Envelope = read_frame(&mut b).await.unwrap().unwrap();
+        assert_eq!(read.to, 3);
+        assert!(matches!(
+            read.request,
+            Request::Controller(ControllerRequest::Heartbeat {
+                broker: 1,
+                epoch: 7
+            })
+        ));
+
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let err = read_frame::<_, Envelope>(&mut b).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&5u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"{}}}}").await.unwrap();
+        assert!(
+            read_frame::<_, Envelope>(&mut b).await.is_err(),
+            "garbage is an error"
+        );
+        drop(a);
+        assert!(
+            read_frame::<_, Envelope>(&mut b).await.unwrap().is_none(),
+            "clean end"
+        );
+    }
+}

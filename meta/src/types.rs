@@ -1,0 +1,285 @@
+//! The metadata log's vocabulary: the Raft type configuration, the commands a controller
+//! proposes (KRaft's records, in serde form) and what applying one answers.
+//!
+//! Commands carry every decision already made (topic ids, replica placement, the new leader):
+//! applying a command is deterministic and checks only what the image itself can decide (does the
+//! topic exist, is the partition epoch the one the proposer saw). The controller makes the
+//! decisions with the pure functions of [`crate::placement`] before it proposes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// A broker's id, which is also its Raft node id (Kafka's `node.id`).
+pub type BrokerId = u64;
+
+openraft::declare_raft_types!(
+    /// strom's metadata quorum types.
+    pub TypeConfig:
+        D = MetaCommand,
+        R = MetaResponse,
+        NodeId = BrokerId,
+        Node = ControllerNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// Where a member of the metadata quorum listens for Raft traffic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerNode {
+    /// `HOST:PORT` of the broker's controller listener.
+    pub addr: String,
+}
+
+impl fmt::Display for ControllerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+/// The client-facing addresses a broker advertises, one per listener it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// `HOST:PORT` of the native protocol listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<String>,
+    /// `HOST:PORT` of the Kafka protocol listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<String>,
+    /// `HOST:PORT` of the HTTP listener (metrics, API, console).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+}
+
+/// A topic's cluster-wide id (Kafka's topic UUID), chosen by the controller that created it.
+/// Stored as 32 hex digits.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct TopicId(#[serde(with = "hex128")] pub u128);
+
+/// 128-bit ids as 32 hex digits: serde cannot carry a `u128` through an internally tagged enum
+/// (the form the log's commands take), and a string reads well in a dump.
+pub mod hex128 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `value` as 32 hex digits.
+    pub fn serialize<S: Serializer>(value: &u128, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{value:032x}"))
+    }
+
+    /// Reads 1 to 32 hex digits.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        if text.is_empty() || text.len() > 32 {
+            return Err(serde::de::Error::custom(format!(
+                "{text:?} is not a 128-bit hex id"
+            )));
+        }
+        u128::from_str_radix(&text, 16).map_err(serde::de::Error::custom)
+    }
+}
+
+impl TopicId {
+    /// The id as the 16 bytes Kafka's protocol carries.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+}
+
+impl fmt::Display for TopicId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// One partition's replicas in preferred order, the first being the preferred leader.
+pub type Assignment = Vec<BrokerId>;
+
+/// One entry of the metadata log (Kafka's metadata records).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MetaCommand {
+    /// A broker process announces itself (KRaft's `RegisterBrokerRecord`). Its broker epoch is
+    /// the log index of this entry, so every restart gets a larger one.
+    RegisterBroker {
+        /// The broker's id.
+        broker: BrokerId,
+        /// A random id per process start: a registration from the same incarnation is a retry.
+        #[serde(with = "hex128")]
+        incarnation: u128,
+        /// Its client-facing addresses.
+        endpoints: Endpoints,
+        /// Its rack, when the operator set one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rack: Option<String>,
+    },
+    /// A topic and all its partitions (`TopicRecord` + `PartitionRecord`s). The first replica
+    /// of each partition leads.
+    CreateTopic {
+        /// The topic's name.
+        name: String,
+        /// Its id.
+        id: TopicId,
+        /// Per-topic settings (Kafka's names, such as `retention.ms`).
+        configs: BTreeMap<String, String>,
+        /// One assignment per partition, in partition order.
+        assignments: Vec<Assignment>,
+    },
+    /// Removes a topic (`RemoveTopicRecord`).
+    DeleteTopic {
+        /// The topic's name.
+        name: String,
+        /// The id the proposer saw: a topic re-created since is left alone.
+        id: TopicId,
+    },
+    /// Adds partitions to a topic, numbered after the existing ones.
+    CreatePartitions {
+        /// The topic's name.
+        name: String,
+        /// One assignment per new partition.
+        assignments: Vec<Assignment>,
+    },
+    /// Sets (`Some`) or removes (`None`) topic settings (`ConfigRecord`).
+    AlterTopicConfigs {
+        /// The topic's name.
+        name: String,
+        /// The settings to change.
+        configs: BTreeMap<String, Option<String>>,
+    },
+    /// Changes one partition's leader or ISR (`PartitionChangeRecord`), applied only if the
+    /// partition epoch is still the one the proposer saw.
+    ChangePartition {
+        /// The topic's name.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The partition epoch the change was computed from.
+        partition_epoch: u32,
+        /// The new leader (`Some(None)` takes the partition offline), or `None` to keep it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leader: Option<Option<BrokerId>>,
+        /// The new ISR, or `None` to keep it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        isr: Option<Vec<BrokerId>>,
+    },
+    /// Hands a broker the next block of producer ids (`ProducerIdsRecord`), so idempotent
+    /// producers get ids unique across the cluster.
+    AllocateProducerIds {
+        /// The broker asking.
+        broker: BrokerId,
+        /// How many ids it wants.
+        count: u32,
+    },
+    /// Several commands applied in order as one entry (a reconciliation that moves many
+    /// partitions at once). Each is answered on its own; a batch inside a batch is rejected.
+    Batch {
+        /// The commands.
+        commands: Vec<MetaCommand>,
+    },
+    /// Changes nothing (a liveness probe of the quorum).
+    NoOp,
+}
+
+/// Why applying a command changed nothing. The command is still in the log: every replica
+/// rejects it the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "rejection", rename_all = "snake_case")]
+pub enum Rejection {
+    /// A topic of that name exists.
+    #[error("topic {name} already exists")]
+    TopicExists {
+        /// The name.
+        name: String,
+    },
+    /// No topic of that name (or with that id) exists.
+    #[error("topic {name} does not exist")]
+    UnknownTopic {
+        /// The name.
+        name: String,
+    },
+    /// The partition number is past the topic's last partition.
+    #[error("topic {topic} has no partition {partition}")]
+    UnknownPartition {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+    },
+    /// A replica list names no broker, a broker twice, or a broker that never registered.
+    #[error("invalid assignment: {reason}")]
+    InvalidAssignment {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The partition changed since the proposer looked (compare-and-set failed).
+    #[error(
+        "partition {topic}-{partition} is at epoch {current}, the change was made at {expected}"
+    )]
+    StalePartitionEpoch {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The epoch the proposer saw.
+        expected: u32,
+        /// The epoch the partition is at.
+        current: u32,
+    },
+    /// The proposed leader is not one of the partition's in-sync replicas.
+    #[error("broker {leader} is not in the ISR of {topic}-{partition}")]
+    LeaderNotInIsr {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The proposed leader.
+        leader: BrokerId,
+    },
+    /// A batch held another batch.
+    #[error("a batch of metadata commands cannot hold another batch")]
+    NestedBatch,
+    /// The broker has not registered.
+    #[error("broker {broker} is not registered")]
+    UnknownBroker {
+        /// The broker.
+        broker: BrokerId,
+    },
+}
+
+/// What applying one command answers to whoever proposed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MetaResponse {
+    /// Applied; nothing more to say (also the answer to Raft's own entries).
+    #[default]
+    Done,
+    /// The broker is registered with this epoch.
+    Registered {
+        /// The broker epoch (the log index of the registration that counts).
+        broker_epoch: u64,
+    },
+    /// The partition change was applied; these are its new epochs.
+    PartitionChanged {
+        /// The leader epoch after the change.
+        leader_epoch: u32,
+        /// The partition epoch after the change.
+        partition_epoch: u32,
+    },
+    /// The broker owns producer ids `first .. first + count`.
+    ProducerIds {
+        /// The first id of the block.
+        first: i64,
+        /// How many ids.
+        count: u32,
+    },
+    /// The answers to a [`MetaCommand::Batch`], in order.
+    Batch {
+        /// One answer per command.
+        responses: Vec<MetaResponse>,
+    },
+    /// Nothing changed, for this reason.
+    Rejected(Rejection),
+}

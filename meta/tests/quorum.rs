@@ -1,0 +1,345 @@
+//! The metadata quorum end to end, in process: controllers on loopback ports with their own data
+//! directories, talking the real controller protocol. Every wait is on the metadata image or
+//! Raft's metrics, bounded by a timeout; nothing sleeps to synchronise.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strom_meta::controller::{Controller, ControllerConfig, Timing};
+use strom_meta::image::MetadataImage;
+use strom_meta::rpc::{ControllerRequest, ControllerResponse};
+use strom_meta::types::{BrokerId, Endpoints, Rejection};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn timing() -> Timing {
+    Timing {
+        snapshot_every: 20,
+        keep_after_snapshot: 2,
+        ..Timing::default()
+    }
+}
+
+struct Node {
+    id: BrokerId,
+    dir: TempDir,
+    addr: String,
+    controller: Option<Controller>,
+}
+
+struct Cluster {
+    voters: BTreeMap<BrokerId, String>,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// `voters` voters and `learners` more brokers, all started.
+    async fn start(voters: u64, learners: u64) -> Cluster {
+        let mut listeners = Vec::new();
+        for id in 1..=voters + learners {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            listeners.push((id, listener, addr));
+        }
+        let voter_map: BTreeMap<BrokerId, String> = listeners
+            .iter()
+            .filter(|(id, _, _)| *id <= voters)
+            .map(|(id, _, addr)| (*id, addr.clone()))
+            .collect();
+        let mut cluster = Cluster {
+            voters: voter_map,
+            nodes: Vec::new(),
+        };
+        for (id, listener, addr) in listeners {
+            let node = Node {
+                id,
+                dir: tempfile::tempdir().unwrap(),
+                addr,
+                controller: None,
+            };
+            cluster.nodes.push(node);
+            cluster.boot(id, Some(listener)).await;
+        }
+        cluster
+    }
+
+    async fn boot(&mut self, id: BrokerId, listener: Option<TcpListener>) {
+        let voters = self.voters.clone();
+        let node = self.node_mut(id);
+        let listener = match listener {
+            Some(listener) => listener,
+            None => TcpListener::bind(&node.addr).await.unwrap(),
+        };
+        let controller = Controller::start(ControllerConfig {
+            node_id: id,
+            dir: node.dir.path().to_path_buf(),
+            listener,
+            advertised: node.addr.clone(),
+            voters,
+            timing: timing(),
+        })
+        .await
+        .unwrap();
+        controller.start_broker_session(
+            Endpoints {
+                native: Some(format!("127.0.0.1:{}", 9000 + id)),
+                ..Endpoints::default()
+            },
+            None,
+        );
+        node.controller = Some(controller);
+    }
+
+    fn node_mut(&mut self, id: BrokerId) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
+    }
+
+    fn controller(&self, id: BrokerId) -> &Controller {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap()
+            .controller
+            .as_ref()
+            .unwrap()
+    }
+
+    async fn stop(&mut self, id: BrokerId) {
+        if let Some(controller) = self.node_mut(id).controller.take() {
+            controller.shutdown().await;
+        }
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Controller> {
+        self.nodes.iter().filter_map(|n| n.controller.as_ref())
+    }
+
+    /// The active controller agreed by every running member.
+    async fn leader(&self) -> BrokerId {
+        let started = Instant::now();
+        loop {
+            let leaders: BTreeSet<Option<BrokerId>> = self.running().map(|c| c.leader()).collect();
+            if let [Some(leader)] = leaders.iter().copied().collect::<Vec<_>>()[..]
+                && self.running().any(|c| c.id() == leader)
+            {
+                return leader;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "no agreed leader: {leaders:?}"
+            );
+            let mut metrics = self.running().next().unwrap().metrics();
+            let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+        }
+    }
+
+    /// Waits until the active controller counts `n` brokers alive (registered and heartbeating).
+    async fn alive(&self, n: usize) {
+        let started = Instant::now();
+        loop {
+            let via = self.running().next().unwrap();
+            if let Ok(ControllerResponse::Status(status)) =
+                via.call(ControllerRequest::Status, PATIENCE).await
+                && status.brokers.iter().filter(|b| b.alive).count() == n
+            {
+                return;
+            }
+            assert!(started.elapsed() < PATIENCE, "{n} brokers never alive");
+            let mut metrics = via.metrics();
+            let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+        }
+    }
+
+    async fn create(&self, via: BrokerId, name: &str, partitions: u32) -> ControllerResponse {
+        let request = ControllerRequest::CreateTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+        };
+        self.controller(via).call(request, PATIENCE).await.unwrap()
+    }
+}
+
+/// Waits until `controller`'s image satisfies `ready`.
+async fn image_where(
+    controller: &Controller,
+    ready: impl Fn(&MetadataImage) -> bool,
+) -> Arc<MetadataImage> {
+    let mut image = controller.image();
+    let found = tokio::time::timeout(PATIENCE, image.wait_for(|image| ready(image)))
+        .await
+        .unwrap_or_else(|_| panic!("broker {}'s image never got there", controller.id()))
+        .unwrap();
+    Arc::clone(&found)
+}
+
+fn all_registered(n: usize) -> impl Fn(&MetadataImage) -> bool {
+    move |image| image.brokers.len() == n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_voter_forms_its_own_quorum_and_keeps_it_across_restarts() {
+    let mut cluster = Cluster::start(1, 0).await;
+    assert_eq!(cluster.leader().await, 1);
+    image_where(cluster.controller(1), all_registered(1)).await;
+    assert!(matches!(
+        cluster.create(1, "orders", 4).await,
+        ControllerResponse::Committed { .. }
+    ));
+    assert_eq!(
+        cluster.create(1, "orders", 4).await,
+        ControllerResponse::Rejected(Rejection::TopicExists {
+            name: "orders".into()
+        })
+    );
+    cluster.stop(1).await;
+    cluster.boot(1, None).await;
+    let image = image_where(cluster.controller(1), |image| {
+        image.topics.contains_key("orders")
+    })
+    .await;
+    assert_eq!(image.topics["orders"].partitions.len(), 4);
+    assert_eq!(cluster.leader().await, 1);
+    assert!(matches!(
+        cluster.create(1, "payments", 2).await,
+        ControllerResponse::Committed { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_voters_agree_spread_partitions_and_fail_over() {
+    let mut cluster = Cluster::start(3, 0).await;
+    let leader = cluster.leader().await;
+    cluster.alive(3).await;
+    // Created through a broker that is not the active controller: forwarded.
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    assert!(matches!(
+        cluster.create(follower, "orders", 6).await,
+        ControllerResponse::Committed { .. }
+    ));
+    for controller in cluster.running() {
+        let image = image_where(controller, |image| image.topics.contains_key("orders")).await;
+        let leaders = image.leader_counts();
+        assert_eq!(
+            leaders.values().copied().collect::<Vec<_>>(),
+            vec![2, 2, 2],
+            "{leaders:?}"
+        );
+    }
+
+    // The active controller dies: another is elected, and topics can be created again.
+    let started = Instant::now();
+    cluster.stop(leader).await;
+    let next = cluster.leader().await;
+    assert_ne!(next, leader);
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    assert!(matches!(
+        cluster.create(survivor, "payments", 3).await,
+        ControllerResponse::Committed { .. }
+    ));
+    eprintln!(
+        "controller failover to a committed topic: {:?}",
+        started.elapsed()
+    );
+
+    // The dead broker's partitions go offline once its session runs out (nothing replicates
+    // them yet), and come back when it does.
+    let image = image_where(cluster.controller(next), |image| {
+        image.topics["orders"]
+            .partitions
+            .iter()
+            .filter(|p| p.leader.is_none())
+            .count()
+            == 2
+    })
+    .await;
+    assert!(
+        image.topics["orders"]
+            .partitions
+            .iter()
+            .all(|p| p.leader != Some(leader))
+    );
+    cluster.boot(leader, None).await;
+    image_where(cluster.controller(next), |image| {
+        image.topics["orders"]
+            .partitions
+            .iter()
+            .all(|p| p.leader.is_some())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_cannot_change_metadata() {
+    let mut cluster = Cluster::start(3, 0).await;
+    let leader = cluster.leader().await;
+    let others: Vec<BrokerId> = (1..=3).filter(|id| *id != leader).collect();
+    for id in &others {
+        cluster.stop(*id).await;
+    }
+    let request = ControllerRequest::CreateTopic {
+        name: "split".into(),
+        partitions: 1,
+        replication_factor: 1,
+        configs: BTreeMap::new(),
+    };
+    let answer = cluster
+        .controller(leader)
+        .call(request, Duration::from_secs(2))
+        .await;
+    assert!(
+        !matches!(answer, Ok(ControllerResponse::Committed { .. })),
+        "a lone voter of three committed: {answer:?}"
+    );
+    assert!(
+        !cluster
+            .controller(leader)
+            .image()
+            .borrow()
+            .topics
+            .contains_key("split")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_follows_and_an_empty_member_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::start(3, 1).await;
+    cluster.leader().await;
+    let learner = cluster.controller(4);
+    image_where(learner, all_registered(4)).await;
+    assert!(
+        learner
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|id| id == 4)
+    );
+    for i in 0..60 {
+        assert!(matches!(
+            cluster.create(4, &format!("t{i}"), 1).await,
+            ControllerResponse::Committed { .. }
+        ));
+    }
+    image_where(cluster.controller(4), |image| image.topics.len() == 60).await;
+
+    // The learner loses its disk and comes back empty: the log it missed has been purged behind
+    // a snapshot, so it must be sent the snapshot.
+    cluster.stop(4).await;
+    let node = cluster.node_mut(4);
+    node.dir = tempfile::tempdir().unwrap();
+    cluster.boot(4, None).await;
+    let learner = cluster.controller(4);
+    let image = image_where(learner, |image| image.topics.len() == 60).await;
+    let leader = cluster.leader().await;
+    assert_eq!(*image, **cluster.controller(leader).image().borrow());
+    assert!(
+        learner.metrics().borrow().snapshot.is_some(),
+        "caught up without a snapshot"
+    );
+}

@@ -764,6 +764,70 @@ fn everything_survives_a_graceful_restart() {
     }
 }
 
+/// The metadata log is where topics live; each broker's topic files follow it. A data directory
+/// from before the log existed is imported; a topic the log holds but the directory lost (a
+/// crash between commit and open) comes back; a topic the log deleted never comes back from a
+/// stale file.
+#[test]
+fn the_metadata_log_decides_which_topics_exist() {
+    let dir = TestDir::new();
+    let quorum = dir.data().join("meta").join("quorum");
+    let topic_file = |name: &str| {
+        dir.data()
+            .join("meta")
+            .join("topics")
+            .join(format!("{name}.topic"))
+    };
+    let mut broker = Broker::start(&dir.data(), NO_AUTO_CREATE);
+    let mut c = broker.client();
+    c.create_topic_ok("older", 2, &[("retention.ms", "86400000")]);
+    c.create_topic_ok("gone", 1, &[]);
+    let recs = records(3, now_ms(), "old");
+    assert_eq!(c.produce_ok("older", 1, &[batch_of(&recs)]), 0);
+    drop(c);
+    broker.stop();
+    assert!(quorum.join("log").join("raft.log").exists());
+    let stale = std::fs::read(topic_file("gone")).unwrap();
+
+    // A directory without a metadata log (an older strom): its topics are recorded, not lost.
+    std::fs::remove_dir_all(&quorum).unwrap();
+    let mut broker = Broker::start(&dir.data(), NO_AUTO_CREATE);
+    let mut c = broker.client();
+    assert_eq!(c.fetch_all("older", 1), with_offsets(&recs, 0));
+    let configs = c.describe_configs("older", &["retention.ms"]);
+    assert_eq!(config(&configs, "retention.ms").value, "86400000");
+    assert_eq!(c.delete_topic("gone").error_code(), ErrorCode::None);
+    drop(c);
+    broker.stop();
+
+    // A stale file of a deleted topic, and a committed topic whose files are gone.
+    std::fs::write(topic_file("gone"), stale).unwrap();
+    std::fs::remove_file(topic_file("older")).unwrap();
+    std::fs::remove_dir_all(dir.data().join("older-0")).unwrap();
+    std::fs::remove_dir_all(dir.data().join("older-1")).unwrap();
+    let broker = Broker::start(&dir.data(), NO_AUTO_CREATE);
+    let mut c = broker.client();
+    let names: Vec<String> = c
+        .metadata_all()
+        .topics
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert!(
+        !names.contains(&"gone".to_string()),
+        "a deleted topic came back: {names:?}"
+    );
+    assert!(!topic_file("gone").exists());
+    let older = c.topic_metadata("older");
+    assert_eq!(
+        older.partitions.len(),
+        2,
+        "the committed topic is opened again"
+    );
+    let configs = c.describe_configs("older", &["retention.ms"]);
+    assert_eq!(config(&configs, "retention.ms").value, "86400000");
+}
+
 // ------------------------------------------------------------------------------------------
 // 7. kill -9 while durable produces are in flight
 // ------------------------------------------------------------------------------------------

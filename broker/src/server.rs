@@ -49,7 +49,12 @@ impl Broker {
             None => None,
         };
         let http_addr = http.as_ref().map(|(_, a)| *a);
-        let core = Core::load(config, shutdown.clone()).await?;
+        let endpoints = strom_meta::types::Endpoints {
+            native: Some(local_addr.to_string()),
+            kafka: kafka_addr.map(|a| a.to_string()),
+            http: http_addr.map(|a| a.to_string()),
+        };
+        let core = Core::load(config, endpoints, shutdown.clone()).await?;
         tracing::info!(
             addr = %local_addr,
             kafka_addr = ?kafka_addr,
@@ -149,6 +154,7 @@ async fn run(core: Arc<Core>, net: Arc<Net>, loops: Vec<JoinHandle<()>>) {
         );
     }
     let _ = background.await;
+    core.cluster.shutdown().await;
     core.topics.close_all().await;
     tracing::info!("broker stopped");
 }

@@ -184,6 +184,27 @@ impl Inner {
                     .await?,
                 )
             }
+            ControllerRequest::ImportTopic {
+                name,
+                id,
+                partitions,
+                configs,
+                broker,
+            } => {
+                if let Err(message) = check_topic_name(&name) {
+                    return Err(ControllerResponse::Invalid { message });
+                }
+                let assignments = vec![vec![broker]; partitions as usize];
+                committed(
+                    self.write(MetaCommand::CreateTopic {
+                        name,
+                        id,
+                        configs,
+                        assignments,
+                    })
+                    .await?,
+                )
+            }
             ControllerRequest::DeleteTopic { name } => {
                 let id = self.image.borrow().topics.get(&name).map(|t| t.id);
                 let Some(id) = id else {
@@ -248,7 +269,7 @@ impl Inner {
             .brokers
             .keys()
             .copied()
-            .filter(|broker| office.liveness.is_alive(*broker))
+            .filter(|broker| *broker == self.id || office.liveness.is_alive(*broker))
             .collect()
     }
 
@@ -284,7 +305,7 @@ impl Inner {
                     id: *id,
                     epoch: registration.epoch,
                     endpoints: registration.endpoints.clone(),
-                    alive: office.liveness.is_alive(*id),
+                    alive: *id == self.id || office.liveness.is_alive(*id),
                 })
                 .collect(),
         }
@@ -299,7 +320,12 @@ impl Inner {
             for broker in office.liveness.expire(&image, Instant::now()) {
                 tracing::warn!(broker, "broker fenced: its session expired");
             }
-            placement::reconcile(&image, |broker| office.liveness.is_alive(broker))
+            // The active controller's own broker is alive for as long as it leads: a stall
+            // longer than a session (a paused VM) must not fence the one broker of a
+            // single-node cluster.
+            placement::reconcile(&image, |broker| {
+                broker == self.id || office.liveness.is_alive(broker)
+            })
         };
         if commands.is_empty() {
             return;

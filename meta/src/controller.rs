@@ -24,6 +24,7 @@ use crate::image::MetadataImage;
 use crate::liveness::Liveness;
 use crate::network::{CallError, Connection, Network};
 use crate::rpc::{ControllerRequest, ControllerResponse};
+use crate::state_machine::AppliedImage;
 use crate::types::{BrokerId, ControllerNode, Endpoints, TypeConfig};
 
 /// The quorum's timing. The defaults suit brokers on one network: a controller failover takes
@@ -100,6 +101,7 @@ pub(crate) struct Inner {
     pub(crate) id: BrokerId,
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) image: watch::Receiver<Arc<MetadataImage>>,
+    applied: watch::Receiver<AppliedImage>,
     pub(crate) voters: BTreeMap<BrokerId, String>,
     pub(crate) timing: Timing,
     pub(crate) office: Mutex<Office>,
@@ -138,6 +140,7 @@ impl Controller {
         } = config;
         let (log_store, state_machine) = crate::state_machine::open_stores(&dir)?;
         let image = state_machine.image_watch();
+        let applied = state_machine.applied_watch();
         let raft_config = openraft::Config {
             cluster_name: "strom".into(),
             heartbeat_interval: millis(timing.raft_heartbeat),
@@ -164,6 +167,7 @@ impl Controller {
             id: node_id,
             raft,
             image,
+            applied,
             voters,
             office: Mutex::new(Office {
                 term: None,
@@ -242,6 +246,11 @@ impl Controller {
     /// The metadata image, updated as entries are applied.
     pub fn image(&self) -> watch::Receiver<Arc<MetadataImage>> {
         self.inner.image.clone()
+    }
+
+    /// The metadata image with the index of the last entry applied to it.
+    pub fn applied(&self) -> watch::Receiver<AppliedImage> {
+        self.inner.applied.clone()
     }
 
     /// openraft's metrics (term, leader, log positions).

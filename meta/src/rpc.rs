@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::types::{BrokerId, Endpoints, Rejection, TypeConfig};
+use crate::types::{BrokerId, Endpoints, Rejection, TopicId, TypeConfig};
 
 /// The largest frame either side accepts: a snapshot chunk (3 MiB by default) or a batch of
 /// log entries fits with room to spare.
@@ -113,6 +113,20 @@ pub enum ControllerRequest {
         replication_factor: u32,
         /// Settings.
         configs: BTreeMap<String, String>,
+    },
+    /// Records a topic that exists on `broker` from before it was part of a quorum (a data
+    /// directory of an older strom), with its id and every partition on that broker.
+    ImportTopic {
+        /// The name.
+        name: String,
+        /// Its id.
+        id: TopicId,
+        /// Partitions.
+        partitions: u32,
+        /// Settings.
+        configs: BTreeMap<String, String>,
+        /// The broker that holds it.
+        broker: BrokerId,
     },
     /// Deletes a topic.
     DeleteTopic {

@@ -1,11 +1,15 @@
-//! Administration through the core: topic creation with defaults, topic settings as a described
-//! list, offsets by position or time, and producer id allocation. Deletion and alteration are
-//! [`super::topics::Topics`] calls the front-ends make directly.
+//! Administration through the core: topic creation, deletion, settings and growth (through the
+//! metadata quorum, [`super::cluster`]), topic settings as a described list, offsets by position
+//! or time, and producer id allocation.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use strom_meta::rpc::ControllerRequest;
 use strom_protocol::ErrorCode;
+use strom_protocol::topic::is_internal_topic;
 
+use super::topics::Topic;
 use super::{Core, Failure};
 use crate::error::storage_code;
 
@@ -43,7 +47,8 @@ pub(crate) enum OffsetQuery {
 
 impl Core {
     /// Creates a topic (`partitions` `None`: `default_partitions`) and returns its partition
-    /// count; with `validate_only` only checks that it could.
+    /// count; with `validate_only` only checks that it could. The topic is proposed to the
+    /// metadata quorum and this answers once the broker has opened it.
     pub async fn create_topic(
         &self,
         name: &str,
@@ -52,13 +57,123 @@ impl Core {
         validate_only: bool,
     ) -> Result<i32, Failure> {
         let partitions = partitions.unwrap_or(i64::from(self.config.default_partitions));
-        if validate_only {
-            self.topics.check_create(name, partitions, &overrides)?;
-        } else {
-            self.topics.create(name, partitions, overrides).await?;
+        self.topics.check_create(name, partitions, &overrides)?;
+        if is_internal_topic(name) {
+            return Err((
+                ErrorCode::InvalidTopicName,
+                format!("{name}: names starting with __ are the broker's own"),
+            ));
         }
-        // `check_create` bounds the count by `max_partitions`, an i32-sized setting.
+        if !validate_only {
+            let request = ControllerRequest::CreateTopic {
+                name: name.to_string(),
+                // `check_create` bounds the count by `max_partitions`, a u32 setting.
+                partitions: u32::try_from(partitions).unwrap_or(u32::MAX),
+                replication_factor: 1,
+                configs: overrides,
+            };
+            let index = self.cluster.call(request).await?;
+            self.cluster.settled(index, name).await?;
+        }
         Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
+    }
+
+    /// The topic, created with `partitions` partitions if it does not exist.
+    pub async fn get_or_create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<Arc<Topic>, Failure> {
+        if let Some(topic) = self.topics.get(name) {
+            return Ok(topic);
+        }
+        match self
+            .create_topic(name, Some(i64::from(partitions)), BTreeMap::new(), false)
+            .await
+        {
+            // Created by someone else meanwhile.
+            Ok(_) | Err((ErrorCode::TopicAlreadyExists, _)) => self.topics.get(name).ok_or((
+                ErrorCode::UnknownTopicOrPartition,
+                format!("no topic {name}"),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a topic through the metadata quorum; answers once its logs are gone here.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Failure> {
+        if is_internal_topic(name) {
+            return Err((
+                ErrorCode::PolicyViolation,
+                format!("{name} is internal and cannot be deleted"),
+            ));
+        }
+        if self.topics.get(name).is_none() {
+            return Err((
+                ErrorCode::UnknownTopicOrPartition,
+                format!("no topic {name}"),
+            ));
+        }
+        let index = self
+            .cluster
+            .call(ControllerRequest::DeleteTopic {
+                name: name.to_string(),
+            })
+            .await?;
+        self.cluster.settled(index, name).await
+    }
+
+    /// Changes a topic's settings (`set` adds or replaces, `reset` removes); with
+    /// `validate_only` only checks that it could.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        reset: &[String],
+        validate_only: bool,
+    ) -> Result<(), Failure> {
+        self.topics.check_alter(name, set, reset)?;
+        if validate_only {
+            return Ok(());
+        }
+        if is_internal_topic(name) {
+            return self
+                .topics
+                .set_overrides(name, self.topics.check_alter(name, set, reset)?)
+                .await;
+        }
+        let configs = set
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .chain(reset.iter().map(|k| (k.clone(), None)))
+            .collect();
+        let request = ControllerRequest::AlterTopicConfigs {
+            name: name.to_string(),
+            configs,
+        };
+        let index = self.cluster.call(request).await?;
+        self.cluster.settled(index, name).await
+    }
+
+    /// Grows a topic to `count` partitions (Kafka's CreatePartitions); with `validate_only`
+    /// only checks that it could.
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        count: i64,
+        validate_only: bool,
+    ) -> Result<(), Failure> {
+        self.topics.check_add_partitions(name, count)?;
+        if validate_only {
+            return Ok(());
+        }
+        let request = ControllerRequest::CreatePartitions {
+            name: name.to_string(),
+            // `check_add_partitions` bounds the count by `max_partitions`.
+            total: u32::try_from(count).unwrap_or(u32::MAX),
+        };
+        let index = self.cluster.call(request).await?;
+        self.cluster.settled(index, name).await
     }
 
     /// Creates the named topics that do not exist yet, when `auto_create_topics` allows it
@@ -72,8 +187,7 @@ impl Core {
             if self.topics.get(name).is_none()
                 && strom_protocol::topic::validate_topic_name(name).is_ok()
                 && let Err((code, msg)) = self
-                    .topics
-                    .get_or_create(name, self.config.default_partitions)
+                    .get_or_create_topic(name, self.config.default_partitions)
                     .await
             {
                 tracing::warn!(topic = %name, ?code, %msg, "auto-creation from metadata failed");

@@ -5,6 +5,8 @@
 //! and encode what it returns. Limits, validation, idempotence, long polls, group logic and
 //! topic administration live here, once:
 //!
+//! - [`cluster`]: the embedded controller of the metadata quorum, and the registry following
+//!   the metadata image;
 //! - [`topics`]: the topic registry and its metadata files;
 //! - [`partition`]: a partition's single writer task and the handles requests use;
 //! - [`delays`]: delayed delivery's per-partition index of runs not to hand out yet;
@@ -21,6 +23,7 @@
 //! each front-end maps to its own codes.
 
 pub(crate) mod admin;
+pub(crate) mod cluster;
 pub(crate) mod delays;
 pub(crate) mod fetch;
 pub(crate) mod groups;
@@ -40,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::stats::Stats;
+use cluster::Cluster;
 use groups::{Coordinator, SessionBounds};
 use producers::ProducerIds;
 use queues::Queues;
@@ -52,6 +56,8 @@ pub(crate) type Failure = (ErrorCode, String);
 #[derive(Debug)]
 pub(crate) struct Core {
     pub config: BrokerConfig,
+    /// The metadata quorum, as this broker takes part in it.
+    pub cluster: Cluster,
     pub topics: Topics,
     pub producer_ids: ProducerIds,
     pub groups: Coordinator,
@@ -63,9 +69,11 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    /// Loads the data directory: topics (recovering their logs), producer ids, group offsets.
+    /// Loads the data directory: topics (recovering their logs), the metadata quorum (which
+    /// registers the broker with `endpoints`), producer ids, group offsets.
     pub async fn load(
         config: BrokerConfig,
+        endpoints: strom_meta::types::Endpoints,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
         config.validate()?;
@@ -84,6 +92,7 @@ impl Core {
             stats.clone(),
         )
         .await?;
+        let cluster = Cluster::start(&config.data_dir, config.node_id, endpoints).await?;
         let producer_ids = ProducerIds::load(&config.data_dir.join("meta"))?;
         let groups = Coordinator::load(
             &topics,
@@ -99,15 +108,25 @@ impl Core {
         // One id, one kind of group: consumer groups refuse queue groups' ids (and the queue
         // coordinator refuses consumer groups').
         groups.refuse_ids(queues.ids());
-        Ok(Arc::new(Self {
+        let core = Arc::new(Self {
             config,
+            cluster,
             topics,
             producer_ids,
             groups,
             queues,
             stats,
             shutdown,
-        }))
+        });
+        // Before anything is served: topics of an older data directory go into the metadata
+        // log, then the registry follows the image (creating what was committed but not yet
+        // opened before a crash, deleting what was deleted).
+        if let Err(e) = core.import_local_topics().await {
+            core.cluster.shutdown().await;
+            return Err(e);
+        }
+        core.follow_image().await;
+        Ok(core)
     }
 
     /// Runs the core's background work until shutdown: retention and compaction every
@@ -144,6 +163,7 @@ impl Core {
             }
         };
         tokio::select! {
+            () = self.clone().follow_image_forever() => {}
             () = maintain => {}
             () = expire => {}
             () = queues => {}

@@ -79,8 +79,7 @@ impl Core {
                     format!("{name} is internal: only the broker writes to it"),
                 ))
             } else if self.config.auto_create_topics {
-                self.topics
-                    .get_or_create(&name, self.config.default_partitions)
+                self.get_or_create_topic(&name, self.config.default_partitions)
                     .await
             } else {
                 self.topics.get(&name).ok_or_else(|| {

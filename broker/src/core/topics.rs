@@ -392,16 +392,36 @@ impl Topics {
         g.values().find(|t| t.id == *id).cloned()
     }
 
-    /// Grows a topic to `count` partitions (Kafka's CreatePartitions): the metadata first
-    /// (durably), then the new partitions' logs. Partitions are never removed. With
-    /// `validate_only` only checks that it could.
-    pub async fn add_partitions(
-        &self,
-        name: &str,
-        count: i64,
-        validate_only: bool,
-    ) -> Result<(), TopicError> {
+    /// Checks that a topic may grow to `count` partitions (Kafka's CreatePartitions).
+    pub fn check_add_partitions(&self, name: &str, count: i64) -> Result<(), TopicError> {
+        self.check_growth(name, count).map(|_| ())
+    }
+
+    /// Grows a topic to `count` partitions: the metadata first (durably), then the new
+    /// partitions' logs. Partitions are never removed.
+    pub async fn add_partitions(&self, name: &str, count: i64) -> Result<(), TopicError> {
         let _guard = self.admin.lock().await;
+        let topic = self.check_growth(name, count)?;
+        let now = topic.partitions.len() as i64;
+        let meta = TopicMeta {
+            name: name.to_string(),
+            id: topic.id,
+            partitions: count as u32,
+            overrides: topic.overrides(),
+        };
+        let path = self.meta_dir.join(format!("{name}{META_SUFFIX}"));
+        let storage = |e: BrokerError| (ErrorCode::StorageError, e.to_string());
+        write_atomic(&self.meta_dir, &path, encode_meta(&meta).as_bytes()).map_err(storage)?;
+        let grown = self
+            .open_topic(meta, topic.config(), topic.partitions.clone())
+            .await
+            .map_err(storage)?;
+        self.insert(grown);
+        tracing::info!(topic = name, from = now, to = count, "partitions added");
+        Ok(())
+    }
+
+    fn check_growth(&self, name: &str, count: i64) -> Result<Arc<Topic>, TopicError> {
         let topic = self.get(name).ok_or_else(|| {
             (
                 ErrorCode::UnknownTopicOrPartition,
@@ -425,25 +445,7 @@ impl Topics {
                 format!("{name} is internal: its partitions are fixed"),
             ));
         }
-        if validate_only {
-            return Ok(());
-        }
-        let meta = TopicMeta {
-            name: name.to_string(),
-            id: topic.id,
-            partitions: count as u32,
-            overrides: topic.overrides(),
-        };
-        let path = self.meta_dir.join(format!("{name}{META_SUFFIX}"));
-        let storage = |e: BrokerError| (ErrorCode::StorageError, e.to_string());
-        write_atomic(&self.meta_dir, &path, encode_meta(&meta).as_bytes()).map_err(storage)?;
-        let grown = self
-            .open_topic(meta, topic.config(), topic.partitions.clone())
-            .await
-            .map_err(storage)?;
-        self.insert(grown);
-        tracing::info!(topic = name, from = now, to = count, "partitions added");
-        Ok(())
+        Ok(topic)
     }
 
     /// Every topic, sorted by name.
@@ -483,10 +485,24 @@ impl Topics {
         effective(&self.defaults, overrides)
     }
 
-    /// Creates a topic: metadata first (durably), then its partition logs.
+    /// Creates a topic with a new id: metadata first (durably), then its partition logs. The
+    /// broker's own internal topics are made this way; every other topic comes from the
+    /// metadata image ([`Topics::create_with_id`]).
     pub async fn create(
         &self,
         name: &str,
+        partitions: i64,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, TopicError> {
+        self.create_with_id(name, new_topic_id(name), partitions, overrides)
+            .await
+    }
+
+    /// Creates a topic with the id the metadata image gave it.
+    pub async fn create_with_id(
+        &self,
+        name: &str,
+        id: TopicId,
         partitions: i64,
         overrides: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, TopicError> {
@@ -497,7 +513,7 @@ impl Topics {
         let path = self.meta_dir.join(format!("{name}{META_SUFFIX}"));
         let meta = TopicMeta {
             name: name.to_string(),
-            id: new_topic_id(name),
+            id,
             partitions,
             overrides,
         };
@@ -509,28 +525,6 @@ impl Topics {
         self.insert(topic.clone());
         tracing::info!(topic = name, partitions, "topic created");
         Ok(topic)
-    }
-
-    /// The topic, created with the default partition count if it does not exist.
-    pub async fn get_or_create(
-        &self,
-        name: &str,
-        partitions: u32,
-    ) -> Result<Arc<Topic>, TopicError> {
-        if let Some(t) = self.get(name) {
-            return Ok(t);
-        }
-        match self
-            .create(name, i64::from(partitions), BTreeMap::new())
-            .await
-        {
-            Ok(t) => Ok(t),
-            // Created by someone else meanwhile.
-            Err((ErrorCode::TopicAlreadyExists, _)) => self
-                .get(name)
-                .ok_or((ErrorCode::UnknownTopicOrPartition, name.to_string())),
-            Err(e) => Err(e),
-        }
     }
 
     /// Deletes a topic: its metadata first (so a crash never resurrects it), then its logs.
@@ -568,15 +562,14 @@ impl Topics {
         Ok(())
     }
 
-    /// Changes a topic's overrides: `set` adds or replaces, `reset` removes.
-    pub async fn alter(
+    /// Checks a change of a topic's overrides (`set` adds or replaces, `reset` removes) and
+    /// returns the overrides it would leave.
+    pub fn check_alter(
         &self,
         name: &str,
         set: &BTreeMap<String, String>,
         reset: &[String],
-        validate_only: bool,
-    ) -> Result<(), TopicError> {
-        let _guard = self.admin.lock().await;
+    ) -> Result<BTreeMap<String, String>, TopicError> {
         let topic = self.get(name).ok_or_else(|| {
             (
                 ErrorCode::UnknownTopicOrPartition,
@@ -599,10 +592,24 @@ impl Topics {
             }
             overrides.remove(k);
         }
+        effective(&self.defaults, &overrides)?;
+        Ok(overrides)
+    }
+
+    /// Replaces a topic's overrides (as the metadata image says them).
+    pub async fn set_overrides(
+        &self,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<(), TopicError> {
+        let _guard = self.admin.lock().await;
+        let topic = self.get(name).ok_or_else(|| {
+            (
+                ErrorCode::UnknownTopicOrPartition,
+                format!("no topic {name}"),
+            )
+        })?;
         let config = effective(&self.defaults, &overrides)?;
-        if validate_only {
-            return Ok(());
-        }
         let before = topic.config();
         // Users shrink retention to free disk now: run a pass at once instead of waiting up to
         // `retention_check_interval_ms` for the periodic one.

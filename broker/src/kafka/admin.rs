@@ -140,7 +140,7 @@ impl Kafka {
                 );
                 continue;
             };
-            results.push(match self.core.topics.delete(n).await {
+            results.push(match self.core.delete_topic(n).await {
                 Ok(()) => out,
                 Err((code, msg)) => out
                     .with_error_code(kafka_code(code))
@@ -164,7 +164,6 @@ impl Kafka {
                 ))
             } else {
                 self.core
-                    .topics
                     .add_partitions(&t.name, i64::from(t.count), m.validate_only)
                     .await
             };

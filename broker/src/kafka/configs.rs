@@ -161,8 +161,7 @@ impl Kafka {
             .filter(|k| !set.contains_key(k))
             .collect();
         self.core
-            .topics
-            .alter(topic, &set, &reset, validate_only)
+            .alter_topic(topic, &set, &reset, validate_only)
             .await
     }
 
@@ -205,8 +204,7 @@ impl Kafka {
                     Some(e) => Err(e),
                     None => {
                         self.core
-                            .topics
-                            .alter(&r.resource_name, &set, &reset, m.validate_only)
+                            .alter_topic(&r.resource_name, &set, &reset, m.validate_only)
                             .await
                     }
                 }

@@ -536,7 +536,7 @@ impl Native {
     async fn delete_topics(&self, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
         let mut topics = Vec::with_capacity(req.topics.len());
         for name in req.topics {
-            let (error_code, error_message) = split(self.core.topics.delete(&name).await);
+            let (error_code, error_message) = split(self.core.delete_topic(&name).await);
             topics.push(DeletableTopicResult {
                 name,
                 error_code: error_code.into(),
@@ -588,8 +588,7 @@ impl Native {
             let set: BTreeMap<String, String> = t.set.into_iter().collect();
             let (error_code, error_message) = split(
                 self.core
-                    .topics
-                    .alter(&t.name, &set, &t.reset, req.validate_only)
+                    .alter_topic(&t.name, &set, &t.reset, req.validate_only)
                     .await,
             );
             topics.push(AlterConfigsResult {

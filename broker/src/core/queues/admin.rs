@@ -79,8 +79,7 @@ impl Core {
                 if !self.config.auto_create_topics {
                     return Err((ErrorCode::UnknownTopicOrPartition, format!("no topic {t}")));
                 }
-                self.topics
-                    .get_or_create(t, self.config.default_partitions)
+                self.get_or_create_topic(t, self.config.default_partitions)
                     .await?;
             }
             topic_names.push(Arc::from(t.as_str()));

@@ -80,8 +80,7 @@ impl Core {
 
     async fn dead_letter_run(&self, g: &QueueGroup, job: &Job) -> Result<(), String> {
         let dlq = self
-            .topics
-            .get_or_create(&job.dlq_topic, self.config.default_partitions)
+            .get_or_create_topic(&job.dlq_topic, self.config.default_partitions)
             .await
             .map_err(|(_, e)| format!("dead-letter topic {}: {e}", job.dlq_topic))?;
         let n = dlq.partitions.len().max(1) as i32;

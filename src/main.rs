@@ -95,9 +95,18 @@ struct ServeArgs {
     /// thousands of partitions) [default: true]
     #[arg(long, value_name = "BOOL")]
     metrics_per_partition: Option<bool>,
-    /// This broker's id [default: 0]
+    /// This broker's id, in Metadata and in the metadata quorum [default: 0]
     #[arg(long)]
     node_id: Option<i32>,
+    /// The metadata quorum's voters, `ID@HOST:PORT,...` (1, 3 or 5; Kafka's
+    /// controller.quorum.voters); a broker whose id is not listed follows as a learner
+    /// [default: none, this broker alone]
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    controller_voters: Option<String>,
+    /// Address of this broker's controller listener [default: its address in
+    /// --controller-voters, else 127.0.0.1:0]
+    #[arg(long, value_name = "HOST:PORT")]
+    controller_listen: Option<String>,
     /// Create a topic on its first produce [default: true]
     #[arg(long, value_name = "BOOL")]
     auto_create_topics: Option<bool>,
@@ -196,6 +205,8 @@ impl ServeArgs {
             http_listen,
             metrics_per_partition,
             node_id,
+            controller_voters,
+            controller_listen,
             auto_create_topics,
             default_partitions,
             max_partitions,

@@ -8,7 +8,9 @@
 //! | `kafka_listen` | `127.0.0.1:9092` | address to accept Kafka-protocol clients on; port 0 picks a free port, `none` turns the listener off |
 //! | `http_listen` | `127.0.0.1:9644` | address of the HTTP listener (`/metrics`, docs/http.md); port 0 picks a free port, `none` turns it off |
 //! | `metrics_per_partition` | true | `/metrics` shows partition series per partition; false sums them per topic (for brokers with many thousands of partitions) |
-//! | `node_id` | 0 | this broker's id in Metadata |
+//! | `node_id` | 0 | this broker's id: in Metadata, and its member id in the metadata quorum |
+//! | `controller_voters` | (none) | the metadata quorum's voters, `ID@HOST:PORT,...` (Kafka's `controller.quorum.voters`): 1, 3 or 5 of them; none makes this broker a one-voter cluster of its own; a broker whose id is not listed follows the metadata log as a learner (docs/cluster.md) |
+//! | `controller_listen` | this broker's voter address, else `127.0.0.1:0` | address of the controller listener (Raft and brokers' calls to the active controller) |
 //! | `auto_create_topics` | true | a produce to an unknown topic creates it |
 //! | `default_partitions` | 1 | partitions of an auto-created topic, or of a create without a count |
 //! | `max_partitions` | 10000 | most partitions a topic may have |
@@ -58,6 +60,11 @@ pub struct BrokerConfig {
     pub metrics_per_partition: bool,
     /// Broker id.
     pub node_id: i32,
+    /// The metadata quorum's voters (`ID@HOST:PORT,...`); empty: this broker alone.
+    pub controller_voters: String,
+    /// The controller listener's address; empty: this broker's voter address, or an ephemeral
+    /// loopback port.
+    pub controller_listen: String,
     /// Create topics on first produce.
     pub auto_create_topics: bool,
     /// Partitions of a topic created without a count.
@@ -133,6 +140,8 @@ impl Default for BrokerConfig {
             http_listen: format!("127.0.0.1:{DEFAULT_HTTP_PORT}"),
             metrics_per_partition: true,
             node_id: 0,
+            controller_voters: String::new(),
+            controller_listen: String::new(),
             auto_create_topics: true,
             default_partitions: 1,
             max_partitions: 10_000,
@@ -172,6 +181,43 @@ impl BrokerConfig {
     /// The HTTP listener's address, or `None` when it is turned off.
     pub fn http_listen(&self) -> Option<&str> {
         (!self.http_listen.eq_ignore_ascii_case(LISTENER_OFF)).then_some(self.http_listen.as_str())
+    }
+
+    /// The metadata quorum's voters by id with their controller addresses; this broker alone
+    /// (at `fallback`, its own controller address) when none are configured.
+    pub fn voters(&self) -> Result<BTreeMap<u64, String>, BrokerError> {
+        let bad = |reason: String| BrokerError::Config {
+            key: "controller_voters".into(),
+            reason,
+        };
+        let mut voters = BTreeMap::new();
+        if self.controller_voters.trim().is_empty() {
+            return Ok(voters);
+        }
+        for voter in self.controller_voters.split(',').map(str::trim) {
+            let (id, addr) = voter
+                .split_once('@')
+                .ok_or_else(|| bad(format!("{voter:?} is not ID@HOST:PORT")))?;
+            let id: u64 = id
+                .parse()
+                .map_err(|_| bad(format!("{id:?} in {voter:?} is not a broker id")))?;
+            if addr
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return Err(bad(format!("{addr:?} in {voter:?} is not HOST:PORT")));
+            }
+            if voters.insert(id, addr.to_string()).is_some() {
+                return Err(bad(format!("voter {id} is listed twice")));
+            }
+        }
+        if ![1, 3, 5].contains(&voters.len()) {
+            return Err(bad(format!(
+                "a quorum has 1, 3 or 5 voters, not {} (an even count tolerates no more failures than one fewer)",
+                voters.len()
+            )));
+        }
+        Ok(voters)
     }
 
     /// Reads a TOML file; settings it does not name keep their defaults.
@@ -271,6 +317,13 @@ impl BrokerConfig {
         if self.queue_state_compact_records == 0 {
             return bad("queue_state_compact_records", "must be at least 1".into());
         }
+        if self.node_id < 0 {
+            return bad(
+                "node_id",
+                format!("must be 0 or more; got {}", self.node_id),
+            );
+        }
+        self.voters()?;
         self.topic_defaults()?;
         Ok(())
     }
@@ -309,6 +362,29 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.topic_defaults().unwrap().retention_ms, 1000);
         assert!(toml::from_str::<BrokerConfig>("no_such_setting = 1").is_err());
+    }
+
+    #[test]
+    fn controller_voters_are_parsed_and_checked() {
+        let mut c = BrokerConfig::default();
+        assert!(c.voters().unwrap().is_empty());
+        c.controller_voters = "1@127.0.0.1:9093, 2@127.0.0.2:9093,3@host:1".into();
+        let voters = c.voters().unwrap();
+        assert_eq!(voters.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(voters[&2], "127.0.0.2:9093");
+        for bad in [
+            "1@a:1,2@b:2",
+            "1@a:1,1@b:2,3@c:3",
+            "x@a:1",
+            "1@a",
+            "1@:5",
+            "1@a:port",
+            "1",
+        ] {
+            c.controller_voters = bad.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("controller_voters"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::error::Error;
 use crate::image::MetadataImage;
 use crate::liveness::Liveness;
 use crate::network::{CallError, Connection, Network};
-use crate::rpc::{ControllerRequest, ControllerResponse};
+use crate::rpc::{ControllerRequest, ControllerResponse, Request, Response};
 use crate::state_machine::AppliedImage;
 use crate::types::{BrokerId, ControllerNode, Endpoints, TypeConfig};
 
@@ -108,6 +108,25 @@ pub(crate) struct Inner {
     peers: tokio::sync::Mutex<BTreeMap<BrokerId, Connection>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl crate::server::Dispatch for Inner {
+    fn id(&self) -> BrokerId {
+        self.id
+    }
+
+    async fn dispatch(&self, request: Request) -> Response {
+        match request {
+            Request::AppendEntries(rpc) => {
+                Response::AppendEntries(self.raft.append_entries(rpc).await)
+            }
+            Request::Vote(rpc) => Response::Vote(self.raft.vote(rpc).await),
+            Request::InstallSnapshot(rpc) => {
+                Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+            }
+            Request::Controller(request) => Response::Controller(self.handle(request).await),
+        }
+    }
 }
 
 impl std::fmt::Debug for Inner {

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    Assignment, BrokerId, Endpoints, MetaCommand, MetaResponse, Rejection, TopicId,
+    Assignment, BrokerId, Endpoints, LeaderChange, MetaCommand, MetaResponse, Rejection, TopicId,
 };
 
 /// The first producer id the cluster hands out. Ids below it are left to single-node data
@@ -239,7 +239,7 @@ impl MetadataImage {
         topic_name: &str,
         partition: u32,
         expected: u32,
-        leader: Option<Option<BrokerId>>,
+        leader: LeaderChange,
         isr: Option<&[BrokerId]>,
     ) -> Result<MetaResponse, Rejection> {
         let registered: BTreeSet<BrokerId> = self.brokers.keys().copied().collect();
@@ -279,7 +279,7 @@ impl MetadataImage {
             }
             None => image.isr.clone(),
         };
-        let new_leader = leader.unwrap_or(image.leader);
+        let new_leader = leader.apply(image.leader);
         if let Some(new_leader) = new_leader
             && !new_isr.contains(&new_leader)
         {

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use crate::image::{MetadataImage, PartitionImage};
-use crate::types::{Assignment, BrokerId, MetaCommand};
+use crate::types::{Assignment, BrokerId, LeaderChange, MetaCommand};
 
 /// Why replicas could not be placed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,8 +105,8 @@ pub fn reconcile(image: &MetadataImage, alive: impl Fn(BrokerId) -> bool) -> Vec
                 Some(leader) if alive(leader) => partition.leader,
                 _ => choose_leader(&candidate, &alive),
             };
-            let leader = (leader != partition.leader).then_some(leader);
-            if leader.is_none() && isr.is_none() {
+            let leader = LeaderChange::between(partition.leader, leader);
+            if leader.is_unchanged() && isr.is_none() {
                 continue;
             }
             changes.push(MetaCommand::ChangePartition {
@@ -237,7 +237,7 @@ mod tests {
                         topic: "t".into(),
                         partition: p,
                         partition_epoch: 0,
-                        leader: None,
+                        leader: LeaderChange::Unchanged,
                         isr: Some(isr),
                     });
                     let changed = matches!(applied, MetaResponse::PartitionChanged { .. });
@@ -256,6 +256,9 @@ mod tests {
                 }
                 for change in reconcile(&image, |b| alive.contains(&b)) {
                     index += 1;
+                    // As a member that got the entry over the wire applies it.
+                    let change: MetaCommand =
+                        serde_json::from_slice(&serde_json::to_vec(&change).unwrap()).unwrap();
                     let applied = image.apply(index, &change);
                     prop_assert!(matches!(applied, MetaResponse::PartitionChanged { .. }), "{:?}", applied);
                 }
@@ -300,7 +303,7 @@ mod tests {
             topic: "t".into(),
             partition: 0,
             partition_epoch: 0,
-            leader: None,
+            leader: LeaderChange::Unchanged,
             isr: Some(vec![1, 2, 3]),
         };
         assert!(matches!(

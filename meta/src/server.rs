@@ -1,6 +1,6 @@
 //! The controller listener: accepts connections from other brokers' controllers and answers
-//! each framed request in order, handing Raft's messages to openraft and the rest to the
-//! [`crate::controller::Controller`].
+//! each framed request in order, handing each to its [`Dispatch`] (the controller, which gives
+//! Raft's messages to openraft and answers the rest).
 //!
 //! A connection that sends a bad frame is closed (the peer reconnects); it never affects the
 //! listener or other connections.
@@ -11,13 +11,22 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::controller::Inner;
 use crate::rpc::{self, Envelope, Request, Response};
+use crate::types::BrokerId;
+
+/// What answers the listener's requests: the controller.
+pub(crate) trait Dispatch: Send + Sync + 'static {
+    /// This member's id: requests for any other are refused.
+    fn id(&self) -> BrokerId;
+
+    /// Answers one request.
+    fn dispatch(&self, request: Request) -> impl Future<Output = Response> + Send;
+}
 
 /// Accepts until `stop` turns true.
-pub(crate) async fn serve(
+pub(crate) async fn serve<D: Dispatch>(
     listener: TcpListener,
-    inner: Arc<Inner>,
+    inner: Arc<D>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -44,9 +53,9 @@ pub(crate) async fn serve(
     }
 }
 
-async fn connection(
+async fn connection<D: Dispatch>(
     stream: TcpStream,
-    inner: Arc<Inner>,
+    inner: Arc<D>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
@@ -59,24 +68,11 @@ async fn connection(
             },
             _ = stop.wait_for(|stop| *stop) => return Ok(()),
         };
-        let response = if envelope.to != inner.id {
-            Response::WrongNode { actual: inner.id }
+        let response = if envelope.to != inner.id() {
+            Response::WrongNode { actual: inner.id() }
         } else {
-            dispatch(&inner, envelope.request).await
+            inner.dispatch(envelope.request).await
         };
         rpc::write_frame(stream.get_mut(), &response).await?;
-    }
-}
-
-async fn dispatch(inner: &Arc<Inner>, request: Request) -> Response {
-    match request {
-        Request::AppendEntries(rpc) => {
-            Response::AppendEntries(inner.raft.append_entries(rpc).await)
-        }
-        Request::Vote(rpc) => Response::Vote(inner.raft.vote(rpc).await),
-        Request::InstallSnapshot(rpc) => {
-            Response::InstallSnapshot(inner.raft.install_snapshot(rpc).await)
-        }
-        Request::Controller(request) => Response::Controller(inner.handle(request).await),
     }
 }

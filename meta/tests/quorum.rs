@@ -263,6 +263,10 @@ async fn three_voters_agree_spread_partitions_and_fail_over() {
             .iter()
             .all(|p| p.leader != Some(leader))
     );
+    // Every member applied the same change (it reached the followers over the wire).
+    for controller in cluster.running() {
+        image_where(controller, |other| *other == *image).await;
+    }
     cluster.boot(leader, None).await;
     image_where(cluster.controller(next), |image| {
         image.topics["orders"]

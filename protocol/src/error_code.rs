@@ -171,6 +171,13 @@ error_codes! {
     /// Queue groups: the record is not held by this member at this attempt.
     InvalidRecordState = 32, "INVALID_RECORD_STATE", retriable: false,
         "the record is not held by this member at this attempt";
+    /// Produce and fetch: this broker does not lead the partition; refresh metadata and send
+    /// to its leader.
+    NotLeaderOrFollower = 33, "NOT_LEADER_OR_FOLLOWER", retriable: true,
+        "this broker does not lead the partition; refresh metadata";
+    /// The partition has no leader right now (its leader's broker is down).
+    LeaderNotAvailable = 34, "LEADER_NOT_AVAILABLE", retriable: true,
+        "the partition has no leader right now";
 }
 
 impl ErrorCode {

@@ -43,6 +43,8 @@ pub mod code {
     pub const OFFSET_OUT_OF_RANGE: i16 = 1;
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
     pub const UNSUPPORTED_VERSION: i16 = 35;

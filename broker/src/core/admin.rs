@@ -1,6 +1,6 @@
 //! Administration through the core: topic creation, deletion, settings and growth (through the
 //! metadata quorum, [`super::cluster`]), topic settings as a described list, offsets by position
-//! or time, and producer id allocation.
+//! or time, and producer ids.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -268,8 +268,9 @@ impl Core {
     }
 
     /// Gives a producer its id and epoch. A producer that has an id asks for the next epoch
-    /// (fencing its older self); one that has none, or whose epoch cannot grow, gets a new id.
-    pub fn init_producer_id(
+    /// (fencing its older self); one that has none, or whose epoch cannot grow, gets a new id,
+    /// unique in the cluster.
+    pub async fn init_producer_id(
         &self,
         transactional: bool,
         producer_id: i64,
@@ -284,9 +285,6 @@ impl Core {
         if producer_id >= 0 && (0..i32::from(i16::MAX)).contains(&producer_epoch) {
             return Ok((producer_id, producer_epoch + 1));
         }
-        match self.producer_ids.next() {
-            Ok(id) => Ok((id, 0)),
-            Err(e) => Err((ErrorCode::StorageError, e.to_string())),
-        }
+        Ok((self.cluster.next_producer_id().await?, 0))
     }
 }

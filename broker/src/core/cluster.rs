@@ -17,24 +17,29 @@
 //! file goes. A first start that crashes before the marker imports again (a topic
 //! the log already holds is skipped).
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use strom_meta::controller::{Controller, ControllerConfig, Timing};
 use strom_meta::image::MetadataImage;
 use strom_meta::rpc::{ControllerRequest, ControllerResponse};
+use strom_meta::state_machine::AppliedImage;
 use strom_meta::types::{BrokerId, Endpoints, Rejection, TopicId};
 use strom_protocol::ErrorCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{Core, Failure};
+use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 
 /// The file in the metadata log's directory that says the data directory's topics are in it.
 const IMPORTED_MARKER: &str = "imported";
+
+/// Producer ids a broker takes from the controller at a time.
+const PRODUCER_ID_BLOCK: u32 = 1000;
 
 /// How long an admin request waits for the controller and then for this broker to follow.
 const ADMIN_PATIENCE: Duration = Duration::from_secs(10);
@@ -43,12 +48,17 @@ const ADMIN_PATIENCE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(crate) struct Cluster {
     controller: Controller,
+    /// The applied image, kept to read it without cloning a receiver per request.
+    applied: watch::Receiver<AppliedImage>,
     id: BrokerId,
     /// The data directory's topics have not been recorded in the metadata log yet (a new or
-    /// an older data directory, or a first start that crashed before it was done).
+    /// an older data directory, or a first start that crashed before it was done), and this
+    /// broker is a quorum of its own (only then are they imported).
     new_log: bool,
     /// The marker file that says they have.
     imported: PathBuf,
+    /// The current producer-id block: next, end.
+    producer_ids: tokio::sync::Mutex<(i64, i64)>,
     /// The image index the local topic registry reflects.
     followed: watch::Sender<u64>,
     /// Topics the registry failed to follow (disk full, bad settings), by name.
@@ -56,41 +66,42 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the controller under `<data-dir>/meta/quorum` as the one voter of its own quorum
-    /// and registers the broker with `endpoints`, returning once registered.
-    pub async fn start(
-        data_dir: &Path,
-        node_id: i32,
-        endpoints: Endpoints,
-    ) -> Result<Self, BrokerError> {
-        let id = BrokerId::try_from(node_id).map_err(|_| BrokerError::Config {
+    /// Starts the controller under `<data-dir>/meta/quorum` (the one voter of its own quorum
+    /// unless `controller_voters` names others) and registers the broker with `endpoints`,
+    /// returning once registered and caught up with the image up to the registration. A broker
+    /// of a larger quorum waits for a quorum of voters as long as it takes.
+    pub async fn start(config: &BrokerConfig, endpoints: Endpoints) -> Result<Self, BrokerError> {
+        let id = BrokerId::try_from(config.node_id).map_err(|_| BrokerError::Config {
             key: "node_id".into(),
-            reason: format!("must be 0 or more, not {node_id}"),
+            reason: format!("must be 0 or more, not {}", config.node_id),
         })?;
-        let addr = "127.0.0.1:0";
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| BrokerError::Listen {
-                setting: "controller_listen",
-                addr: addr.into(),
-                source,
-            })?;
-        let advertised = listener
-            .local_addr()
-            .map_err(|source| BrokerError::Listen {
-                setting: "controller_listen",
-                addr: addr.into(),
-                source,
-            })?
-            .to_string();
-        let dir = data_dir.join("meta").join("quorum");
+        let mut voters = config.voters()?;
+        let listen = match (&config.controller_listen, voters.get(&id)) {
+            (listen, _) if !listen.is_empty() => listen.clone(),
+            (_, Some(addr)) => addr.clone(),
+            (_, None) => "127.0.0.1:0".to_string(),
+        };
+        let listen_error = |source| BrokerError::Listen {
+            setting: "controller_listen",
+            addr: listen.clone(),
+            source,
+        };
+        let listener = TcpListener::bind(&listen).await.map_err(listen_error)?;
+        let bound = listener.local_addr().map_err(listen_error)?.to_string();
+        // Other members dial a voter at its configured address; a learner at the one it bound.
+        let advertised = voters.get(&id).cloned().unwrap_or(bound);
+        if voters.is_empty() {
+            voters.insert(id, advertised.clone());
+        }
+        let alone = voters.len() == 1 && voters.contains_key(&id);
+        let dir = config.data_dir.join("meta").join("quorum");
         let imported = dir.join(IMPORTED_MARKER);
-        let new_log = !imported.exists();
+        let new_log = alone && !imported.exists();
         let controller = Controller::start(ControllerConfig {
             node_id: id,
             dir,
             listener,
-            voters: BTreeMap::from([(id, advertised.clone())]),
+            voters,
             advertised,
             timing: Timing::default(),
         })
@@ -104,27 +115,43 @@ impl Cluster {
         // registry is compared with it, so nothing is deleted for having been applied late.
         let mut epoch = controller.start_broker_session(endpoints, None);
         let mut applied = controller.applied();
-        let caught_up = tokio::time::timeout(ADMIN_PATIENCE, async {
-            let epoch = *epoch.wait_for(Option::is_some).await.map_err(|_| ())?;
-            applied
-                .wait_for(|a| a.applied_index >= epoch)
-                .await
-                .map(|_| ())
-                .map_err(|_| ())
-        })
-        .await;
-        if !matches!(caught_up, Ok(Ok(()))) {
-            controller.shutdown().await;
-            return Err(BrokerError::Config {
-                key: "metadata quorum".into(),
-                reason: format!("broker {id} could not register within {ADMIN_PATIENCE:?}"),
-            });
+        let mut waited = Duration::ZERO;
+        loop {
+            let caught_up = tokio::time::timeout(ADMIN_PATIENCE, async {
+                let epoch = *epoch.wait_for(Option::is_some).await.map_err(|_| ())?;
+                applied
+                    .wait_for(|a| a.applied_index >= epoch)
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| ())
+            })
+            .await;
+            match caught_up {
+                Ok(Ok(())) => break,
+                Err(_) if !alone => {
+                    waited += ADMIN_PATIENCE;
+                    tracing::warn!(
+                        broker = id,
+                        waited_s = waited.as_secs(),
+                        "waiting for a quorum of controller voters"
+                    );
+                }
+                _ => {
+                    controller.shutdown().await;
+                    return Err(BrokerError::Config {
+                        key: "metadata quorum".into(),
+                        reason: format!("broker {id} could not register within {ADMIN_PATIENCE:?}"),
+                    });
+                }
+            }
         }
         Ok(Self {
+            applied: controller.applied(),
             controller,
             id,
             new_log,
             imported,
+            producer_ids: tokio::sync::Mutex::new((0, 0)),
             followed: watch::Sender::new(0),
             failures: Mutex::new(HashMap::new()),
         })
@@ -137,18 +164,18 @@ impl Cluster {
 
     /// The current metadata image.
     pub fn image(&self) -> Arc<MetadataImage> {
-        Arc::clone(&self.controller.applied().borrow().image)
+        Arc::clone(&self.applied.borrow().image)
+    }
+
+    /// The active controller, as far as this broker knows.
+    pub fn leader(&self) -> Option<BrokerId> {
+        self.controller.leader()
     }
 
     /// Asks the active controller; a controller that cannot be reached is `REQUEST_TIMED_OUT`
     /// (retriable), a refusal the matching topic error.
     pub async fn call(&self, request: ControllerRequest) -> Result<u64, Failure> {
-        let response = self
-            .controller
-            .call(request, ADMIN_PATIENCE)
-            .await
-            .map_err(|e| (ErrorCode::RequestTimedOut, e.to_string()))?;
-        match response {
+        match self.ask(request).await? {
             ControllerResponse::Committed { index } => Ok(index),
             ControllerResponse::Rejected(rejection) => Err(rejection_failure(rejection)),
             ControllerResponse::Invalid { message } => Err((ErrorCode::InvalidRequest, message)),
@@ -160,6 +187,14 @@ impl Cluster {
                 format!("unexpected answer from the controller: {other:?}"),
             )),
         }
+    }
+
+    /// The active controller's answer, wherever it is; `REQUEST_TIMED_OUT` when none answers.
+    async fn ask(&self, request: ControllerRequest) -> Result<ControllerResponse, Failure> {
+        self.controller
+            .call(request, ADMIN_PATIENCE)
+            .await
+            .map_err(|e| (ErrorCode::RequestTimedOut, e.to_string()))
     }
 
     /// Waits until the local registry reflects the image at `index`; then reports whether
@@ -179,6 +214,33 @@ impl Cluster {
             Some(failure) => Err(failure.clone()),
             None => Ok(()),
         }
+    }
+
+    /// A producer id unique in the cluster: from this broker's current block, taking a new
+    /// block of [`PRODUCER_ID_BLOCK`] from the controller when it runs out. Blocks are in the
+    /// metadata log, so no id is handed out twice, across restarts and brokers.
+    pub async fn next_producer_id(&self) -> Result<i64, Failure> {
+        let mut block = self.producer_ids.lock().await;
+        if block.0 >= block.1 {
+            let request = ControllerRequest::AllocateProducerIds {
+                broker: self.id,
+                count: PRODUCER_ID_BLOCK,
+            };
+            match self.ask(request).await? {
+                ControllerResponse::ProducerIds { first, count } => {
+                    *block = (first, first.saturating_add(i64::from(count)));
+                }
+                other => {
+                    return Err((
+                        ErrorCode::RequestTimedOut,
+                        format!("no producer ids from the controller: {other:?}"),
+                    ));
+                }
+            }
+        }
+        let id = block.0;
+        block.0 += 1;
+        Ok(id)
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failure>> {
@@ -230,7 +292,7 @@ impl Core {
             let request = ControllerRequest::ImportTopic {
                 name: topic.name.to_string(),
                 id: image_id(&topic.id),
-                partitions: topic.partitions.len() as u32,
+                partitions: topic.count,
                 configs: topic.overrides(),
                 broker: self.cluster.id(),
             };
@@ -285,26 +347,32 @@ impl Core {
         topic: &strom_meta::image::TopicImage,
     ) -> Result<(), Failure> {
         let id = local_id(topic.id);
-        let hosted = topic
-            .partitions
-            .iter()
-            .filter(|p| p.replicas.contains(&self.cluster.id()))
-            .count() as u32;
-        if hosted == 0 {
+        let me = self.cluster.id();
+        let hosted: Vec<u32> = (0..topic.partitions.len() as u32)
+            .filter(|p| topic.partitions[*p as usize].replicas.contains(&me))
+            .collect();
+        let count = i64::from(topic.partitions.len() as u32);
+        let local = self.topics.get(name);
+        if hosted.is_empty() {
+            // Placed entirely on other brokers: nothing to hold here (and whatever was, went).
+            if local.is_some() {
+                self.topics.delete(name).await?;
+            }
             return Ok(());
         }
-        let count = topic.partitions.len() as u32;
-        match self.topics.get(name) {
+        match local {
             Some(local) if local.id != id => {
                 // Deleted and created again while this broker was away: the old data goes.
                 self.topics.delete(name).await?;
                 self.topics
-                    .create_with_id(name, id, i64::from(count), topic.configs.clone())
+                    .create_with_id(name, id, count, Some(hosted), topic.configs.clone())
                     .await?;
             }
             Some(local) => {
-                if (local.partitions.len() as u32) < count {
-                    self.topics.add_partitions(name, i64::from(count)).await?;
+                if i64::from(local.count) < count {
+                    self.topics
+                        .add_partitions(name, count, Some(hosted))
+                        .await?;
                 }
                 if local.overrides() != topic.configs {
                     self.topics
@@ -314,7 +382,7 @@ impl Core {
             }
             None => {
                 self.topics
-                    .create_with_id(name, id, i64::from(count), topic.configs.clone())
+                    .create_with_id(name, id, count, Some(hosted), topic.configs.clone())
                     .await?;
             }
         }

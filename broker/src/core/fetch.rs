@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use strom_protocol::ErrorCode;
 use strom_storage::StorageError;
 use tokio::time::Instant;
 
@@ -109,22 +108,23 @@ impl Core {
         let mut total = 0u64;
         let mut errors = false;
         let mut topics = Vec::with_capacity(req.topics.len());
+        let image = self.image();
         for (name, wanted) in &req.topics {
             let topic = self.topics.get(name);
             let mut partitions = Vec::with_capacity(wanted.len());
             for p in wanted {
-                let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition)) else {
-                    errors = true;
-                    partitions.push(Fetched {
-                        partition: p.partition,
-                        result: Err((
-                            ErrorCode::UnknownTopicOrPartition,
-                            format!("no partition {} of topic {name}", p.partition),
-                        )),
-                        high_watermark: -1,
-                        log_start: -1,
-                    });
-                    continue;
+                let part = match self.leader_partition(&image, topic.as_ref(), name, p.partition) {
+                    Ok(part) => part,
+                    Err(e) => {
+                        errors = true;
+                        partitions.push(Fetched {
+                            partition: p.partition,
+                            result: Err(e),
+                            high_watermark: -1,
+                            log_start: -1,
+                        });
+                        continue;
+                    }
                 };
                 let reader = part.reader();
                 let limit = if p.max_bytes == 0 {

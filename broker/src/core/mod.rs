@@ -7,10 +7,13 @@
 //!
 //! - [`cluster`]: the embedded controller of the metadata quorum, and the registry following
 //!   the metadata image;
-//! - [`topics`]: the topic registry and its metadata files;
+//! - [`metadata`]: where topics, partitions, leaders and brokers are, as Metadata answers it
+//!   and produce and fetch check it;
+//! - [`topics`]: the topic registry; [`topic_file`]: a topic's metadata file and topic ids;
 //! - [`partition`]: a partition's single writer task and the handles requests use;
 //! - [`delays`]: delayed delivery's per-partition index of runs not to hand out yet;
-//! - [`producers`]: idempotent producers: id allocation, per-partition sequence state, snapshots;
+//! - [`producers`]: idempotent producers: per-partition sequence state, snapshots (ids come
+//!   in blocks from the metadata quorum, [`cluster`]);
 //! - [`groups`]: the group coordinator: membership, incremental assignment, committed offsets;
 //! - [`queues`]: the queue coordinator: queue groups, per-record leases and acknowledgements,
 //!   retries with backoff, dead-letter topics;
@@ -27,11 +30,13 @@ pub(crate) mod cluster;
 pub(crate) mod delays;
 pub(crate) mod fetch;
 pub(crate) mod groups;
+pub(crate) mod metadata;
 pub(crate) mod partition;
 pub(crate) mod produce;
 pub(crate) mod producers;
 pub(crate) mod queues;
 pub(crate) mod session;
+pub(crate) mod topic_file;
 pub(crate) mod topics;
 
 use std::sync::Arc;
@@ -45,7 +50,6 @@ use crate::error::BrokerError;
 use crate::stats::Stats;
 use cluster::Cluster;
 use groups::{Coordinator, SessionBounds};
-use producers::ProducerIds;
 use queues::Queues;
 use topics::Topics;
 
@@ -59,7 +63,6 @@ pub(crate) struct Core {
     /// The metadata quorum, as this broker takes part in it.
     pub cluster: Cluster,
     pub topics: Topics,
-    pub producer_ids: ProducerIds,
     pub groups: Coordinator,
     pub queues: Queues,
     /// The data path's counters (`/metrics`).
@@ -70,7 +73,7 @@ pub(crate) struct Core {
 
 impl Core {
     /// Loads the data directory: topics (recovering their logs), the metadata quorum (which
-    /// registers the broker with `endpoints`), producer ids, group offsets.
+    /// registers the broker with `endpoints`), group offsets.
     pub async fn load(
         config: BrokerConfig,
         endpoints: strom_meta::types::Endpoints,
@@ -92,8 +95,7 @@ impl Core {
             stats.clone(),
         )
         .await?;
-        let cluster = Cluster::start(&config.data_dir, config.node_id, endpoints).await?;
-        let producer_ids = ProducerIds::load(&config.data_dir.join("meta"))?;
+        let cluster = Cluster::start(&config, endpoints).await?;
         let groups = Coordinator::load(
             &topics,
             SessionBounds {
@@ -112,7 +114,6 @@ impl Core {
             config,
             cluster,
             topics,
-            producer_ids,
             groups,
             queues,
             stats,

@@ -72,22 +72,27 @@ impl Core {
         };
         let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
         let mut pending: Vec<(String, Vec<(i32, Pending)>)> = Vec::with_capacity(req.topics.len());
+        let mut image = self.image();
         for (name, partitions) in req.topics {
-            let topic = if is_internal_topic(&name) {
+            // The topic this broker holds of `name` (`None`: placed on other brokers only).
+            let topic: Result<Option<Arc<Topic>>, Failure> = if is_internal_topic(&name) {
                 Err((
                     ErrorCode::InvalidTopicName,
                     format!("{name} is internal: only the broker writes to it"),
                 ))
+            } else if image.topics.contains_key(&name) {
+                Ok(self.topics.get(&name))
             } else if self.config.auto_create_topics {
-                self.get_or_create_topic(&name, self.config.default_partitions)
-                    .await
+                let created = self
+                    .get_or_create_topic(&name, self.config.default_partitions)
+                    .await;
+                image = self.image();
+                created.map(Some)
             } else {
-                self.topics.get(&name).ok_or_else(|| {
-                    (
-                        ErrorCode::UnknownTopicOrPartition,
-                        format!("no topic {name}"),
-                    )
-                })
+                Err((
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("no topic {name}"),
+                ))
             };
             let mut parts = Vec::with_capacity(partitions.len());
             for (index, records, deliver_at) in partitions {
@@ -96,12 +101,17 @@ impl Core {
                     .fetch_add(records.len() as u64, Relaxed);
                 let state = match &topic {
                     Err(e) => Pending::Done(e.clone()),
-                    Ok(topic) => match topic.partition(index) {
-                        None => Pending::Done((
-                            ErrorCode::UnknownTopicOrPartition,
-                            format!("topic {name} has no partition {index}"),
+                    Ok(local) => match (
+                        local,
+                        self.leader_partition(&image, local.as_ref(), &name, index),
+                    ) {
+                        (_, Err(e)) => Pending::Done(e),
+                        (None, Ok(_)) => Pending::Done((
+                            ErrorCode::LeaderNotAvailable,
+                            format!("{name}-{index} is not open here yet"),
                         )),
-                        Some(part) => {
+                        (Some(topic), Ok(part)) => {
+                            let part = &part;
                             let checked =
                                 validate_records(&records, topic.config().max_message_bytes)
                                     .and_then(|b| {
@@ -113,13 +123,13 @@ impl Core {
                                 Err(e) => Pending::Done(e),
                                 Ok((batches, None)) => Pending::Waiting(
                                     part.append(batches, req.durability).await,
-                                    part.clone(),
+                                    Arc::clone(part),
                                     None,
                                 ),
                                 Ok((batches, Some((delays, recorded)))) => Pending::Waiting(
                                     part.append_delayed(batches, req.durability, Some(delays))
                                         .await,
-                                    part.clone(),
+                                    Arc::clone(part),
                                     Some(recorded),
                                 ),
                             }

@@ -25,8 +25,6 @@ use strom_protocol::ErrorCode;
 use strom_protocol::batch::{BatchHeader, BatchIter};
 use strom_storage::{Log, LogReader, StorageError};
 
-use crate::error::BrokerError;
-
 /// Batches remembered per producer and partition: as many as a producer may have in flight.
 pub(crate) const REMEMBERED_BATCHES: usize = 5;
 const SNAPSHOT_FILE: &str = "producer-state";
@@ -441,81 +439,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Hands out producer ids, unique across restarts: ids are reserved in blocks, and the end of
-/// the current block is stored (atomically) before any id of it is handed out.
-#[derive(Debug)]
-pub(crate) struct ProducerIds {
-    path: PathBuf,
-    dir: PathBuf,
-    state: std::sync::Mutex<(i64, i64)>,
-}
-
-const ID_BLOCK: i64 = 1000;
-
-impl ProducerIds {
-    pub fn load(meta_dir: &Path) -> Result<Self, BrokerError> {
-        let path = meta_dir.join("producer-ids");
-        let next = match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let (body, crc) =
-                    text.rsplit_once("crc32=")
-                        .ok_or_else(|| BrokerError::Metadata {
-                            path: path.clone(),
-                            reason: "no checksum".into(),
-                        })?;
-                let ok = u32::from_str_radix(crc.trim(), 16)
-                    .is_ok_and(|c| c == crc32fast::hash(body.as_bytes()));
-                let next = body
-                    .trim()
-                    .strip_prefix("next=")
-                    .and_then(|v| v.parse::<i64>().ok());
-                match (ok, next) {
-                    (true, Some(n)) if n >= 0 => n,
-                    _ => {
-                        return Err(BrokerError::Metadata {
-                            path,
-                            reason: "unreadable producer id block".into(),
-                        });
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(source) => {
-                return Err(BrokerError::Io {
-                    op: "read",
-                    path,
-                    source,
-                });
-            }
-        };
-        // Everything below `next` may have been handed out before a crash: start above it.
-        Ok(Self {
-            path,
-            dir: meta_dir.to_path_buf(),
-            state: std::sync::Mutex::new((next, next)),
-        })
-    }
-
-    /// A fresh producer id.
-    pub fn next(&self) -> Result<i64, BrokerError> {
-        let mut g = match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let (next, block_end) = *g;
-        if next >= block_end {
-            let end = next + ID_BLOCK;
-            let body = format!("next={end}\n");
-            let text = format!("{body}crc32={:08x}\n", crc32fast::hash(body.as_bytes()));
-            strom_storage::write_atomic(&self.dir, &self.path, text.as_bytes())?;
-            *g = (next + 1, end);
-        } else {
-            *g = (next + 1, block_end);
-        }
-        Ok(next)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,19 +573,5 @@ mod tests {
         bad[12] ^= 1;
         assert!(ProducerStates::decode(&bad).is_none());
         assert!(ProducerStates::decode(&bytes[..bytes.len() - 1]).is_none());
-    }
-
-    #[test]
-    fn producer_ids_are_unique_across_reloads() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = ProducerIds::load(dir.path()).unwrap();
-        let first: Vec<i64> = (0..5).map(|_| a.next().unwrap()).collect();
-        assert_eq!(first, vec![0, 1, 2, 3, 4]);
-        drop(a);
-        let b = ProducerIds::load(dir.path()).unwrap();
-        assert!(
-            b.next().unwrap() >= ID_BLOCK,
-            "a reload never hands out an id twice"
-        );
     }
 }

@@ -1,22 +1,8 @@
-//! The topic registry: which topics exist, their partitions and settings, and the metadata files
-//! that make them survive restarts.
-//!
-//! A topic's metadata is one small text file, `<data-dir>/meta/topics/<name>.topic`, written
-//! atomically (temp file, fsync, rename, fsync of the directory) and ending with a CRC-32 line:
-//!
-//! ```text
-//! name=orders
-//! id=4f1c5b0e8a2d4e6f9b3c7a1d2e5f8091
-//! partitions=12
-//! config.retention.ms=86400000
-//! crc32=1c291ca3
-//! ```
-//!
-//! The id (a random 128-bit value, Kafka's topic id) tells a topic from an older one of the same
-//! name; files written before ids existed get one derived from the name at load. Only settings
-//! the topic overrides are stored; the rest come from the broker's topic defaults,
-//! so changing a default applies to every topic that does not override it. Partition `p` of topic
-//! `t` lives in `<data-dir>/t-p/`.
+//! The topic registry: which topics this broker holds, their partitions and settings, and the
+//! metadata files ([`super::topic_file`]) that make them survive restarts. Partition `p` of
+//! topic `t` lives in `<data-dir>/t-p/`. Settings the topic does not override come from the
+//! broker's topic defaults, so changing a default applies to every topic that does not override
+//! it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -31,6 +17,8 @@ use tokio::sync::{Mutex, oneshot};
 
 use crate::core::partition::{Partition, WriterMsg};
 use crate::core::producers::ProducerStates;
+pub use crate::core::topic_file::TopicId;
+use crate::core::topic_file::{TopicMeta, decode_meta, encode_meta, new_topic_id};
 use crate::error::BrokerError;
 use crate::stats::Stats;
 
@@ -41,8 +29,10 @@ pub struct Topic {
     pub name: Arc<str>,
     /// The topic's id (Kafka's topic id: Metadata v10+, KIP-848 assignments).
     pub id: TopicId,
-    /// Partitions, by index.
+    /// The partitions this broker hosts, in index order (all of them on a single broker).
     pub partitions: Vec<Arc<Partition>>,
+    /// How many partitions the topic has, here or on other brokers.
+    pub count: u32,
     /// Settings the topic overrides (Kafka names).
     overrides: RwLock<BTreeMap<String, String>>,
     /// Effective settings: broker defaults with the overrides applied.
@@ -66,75 +56,18 @@ impl Topic {
         }
     }
 
-    /// The partition with `index`, if it exists.
+    /// The partition with `index`, if this broker hosts it.
     pub fn partition(&self, index: i32) -> Option<&Arc<Partition>> {
-        usize::try_from(index)
+        self.partitions
+            .binary_search_by_key(&index, |p| p.index)
             .ok()
-            .and_then(|i| self.partitions.get(i))
+            .map(|i| &self.partitions[i])
     }
-}
 
-/// A topic id: 16 bytes, as Kafka's UUIDs.
-pub type TopicId = [u8; 16];
-
-/// A new random topic id (a version 4 UUID's layout).
-fn new_topic_id(name: &str) -> TopicId {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded from the OS's randomness once per process and then stepped per
-    // instance; mixing in the time and the name makes ids of one process distinct too.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mut id = [0u8; 16];
-    for (i, chunk) in id.chunks_mut(8).enumerate() {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write(name.as_bytes());
-        h.write_u128(nanos);
-        h.write_usize(i);
-        chunk.copy_from_slice(&h.finish().to_be_bytes());
+    /// The indexes of the partitions this broker hosts.
+    pub fn hosted(&self) -> Vec<u32> {
+        self.partitions.iter().map(|p| p.index as u32).collect()
     }
-    id[6] = (id[6] & 0x0f) | 0x40;
-    id[8] = (id[8] & 0x3f) | 0x80;
-    id
-}
-
-/// The id of a topic whose metadata predates ids: derived from its name, so it stays the same
-/// across restarts without rewriting the file.
-fn legacy_topic_id(name: &str) -> TopicId {
-    let a = crc32fast::hash(name.as_bytes());
-    let b = crc32fast::hash(format!("{name}/topic-id").as_bytes());
-    let c = crc32fast::hash(format!("topic-id/{name}").as_bytes());
-    let d = crc32fast::hash(format!("{name}#{}", name.len()).as_bytes());
-    let mut id = [0u8; 16];
-    for (i, v) in [a, b, c, d].iter().enumerate() {
-        id[i * 4..i * 4 + 4].copy_from_slice(&v.to_be_bytes());
-    }
-    id[6] = (id[6] & 0x0f) | 0x40;
-    id[8] = (id[8] & 0x3f) | 0x80;
-    id
-}
-
-fn hex(id: &TopicId) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn parse_hex(s: &str) -> Option<TopicId> {
-    if s.len() != 32 || !s.is_ascii() {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(id)
-}
-
-/// What a topic's metadata file holds.
-struct TopicMeta {
-    name: String,
-    id: TopicId,
-    partitions: u32,
-    overrides: BTreeMap<String, String>,
 }
 
 /// An error of one topic operation, as it goes on the wire.
@@ -170,66 +103,6 @@ fn effective(
             .map_err(|e| (ErrorCode::InvalidConfig, e.to_string()))?;
     }
     Ok(c)
-}
-
-fn encode_meta(m: &TopicMeta) -> String {
-    let mut s = format!(
-        "name={}\nid={}\npartitions={}\n",
-        m.name,
-        hex(&m.id),
-        m.partitions
-    );
-    for (k, v) in &m.overrides {
-        s.push_str(&format!("config.{k}={v}\n"));
-    }
-    let crc = crc32fast::hash(s.as_bytes());
-    s.push_str(&format!("crc32={crc:08x}\n"));
-    s
-}
-
-fn decode_meta(path: &Path, text: &str) -> Result<TopicMeta, BrokerError> {
-    let bad = |reason: &str| BrokerError::Metadata {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
-    let body_end = text
-        .rfind("crc32=")
-        .ok_or_else(|| bad("no checksum line"))?;
-    let (body, crc_line) = text.split_at(body_end);
-    let crc = u32::from_str_radix(crc_line.trim_start_matches("crc32=").trim(), 16)
-        .map_err(|_| bad("unreadable checksum"))?;
-    if crc32fast::hash(body.as_bytes()) != crc {
-        return Err(bad("checksum mismatch"));
-    }
-    let mut name = None;
-    let mut id = None;
-    let mut partitions = None;
-    let mut overrides = BTreeMap::new();
-    for line in body.lines() {
-        let (k, v) = line
-            .split_once('=')
-            .ok_or_else(|| bad("line without '='"))?;
-        match k {
-            "name" => name = Some(v.to_string()),
-            "id" => id = Some(parse_hex(v).ok_or_else(|| bad("unreadable topic id"))?),
-            "partitions" => partitions = v.parse().ok(),
-            k => {
-                let key = k
-                    .strip_prefix("config.")
-                    .ok_or_else(|| bad("unknown key"))?;
-                overrides.insert(key.to_string(), v.to_string());
-            }
-        }
-    }
-    match (name, partitions) {
-        (Some(n), Some(p)) if p > 0 => Ok(TopicMeta {
-            id: id.unwrap_or_else(|| legacy_topic_id(&n)),
-            name: n,
-            partitions: p,
-            overrides,
-        }),
-        _ => Err(bad("missing name or partitions")),
-    }
 }
 
 fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), BrokerError> {
@@ -303,31 +176,37 @@ impl Topics {
         self.data_dir.join(format!("{topic}-{p}"))
     }
 
-    /// Opens a topic's partition logs, starting at the partitions already open (`existing`,
-    /// for a topic that grows) and starting a writer for each.
+    /// Opens a topic's hosted partition logs that are not open yet (`existing` holds those
+    /// that are, for a topic that grows) and starts a writer for each.
     async fn open_topic(
         &self,
         meta: TopicMeta,
         config: LogConfig,
         existing: Vec<Arc<Partition>>,
     ) -> Result<Arc<Topic>, BrokerError> {
+        let hosted = meta.hosted();
         let TopicMeta {
             name,
             id,
             partitions,
             overrides,
+            ..
         } = meta;
         let name: Arc<str> = Arc::from(name);
-        let from = existing.len() as u32;
+        let to_open: Vec<u32> = hosted
+            .into_iter()
+            .filter(|p| !existing.iter().any(|e| e.index as u32 == *p))
+            .collect();
         let mut parts = existing;
-        parts.reserve(partitions.saturating_sub(from) as usize);
+        parts.reserve(to_open.len());
         // Partitions open a few dozen at a time: after a clean stop each open is a handful of
         // small reads, which a cold page cache turns into disk round trips; overlapping them
         // keeps start-up short with thousands of partitions.
-        const OPEN_AT_ONCE: u32 = 32;
-        for first in (from..partitions).step_by(OPEN_AT_ONCE as usize) {
-            let opening: Vec<_> = (first..partitions.min(first + OPEN_AT_ONCE))
-                .map(|p| {
+        const OPEN_AT_ONCE: usize = 32;
+        for chunk in to_open.chunks(OPEN_AT_ONCE) {
+            let opening: Vec<_> = chunk
+                .iter()
+                .map(|&p| {
                     let dir = self.partition_dir(&name, p);
                     let c = config.clone();
                     let env = LogEnv {
@@ -359,10 +238,12 @@ impl Topics {
                 ));
             }
         }
+        parts.sort_by_key(|p| p.index);
         Ok(Arc::new(Topic {
             name,
             id,
             partitions: parts,
+            count: partitions,
             overrides: RwLock::new(overrides),
             config: RwLock::new(config),
         }))
@@ -397,16 +278,23 @@ impl Topics {
         self.check_growth(name, count).map(|_| ())
     }
 
-    /// Grows a topic to `count` partitions: the metadata first (durably), then the new
-    /// partitions' logs. Partitions are never removed.
-    pub async fn add_partitions(&self, name: &str, count: i64) -> Result<(), TopicError> {
+    /// Grows a topic to `count` partitions, of which this broker hosts `hosted` (`None`: all):
+    /// the metadata first (durably), then the new partitions' logs. Partitions are never
+    /// removed.
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        count: i64,
+        hosted: Option<Vec<u32>>,
+    ) -> Result<(), TopicError> {
         let _guard = self.admin.lock().await;
         let topic = self.check_growth(name, count)?;
-        let now = topic.partitions.len() as i64;
+        let now = topic.count;
         let meta = TopicMeta {
             name: name.to_string(),
             id: topic.id,
             partitions: count as u32,
+            hosted,
             overrides: topic.overrides(),
         };
         let path = self.meta_dir.join(format!("{name}{META_SUFFIX}"));
@@ -428,7 +316,7 @@ impl Topics {
                 format!("no topic {name}"),
             )
         })?;
-        let now = topic.partitions.len() as i64;
+        let now = i64::from(topic.count);
         if count <= now || count > i64::from(self.max_partitions) {
             return Err((
                 ErrorCode::InvalidPartitions,
@@ -494,16 +382,18 @@ impl Topics {
         partitions: i64,
         overrides: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, TopicError> {
-        self.create_with_id(name, new_topic_id(name), partitions, overrides)
+        self.create_with_id(name, new_topic_id(name), partitions, None, overrides)
             .await
     }
 
-    /// Creates a topic with the id the metadata image gave it.
+    /// Creates a topic with the id the metadata image gave it, hosting the partitions in
+    /// `hosted` (`None`: all).
     pub async fn create_with_id(
         &self,
         name: &str,
         id: TopicId,
         partitions: i64,
+        hosted: Option<Vec<u32>>,
         overrides: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, TopicError> {
         let _guard = self.admin.lock().await;
@@ -515,6 +405,7 @@ impl Topics {
             name: name.to_string(),
             id,
             partitions,
+            hosted,
             overrides,
         };
         write_atomic(&self.meta_dir, &path, encode_meta(&meta).as_bytes()).map_err(storage)?;
@@ -620,7 +511,8 @@ impl Topics {
         let meta = TopicMeta {
             name: name.to_string(),
             id: topic.id,
-            partitions: topic.partitions.len() as u32,
+            partitions: topic.count,
+            hosted: Some(topic.hosted()),
             overrides: overrides.clone(),
         };
         write_atomic(&self.meta_dir, &path, encode_meta(&meta).as_bytes())
@@ -689,49 +581,5 @@ impl Topics {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn meta_round_trips_and_detects_damage() {
-        let mut o = BTreeMap::new();
-        o.insert("retention.ms".to_string(), "1000".to_string());
-        let id = new_topic_id("orders");
-        let text = encode_meta(&TopicMeta {
-            name: "orders".into(),
-            id,
-            partitions: 12,
-            overrides: o.clone(),
-        });
-        let p = Path::new("x.topic");
-        let m = decode_meta(p, &text).unwrap();
-        assert_eq!(
-            (m.name.as_str(), m.id, m.partitions, m.overrides),
-            ("orders", id, 12, o)
-        );
-        let damaged = text.replace("=12", "=13");
-        assert!(decode_meta(p, &damaged).is_err());
-        assert!(decode_meta(p, "name=x\n").is_err());
-    }
-
-    #[test]
-    fn topic_ids_are_unique_and_legacy_files_get_a_stable_one() {
-        let a = new_topic_id("orders");
-        let b = new_topic_id("orders");
-        assert_ne!(a, b, "a recreated topic gets a new id");
-        assert_eq!(a[6] >> 4, 4, "version 4 layout");
-        // A file written before ids existed: no id line.
-        let mut body = "name=old\npartitions=2\n".to_string();
-        let crc = crc32fast::hash(body.as_bytes());
-        body.push_str(&format!("crc32={crc:08x}\n"));
-        let p = Path::new("old.topic");
-        let first = decode_meta(p, &body).unwrap().id;
-        assert_eq!(first, decode_meta(p, &body).unwrap().id);
-        assert_eq!(first, legacy_topic_id("old"));
-        assert_ne!(first, legacy_topic_id("older"));
     }
 }

@@ -90,7 +90,7 @@ async fn topics(State(http): State<Http>) -> Answer {
             }
             json!({
                 "topic": &*t.name,
-                "partitions": t.partitions.len(),
+                "partitions": t.count,
                 "internal": is_internal_topic(&t.name),
                 "records": end - start,
                 "start_offset": start,

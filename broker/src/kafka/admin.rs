@@ -230,16 +230,19 @@ impl Kafka {
         req.respond(&ListOffsetsResponse::default().with_topics(topics))
     }
 
-    pub(super) fn init_producer_id(
+    pub(super) async fn init_producer_id(
         &self,
         req: &Req,
         m: InitProducerIdRequest,
     ) -> Result<KafkaResponse, String> {
-        let result = self.core.init_producer_id(
-            m.transactional_id.is_some(),
-            m.producer_id.0,
-            i32::from(m.producer_epoch),
-        );
+        let result = self
+            .core
+            .init_producer_id(
+                m.transactional_id.is_some(),
+                m.producer_id.0,
+                i32::from(m.producer_epoch),
+            )
+            .await;
         let resp = match result {
             Ok((id, epoch)) => InitProducerIdResponse::default()
                 .with_producer_id(ProducerId(id))

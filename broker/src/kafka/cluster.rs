@@ -1,4 +1,4 @@
-//! The cluster as Kafka clients ask about it: DescribeCluster (this one broker) and
+//! The cluster as Kafka clients ask about it: DescribeCluster (the registered brokers) and
 //! OffsetForLeaderEpoch, which consumers use to validate their position after a leader change.
 //! Every partition has had one leader, at epoch 0, since it was created: any epoch up to 0
 //! ends at the log end offset.
@@ -27,16 +27,22 @@ impl Kafka {
         req: &Req,
         _m: DescribeClusterRequest,
     ) -> Result<KafkaResponse, String> {
-        let node = BrokerId(self.core.config.node_id);
-        let broker = DescribeClusterBroker::default()
-            .with_broker_id(node)
-            .with_host(StrBytes::from_string(self.advertised.ip().to_string()))
-            .with_port(i32::from(self.advertised.port()));
+        let brokers = self
+            .kafka_brokers()
+            .into_iter()
+            .map(|(id, host, port, rack)| {
+                DescribeClusterBroker::default()
+                    .with_broker_id(id)
+                    .with_host(host)
+                    .with_port(port)
+                    .with_rack(rack)
+            })
+            .collect();
         let resp = DescribeClusterResponse::default()
             .with_endpoint_type(1)
             .with_cluster_id(StrBytes::from_static_str(CLUSTER_ID))
-            .with_controller_id(node)
-            .with_brokers(vec![broker])
+            .with_controller_id(BrokerId(self.core.controller_id()))
+            .with_brokers(brokers)
             .with_cluster_authorized_operations(i32::MIN);
         req.respond(&resp)
     }

@@ -40,6 +40,8 @@ pub(crate) fn kafka_code(code: ErrorCode) -> i16 {
         ErrorCode::InvalidSessionTimeout => K::InvalidSessionTimeout,
         ErrorCode::GroupSubscribedToTopic => K::GroupSubscribedToTopic,
         ErrorCode::InvalidRecordState => K::InvalidRecordState,
+        ErrorCode::NotLeaderOrFollower => K::NotLeaderOrFollower,
+        ErrorCode::LeaderNotAvailable => K::LeaderNotAvailable,
         _ => K::UnknownServerError,
     };
     k.code()

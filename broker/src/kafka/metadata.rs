@@ -1,5 +1,6 @@
-//! Metadata and FindCoordinator: where topics, partitions and the group coordinator are. A single
-//! broker leads every partition and coordinates every group, at this listener's address.
+//! Metadata and FindCoordinator: where topics, partitions and the group coordinator are. Topics,
+//! leaders and brokers come from the metadata image ([`crate::core::metadata`]); every broker
+//! coordinates the groups whose clients ask it (coordinators spread over brokers come later).
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::metadata_response::{
@@ -11,10 +12,11 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use strom_protocol::ErrorCode;
-use strom_protocol::topic::{is_internal_topic, validate_topic_name};
+use strom_protocol::topic::is_internal_topic;
 use uuid::Uuid;
 
 use super::{Kafka, KafkaResponse, Req, kafka_code};
+use crate::core::metadata::host_port;
 
 /// The cluster id Metadata reports (a single broker is its own cluster; the cluster work gives
 /// it a real id).
@@ -29,7 +31,25 @@ enum Wanted {
 
 impl Kafka {
     fn node(&self) -> BrokerId {
-        BrokerId(self.core.config.node_id)
+        BrokerId(self.core.broker_id())
+    }
+
+    /// The registered brokers with a Kafka listener, as Metadata lists them.
+    pub(super) fn kafka_brokers(&self) -> Vec<(BrokerId, StrBytes, i32, Option<StrBytes>)> {
+        self.core
+            .brokers()
+            .into_iter()
+            .filter_map(|b| {
+                let addr = b.endpoints.kafka.as_deref()?;
+                let (host, port) = host_port(addr)?;
+                Some((
+                    BrokerId(b.id),
+                    StrBytes::from_string(host.to_string()),
+                    i32::from(port),
+                    b.rack.map(StrBytes::from_string),
+                ))
+            })
+            .collect()
     }
 
     fn host(&self) -> StrBytes {
@@ -59,8 +79,8 @@ impl Kafka {
                             ));
                         }
                         // From version 10 a topic may be named by its id alone.
-                        None => match self.core.topics.get_by_id(t.topic_id.as_bytes()) {
-                            Some(topic) => Wanted::Name(topic.name.to_string()),
+                        None => match self.core.topic_name_by_id(t.topic_id.as_bytes()) {
+                            Some(name) => Wanted::Name(name),
                             None => Wanted::UnknownId(t.topic_id),
                         },
                     });
@@ -86,10 +106,9 @@ impl Kafka {
             }
             None => self
                 .core
-                .topics
-                .all()
-                .iter()
-                .map(|t| Wanted::Name(t.name.to_string()))
+                .topic_names()
+                .into_iter()
+                .map(Wanted::Name)
                 .collect(),
         };
         let topics = wanted
@@ -101,14 +120,21 @@ impl Kafka {
                     .with_error_code(kafka_protocol::ResponseError::UnknownTopicId.code()),
             })
             .collect();
-        let broker = MetadataResponseBroker::default()
-            .with_node_id(self.node())
-            .with_host(self.host())
-            .with_port(i32::from(self.advertised.port()));
+        let brokers = self
+            .kafka_brokers()
+            .into_iter()
+            .map(|(id, host, port, rack)| {
+                MetadataResponseBroker::default()
+                    .with_node_id(id)
+                    .with_host(host)
+                    .with_port(port)
+                    .with_rack(rack)
+            })
+            .collect();
         let resp = MetadataResponse::default()
-            .with_brokers(vec![broker])
+            .with_brokers(brokers)
             .with_cluster_id(Some(StrBytes::from_static_str(CLUSTER_ID)))
-            .with_controller_id(self.node())
+            .with_controller_id(BrokerId(self.core.controller_id()))
             .with_topics(topics);
         req.respond(&resp)
     }
@@ -117,28 +143,31 @@ impl Kafka {
         let out = MetadataResponseTopic::default()
             .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
             .with_is_internal(is_internal_topic(name));
-        let Some(t) = self.core.topics.get(name) else {
-            let code = if validate_topic_name(name).is_err() {
-                ErrorCode::InvalidTopicName
-            } else {
-                ErrorCode::UnknownTopicOrPartition
-            };
-            return out.with_error_code(kafka_code(code));
+        let view = match self.core.topic_view(name) {
+            Ok(view) => view,
+            Err(code) => return out.with_error_code(kafka_code(code)),
         };
-        let node = self.node();
-        out.with_topic_id(Uuid::from_bytes(t.id)).with_partitions(
-            t.partitions
-                .iter()
-                .map(|p| {
-                    MetadataResponsePartition::default()
-                        .with_partition_index(p.index)
-                        .with_leader_id(node)
-                        .with_leader_epoch(0)
-                        .with_replica_nodes(vec![node])
-                        .with_isr_nodes(vec![node])
-                })
-                .collect(),
-        )
+        let ids = |ids: &[i32]| ids.iter().copied().map(BrokerId).collect::<Vec<_>>();
+        out.with_topic_id(Uuid::from_bytes(view.id))
+            .with_partitions(
+                view.partitions
+                    .iter()
+                    .map(|p| {
+                        let code = if p.leader < 0 {
+                            kafka_code(ErrorCode::LeaderNotAvailable)
+                        } else {
+                            0
+                        };
+                        MetadataResponsePartition::default()
+                            .with_error_code(code)
+                            .with_partition_index(p.index)
+                            .with_leader_id(BrokerId(p.leader))
+                            .with_leader_epoch(p.leader_epoch)
+                            .with_replica_nodes(ids(&p.replicas))
+                            .with_isr_nodes(ids(&p.isr))
+                    })
+                    .collect(),
+            )
     }
 
     pub(super) fn find_coordinator(

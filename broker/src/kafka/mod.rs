@@ -248,7 +248,7 @@ impl Kafka {
             }
             ApiKey::InitProducerId => {
                 let m = req.decode()?;
-                ready(self.init_producer_id(&req, m))
+                ready(self.init_producer_id(&req, m).await)
             }
             ApiKey::CreateTopics => {
                 let m = req.decode()?;

@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::core::metadata::host_port;
 use bytes::{Bytes, BytesMut};
 use strom_protocol::ErrorCode;
 use strom_protocol::api::{api_versions_response, check_version};
 use strom_protocol::messages::*;
-use strom_protocol::topic::{is_internal_topic, validate_topic_name};
 use strom_protocol::{decode_request, decode_request_header, encode_response_chunks};
 
 use crate::core::admin::{self, OffsetQuery};
@@ -183,7 +183,7 @@ impl Native {
                 session.wait_for_produces().await;
                 ready(self.list_offsets(r).into())
             }
-            B::InitProducerId(r) => ready(self.init_producer_id(r).into()),
+            B::InitProducerId(r) => ready(self.init_producer_id(r).await.into()),
             B::FindCoordinator(_) => ready(
                 FindCoordinatorResponse {
                     error_code: ErrorCode::None.into(),
@@ -422,12 +422,16 @@ impl Native {
         DeleteGroupsResponse { results }
     }
 
-    fn init_producer_id(&self, req: InitProducerIdRequest) -> InitProducerIdResponse {
-        match self.core.init_producer_id(
-            req.transactional_id.is_some(),
-            req.producer_id,
-            req.producer_epoch,
-        ) {
+    async fn init_producer_id(&self, req: InitProducerIdRequest) -> InitProducerIdResponse {
+        match self
+            .core
+            .init_producer_id(
+                req.transactional_id.is_some(),
+                req.producer_id,
+                req.producer_epoch,
+            )
+            .await
+        {
             Ok((producer_id, producer_epoch)) => InitProducerIdResponse {
                 error_code: ErrorCode::None.into(),
                 error_message: None,
@@ -447,62 +451,72 @@ impl Native {
         if req.allow_auto_topic_creation {
             self.core.auto_create(&req.topics).await;
         }
-        let mut out: Vec<TopicMetadata> = Vec::new();
-        if req.all_topics {
-            for t in self.core.topics.all() {
-                out.push(self.topic_metadata(&t.name));
-            }
+        let names = if req.all_topics {
+            self.core.topic_names()
         } else {
-            for name in &req.topics {
-                out.push(self.topic_metadata(name));
-            }
-        }
+            req.topics
+        };
+        let topics = names.iter().map(|name| self.topic_metadata(name)).collect();
+        let brokers = self
+            .core
+            .brokers()
+            .into_iter()
+            .filter_map(|b| {
+                let (host, port) = host_port(b.endpoints.native.as_deref()?)?;
+                Some(BrokerMetadata {
+                    node_id: b.id,
+                    host: host.to_string(),
+                    port: u32::from(port),
+                    rack: b.rack,
+                })
+            })
+            .collect();
         MetadataResponse {
-            brokers: vec![BrokerMetadata {
-                node_id: self.core.config.node_id,
-                host: self.advertised.ip().to_string(),
-                port: u32::from(self.advertised.port()),
-                rack: None,
-            }],
-            topics: out,
+            brokers,
+            topics,
             cluster_id: None,
         }
     }
 
     fn topic_metadata(&self, name: &str) -> TopicMetadata {
-        let node = self.core.config.node_id;
-        let Some(t) = self.core.topics.get(name) else {
-            let code = if validate_topic_name(name).is_err() {
-                ErrorCode::InvalidTopicName
-            } else {
-                ErrorCode::UnknownTopicOrPartition
-            };
-            return TopicMetadata {
-                name: name.to_string(),
-                error_code: code.into(),
-                partitions: Vec::new(),
-                is_internal: false,
-            };
+        let view = match self.core.topic_view(name) {
+            Ok(view) => view,
+            Err(code) => {
+                return TopicMetadata {
+                    name: name.to_string(),
+                    error_code: code.into(),
+                    partitions: Vec::new(),
+                    is_internal: false,
+                };
+            }
         };
         TopicMetadata {
             name: name.to_string(),
             error_code: ErrorCode::None.into(),
-            partitions: t
+            partitions: view
                 .partitions
-                .iter()
-                .map(|p| PartitionMetadata {
-                    partition: p.index,
-                    error_code: ErrorCode::None.into(),
-                    leader_id: node,
-                    leader_epoch: 0,
-                    replica_nodes: vec![node],
-                    isr_nodes: vec![node],
-                    log_start_offset: p.reader().start_offset(),
-                    log_end_offset: p.reader().end_offset(),
-                    size_bytes: p.reader().size_bytes(),
+                .into_iter()
+                .map(|p| {
+                    let code = if p.leader < 0 {
+                        ErrorCode::LeaderNotAvailable
+                    } else {
+                        ErrorCode::None
+                    };
+                    let reader = p.local.as_ref().map(|local| local.reader());
+                    PartitionMetadata {
+                        partition: p.index,
+                        error_code: code.into(),
+                        leader_id: p.leader,
+                        leader_epoch: p.leader_epoch,
+                        replica_nodes: p.replicas,
+                        isr_nodes: p.isr,
+                        log_start_offset: reader.as_ref().map_or(-1, |r| r.start_offset()),
+                        log_end_offset: reader.as_ref().map_or(-1, |r| r.end_offset()),
+                        size_bytes: reader.as_ref().map_or(0, |r| r.size_bytes()),
+                    }
                 })
                 .collect(),
-            is_internal: is_internal_topic(name),
+            is_internal: view.internal,
         }
     }
 

@@ -273,11 +273,7 @@ impl Coordinator {
     fn partition_counts(topics: &Topics, subscribed: &BTreeSet<String>) -> BTreeMap<String, i32> {
         subscribed
             .iter()
-            .filter_map(|t| {
-                topics
-                    .get(t)
-                    .map(|topic| (t.clone(), topic.partitions.len() as i32))
-            })
+            .filter_map(|t| topics.get(t).map(|topic| (t.clone(), topic.count as i32)))
             .collect()
     }
 

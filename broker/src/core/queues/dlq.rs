@@ -83,7 +83,7 @@ impl Core {
             .get_or_create_topic(&job.dlq_topic, self.config.default_partitions)
             .await
             .map_err(|(_, e)| format!("dead-letter topic {}: {e}", job.dlq_topic))?;
-        let n = dlq.partitions.len().max(1) as i32;
+        let n = dlq.count.max(1) as i32;
         let part = dlq
             .partition(job.tp.1.rem_euclid(n))
             .cloned()

@@ -536,7 +536,7 @@ impl Core {
                         at = rec.offset + 1;
                         continue;
                     };
-                    let count = t.partitions.len().max(1) as i32;
+                    let count = t.count.max(1) as i32;
                     let partition = header_text(&rec, "strom.dlq.partition")
                         .and_then(|p| p.parse::<i32>().ok())
                         .unwrap_or(0)

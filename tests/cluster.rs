@@ -1,6 +1,6 @@
 //! Several `strom serve` processes forming one cluster over loopback: the metadata quorum forms,
 //! partitions spread over the brokers, every broker answers Metadata with the same leaders and
-//! brokers, produce and fetch to a broker that does not lead a partition answer
+//! brokers, Produce, Fetch and ListOffsets to a broker that does not lead a partition answer
 //! NOT_LEADER_OR_FOLLOWER, and librdkafka produces (idempotently) and consumes in a group
 //! through any broker's address. Killing the active controller (SIGKILL) elects another, and
 //! topic creation works again; the dead broker's partitions go offline (nothing replicates them
@@ -18,8 +18,9 @@ use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
+use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, MetadataRequest, MetadataResponse};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -197,6 +198,26 @@ fn three_brokers_spread_partitions_and_route_clients_to_leaders() {
             code::NOT_LEADER_OR_FOLLOWER,
             "{fetched:?}"
         );
+        let latest = |id: usize| {
+            let r = cluster.kafka(id).call(
+                7,
+                &ListOffsetsRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_topics(vec![
+                        ListOffsetsTopic::default()
+                            .with_name(topic_name("orders"))
+                            .with_partitions(vec![
+                                ListOffsetsPartition::default()
+                                    .with_partition_index(partition)
+                                    .with_timestamp(-1),
+                            ]),
+                    ]),
+            );
+            r.topics[0].partitions[0].clone()
+        };
+        assert_eq!(latest(other).error_code, code::NOT_LEADER_OR_FOLLOWER);
+        let at_leader = latest(*leader as usize);
+        assert_eq!((at_leader.error_code, at_leader.offset), (code::NONE, 1));
     }
 
     // librdkafka through all three addresses: an idempotent producer (producer ids are

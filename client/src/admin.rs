@@ -94,7 +94,7 @@ pub struct TopicDescription {
 /// One partition of a [`TopicDescription`].
 ///
 /// ```
-/// # let p = strom_client::PartitionDescription { partition: 0, leader: 0, leader_epoch: 0, log_start_offset: 0, log_end_offset: 10, size_bytes: 0, error: None };
+/// # let p = strom_client::PartitionDescription { partition: 0, leader: 0, leader_epoch: 0, replicas: vec![0], isr: vec![0], log_start_offset: 0, log_end_offset: 10, size_bytes: 0, error: None };
 /// let stored = p.log_end_offset - p.log_start_offset;
 /// # assert_eq!(stored, 10);
 /// ```
@@ -106,7 +106,11 @@ pub struct PartitionDescription {
     pub leader: i32,
     /// The leader's epoch.
     pub leader_epoch: i32,
-    /// First offset still stored.
+    /// Node ids of every replica, preferred leader first.
+    pub replicas: Vec<i32>,
+    /// Node ids of the in-sync replicas.
+    pub isr: Vec<i32>,
+    /// First offset still stored (-1 from a broker that does not hold the partition).
     pub log_start_offset: i64,
     /// Offset the next record gets.
     pub log_end_offset: i64,
@@ -668,6 +672,8 @@ impl Admin {
                     partition: p.partition,
                     leader: p.leader_id,
                     leader_epoch: p.leader_epoch,
+                    replicas: p.replica_nodes.clone(),
+                    isr: p.isr_nodes.clone(),
                     log_start_offset: p.log_start_offset,
                     log_end_offset: p.log_end_offset,
                     size_bytes: p.size_bytes,

@@ -120,6 +120,7 @@ pub async fn run(admin: &Admin, cmd: TopicsCommand, output: Output) -> anyhow::R
                             "{}",
                             serde_json::json!({
                                 "topic": t.name, "partition": p.partition, "leader": p.leader,
+                                "leader_epoch": p.leader_epoch, "replicas": p.replicas, "isr": p.isr,
                                 "start_offset": p.log_start_offset, "end_offset": p.log_end_offset,
                                 "size_bytes": p.size_bytes,
                             })
@@ -137,19 +138,43 @@ pub async fn run(admin: &Admin, cmd: TopicsCommand, output: Output) -> anyhow::R
                     writeln!(out, "topic {}  partitions {}", t.name, t.partitions.len())?;
                     writeln!(
                         out,
-                        "{:>9} {:>6} {:>14} {:>14} {:>12} {:>12}",
-                        "PARTITION", "LEADER", "START", "END", "RECORDS", "SIZE"
+                        "{:>9} {:>6} {:<12} {:<12} {:>14} {:>14} {:>12} {:>12}",
+                        "PARTITION", "LEADER", "REPLICAS", "ISR", "START", "END", "RECORDS", "SIZE"
                     )?;
+                    let ids =
+                        |ids: &[i32]| ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
                     for p in &t.partitions {
+                        // Offsets come from the broker asked; one that does not hold the
+                        // partition (in a cluster) says -1.
+                        let held = p.log_start_offset >= 0;
+                        let dash = || "-".to_string();
                         writeln!(
                             out,
-                            "{:>9} {:>6} {:>14} {:>14} {:>12} {:>12}",
+                            "{:>9} {:>6} {:<12} {:<12} {:>14} {:>14} {:>12} {:>12}",
                             p.partition,
                             p.leader,
-                            p.log_start_offset,
-                            p.log_end_offset,
-                            p.log_end_offset - p.log_start_offset,
-                            human_bytes(p.size_bytes)
+                            ids(&p.replicas),
+                            ids(&p.isr),
+                            if held {
+                                p.log_start_offset.to_string()
+                            } else {
+                                dash()
+                            },
+                            if held {
+                                p.log_end_offset.to_string()
+                            } else {
+                                dash()
+                            },
+                            if held {
+                                (p.log_end_offset - p.log_start_offset).to_string()
+                            } else {
+                                dash()
+                            },
+                            if held {
+                                human_bytes(p.size_bytes)
+                            } else {
+                                dash()
+                            },
                         )?;
                     }
                     writeln!(out, "{:<24} {:<22} SOURCE", "SETTING", "VALUE")?;

@@ -232,24 +232,16 @@ impl Core {
             .collect())
     }
 
-    /// An offset of one partition: (offset, timestamp); -1 for both when a time query finds no
-    /// record at or after the time.
+    /// An offset of one partition this broker leads: (offset, timestamp); -1 for both when a
+    /// time query finds no record at or after the time.
     pub fn list_offset(
         &self,
         topic: &str,
         partition: i32,
         query: OffsetQuery,
     ) -> Result<(i64, i64), Failure> {
-        let part = self
-            .topics
-            .get(topic)
-            .and_then(|t| t.partition(partition).cloned())
-            .ok_or_else(|| {
-                (
-                    ErrorCode::UnknownTopicOrPartition,
-                    format!("no partition {partition} of topic {topic}"),
-                )
-            })?;
+        let local = self.topics.get(topic);
+        let part = self.leader_partition(&self.image(), local.as_ref(), topic, partition)?;
         let r = part.reader();
         match query {
             OffsetQuery::Earliest => Ok((r.start_offset(), -1)),

@@ -13,7 +13,6 @@ use kafka_protocol::messages::{
     OffsetForLeaderEpochResponse,
 };
 use kafka_protocol::protocol::StrBytes;
-use strom_protocol::ErrorCode;
 
 use super::metadata::CLUSTER_ID;
 use super::{Kafka, KafkaResponse, Req, kafka_code};
@@ -57,15 +56,20 @@ impl Kafka {
             .into_iter()
             .map(|t| {
                 let topic = self.core.topics.get(&t.topic.0);
+                let image = self.core.image();
                 let partitions = t
                     .partitions
                     .iter()
                     .map(|p| {
                         let out = EpochEndOffset::default().with_partition(p.partition);
-                        let Some(part) = topic.as_ref().and_then(|x| x.partition(p.partition))
-                        else {
-                            return out
-                                .with_error_code(kafka_code(ErrorCode::UnknownTopicOrPartition));
+                        let part = match self.core.leader_partition(
+                            &image,
+                            topic.as_ref(),
+                            &t.topic.0,
+                            p.partition,
+                        ) {
+                            Ok(part) => part,
+                            Err((code, _)) => return out.with_error_code(kafka_code(code)),
                         };
                         if p.current_leader_epoch > LEADER_EPOCH {
                             return out.with_error_code(ResponseError::UnknownLeaderEpoch.code());

@@ -80,16 +80,10 @@ impl Broker {
             )));
         }
         if let Some((l, _)) = http {
-            let addrs = crate::http::Addresses {
-                native: local_addr,
-                kafka: kafka_addr,
-                http: http_addr,
-            };
             loops.push(tokio::spawn(crate::http::serve(
                 l,
                 core.clone(),
                 net.clone(),
-                addrs,
                 shutdown.clone(),
             )));
         }

@@ -35,10 +35,6 @@ pub(super) fn routes() -> Router<Http> {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API route") })
 }
 
-fn addr(a: Option<std::net::SocketAddr>) -> Value {
-    a.map_or(Value::Null, |a| Value::String(a.to_string()))
-}
-
 /// `GET /api/overview`: the broker at a glance.
 async fn overview(State(http): State<Http>) -> Answer {
     let core = &http.core;
@@ -55,12 +51,15 @@ async fn overview(State(http): State<Http>) -> Answer {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": http.started.elapsed().as_secs_f64(),
         "time_ms": now_ms(),
-        "brokers": [{
-            "id": core.config.node_id,
-            "native": http.addrs.native.to_string(),
-            "kafka": addr(http.addrs.kafka),
-            "http": addr(http.addrs.http),
-        }],
+        // Every registered broker of the cluster (this one alone when single).
+        "brokers": core.brokers().into_iter().map(|b| json!({
+            "id": b.id,
+            "native": b.endpoints.native,
+            "kafka": b.endpoints.kafka,
+            "http": b.endpoints.http,
+        })).collect::<Vec<_>>(),
+        "broker": core.broker_id(),
+        "controller": core.controller_id(),
         "topics": topics.len(),
         "partitions": partitions,
         "consumer_groups": core.groups.list().len(),
@@ -112,15 +111,23 @@ async fn topic(State(http): State<Http>, name: Result<Path<String>, PathRejectio
         .topics
         .get(&name)
         .ok_or_else(|| ApiError::not_found(format!("no topic {name}")))?;
+    let leaders: Vec<i32> = core
+        .topic_view(&name)
+        .map(|v| v.partitions.iter().map(|p| p.leader).collect())
+        .unwrap_or_default();
     let partitions: Vec<Value> = t
         .partitions
         .iter()
         .map(|p| {
             let r = p.reader();
             let s = p.stats();
+            let leader = usize::try_from(p.index)
+                .ok()
+                .and_then(|i| leaders.get(i).copied())
+                .unwrap_or(-1);
             json!({
                 "partition": p.index,
-                "leader": core.config.node_id,
+                "leader": leader,
                 "start_offset": r.start_offset(),
                 "end_offset": r.end_offset(),
                 "size_bytes": r.size_bytes(),

@@ -16,7 +16,6 @@ mod metrics;
 mod records;
 mod series;
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -32,20 +31,11 @@ use tokio_util::sync::CancellationToken;
 use crate::core::Core;
 use crate::net::Net;
 
-/// Where the broker's listeners accept connections (Metadata's broker list, for the console).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Addresses {
-    pub native: SocketAddr,
-    pub kafka: Option<SocketAddr>,
-    pub http: Option<SocketAddr>,
-}
-
 /// What the handlers share.
 #[derive(Debug, Clone)]
 struct Http {
     core: Arc<Core>,
     net: Arc<Net>,
-    addrs: Addresses,
     started: Instant,
     history: Arc<history::History>,
     /// Bytes of the last `/metrics` answer.
@@ -59,13 +49,11 @@ pub(crate) async fn serve(
     listener: TcpListener,
     core: Arc<Core>,
     net: Arc<Net>,
-    addrs: Addresses,
     shutdown: CancellationToken,
 ) {
     let state = Http {
         core: core.clone(),
         net,
-        addrs,
         started: Instant::now(),
         history: Arc::new(history::History::default()),
         metrics_size: Arc::new(AtomicUsize::new(0)),

@@ -125,6 +125,25 @@ fn leaders(r: &MetadataResponse) -> Vec<i32> {
     partitions.into_iter().map(|(_, leader)| leader).collect()
 }
 
+/// Produces one record to the partition's leader, retrying LEADER_NOT_AVAILABLE as Kafka
+/// clients do: CreateTopics is answered once the topic is committed, and each leader opens its
+/// partitions when it applies that entry, a moment later.
+fn produce_at_leader(leader: &mut KafkaClient, partition: i32) -> i64 {
+    let started = Instant::now();
+    loop {
+        let p = leader.produce(9, 1, "orders", partition, record_batch("y"));
+        if p.error_code != code::LEADER_NOT_AVAILABLE || started.elapsed() > PATIENCE {
+            assert_eq!(
+                p.error_code,
+                code::NONE,
+                "produce to orders/{partition}: {p:?}"
+            );
+            return p.base_offset;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn record_batch(tag: &str) -> bytes::Bytes {
     batch_of(&[Rec {
         offset: -1,
@@ -187,9 +206,8 @@ fn three_brokers_spread_partitions_and_route_clients_to_leaders() {
             code::NOT_LEADER_OR_FOLLOWER,
             "{refused:?}"
         );
-        let mut at_leader = cluster.kafka(*leader as usize);
         assert_eq!(
-            at_leader.produce_ok("orders", partition, record_batch("y")),
+            produce_at_leader(&mut cluster.kafka(*leader as usize), partition),
             0
         );
         let fetched = cluster.kafka(other).fetch(12, "orders", partition, 0, 1, 0);

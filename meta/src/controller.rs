@@ -157,7 +157,27 @@ impl Controller {
             voters,
             timing,
         } = config;
+        // A voter of a larger quorum must not come back without the votes it cast.
+        let many_voters = voters.len() > 1 && voters.contains_key(&node_id);
+        let marker = voter_marker(&dir);
+        if many_voters && let Some(marker) = &marker {
+            let log_gone = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
+            if marker.exists() && log_gone {
+                return Err(Error::WipedVoter {
+                    node: node_id,
+                    dir,
+                    marker: marker.clone(),
+                });
+            }
+        }
         let (log_store, state_machine) = crate::state_machine::open_stores(&dir)?;
+        if many_voters
+            && let Some(marker) = &marker
+            && !marker.exists()
+        {
+            // Written before Raft starts, so before this node can cast a vote.
+            crate::durable::replace_file(marker, node_id.to_string().as_bytes())?;
+        }
         let image = state_machine.image_watch();
         let applied = state_machine.applied_watch();
         let raft_config = openraft::Config {
@@ -450,4 +470,12 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .max(1)
+}
+
+/// The file beside the metadata log directory that says this data directory has been a voter
+/// of a quorum of several voters (see [`Error::WipedVoter`]); `None` for a directory without a
+/// parent.
+fn voter_marker(dir: &std::path::Path) -> Option<PathBuf> {
+    let name = dir.file_name()?.to_str()?;
+    Some(dir.with_file_name(format!("{name}.voter")))
 }

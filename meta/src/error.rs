@@ -77,6 +77,23 @@ pub enum Error {
     /// openraft's configuration is invalid.
     #[error("invalid Raft configuration: {0}")]
     Config(String),
+    /// This voter of a larger quorum has been one before (its marker says so) but its metadata
+    /// log is gone. Starting it would forget its votes, and a voter that votes twice in a term
+    /// can let two controllers be elected.
+    #[error(
+        "node {node} was a voter of the metadata quorum, but its metadata log {dir} is gone: \
+         starting it would forget the votes it cast. Restore the directory, or start the node \
+         as a new voter after removing {marker}, only once every other voter has moved to a \
+         later term (a voter election after the loss is enough)"
+    )]
+    WipedVoter {
+        /// This node.
+        node: u64,
+        /// The missing log directory.
+        dir: PathBuf,
+        /// The marker file that says it was a voter.
+        marker: PathBuf,
+    },
     /// openraft failed outside a storage operation (starting, or a call on the Raft handle).
     #[error("raft: {0}")]
     Raft(String),

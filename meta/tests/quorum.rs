@@ -75,7 +75,7 @@ impl Cluster {
         };
         let controller = Controller::start(ControllerConfig {
             node_id: id,
-            dir: node.dir.path().to_path_buf(),
+            dir: node.dir.path().join("quorum"),
             listener,
             advertised: node.addr.clone(),
             voters,
@@ -346,4 +346,53 @@ async fn a_learner_follows_and_an_empty_member_catches_up_from_a_snapshot() {
         learner.metrics().borrow().snapshot.is_some(),
         "caught up without a snapshot"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_whose_log_is_gone_is_refused_and_the_others_go_on() {
+    let mut cluster = Cluster::start(3, 0).await;
+    let leader = cluster.leader().await;
+    let victim = if leader == 3 { 2 } else { 3 };
+    cluster.stop(victim).await;
+    let node = cluster.node_mut(victim);
+    let log = node.dir.path().join("quorum");
+    assert!(node.dir.path().join("quorum.voter").exists());
+    std::fs::remove_dir_all(&log).unwrap();
+    let voters = cluster.voters.clone();
+    let node = cluster.node_mut(victim);
+    let listener = TcpListener::bind(&node.addr).await.unwrap();
+    let refused = Controller::start(ControllerConfig {
+        node_id: victim,
+        dir: log.clone(),
+        listener,
+        advertised: node.addr.clone(),
+        voters,
+        timing: timing(),
+    })
+    .await;
+    match refused {
+        Err(strom_meta::error::Error::WipedVoter { node, dir, .. }) => {
+            assert_eq!((node, dir), (victim, log));
+        }
+        other => panic!("a wiped voter started: {:?}", other.map(|c| c.id())),
+    }
+    // The two others still make a quorum.
+    let other = (1..=3).find(|id| *id != victim).unwrap();
+    assert!(matches!(
+        cluster.create(other, "after", 1).await,
+        ControllerResponse::Committed { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_voter_may_lose_its_log() {
+    // Alone, there is no one to double-vote against: the broker rebuilds from its data.
+    let mut cluster = Cluster::start(1, 0).await;
+    cluster.leader().await;
+    cluster.stop(1).await;
+    let node = cluster.node_mut(1);
+    std::fs::remove_dir_all(node.dir.path().join("quorum")).unwrap();
+    assert!(!node.dir.path().join("quorum.voter").exists());
+    cluster.boot(1, None).await;
+    assert_eq!(cluster.leader().await, 1);
 }

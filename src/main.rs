@@ -1,5 +1,6 @@
 //! The `strom` binary: the broker (`strom serve`) and the command-line tools (`strom topics`,
-//! `strom produce`, `strom consume`, `strom groups`, `strom work`, `strom queue`, `strom bench`).
+//! `strom produce`, `strom consume`, `strom groups`, `strom work`, `strom queue`, `strom cluster`,
+//! `strom bench`).
 //!
 //! Every failure is one line on stderr and a non-zero exit status, never a panic or backtrace.
 
@@ -60,6 +61,12 @@ enum Command {
     Queue {
         #[command(subcommand)]
         command: cli::queue::QueueCommand,
+    },
+    /// Show a cluster's brokers and controller (`status`), or start a local cluster of child
+    /// brokers for trying things out (`up`).
+    Cluster {
+        #[command(subcommand)]
+        command: cli::cluster::ClusterCommand,
     },
     /// Measure throughput and latency: produce, consume, e2e, queue groups, delayed delivery,
     /// and this machine's ceilings.
@@ -317,6 +324,15 @@ fn client_command(bootstrap: &str, output: cli::Output, command: Command) -> any
                         .await?;
                 cli::queue::run(&admin, command, output).await
             }
+            Command::Cluster { command } => match command {
+                cli::cluster::ClusterCommand::Status => {
+                    let admin =
+                        strom_client::Admin::connect(strom_client::ClientConfig::new(bootstrap))
+                            .await?;
+                    cli::cluster::status(&admin, output).await
+                }
+                cli::cluster::ClusterCommand::Up(args) => cli::cluster::up(args, output).await,
+            },
             Command::Work(args) => cli::work::run(bootstrap, args).await,
             Command::Produce(args) => cli::produce::run(bootstrap, args).await,
             Command::Consume(args) => cli::consume::run(bootstrap, args, output).await,

@@ -31,6 +31,7 @@
 //! | `group_min_session_timeout_ms` | 1000 | shortest session timeout a group member may ask for |
 //! | `group_max_session_timeout_ms` | 300000 | longest session timeout a group member may ask for |
 //! | `group_default_session_timeout_ms` | 45000 | session timeout of a member that asks for none |
+//! | `offsets_topic_partitions` | 16 | partitions of `__consumer_offsets` when the cluster creates it (on the first request that needs a group coordinator; Kafka's `offsets.topic.num.partitions`, 50 there, 16 as Redpanda's); 1 to 1000; a group lives on the leader of its partition (docs/cluster.md) |
 //! | `group_initial_rebalance_delay_ms` | 3000 | how long a new Kafka (classic protocol) group's first rebalance waits for more members (Kafka's `group.initial.rebalance.delay.ms`) |
 //! | `queue_state_compact_records` | 100000 | queue-group state records (`__queue_state`) held beyond the last snapshots and the pending delayed runs (and more than those runs) before every group is snapshotted and the older records dropped |
 //! | `shutdown_timeout_ms` | 10000 | how long a graceful shutdown waits for in-flight requests |
@@ -107,6 +108,8 @@ pub struct BrokerConfig {
     pub group_default_session_timeout_ms: u32,
     /// First rebalance delay of a new classic group.
     pub group_initial_rebalance_delay_ms: u64,
+    /// Partitions of `__consumer_offsets` when it is created.
+    pub offsets_topic_partitions: u32,
     /// Queue state records between compactions of `__queue_state`.
     pub queue_state_compact_records: u64,
     /// Graceful shutdown deadline.
@@ -163,6 +166,7 @@ impl Default for BrokerConfig {
             group_max_session_timeout_ms: 300_000,
             group_default_session_timeout_ms: 45_000,
             group_initial_rebalance_delay_ms: 3_000,
+            offsets_topic_partitions: 16,
             queue_state_compact_records: 100_000,
             shutdown_timeout_ms: 10_000,
             topic_defaults: BTreeMap::new(),
@@ -311,6 +315,12 @@ impl BrokerConfig {
                 ),
             );
         }
+        if !(1..=1000).contains(&self.offsets_topic_partitions) {
+            return bad(
+                "offsets_topic_partitions",
+                format!("must be in 1..=1000; got {}", self.offsets_topic_partitions),
+            );
+        }
         if self.retention_check_interval_ms == 0 {
             return bad("retention_check_interval_ms", "must be at least 1".into());
         }
@@ -401,6 +411,14 @@ mod tests {
         );
         let mut c = BrokerConfig::default();
         c.topic_defaults.insert("segment.bytes".into(), "x".into());
+        for bad in [0, 1001] {
+            let c = BrokerConfig {
+                offsets_topic_partitions: bad,
+                ..BrokerConfig::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("offsets_topic_partitions"), "{bad}: {e}");
+        }
         assert!(
             c.validate()
                 .unwrap_err()

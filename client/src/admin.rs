@@ -1,8 +1,8 @@
 //! [`Admin`]: topic administration and offset lookups (CreateTopics, DeleteTopics, Metadata,
 //! DescribeConfigs, AlterConfigs, ListOffsets), and consumer group administration (ListGroups,
 //! DescribeGroups, DeleteGroups, OffsetFetch, and offset resets with ListOffsets and an admin
-//! OffsetCommit), and queue group administration (DescribeQueueGroups, ResetQueueGroup), over
-//! the control connection.
+//! OffsetCommit), queue group administration (DescribeQueueGroups, ResetQueueGroup), and the
+//! cluster's state (DescribeCluster), over the control connection.
 //!
 //! Batch calls return one result per item (each topic succeeds or fails on its own, as on the
 //! wire); the single-item helpers turn that into a plain `Result`.
@@ -16,7 +16,7 @@ use strom_protocol::ErrorCode;
 use strom_protocol::messages::{
     AlterConfigsRequest, AlterableTopic, CreatableTopic, CreateTopicsRequest, DeleteGroupsRequest,
     DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeQueueGroupsRequest,
-    ListGroupsRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+    ListGroupsRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, MetadataRequest,
     OffsetSpec as WireSpec, ResetQueueGroupRequest, reset_queue_group_request, response,
 };
 
@@ -430,6 +430,74 @@ pub(crate) struct Listed {
     pub(crate) result: Result<(i64, i64)>,
 }
 
+/// Looks offsets up at each partition's leader (one request per leader); the answers follow
+/// `queries`' order. A partition whose leader is unknown or cannot be reached gets that error
+/// in its [`Listed`]; a leader that answers `NOT_LEADER_OR_FOLLOWER` makes the client forget
+/// the topic's leaders, so the next call asks again.
+///
+/// # Errors
+/// A failure that concerns every partition (e.g. no broker reachable for metadata).
+pub(crate) async fn list_offsets_routed(
+    control: &Control,
+    queries: &[(TopicPartition, OffsetSpec)],
+) -> Result<Vec<Listed>> {
+    let mut by_leader: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    let mut out: Vec<Option<Listed>> = (0..queries.len()).map(|_| None).collect();
+    for (i, (tp, _)) in queries.iter().enumerate() {
+        match control.leader(&tp.topic, tp.partition).await {
+            Ok((_, addr)) => by_leader.entry(addr).or_default().push(i),
+            Err(e @ Error::Broker { .. }) => {
+                out[i] = Some(Listed {
+                    tp: tp.clone(),
+                    result: Err(e),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for (addr, indexes) in by_leader {
+        let subset: Vec<(TopicPartition, OffsetSpec)> =
+            indexes.iter().map(|&i| queries[i].clone()).collect();
+        let listed = match control.connection_at(&addr).await {
+            Ok(conn) => list_offsets_on(&conn, &subset).await,
+            Err(e) => Err(e),
+        };
+        match listed {
+            Ok(listed) => {
+                for (i, l) in indexes.into_iter().zip(listed) {
+                    if let Err(Error::Broker { code, .. }) = &l.result
+                        && matches!(
+                            code,
+                            ErrorCode::NotLeaderOrFollower | ErrorCode::LeaderNotAvailable
+                        )
+                    {
+                        control.routes().forget(&l.tp.topic);
+                    }
+                    out[i] = Some(l);
+                }
+            }
+            Err(e) => {
+                for i in indexes {
+                    control.routes().forget(&queries[i].0.topic);
+                    out[i] = Some(Listed {
+                        tp: queries[i].0.clone(),
+                        result: Err(e.clone()),
+                    });
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .zip(queries)
+        .map(|(l, (tp, _))| {
+            l.ok_or_else(|| Error::Protocol {
+                addr: String::new(),
+                reason: format!("no ListOffsets answer for {tp}"),
+            })
+        })
+        .collect()
+}
+
 /// Runs one ListOffsets request on `conn`; the answers follow `queries`' order.
 ///
 /// # Errors
@@ -687,7 +755,58 @@ impl Admin {
                 partitions,
             });
         }
+        self.fill_offsets_from_leaders(&mut out).await;
         Ok(out)
+    }
+
+    /// A broker knows the offsets of the partitions it holds only: asks each leader for the
+    /// ones the first answer left unknown (-1). A leader that cannot be reached leaves them so.
+    async fn fill_offsets_from_leaders(&self, topics: &mut [TopicDescription]) {
+        let mut leaders: Vec<i32> = topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.log_start_offset < 0 && p.leader >= 0)
+            .map(|p| p.leader)
+            .collect();
+        leaders.sort_unstable();
+        leaders.dedup();
+        for leader in leaders {
+            let Some(addr) = self.control.routes().broker(leader) else {
+                continue;
+            };
+            let names: Vec<String> = topics
+                .iter()
+                .filter(|t| {
+                    t.partitions
+                        .iter()
+                        .any(|p| p.leader == leader && p.log_start_offset < 0)
+                })
+                .map(|t| t.name.clone())
+                .collect();
+            let req = MetadataRequest {
+                topics: names,
+                all_topics: false,
+                allow_auto_topic_creation: false,
+            };
+            let Ok(response::Body::Metadata(m)) = self.control.request_at(&addr, req).await else {
+                continue;
+            };
+            for answered in m.topics {
+                let Some(t) = topics.iter_mut().find(|t| t.name == answered.name) else {
+                    continue;
+                };
+                for ap in answered.partitions {
+                    if let Some(p) = t.partitions.iter_mut().find(|p| {
+                        p.partition == ap.partition && p.leader == leader && p.log_start_offset < 0
+                    }) && ap.log_start_offset >= 0
+                    {
+                        p.log_start_offset = ap.log_start_offset;
+                        p.log_end_offset = ap.log_end_offset;
+                        p.size_bytes = ap.size_bytes;
+                    }
+                }
+            }
+        }
     }
 
     /// The effective configs of `topic`, sorted by name.
@@ -761,8 +880,7 @@ impl Admin {
         &self,
         queries: &[(TopicPartition, OffsetSpec)],
     ) -> Result<Vec<ListedOffset>> {
-        let conn = self.control.connection().await?;
-        list_offsets_on(&conn, queries)
+        list_offsets_routed(&self.control, queries)
             .await?
             .into_iter()
             .map(|l| {
@@ -784,18 +902,27 @@ impl Admin {
     /// # Errors
     /// The request's failure.
     pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
-        let response::Body::ListGroups(r) = self.control.request(ListGroupsRequest {}).await?
-        else {
-            return Err(unexpected("ListGroups"));
-        };
-        Ok(r.groups
-            .into_iter()
-            .map(|g| GroupListing {
-                state: GroupState::parse(&g.state),
-                group_id: g.group_id,
-                members: g.members,
-            })
-            .collect())
+        // Each broker lists the groups it coordinates: ask them all.
+        let brokers = self.control.metadata(&[], false).await?.brokers;
+        let mut found: std::collections::BTreeMap<String, GroupListing> = Default::default();
+        for b in brokers {
+            let Some(addr) = self.control.routes().broker(b.node_id) else {
+                continue;
+            };
+            let response::Body::ListGroups(r) =
+                self.control.request_at(&addr, ListGroupsRequest {}).await?
+            else {
+                return Err(unexpected("ListGroups"));
+            };
+            for g in r.groups {
+                found.entry(g.group_id.clone()).or_insert(GroupListing {
+                    state: GroupState::parse(&g.state),
+                    group_id: g.group_id,
+                    members: g.members,
+                });
+            }
+        }
+        Ok(found.into_values().collect())
     }
 
     /// A group's state, epoch, assignor, members with their assignments, and per partition
@@ -807,7 +934,8 @@ impl Admin {
         let req = DescribeGroupsRequest {
             groups: vec![group.to_string()],
         };
-        let response::Body::DescribeGroups(r) = self.control.request(req).await? else {
+        let response::Body::DescribeGroups(r) = self.control.group_request(group, req).await?
+        else {
             return Err(unexpected("DescribeGroups"));
         };
         let g = r
@@ -819,6 +947,7 @@ impl Admin {
                 reason: format!("DescribeGroups did not answer for group {group}"),
             })?;
         if !g.error_code().is_ok() {
+            self.control.group_answered(group, g.error_code());
             return Err(group_error(g.error_code(), g.error_message, group, -1));
         }
         let mut offsets: Vec<GroupOffset> = g
@@ -833,6 +962,26 @@ impl Admin {
             })
             .collect();
         offsets.sort_by(|a, b| a.topic_partition.cmp(&b.topic_partition));
+        // The coordinator knows the log ends of the partitions it holds: ask the leaders of
+        // the others (a partition that does not exist, or whose leader is down, stays -1).
+        let unknown: Vec<(TopicPartition, OffsetSpec)> = offsets
+            .iter()
+            .filter(|o| o.log_end_offset < 0)
+            .map(|o| (o.topic_partition.clone(), OffsetSpec::Latest))
+            .collect();
+        if !unknown.is_empty()
+            && let Ok(listed) = list_offsets_routed(&self.control, &unknown).await
+        {
+            for l in listed {
+                if let Ok((end, _)) = l.result
+                    && end >= 0
+                    && let Some(o) = offsets.iter_mut().find(|o| o.topic_partition == l.tp)
+                {
+                    o.log_end_offset = end;
+                    o.lag = (end - o.committed_offset).max(0);
+                }
+            }
+        }
         Ok(GroupDescription {
             group_id: g.group_id,
             state: GroupState::parse(&g.state),
@@ -867,7 +1016,7 @@ impl Admin {
         let req = DeleteGroupsRequest {
             groups: vec![group.to_string()],
         };
-        let response::Body::DeleteGroups(r) = self.control.request(req).await? else {
+        let response::Body::DeleteGroups(r) = self.control.group_request(group, req).await? else {
             return Err(unexpected("DeleteGroups"));
         };
         let d = r
@@ -934,7 +1083,6 @@ impl Admin {
         let tps: Vec<TopicPartition> = (0..partitions)
             .map(|p| TopicPartition::new(topic, p))
             .collect();
-        let conn = self.control.connection().await?;
         let lookup = |spec: OffsetSpec| -> Vec<(TopicPartition, OffsetSpec)> {
             tps.iter().map(|tp| (tp.clone(), spec)).collect()
         };
@@ -944,14 +1092,16 @@ impl Admin {
                 .map(|l| l.result.map(|(offset, _)| offset))
                 .collect()
         };
-        let ends = found(list_offsets_on(&conn, &lookup(OffsetSpec::Latest)).await?)?;
+        let ends = found(list_offsets_routed(&self.control, &lookup(OffsetSpec::Latest)).await?)?;
         let targets: Vec<i64> = match to {
             ResetTo::Latest => ends.clone(),
             ResetTo::Earliest => {
-                found(list_offsets_on(&conn, &lookup(OffsetSpec::Earliest)).await?)?
+                found(list_offsets_routed(&self.control, &lookup(OffsetSpec::Earliest)).await?)?
             }
             ResetTo::Offset(offset) => {
-                let starts = found(list_offsets_on(&conn, &lookup(OffsetSpec::Earliest)).await?)?;
+                let starts = found(
+                    list_offsets_routed(&self.control, &lookup(OffsetSpec::Earliest)).await?,
+                )?;
                 starts
                     .iter()
                     .zip(&ends)
@@ -959,7 +1109,9 @@ impl Admin {
                     .collect()
             }
             ResetTo::Timestamp(ts) => {
-                let at = found(list_offsets_on(&conn, &lookup(OffsetSpec::Timestamp(ts))).await?)?;
+                let at = found(
+                    list_offsets_routed(&self.control, &lookup(OffsetSpec::Timestamp(ts))).await?,
+                )?;
                 // -1: no record at or after the time: everything stored is before it.
                 at.iter()
                     .zip(&ends)
@@ -1204,6 +1356,145 @@ impl Admin {
                 message: r.error_message,
             }),
         }
+    }
+}
+
+/// The cluster as its active controller sees it ([`Admin::describe_cluster`]).
+///
+/// ```no_run
+/// # async fn run(admin: strom_client::Admin) -> Result<(), strom_client::Error> {
+/// let cluster = admin.describe_cluster().await?;
+/// println!("controller {} (term {}), committed {}", cluster.controller_id, cluster.term, cluster.committed_index);
+/// for b in &cluster.brokers {
+///     let state = if b.alive { "alive" } else { "fenced" };
+///     println!("{} {:?} {state} {:?}", b.node_id, b.native_address, b.role);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDescription {
+    /// The node id of the active controller of the metadata quorum.
+    pub controller_id: i32,
+    /// The active controller's Raft term.
+    pub term: u64,
+    /// The metadata log's committed index (as the active controller applied it).
+    pub committed_index: u64,
+    /// Every broker that registered and every member of the quorum, sorted by node id.
+    pub brokers: Vec<BrokerDescription>,
+}
+
+impl ClusterDescription {
+    /// The active controller's entry, if it is listed.
+    pub fn controller(&self) -> Option<&BrokerDescription> {
+        self.brokers
+            .iter()
+            .find(|b| b.node_id == self.controller_id)
+    }
+}
+
+/// One broker of a [`ClusterDescription`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerDescription {
+    /// Its node id.
+    pub node_id: i32,
+    /// Its broker epoch: the log index of its newest registration (larger after every
+    /// restart); `None` for a member of the quorum that has not registered.
+    pub broker_epoch: Option<u64>,
+    /// `HOST:PORT` of its native listener (strom's protocol).
+    pub native_address: Option<String>,
+    /// `HOST:PORT` of its Kafka listener; `None` when it is off.
+    pub kafka_address: Option<String>,
+    /// `HOST:PORT` of its HTTP listener; `None` when it is off.
+    pub http_address: Option<String>,
+    /// Heartbeating to the active controller within its session; `false`: fenced (or not
+    /// registered).
+    pub alive: bool,
+    /// Its part in the metadata quorum.
+    pub role: QuorumRole,
+    /// `HOST:PORT` of its controller listener; `None` when it is not a member of the quorum.
+    pub controller_address: Option<String>,
+    /// The last metadata log index the active controller knows it holds; `None` when unknown.
+    pub metadata_index: Option<u64>,
+}
+
+/// A broker's part in the metadata quorum ([`BrokerDescription::role`]).
+///
+/// ```
+/// assert_eq!(strom_client::QuorumRole::Voter.as_str(), "voter");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QuorumRole {
+    /// Votes in elections and counts towards commits.
+    Voter,
+    /// Receives the metadata log without voting.
+    Learner,
+    /// Not a member of the quorum (or a role this client does not know).
+    None,
+}
+
+impl QuorumRole {
+    /// `voter`, `learner` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuorumRole::Voter => "voter",
+            QuorumRole::Learner => "learner",
+            QuorumRole::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for QuorumRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Admin {
+    /// The cluster's brokers (endpoints, alive or fenced, role in the metadata quorum, how far
+    /// each holds the metadata log) and its active controller, from whichever broker the
+    /// client is connected to: that broker asks the active controller.
+    ///
+    /// # Errors
+    /// [`Error::Broker`] with `REQUEST_TIMED_OUT` (retriable) when no active controller answered
+    /// (no quorum of voters, an election going on); [`Error::UnsupportedApi`] from a broker
+    /// older than DescribeCluster; connection errors.
+    pub async fn describe_cluster(&self) -> Result<ClusterDescription> {
+        use strom_protocol::messages::{DescribeClusterRequest, QuorumRole as WireRole};
+        let response::Body::DescribeCluster(r) =
+            self.control.request(DescribeClusterRequest {}).await?
+        else {
+            return Err(unexpected("DescribeCluster"));
+        };
+        if let Some(e) = Error::from_code(r.error_code(), r.error_message.clone()) {
+            return Err(e);
+        }
+        let mut brokers: Vec<BrokerDescription> = r
+            .brokers
+            .into_iter()
+            .map(|b| BrokerDescription {
+                node_id: b.node_id,
+                broker_epoch: u64::try_from(b.broker_epoch).ok(),
+                role: match b.role() {
+                    WireRole::Voter => QuorumRole::Voter,
+                    WireRole::Learner => QuorumRole::Learner,
+                    WireRole::Unspecified => QuorumRole::None,
+                },
+                native_address: b.native_address,
+                kafka_address: b.kafka_address,
+                http_address: b.http_address,
+                alive: b.alive,
+                controller_address: b.controller_address,
+                metadata_index: u64::try_from(b.metadata_index).ok(),
+            })
+            .collect();
+        brokers.sort_by_key(|b| b.node_id);
+        Ok(ClusterDescription {
+            controller_id: r.controller_id,
+            term: r.term,
+            committed_index: u64::try_from(r.committed_index).unwrap_or(0),
+            brokers,
+        })
     }
 }
 

@@ -1,25 +1,40 @@
-//! The control channel: one lazily opened, reconnecting connection for requests that are not
-//! on a client's data path (metadata, InitProducerId, ListOffsets, admin calls).
+//! The control channel: lazily opened, reconnecting connections for requests that are not on a
+//! client's data path (metadata, InitProducerId, ListOffsets, group and admin calls), and what
+//! the client knows of the cluster ([`Routes`]).
+//!
+//! Most control requests go to any broker (the first bootstrap address that answers): every
+//! broker serves Metadata and forwards admin requests to the active controller. ListOffsets
+//! goes to the partition's leader ([`Control::leader`]) and group requests to the group's
+//! coordinator ([`Control::coordinator`]); those connections are kept per address.
 //!
 //! It is kept apart from the producer's and the consumer's data connections on purpose: the
 //! broker makes a Metadata or ListOffsets request wait for the produces started before it on
 //! the same connection, and answers in request order, so a metadata lookup behind a long-poll
 //! fetch or five in-flight produces would wait for them.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use strom_protocol::ErrorCode;
-use strom_protocol::messages::{MetadataRequest, MetadataResponse, request, response};
+use strom_protocol::messages::{
+    FindCoordinatorRequest, MetadataRequest, MetadataResponse, request, response,
+};
 
 use crate::config::ClientConfig;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
+use crate::routes::{NodeId, Routes};
 
-/// A reconnecting connection for control requests; see the module docs.
+/// Reconnecting connections for control requests; see the module docs.
 #[derive(Debug)]
 pub(crate) struct Control {
     config: ClientConfig,
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    /// Connections to particular brokers (leaders, coordinators), by address.
+    pool: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
+    routes: Arc<Routes>,
+    /// Each group's coordinator address, once found.
+    coordinators: Mutex<HashMap<String, String>>,
 }
 
 impl Control {
@@ -27,7 +42,15 @@ impl Control {
         Self {
             config,
             conn: tokio::sync::Mutex::new(None),
+            pool: tokio::sync::Mutex::new(HashMap::new()),
+            routes: Arc::new(Routes::default()),
+            coordinators: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// What the client knows of the cluster.
+    pub(crate) fn routes(&self) -> &Arc<Routes> {
+        &self.routes
     }
 
     pub(crate) fn config(&self) -> &ClientConfig {
@@ -47,12 +70,6 @@ impl Control {
         Ok(c)
     }
 
-    /// The connection opened last, if any (alive or not), without waiting for a request that
-    /// is opening one.
-    pub(crate) fn current(&self) -> Option<Arc<Connection>> {
-        self.conn.try_lock().ok().and_then(|c| c.clone())
-    }
-
     /// Sends one request and returns its body. A connection found dead before the request was
     /// written is replaced once; a failure after that is returned (the request may have taken
     /// effect).
@@ -69,7 +86,38 @@ impl Control {
         }
     }
 
-    /// Metadata for `topics` (every topic when empty).
+    /// A live connection to `addr`, opened when there is none.
+    pub(crate) async fn connection_at(&self, addr: &str) -> Result<Arc<Connection>> {
+        let mut pool = self.pool.lock().await;
+        if let Some(c) = pool.get(addr)
+            && c.is_alive()
+        {
+            return Ok(c.clone());
+        }
+        let c = Connection::connect(addr, &self.config).await?;
+        pool.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Sends one request to the broker at `addr`, replacing a connection found dead before the
+    /// request was written once (as [`Control::request`]).
+    pub(crate) async fn request_at(
+        &self,
+        addr: &str,
+        body: impl Into<request::Body>,
+    ) -> Result<response::Body> {
+        let body = body.into();
+        let conn = self.connection_at(addr).await?;
+        match conn.request(body.clone()).await {
+            Err(Error::Disconnected { .. }) if !conn.is_alive() => {
+                let conn = self.connection_at(addr).await?;
+                conn.request(body).await
+            }
+            other => other,
+        }
+    }
+
+    /// Metadata for `topics` (every topic when empty); the answer updates [`Control::routes`].
     pub(crate) async fn metadata(
         &self,
         topics: &[&str],
@@ -80,13 +128,126 @@ impl Control {
             all_topics: topics.is_empty(),
             allow_auto_topic_creation,
         };
-        match self.request(req).await? {
-            response::Body::Metadata(m) => Ok(m),
+        let conn = self.connection().await?;
+        let body = match conn.request(req.clone()).await {
+            Err(Error::Disconnected { .. }) if !conn.is_alive() => {
+                self.connection().await?.request(req).await?
+            }
+            other => other?,
+        };
+        match body {
+            response::Body::Metadata(m) => {
+                self.routes.learn(&m, conn.addr());
+                Ok(m)
+            }
             _ => Err(Error::Protocol {
-                addr: String::new(),
+                addr: conn.addr().to_string(),
                 reason: "Metadata answered with another API's body".into(),
             }),
         }
+    }
+
+    /// The leader of `topic`/`partition` and its address, asking for metadata when the
+    /// client does not know it.
+    ///
+    /// # Errors
+    /// `LEADER_NOT_AVAILABLE` (retriable) when the cluster names no leader; as
+    /// [`Control::metadata`].
+    pub(crate) async fn leader(&self, topic: &str, partition: i32) -> Result<(NodeId, String)> {
+        if let Some(found) = self.routes.leader(topic, partition) {
+            return Ok(found);
+        }
+        self.metadata(&[topic], false).await?;
+        self.routes
+            .leader(topic, partition)
+            .ok_or_else(|| Error::Broker {
+                code: ErrorCode::LeaderNotAvailable,
+                message: Some(format!("no leader known for {topic}-{partition}")),
+            })
+    }
+
+    /// The address of `group`'s coordinator, found with FindCoordinator (asked of any broker)
+    /// when not known.
+    ///
+    /// # Errors
+    /// The coordinator lookup's error (e.g. `COORDINATOR_NOT_AVAILABLE`, retriable).
+    pub(crate) async fn coordinator(&self, group: &str) -> Result<String> {
+        if let Some(addr) = self.coordinators_lock().get(group) {
+            return Ok(addr.clone());
+        }
+        let conn = self.connection().await?;
+        let body = conn
+            .request(FindCoordinatorRequest {
+                key: group.to_string(),
+            })
+            .await?;
+        let response::Body::FindCoordinator(r) = body else {
+            return Err(Error::Protocol {
+                addr: conn.addr().to_string(),
+                reason: "FindCoordinator answered with another API's body".into(),
+            });
+        };
+        if r.error_code() != ErrorCode::None {
+            return Err(Error::Broker {
+                code: r.error_code(),
+                message: r.error_message,
+            });
+        }
+        let addr = match (
+            r.host.parse::<std::net::IpAddr>(),
+            conn.addr().rsplit_once(':'),
+        ) {
+            (Ok(ip), Some((via, _))) if ip.is_unspecified() => format!("{via}:{}", r.port),
+            (Ok(std::net::IpAddr::V6(_)), _) => format!("[{}]:{}", r.host, r.port),
+            _ => format!("{}:{}", r.host, r.port),
+        };
+        self.coordinators_lock()
+            .insert(group.to_string(), addr.clone());
+        Ok(addr)
+    }
+
+    /// Forgets `group`'s coordinator: it moved, or cannot be reached.
+    pub(crate) fn forget_coordinator(&self, group: &str) {
+        self.coordinators_lock().remove(group);
+    }
+
+    /// Notes the error code a group request was answered with: one that says the coordinator
+    /// is elsewhere (or not ready) makes the next request look it up again.
+    pub(crate) fn group_answered(&self, group: &str, code: ErrorCode) {
+        if is_coordinator_error(code) {
+            self.forget_coordinator(group);
+        }
+    }
+
+    /// The connection to `group`'s coordinator, if one is open (without waiting for one).
+    pub(crate) fn coordinator_connection(&self, group: &str) -> Option<Arc<Connection>> {
+        let addr = self.coordinators_lock().get(group).cloned()?;
+        self.pool.try_lock().ok()?.get(&addr).cloned()
+    }
+
+    /// Sends a request to `group`'s coordinator. A connection failure forgets the coordinator,
+    /// so the next call looks it up again; so should a caller that reads
+    /// [`is_coordinator_error`] in the answer.
+    pub(crate) async fn group_request(
+        &self,
+        group: &str,
+        body: impl Into<request::Body>,
+    ) -> Result<response::Body> {
+        let addr = self.coordinator(group).await?;
+        let result = self.request_at(&addr, body).await;
+        match &result {
+            Err(e) if e.is_retriable() => self.forget_coordinator(group),
+            Err(Error::Broker { code, .. }) if is_coordinator_error(*code) => {
+                self.forget_coordinator(group)
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn coordinators_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        // Plain inserts and removes: a poisoned map is still consistent.
+        self.coordinators.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `topic`'s partition count, or `None` when the broker does not know the topic.
@@ -114,4 +275,15 @@ impl Control {
             }),
         }
     }
+}
+
+/// Whether `code` says a group request went to a broker that is not (or not yet) the group's
+/// coordinator: look the coordinator up again and retry.
+pub(crate) fn is_coordinator_error(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotCoordinator
+            | ErrorCode::CoordinatorNotAvailable
+            | ErrorCode::CoordinatorLoadInProgress
+    )
 }

@@ -12,7 +12,8 @@
 //!   topic, release, extend);
 //! - [`Admin`]: create, delete and describe topics, describe and alter configs, list offsets;
 //!   list, describe and delete groups, read their committed offsets, reset them; describe
-//!   queue groups and reset them;
+//!   queue groups and reset them; describe the cluster (brokers, active controller, metadata
+//!   quorum);
 //! - [`partitioner`]: Kafka's murmur2 partitioner, bit for bit;
 //! - [`Error`]: one error type with retriable and fatal kinds (`error` module);
 //! - config structs ([`ProducerConfig`], [`ConsumerConfig`] with its [`GroupConfig`],
@@ -62,12 +63,13 @@ pub mod partitioner;
 mod producer;
 mod queue;
 mod record;
+mod routes;
 
 pub use admin::{
-    Admin, ConfigEntry, ConfigSource, GroupDescription, GroupListing, GroupOffset, GroupState,
-    ListedOffset, MemberDescription, NewTopic, OffsetSpec, PartitionDescription,
-    QueueGroupDescription, QueueMemberDescription, QueuePartitionDescription, QueueResetTo,
-    RedriveStatus, ResetTo, TopicDescription,
+    Admin, BrokerDescription, ClusterDescription, ConfigEntry, ConfigSource, GroupDescription,
+    GroupListing, GroupOffset, GroupState, ListedOffset, MemberDescription, NewTopic, OffsetSpec,
+    PartitionDescription, QueueGroupDescription, QueueMemberDescription, QueuePartitionDescription,
+    QueueResetTo, QuorumRole, RedriveStatus, ResetTo, TopicDescription,
 };
 pub use config::{
     Acks, Assignor, AutoOffsetReset, ClientConfig, CompressionType, ConsumerConfig,

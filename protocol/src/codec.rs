@@ -642,6 +642,7 @@ mod tests {
                 dlq_topic: "mail.dlq".into(),
             }
             .into(),
+            DescribeClusterRequest {}.into(),
         ];
         bodies
             .into_iter()
@@ -962,6 +963,38 @@ mod tests {
                 error_code: ErrorCode::None.into(),
                 error_message: None,
                 status: None,
+            }
+            .into(),
+            DescribeClusterResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                controller_id: 2,
+                term: 7,
+                committed_index: 120,
+                brokers: vec![
+                    ClusterBroker {
+                        node_id: 1,
+                        broker_epoch: 12,
+                        native_address: Some("127.0.0.1:9494".into()),
+                        kafka_address: Some("127.0.0.1:9092".into()),
+                        http_address: None,
+                        alive: true,
+                        role: QuorumRole::Voter as i32,
+                        controller_address: Some("127.0.0.1:9301".into()),
+                        metadata_index: 118,
+                    },
+                    ClusterBroker {
+                        node_id: 4,
+                        broker_epoch: -1,
+                        native_address: None,
+                        kafka_address: None,
+                        http_address: None,
+                        alive: false,
+                        role: QuorumRole::Learner as i32,
+                        controller_address: Some("127.0.0.1:9304".into()),
+                        metadata_index: -1,
+                    },
+                ],
             }
             .into(),
         ];

@@ -178,6 +178,14 @@ error_codes! {
     /// The partition has no leader right now (its leader's broker is down).
     LeaderNotAvailable = 34, "LEADER_NOT_AVAILABLE", retriable: true,
         "the partition has no leader right now";
+    /// Groups: another broker coordinates this group (it leads the group's partition of
+    /// `__consumer_offsets`); find the coordinator again and send there.
+    NotCoordinator = 35, "NOT_COORDINATOR", retriable: true,
+        "this broker is not the group's coordinator; find the coordinator again";
+    /// Groups: this broker has just become the group's coordinator and is still loading the
+    /// group's committed offsets; retry after a backoff.
+    CoordinatorLoadInProgress = 36, "COORDINATOR_LOAD_IN_PROGRESS", retriable: true,
+        "the coordinator is still loading the group's offsets";
 }
 
 impl ErrorCode {
@@ -280,6 +288,8 @@ mod tests {
         assert_eq!(ErrorCode::StorageError.code(), 13);
         assert_eq!(ErrorCode::Busy.code(), 16);
         assert_eq!(ErrorCode::NonEmptyGroup.code(), 25);
+        assert_eq!(ErrorCode::NotCoordinator.code(), 35);
+        assert_eq!(ErrorCode::CoordinatorLoadInProgress.code(), 36);
         for pair in ErrorCode::ALL.windows(2) {
             assert!(pair[0].code() < pair[1].code(), "ALL is in numeric order");
         }
@@ -302,6 +312,8 @@ mod tests {
     fn retriable_and_display() {
         assert!(ErrorCode::RequestTimedOut.is_retriable());
         assert!(ErrorCode::Busy.is_retriable());
+        assert!(ErrorCode::NotCoordinator.is_retriable());
+        assert!(ErrorCode::CoordinatorLoadInProgress.is_retriable());
         assert!(!ErrorCode::None.is_retriable());
         assert!(!ErrorCode::OffsetOutOfRange.is_retriable());
         assert_eq!(ErrorCode::None.into_result(), Ok(()));

@@ -91,6 +91,7 @@ apis! {
     ResetQueueGroup => ResetQueueGroupRequest, ResetQueueGroupResponse;
     Redrive => RedriveRequest, RedriveResponse;
     DescribeRedrive => DescribeRedriveRequest, DescribeRedriveResponse;
+    DescribeCluster => DescribeClusterRequest, DescribeClusterResponse;
 }
 
 impl Request {

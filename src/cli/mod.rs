@@ -1,6 +1,7 @@
 //! The command-line tools: one module per `strom` subcommand group, and what they share.
 
 pub mod bench;
+pub mod cluster;
 pub mod consume;
 pub mod format;
 pub mod groups;

@@ -7,15 +7,20 @@
 //! entry is committed *and* this broker's registry reflects it ([`Cluster::settled`]), so a
 //! client that creates a topic can produce to it at once. The registry follows the image in
 //! [`Core::follow_image`]: topics the image holds are opened, topics it no longer holds are
-//! deleted, settings and partition counts follow. Internal topics (`__consumer_offsets`, the
-//! queue-group state) stay local to the broker for now.
+//! deleted, settings and partition counts follow. `__consumer_offsets` is an image topic like
+//! any other (created on demand by the group coordinator, `core::groups::leadership`); after
+//! each follow the coordinator takes up the partitions of it this broker leads. The queue-group
+//! state (`__queue_state`) stays local to the broker for now: internal topics the image does not
+//! hold are never deleted by following it.
 //!
 //! A data directory from before the quorum existed holds topics the (new, empty) image does
 //! not: they are imported, with their ids, before the registry first follows the image, so
 //! nothing is deleted by the upgrade. A marker file (`meta/quorum/imported`) records that this
 //! was done; from then on a topic file the log does not know is a topic it deleted, and the
 //! file goes. A first start that crashes before the marker imports again (a topic
-//! the log already holds is skipped).
+//! the log already holds is skipped). A single broker's `__consumer_offsets` from before it was
+//! an image topic (one local partition) is imported the same way, whenever the image lacks one
+//! ([`Core::import_local_topics`]), so its committed offsets stay.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -55,6 +60,8 @@ pub(crate) struct Cluster {
     /// an older data directory, or a first start that crashed before it was done), and this
     /// broker is a quorum of its own (only then are they imported).
     new_log: bool,
+    /// This broker is the one voter of its own quorum (a single-node cluster).
+    alone: bool,
     /// The marker file that says they have.
     imported: PathBuf,
     /// The current producer-id block: next, end.
@@ -150,6 +157,7 @@ impl Cluster {
             controller,
             id,
             new_log,
+            alone,
             imported,
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             followed: watch::Sender::new(0),
@@ -195,6 +203,21 @@ impl Cluster {
             .call(request, ADMIN_PATIENCE)
             .await
             .map_err(|e| (ErrorCode::RequestTimedOut, e.to_string()))
+    }
+
+    /// The cluster as the active controller sees it (members, registered brokers, liveness);
+    /// `REQUEST_TIMED_OUT` (retriable) when no controller can answer, e.g. without a quorum.
+    pub async fn status(&self) -> Result<strom_meta::rpc::ClusterStatus, Failure> {
+        match self.ask(ControllerRequest::Status).await? {
+            ControllerResponse::Status(status) => Ok(status),
+            ControllerResponse::Unavailable { message } => {
+                Err((ErrorCode::RequestTimedOut, message))
+            }
+            other => Err((
+                ErrorCode::RequestTimedOut,
+                format!("no cluster status from the controller: {other:?}"),
+            )),
+        }
     }
 
     /// Waits until the local registry reflects the image at `index`; then reports whether
@@ -277,11 +300,53 @@ fn image_id(id: &[u8; 16]) -> TopicId {
 impl Core {
     /// When the metadata log is new, records in it every local, non-internal topic (a data
     /// directory from before the quorum), with its id and all its partitions on this broker.
-    /// An existing log is never added to: a topic file it does not know is one it deleted.
+    /// An existing log is never added to (a topic file it does not know is one it deleted),
+    /// except by a single broker's `__consumer_offsets` from before it was an image topic
+    /// ([`Core::import_local_offsets`]).
     pub(crate) async fn import_local_topics(&self) -> Result<(), BrokerError> {
-        if !self.cluster.new_log {
+        if self.cluster.new_log {
+            self.import_data_dir().await?;
+        }
+        self.import_local_offsets().await
+    }
+
+    /// A single broker (a quorum of its own) whose image has no `__consumer_offsets` but whose
+    /// data directory holds one (local, one partition, made by an older strom) records that
+    /// one in the metadata log, with its id, partition count and settings, all on this broker,
+    /// instead of a new one being created: its committed offsets stay. Idempotent: once the
+    /// image holds the topic this does nothing.
+    async fn import_local_offsets(&self) -> Result<(), BrokerError> {
+        let name = super::groups::OFFSETS_TOPIC;
+        if !self.cluster.alone || self.cluster.image().topics.contains_key(name) {
             return Ok(());
         }
+        let Some(local) = self.topics.get(name) else {
+            return Ok(());
+        };
+        let request = ControllerRequest::ImportTopic {
+            name: name.to_string(),
+            id: image_id(&local.id),
+            partitions: local.count,
+            configs: local.overrides(),
+            broker: self.cluster.id(),
+        };
+        self.cluster
+            .call(request)
+            .await
+            .map_err(|(code, reason)| BrokerError::Config {
+                key: "metadata quorum".into(),
+                reason: format!("cannot import {name}: {code:?}: {reason}"),
+            })?;
+        tracing::info!(
+            partitions = local.count,
+            "the local {name} is recorded in the metadata log; its committed offsets stay"
+        );
+        Ok(())
+    }
+
+    /// Records the data directory's non-internal topics in a new metadata log, then writes
+    /// the marker that says so.
+    async fn import_data_dir(&self) -> Result<(), BrokerError> {
         let image = self.cluster.image();
         for topic in self.topics.all() {
             if strom_protocol::topic::is_internal_topic(&topic.name)
@@ -334,6 +399,12 @@ impl Core {
             }
         }
         *self.cluster.failures() = failures;
+        // The group coordinator takes up (loads) the `__consumer_offsets` partitions this
+        // broker now leads and drops the groups of the ones it no longer does, before the
+        // image counts as followed.
+        self.groups
+            .follow(&image, &self.topics, self.cluster.id())
+            .await;
         self.cluster.followed.send_if_modified(|at| {
             let moved = *at < index;
             *at = index.max(*at);
@@ -387,6 +458,32 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Waits until the image holds `topic` and this broker follows it (a topic another broker
+    /// created); then reports whether following it failed.
+    pub(crate) async fn settled_on_topic(&self, topic: &str) -> Result<(), Failure> {
+        let mut applied = self.cluster.applied.clone();
+        let index = tokio::time::timeout(
+            ADMIN_PATIENCE,
+            applied.wait_for(|a| a.image.topics.contains_key(topic)),
+        )
+        .await
+        .map_err(|_| {
+            (
+                ErrorCode::RequestTimedOut,
+                format!("{topic} did not reach this broker within {ADMIN_PATIENCE:?}"),
+            )
+        })?
+        .map_err(|_| {
+            (
+                ErrorCode::RequestTimedOut,
+                "the broker is shutting down".to_string(),
+            )
+        })?
+        .applied_index
+        .unwrap_or(0);
+        self.cluster.settled(index, topic).await
     }
 
     /// Follows the image until shutdown, each time it changes.

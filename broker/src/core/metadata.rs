@@ -1,7 +1,9 @@
 //! Where things are, as every listener's Metadata answers it and as produce and fetch check it:
 //! topics and their partitions with leader, replicas and ISR from the metadata image, the
-//! brokers with their addresses, the active controller. The broker's internal topics are local
-//! to each broker and led by it.
+//! brokers with their addresses, the active controller, and each group's coordinator (the
+//! leader of its `__consumer_offsets` partition, [`Core::coordinator_of`]). Internal topics the
+//! image does not hold (`__queue_state`) are local to each broker and led by it;
+//! `__consumer_offsets` is in the image like any topic.
 //!
 //! [`Core::leader_partition`] is the one check produce and fetch make: a partition this broker
 //! leads is served from its local log; one led elsewhere is `NOT_LEADER_OR_FOLLOWER` (the client
@@ -14,6 +16,8 @@ use strom_meta::types::Endpoints;
 use strom_protocol::ErrorCode;
 use strom_protocol::topic::{is_internal_topic, validate_topic_name};
 
+use super::groups::OFFSETS_TOPIC;
+use super::groups::leadership::partition_for;
 use super::partition::Partition;
 use super::topics::{Topic, TopicId};
 use super::{Core, Failure};
@@ -118,9 +122,9 @@ impl Core {
         let local = self.topics.get(name);
         let image = self.image();
         match (is_internal_topic(name), image.topics.get(name), local) {
-            (false, Some(topic), local) => Ok(TopicView {
+            (internal, Some(topic), local) => Ok(TopicView {
                 id: topic.id.to_bytes(),
-                internal: false,
+                internal,
                 partitions: topic
                     .partitions
                     .iter()
@@ -180,7 +184,7 @@ impl Core {
                 format!("no partition {index} of topic {name}"),
             )
         };
-        if is_internal_topic(name) {
+        if is_internal_topic(name) && !image.topics.contains_key(name) {
             return local
                 .and_then(|t| t.partition(index))
                 .cloned()
@@ -213,5 +217,43 @@ impl Core {
                 format!("{name}-{index} has no leader: its broker is down"),
             )),
         }
+    }
+
+    /// The coordinator of `group_id` as `image` places it: the leader of the group's partition
+    /// of `__consumer_offsets`, with its addresses. COORDINATOR_NOT_AVAILABLE while the topic
+    /// does not exist or the partition has no leader (its broker is down).
+    pub(crate) fn coordinator_of(
+        &self,
+        image: &MetadataImage,
+        group_id: &str,
+    ) -> Result<BrokerView, Failure> {
+        let topic = image.topics.get(OFFSETS_TOPIC).ok_or_else(|| {
+            (
+                ErrorCode::CoordinatorNotAvailable,
+                format!("{OFFSETS_TOPIC} is being created"),
+            )
+        })?;
+        let p = partition_for(group_id, topic.partitions.len());
+        let leader = topic
+            .partitions
+            .get(p)
+            .and_then(|placed| placed.leader)
+            .ok_or_else(|| {
+                (
+                    ErrorCode::CoordinatorNotAvailable,
+                    format!("{OFFSETS_TOPIC}-{p}, which holds group {group_id}, has no leader"),
+                )
+            })?;
+        let registration = image.brokers.get(&leader).ok_or_else(|| {
+            (
+                ErrorCode::CoordinatorNotAvailable,
+                format!("broker {leader} leads {OFFSETS_TOPIC}-{p} but is not registered"),
+            )
+        })?;
+        Ok(BrokerView {
+            id: broker_id(leader),
+            endpoints: registration.endpoints.clone(),
+            rack: registration.rack.clone(),
+        })
     }
 }

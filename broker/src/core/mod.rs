@@ -14,7 +14,8 @@
 //! - [`delays`]: delayed delivery's per-partition index of runs not to hand out yet;
 //! - [`producers`]: idempotent producers: per-partition sequence state, snapshots (ids come
 //!   in blocks from the metadata quorum, [`cluster`]);
-//! - [`groups`]: the group coordinator: membership, incremental assignment, committed offsets;
+//! - [`groups`]: the group coordinator: membership, incremental assignment, committed offsets,
+//!   for the groups of the `__consumer_offsets` partitions this broker leads;
 //! - [`queues`]: the queue coordinator: queue groups, per-record leases and acknowledgements,
 //!   retries with backoff, dead-letter topics;
 //! - [`produce`]: validating batches, queueing them on partition writers, waiting for the acks;
@@ -73,7 +74,8 @@ pub(crate) struct Core {
 
 impl Core {
     /// Loads the data directory: topics (recovering their logs), the metadata quorum (which
-    /// registers the broker with `endpoints`), group offsets.
+    /// registers the broker with `endpoints`), then follows the image (which loads the group
+    /// offsets of the `__consumer_offsets` partitions this broker leads).
     pub async fn load(
         config: BrokerConfig,
         endpoints: strom_meta::types::Endpoints,
@@ -96,16 +98,14 @@ impl Core {
         )
         .await?;
         let cluster = Cluster::start(&config, endpoints).await?;
-        let groups = Coordinator::load(
-            &topics,
+        let groups = Coordinator::new(
             SessionBounds {
                 min_ms: config.group_min_session_timeout_ms,
                 max_ms: config.group_max_session_timeout_ms,
                 default_ms: config.group_default_session_timeout_ms,
             },
             Duration::from_millis(config.group_initial_rebalance_delay_ms),
-        )
-        .await?;
+        );
         let queues = Queues::load(&topics).await?;
         // One id, one kind of group: consumer groups refuse queue groups' ids (and the queue
         // coordinator refuses consumer groups').
@@ -121,7 +121,8 @@ impl Core {
         });
         // Before anything is served: topics of an older data directory go into the metadata
         // log, then the registry follows the image (creating what was committed but not yet
-        // opened before a crash, deleting what was deleted).
+        // opened before a crash, deleting what was deleted), and the group coordinator loads
+        // the `__consumer_offsets` partitions this broker leads.
         if let Err(e) = core.import_local_topics().await {
             core.cluster.shutdown().await;
             return Err(e);
@@ -151,7 +152,7 @@ impl Core {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
-                self.groups.expire(&self.topics);
+                self.groups.expire(&self.catalog());
             }
         };
         let queues = async {

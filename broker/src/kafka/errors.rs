@@ -42,6 +42,8 @@ pub(crate) fn kafka_code(code: ErrorCode) -> i16 {
         ErrorCode::InvalidRecordState => K::InvalidRecordState,
         ErrorCode::NotLeaderOrFollower => K::NotLeaderOrFollower,
         ErrorCode::LeaderNotAvailable => K::LeaderNotAvailable,
+        ErrorCode::NotCoordinator => K::NotCoordinator,
+        ErrorCode::CoordinatorLoadInProgress => K::CoordinatorLoadInProgress,
         _ => K::UnknownServerError,
     };
     k.code()
@@ -66,5 +68,8 @@ mod tests {
         }
         assert_eq!(kafka_code(ErrorCode::OffsetOutOfRange), 1);
         assert_eq!(kafka_code(ErrorCode::UnknownTopicOrPartition), 3);
+        assert_eq!(kafka_code(ErrorCode::CoordinatorLoadInProgress), 14);
+        assert_eq!(kafka_code(ErrorCode::CoordinatorNotAvailable), 15);
+        assert_eq!(kafka_code(ErrorCode::NotCoordinator), 16);
     }
 }

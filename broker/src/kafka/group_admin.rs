@@ -1,5 +1,8 @@
 //! Group administration over the Kafka protocol: ListGroups, DescribeGroups, DeleteGroups,
-//! read from the core's plain group view (the same one `strom groups` shows).
+//! read from the core's plain group view (the same one `strom groups` shows). As in Kafka,
+//! ListGroups lists the groups this broker coordinates; DescribeGroups and DeleteGroups answer
+//! NOT_COORDINATOR (or COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE) for a group
+//! this broker does not serve.
 
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
@@ -68,10 +71,13 @@ impl Kafka {
                 let out = DescribedGroup::default()
                     .with_authorized_operations(NO_OPERATIONS)
                     .with_group_id(id.clone());
-                match core.groups.describe(&core.topics, &id.0) {
+                match core.groups.describe_group(&core.topics, &id.0) {
+                    Err((code, _)) => out
+                        .with_error_code(kafka_code(code))
+                        .with_group_state(StrBytes::from_static_str("Dead")),
                     // Kafka describes an unknown group as Dead, with no error.
-                    None => out.with_group_state(StrBytes::from_static_str("Dead")),
-                    Some(g) => out
+                    Ok(None) => out.with_group_state(StrBytes::from_static_str("Dead")),
+                    Ok(Some(g)) => out
                         .with_group_state(StrBytes::from_static_str(g.state.kafka_name()))
                         .with_protocol_type(s(g.protocol_type))
                         .with_protocol_data(s(g.assignor))

@@ -1,8 +1,13 @@
 //! Consumer groups over the Kafka protocol: the classic protocol (JoinGroup, SyncGroup,
-//! Heartbeat, LeaveGroup) that Kafka consumers speak by default, and OffsetCommit/OffsetFetch
-//! on the one offset table the native groups use. Membership logic is the core's
-//! (`core::groups::classic`); this module converts, and decodes the "consumer" protocol's
-//! subscriptions and assignments so `strom groups describe` can show who owns what.
+//! Heartbeat, LeaveGroup) that Kafka consumers speak by default, KIP-848's
+//! ConsumerGroupHeartbeat, and OffsetCommit/OffsetFetch on the one offset table the native
+//! groups use. Membership logic is the core's (`core::groups::classic`); this module converts,
+//! and decodes the "consumer" protocol's subscriptions and assignments so `strom groups
+//! describe` can show who owns what. Every request is served by the group's coordinator only
+//! (the leader of its `__consumer_offsets` partition); elsewhere it gets NOT_COORDINATOR,
+//! COORDINATOR_LOAD_IN_PROGRESS or COORDINATOR_NOT_AVAILABLE, and the client asks
+//! FindCoordinator again. A request that may start a group (JoinGroup, ConsumerGroupHeartbeat,
+//! OffsetCommit) creates `__consumer_offsets` first if it does not exist yet.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -79,7 +84,12 @@ fn assigned_partitions(assignment: &Bytes) -> BTreeSet<(String, i32)> {
 }
 
 impl Kafka {
-    pub(super) fn join_group(&self, req: Req, m: JoinGroupRequest, peer: SocketAddr) -> Outcome {
+    pub(super) async fn join_group(
+        &self,
+        req: Req,
+        m: JoinGroupRequest,
+        peer: SocketAddr,
+    ) -> Outcome {
         let consumer = m.protocol_type.as_str() == "consumer";
         let topics = if consumer {
             m.protocols
@@ -113,7 +123,19 @@ impl Kafka {
             topics,
             require_known_member: req.version >= 4,
         };
-        let rx = self.core.groups.join(join);
+        let rx = match self.core.offsets_topic_ready().await {
+            Ok(()) => self.core.groups.join(join),
+            Err(failure) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = tx.send(JoinResult {
+                    error: Some(failure),
+                    generation: -1,
+                    member_id: join.member_id,
+                    ..JoinResult::default()
+                });
+                rx
+            }
+        };
         Ok(Started::Pending(Box::pin(async move {
             let result = rx.await.unwrap_or_else(|_| JoinResult {
                 error: Some((
@@ -216,7 +238,14 @@ impl Kafka {
         } else {
             vec![(m.member_id.to_string(), None)]
         };
-        let results = self.core.groups.leave(&m.group_id.0, &leaving);
+        let results = match self.core.groups.leave(&m.group_id.0, &leaving) {
+            Ok(results) => results,
+            // Not this broker's group: the whole request fails, with no member results.
+            Err((code, _)) => {
+                return req
+                    .respond(&LeaveGroupResponse::default().with_error_code(kafka_code(code)));
+            }
+        };
         let resp = if req.version >= 3 {
             LeaveGroupResponse::default().with_members(
                 leaving
@@ -271,10 +300,14 @@ impl Kafka {
             .iter()
             .map(|(_, ps)| ps.iter().map(|p| p.partition).collect())
             .collect();
-        let result = core
-            .groups
-            .commit(&core.topics, &m.group_id.0, who, offsets)
-            .await;
+        let result = match core.offsets_topic_ready().await {
+            Ok(()) => {
+                core.groups
+                    .commit(&core.catalog(), &m.group_id.0, who, offsets)
+                    .await
+            }
+            Err(failure) => Err(failure),
+        };
         let topics = match result {
             Ok(results) => results
                 .into_iter()
@@ -324,7 +357,7 @@ impl Kafka {
     ) -> Result<KafkaResponse, String> {
         let groups = &self.core.groups;
         if req.version >= 8 {
-            // Version 8 asks for several groups at once.
+            // Version 8 asks for several groups at once, each with its own error.
             let out = m
                 .groups
                 .into_iter()
@@ -334,41 +367,73 @@ impl Kafka {
                             .map(|t| (t.name.0.to_string(), t.partition_indexes))
                             .collect()
                     });
-                    let topics = groups
-                        .fetch(&g.group_id.0, wanted)
-                        .into_iter()
-                        .map(|(name, parts)| {
-                            OffsetFetchResponseTopics::default()
-                                .with_name(TopicName(StrBytes::from_string(name)))
-                                .with_partitions(
-                                    parts
-                                        .into_iter()
-                                        .map(|(p, offset, meta)| {
-                                            OffsetFetchResponsePartitions::default()
-                                                .with_partition_index(p)
-                                                .with_committed_offset(offset)
-                                                .with_committed_leader_epoch(-1)
-                                                .with_metadata(text(meta))
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect();
-                    OffsetFetchResponseGroup::default()
-                        .with_group_id(g.group_id)
-                        .with_topics(topics)
+                    let out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+                    match groups.fetch(&g.group_id.0, wanted) {
+                        Err((code, _)) => out.with_error_code(kafka_code(code)),
+                        Ok(fetched) => out.with_topics(
+                            fetched
+                                .into_iter()
+                                .map(|(name, parts)| {
+                                    OffsetFetchResponseTopics::default()
+                                        .with_name(TopicName(StrBytes::from_string(name)))
+                                        .with_partitions(
+                                            parts
+                                                .into_iter()
+                                                .map(|(p, offset, meta)| {
+                                                    OffsetFetchResponsePartitions::default()
+                                                        .with_partition_index(p)
+                                                        .with_committed_offset(offset)
+                                                        .with_committed_leader_epoch(-1)
+                                                        .with_metadata(text(meta))
+                                                })
+                                                .collect(),
+                                        )
+                                })
+                                .collect(),
+                        ),
+                    }
                 })
                 .collect();
             return req.respond(&OffsetFetchResponse::default().with_groups(out));
         }
-        let wanted = m.topics.map(|ts| {
+        let wanted: Option<Vec<(String, Vec<i32>)>> = m.topics.map(|ts| {
             ts.into_iter()
                 .map(|t| (t.name.0.to_string(), t.partition_indexes))
                 .collect()
         });
         let group: GroupId = m.group_id;
-        let topics = groups
-            .fetch(&group.0, wanted)
+        let fetched = match groups.fetch(&group.0, wanted.clone()) {
+            Ok(fetched) => fetched,
+            // From version 2 the response has a top-level error; before, each partition asked
+            // for carries it.
+            Err((code, _)) if req.version >= 2 => {
+                return req
+                    .respond(&OffsetFetchResponse::default().with_error_code(kafka_code(code)));
+            }
+            Err((code, _)) => {
+                let topics = wanted
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(name, parts)| {
+                        OffsetFetchResponseTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(name)))
+                            .with_partitions(
+                                parts
+                                    .into_iter()
+                                    .map(|p| {
+                                        OffsetFetchResponsePartition::default()
+                                            .with_partition_index(p)
+                                            .with_committed_offset(-1)
+                                            .with_error_code(kafka_code(code))
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+                return req.respond(&OffsetFetchResponse::default().with_topics(topics));
+            }
+        };
+        let topics = fetched
             .into_iter()
             .map(|(name, parts)| {
                 OffsetFetchResponseTopic::default()
@@ -407,18 +472,23 @@ fn respond_or_log<M: kafka_protocol::protocol::Encodable + super::codes::ErrorCo
 impl Kafka {
     /// ConsumerGroupHeartbeat (KIP-848, `group.protocol=consumer`): the same coordinator as
     /// strom's own GroupHeartbeat; topics travel as ids, which this converts.
-    pub(super) fn consumer_group_heartbeat(
+    pub(super) async fn consumer_group_heartbeat(
         &self,
         req: &Req,
         m: ConsumerGroupHeartbeatRequest,
     ) -> Result<KafkaResponse, String> {
-        let topics = &self.core.topics;
+        // A join may start the group: `__consumer_offsets` must exist (the heartbeat answers
+        // COORDINATOR_NOT_AVAILABLE when it cannot be created).
+        if m.member_epoch == 0 {
+            let _ = self.core.offsets_topic_ready().await;
+        }
+        let catalog = self.core.catalog();
         let owned = m.topic_partitions.map(|tps| {
             tps.iter()
                 .filter_map(|tp| {
-                    topics
-                        .get_by_id(tp.topic_id.as_bytes())
-                        .map(|t| (t.name.to_string(), &tp.partitions))
+                    catalog
+                        .topic_name(tp.topic_id.as_bytes())
+                        .map(|name| (name, &tp.partitions))
                 })
                 .flat_map(|(name, ps)| ps.iter().map(move |&p| (name.clone(), p)))
                 .collect()
@@ -440,7 +510,7 @@ impl Kafka {
             assignor,
             owned,
         };
-        let r = self.core.groups.heartbeat(topics, hb);
+        let r = self.core.groups.heartbeat(&catalog, hb);
         let resp = ConsumerGroupHeartbeatResponse::default()
             .with_member_id(Some(StrBytes::from_string(r.member_id)))
             .with_member_epoch(r.member_epoch)
@@ -459,9 +529,9 @@ impl Kafka {
                 let assigned = by_topic
                     .into_iter()
                     .filter_map(|(t, ps)| {
-                        topics.get(&t).map(|topic| {
+                        catalog.topic_id(&t).map(|id| {
                             CghTopicPartitions::default()
-                                .with_topic_id(Uuid::from_bytes(topic.id))
+                                .with_topic_id(Uuid::from_bytes(id))
                                 .with_partitions(ps)
                         })
                     })

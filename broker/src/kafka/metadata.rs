@@ -1,6 +1,7 @@
-//! Metadata and FindCoordinator: where topics, partitions and the group coordinator are. Topics,
-//! leaders and brokers come from the metadata image ([`crate::core::metadata`]); every broker
-//! coordinates the groups whose clients ask it (coordinators spread over brokers come later).
+//! Metadata and FindCoordinator: where topics, partitions and group coordinators are. Topics,
+//! leaders and brokers come from the metadata image ([`crate::core::metadata`]); a group's
+//! coordinator is the leader of its `__consumer_offsets` partition, answered with its Kafka
+//! address (`__consumer_offsets` is created on the first FindCoordinator that needs it).
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::metadata_response::{
@@ -16,6 +17,7 @@ use strom_protocol::topic::is_internal_topic;
 use uuid::Uuid;
 
 use super::{Kafka, KafkaResponse, Req, kafka_code};
+use crate::core::Failure;
 use crate::core::metadata::host_port;
 
 /// The cluster id Metadata reports (a single broker is its own cluster; the cluster work gives
@@ -170,31 +172,74 @@ impl Kafka {
             )
     }
 
-    pub(super) fn find_coordinator(
+    /// Where `key`'s coordinator is: (node, host, port) on the Kafka listener, or the error.
+    /// Key type 1 (a transactional id) has no coordinator placement yet: this broker answers,
+    /// as it always did.
+    async fn coordinator_for(
+        &self,
+        key_type: i8,
+        key: &str,
+    ) -> Result<(BrokerId, StrBytes, i32), Failure> {
+        if key_type == 1 {
+            return Ok((self.node(), self.host(), i32::from(self.advertised.port())));
+        }
+        let broker = self.core.find_coordinator(key).await?;
+        let addr = broker
+            .endpoints
+            .kafka
+            .as_deref()
+            .and_then(host_port)
+            .ok_or_else(|| {
+                (
+                    ErrorCode::CoordinatorNotAvailable,
+                    format!(
+                        "the coordinator of {key}, broker {}, has no Kafka listener",
+                        broker.id
+                    ),
+                )
+            })?;
+        Ok((
+            BrokerId(broker.id),
+            StrBytes::from_string(addr.0.to_string()),
+            i32::from(addr.1),
+        ))
+    }
+
+    pub(super) async fn find_coordinator(
         &self,
         req: &Req,
         m: FindCoordinatorRequest,
     ) -> Result<KafkaResponse, String> {
-        let port = i32::from(self.advertised.port());
         let resp = if req.version >= 4 {
             // Version 4 asks for many keys at once and gets one entry per key.
-            FindCoordinatorResponse::default().with_coordinators(
-                m.coordinator_keys
-                    .into_iter()
-                    .map(|key| {
-                        Coordinator::default()
-                            .with_key(key)
-                            .with_node_id(self.node())
-                            .with_host(self.host())
-                            .with_port(port)
-                    })
-                    .collect(),
-            )
+            let mut coordinators = Vec::with_capacity(m.coordinator_keys.len());
+            for key in m.coordinator_keys {
+                let out = Coordinator::default();
+                coordinators.push(match self.coordinator_for(m.key_type, &key).await {
+                    Ok((node, host, port)) => out
+                        .with_key(key)
+                        .with_node_id(node)
+                        .with_host(host)
+                        .with_port(port),
+                    Err((code, msg)) => out
+                        .with_key(key)
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1)
+                        .with_error_code(kafka_code(code))
+                        .with_error_message(Some(StrBytes::from_string(msg))),
+                });
+            }
+            FindCoordinatorResponse::default().with_coordinators(coordinators)
         } else {
-            FindCoordinatorResponse::default()
-                .with_node_id(self.node())
-                .with_host(self.host())
-                .with_port(port)
+            let out = FindCoordinatorResponse::default();
+            match self.coordinator_for(m.key_type, &m.key).await {
+                Ok((node, host, port)) => out.with_node_id(node).with_host(host).with_port(port),
+                Err((code, msg)) => out
+                    .with_node_id(BrokerId(-1))
+                    .with_port(-1)
+                    .with_error_code(kafka_code(code))
+                    .with_error_message(Some(StrBytes::from_string(msg))),
+            }
         };
         req.respond(&resp)
     }

@@ -233,7 +233,7 @@ impl Kafka {
             }
             ApiKey::FindCoordinator => {
                 let m = req.decode()?;
-                ready(self.find_coordinator(&req, m))
+                ready(self.find_coordinator(&req, m).await)
             }
             ApiKey::Produce => self.produce(session, req).await,
             ApiKey::Fetch => {
@@ -261,7 +261,7 @@ impl Kafka {
             }
             ApiKey::JoinGroup => {
                 let m = req.decode()?;
-                self.join_group(req, m, conn.peer)
+                self.join_group(req, m, conn.peer).await
             }
             ApiKey::SyncGroup => {
                 let m = req.decode()?;
@@ -322,7 +322,7 @@ impl Kafka {
             }
             ApiKey::ConsumerGroupHeartbeat => {
                 let m = req.decode()?;
-                ready(self.consumer_group_heartbeat(&req, m))
+                ready(self.consumer_group_heartbeat(&req, m).await)
             }
             ApiKey::DeleteRecords => {
                 session.wait_for_produces().await;

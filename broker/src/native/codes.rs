@@ -81,6 +81,7 @@ pub(crate) fn error_codes(body: &Body, f: &mut impl FnMut(i32)) {
         Body::ResetQueueGroup(r) => code(r.error_code),
         Body::Redrive(r) => code(r.error_code),
         Body::DescribeRedrive(r) => code(r.error_code),
+        Body::DescribeCluster(r) => code(r.error_code),
     }
 }
 
@@ -382,6 +383,12 @@ mod tests {
                 ..Default::default()
             }
             .into(),
+            DescribeClusterResponse {
+                error_code: e,
+                brokers: vec![ClusterBroker::default()],
+                ..Default::default()
+            }
+            .into(),
         ]
     }
 
@@ -392,6 +399,7 @@ mod tests {
     fn every_error_code_field_of_the_protocol_is_walked() {
         let protos = [
             include_str!("../../../protocol/proto/api_versions.proto"),
+            include_str!("../../../protocol/proto/cluster.proto"),
             include_str!("../../../protocol/proto/envelope.proto"),
             include_str!("../../../protocol/proto/fetch.proto"),
             include_str!("../../../protocol/proto/group.proto"),
@@ -410,7 +418,7 @@ mod tests {
         let bodies = every_field_failed();
         assert_eq!(
             bodies.len(),
-            25,
+            26,
             "one body per response::Body variant (update when an API is added)"
         );
         let keys: std::collections::BTreeSet<_> = bodies.iter().map(|b| b.api_key()).collect();

@@ -184,17 +184,8 @@ impl Native {
                 ready(self.list_offsets(r).into())
             }
             B::InitProducerId(r) => ready(self.init_producer_id(r).await.into()),
-            B::FindCoordinator(_) => ready(
-                FindCoordinatorResponse {
-                    error_code: ErrorCode::None.into(),
-                    error_message: None,
-                    node_id: core.config.node_id,
-                    host: self.advertised.ip().to_string(),
-                    port: u32::from(self.advertised.port()),
-                }
-                .into(),
-            ),
-            B::GroupHeartbeat(r) => ready(self.group_heartbeat(r).into()),
+            B::FindCoordinator(r) => ready(self.find_coordinator(r).await.into()),
+            B::GroupHeartbeat(r) => ready(self.group_heartbeat(r).await.into()),
             B::OffsetCommit(r) => ready(self.offset_commit(r).await.into()),
             B::OffsetFetch(r) => ready(self.offset_fetch(r).into()),
             B::ListGroups(_) => ready(self.list_groups().into()),
@@ -215,10 +206,56 @@ impl Native {
             B::ResetQueueGroup(r) => ready(queues::reset(core, r).await.into()),
             B::Redrive(r) => ready(queues::redrive(core, r).await.into()),
             B::DescribeRedrive(r) => ready(queues::describe_redrive(core, r).await.into()),
+            B::DescribeCluster(_) => ready(describe_cluster(core).await.into()),
         }
     }
 
-    fn group_heartbeat(&self, req: GroupHeartbeatRequest) -> GroupHeartbeatResponse {
+    /// FindCoordinator: the leader of the group's `__consumer_offsets` partition, at its native
+    /// address (the topic is created on the first request that needs it).
+    async fn find_coordinator(&self, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
+        let me = self.core.broker_id();
+        let found = self.core.find_coordinator(&req.key).await.and_then(|b| {
+            match b.endpoints.native.as_deref().and_then(host_port) {
+                Some((host, port)) => Ok((b.id, host.to_string(), u32::from(port))),
+                // This broker always knows where it listens.
+                None if b.id == me => Ok((
+                    me,
+                    self.advertised.ip().to_string(),
+                    u32::from(self.advertised.port()),
+                )),
+                None => Err((
+                    ErrorCode::CoordinatorNotAvailable,
+                    format!(
+                        "the coordinator of {}, broker {}, has no native listener",
+                        req.key, b.id
+                    ),
+                )),
+            }
+        });
+        match found {
+            Ok((node_id, host, port)) => FindCoordinatorResponse {
+                error_code: ErrorCode::None.into(),
+                error_message: None,
+                node_id,
+                host,
+                port,
+            },
+            Err((code, msg)) => FindCoordinatorResponse {
+                error_code: code.into(),
+                error_message: Some(msg),
+                node_id: -1,
+                host: String::new(),
+                port: 0,
+            },
+        }
+    }
+
+    async fn group_heartbeat(&self, req: GroupHeartbeatRequest) -> GroupHeartbeatResponse {
+        // A join may start the group: `__consumer_offsets` must exist (the heartbeat answers
+        // COORDINATOR_NOT_AVAILABLE when it cannot be created).
+        if req.member_epoch == 0 {
+            let _ = self.core.offsets_topic_ready().await;
+        }
         let hb = Heartbeat {
             owned: Some(from_wire(&req.owned_partitions)),
             subscribed: req.subscribed_topics.map(|t| t.names.into_iter().collect()),
@@ -228,7 +265,7 @@ impl Native {
             session_timeout_ms: req.session_timeout_ms,
             assignor: req.assignor,
         };
-        let r = self.core.groups.heartbeat(&self.core.topics, hb);
+        let r = self.core.groups.heartbeat(&self.core.catalog(), hb);
         let (error_code, error_message) = match r.error {
             None => (ErrorCode::None, None),
             Some((code, msg)) => (code, Some(msg)),
@@ -269,11 +306,15 @@ impl Native {
             })
             .collect();
         let core = &self.core;
-        match core
-            .groups
-            .commit(&core.topics, &req.group_id, who, offsets)
-            .await
-        {
+        let committed = match core.offsets_topic_ready().await {
+            Ok(()) => {
+                core.groups
+                    .commit(&core.catalog(), &req.group_id, who, offsets)
+                    .await
+            }
+            Err(failure) => Err(failure),
+        };
+        match committed {
             Ok(results) => OffsetCommitResponse {
                 error_code: ErrorCode::None.into(),
                 error_message: None,
@@ -306,13 +347,20 @@ impl Native {
                 .map(|t| (t.topic, t.partitions))
                 .collect()
         });
+        let fetched = match self.core.groups.fetch(&req.group_id, wanted) {
+            Ok(fetched) => fetched,
+            Err((code, msg)) => {
+                return OffsetFetchResponse {
+                    error_code: code.into(),
+                    error_message: Some(msg),
+                    topics: Vec::new(),
+                };
+            }
+        };
         OffsetFetchResponse {
             error_code: ErrorCode::None.into(),
             error_message: None,
-            topics: self
-                .core
-                .groups
-                .fetch(&req.group_id, wanted)
+            topics: fetched
                 .into_iter()
                 .map(|(name, parts)| OffsetFetchTopicResponse {
                     name,
@@ -353,49 +401,47 @@ impl Native {
         let groups = req
             .groups
             .into_iter()
-            .map(|name| match core.groups.describe(&core.topics, &name) {
-                None => DescribedGroup {
-                    error_code: ErrorCode::GroupIdNotFound.into(),
-                    error_message: Some(format!("no group {name}")),
-                    group_id: name,
-                    state: "dead".into(),
-                    group_epoch: -1,
-                    assignor: String::new(),
-                    members: Vec::new(),
-                    offsets: Vec::new(),
+            .map(
+                |name| match core.groups.describe_group(&core.topics, &name) {
+                    // Another broker's group, or one nobody can serve now.
+                    Err((code, msg)) => dead_group(name, code, msg),
+                    Ok(None) => {
+                        let msg = format!("no group {name}");
+                        dead_group(name, ErrorCode::GroupIdNotFound, msg)
+                    }
+                    Ok(Some(g)) => DescribedGroup {
+                        group_id: g.name,
+                        error_code: ErrorCode::None.into(),
+                        error_message: None,
+                        state: g.state.name().into(),
+                        group_epoch: g.epoch,
+                        assignor: g.assignor,
+                        members: g
+                            .members
+                            .into_iter()
+                            .map(|m| GroupMember {
+                                member_id: m.id,
+                                member_epoch: m.epoch,
+                                subscribed_topics: m.topics.into_iter().collect(),
+                                assignment: to_wire(&m.assigned),
+                                session_timeout_ms: m.session_ms,
+                            })
+                            .collect(),
+                        offsets: g
+                            .offsets
+                            .into_iter()
+                            .map(|o| GroupOffset {
+                                lag: o.lag(),
+                                topic: o.topic,
+                                partition: o.partition,
+                                committed_offset: o.committed,
+                                log_end_offset: o.log_end,
+                                metadata: o.metadata,
+                            })
+                            .collect(),
+                    },
                 },
-                Some(g) => DescribedGroup {
-                    group_id: g.name,
-                    error_code: ErrorCode::None.into(),
-                    error_message: None,
-                    state: g.state.name().into(),
-                    group_epoch: g.epoch,
-                    assignor: g.assignor,
-                    members: g
-                        .members
-                        .into_iter()
-                        .map(|m| GroupMember {
-                            member_id: m.id,
-                            member_epoch: m.epoch,
-                            subscribed_topics: m.topics.into_iter().collect(),
-                            assignment: to_wire(&m.assigned),
-                            session_timeout_ms: m.session_ms,
-                        })
-                        .collect(),
-                    offsets: g
-                        .offsets
-                        .into_iter()
-                        .map(|o| GroupOffset {
-                            lag: o.lag(),
-                            topic: o.topic,
-                            partition: o.partition,
-                            committed_offset: o.committed,
-                            log_end_offset: o.log_end,
-                            metadata: o.metadata,
-                        })
-                        .collect(),
-                },
-            })
+            )
             .collect();
         DescribeGroupsResponse { groups }
     }
@@ -681,10 +727,85 @@ fn from_wire(list: &[TopicPartitions]) -> BTreeSet<(String, i32)> {
         .collect()
 }
 
+/// A group DescribeGroups cannot describe, with why.
+fn dead_group(group_id: String, code: ErrorCode, msg: String) -> DescribedGroup {
+    DescribedGroup {
+        error_code: code.into(),
+        error_message: Some(msg),
+        group_id,
+        state: "dead".into(),
+        group_epoch: -1,
+        assignor: String::new(),
+        members: Vec::new(),
+        offsets: Vec::new(),
+    }
+}
+
 fn split(r: Result<(), Failure>) -> (ErrorCode, Option<String>) {
     match r {
         Ok(()) => (ErrorCode::None, None),
         Err((code, msg)) => (code, Some(msg)),
+    }
+}
+
+/// DescribeCluster: the active controller's view of the brokers and the metadata quorum, one
+/// entry per node id that registered or is a member. A controller that cannot answer (no
+/// quorum) is `REQUEST_TIMED_OUT` in the body, with the reason.
+async fn describe_cluster(core: &Core) -> DescribeClusterResponse {
+    let status = match core.cluster.status().await {
+        Ok(status) => status,
+        Err((code, message)) => {
+            tracing::debug!(%message, "DescribeCluster: no answer from the controller");
+            return DescribeClusterResponse {
+                error_code: code.into(),
+                error_message: Some(message),
+                controller_id: -1,
+                term: 0,
+                committed_index: -1,
+                brokers: Vec::new(),
+            };
+        }
+    };
+    // Node ids come from `node_id` (an i32 of at least 0); log indexes fit an i64.
+    let node = |id: u64| i32::try_from(id).unwrap_or(-1);
+    let index = |i: u64| i64::try_from(i).unwrap_or(i64::MAX);
+    let mut brokers: BTreeMap<u64, ClusterBroker> = BTreeMap::new();
+    let blank = |id: u64| ClusterBroker {
+        node_id: node(id),
+        broker_epoch: -1,
+        native_address: None,
+        kafka_address: None,
+        http_address: None,
+        alive: false,
+        role: QuorumRole::Unspecified as i32,
+        controller_address: None,
+        metadata_index: -1,
+    };
+    for m in status.members {
+        let b = brokers.entry(m.id).or_insert_with(|| blank(m.id));
+        b.role = if m.voter {
+            QuorumRole::Voter
+        } else {
+            QuorumRole::Learner
+        } as i32;
+        b.controller_address = Some(m.addr);
+        b.metadata_index = m.matched.map_or(-1, index);
+    }
+    for r in status.brokers {
+        let b = brokers.entry(r.id).or_insert_with(|| blank(r.id));
+        b.broker_epoch = index(r.epoch);
+        b.native_address = r.endpoints.native;
+        b.kafka_address = r.endpoints.kafka;
+        b.http_address = r.endpoints.http;
+        b.alive = r.alive;
+    }
+    DescribeClusterResponse {
+        error_code: ErrorCode::None.into(),
+        error_message: None,
+        controller_id: node(status.leader),
+        term: status.term,
+        committed_index: index(status.committed),
+        brokers: brokers.into_values().collect(),
     }
 }
 

@@ -1,6 +1,12 @@
-//! The background fetcher: keeps one long-poll fetch in flight for the assigned partitions that
-//! have a position and nothing waiting in the queue, checks and decodes what comes back off the
-//! application's task, and queues it for `poll`.
+//! The background fetcher: keeps one long-poll fetch in flight per broker for the assigned
+//! partitions that broker leads and that have a position and nothing waiting in the queue,
+//! checks and decodes what comes back off the application's task, and queues it for `poll`.
+//!
+//! Each partition is fetched from its leader, as the client's metadata says ([`Routes`]); a
+//! partition whose leader is unknown is looked up (at most once per `retry_backoff`), and an
+//! answer that says the leader moved (`NOT_LEADER_OR_FOLLOWER` and the like) or a broker that
+//! cannot be reached makes the client forget that topic's leaders. Every broker gets its own
+//! fetch connection, so a long poll at one never delays the others.
 //!
 //! Memory is bounded twice: a partition is not fetched again while a chunk of it waits in the
 //! queue (so the queue holds at most one chunk per partition, each at most
@@ -12,7 +18,7 @@
 //! each fetch and chunk with the epoch it was made for, and chunks of an older epoch are
 //! dropped (by the fetcher when the response arrives, by the consumer when it dequeues them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -28,9 +34,11 @@ use crate::backoff::backoff;
 use crate::batches::{MAX_DECOMPRESSED_BATCH, decompress};
 use crate::config::{AutoOffsetReset, ConsumerConfig};
 use crate::connection::Connection;
+use crate::control::Control;
 use crate::error::Error;
 use crate::partitioner::Rng;
 use crate::record::TopicPartition;
+use crate::routes::{NodeId, Routes};
 
 /// The fetcher's view of one assigned partition.
 #[derive(Debug, Clone, Default)]
@@ -158,14 +166,49 @@ pub(crate) fn decode_fetched(
     (batches, next, bytes, None)
 }
 
+/// A partition to fetch: where from, and the seek epoch it is fetched for.
+type Wanted = (TopicPartition, i64, u32);
+
 /// The fetch loop; see the module docs.
 pub(crate) struct Fetcher {
+    ctx: Arc<FetchCtx>,
+    /// When topics with a partition whose leader is unknown may be looked up again.
+    next_lookup: Option<tokio::time::Instant>,
+}
+
+/// What the fetcher's per-broker fetches share.
+struct FetchCtx {
     shared: Arc<FetchShared>,
     config: Arc<ConsumerConfig>,
     tx: mpsc::UnboundedSender<Chunk>,
-    conn: Option<Arc<Connection>>,
-    failures: u32,
-    rng: Rng,
+    control: Arc<Control>,
+    routes: Arc<Routes>,
+    busy: Mutex<Busy>,
+}
+
+/// Fetches in flight.
+#[derive(Default)]
+struct Busy {
+    /// Brokers with a fetch in flight.
+    brokers: HashSet<NodeId>,
+    /// The partitions those fetches are for.
+    parts: HashSet<TopicPartition>,
+    /// Each broker's fetch connection.
+    conns: HashMap<NodeId, Arc<Connection>>,
+    /// Consecutive failures per broker, for the backoff.
+    failures: HashMap<NodeId, u32>,
+}
+
+impl FetchCtx {
+    fn busy(&self) -> MutexGuard<'_, Busy> {
+        // Plain set and map updates: a poisoned lock is still consistent.
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, chunk: Chunk) {
+        // The consumer is gone when this fails; the loop notices `closed` next.
+        let _ = self.tx.send(chunk);
+    }
 }
 
 impl Fetcher {
@@ -173,70 +216,31 @@ impl Fetcher {
         shared: Arc<FetchShared>,
         config: Arc<ConsumerConfig>,
         tx: mpsc::UnboundedSender<Chunk>,
+        control: Arc<Control>,
     ) -> Self {
         Self {
-            shared,
-            config,
-            tx,
-            conn: None,
-            failures: 0,
-            rng: Rng::new(),
-        }
-    }
-
-    fn send(&self, chunk: Chunk) {
-        // The consumer is gone when this fails; the loop notices `closed` next.
-        let _ = self.tx.send(chunk);
-    }
-
-    async fn wait(&self, until: Option<Instant>) {
-        let notified = self.shared.wake.notified();
-        match until {
-            Some(t) => {
-                let _ = tokio::time::timeout_at(t, notified).await;
-            }
-            None => notified.await,
-        }
-    }
-
-    async fn connection(&mut self) -> Option<Arc<Connection>> {
-        if let Some(c) = &self.conn
-            && c.is_alive()
-        {
-            return Some(c.clone());
-        }
-        self.conn = None;
-        match Connection::connect_any(&self.config.client).await {
-            Ok(c) => {
-                self.failures = 0;
-                self.conn = Some(c.clone());
-                Some(c)
-            }
-            Err(e) => {
-                self.failures += 1;
-                let wait = backoff(
-                    self.config.client.reconnect_backoff,
-                    self.config.client.reconnect_backoff_max,
-                    self.failures,
-                    &mut self.rng,
-                );
-                tracing::debug!(error = %e, ?wait, "fetch connection failed; retrying");
-                self.wait(Some(Instant::now() + wait)).await;
-                None
-            }
+            ctx: Arc::new(FetchCtx {
+                shared,
+                config,
+                tx,
+                routes: control.routes().clone(),
+                control,
+                busy: Mutex::new(Busy::default()),
+            }),
+            next_lookup: None,
         }
     }
 
     pub(crate) async fn run(mut self) {
-        while !self.shared.closed.load(Ordering::Acquire) {
+        let ctx = self.ctx.clone();
+        while !ctx.shared.closed.load(Ordering::Acquire) {
             // Queue full: wait for poll to take something.
-            if self.shared.buffered_bytes.load(Ordering::Acquire) >= self.config.max_buffered_bytes
-            {
-                let notified = self.shared.wake.notified();
+            if ctx.shared.buffered_bytes.load(Ordering::Acquire) >= ctx.config.max_buffered_bytes {
+                let notified = ctx.shared.wake.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if self.shared.buffered_bytes.load(Ordering::Acquire)
-                    >= self.config.max_buffered_bytes
+                if ctx.shared.buffered_bytes.load(Ordering::Acquire)
+                    >= ctx.config.max_buffered_bytes
                 {
                     notified.await;
                 }
@@ -244,50 +248,137 @@ impl Fetcher {
             }
             let now = Instant::now();
             let mut resets: Vec<(TopicPartition, u32)> = Vec::new();
-            let mut fetches: Vec<(TopicPartition, i64, u32)> = Vec::new();
+            let mut fetches: Vec<Wanted> = Vec::new();
             let mut next_backoff: Option<Instant> = None;
             // Registered before the state is read, so a change made after the read wakes us.
-            let shared = self.shared.clone();
-            let notified = shared.wake.notified();
+            let notified = ctx.shared.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            for (tp, p) in self.shared.lock().iter() {
-                if let Some(t) = p.backoff_until
-                    && t > now
-                {
-                    next_backoff = Some(next_backoff.map_or(t, |n| n.min(t)));
-                    continue;
-                }
-                if p.needs_reset {
-                    resets.push((tp.clone(), p.epoch));
-                } else if let Some(offset) = p.fetch_offset
-                    && !p.buffered
-                {
-                    fetches.push((tp.clone(), offset, p.epoch));
-                }
-            }
-            if resets.is_empty() && fetches.is_empty() {
-                match next_backoff {
-                    Some(t) => {
-                        let _ = tokio::time::timeout_at(t, notified).await;
+            {
+                let busy = ctx.busy();
+                for (tp, p) in ctx.shared.lock().iter() {
+                    if busy.parts.contains(tp) {
+                        continue;
                     }
-                    None => notified.await,
+                    if let Some(t) = p.backoff_until
+                        && t > now
+                    {
+                        next_backoff = Some(next_backoff.map_or(t, |n| n.min(t)));
+                        continue;
+                    }
+                    if p.needs_reset {
+                        resets.push((tp.clone(), p.epoch));
+                    } else if let Some(offset) = p.fetch_offset
+                        && !p.buffered
+                    {
+                        fetches.push((tp.clone(), offset, p.epoch));
+                    }
+                }
+            }
+            // Each partition to its leader; partitions whose leader is unknown wait for a
+            // lookup.
+            let mut unknown: Vec<Arc<str>> = Vec::new();
+            let mut by_leader: BTreeMap<NodeId, (String, Vec<Wanted>)> = BTreeMap::new();
+            for f in fetches {
+                match ctx.routes.leader(&f.0.topic, f.0.partition) {
+                    Some((id, addr)) => by_leader.entry(id).or_insert((addr, Vec::new())).1.push(f),
+                    None => {
+                        if !unknown.contains(&f.0.topic) {
+                            unknown.push(f.0.topic.clone());
+                        }
+                    }
+                }
+            }
+            for (tp, _) in &resets {
+                if ctx.routes.leader(&tp.topic, tp.partition).is_none()
+                    && !unknown.contains(&tp.topic)
+                {
+                    unknown.push(tp.topic.clone());
+                }
+            }
+            if !unknown.is_empty() && self.next_lookup.is_none_or(|t| now >= t) {
+                self.next_lookup = Some(now + ctx.config.retry_backoff);
+                let topics: Vec<&str> = unknown.iter().map(|t| &**t).collect();
+                if let Err(e) = ctx.control.metadata(&topics, false).await {
+                    tracing::debug!(error = %e, "metadata lookup for the fetcher failed");
                 }
                 continue;
             }
-            let Some(conn) = self.connection().await else {
-                continue;
-            };
+            if !unknown.is_empty()
+                && let Some(t) = self.next_lookup
+            {
+                next_backoff = Some(next_backoff.map_or(t, |n| n.min(t)));
+            }
             if !resets.is_empty() {
-                self.reset(&conn, resets).await;
+                self.reset(resets).await;
                 continue;
             }
-            self.fetch(&conn, fetches).await;
+            let mut started = false;
+            {
+                let mut busy = ctx.busy();
+                for (id, (addr, parts)) in by_leader {
+                    if busy.brokers.contains(&id) {
+                        continue;
+                    }
+                    busy.brokers.insert(id);
+                    busy.parts.extend(parts.iter().map(|(tp, _, _)| tp.clone()));
+                    started = true;
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        ctx.fetch(id, &addr, &parts).await;
+                        let mut busy = ctx.busy();
+                        busy.brokers.remove(&id);
+                        for (tp, _, _) in &parts {
+                            busy.parts.remove(tp);
+                        }
+                        drop(busy);
+                        ctx.shared.wake.notify_one();
+                    });
+                }
+            }
+            if started {
+                continue;
+            }
+            match next_backoff {
+                Some(t) => {
+                    let _ = tokio::time::timeout_at(t, notified).await;
+                }
+                None => notified.await,
+            }
         }
     }
 
     /// Finds positions by `auto_offset_reset` for partitions that have none (or lost theirs).
-    async fn reset(&mut self, conn: &Connection, parts: Vec<(TopicPartition, u32)>) {
+    async fn reset(&mut self, parts: Vec<(TopicPartition, u32)>) {
+        let ctx = self.ctx.clone();
+        let mut by_leader: BTreeMap<String, Vec<(TopicPartition, u32)>> = BTreeMap::new();
+        for part in parts {
+            if let Some((_, addr)) = ctx.routes.leader(&part.0.topic, part.0.partition) {
+                by_leader.entry(addr).or_default().push(part);
+            }
+        }
+        for (addr, parts) in by_leader {
+            match ctx.control.connection_at(&addr).await {
+                Ok(conn) => ctx.reset_on(&conn, parts).await,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "no connection for ListOffsets");
+                    let retry_at = Instant::now() + ctx.config.retry_backoff;
+                    let mut state = ctx.shared.lock();
+                    for (tp, _) in &parts {
+                        ctx.routes.forget(&tp.topic);
+                        if let Some(p) = state.get_mut(tp) {
+                            p.backoff_until = Some(retry_at);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl FetchCtx {
+    /// Finds positions by `auto_offset_reset` for `parts`, all led by the broker of `conn`.
+    async fn reset_on(&self, conn: &Connection, parts: Vec<(TopicPartition, u32)>) {
         let spec = match self.shared.reset_policy() {
             AutoOffsetReset::Earliest => OffsetSpec::Earliest,
             AutoOffsetReset::Latest => OffsetSpec::Latest,
@@ -352,9 +443,19 @@ impl Fetcher {
         }
     }
 
-    async fn fetch(&mut self, conn: &Connection, parts: Vec<(TopicPartition, i64, u32)>) {
+    /// One fetch of `parts` from their leader `id` at `addr` (a task of its own per broker, so
+    /// brokers are fetched from in parallel).
+    async fn fetch(&self, id: NodeId, addr: &str, parts: &[Wanted]) {
+        let conn = match self.fetch_connection(id, addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(broker = id, %addr, error = %e, "fetch connection failed");
+                self.failed(id, parts);
+                return;
+            }
+        };
         let mut topics: Vec<FetchTopic> = Vec::new();
-        for (tp, offset, _) in &parts {
+        for (tp, offset, _) in parts {
             let partition = FetchPartition {
                 partition: tp.partition,
                 fetch_offset: *offset,
@@ -383,25 +484,18 @@ impl Fetcher {
                 return;
             }
             Err(e) => {
-                tracing::debug!(error = %e, "fetch failed");
+                tracing::debug!(broker = id, error = %e, "fetch failed");
                 if !e.is_retriable() {
                     conn.close(format!("fetch failed: {e}"));
                 }
-                self.failures += 1;
-                let wait = backoff(
-                    self.config.retry_backoff,
-                    self.config.client.reconnect_backoff_max,
-                    self.failures,
-                    &mut self.rng,
-                );
-                self.wait(Some(Instant::now() + wait)).await;
+                self.failed(id, parts);
                 return;
             }
         };
-        self.failures = 0;
+        self.busy().failures.remove(&id);
         let requested: BTreeMap<TopicPartition, (i64, u32)> = parts
-            .into_iter()
-            .map(|(tp, offset, epoch)| (tp, (offset, epoch)))
+            .iter()
+            .map(|(tp, offset, epoch)| (tp.clone(), (*offset, *epoch)))
             .collect();
         for t in body.topics {
             let topic: Arc<str> = Arc::from(t.name.as_str());
@@ -418,8 +512,46 @@ impl Fetcher {
         }
     }
 
+    /// The fetch connection to broker `id`, opened when there is none.
+    async fn fetch_connection(&self, id: NodeId, addr: &str) -> crate::Result<Arc<Connection>> {
+        if let Some(c) = self.busy().conns.get(&id)
+            && c.is_alive()
+            && c.addr() == addr
+        {
+            return Ok(c.clone());
+        }
+        let c = Connection::connect(addr, &self.config.client).await?;
+        self.busy().conns.insert(id, c.clone());
+        Ok(c)
+    }
+
+    /// A fetch from broker `id` failed: its partitions back off (exponentially while it keeps
+    /// failing) and their leaders are looked up again.
+    fn failed(&self, id: NodeId, parts: &[Wanted]) {
+        let failures = {
+            let mut busy = self.busy();
+            let n = busy.failures.entry(id).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let wait = backoff(
+            self.config.retry_backoff,
+            self.config.client.reconnect_backoff_max,
+            failures,
+            &mut Rng::new(),
+        );
+        let until = Instant::now() + wait;
+        let mut state = self.shared.lock();
+        for (tp, _, _) in parts {
+            self.routes.forget(&tp.topic);
+            if let Some(p) = state.get_mut(tp) {
+                p.backoff_until = Some(until);
+            }
+        }
+    }
+
     fn on_partition(
-        &mut self,
+        &self,
         tp: TopicPartition,
         fetch_offset: i64,
         epoch: u32,
@@ -491,6 +623,14 @@ impl Fetcher {
             },
             (code, _) if code.is_retriable() => {
                 tracing::debug!(%tp, %code, "retriable fetch error");
+                if matches!(
+                    code,
+                    ErrorCode::NotLeaderOrFollower
+                        | ErrorCode::LeaderNotAvailable
+                        | ErrorCode::UnknownTopicOrPartition
+                ) {
+                    self.routes.forget(&tp.topic);
+                }
                 part.backoff_until = Some(retry_at);
             }
             (code, _) => {

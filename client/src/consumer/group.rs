@@ -298,10 +298,11 @@ pub(crate) async fn fetch_committed(
         group_id: group.to_string(),
         topics: to_wire(partitions),
     };
-    let response::Body::OffsetFetch(r) = control.request(req).await? else {
+    let response::Body::OffsetFetch(r) = control.group_request(group, req).await? else {
         return Err(unexpected("OffsetFetch"));
     };
     if let Some(code) = (!r.error_code().is_ok()).then(|| r.error_code()) {
+        control.group_answered(group, code);
         return Err(group_error(code, r.error_message, group, -1));
     }
     let mut out = BTreeMap::new();
@@ -355,10 +356,11 @@ pub(crate) async fn send_commit(
         member_epoch,
         topics,
     };
-    let response::Body::OffsetCommit(r) = control.request(req).await? else {
+    let response::Body::OffsetCommit(r) = control.group_request(group, req).await? else {
         return Err(unexpected("OffsetCommit"));
     };
     if !r.error_code().is_ok() {
+        control.group_answered(group, r.error_code());
         return Err(group_error(
             r.error_code(),
             r.error_message,
@@ -643,7 +645,7 @@ pub(crate) async fn run_heartbeats(shared: Arc<GroupShared>, config: Arc<Consume
         };
         let sent_topics = request.subscribed_topics.is_some();
         let joining = request.member_epoch == 0;
-        let result = control.request(request).await;
+        let result = control.group_request(&shared.group_id, request).await;
         let mut ok = false;
         let wait = match result {
             Ok(response::Body::GroupHeartbeat(r)) => match r.error_code() {
@@ -678,6 +680,7 @@ pub(crate) async fn run_heartbeats(shared: Arc<GroupShared>, config: Arc<Consume
                     Duration::ZERO
                 }
                 code if code.is_retriable() => {
+                    control.group_answered(&shared.group_id, code);
                     failures += 1;
                     backoff(
                         config.client.reconnect_backoff,
@@ -744,7 +747,9 @@ pub(crate) async fn run_heartbeats(shared: Arc<GroupShared>, config: Arc<Consume
         if !wait.is_zero() {
             // A broken connection (e.g. the broker restarted) is not waited out: the next
             // heartbeat finds out at once whether the coordinator still knows this member.
-            let conn = control.current().filter(|c| c.is_alive());
+            let conn = control
+                .coordinator_connection(&shared.group_id)
+                .filter(|c| c.is_alive());
             let broken = async {
                 match conn {
                     Some(c) => c.closed().await,
@@ -780,7 +785,7 @@ async fn leave(shared: &GroupShared, control: &Control) {
         assignor: String::new(),
         owned_partitions: Vec::new(),
     };
-    match control.request(req).await {
+    match control.group_request(&shared.group_id, req).await {
         Ok(response::Body::GroupHeartbeat(r)) if r.error_code().is_ok() => {
             tracing::info!(group = %shared.group_id, member = %member_id, "left the group");
         }

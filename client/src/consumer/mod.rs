@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::admin::{OffsetSpec, list_offsets_on};
+use crate::admin::{OffsetSpec, list_offsets_routed};
 use crate::config::{AutoOffsetReset, ConsumerConfig};
 use crate::control::Control;
 use crate::error::{Error, Result};
@@ -197,7 +197,8 @@ impl Consumer {
         shared.set_reset_policy(reset);
         let (tx, chunks) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Handle::current();
-        let task = runtime.spawn(Fetcher::new(shared.clone(), config.clone(), tx).run());
+        let task =
+            runtime.spawn(Fetcher::new(shared.clone(), config.clone(), tx, control.clone()).run());
         Ok(Consumer {
             config,
             control,
@@ -386,8 +387,7 @@ impl Consumer {
         }
         let queries: Vec<(TopicPartition, OffsetSpec)> =
             tps.iter().map(|tp| (tp.clone(), spec)).collect();
-        let conn = self.control.connection().await?;
-        let mut listed = list_offsets_on(&conn, &queries).await?;
+        let mut listed = list_offsets_routed(&self.control, &queries).await?;
         // No record at or after the timestamp: the end.
         let missing: Vec<(TopicPartition, OffsetSpec)> = listed
             .iter()
@@ -395,7 +395,7 @@ impl Consumer {
             .map(|l| (l.tp.clone(), OffsetSpec::Latest))
             .collect();
         if !missing.is_empty() {
-            let ends = list_offsets_on(&conn, &missing).await?;
+            let ends = list_offsets_routed(&self.control, &missing).await?;
             for end in ends {
                 if let Some(l) = listed.iter_mut().find(|l| l.tp == end.tp) {
                     l.result = end.result;

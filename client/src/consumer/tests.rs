@@ -56,11 +56,25 @@ fn batches() -> Vec<(i64, Bytes)> {
     out
 }
 
-fn handle(req: Request, log: &[(i64, Bytes)]) -> Response {
+/// Answers as broker 0 listening on 127.0.0.1:`port`.
+fn handle(req: Request, log: &[(i64, Bytes)], port: u16) -> Response {
     let id = req.header.as_ref().unwrap().correlation_id;
     let body: response::Body = match req.body.unwrap() {
         request::Body::ApiVersions(_) => api_versions_response(0).into(),
+        request::Body::FindCoordinator(_) => strom_protocol::messages::FindCoordinatorResponse {
+            node_id: 0,
+            host: "127.0.0.1".into(),
+            port: u32::from(port),
+            ..Default::default()
+        }
+        .into(),
         request::Body::Metadata(m) => MetadataResponse {
+            brokers: vec![strom_protocol::messages::BrokerMetadata {
+                node_id: 0,
+                host: "127.0.0.1".into(),
+                port: u32::from(port),
+                rack: None,
+            }],
             topics: m
                 .topics
                 .iter()
@@ -153,7 +167,7 @@ async fn fake_broker() -> String {
                 let mut buf = BytesMut::new();
                 loop {
                     while let Some(frame) = decode_frame(&mut buf, 1 << 24).unwrap() {
-                        let resp = handle(decode_request(frame).unwrap(), &log);
+                        let resp = handle(decode_request(frame).unwrap(), &log, addr.port());
                         let mut out = BytesMut::new();
                         encode_response(&resp, &mut out).unwrap();
                         if s.write_all(&out).await.is_err() {
@@ -302,7 +316,7 @@ struct FakeGroup {
 
 type Fake = std::sync::Arc<std::sync::Mutex<FakeGroup>>;
 
-fn group_handle(req: Request, log: &[(i64, Bytes)], fake: &Fake) -> Response {
+fn group_handle(req: Request, log: &[(i64, Bytes)], fake: &Fake, port: u16) -> Response {
     let id = req.header.as_ref().unwrap().correlation_id;
     let mut g = fake.lock().unwrap();
     let body: response::Body = match req.body.clone().unwrap() {
@@ -400,7 +414,7 @@ fn group_handle(req: Request, log: &[(i64, Bytes)], fake: &Fake) -> Response {
         .into(),
         _ => {
             drop(g);
-            return handle(req, log);
+            return handle(req, log, port);
         }
     };
     Response::new(id, body)
@@ -419,7 +433,8 @@ async fn fake_coordinator(fake: Fake) -> String {
                 let mut buf = BytesMut::new();
                 loop {
                     while let Some(frame) = decode_frame(&mut buf, 1 << 24).unwrap() {
-                        let resp = group_handle(decode_request(frame).unwrap(), &log, &fake);
+                        let resp =
+                            group_handle(decode_request(frame).unwrap(), &log, &fake, addr.port());
                         let mut out = BytesMut::new();
                         encode_response(&resp, &mut out).unwrap();
                         if s.write_all(&out).await.is_err() {

@@ -620,6 +620,14 @@ impl Accumulator {
     pub(crate) fn is_empty(&self) -> bool {
         self.parts.iter().all(PartitionQueue::is_empty)
     }
+
+    /// Whether a batch is queued for a part `wanted` accepts.
+    pub(crate) fn has_data(&self, wanted: impl Fn(usize) -> bool) -> bool {
+        self.parts
+            .iter()
+            .enumerate()
+            .any(|(i, q)| !q.is_empty() && wanted(i))
+    }
 }
 
 #[cfg(test)]

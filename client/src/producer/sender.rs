@@ -28,12 +28,21 @@
 //! `deliver_at_ms = [deliver_at]` when it is delayed and nothing when it is not (the common case
 //! sends no extra bytes). A resend carries the same time with the same bytes.
 //!
-//! **Connections.** A lost connection fails everything in flight (as above) before a new one is
+//! **Connections.** Each partition's batches go to its leader, as the client's metadata says
+//! ([`Routes`]): the sender keeps one connection per broker it sends to, with up to
+//! `max_in_flight` requests on each. A partition keeps its broker while it has batches in
+//! flight, so its batches are answered in order; only when none is in flight does it move to a
+//! new leader. `NOT_LEADER_OR_FOLLOWER` (and the other "ask again" answers) makes the client
+//! forget the topic's leaders and look them up, and the batches are resent in order to the new
+//! leader with their sequence numbers: the producer id and sequences are the cluster's, not a
+//! broker's. A lost connection fails everything in flight on it (as above) before a new one is
 //! opened, with exponential backoff, so no batch of a partition can overtake an unresolved one.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use bytes::Bytes;
 use strom_protocol::ErrorCode;
@@ -54,6 +63,7 @@ use crate::partitioner::Rng;
 use crate::producer::Shared;
 use crate::producer::accumulator::{Drained, OpenBatch, request_cost};
 use crate::producer::delivery::Completion;
+use crate::routes::{NodeId, Routes};
 
 /// The producer's identity on the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +135,10 @@ impl Failed {
 /// The sender's view of one partition.
 #[derive(Debug, Default)]
 struct PartState {
+    topic: Option<Arc<str>>,
+    partition: i32,
+    /// The broker this partition's batches go to; `None` while its leader is unknown.
+    leader: Option<NodeId>,
     next_seq: i32,
     next_number: u64,
     /// Batches of this partition in flight.
@@ -147,7 +161,15 @@ struct PartState {
 
 impl PartState {
     fn blocked(&self, now: Instant) -> bool {
-        self.recovering || self.desynced || self.backoff_until.is_some_and(|t| now < t)
+        self.recovering
+            || self.desynced
+            || self.leader.is_none()
+            || self.backoff_until.is_some_and(|t| now < t)
+    }
+
+    /// Whether this partition may send now to broker `to`.
+    fn sendable_to(&self, to: NodeId, now: Instant) -> bool {
+        self.leader == Some(to) && !self.blocked(now)
     }
 
     fn is_idle(&self) -> bool {
@@ -161,18 +183,31 @@ struct InflightRequest {
     deadline: Instant,
 }
 
+/// One broker the sender talks to.
+#[derive(Default)]
+struct Peer {
+    conn: Option<Arc<Connection>>,
+    /// A connection being opened in the background.
+    connecting: Option<tokio::sync::oneshot::Receiver<Result<Arc<Connection>>>>,
+    failures: u32,
+    next_connect: Option<Instant>,
+    inflight: VecDeque<InflightRequest>,
+}
+
 /// The background task; see the module docs.
 pub(crate) struct Sender {
     shared: Arc<Shared>,
     config: Arc<ProducerConfig>,
     control: Arc<Control>,
+    routes: Arc<Routes>,
+    /// The routes' version the partitions' leaders were last taken from.
+    routes_seen: u64,
+    /// When a topic without a known leader may be looked up again.
+    lookups: HashMap<Arc<str>, Instant>,
     idempotent: bool,
-    conn: Option<Arc<Connection>>,
-    connect_failures: u32,
-    next_connect: Instant,
+    peers: HashMap<NodeId, Peer>,
     identity: Identity,
     parts: Vec<PartState>,
-    inflight: VecDeque<InflightRequest>,
     compressor: Compressor,
     needs_bump: bool,
     bump_failures: u32,
@@ -195,13 +230,13 @@ impl Sender {
             next_refresh: now + config.metadata_max_age,
             shared,
             config,
+            routes: control.routes().clone(),
+            routes_seen: u64::MAX,
+            lookups: HashMap::new(),
             control,
-            conn: None,
-            connect_failures: 0,
-            next_connect: now,
+            peers: HashMap::new(),
             identity,
             parts: Vec::new(),
-            inflight: VecDeque::new(),
             needs_bump: false,
             bump_failures: 0,
             next_bump: now,
@@ -222,50 +257,51 @@ impl Sender {
                 break;
             }
             self.grow_parts();
-            self.check_connection();
+            self.check_connections();
             self.expire_queued(now);
             self.settle_all(now);
             if self.shared.closing.load(Ordering::Acquire) && self.is_idle() {
                 break;
             }
             self.refresh_metadata(now);
-            if self.conn.is_none() && now >= self.next_connect && self.has_work() {
-                self.connect().await;
-            }
-            if self.needs_bump && self.conn.is_some() && self.bump_ready() && now >= self.next_bump
-            {
+            self.route_parts(now);
+            self.connect(now);
+            if self.needs_bump && self.bump_ready() && now >= self.next_bump {
                 self.bump().await;
                 continue;
             }
-            if self.conn.is_some() {
-                self.send_ready(now).await;
-            }
+            self.send_ready(now).await;
             let deadline = self.next_deadline(now);
             let reply = {
-                let front = self.inflight.front_mut();
+                let peers = &mut self.peers;
                 let wake = &self.shared.wake;
                 tokio::select! {
-                    r = async {
-                        match front {
-                            Some(f) => Some((&mut f.rx).await),
-                            None => std::future::pending().await,
+                    r = poll_fn(|cx| {
+                        for (id, peer) in peers.iter_mut() {
+                            if let Some(f) = peer.inflight.front_mut()
+                                && let Poll::Ready(r) = std::pin::Pin::new(&mut f.rx).poll(cx)
+                            {
+                                return Poll::Ready((*id, r));
+                            }
                         }
-                    } => r,
+                        Poll::Pending
+                    }) => Some(r),
                     _ = wake.notified() => None,
                     _ = tokio::time::sleep_until(deadline) => None,
                 }
             };
-            if let Some(reply) = reply {
-                self.on_reply(reply);
+            if let Some((id, reply)) = reply {
+                self.on_reply(id, reply);
             }
-            if let Some(front) = self.inflight.front()
-                && Instant::now() >= front.deadline
-                && let Some(conn) = &self.conn
-            {
-                conn.close(format!(
-                    "no produce response within {:?}",
-                    self.request_wait()
-                ));
+            let now = Instant::now();
+            let wait = self.request_wait();
+            for peer in self.peers.values() {
+                if let Some(front) = peer.inflight.front()
+                    && now >= front.deadline
+                    && let Some(conn) = &peer.conn
+                {
+                    conn.close(format!("no produce response within {wait:?}"));
+                }
             }
         }
         self.shared.stopped.send_replace(true);
@@ -277,56 +313,167 @@ impl Sender {
     }
 
     fn grow_parts(&mut self) {
-        let n = self.shared.lock_acc().part_count();
+        let acc = self.shared.lock_acc();
+        let n = acc.part_count();
         while self.parts.len() < n {
-            self.parts.push(PartState::default());
+            let mut p = PartState::default();
+            if let Some(q) = acc.part(self.parts.len()) {
+                p.topic = Some(q.topic.clone());
+                p.partition = q.partition;
+            }
+            self.parts.push(p);
+            // A new partition needs its leader.
+            self.routes_seen = u64::MAX;
         }
     }
 
-    fn has_work(&self) -> bool {
-        !self.shared.lock_acc().is_empty()
-            || self.parts.iter().any(|p| !p.resend.is_empty())
-            || self.needs_bump
+    /// Takes each partition's leader from the routes when they changed; a partition with
+    /// batches in flight keeps its broker until they are answered. Topics with a partition
+    /// whose leader is unknown are looked up (at most once per `retry_backoff`).
+    fn route_parts(&mut self, now: Instant) {
+        let version = self.routes.version();
+        let changed = version != self.routes_seen;
+        self.routes_seen = version;
+        let mut unknown: Vec<Arc<str>> = Vec::new();
+        for p in &mut self.parts {
+            let Some(topic) = &p.topic else {
+                continue;
+            };
+            if changed && p.inflight == 0 {
+                let leader = self.routes.leader(topic, p.partition);
+                if let Some((id, _)) = &leader {
+                    self.peers.entry(*id).or_default();
+                }
+                p.leader = leader.map(|(id, _)| id);
+            }
+            if p.leader.is_none() && !unknown.contains(topic) {
+                unknown.push(topic.clone());
+            }
+        }
+        for topic in unknown {
+            if self.lookups.get(&topic).is_none_or(|t| now >= *t) {
+                self.lookups
+                    .insert(topic.clone(), now + self.config.retry_backoff);
+                self.spawn_refresh(topic);
+            }
+        }
+    }
+
+    /// Whether any partition routed to `id` has something to send or resend.
+    fn peer_has_work(&self, id: NodeId) -> bool {
+        let routed: Vec<usize> = (0..self.parts.len())
+            .filter(|i| self.parts[*i].leader == Some(id))
+            .collect();
+        if routed.is_empty() {
+            return false;
+        }
+        routed.iter().any(|i| !self.parts[*i].resend.is_empty())
+            || self
+                .shared
+                .lock_acc()
+                .has_data(|part| routed.contains(&part))
+    }
+
+    fn inflight_requests(&self) -> usize {
+        self.peers.values().map(|p| p.inflight.len()).sum()
     }
 
     fn is_idle(&self) -> bool {
-        self.inflight.is_empty()
+        self.inflight_requests() == 0
             && self.parts.iter().all(PartState::is_idle)
             && self.shared.lock_acc().is_empty()
     }
 
-    /// When the connection broke, everything in flight on it failed: handle that now, before a
-    /// new connection can carry a later batch of the same partitions.
-    fn check_connection(&mut self) {
-        if self.conn.as_ref().is_some_and(|c| !c.is_alive()) {
-            let err = self.conn.as_ref().map_or(Error::Closed, |c| c.dead_error());
-            tracing::debug!(error = %err, in_flight = self.inflight.len(), "produce connection lost");
-            self.conn = None;
-            self.next_connect = Instant::now();
-            while let Some(req) = self.inflight.pop_front() {
-                for b in req.batches {
-                    self.retry(b, Cause::Unknown);
+    /// When a connection broke, everything in flight on it failed: handle that now, before a
+    /// new connection can carry a later batch of the same partitions. Also takes connections
+    /// that finished opening.
+    fn check_connections(&mut self) {
+        let mut lost: Vec<InflightRequest> = Vec::new();
+        let mut failed: Vec<NodeId> = Vec::new();
+        for (id, peer) in &mut self.peers {
+            if let Some(rx) = &mut peer.connecting {
+                match rx.try_recv() {
+                    Ok(Ok(c)) => {
+                        peer.connecting = None;
+                        peer.failures = 0;
+                        peer.conn = Some(c);
+                    }
+                    Ok(Err(e)) => {
+                        peer.connecting = None;
+                        peer.failures += 1;
+                        let wait = backoff(
+                            self.config.client.reconnect_backoff,
+                            self.config.client.reconnect_backoff_max,
+                            peer.failures,
+                            &mut self.rng,
+                        );
+                        tracing::debug!(broker = id, error = %e, ?wait, "produce connection failed; retrying");
+                        peer.next_connect = Some(Instant::now() + wait);
+                        failed.push(*id);
+                    }
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                        peer.connecting = None;
+                    }
                 }
+            }
+            if peer.conn.as_ref().is_some_and(|c| !c.is_alive()) {
+                let err = peer.conn.as_ref().map_or(Error::Closed, |c| c.dead_error());
+                tracing::debug!(broker = id, error = %err, in_flight = peer.inflight.len(), "produce connection lost");
+                peer.conn = None;
+                peer.next_connect = None;
+                lost.extend(peer.inflight.drain(..));
+                failed.push(*id);
+            }
+        }
+        for req in lost {
+            for b in req.batches {
+                self.retry(b, Cause::Unknown);
+            }
+        }
+        // The broker may be gone for good: ask where its partitions went.
+        for id in failed {
+            let topics: Vec<Arc<str>> = self
+                .parts
+                .iter()
+                .filter(|p| p.leader == Some(id))
+                .filter_map(|p| p.topic.clone())
+                .collect();
+            for t in topics {
+                self.routes.forget(&t);
             }
         }
     }
 
-    async fn connect(&mut self) {
-        match Connection::connect_any(&self.config.client).await {
-            Ok(c) => {
-                self.connect_failures = 0;
-                self.conn = Some(c);
+    /// Starts opening connections to the brokers that have work and none, in the background
+    /// (a broker that does not answer must not hold up the others).
+    fn connect(&mut self, now: Instant) {
+        let ids: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.conn.is_none()
+                    && p.connecting.is_none()
+                    && p.next_connect.is_none_or(|t| now >= t)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if !self.peer_has_work(id) {
+                continue;
             }
-            Err(e) => {
-                self.connect_failures += 1;
-                let wait = backoff(
-                    self.config.client.reconnect_backoff,
-                    self.config.client.reconnect_backoff_max,
-                    self.connect_failures,
-                    &mut self.rng,
-                );
-                tracing::debug!(error = %e, ?wait, "produce connection failed; retrying");
-                self.next_connect = Instant::now() + wait;
+            let Some(addr) = self.routes.broker(id) else {
+                continue;
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let config = self.config.client.clone();
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Connection::connect(&addr, &config).await);
+                shared.wake.notify_one();
+            });
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.connecting = Some(rx);
             }
         }
     }
@@ -342,7 +489,7 @@ impl Sender {
         }
     }
 
-    /// Looks the topic's partition count up again, in the background.
+    /// Looks the topic's partition count and leaders up again, in the background.
     fn spawn_refresh(&self, topic: Arc<str>) {
         let control = self.control.clone();
         let shared = self.shared.clone();
@@ -352,6 +499,7 @@ impl Sender {
                 Ok(None) => tracing::debug!(%topic, "topic unknown on refresh"),
                 Err(e) => tracing::debug!(%topic, error = %e, "metadata refresh failed"),
             }
+            shared.wake.notify_one();
         });
     }
 
@@ -395,8 +543,10 @@ impl Sender {
             self.shared.finish(b.id, &b.completion, Err(err.clone()));
         }
         let mut batches = Vec::new();
-        for req in self.inflight.drain(..) {
-            batches.extend(req.batches);
+        for peer in self.peers.values_mut() {
+            for req in peer.inflight.drain(..) {
+                batches.extend(req.batches);
+            }
         }
         for p in &mut self.parts {
             batches.extend(p.resend.drain(..));
@@ -546,7 +696,7 @@ impl Sender {
     /// A new epoch can be asked for once nothing is in flight and every partition that still
     /// knows its state has resent what it had to.
     fn bump_ready(&self) -> bool {
-        self.inflight.is_empty()
+        self.inflight_requests() == 0
             && self.parts.iter().all(|p| {
                 p.inflight == 0
                     && !p.recovering
@@ -556,8 +706,13 @@ impl Sender {
     }
 
     async fn bump(&mut self) {
-        let Some(conn) = self.conn.clone() else {
-            return;
+        let conn = match self.control.connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "no connection for a new producer epoch");
+                self.bump_failed();
+                return;
+            }
         };
         let attempts = [
             (self.identity.producer_id, i32::from(self.identity.epoch)),
@@ -591,6 +746,14 @@ impl Sender {
                 Err(e) => last_err = Some(e),
             }
         }
+        self.bump_failed();
+        if let Some(e) = last_err {
+            tracing::warn!(error = %e, "could not get a new producer epoch; retrying");
+        }
+    }
+
+    /// A new epoch could not be had: try again after a backoff.
+    fn bump_failed(&mut self) {
         self.bump_failures += 1;
         self.next_bump = Instant::now()
             + backoff(
@@ -599,9 +762,6 @@ impl Sender {
                 self.bump_failures,
                 &mut self.rng,
             );
-        if let Some(e) = last_err {
-            tracing::warn!(error = %e, "could not get a new producer epoch; retrying");
-        }
     }
 
     /// After a new epoch: sequences start at 0; batches waiting to be resent get new ones.
@@ -626,19 +786,28 @@ impl Sender {
         p.next_seq = seq;
     }
 
-    /// Builds and sends requests while the in-flight limit allows.
+    /// Builds and sends requests to every connected broker while its in-flight limit allows.
     async fn send_ready(&mut self, now: Instant) {
-        let Some(conn) = self.conn.clone() else {
-            return;
-        };
+        let ready: Vec<(NodeId, Arc<Connection>)> = self
+            .peers
+            .iter()
+            .filter_map(|(id, p)| p.conn.clone().map(|c| (*id, c)))
+            .collect();
+        for (id, conn) in ready {
+            self.send_ready_to(id, &conn, now).await;
+        }
+    }
+
+    async fn send_ready_to(&mut self, to: NodeId, conn: &Arc<Connection>, now: Instant) {
         let force = self.shared.forcing();
         let limit = conn.max_frame_bytes().saturating_sub(4096).max(1024);
-        while self.inflight.len() < self.config.max_in_flight && conn.is_alive() {
+        let inflight = |s: &Self| s.peers.get(&to).map_or(0, |p| p.inflight.len());
+        while inflight(self) < self.config.max_in_flight && conn.is_alive() {
             let mut batches: Vec<SentBatch> = Vec::new();
             let mut size = 0usize;
             // Resends first: they are older than anything in the accumulator.
             for p in &mut self.parts {
-                if p.blocked(now) {
+                if !p.sendable_to(to, now) {
                     continue;
                 }
                 let Some(front) = p.resend.front() else {
@@ -666,7 +835,7 @@ impl Sender {
                     |part| {
                         parts
                             .get(part)
-                            .is_none_or(|p| !p.blocked(now) && p.resend.is_empty())
+                            .is_some_and(|p| p.sendable_to(to, now) && p.resend.is_empty())
                             && !taken_resend.contains(&part)
                     },
                     &mut drained,
@@ -681,7 +850,7 @@ impl Sender {
             if batches.is_empty() {
                 break;
             }
-            self.send_request(&conn, batches).await;
+            self.send_request(to, conn, batches).await;
         }
     }
 
@@ -737,7 +906,7 @@ impl Sender {
         })
     }
 
-    async fn send_request(&mut self, conn: &Arc<Connection>, batches: Vec<SentBatch>) {
+    async fn send_request(&mut self, to: NodeId, conn: &Arc<Connection>, batches: Vec<SentBatch>) {
         let mut topics: Vec<TopicProduceData> = Vec::new();
         for b in &batches {
             let data = PartitionProduceData {
@@ -769,11 +938,18 @@ impl Sender {
             self.parts[b.part].inflight += 1;
         }
         match conn.start(request, self.config.acks != Acks::None).await {
-            Ok(rx) => self.inflight.push_back(InflightRequest {
-                rx,
-                batches,
-                deadline: Instant::now() + self.request_wait(),
-            }),
+            Ok(rx) => {
+                let deadline = Instant::now() + self.request_wait();
+                self.peers
+                    .entry(to)
+                    .or_default()
+                    .inflight
+                    .push_back(InflightRequest {
+                        rx,
+                        batches,
+                        deadline,
+                    });
+            }
             Err(e @ Error::TooLarge { .. }) if batches.len() == 1 => {
                 // A single batch above the broker's frame limit: it can never be sent.
                 for b in batches {
@@ -798,14 +974,19 @@ impl Sender {
 
     fn on_reply(
         &mut self,
+        from: NodeId,
         reply: std::result::Result<
             crate::connection::Reply,
             tokio::sync::oneshot::error::RecvError,
         >,
     ) {
-        let Some(req) = self.inflight.pop_front() else {
+        let Some(peer) = self.peers.get_mut(&from) else {
             return;
         };
+        let Some(req) = peer.inflight.pop_front() else {
+            return;
+        };
+        let conn = peer.conn.clone();
         let response = match reply {
             Ok(Ok(Some(response))) => response,
             Ok(Ok(None)) => {
@@ -816,7 +997,7 @@ impl Sender {
                 return;
             }
             Ok(Err(_)) | Err(_) => {
-                if let Some(c) = &self.conn {
+                if let Some(c) = &conn {
                     c.close("produce request failed");
                 }
                 for b in req.batches {
@@ -825,11 +1006,7 @@ impl Sender {
                 return;
             }
         };
-        let body = match self
-            .conn
-            .as_ref()
-            .map(|c| c.body_of(response, ApiKey::Produce))
-        {
+        let body = match conn.as_ref().map(|c| c.body_of(response, ApiKey::Produce)) {
             Some(Ok(response::Body::Produce(body))) => body,
             Some(Err(Error::Broker { code, message })) => {
                 for b in req.batches {
@@ -838,7 +1015,7 @@ impl Sender {
                 return;
             }
             _ => {
-                if let Some(c) = &self.conn {
+                if let Some(c) = &conn {
                     c.close("malformed produce response");
                 }
                 for b in req.batches {
@@ -889,8 +1066,11 @@ impl Sender {
                 self.parts[b.part].reset_to_zero = true;
                 self.retry(b, Cause::NotAppended);
             }
-            ErrorCode::UnknownTopicOrPartition => {
-                self.spawn_refresh(b.topic.clone());
+            ErrorCode::UnknownTopicOrPartition
+            | ErrorCode::NotLeaderOrFollower
+            | ErrorCode::LeaderNotAvailable => {
+                // The leader moved (or the topic is new to this broker): look it up again.
+                self.routes.forget(&b.topic);
                 self.retry(b, Cause::NotAppended);
             }
             ErrorCode::RequestTimedOut | ErrorCode::StorageError => {
@@ -944,20 +1124,23 @@ impl Sender {
     /// or delivery deadline passes, a reconnect or metadata refresh is due.
     fn next_deadline(&self, now: Instant) -> Instant {
         let mut at = now + Duration::from_secs(1);
-        let can_send = self.conn.is_some()
-            && self.inflight.len() < self.config.max_in_flight
-            && !self.needs_bump;
+        let peers = &self.peers;
+        let max_in_flight = self.config.max_in_flight;
+        let can_send = |p: &PartState| {
+            !self.needs_bump
+                && p.leader
+                    .and_then(|id| peers.get(&id))
+                    .is_some_and(|peer| peer.conn.is_some() && peer.inflight.len() < max_in_flight)
+        };
         let linger = if self.shared.forcing() {
             Duration::ZERO
         } else {
             self.config.linger
         };
         let (ready, oldest) = self.shared.lock_acc().deadlines(linger, |part| {
-            can_send
-                && self
-                    .parts
-                    .get(part)
-                    .is_none_or(|p| !p.blocked(now) && p.resend.is_empty())
+            self.parts
+                .get(part)
+                .is_some_and(|p| can_send(p) && !p.blocked(now) && p.resend.is_empty())
         });
         if let Some(r) = ready {
             at = at.min(r.max(now));
@@ -975,11 +1158,26 @@ impl Sender {
                 at = at.min(b.created + self.config.delivery_timeout);
             }
         }
-        if let Some(f) = self.inflight.front() {
-            at = at.min(f.deadline);
+        for peer in self.peers.values() {
+            if let Some(f) = peer.inflight.front() {
+                at = at.min(f.deadline);
+            }
+            if peer.conn.is_none()
+                && peer.connecting.is_none()
+                && let Some(t) = peer.next_connect
+            {
+                at = at.min(t);
+            }
         }
-        if self.conn.is_none() && self.has_work() {
-            at = at.min(self.next_connect);
+        if let Some(t) = self.lookups.values().min() {
+            // A topic whose leader is unknown is looked up again then.
+            if self
+                .parts
+                .iter()
+                .any(|p| p.leader.is_none() && p.topic.is_some())
+            {
+                at = at.min(*t);
+            }
         }
         if self.needs_bump && self.bump_ready() {
             at = at.min(self.next_bump);

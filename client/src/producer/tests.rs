@@ -66,6 +66,8 @@ struct FakeBroker {
     /// Produce requests are held (not handled, not answered) while this is set.
     hold: std::sync::atomic::AtomicBool,
     released: tokio::sync::Notify,
+    /// The port it listens on: Metadata names it as broker 0, every partition's leader.
+    port: std::sync::atomic::AtomicU16,
     unknown_producer: AtomicUsize,
     lost_requests: AtomicUsize,
     lost_responses: AtomicUsize,
@@ -230,7 +232,12 @@ impl FakeBroker {
                 .into()
             }
             request::Body::Metadata(m) => MetadataResponse {
-                brokers: vec![],
+                brokers: vec![strom_protocol::messages::BrokerMetadata {
+                    node_id: 0,
+                    host: "127.0.0.1".into(),
+                    port: u32::from(self.port.load(AtomicOrdering::Acquire)),
+                    rack: None,
+                }],
                 topics: m
                     .topics
                     .iter()
@@ -290,6 +297,7 @@ impl FakeBroker {
     async fn serve(self: Arc<Self>) -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        self.port.store(addr.port(), AtomicOrdering::Release);
         tokio::spawn(async move {
             loop {
                 let (s, _) = listener.accept().await.unwrap();
@@ -585,6 +593,7 @@ async fn backpressure_bounds_buffered_bytes() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let fake = Arc::new(FakeBroker::default());
+    fake.port.store(addr.port(), AtomicOrdering::Release);
     tokio::spawn(async move {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();

@@ -454,8 +454,11 @@ impl Coordinator {
         if let Err((code, msg)) = self.check_not_taken(&req.group_id) {
             return fail(code, msg);
         }
-        let mut groups = self.lock();
-        let group: &mut Group = groups.entry(req.group_id.clone()).or_default();
+        let mut state = self.lock();
+        if let Err((code, msg)) = state.serve(&req.group_id) {
+            return fail(code, msg);
+        }
+        let group: &mut Group = state.groups.entry(req.group_id.clone()).or_default();
         if !group.members.is_empty() {
             return fail(
                 ErrorCode::InconsistentGroupProtocol,
@@ -611,8 +614,11 @@ impl Coordinator {
         assignments: Vec<MemberAssignment>,
     ) -> oneshot::Receiver<SyncResult> {
         let now = Instant::now();
-        let mut groups = self.lock();
-        let Some(group) = groups.get_mut(group_id) else {
+        let mut state = self.lock();
+        if let Err(e) = state.serve(group_id) {
+            return answered(Err(e));
+        }
+        let Some(group) = state.groups.get_mut(group_id) else {
             return answered(Err((
                 ErrorCode::UnknownMemberId,
                 format!("no group {group_id}"),
@@ -688,8 +694,10 @@ impl Coordinator {
         instance_id: Option<&str>,
     ) -> Result<(), Failure> {
         let now = Instant::now();
-        let mut groups = self.lock();
-        let c = &mut groups
+        let mut state = self.lock();
+        state.serve(group_id)?;
+        let c = &mut state
+            .groups
             .get_mut(group_id)
             .ok_or_else(|| (ErrorCode::UnknownMemberId, format!("no group {group_id}")))?
             .classic;
@@ -715,23 +723,25 @@ impl Coordinator {
         Ok(())
     }
 
-    /// LeaveGroup: each (member id, instance id) leaves; the others rebalance.
+    /// LeaveGroup: each (member id, instance id) leaves; the others rebalance. A group this
+    /// broker does not coordinate is the routing error, for the whole request.
     pub fn leave(
         &self,
         group_id: &str,
         leaving: &[(String, Option<String>)],
-    ) -> Vec<Result<(), Failure>> {
+    ) -> Result<Vec<Result<(), Failure>>, Failure> {
         let now = Instant::now();
         let delay = self.initial_rebalance_delay;
-        let mut groups = self.lock();
-        let Some(group) = groups.get_mut(group_id) else {
-            return leaving
+        let mut state = self.lock();
+        state.serve(group_id)?;
+        let Some(group) = state.groups.get_mut(group_id) else {
+            return Ok(leaving
                 .iter()
                 .map(|_| Err((ErrorCode::UnknownMemberId, format!("no group {group_id}"))))
-                .collect();
+                .collect());
         };
         let c = &mut group.classic;
-        leaving
+        Ok(leaving
             .iter()
             .map(|(member_id, instance_id)| {
                 let id = match instance_id.as_deref() {
@@ -759,7 +769,7 @@ impl Coordinator {
                 tracing::info!(group = %group_id, member = %id, "classic member left");
                 Ok(())
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -787,7 +797,7 @@ mod tests {
     }
 
     fn coordinator() -> Coordinator {
-        Coordinator::empty(
+        Coordinator::leading_everything(
             super::super::SessionBounds {
                 min_ms: 1000,
                 max_ms: 60_000,
@@ -868,7 +878,7 @@ mod tests {
         );
 
         // The leader leaves: the other member must rejoin, and leads generation 3.
-        assert_eq!(co.leave("g", &[(a.clone(), None)]), vec![Ok(())]);
+        assert_eq!(co.leave("g", &[(a.clone(), None)]), Ok(vec![Ok(())]));
         let hb = co.classic_heartbeat("g", 2, &b, None);
         assert_eq!(hb.map_err(|e| e.0), Err(ErrorCode::RebalanceInProgress));
         let jb = now(co.join(join_req(&b, &["roundrobin"])));
@@ -930,8 +940,8 @@ mod tests {
         now(co.sync("g", 1, &a, None, Vec::new())).expect("sync");
         let later = Instant::now() + Duration::from_secs(11);
         let removed = {
-            let mut groups = co.lock();
-            let g = groups.get_mut("g").expect("group");
+            let mut state = co.lock();
+            let g = state.groups.get_mut("g").expect("group");
             g.classic.tick(later, Duration::ZERO)
         };
         assert_eq!(removed, vec![a.clone()]);

@@ -7,32 +7,38 @@
 //! target: partitions it must give up are taken out of its assignment first; a partition is handed
 //! to its new member only once no other member is assigned it or still reports owning it. So a
 //! partition is never owned by two members at once, and members that keep their partitions keep
-//! consuming through a rebalance. A member that misses its session timeout is removed.
+//! consuming through a rebalance. A member that misses its session timeout is removed. Kafka's
+//! classic protocol runs on the same groups ([`classic`]).
 //!
-//! A commit is appended (and fsynced) to `__consumer_offsets` before it is acknowledged; the
-//! coordinator rebuilds its offset table from that log at start-up, so committed offsets survive
-//! any crash the log survives. Records: key `0x01 | u16 len | group | u16 len | topic | i32
-//! partition`, value `0x01 | i64 offset | i64 commit time ms | u16 len | metadata`; a null value
-//! deletes the commit (group deletion).
+//! `__consumer_offsets` is a topic of the metadata log with several partitions spread over the
+//! brokers; a group lives on the leader of its partition ([`leadership`]: Kafka's hash rule,
+//! loading a partition's groups when this broker becomes its leader, dropping them when it stops,
+//! and NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS / COORDINATOR_NOT_AVAILABLE for a group
+//! this broker cannot serve). A commit is appended (and fsynced) to the group's partition before
+//! it is acknowledged ([`offsets`]), so committed offsets survive any crash the log survives.
+//! Records: key `0x01 | u16 len | group | u16 len | topic | i32 partition`, value `0x01 | i64
+//! offset | i64 commit time ms | u16 len | metadata`; a null value deletes the commit (group
+//! deletion).
 
 pub mod assignor;
 pub(crate) mod classic;
+pub(crate) mod leadership;
 pub(crate) mod offsets;
 pub(crate) mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use strom_meta::image::MetadataImage;
 use strom_protocol::ErrorCode;
 use strom_protocol::topic::validate_topic_name;
 
-use crate::core::topics::Topics;
-use crate::error::BrokerError;
+use crate::core::topics::{TopicId, Topics};
 use assignor::{MemberView, Strategy, Tp};
 use classic::Classic;
-use offsets::{parse_key, parse_value};
+use leadership::Slot;
 
 /// A KIP-848 heartbeat: a join (epoch 0), a heartbeat, or a leave (epoch -1).
 #[derive(Debug, Clone)]
@@ -61,6 +67,61 @@ pub(crate) struct HeartbeatResult {
 
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// The settings `__consumer_offsets` is created with: compacted (the newest commit per group and
+/// partition is what matters), kept forever otherwise, in 16 MiB segments.
+pub(crate) fn offsets_topic_configs() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("segment.bytes".to_string(), (16u64 << 20).to_string()),
+        ("retention.ms".to_string(), "-1".to_string()),
+    ])
+}
+
+/// Where the coordinator looks topics up: the metadata image (every topic of the cluster,
+/// wherever its partitions are) and this broker's registry (its internal topics, and the logs
+/// of `__consumer_offsets` it holds).
+#[derive(Debug)]
+pub(crate) struct Catalog<'a> {
+    pub image: Arc<MetadataImage>,
+    pub topics: &'a Topics,
+}
+
+impl Catalog<'_> {
+    /// How many partitions `name` has, if it exists.
+    pub fn partition_count(&self, name: &str) -> Option<i32> {
+        match self.image.topics.get(name) {
+            Some(t) => Some(i32::try_from(t.partitions.len()).unwrap_or(i32::MAX)),
+            None => self
+                .topics
+                .get(name)
+                .map(|t| i32::try_from(t.count).unwrap_or(i32::MAX)),
+        }
+    }
+
+    /// Whether partition `partition` of `name` exists (on any broker).
+    pub fn has_partition(&self, name: &str, partition: i32) -> bool {
+        partition >= 0 && self.partition_count(name).is_some_and(|n| partition < n)
+    }
+
+    /// The topic id of `name`, if it exists.
+    pub fn topic_id(&self, name: &str) -> Option<TopicId> {
+        match self.image.topics.get(name) {
+            Some(t) => Some(crate::core::cluster::local_id(t.id)),
+            None => self.topics.get(name).map(|t| t.id),
+        }
+    }
+
+    /// The name of the topic with id `id`, if one has it.
+    pub fn topic_name(&self, id: &TopicId) -> Option<String> {
+        self.image
+            .topics
+            .iter()
+            .find(|(_, t)| crate::core::cluster::local_id(t.id) == *id)
+            .map(|(name, _)| name.clone())
+            .or_else(|| self.topics.get_by_id(id).map(|t| t.name.to_string()))
+    }
+}
 
 /// Tells whether a group id belongs to another kind of group.
 pub(crate) struct TakenIds(pub Box<dyn Fn(&str) -> bool + Send + Sync>);
@@ -162,10 +223,23 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The coordinator of every group.
+/// What the coordinator's lock guards: the groups of the `__consumer_offsets` partitions this
+/// broker leads, and which partitions those are.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    groups: HashMap<String, Group>,
+    /// Each partition of `__consumer_offsets` as this broker last followed the metadata image
+    /// (its length is the partition count); `None` while the image holds no such topic.
+    slots: Option<Vec<Slot>>,
+}
+
+/// The coordinator of the groups of the `__consumer_offsets` partitions this broker leads.
 #[derive(Debug)]
 pub struct Coordinator {
-    groups: Mutex<HashMap<String, Group>>,
+    state: Mutex<State>,
+    /// Held while this broker creates `__consumer_offsets`, so concurrent first requests create
+    /// it once.
+    creating: tokio::sync::Mutex<()>,
     /// Group ids taken by another kind of group (queue groups), which members of consumer
     /// groups may not join; set once at start-up.
     taken: std::sync::OnceLock<TakenIds>,
@@ -176,67 +250,29 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Creates `__consumer_offsets` if needed and rebuilds the committed offsets from it.
-    pub async fn load(
-        topics: &Topics,
-        bounds: SessionBounds,
-        initial_rebalance_delay: Duration,
-    ) -> Result<Self, BrokerError> {
-        if topics.get(OFFSETS_TOPIC).is_none() {
-            let mut overrides = BTreeMap::new();
-            overrides.insert("cleanup.policy".to_string(), "compact".to_string());
-            overrides.insert("segment.bytes".to_string(), (16u64 << 20).to_string());
-            overrides.insert("retention.ms".to_string(), "-1".to_string());
-            topics
-                .create(OFFSETS_TOPIC, 1, overrides)
-                .await
-                .map_err(|(_, reason)| BrokerError::Config {
-                    key: OFFSETS_TOPIC.into(),
-                    reason,
-                })?;
-        }
-        let mut groups: HashMap<String, Group> = HashMap::new();
-        let mut loaded = 0usize;
-        if let Some(part) = topics
-            .get(OFFSETS_TOPIC)
-            .and_then(|t| t.partition(0).cloned())
-        {
-            part.for_each_record(|rec| {
-                let Some((g, t, p)) = rec.key.as_deref().and_then(parse_key) else {
-                    return;
-                };
-                let group = groups.entry(g).or_default();
-                match rec.value.as_deref().and_then(parse_value) {
-                    Some(v) => {
-                        group.offsets.insert((t, p), v);
-                    }
-                    None => {
-                        group.offsets.remove(&(t, p));
-                    }
-                }
-                loaded += 1;
-            })?;
-        }
-        groups.retain(|_, g| !g.offsets.is_empty());
-        tracing::info!(
-            groups = groups.len(),
-            records = loaded,
-            "group offsets loaded"
-        );
-        let mut c = Self::empty(bounds, initial_rebalance_delay);
-        c.groups = Mutex::new(groups);
-        Ok(c)
-    }
-
-    /// A coordinator with no groups.
-    fn empty(bounds: SessionBounds, initial_rebalance_delay: Duration) -> Self {
+    /// A coordinator with no groups; it coordinates nothing until it follows the metadata image
+    /// ([`Coordinator::follow`]).
+    pub fn new(bounds: SessionBounds, initial_rebalance_delay: Duration) -> Self {
         Self {
-            groups: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
+            creating: tokio::sync::Mutex::new(()),
             taken: std::sync::OnceLock::new(),
             bounds,
             initial_rebalance_delay,
             next_member: AtomicU64::new(1),
         }
+    }
+
+    /// A coordinator that leads the one partition of a one-partition `__consumer_offsets`, so
+    /// every group is its own (unit tests of the group logic).
+    #[cfg(test)]
+    pub(crate) fn leading_everything(
+        bounds: SessionBounds,
+        initial_rebalance_delay: Duration,
+    ) -> Self {
+        let c = Self::new(bounds, initial_rebalance_delay);
+        c.lock().slots = Some(vec![Slot::Ready(0)]);
+        c
     }
 
     /// Sets what says a group id belongs to another kind of group (once; later calls do
@@ -256,29 +292,33 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Whether a consumer group of this name exists (members or committed offsets).
+    /// Whether a consumer group of this name exists here (members or committed offsets).
     pub fn exists(&self, group_id: &str) -> bool {
         self.lock()
+            .groups
             .get(group_id)
             .is_some_and(|g| g.member_count() > 0 || !g.offsets.is_empty())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
-        match self.groups.lock() {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        match self.state.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
     }
 
-    fn partition_counts(topics: &Topics, subscribed: &BTreeSet<String>) -> BTreeMap<String, i32> {
+    fn partition_counts(
+        catalog: &Catalog<'_>,
+        subscribed: &BTreeSet<String>,
+    ) -> BTreeMap<String, i32> {
         subscribed
             .iter()
-            .filter_map(|t| topics.get(t).map(|topic| (t.clone(), topic.count as i32)))
+            .filter_map(|t| catalog.partition_count(t).map(|n| (t.clone(), n)))
             .collect()
     }
 
     /// Joins, heartbeats or leaves (KIP-848).
-    pub fn heartbeat(&self, topics: &Topics, req: Heartbeat) -> HeartbeatResult {
+    pub fn heartbeat(&self, catalog: &Catalog<'_>, req: Heartbeat) -> HeartbeatResult {
         let fail = |code: ErrorCode, msg: String| HeartbeatResult {
             error: Some((code, msg)),
             member_id: req.member_id.clone(),
@@ -290,7 +330,11 @@ impl Coordinator {
             return fail(ErrorCode::InvalidRequest, "group id is empty".into());
         }
         let now = Instant::now();
-        let mut groups = self.lock();
+        let mut state = self.lock();
+        if let Err((code, msg)) = state.serve(&req.group_id) {
+            return fail(code, msg);
+        }
+        let groups = &mut state.groups;
         // Leave.
         if req.member_epoch == -1 {
             if let Some(g) = groups.get_mut(&req.group_id)
@@ -298,7 +342,7 @@ impl Coordinator {
             {
                 g.target.remove(&req.member_id);
                 let subscribed = g.members.values().flat_map(|m| m.topics.clone()).collect();
-                g.recompute(Self::partition_counts(topics, &subscribed));
+                g.recompute(Self::partition_counts(catalog, &subscribed));
                 tracing::info!(group = %req.group_id, member = %req.member_id, epoch = g.epoch, "member left");
             }
             return HeartbeatResult {
@@ -421,7 +465,7 @@ impl Coordinator {
             .values()
             .flat_map(|m| m.topics.clone())
             .collect();
-        let counts = Self::partition_counts(topics, &subscribed);
+        let counts = Self::partition_counts(catalog, &subscribed);
         if changed || counts != group.computed_for {
             group.recompute(counts);
         }
@@ -437,10 +481,11 @@ impl Coordinator {
     }
 
     /// Removes members whose session expired. Returns how many were removed.
-    pub fn expire(&self, topics: &Topics) -> usize {
+    pub fn expire(&self, catalog: &Catalog<'_>) -> usize {
         let now = Instant::now();
         let mut removed = 0;
-        let mut groups = self.lock();
+        let mut state = self.lock();
+        let groups = &mut state.groups;
         for (name, g) in groups.iter_mut() {
             let dead: Vec<String> = g
                 .members
@@ -463,7 +508,7 @@ impl Coordinator {
             }
             removed += dead.len();
             let subscribed = g.members.values().flat_map(|m| m.topics.clone()).collect();
-            g.recompute(Self::partition_counts(topics, &subscribed));
+            g.recompute(Self::partition_counts(catalog, &subscribed));
         }
         groups.retain(|_, g| g.member_count() > 0 || !g.offsets.is_empty() || !g.classic.is_idle());
         removed

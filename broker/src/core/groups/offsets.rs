@@ -1,11 +1,13 @@
 //! Committed offsets: the records of `__consumer_offsets`, commits (validated against the
-//! committing member, appended and fsynced before the table changes and before the answer),
-//! offset fetches, and group deletion (tombstones for every offset of the group).
+//! committing member, appended and fsynced to the group's partition before the table changes
+//! and before the answer), offset fetches, and group deletion (tombstones for every offset of
+//! the group). Every operation is served only by the group's coordinator
+//! ([`super::leadership`]).
 //!
 //! Records: key `0x01 | u16 len | group | u16 len | topic | i32 partition`, value `0x01 | i64
 //! offset | i64 commit time ms | u16 len | metadata`; a null value deletes the commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use strom_protocol::ErrorCode;
@@ -13,7 +15,8 @@ use strom_protocol::batch::{BatchBuilder, RecordRef};
 use strom_storage::ValidBatch;
 
 use super::classic::ClassicState;
-use super::{Coordinator, OFFSETS_TOPIC, Tp, now_ms};
+use super::leadership::Route;
+use super::{Catalog, Coordinator, Group, OFFSETS_TOPIC, State, Tp, now_ms};
 use crate::core::Failure;
 use crate::core::partition::Durability;
 use crate::core::topics::Topics;
@@ -43,9 +46,25 @@ pub(crate) type CommitResult = Vec<(String, Vec<(i32, ErrorCode)>)>;
 /// A committed offset as fetched: (partition, offset or -1, metadata).
 pub(crate) type Fetched = (i32, i64, Option<String>);
 
+/// The answer when a group's partition changed leadership while a write to it waited: the
+/// write is in the log (it is read back when this broker loads the partition again), but this
+/// coordinator's table did not take it.
+fn moved(group_id: &str, now: Result<Option<Route>, Failure>) -> Failure {
+    match now {
+        Err(failure) => failure,
+        Ok(_) => (
+            ErrorCode::CoordinatorLoadInProgress,
+            format!("the partition of group {group_id} changed leadership during the write; retry"),
+        ),
+    }
+}
+
 impl Coordinator {
-    fn check_committer(&self, group_id: &str, who: &Committer) -> Result<(), Failure> {
-        let groups = self.lock();
+    fn check_committer(
+        groups: &HashMap<String, Group>,
+        group_id: &str,
+        who: &Committer,
+    ) -> Result<(), Failure> {
         let group = groups.get(group_id);
         match who {
             Committer::Admin => {
@@ -102,11 +121,13 @@ impl Coordinator {
         }
     }
 
-    /// Validates and stores a commit. The records are appended (fsynced) to
-    /// `__consumer_offsets` before the in-memory table changes and before the answer.
+    /// Validates and stores a commit. The records are appended (fsynced) to the group's
+    /// partition of `__consumer_offsets` before the in-memory table changes and before the
+    /// answer. Partitions are checked against the metadata image (they may live on any
+    /// broker).
     pub async fn commit(
         &self,
-        topics: &Topics,
+        catalog: &Catalog<'_>,
         group_id: &str,
         who: Committer,
         offsets: Vec<(String, Vec<CommitOffset>)>,
@@ -114,20 +135,20 @@ impl Coordinator {
         if group_id.is_empty() {
             return Err((ErrorCode::InvalidRequest, "group id is empty".into()));
         }
-        self.check_committer(group_id, &who)?;
+        let route = {
+            let state = self.lock();
+            let route = state.serve(group_id)?;
+            Self::check_committer(&state.groups, group_id, &who)?;
+            route
+        };
         let now = now_ms();
         let mut builder = BatchBuilder::default();
         let mut results = Vec::with_capacity(offsets.len());
         let mut accepted: Vec<(Tp, i64, Option<String>)> = Vec::new();
         for (name, partitions) in offsets {
-            let topic = topics.get(&name);
             let mut parts = Vec::with_capacity(partitions.len());
             for p in partitions {
-                let code = if topic
-                    .as_ref()
-                    .and_then(|x| x.partition(p.partition))
-                    .is_none()
-                {
+                let code = if !catalog.has_partition(&name, p.partition) {
                     ErrorCode::UnknownTopicOrPartition
                 } else if p.offset < 0 {
                     ErrorCode::InvalidRequest
@@ -152,17 +173,27 @@ impl Coordinator {
             results.push((name, parts));
         }
         if !accepted.is_empty() {
-            self.append(topics, builder).await?;
+            self.append(catalog.topics, route.partition, builder)
+                .await?;
         }
-        let mut groups = self.lock();
-        let group = groups.entry(group_id.to_string()).or_default();
+        let mut state = self.lock();
+        let now = state.route(group_id);
+        if now != Ok(Some(route)) {
+            return Err(moved(group_id, now));
+        }
+        let group = state.groups.entry(group_id.to_string()).or_default();
         for (tp, offset, meta) in accepted {
             group.offsets.insert(tp, (offset, meta));
         }
         Ok(results)
     }
 
-    async fn append(&self, topics: &Topics, builder: BatchBuilder) -> Result<(), Failure> {
+    async fn append(
+        &self,
+        topics: &Topics,
+        partition: i32,
+        builder: BatchBuilder,
+    ) -> Result<(), Failure> {
         let bytes: Bytes = builder
             .finish()
             .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
@@ -170,10 +201,10 @@ impl Coordinator {
             ValidBatch::new(bytes).map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
         let part = topics
             .get(OFFSETS_TOPIC)
-            .and_then(|t| t.partition(0).cloned())
+            .and_then(|t| t.partition(partition).cloned())
             .ok_or((
                 ErrorCode::CoordinatorNotAvailable,
-                "the offsets log is missing".into(),
+                format!("the log of {OFFSETS_TOPIC}-{partition} is missing"),
             ))?;
         match part.append(vec![batch], Durability::Fsynced).await.await {
             Ok(Ok(_)) => Ok(()),
@@ -186,14 +217,16 @@ impl Coordinator {
     }
 
     /// Committed offsets of a group: every one it has (`wanted` `None`), or the partitions
-    /// asked for (-1 for those without a commit).
+    /// asked for (-1 for those without a commit). A group this broker does not coordinate is
+    /// the routing error ([`State::route`]).
     pub fn fetch(
         &self,
         group_id: &str,
         wanted: Option<Vec<(String, Vec<i32>)>>,
-    ) -> Vec<(String, Vec<Fetched>)> {
-        let groups = self.lock();
-        let group = groups.get(group_id);
+    ) -> Result<Vec<(String, Vec<Fetched>)>, Failure> {
+        let state = self.lock();
+        state.route(group_id)?;
+        let group = state.groups.get(group_id);
         let mut by_topic: BTreeMap<String, Vec<Fetched>> = BTreeMap::new();
         let entry = |tp: &Tp| {
             let found = group.and_then(|g| g.offsets.get(tp));
@@ -220,10 +253,18 @@ impl Coordinator {
                         .collect();
                     out.push((topic, parts));
                 }
-                return out;
+                return Ok(out);
             }
         }
-        by_topic.into_iter().collect()
+        Ok(by_topic.into_iter().collect())
+    }
+
+    /// The route of a group that must exist: GROUP_ID_NOT_FOUND when no `__consumer_offsets`
+    /// exists yet (so no group does).
+    fn existing(state: &State, group_id: &str) -> Result<Route, Failure> {
+        state
+            .route(group_id)?
+            .ok_or_else(|| (ErrorCode::GroupIdNotFound, format!("no group {group_id}")))
     }
 
     /// Deletes some committed offsets of a group (Kafka's OffsetDelete): tombstones appended
@@ -237,9 +278,11 @@ impl Coordinator {
     ) -> Result<CommitResult, Failure> {
         let mut results = Vec::with_capacity(wanted.len());
         let mut doomed: Vec<Tp> = Vec::new();
-        {
-            let groups = self.lock();
-            let g = groups
+        let route = {
+            let state = self.lock();
+            let route = Self::existing(&state, group_id)?;
+            let g = state
+                .groups
                 .get(group_id)
                 .ok_or_else(|| (ErrorCode::GroupIdNotFound, format!("no group {group_id}")))?;
             let subscribed: std::collections::BTreeSet<&str> = g
@@ -265,22 +308,17 @@ impl Coordinator {
                 }
                 results.push((topic, parts));
             }
-        }
+            route
+        };
         if !doomed.is_empty() {
-            let mut builder = BatchBuilder::default();
-            let now = now_ms();
-            for (t, p) in &doomed {
-                let key = offset_key(group_id, t, *p);
-                let _ = builder.push(&RecordRef {
-                    timestamp: now,
-                    key: Some(&key),
-                    value: None,
-                    headers: &[],
-                });
+            self.append(topics, route.partition, tombstones(group_id, &doomed))
+                .await?;
+            let mut state = self.lock();
+            let now = state.route(group_id);
+            if now != Ok(Some(route)) {
+                return Err(moved(group_id, now));
             }
-            self.append(topics, builder).await?;
-            let mut groups = self.lock();
-            if let Some(g) = groups.get_mut(group_id) {
+            if let Some(g) = state.groups.get_mut(group_id) {
                 for tp in &doomed {
                     g.offsets.remove(tp);
                 }
@@ -291,9 +329,10 @@ impl Coordinator {
 
     /// Deletes an empty group: tombstones for its offsets, appended before the answer.
     pub async fn delete_group(&self, topics: &Topics, name: &str) -> Result<(), Failure> {
-        let doomed: Vec<Tp> = {
-            let groups = self.lock();
-            match groups.get(name) {
+        let (route, doomed): (Route, Vec<Tp>) = {
+            let state = self.lock();
+            let route = Self::existing(&state, name)?;
+            match state.groups.get(name) {
                 None => {
                     return Err((ErrorCode::GroupIdNotFound, format!("no group {name}")));
                 }
@@ -303,27 +342,38 @@ impl Coordinator {
                         format!("group {name} has {} members", g.member_count()),
                     ));
                 }
-                Some(g) => g.offsets.keys().cloned().collect(),
+                Some(g) => (route, g.offsets.keys().cloned().collect()),
             }
         };
         if !doomed.is_empty() {
-            let mut builder = BatchBuilder::default();
-            let now = now_ms();
-            for (t, p) in &doomed {
-                let key = offset_key(name, t, *p);
-                let _ = builder.push(&RecordRef {
-                    timestamp: now,
-                    key: Some(&key),
-                    value: None,
-                    headers: &[],
-                });
-            }
-            self.append(topics, builder).await?;
+            self.append(topics, route.partition, tombstones(name, &doomed))
+                .await?;
         }
-        self.lock().remove(name);
+        let mut state = self.lock();
+        let now = state.route(name);
+        if now != Ok(Some(route)) {
+            return Err(moved(name, now));
+        }
+        state.groups.remove(name);
         tracing::info!(group = %name, "group deleted");
         Ok(())
     }
+}
+
+/// Tombstones for `doomed` commits of `group`.
+fn tombstones(group: &str, doomed: &[Tp]) -> BatchBuilder {
+    let mut builder = BatchBuilder::default();
+    let now = now_ms();
+    for (t, p) in doomed {
+        let key = offset_key(group, t, *p);
+        let _ = builder.push(&RecordRef {
+            timestamp: now,
+            key: Some(&key),
+            value: None,
+            headers: &[],
+        });
+    }
+    builder
 }
 
 /// Committed-offset records.

@@ -210,10 +210,12 @@ impl Group {
 }
 
 impl Coordinator {
-    /// Every group with members or committed offsets, by name (members and state; no offsets).
+    /// Every group this broker coordinates with members or committed offsets, by name (members
+    /// and state; no offsets). Kafka's ListGroups answers the same: each broker lists its own.
     pub fn list(&self) -> Vec<GroupView> {
-        let groups = self.lock();
-        let mut out: Vec<GroupView> = groups
+        let state = self.lock();
+        let mut out: Vec<GroupView> = state
+            .groups
             .iter()
             .filter(|(_, g)| g.member_count() > 0 || !g.offsets.is_empty())
             .map(|(name, g)| g.view(name, None))
@@ -222,8 +224,26 @@ impl Coordinator {
         out
     }
 
-    /// One group with its members and offsets (lag against the partitions' ends now).
+    /// One group this broker coordinates, with its members and offsets (lag against the ends
+    /// of the partitions this broker holds now; -1 for the others); `None` when it has no such
+    /// group.
     pub fn describe(&self, topics: &Topics, name: &str) -> Option<GroupView> {
-        self.lock().get(name).map(|g| g.view(name, Some(topics)))
+        self.lock()
+            .groups
+            .get(name)
+            .map(|g| g.view(name, Some(topics)))
+    }
+
+    /// [`Coordinator::describe`] for a client that asked this broker: `Ok(None)` for a group
+    /// that does not exist, the routing error ([`super::State::route`]) for one another broker
+    /// coordinates or that nobody can serve now.
+    pub fn describe_group(
+        &self,
+        topics: &Topics,
+        name: &str,
+    ) -> Result<Option<GroupView>, crate::core::Failure> {
+        let state = self.lock();
+        state.route(name)?;
+        Ok(state.groups.get(name).map(|g| g.view(name, Some(topics))))
     }
 }

@@ -372,6 +372,26 @@ fn every_failure_is_one_line_and_a_non_zero_exit() {
         &["topics", "create", "t", "--config", "retention.ms=soon"],
         b"",
     ));
+    // Replication factors: 1 (or the default) only, until partition data is replicated.
+    let err = fails(&strom(
+        &addr,
+        &["topics", "create", "r", "--replication-factor", "2"],
+        b"",
+    ));
+    assert!(
+        err.contains("INVALID_REPLICATION_FACTOR") || err.contains("replication factor 2"),
+        "{err}"
+    );
+    fails(&strom(
+        &addr,
+        &["topics", "create", "r", "--replication-factor", "0"],
+        b"",
+    ));
+    ok(&strom(
+        &addr,
+        &["topics", "create", "r", "--replication-factor", "1"],
+        b"",
+    ));
     ok(&strom(&addr, &["topics", "create", "t"], b""));
     fails(&strom(&addr, &["consume", "t", "--format", "%x"], b""));
     fails(&strom(&addr, &["consume", "t", "--partition", "9"], b""));

@@ -238,6 +238,29 @@ fn three_brokers_spread_partitions_and_route_clients_to_leaders() {
         assert_eq!((at_leader.error_code, at_leader.offset), (code::NONE, 1));
     }
 
+    // A replication factor beyond the brokers, or above 1 before replication exists, is
+    // refused with Kafka's code and a reason.
+    for (factor, why) in [
+        (4, "larger than the 3 registered brokers"),
+        (3, "not replicated yet"),
+    ] {
+        let r = cluster.kafka(2).call(
+            7,
+            &kafka_protocol::messages::CreateTopicsRequest::default()
+                .with_timeout_ms(10_000)
+                .with_topics(vec![
+                    kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+                        .with_name(topic_name("replicated"))
+                        .with_num_partitions(3)
+                        .with_replication_factor(factor),
+                ]),
+        );
+        let t = &r.topics[0];
+        assert_eq!(t.error_code, 38, "INVALID_REPLICATION_FACTOR: {t:?}");
+        let message = t.error_message.as_ref().map(|m| m.to_string());
+        assert!(message.as_deref().is_some_and(|m| m.contains(why)), "{t:?}");
+    }
+
     // librdkafka through all three addresses: an idempotent producer (producer ids are
     // unique across the brokers) and a consumer group read everything.
     let producer: BaseProducer = ClientConfig::new()

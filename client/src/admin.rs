@@ -41,6 +41,9 @@ pub struct NewTopic {
     pub name: String,
     /// Partition count; `None` takes the broker's default.
     pub partitions: Option<i32>,
+    /// Replicas per partition; `None` takes the broker's default (1). Until partition data is
+    /// replicated, brokers accept only 1.
+    pub replication_factor: Option<i32>,
     /// Topic configs that differ from the broker's defaults (Kafka names, string values).
     pub configs: BTreeMap<String, String>,
 }
@@ -51,8 +54,16 @@ impl NewTopic {
         Self {
             name: name.into(),
             partitions: None,
+            replication_factor: None,
             configs: BTreeMap::new(),
         }
+    }
+
+    /// Sets the replication factor.
+    #[must_use]
+    pub fn replication_factor(mut self, replication_factor: i32) -> Self {
+        self.replication_factor = Some(replication_factor);
+        self
     }
 
     /// Sets the partition count.
@@ -624,6 +635,7 @@ impl Admin {
                 .map(|t| CreatableTopic {
                     name: t.name.clone(),
                     num_partitions: t.partitions,
+                    replication_factor: t.replication_factor,
                     configs: t.configs.clone().into_iter().collect(),
                 })
                 .collect(),

@@ -439,6 +439,7 @@ mod tests {
                 topics: vec![CreatableTopic {
                     name: "orders".into(),
                     num_partitions: Some(6),
+                    replication_factor: Some(1),
                     configs: configs(),
                 }],
                 timeout_ms: 30_000,

@@ -186,6 +186,9 @@ error_codes! {
     /// group's committed offsets; retry after a backoff.
     CoordinatorLoadInProgress = 36, "COORDINATOR_LOAD_IN_PROGRESS", retriable: true,
         "the coordinator is still loading the group's offsets";
+    /// Topics: the replication factor is not one the cluster can give.
+    InvalidReplicationFactor = 37, "INVALID_REPLICATION_FACTOR", retriable: false,
+        "the replication factor is not one the cluster can give";
 }
 
 impl ErrorCode {

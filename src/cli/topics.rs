@@ -17,6 +17,10 @@ pub enum TopicsCommand {
         /// Number of partitions [default: the broker's default_partitions]
         #[arg(long, value_name = "N")]
         partitions: Option<i32>,
+        /// Replicas per partition [default: the broker's default, 1]; until partition data is
+        /// replicated the broker accepts only 1
+        #[arg(long, value_name = "R")]
+        replication_factor: Option<i32>,
         /// A topic setting by its Kafka name, e.g. `retention.ms=86400000` (repeatable)
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_pair)]
         configs: Vec<(String, String)>,
@@ -52,11 +56,15 @@ pub async fn run(admin: &Admin, cmd: TopicsCommand, output: Output) -> anyhow::R
         TopicsCommand::Create {
             name,
             partitions,
+            replication_factor,
             configs,
         } => {
             let mut t = NewTopic::new(&name);
             if let Some(p) = partitions {
                 t = t.partitions(p);
+            }
+            if let Some(r) = replication_factor {
+                t = t.replication_factor(r);
             }
             for (k, v) in configs {
                 t = t.config(k, v);

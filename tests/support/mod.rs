@@ -833,6 +833,7 @@ pub fn creatable(name: &str, partitions: i32, configs: &[(&str, &str)]) -> Creat
     CreatableTopic {
         name: name.to_string(),
         num_partitions: Some(partitions),
+        replication_factor: None,
         configs: config_map(configs),
     }
 }

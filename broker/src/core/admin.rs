@@ -46,18 +46,21 @@ pub(crate) enum OffsetQuery {
 }
 
 impl Core {
-    /// Creates a topic (`partitions` `None`: `default_partitions`) and returns its partition
-    /// count; with `validate_only` only checks that it could. The topic is proposed to the
-    /// metadata quorum and this answers once the broker has opened it.
+    /// Creates a topic (`partitions` `None`: `default_partitions`; `replication_factor` `None`
+    /// or -1: 1) and returns its partition count; with `validate_only` only checks that it
+    /// could. The topic is proposed to the metadata quorum and this answers once the broker has
+    /// opened it.
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: Option<i64>,
+        replication_factor: Option<i32>,
         overrides: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<i32, Failure> {
         let partitions = partitions.unwrap_or(i64::from(self.config.default_partitions));
         self.topics.check_create(name, partitions, &overrides)?;
+        self.check_replication_factor(replication_factor)?;
         if is_internal_topic(name) {
             return Err((
                 ErrorCode::InvalidTopicName,
@@ -78,6 +81,36 @@ impl Core {
         Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
     }
 
+    /// INVALID_REPLICATION_FACTOR unless `replication_factor` is absent, -1 (the default, 1) or
+    /// 1: a factor must be at least 1 and at most the registered brokers, and until partition
+    /// data is replicated (issue 17) a second replica would hold nothing, so it is refused
+    /// rather than shown as a replica that is not one.
+    fn check_replication_factor(&self, replication_factor: Option<i32>) -> Result<(), Failure> {
+        let factor = match replication_factor {
+            None | Some(-1) => return Ok(()),
+            Some(f) => f,
+        };
+        let brokers = self.image().brokers.len();
+        let refuse = |why: String| Err((ErrorCode::InvalidReplicationFactor, why));
+        if factor < 1 {
+            return refuse(format!(
+                "replication factor {factor}: it must be at least 1 (or -1 for the default)"
+            ));
+        }
+        if factor as usize > brokers {
+            return refuse(format!(
+                "replication factor {factor} is larger than the {brokers} registered brokers"
+            ));
+        }
+        if factor > 1 {
+            return refuse(format!(
+                "replication factor {factor}: partition data is not replicated yet, so only 1 is \
+                 accepted"
+            ));
+        }
+        Ok(())
+    }
+
     /// The topic, created with `partitions` partitions if it does not exist.
     pub async fn get_or_create_topic(
         &self,
@@ -88,7 +121,13 @@ impl Core {
             return Ok(topic);
         }
         match self
-            .create_topic(name, Some(i64::from(partitions)), BTreeMap::new(), false)
+            .create_topic(
+                name,
+                Some(i64::from(partitions)),
+                None,
+                BTreeMap::new(),
+                false,
+            )
             .await
         {
             // Created by someone else meanwhile.

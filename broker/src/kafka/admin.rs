@@ -50,15 +50,7 @@ impl Kafka {
         let mut results = Vec::with_capacity(m.topics.len());
         for t in m.topics {
             let name = t.name.0.to_string();
-            let result: Result<i32, Failure> = if t.replication_factor > 1 {
-                Err((
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "replication factor {} is more than the 1 broker of this cluster",
-                        t.replication_factor
-                    ),
-                ))
-            } else if !t.assignments.is_empty() {
+            let result: Result<i32, Failure> = if !t.assignments.is_empty() {
                 Err((
                     ErrorCode::InvalidRequest,
                     "manual replica assignments are not supported".to_string(),
@@ -80,7 +72,13 @@ impl Kafka {
                         let partitions =
                             (t.num_partitions >= 0).then_some(i64::from(t.num_partitions));
                         self.core
-                            .create_topic(&name, partitions, overrides, m.validate_only)
+                            .create_topic(
+                                &name,
+                                partitions,
+                                Some(i32::from(t.replication_factor)),
+                                overrides,
+                                m.validate_only,
+                            )
                             .await
                     }
                 }
@@ -98,18 +96,11 @@ impl Kafka {
                         .with_num_partitions(n)
                         .with_replication_factor(1)
                 }
-                Err((code, msg)) => {
-                    // A replication factor beyond the brokers has its own Kafka code.
-                    let code = if t.replication_factor > 1 {
-                        ResponseError::InvalidReplicationFactor.code()
-                    } else {
-                        kafka_code(code)
-                    };
-                    out.with_error_code(code)
-                        .with_error_message(message(req.version, 1, msg))
-                        .with_num_partitions(-1)
-                        .with_replication_factor(-1)
-                }
+                Err((code, msg)) => out
+                    .with_error_code(kafka_code(code))
+                    .with_error_message(message(req.version, 1, msg))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1),
             });
         }
         req.respond(&CreateTopicsResponse::default().with_topics(results))

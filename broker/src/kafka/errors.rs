@@ -44,6 +44,7 @@ pub(crate) fn kafka_code(code: ErrorCode) -> i16 {
         ErrorCode::LeaderNotAvailable => K::LeaderNotAvailable,
         ErrorCode::NotCoordinator => K::NotCoordinator,
         ErrorCode::CoordinatorLoadInProgress => K::CoordinatorLoadInProgress,
+        ErrorCode::InvalidReplicationFactor => K::InvalidReplicationFactor,
         _ => K::UnknownServerError,
     };
     k.code()

@@ -575,6 +575,7 @@ impl Native {
                 .create_topic(
                     &t.name,
                     t.num_partitions.map(i64::from),
+                    t.replication_factor,
                     overrides,
                     req.validate_only,
                 )

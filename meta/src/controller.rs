@@ -106,6 +106,9 @@ pub(crate) struct Inner {
     pub(crate) timing: Timing,
     pub(crate) office: Mutex<Office>,
     peers: tokio::sync::Mutex<BTreeMap<BrokerId, Connection>>,
+    /// Where outgoing controller connections leave from: the listener's address, unless it is
+    /// unspecified.
+    source: Option<std::net::IpAddr>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -170,6 +173,11 @@ impl Controller {
                 });
             }
         }
+        let source = listener
+            .local_addr()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified());
         let (log_store, state_machine) = crate::state_machine::open_stores(&dir)?;
         if many_voters
             && let Some(marker) = &marker
@@ -195,7 +203,7 @@ impl Controller {
         let raft = Raft::new(
             node_id,
             Arc::new(raft_config),
-            Network,
+            Network { source },
             log_store,
             state_machine,
         )
@@ -214,6 +222,7 @@ impl Controller {
             }),
             timing,
             peers: tokio::sync::Mutex::new(BTreeMap::new()),
+            source,
             stop,
             tasks: Mutex::new(Vec::new()),
         });
@@ -332,11 +341,11 @@ impl Controller {
                     .saturating_sub(started.elapsed())
                     .max(Duration::from_millis(100));
                 let mut peers = inner.peers.lock().await;
-                let connection = peers
-                    .entry(node)
-                    .or_insert_with(|| Connection::new(node, addr.clone()));
+                let connection = peers.entry(node).or_insert_with(|| {
+                    Connection::new(node, addr.clone()).from_source(inner.source)
+                });
                 if connection.addr() != addr {
-                    *connection = Connection::new(node, addr);
+                    *connection = Connection::new(node, addr).from_source(inner.source);
                 }
                 match connection.controller(request.clone(), remaining).await {
                     Ok(ControllerResponse::NotController { leader }) => hint = leader,

@@ -7,6 +7,7 @@
 //! a failure on an open connection is a `NetworkError` (openraft retries).
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use openraft::error::{
@@ -18,7 +19,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use tokio::io::BufReader;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::rpc::{self, ControllerRequest, ControllerResponse, Envelope, Request, Response};
 use crate::types::{BrokerId, ControllerNode, TypeConfig};
@@ -74,6 +75,7 @@ pub enum CallError {
 pub struct Connection {
     node: BrokerId,
     addr: String,
+    source: Option<IpAddr>,
     stream: Option<BufReader<TcpStream>>,
 }
 
@@ -83,8 +85,18 @@ impl Connection {
         Self {
             node,
             addr,
+            source: None,
             stream: None,
         }
+    }
+
+    /// Makes the connection leave from `source` (the local controller listener's address), so
+    /// the peer, and any network policy between them, sees which controller is calling. `None`
+    /// lets the system choose.
+    #[must_use]
+    pub fn from_source(mut self, source: Option<IpAddr>) -> Self {
+        self.source = source;
+        self
     }
 
     /// The address this connection dials.
@@ -140,7 +152,7 @@ impl Connection {
 
     async fn exchange(&mut self, request: Request) -> Result<Response, CallError> {
         if self.stream.is_none() {
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, dial(&self.addr, self.source))
                 .await
                 .unwrap_or_else(|_| {
                     Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
@@ -180,16 +192,56 @@ impl Connection {
     }
 }
 
-/// Makes a [`Peer`] for each node openraft replicates to.
+/// Connects to `addr`, from `source` when one is given and it can reach `addr` (the system's
+/// choice otherwise: a listener bound to an address that cannot reach a peer must not cut the
+/// quorum apart).
+async fn dial(addr: &str, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    if let Some(source) = source {
+        let mut last = None;
+        for target in tokio::net::lookup_host(addr).await? {
+            if target.is_ipv4() != source.is_ipv4() {
+                continue;
+            }
+            let attempt = async {
+                let socket = if target.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                // Binding picks the local port now, from the range listeners on port 0 get
+                // theirs from too; SO_REUSEADDR lets such a listener still bind a port that an
+                // outgoing connection holds (a restarted controller, say).
+                socket.set_reuseaddr(true)?;
+                socket.bind(SocketAddr::new(source, 0))?;
+                socket.connect(target).await
+            };
+            match attempt.await {
+                Ok(stream) => return Ok(stream),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last {
+            tracing::debug!(%addr, %source, error = %e, "cannot connect from the listener's address; letting the system choose");
+        }
+    }
+    TcpStream::connect(addr).await
+}
+
+/// Makes a [`Peer`] for each node openraft replicates to; connections leave from `source`
+/// (see [`Connection::from_source`]).
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// The local address outgoing connections leave from, if any.
+    pub source: Option<IpAddr>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: BrokerId, node: &ControllerNode) -> Peer {
         Peer {
-            connection: Connection::new(target, node.addr.clone()),
+            connection: Connection::new(target, node.addr.clone()).from_source(self.source),
         }
     }
 }

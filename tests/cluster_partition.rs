@@ -1,0 +1,298 @@
+//! Network partitions of the metadata quorum, against three `strom serve` processes: a voter
+//! cut off from the other two cannot change metadata (it cannot create a topic, and what the
+//! majority creates meanwhile reaches it only after the cut heals); an active controller cut
+//! off is replaced by the majority, cannot commit anything itself, and follows the new
+//! controller once healed. Every broker ends with the same topics: no split brain.
+//!
+//! The cut is an in-test TCP proxy in front of each controller listener. Broker N's controller
+//! listens on 127.0.0.N, and controllers call each other from their listener's address, so a
+//! proxy knows which broker is calling from the source address and drops the connections of a
+//! cut-off broker in both directions. Clients reach the brokers directly. Loopback only.
+
+#[path = "support/kafka.rs"]
+mod kafka;
+mod support;
+
+use std::collections::{BTreeSet, HashSet};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest, MetadataResponse};
+
+use kafka::*;
+use support::*;
+
+/// How long the cluster may take to notice a cut or a heal.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Which brokers are cut off, and the proxied connections to close when one is.
+#[derive(Default)]
+struct Cuts {
+    isolated: Mutex<HashSet<u8>>,
+    /// (calling broker, called broker, the two sockets of the pair).
+    live: Mutex<Vec<(u8, u8, TcpStream, TcpStream)>>,
+}
+
+impl Cuts {
+    fn blocked(&self, from: u8, to: u8) -> bool {
+        let isolated = self.isolated.lock().expect("cuts");
+        isolated.contains(&from) || isolated.contains(&to)
+    }
+
+    /// Cuts `node` off: new connections from or to it are dropped, open ones closed.
+    fn isolate(&self, node: u8) {
+        self.isolated.lock().expect("cuts").insert(node);
+        let mut live = self.live.lock().expect("live");
+        live.retain(|(from, to, a, b)| {
+            let cut = *from == node || *to == node;
+            if cut {
+                let _ = a.shutdown(Shutdown::Both);
+                let _ = b.shutdown(Shutdown::Both);
+            }
+            !cut
+        });
+    }
+
+    fn heal(&self) {
+        self.isolated.lock().expect("cuts").clear();
+    }
+}
+
+/// A proxy in front of broker `to`'s controller listener at `target`; returns its address.
+fn proxy(to: u8, target: SocketAddr, cuts: Arc<Cuts>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
+    let addr = listener.local_addr().expect("proxy address");
+    thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            // Controllers call from 127.0.0.N: N is the caller.
+            let from = match client.peer_addr() {
+                Ok(SocketAddr::V4(a)) => a.ip().octets()[3],
+                _ => 0,
+            };
+            if cuts.blocked(from, to) {
+                continue; // dropped: the caller sees the connection close
+            }
+            let Ok(upstream) = TcpStream::connect(target) else {
+                continue;
+            };
+            let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
+                continue;
+            };
+            if let (Ok(c3), Ok(u3)) = (client.try_clone(), upstream.try_clone()) {
+                cuts.live.lock().expect("live").push((from, to, c3, u3));
+            }
+            thread::spawn(move || pipe(client, upstream));
+            thread::spawn(move || pipe(u2, c2));
+        }
+    });
+    addr
+}
+
+/// Copies `from` to `to` until either side closes, then closes both.
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+/// Brokers first: fields drop in order, and a broker's log must outlive it.
+struct Cluster {
+    brokers: Vec<Broker>,
+    cuts: Arc<Cuts>,
+    _dirs: Vec<TestDir>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let cuts = Arc::new(Cuts::default());
+        let mut listens = Vec::new();
+        let mut voters = Vec::new();
+        for n in 1..=3u8 {
+            let real = TcpListener::bind(("127.0.0.".to_string() + &n.to_string(), 0))
+                .and_then(|l| l.local_addr())
+                .expect("a free controller port");
+            let front = proxy(n, real, cuts.clone());
+            listens.push(real);
+            voters.push(format!("{n}@{front}"));
+        }
+        let voters = voters.join(",");
+        let dirs: Vec<TestDir> = (0..3).map(|_| TestDir::new()).collect();
+        let started: Vec<_> = (0..3)
+            .map(|i| {
+                let data = dirs[i].data();
+                let voters = voters.clone();
+                let listen = listens[i].to_string();
+                thread::spawn(move || {
+                    let id = (i + 1).to_string();
+                    Broker::start(
+                        &data,
+                        &[
+                            "--node-id",
+                            &id,
+                            "--controller-voters",
+                            &voters,
+                            "--controller-listen",
+                            &listen,
+                            "--http-listen",
+                            "none",
+                        ],
+                    )
+                })
+            })
+            .collect();
+        let brokers = started
+            .into_iter()
+            .map(|h| h.join().expect("broker start"))
+            .collect();
+        Cluster {
+            brokers,
+            cuts,
+            _dirs: dirs,
+        }
+    }
+
+    fn kafka(&self, id: u8) -> KafkaClient {
+        KafkaClient::to(&self.brokers[usize::from(id) - 1])
+    }
+
+    fn metadata(&self, id: u8) -> MetadataResponse {
+        self.kafka(id).call(
+            12,
+            &MetadataRequest::default()
+                .with_topics(None)
+                .with_allow_auto_topic_creation(false),
+        )
+    }
+
+    /// The user topics broker `id` knows.
+    fn topics(&self, id: u8) -> BTreeSet<String> {
+        self.metadata(id)
+            .topics
+            .iter()
+            .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+            .filter(|n| !n.starts_with("__"))
+            .collect()
+    }
+
+    /// CreateTopics through broker `id`; its error code.
+    fn create(&self, id: u8, name: &str) -> i16 {
+        let r = self.kafka(id).call(
+            7,
+            &CreateTopicsRequest::default()
+                .with_timeout_ms(30_000)
+                .with_topics(vec![
+                    CreatableTopic::default()
+                        .with_name(topic_name(name))
+                        .with_num_partitions(3)
+                        .with_replication_factor(-1),
+                ]),
+        );
+        r.topics[0].error_code
+    }
+
+    /// Waits until `f` holds.
+    fn eventually(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !f() {
+            if started.elapsed() > PATIENCE {
+                for b in &self.brokers {
+                    eprintln!("--- {} ---\n{}", b.addr, tail(&b.log_path));
+                }
+                panic!("{what} within {PATIENCE:?}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+#[test]
+fn a_cut_off_minority_cannot_change_metadata_and_catches_up_after_the_heal() -> io::Result<()> {
+    let cluster = Cluster::start();
+    assert_eq!(cluster.create(1, "before"), code::NONE);
+    let controller = cluster.metadata(1).controller_id.0;
+    assert!((1..=3).contains(&controller));
+
+    // A voter that is not the active controller is cut off.
+    let cut = if controller == 3 { 2 } else { 3 };
+    let majority = if controller == 1 { 2 } else { 1 };
+    cluster.cuts.isolate(cut);
+    let refused = cluster.create(cut, "minority");
+    assert_ne!(refused, code::NONE, "a cut-off voter created a topic");
+    eprintln!("a cut-off voter's CreateTopics: error {refused}");
+    assert_eq!(
+        cluster.create(majority, "majority"),
+        code::NONE,
+        "the majority goes on"
+    );
+    assert!(
+        !cluster.topics(cut).contains("majority"),
+        "the cut-off broker cannot know the majority's topic yet"
+    );
+
+    // Healed: it catches up, and what it was refused never appears.
+    cluster.cuts.heal();
+    cluster.eventually("the healed broker learns the majority's topic", || {
+        cluster.topics(cut).contains("majority")
+    });
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.topics(id),
+            set(&["before", "majority"]),
+            "broker {id}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_cut_off_controller_is_replaced_and_commits_nothing() -> io::Result<()> {
+    let cluster = Cluster::start();
+    assert_eq!(cluster.create(1, "before"), code::NONE);
+    let old = cluster.metadata(1).controller_id.0;
+    let old = u8::try_from(old).expect("a controller");
+    let survivor = if old == 1 { 2 } else { 1 };
+
+    let cut_at = Instant::now();
+    cluster.cuts.isolate(old);
+    // The other two elect a controller of their own.
+    cluster.eventually("the majority elects another controller", || {
+        let id = cluster.metadata(survivor).controller_id.0;
+        id > 0 && id != i32::from(old)
+    });
+    eprintln!("new controller {:?} after the cut", cut_at.elapsed());
+    assert_eq!(cluster.create(survivor, "after"), code::NONE);
+    // The old controller, alone, cannot commit (it may still think it leads for a while).
+    assert_ne!(
+        cluster.create(old, "stale"),
+        code::NONE,
+        "a cut-off controller committed a topic"
+    );
+
+    cluster.cuts.heal();
+    cluster.eventually("the old controller follows the new one", || {
+        cluster.topics(old).contains("after")
+    });
+    for id in 1..=3 {
+        assert_eq!(cluster.topics(id), set(&["before", "after"]), "broker {id}");
+    }
+    Ok(())
+}

@@ -114,6 +114,12 @@ struct ServeArgs {
     /// --controller-voters, else 127.0.0.1:0]
     #[arg(long, value_name = "HOST:PORT")]
     controller_listen: Option<String>,
+    /// Metadata log entries between snapshots of the metadata image [default: 5000]
+    #[arg(long, value_name = "N")]
+    metadata_snapshot_entries: Option<u64>,
+    /// Partitions of __consumer_offsets when the cluster creates it [default: 16]
+    #[arg(long, value_name = "N")]
+    offsets_topic_partitions: Option<u32>,
     /// Create a topic on its first produce [default: true]
     #[arg(long, value_name = "BOOL")]
     auto_create_topics: Option<bool>,
@@ -214,6 +220,8 @@ impl ServeArgs {
             node_id,
             controller_voters,
             controller_listen,
+            metadata_snapshot_entries,
+            offsets_topic_partitions,
             auto_create_topics,
             default_partitions,
             max_partitions,

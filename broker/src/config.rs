@@ -31,6 +31,7 @@
 //! | `group_min_session_timeout_ms` | 1000 | shortest session timeout a group member may ask for |
 //! | `group_max_session_timeout_ms` | 300000 | longest session timeout a group member may ask for |
 //! | `group_default_session_timeout_ms` | 45000 | session timeout of a member that asks for none |
+//! | `metadata_snapshot_entries` | 5000 | metadata log entries between snapshots of the metadata image (Kafka's `metadata.log.max.snapshot.interval`, by entries); a fifth as many are kept behind each snapshot for members slightly behind; a member further behind, or one that lost its log, is sent the snapshot; 10 to 10,000,000 |
 //! | `offsets_topic_partitions` | 16 | partitions of `__consumer_offsets` when the cluster creates it (on the first request that needs a group coordinator; Kafka's `offsets.topic.num.partitions`, 50 there, 16 as Redpanda's); 1 to 1000; a group lives on the leader of its partition (docs/cluster.md) |
 //! | `group_initial_rebalance_delay_ms` | 3000 | how long a new Kafka (classic protocol) group's first rebalance waits for more members (Kafka's `group.initial.rebalance.delay.ms`) |
 //! | `queue_state_compact_records` | 100000 | queue-group state records (`__queue_state`) held beyond the last snapshots and the pending delayed runs (and more than those runs) before every group is snapshotted and the older records dropped |
@@ -110,6 +111,8 @@ pub struct BrokerConfig {
     pub group_initial_rebalance_delay_ms: u64,
     /// Partitions of `__consumer_offsets` when it is created.
     pub offsets_topic_partitions: u32,
+    /// Metadata log entries between snapshots.
+    pub metadata_snapshot_entries: u64,
     /// Queue state records between compactions of `__queue_state`.
     pub queue_state_compact_records: u64,
     /// Graceful shutdown deadline.
@@ -167,6 +170,7 @@ impl Default for BrokerConfig {
             group_default_session_timeout_ms: 45_000,
             group_initial_rebalance_delay_ms: 3_000,
             offsets_topic_partitions: 16,
+            metadata_snapshot_entries: 5000,
             queue_state_compact_records: 100_000,
             shutdown_timeout_ms: 10_000,
             topic_defaults: BTreeMap::new(),
@@ -319,6 +323,15 @@ impl BrokerConfig {
             return bad(
                 "offsets_topic_partitions",
                 format!("must be in 1..=1000; got {}", self.offsets_topic_partitions),
+            );
+        }
+        if !(10..=10_000_000).contains(&self.metadata_snapshot_entries) {
+            return bad(
+                "metadata_snapshot_entries",
+                format!(
+                    "must be in 10..=10000000; got {}",
+                    self.metadata_snapshot_entries
+                ),
             );
         }
         if self.retention_check_interval_ms == 0 {

@@ -97,11 +97,41 @@ impl Inner {
                         message: format!("broker {broker} is a voter, not a learner"),
                     });
                 }
-                match self
-                    .raft
-                    .add_learner(broker, ControllerNode { addr }, false)
-                    .await
-                {
+                // A learner that restarts on another controller address (port 0, say) joins
+                // again: its node is replaced, or the leader keeps calling the old address.
+                let known = {
+                    let metrics = self.raft.metrics();
+                    let metrics = metrics.borrow();
+                    metrics
+                        .membership_config
+                        .membership()
+                        .get_node(&broker)
+                        .map(|n| {
+                            (
+                                n.addr.clone(),
+                                metrics.membership_config.log_id().map(|l| l.index),
+                            )
+                        })
+                };
+                let node = ControllerNode { addr: addr.clone() };
+                let written = match known {
+                    Some((known, Some(index))) if known == addr => {
+                        return Ok(ControllerResponse::Committed { index });
+                    }
+                    Some(_) => {
+                        tracing::info!(broker, %addr, "a learner moved to another controller address");
+                        self.raft
+                            .change_membership(
+                                openraft::ChangeMembers::SetNodes(
+                                    [(broker, node)].into_iter().collect(),
+                                ),
+                                false,
+                            )
+                            .await
+                    }
+                    None => self.raft.add_learner(broker, node, false).await,
+                };
+                match written {
                     Ok(written) => ControllerResponse::Committed {
                         index: written.log_id.index,
                     },

@@ -5,7 +5,7 @@
 //! [`Controller::start`] opens the stores, starts openraft and the controller listener, and
 //! bootstraps: a voter with an empty log initializes the quorum with the configured voters (the
 //! same configuration on every voter, which openraft allows), a broker that is not a voter asks
-//! to join as a learner. [`Controller::call`] is how the rest of the broker reaches the active
+//! to join as a learner at every start (with its current controller address). [`Controller::call`] is how the rest of the broker reaches the active
 //! controller, wherever it is: locally when this broker leads, over the controller protocol
 //! otherwise, following leader hints until a deadline.
 
@@ -241,10 +241,13 @@ impl Controller {
             .is_initialized()
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        if initialized {
+        let voter = inner.voters.contains_key(&inner.id);
+        if initialized && voter {
             return Ok(());
         }
-        if inner.voters.contains_key(&inner.id) {
+        // A learner joins at every start, not only the first: its controller address may have
+        // changed (a port chosen by the system), and the leader must call the new one.
+        if voter {
             let members: BTreeMap<BrokerId, ControllerNode> = inner
                 .voters
                 .iter()

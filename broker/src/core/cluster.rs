@@ -110,7 +110,11 @@ impl Cluster {
             listener,
             voters,
             advertised,
-            timing: Timing::default(),
+            timing: Timing {
+                snapshot_every: config.metadata_snapshot_entries,
+                keep_after_snapshot: config.metadata_snapshot_entries / 5,
+                ..Timing::default()
+            },
         })
         .await
         .map_err(|e| BrokerError::Config {

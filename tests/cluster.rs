@@ -214,6 +214,24 @@ fn three_brokers_spread_partitions_and_route_clients_to_leaders() {
             code::NOT_LEADER_OR_FOLLOWER,
             "{refused:?}"
         );
+        // KIP-951: Produce v10+ names the current leader and carries its address.
+        let r = cluster
+            .kafka(other)
+            .call(10, &produce_to(1, "orders", partition, record_batch("x")));
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, code::NOT_LEADER_OR_FOLLOWER);
+        assert_eq!(p.current_leader.leader_id.0, *leader, "{p:?}");
+        let named: Vec<(i32, i32)> = r
+            .node_endpoints
+            .iter()
+            .map(|e| (e.node_id.0, e.port))
+            .collect();
+        let port = cluster
+            .broker(*leader as usize)
+            .kafka_addr
+            .expect("kafka")
+            .port();
+        assert_eq!(named, vec![(*leader, i32::from(port))], "{r:?}");
         assert_eq!(
             produce_at_leader(&mut cluster.kafka(*leader as usize), partition),
             0
@@ -224,6 +242,7 @@ fn three_brokers_spread_partitions_and_route_clients_to_leaders() {
             code::NOT_LEADER_OR_FOLLOWER,
             "{fetched:?}"
         );
+        assert_eq!(fetched.current_leader.leader_id.0, *leader, "{fetched:?}");
         let latest = |id: usize| {
             let r = cluster.kafka(id).call(
                 7,

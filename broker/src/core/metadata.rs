@@ -219,6 +219,22 @@ impl Core {
         }
     }
 
+    /// The current leader of `topic`-`partition` and its leader epoch, as the image says (for
+    /// KIP-951's hints on `NOT_LEADER_OR_FOLLOWER`); `None` when it has none.
+    pub(crate) fn current_leader(&self, topic: &str, partition: i32) -> Option<(i32, i32)> {
+        let image = self.image();
+        let p = image
+            .topics
+            .get(topic)?
+            .partitions
+            .get(usize::try_from(partition).ok()?)?;
+        let leader = p.leader?;
+        Some((
+            broker_id(leader),
+            i32::try_from(p.leader_epoch).unwrap_or(i32::MAX),
+        ))
+    }
+
     /// The coordinator of `group_id` as `image` places it: the leader of the group's partition
     /// of `__consumer_offsets`, with its addresses. COORDINATOR_NOT_AVAILABLE while the topic
     /// does not exist or the partition has no leader (its broker is down).

@@ -47,10 +47,11 @@ impl Kafka {
                 .flat_map(|(_, parts)| parts)
                 .filter_map(|p| p.result.as_ref().err().map(|(code, _)| kafka_code(*code)))
                 .collect();
+            let leader = |topic: &str, partition| core.current_leader(topic, partition);
             Some(KafkaResponse {
                 correlation_id: req.correlation_id,
                 flexible_header: req.version >= 12,
-                body: encode_fetch_response(&result, req.version),
+                body: encode_fetch_response(&result, req.version, &leader),
                 api: req.key as i16,
                 errors,
             })
@@ -128,8 +129,17 @@ fn put_uvarint(buf: &mut BytesMut, mut v: u32) {
     buf.put_u8(v as u8);
 }
 
-/// Encodes a Fetch response body (versions 4-12) as chunks.
-pub(crate) fn encode_fetch_response(result: &FetchResult, version: i16) -> Vec<Bytes> {
+/// Looks up a partition's current leader and leader epoch.
+pub(crate) type LeaderOf<'a> = dyn Fn(&str, i32) -> Option<(i32, i32)> + 'a;
+
+/// Encodes a Fetch response body (versions 4-12) as chunks. A partition refused with
+/// `NOT_LEADER_OR_FOLLOWER` carries the current leader and its epoch (KIP-951, v12's tagged
+/// field 1), from `leader`, when there is one.
+pub(crate) fn encode_fetch_response(
+    result: &FetchResult,
+    version: i16,
+    leader: &LeaderOf<'_>,
+) -> Vec<Bytes> {
     let mut w = Writer {
         flexible: version >= 12,
         buf: BytesMut::with_capacity(256),
@@ -162,7 +172,25 @@ pub(crate) fn encode_fetch_response(result: &FetchResult, version: i16) -> Vec<B
                 w.buf.put_i32(-1); // preferred_read_replica: none
             }
             w.records(records);
-            w.no_tags();
+            let hint = match &p.result {
+                Err((strom_protocol::ErrorCode::NotLeaderOrFollower, _)) if w.flexible => {
+                    leader(topic, p.partition)
+                }
+                _ => None,
+            };
+            match hint {
+                Some((id, epoch)) => {
+                    // One tagged field: CurrentLeader (tag 1), 9 bytes: leader id, leader
+                    // epoch, and its own empty tag section.
+                    w.buf.put_u8(1);
+                    w.buf.put_u8(1);
+                    w.buf.put_u8(9);
+                    w.buf.put_i32(id);
+                    w.buf.put_i32(epoch);
+                    w.buf.put_u8(0);
+                }
+                None => w.no_tags(),
+            }
         }
         w.no_tags();
     }
@@ -201,12 +229,20 @@ mod tests {
             ),
             (
                 "empty".to_string(),
-                vec![Fetched {
-                    partition: 5,
-                    result: Ok(Bytes::new()),
-                    high_watermark: 0,
-                    log_start: 0,
-                }],
+                vec![
+                    Fetched {
+                        partition: 5,
+                        result: Ok(Bytes::new()),
+                        high_watermark: 0,
+                        log_start: 0,
+                    },
+                    Fetched {
+                        partition: 6,
+                        result: Err((ErrorCode::NotLeaderOrFollower, "elsewhere".into())),
+                        high_watermark: -1,
+                        log_start: -1,
+                    },
+                ],
             ),
         ]
     }
@@ -215,7 +251,7 @@ mod tests {
     fn every_version_decodes_with_the_codec_crate() {
         let result = sample();
         for version in 4..=12i16 {
-            let chunks = encode_fetch_response(&result, version);
+            let chunks = encode_fetch_response(&result, version, &|_, _| Some((3, 7)));
             let mut whole = BytesMut::new();
             for c in &chunks {
                 whole.extend_from_slice(c);
@@ -244,6 +280,11 @@ mod tests {
             assert_eq!(p1.error_code, 1, "OFFSET_OUT_OF_RANGE");
             assert_eq!(p1.records.as_deref(), Some(&b""[..]));
             assert_eq!(r.responses[1].partitions[0].partition_index, 5);
+            if version >= 12 {
+                let hint = &r.responses[1].partitions[1].current_leader;
+                assert_eq!((hint.leader_id.0, hint.leader_epoch), (3, 7), "v{version}");
+                assert_eq!(p0.current_leader.leader_id.0, -1, "only on NOT_LEADER");
+            }
         }
     }
 
@@ -253,7 +294,7 @@ mod tests {
         let Ok(data) = &result[0].1[0].result else {
             unreachable!()
         };
-        let chunks = encode_fetch_response(&result, 12);
+        let chunks = encode_fetch_response(&result, 12, &|_, _| None);
         assert!(
             chunks
                 .iter()

@@ -7,8 +7,11 @@
 use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::ProduceResponse;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::protocol::StrBytes;
 
 use super::produce_request::{self, Produce};
@@ -72,27 +75,65 @@ impl Kafka {
         let guard = session.produce_started();
         let pending = self.core.start_produce(request).await;
         let version = req.version;
+        let core = self.core.clone();
         Ok(Started::Pending(Box::pin(async move {
             let topics = pending.await;
             drop(guard);
             if no_ack {
                 return None;
             }
-            let resp = ProduceResponse::default().with_responses(
-                topics
+            // KIP-951 (v10+): a partition refused with NOT_LEADER_OR_FOLLOWER names its
+            // current leader, and the response carries that broker's address.
+            let mut leaders: Vec<i32> = Vec::new();
+            let mut hint = |name: &str, a: &produce::Appended| match &a.result {
+                Err((strom_protocol::ErrorCode::NotLeaderOrFollower, _)) if version >= 10 => {
+                    let found = core.current_leader(name, a.partition);
+                    if let Some((id, _)) = found {
+                        leaders.push(id);
+                    }
+                    found
+                }
+                _ => None,
+            };
+            let responses = topics
+                .into_iter()
+                .map(|(name, parts)| {
+                    let parts = parts
+                        .into_iter()
+                        .map(|a| {
+                            let leader = hint(&name, &a);
+                            partition_response(a, version, leader)
+                        })
+                        .collect();
+                    TopicProduceResponse::default()
+                        .with_name(StrBytes::from_string(name).into())
+                        .with_partition_responses(parts)
+                })
+                .collect();
+            leaders.sort_unstable();
+            leaders.dedup();
+            let endpoints = if leaders.is_empty() {
+                Vec::new()
+            } else {
+                core.brokers()
                     .into_iter()
-                    .map(|(name, parts)| {
-                        TopicProduceResponse::default()
-                            .with_name(StrBytes::from_string(name).into())
-                            .with_partition_responses(
-                                parts
-                                    .into_iter()
-                                    .map(|a| partition_response(a, version))
-                                    .collect(),
-                            )
+                    .filter(|b| leaders.contains(&b.id))
+                    .filter_map(|b| {
+                        let addr = b.endpoints.kafka.as_deref()?;
+                        let (host, port) = crate::core::metadata::host_port(addr)?;
+                        Some(
+                            NodeEndpoint::default()
+                                .with_node_id(BrokerId(b.id))
+                                .with_host(StrBytes::from_string(host.to_string()))
+                                .with_port(i32::from(port))
+                                .with_rack(b.rack.map(StrBytes::from_string)),
+                        )
                     })
-                    .collect(),
-            );
+                    .collect()
+            };
+            let resp = ProduceResponse::default()
+                .with_responses(responses)
+                .with_node_endpoints(endpoints);
             match req.respond(&resp) {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -104,11 +145,22 @@ impl Kafka {
     }
 }
 
-fn partition_response(a: produce::Appended, version: i16) -> PartitionProduceResponse {
-    let out = PartitionProduceResponse::default()
+fn partition_response(
+    a: produce::Appended,
+    version: i16,
+    leader: Option<(i32, i32)>,
+) -> PartitionProduceResponse {
+    let mut out = PartitionProduceResponse::default()
         .with_index(a.partition)
         .with_log_append_time_ms(-1)
         .with_log_start_offset(a.log_start);
+    if let Some((id, epoch)) = leader {
+        out = out.with_current_leader(
+            LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(id))
+                .with_leader_epoch(epoch),
+        );
+    }
     match a.result {
         Ok(base) => out.with_base_offset(base),
         Err((code, msg)) => {

@@ -200,7 +200,9 @@ fn wait_for_record(c: &mut Client, topic: &str, value: &str) -> Rec {
             .topics
             .first()
             .is_some_and(|t| t.error_code() == ErrorCode::None);
-        if exists {
+        // The metadata image names a new topic a moment before the broker has opened its
+        // partitions (LEADER_NOT_AVAILABLE meanwhile, which clients retry).
+        if exists && c.fetch(topic, 0, 0, 0, 0, 0).error_code() == ErrorCode::None {
             let found = c
                 .fetch_all(topic, 0)
                 .into_iter()

@@ -68,6 +68,9 @@ pub(crate) struct Cluster {
     producer_ids: tokio::sync::Mutex<(i64, i64)>,
     /// The image index the local topic registry reflects.
     followed: watch::Sender<u64>,
+    /// The image the local registry has followed: what requests are answered from, so a
+    /// client never learns of a partition here before this broker has opened it.
+    published: Mutex<(u64, Arc<MetadataImage>)>,
     /// Topics the registry failed to follow (disk full, bad settings), by name.
     failures: Mutex<HashMap<String, Failure>>,
 }
@@ -156,7 +159,16 @@ impl Cluster {
                 }
             }
         }
+        let published = {
+            let applied = controller.applied();
+            let applied = applied.borrow();
+            Mutex::new((
+                applied.applied_index.unwrap_or(0),
+                Arc::clone(&applied.image),
+            ))
+        };
         Ok(Self {
+            published,
             applied: controller.applied(),
             controller,
             id,
@@ -177,6 +189,17 @@ impl Cluster {
     /// The current metadata image.
     pub fn image(&self) -> Arc<MetadataImage> {
         Arc::clone(&self.applied.borrow().image)
+    }
+
+    /// The image the local topic registry has caught up with (see `published`).
+    pub fn published(&self) -> Arc<MetadataImage> {
+        Arc::clone(
+            &self
+                .published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .1,
+        )
     }
 
     /// The active controller, as far as this broker knows.
@@ -409,6 +432,16 @@ impl Core {
         self.groups
             .follow(&image, &self.topics, self.cluster.id())
             .await;
+        {
+            let mut published = self
+                .cluster
+                .published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if published.0 <= index {
+                *published = (index, Arc::clone(&image));
+            }
+        }
         self.cluster.followed.send_if_modified(|at| {
             let moved = *at < index;
             *at = index.max(*at);

@@ -63,9 +63,10 @@ fn broker_id(id: u64) -> i32 {
 }
 
 impl Core {
-    /// The current metadata image.
+    /// The metadata image this broker's topic registry has caught up with (a change is
+    /// answered from once the broker has opened what it places here).
     pub(crate) fn image(&self) -> Arc<MetadataImage> {
-        self.cluster.image()
+        self.cluster.published()
     }
 
     /// This broker's id.

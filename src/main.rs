@@ -117,6 +117,9 @@ struct ServeArgs {
     /// Metadata log entries between snapshots of the metadata image [default: 5000]
     #[arg(long, value_name = "N")]
     metadata_snapshot_entries: Option<u64>,
+    /// Metadata log bytes that cause a snapshot whatever the entry count [default: 4194304]
+    #[arg(long, value_name = "BYTES")]
+    metadata_snapshot_bytes: Option<u64>,
     /// Partitions of __consumer_offsets when the cluster creates it [default: 16]
     #[arg(long, value_name = "N")]
     offsets_topic_partitions: Option<u32>,
@@ -221,6 +224,7 @@ impl ServeArgs {
             controller_voters,
             controller_listen,
             metadata_snapshot_entries,
+            metadata_snapshot_bytes,
             offsets_topic_partitions,
             auto_create_topics,
             default_partitions,

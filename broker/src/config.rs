@@ -32,6 +32,7 @@
 //! | `group_max_session_timeout_ms` | 300000 | longest session timeout a group member may ask for |
 //! | `group_default_session_timeout_ms` | 45000 | session timeout of a member that asks for none |
 //! | `metadata_snapshot_entries` | 5000 | metadata log entries between snapshots of the metadata image (Kafka's `metadata.log.max.snapshot.interval`, by entries); a fifth as many are kept behind each snapshot for members slightly behind; a member further behind, or one that lost its log, is sent the snapshot; 10 to 10,000,000 |
+//! | `metadata_snapshot_bytes` | 4194304 | once the metadata log's entries hold more encoded bytes than this, the image is snapshotted and the log purged up to the snapshot whatever the entry count (Kafka's `metadata.log.max.record.bytes.between.snapshots`); bounds the log's memory and each start's replay when single entries are large (a leadership change of thousands of partitions); 4096 to 1073741824 |
 //! | `offsets_topic_partitions` | 16 | partitions of `__consumer_offsets` when the cluster creates it (on the first request that needs a group coordinator; Kafka's `offsets.topic.num.partitions`, 50 there, 16 as Redpanda's); 1 to 1000; a group lives on the leader of its partition (docs/cluster.md) |
 //! | `group_initial_rebalance_delay_ms` | 3000 | how long a new Kafka (classic protocol) group's first rebalance waits for more members (Kafka's `group.initial.rebalance.delay.ms`) |
 //! | `queue_state_compact_records` | 100000 | queue-group state records (`__queue_state`) held beyond the last snapshots and the pending delayed runs (and more than those runs) before every group is snapshotted and the older records dropped |
@@ -113,6 +114,8 @@ pub struct BrokerConfig {
     pub offsets_topic_partitions: u32,
     /// Metadata log entries between snapshots.
     pub metadata_snapshot_entries: u64,
+    /// Metadata log bytes that cause a snapshot and a purge.
+    pub metadata_snapshot_bytes: u64,
     /// Queue state records between compactions of `__queue_state`.
     pub queue_state_compact_records: u64,
     /// Graceful shutdown deadline.
@@ -171,6 +174,7 @@ impl Default for BrokerConfig {
             group_initial_rebalance_delay_ms: 3_000,
             offsets_topic_partitions: 16,
             metadata_snapshot_entries: 5000,
+            metadata_snapshot_bytes: 4 << 20,
             queue_state_compact_records: 100_000,
             shutdown_timeout_ms: 10_000,
             topic_defaults: BTreeMap::new(),
@@ -331,6 +335,15 @@ impl BrokerConfig {
                 format!(
                     "must be in 10..=10000000; got {}",
                     self.metadata_snapshot_entries
+                ),
+            );
+        }
+        if !(4096..=1 << 30).contains(&self.metadata_snapshot_bytes) {
+            return bad(
+                "metadata_snapshot_bytes",
+                format!(
+                    "must be in 4096..=1073741824; got {}",
+                    self.metadata_snapshot_bytes
                 ),
             );
         }

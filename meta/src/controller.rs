@@ -45,6 +45,11 @@ pub struct Timing {
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot, so a member slightly behind gets entries, not a snapshot.
     pub keep_after_snapshot: u64,
+    /// Once the log's entries hold more than this many encoded bytes, a snapshot is taken
+    /// whatever their number and the log is purged up to it (no entries kept behind it): a few
+    /// leadership changes of thousands of partitions each must not keep megabytes in memory
+    /// and in every start's replay until the count is reached.
+    pub snapshot_bytes: u64,
 }
 
 impl Default for Timing {
@@ -57,6 +62,7 @@ impl Default for Timing {
             session: Duration::from_millis(1500),
             snapshot_every: 5000,
             keep_after_snapshot: 1000,
+            snapshot_bytes: 4 << 20,
         }
     }
 }
@@ -188,6 +194,7 @@ impl Controller {
         }
         let image = state_machine.image_watch();
         let applied = state_machine.applied_watch();
+        let log_size = log_store.size();
         let raft_config = openraft::Config {
             cluster_name: "strom".into(),
             heartbeat_interval: millis(timing.raft_heartbeat),
@@ -228,7 +235,8 @@ impl Controller {
         });
         let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&inner), stop_rx));
         let duties = tokio::spawn(Arc::clone(&inner).leader_duties());
-        inner.tasks().extend([server, duties]);
+        let trim = tokio::spawn(Arc::clone(&inner).trim_log(log_size));
+        inner.tasks().extend([server, duties, trim]);
         let controller = Self { inner };
         controller.bootstrap(advertised).await?;
         Ok(controller)
@@ -438,6 +446,48 @@ impl Controller {
 }
 
 impl Inner {
+    /// Keeps the log's entries under [`Timing::snapshot_bytes`]: when they hold more, purges
+    /// up to the newest snapshot if that removes anything, else asks for a snapshot of what is
+    /// applied. openraft postpones a purge while a member's replication still reads the
+    /// entries (it gets them, or the snapshot afterwards). One step per period, so a log that
+    /// keeps growing past the limit costs at most a few snapshots a second.
+    async fn trim_log(self: Arc<Self>, size: Arc<std::sync::atomic::AtomicU64>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut asked: Option<u64> = None;
+        while !self.stopped() {
+            ticker.tick().await;
+            let bytes = size.load(std::sync::atomic::Ordering::Relaxed);
+            if bytes <= self.timing.snapshot_bytes {
+                continue;
+            }
+            let (applied, snapshot, purged) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                let index = |l: Option<openraft::LogId<BrokerId>>| l.map(|l| l.index);
+                (index(m.last_applied), index(m.snapshot), index(m.purged))
+            };
+            if let Some(upto) = snapshot
+                && snapshot > purged
+            {
+                tracing::debug!(bytes, upto, "purging the metadata log behind its snapshot");
+                if let Err(e) = self.raft.trigger().purge_log(upto).await {
+                    tracing::warn!(error = %e, "cannot purge the metadata log");
+                }
+            } else if applied > snapshot && asked.is_none_or(|a| Some(a) < applied) {
+                tracing::info!(
+                    bytes,
+                    limit = self.timing.snapshot_bytes,
+                    "the metadata log is large: snapshotting the image"
+                );
+                asked = applied;
+                if let Err(e) = self.raft.trigger().snapshot().await {
+                    tracing::warn!(error = %e, "cannot snapshot the metadata image");
+                }
+            }
+        }
+    }
+
     pub(crate) fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
         self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
     }

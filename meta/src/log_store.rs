@@ -8,7 +8,9 @@
 //! - `vote`: the vote, one record, replaced atomically ([`crate::durable::replace_file`]).
 //!
 //! Every entry also lives in memory (the metadata log holds thousands of entries, not millions):
-//! reads never touch the disk, and [`LogReader`] clones share the map.
+//! reads never touch the disk, and [`LogReader`] clones share the map. [`LogStore::size`] counts
+//! the encoded bytes of the entries held, so the controller can snapshot and purge by size as
+//! well as by count (one change of leadership over thousands of partitions is one large entry).
 //!
 //! **Writes.** All file writes go through one writer thread fed by a channel, in call order, which
 //! is the serialization openraft asks for (a vote is never written before an earlier append, nor
@@ -32,7 +34,8 @@
 //!
 //! **Compaction.** Superseded records (purged or truncated entries, old markers and committed ids)
 //! stay in the file until they outnumber the live ones (and at least
-//! [`LogStoreOptions::compact_min_dead_records`]); then, after a purge or truncate or at open, the
+//! [`LogStoreOptions::compact_min_dead_records`]), or their bytes outweigh the live entries' (and
+//! at least [`LogStoreOptions::compact_min_dead_bytes`]); then, after a purge or truncate or at open, the
 //! file is rewritten atomically with just the purge marker, the live entries and the committed id.
 //!
 //! **Appends** must be consecutive within a call (else the call is refused). Entries at or below
@@ -48,6 +51,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -66,6 +70,8 @@ pub const VOTE_FILE: &str = "vote";
 
 type LogEntry = Entry<TypeConfig>;
 type EntryMap = BTreeMap<u64, LogEntry>;
+/// The encoded size of each entry held, by index.
+type SizeMap = BTreeMap<u64, u64>;
 
 /// Tuning of a [`LogStore`].
 #[derive(Debug, Clone)]
@@ -73,6 +79,10 @@ pub struct LogStoreOptions {
     /// Rewrite the log file once it holds at least this many superseded records (and more
     /// superseded than live ones).
     pub compact_min_dead_records: u64,
+    /// Rewrite the log file once it holds at least this many bytes of superseded records (and
+    /// more superseded bytes than live ones): a few large entries purged behind a snapshot
+    /// must not stay in every start's replay.
+    pub compact_min_dead_bytes: u64,
     /// The most requests the writer thread groups under one fsync.
     pub max_group: usize,
 }
@@ -81,6 +91,7 @@ impl Default for LogStoreOptions {
     fn default() -> Self {
         Self {
             compact_min_dead_records: 1024,
+            compact_min_dead_bytes: 1 << 20,
             max_group: 256,
         }
     }
@@ -106,12 +117,19 @@ impl LogRecord<'_> {
 #[derive(Debug, Default)]
 struct Replayed {
     entries: EntryMap,
+    sizes: SizeMap,
     last_purged: Option<LogId<BrokerId>>,
     committed: Option<LogId<BrokerId>>,
 }
 
 impl Replayed {
-    fn apply(&mut self, record: LogRecord<'_>, path: &Path, position: u64) -> Result<(), Error> {
+    fn apply(
+        &mut self,
+        record: LogRecord<'_>,
+        len: u64,
+        path: &Path,
+        position: u64,
+    ) -> Result<(), Error> {
         match record {
             LogRecord::Entry(entry) => {
                 let index = entry.log_id.index;
@@ -123,10 +141,15 @@ impl Replayed {
                     ));
                 }
                 self.entries.insert(index, entry.into_owned());
+                self.sizes.insert(index, len);
             }
-            LogRecord::Truncate { since } => drop(self.entries.split_off(&since)),
+            LogRecord::Truncate { since } => {
+                drop(self.entries.split_off(&since));
+                drop(self.sizes.split_off(&since));
+            }
             LogRecord::Purge { upto } => {
                 purge_map(&mut self.entries, upto.index);
+                purge_map(&mut self.sizes, upto.index);
                 self.last_purged = self.last_purged.max(Some(upto));
             }
             LogRecord::Committed { log_id } => self.committed = log_id,
@@ -136,10 +159,10 @@ impl Replayed {
 }
 
 /// Drops the entries at or below `index`.
-fn purge_map(entries: &mut EntryMap, index: u64) {
+fn purge_map<V>(entries: &mut BTreeMap<u64, V>, index: u64) {
     *entries = match index.checked_add(1) {
         Some(keep_from) => entries.split_off(&keep_from),
-        None => EntryMap::new(),
+        None => BTreeMap::new(),
     };
 }
 
@@ -188,11 +211,16 @@ impl RaftLogReader<TypeConfig> for LogReader {
 pub struct LogStore {
     dir: PathBuf,
     entries: Arc<RwLock<EntryMap>>,
+    /// The encoded size of each entry in `entries`, and their sum.
+    sizes: SizeMap,
+    size: Arc<AtomicU64>,
     last_purged: Option<LogId<BrokerId>>,
     vote: Option<Vote<BrokerId>>,
     committed: Option<LogId<BrokerId>>,
     /// How many records the log file holds (live and superseded), counting queued writes.
     file_records: u64,
+    /// How many bytes those records take.
+    file_bytes: u64,
     options: LogStoreOptions,
     /// The writer thread; `None` only while opening.
     writer: Option<GroupWriter>,
@@ -216,15 +244,18 @@ impl LogStore {
         let log_path = dir.join(LOG_FILE);
         let mut replayed = Replayed::default();
         let mut file_records = 0;
+        let mut file_bytes = 0;
         let existed = match durable::read_file(&log_path)? {
             Some(buf) => {
                 let scanned = durable::scan(&buf, MAX_RECORD_LEN, &log_path)?;
                 for record in &scanned.records {
                     let payload = buf.get(record.payload.clone()).unwrap_or_default();
                     let op = durable::decode_json(payload, &log_path, record.position)?;
-                    replayed.apply(op, &log_path, record.position)?;
+                    let len = (durable::HEADER_LEN + payload.len()) as u64;
+                    replayed.apply(op, len, &log_path, record.position)?;
                 }
                 file_records = scanned.records.len() as u64;
+                file_bytes = scanned.valid_len;
                 if scanned.is_torn() {
                     durable::truncate_file(&log_path, scanned.valid_len)?;
                 }
@@ -233,19 +264,24 @@ impl LogStore {
             None => false,
         };
 
+        let size = Arc::new(AtomicU64::new(replayed.sizes.values().sum()));
         let mut store = Self {
             dir: dir.clone(),
             entries: Arc::new(RwLock::new(replayed.entries)),
+            sizes: replayed.sizes,
+            size,
             last_purged: replayed.last_purged,
             vote,
             committed: replayed.committed,
             file_records,
+            file_bytes,
             options,
             writer: None,
         };
         if let Some(bytes) = store.compaction()? {
             durable::replace_file(&log_path, &bytes)?;
             store.file_records = store.live_records();
+            store.file_bytes = bytes.len() as u64;
         }
         let writer = GroupWriter::spawn(log_path, store.options.max_group, "strom-meta-log")?;
         if !existed {
@@ -266,6 +302,18 @@ impl LogStore {
     /// The log directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The encoded bytes of the entries the log holds (in memory and in the file), kept up to
+    /// date as entries are appended, truncated and purged.
+    pub fn size(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.size)
+    }
+
+    /// Recomputes [`Self::size`] after `sizes` changed.
+    fn sizes_changed(&self) {
+        self.size
+            .store(self.sizes.values().sum(), Ordering::Relaxed);
     }
 
     fn read_entries(&self) -> std::sync::RwLockReadGuard<'_, EntryMap> {
@@ -333,9 +381,10 @@ impl LogStore {
         }
         let mut bytes = Vec::new();
         LogRecord::Committed { log_id: committed }.encode(&mut bytes)?;
+        let len = bytes.len();
         self.send(WriteOp::Append { sync: false }, bytes, None)?;
         self.committed = committed;
-        self.file_records += 1;
+        self.wrote(1, len);
         Ok(())
     }
 
@@ -399,7 +448,7 @@ impl LogStore {
             );
         }
         let entries = entries.get(covered..).unwrap_or_default();
-        let mut map = self.write_entries();
+        let mut map = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         // Entries already stored with the same log id are the same entries: keep them.
         let skip = entries
             .iter()
@@ -431,19 +480,25 @@ impl LogStore {
                 _ => {}
             }
         }
+        let mut lens = Vec::with_capacity(new.len());
         for entry in new {
+            let before = bytes.len();
             LogRecord::Entry(Cow::Borrowed(entry)).encode(&mut bytes)?;
+            lens.push((bytes.len() - before) as u64);
             records += 1;
         }
         // Everything is encoded: now change the in-memory log and queue the write, in one step.
         if let Some(since) = conflict {
             drop(map.split_off(&since));
+            drop(self.sizes.split_off(&since));
         }
-        for entry in new {
+        for (entry, len) in new.iter().zip(lens) {
             map.insert(entry.log_id.index, entry.clone());
+            self.sizes.insert(entry.log_id.index, len);
         }
         drop(map);
-        self.file_records += records;
+        self.sizes_changed();
+        self.wrote(records, bytes.len());
         self.send(WriteOp::Append { sync: true }, bytes, Some(done))
     }
 
@@ -452,11 +507,13 @@ impl LogStore {
         let mut bytes = Vec::new();
         LogRecord::Truncate { since }.encode(&mut bytes)?;
         let removed = self.write_entries().split_off(&since).len();
+        drop(self.sizes.split_off(&since));
+        self.sizes_changed();
         if removed == 0 {
             return Ok(());
         }
         tracing::debug!(since, removed, "truncating the metadata log");
-        self.file_records += 1;
+        self.wrote(1, bytes.len());
         self.send_and_wait(WriteOp::Append { sync: true }, bytes)
             .await?;
         self.maybe_compact().await
@@ -471,12 +528,20 @@ impl LogStore {
         let mut bytes = Vec::new();
         LogRecord::Purge { upto }.encode(&mut bytes)?;
         purge_map(&mut self.write_entries(), upto.index);
+        purge_map(&mut self.sizes, upto.index);
+        self.sizes_changed();
         self.last_purged = Some(upto);
-        self.file_records += 1;
+        self.wrote(1, bytes.len());
         tracing::debug!(%upto, "purging the metadata log");
         self.send_and_wait(WriteOp::Append { sync: true }, bytes)
             .await?;
         self.maybe_compact().await
+    }
+
+    /// Counts `records` records of `bytes` bytes queued for the log file.
+    fn wrote(&mut self, records: u64, bytes: usize) {
+        self.file_records += records;
+        self.file_bytes += bytes as u64;
     }
 
     /// How many records a freshly written log file holds.
@@ -490,10 +555,23 @@ impl LogStore {
     fn compaction(&self) -> Result<Option<Vec<u8>>, Error> {
         let live = self.live_records();
         let dead = self.file_records.saturating_sub(live);
-        if dead < self.options.compact_min_dead_records || dead < live {
+        let by_count = dead >= self.options.compact_min_dead_records && dead >= live;
+        // Entries are nearly all of the live bytes (the markers are a few dozen bytes).
+        let live_bytes = self.size.load(Ordering::Relaxed);
+        let dead_bytes = self.file_bytes.saturating_sub(live_bytes);
+        let by_bytes =
+            dead_bytes >= self.options.compact_min_dead_bytes && dead_bytes >= live_bytes;
+        if !by_count && !by_bytes {
             return Ok(None);
         }
-        tracing::info!(live, dead, dir = %self.dir.display(), "compacting the metadata log");
+        tracing::info!(
+            live,
+            dead,
+            live_bytes,
+            dead_bytes,
+            dir = %self.dir.display(),
+            "compacting the metadata log"
+        );
         let mut bytes = Vec::new();
         if let Some(upto) = self.last_purged {
             LogRecord::Purge { upto }.encode(&mut bytes)?;
@@ -513,8 +591,10 @@ impl LogStore {
     /// Rewrites the log file if enough of it is superseded.
     async fn maybe_compact(&mut self) -> Result<(), Error> {
         if let Some(bytes) = self.compaction()? {
+            let len = bytes.len();
             self.send_and_wait(WriteOp::Rewrite, bytes).await?;
             self.file_records = self.live_records();
+            self.file_bytes = len as u64;
         }
         Ok(())
     }

@@ -33,11 +33,17 @@ struct Node {
 struct Cluster {
     voters: BTreeMap<BrokerId, String>,
     nodes: Vec<Node>,
+    timing: Timing,
 }
 
 impl Cluster {
     /// `voters` voters and `learners` more brokers, all started.
     async fn start(voters: u64, learners: u64) -> Cluster {
+        Self::start_with(voters, learners, timing()).await
+    }
+
+    /// [`Cluster::start`] with other timing.
+    async fn start_with(voters: u64, learners: u64, timing: Timing) -> Cluster {
         let mut listeners = Vec::new();
         for id in 1..=voters + learners {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -52,6 +58,7 @@ impl Cluster {
         let mut cluster = Cluster {
             voters: voter_map,
             nodes: Vec::new(),
+            timing,
         };
         for (id, listener, addr) in listeners {
             let node = Node {
@@ -68,6 +75,7 @@ impl Cluster {
 
     async fn boot(&mut self, id: BrokerId, listener: Option<TcpListener>) {
         let voters = self.voters.clone();
+        let timing = self.timing.clone();
         let node = self.node_mut(id);
         let listener = match listener {
             Some(listener) => listener,
@@ -79,7 +87,7 @@ impl Cluster {
             listener,
             advertised: node.addr.clone(),
             voters,
-            timing: timing(),
+            timing,
         })
         .await
         .unwrap();
@@ -306,6 +314,58 @@ async fn a_minority_cannot_change_metadata() {
             .borrow()
             .topics
             .contains_key("split")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_few_large_entries_is_snapshotted_and_purged_by_size() {
+    // Far from the entry count, past the byte limit: the log is snapshotted and purged anyway,
+    // and a restart rebuilds the image from the snapshot and the entries after it.
+    let mut cluster = Cluster::start_with(
+        3,
+        0,
+        Timing {
+            snapshot_every: 100_000,
+            keep_after_snapshot: 20_000,
+            snapshot_bytes: 16 << 10,
+            ..Timing::default()
+        },
+    )
+    .await;
+    let leader = cluster.leader().await;
+    image_where(cluster.controller(leader), all_registered(3)).await;
+    for i in 0..40 {
+        assert!(matches!(
+            cluster.create(leader, &format!("wide{i}"), 200).await,
+            ControllerResponse::Committed { .. }
+        ));
+    }
+    for id in 1..=3 {
+        let mut metrics = cluster.controller(id).metrics();
+        tokio::time::timeout(
+            PATIENCE,
+            metrics.wait_for(|m| m.snapshot.is_some() && m.purged.is_some()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("broker {id} never snapshotted and purged its log by size"))
+        .unwrap();
+    }
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.stop(follower).await;
+    cluster.boot(follower, None).await;
+    let image = image_where(cluster.controller(follower), |image| {
+        image.topics.len() == 40
+    })
+    .await;
+    assert_eq!(image.topics["wide39"].partitions.len(), 200);
+    assert!(
+        cluster
+            .controller(follower)
+            .metrics()
+            .borrow()
+            .snapshot
+            .is_some(),
+        "restarted from its snapshot"
     );
 }
 

@@ -106,6 +106,36 @@ async fn reopen_restores_entries_vote_committed_and_purge() {
 }
 
 #[tokio::test]
+async fn the_size_counts_the_entries_held() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let written = entries(1, 1..=30);
+    let mut log = LogStore::open(dir.path()).unwrap();
+    let size = log.size();
+    assert_eq!(size.load(Ordering::Relaxed), 0);
+    log.append_durable(written.clone()).await.unwrap();
+    let file_len = fs::metadata(log_path(dir.path())).unwrap().len();
+    assert_eq!(
+        size.load(Ordering::Relaxed),
+        file_len,
+        "only entries written"
+    );
+    log.purge_upto(log_id(1, 7)).await.unwrap();
+    log.truncate_since(28).await.unwrap();
+    let held = size.load(Ordering::Relaxed);
+    assert!(held < file_len, "{held} of {file_len}");
+    drop(log);
+
+    // The same after a reopen, and the same as a log that only ever held those entries.
+    let log = LogStore::open(dir.path()).unwrap();
+    assert_eq!(log.size().load(Ordering::Relaxed), held);
+    let fresh = tempfile::tempdir().unwrap();
+    let mut other = LogStore::open(fresh.path()).unwrap();
+    other.append_durable(written[7..27].to_vec()).await.unwrap();
+    assert_eq!(other.size().load(Ordering::Relaxed), held);
+}
+
+#[tokio::test]
 async fn everything_purged_keeps_the_purged_id() {
     let dir = tempfile::tempdir().unwrap();
     {
@@ -301,6 +331,29 @@ async fn compaction_rewrites_the_file_and_reopens() {
         log.get_log_state().await.unwrap().last_purged_log_id,
         Some(log_id(1, 35))
     );
+}
+
+#[tokio::test]
+async fn few_large_superseded_records_are_compacted_by_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogStoreOptions {
+        compact_min_dead_records: u64::MAX,
+        compact_min_dead_bytes: 1024,
+        ..LogStoreOptions::default()
+    };
+    let mut log = LogStore::open_with(dir.path(), options.clone()).unwrap();
+    log.append_durable(entries(1, 1..=40)).await.unwrap();
+    let before = fs::metadata(log_path(dir.path())).unwrap().len();
+    assert!(before > 2048, "{before}");
+    log.purge_upto(log_id(1, 35)).await.unwrap();
+    assert_eq!(
+        record_positions(dir.path()).len(),
+        1 + 5,
+        "the purge marker and the 5 entries left"
+    );
+    drop(log);
+    let mut log = LogStore::open_with(dir.path(), options).unwrap();
+    assert_eq!(all_entries(&mut log).await, entries(1, 36..=40));
 }
 
 /// Commands that register brokers and create a topic, applied straight to a state machine.

@@ -116,6 +116,7 @@ impl Cluster {
             timing: Timing {
                 snapshot_every: config.metadata_snapshot_entries,
                 keep_after_snapshot: config.metadata_snapshot_entries / 5,
+                snapshot_bytes: config.metadata_snapshot_bytes,
                 ..Timing::default()
             },
         })

@@ -337,3 +337,113 @@ fn bad_input_is_one_line() {
     ]);
     assert!(err.contains("/nonexistent/x"), "{err}");
 }
+
+#[test]
+fn topics_times_creations_and_deletes_what_it_created() {
+    // Against a broker process: 5 topics of 10 partitions, timed, then deleted; with --keep
+    // they stay; a second run with the same --prefix fails on the first existing name.
+    let dir = support::TestDir::new();
+    let broker = support::Broker::start(&dir.data(), &[]);
+    let addr = broker.addr.to_string();
+    let pid = broker.pid().to_string();
+    let topic_names = || -> Vec<(String, u64)> {
+        let out = strom(&["--output", "json", "--bootstrap", &addr, "topics", "list"]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("JSON");
+                (
+                    v["topic"].as_str().unwrap().to_string(),
+                    v["partitions"].as_u64().unwrap(),
+                )
+            })
+            .filter(|(n, _)| !n.starts_with("__"))
+            .collect()
+    };
+
+    let v = bench(&[
+        "topics",
+        "--bootstrap",
+        &addr,
+        "--topics",
+        "5",
+        "--partitions",
+        "10",
+        "--broker-pid",
+        &pid,
+    ]);
+    assert_eq!(v["command"], "topics");
+    assert_eq!(v["settings"]["topics"], 5);
+    assert_eq!(v["settings"]["partitions"], 10);
+    assert!(
+        v["settings"]["prefix"]
+            .as_str()
+            .unwrap()
+            .starts_with("bench-topics-"),
+        "{v}"
+    );
+    assert_eq!(v["topics"], 5);
+    assert_eq!(v["partitions_created"], 50);
+    assert!(
+        f(&v, "elapsed_s") > 0.0 && f(&v, "topics_per_sec") > 0.0,
+        "{v}"
+    );
+    for (key, kind) in [
+        ("latency_ms", "create_to_ack"),
+        ("delete_latency_ms", "delete_to_ack"),
+    ] {
+        let l = &v[key];
+        assert_eq!(l["kind"], kind, "{v}");
+        assert_eq!(l["samples"], 5, "{v}");
+        let ps: Vec<f64> = ["p50", "p90", "p99", "p99_9", "max"]
+            .iter()
+            .map(|k| f(l, k))
+            .collect();
+        assert!(ps[0] > 0.0, "{v}");
+        assert!(ps.windows(2).all(|w| w[0] <= w[1]), "ordered: {ps:?}");
+        assert!(f(l, "mean") > 0.0 && f(l, "mean") <= ps[4], "{v}");
+    }
+    assert_eq!(v["deleted"], 5);
+    assert_eq!(v["brokers"][0]["pid"], broker.pid());
+    assert!(v["brokers"][0]["rss_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["aims"]["p99_create_ms_at_most"], 100.0);
+    assert!(v["aims"]["p99_create_met"].is_boolean(), "{v}");
+    assert_eq!(topic_names(), vec![], "the run deleted its topics");
+
+    // --keep: the topics stay, with their partitions.
+    let v = bench(&[
+        "topics",
+        "--bootstrap",
+        &addr,
+        "--topics",
+        "2",
+        "--partitions",
+        "3",
+        "--prefix",
+        "kept",
+        "--keep",
+    ]);
+    assert_eq!(v["topics"], 2);
+    assert_eq!(v["deleted"], 0);
+    assert!(v["delete_latency_ms"].is_null(), "{v}");
+    let mut kept = topic_names();
+    kept.sort();
+    assert_eq!(kept, vec![("kept-0".into(), 3), ("kept-1".into(), 3)]);
+    // The same names again: refused, one line that says what to do.
+    let err = fails(&[
+        "bench",
+        "topics",
+        "--bootstrap",
+        &addr,
+        "--topics",
+        "2",
+        "--prefix",
+        "kept",
+    ]);
+    assert!(err.contains("kept-0") && err.contains("--prefix"), "{err}");
+    assert_eq!(topic_names().len(), 2, "nothing else created or deleted");
+    usage_error(&["bench", "topics", "--topics", "0"]);
+    usage_error(&["bench", "topics", "--partitions", "0"]);
+}

@@ -13,6 +13,8 @@
 //!   throughput and ack latency (`queue` module).
 //! - `delay`: N records with delivery times of their own spread over a window, all pending at
 //!   once; how late queue-group workers get them, and the broker's RSS (`delay` module).
+//! - `topics`: T topics of P partitions created one after another; how long each creation
+//!   takes to be acknowledged (`topics` module).
 //! - `ceiling`: this machine's loopback TCP and disk write ceilings (`ceiling` module); the
 //!   other commands measure them first with `--with-ceiling` and report their result as a
 //!   fraction of them.
@@ -35,6 +37,7 @@ mod measure;
 mod queue;
 mod report;
 mod summary;
+mod topics;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,6 +78,8 @@ pub enum BenchCommand {
     Delay(delay::DelayArgs),
     /// Measure this machine's loopback TCP and disk write ceilings.
     Ceiling(CeilingArgs),
+    /// Create topics one after another and time each acknowledgement (then delete them).
+    Topics(topics::TopicsArgs),
 }
 
 /// Which broker, and what else to write.
@@ -320,6 +325,7 @@ pub async fn run(bootstrap: &str, command: BenchCommand, output: Output) -> anyh
         BenchCommand::Queue(a) => (a.target(), "queue"),
         BenchCommand::Delay(a) => (a.target(), "delay"),
         BenchCommand::Ceiling(a) => return run_ceiling(a, output).await,
+        BenchCommand::Topics(a) => return topics::run(bootstrap, a, output).await,
     };
     let report_dir = target.report.clone();
     let env = Env::start(bootstrap, target).await?;
@@ -330,7 +336,9 @@ pub async fn run(bootstrap: &str, command: BenchCommand, output: Output) -> anyh
             BenchCommand::E2e(a) => e2e(&env, a).await,
             BenchCommand::Queue(a) => queue::queue(&env, a).await,
             BenchCommand::Delay(a) => delay::delay(&env, a).await,
-            BenchCommand::Ceiling(_) => bail!("`bench ceiling` needs no broker"),
+            BenchCommand::Ceiling(_) | BenchCommand::Topics(_) => {
+                bail!("`bench ceiling` and `bench topics` start no broker of their own")
+            }
         }
     };
     let result = tokio::select! {

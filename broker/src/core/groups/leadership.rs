@@ -323,11 +323,11 @@ impl Core {
     /// another broker (TOPIC_ALREADY_EXISTS) is followed. COORDINATOR_NOT_AVAILABLE when it
     /// cannot be created now.
     pub(crate) async fn offsets_topic_ready(&self) -> Result<(), Failure> {
-        if self.groups.follows_offsets_topic() {
+        if self.offsets_topic_followed() {
             return Ok(());
         }
         let _creating = self.groups.creating.lock().await;
-        if self.groups.follows_offsets_topic() {
+        if self.offsets_topic_followed() {
             return Ok(());
         }
         let unavailable = |(code, msg): Failure| {
@@ -364,6 +364,13 @@ impl Core {
         self.settled_on_topic(OFFSETS_TOPIC)
             .await
             .map_err(unavailable)
+    }
+
+    /// Whether this broker follows `__consumer_offsets` and answers from an image that holds
+    /// it: the coordinator slots are planned while an image is followed, before requests are
+    /// answered from it, so the first alone would let a request see the topic missing.
+    fn offsets_topic_followed(&self) -> bool {
+        self.groups.follows_offsets_topic() && self.image().topics.contains_key(OFFSETS_TOPIC)
     }
 
     /// Where `group_id`'s coordinator is, once `__consumer_offsets` exists (created here if

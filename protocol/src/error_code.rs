@@ -189,6 +189,26 @@ error_codes! {
     /// Topics: the replication factor is not one the cluster can give.
     InvalidReplicationFactor = 37, "INVALID_REPLICATION_FACTOR", retriable: false,
         "the replication factor is not one the cluster can give";
+    /// Produce with acks=all: fewer in-sync replicas than the topic's `min.insync.replicas`;
+    /// nothing was appended. Retry after a backoff.
+    NotEnoughReplicas = 38, "NOT_ENOUGH_REPLICAS", retriable: true,
+        "fewer in-sync replicas than min.insync.replicas; nothing was appended";
+    /// Produce with acks=all: the batches were appended, but the in-sync replicas fell below
+    /// `min.insync.replicas` before they were replicated; they may or may not be kept. An
+    /// idempotent producer retries safely.
+    NotEnoughReplicasAfterAppend = 39, "NOT_ENOUGH_REPLICAS_AFTER_APPEND", retriable: true,
+        "appended, but the in-sync replicas fell below min.insync.replicas before replication";
+    /// The request named an older leader epoch than the partition's: refresh metadata.
+    FencedLeaderEpoch = 40, "FENCED_LEADER_EPOCH", retriable: true,
+        "the request's leader epoch is older than the partition's; refresh metadata";
+    /// The request named a newer leader epoch than this broker knows: it has not caught up with
+    /// the metadata yet; retry after a backoff.
+    UnknownLeaderEpoch = 41, "UNKNOWN_LEADER_EPOCH", retriable: true,
+        "the request's leader epoch is newer than this broker knows; retry";
+    /// A new leader's high watermark has not reached the start of its epoch yet, so the latest
+    /// offset it could answer may be lower than one already acknowledged; retry.
+    OffsetNotAvailable = 42, "OFFSET_NOT_AVAILABLE", retriable: true,
+        "the new leader's high watermark is not known yet; retry";
 }
 
 impl ErrorCode {

@@ -20,6 +20,7 @@
 //!   retries with backoff, dead-letter topics;
 //! - [`produce`]: validating batches, queueing them on partition writers, waiting for the acks;
 //! - [`fetch`]: reading partitions, with long polls on the writers' end-offset notifications;
+//! - [`replication`]: partition replication (the leader's view of its followers);
 //! - [`admin`]: topic creation, deletion, settings, offsets by time, producer ids;
 //! - [`session`]: what one connection's requests share (read-your-writes ordering).
 //!
@@ -36,6 +37,7 @@ pub(crate) mod partition;
 pub(crate) mod produce;
 pub(crate) mod producers;
 pub(crate) mod queues;
+pub(crate) mod replication;
 pub(crate) mod session;
 pub(crate) mod topic_file;
 pub(crate) mod topics;

@@ -45,6 +45,11 @@ pub(crate) fn kafka_code(code: ErrorCode) -> i16 {
         ErrorCode::NotCoordinator => K::NotCoordinator,
         ErrorCode::CoordinatorLoadInProgress => K::CoordinatorLoadInProgress,
         ErrorCode::InvalidReplicationFactor => K::InvalidReplicationFactor,
+        ErrorCode::NotEnoughReplicas => K::NotEnoughReplicas,
+        ErrorCode::NotEnoughReplicasAfterAppend => K::NotEnoughReplicasAfterAppend,
+        ErrorCode::FencedLeaderEpoch => K::FencedLeaderEpoch,
+        ErrorCode::UnknownLeaderEpoch => K::UnknownLeaderEpoch,
+        ErrorCode::OffsetNotAvailable => K::OffsetNotAvailable,
         _ => K::UnknownServerError,
     };
     k.code()

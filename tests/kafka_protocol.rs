@@ -1404,6 +1404,11 @@ fn fetch_returns_the_first_batch_whole_even_over_max_bytes() {
     let recs = [Rec::new(now_ms(), "k", vec![b'x'; 100_000])];
     let batch = batch_of(&recs);
     assert_eq!(c.produce_ok("big", 0, batch.clone()), 0);
+    // Stored as sent, but for the base offset (0 here) and the partition leader epoch the
+    // broker stamps into bytes 12..16 (0 on a broker whose leader never changed).
+    let mut stored = batch.to_vec();
+    stored[12..16].copy_from_slice(&0i32.to_be_bytes());
+    let batch = Bytes::from(stored);
     let (small, small_batch) = records("small", 1);
     assert_eq!(c.produce_ok("big", 0, small_batch), 1);
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};

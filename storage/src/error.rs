@@ -84,6 +84,47 @@ pub enum StorageError {
     /// Offsets would exceed i64.
     #[error("offset overflow: the log cannot assign more offsets")]
     OffsetOverflow,
+    /// A leader epoch below zero was given where a real epoch is needed.
+    #[error("invalid leader epoch {epoch}: leader epochs are >= 0")]
+    InvalidLeaderEpoch {
+        /// The epoch given.
+        epoch: i32,
+    },
+    /// A leader epoch older than one the log already holds: epochs never go back (a leader
+    /// stamping it, or a batch carrying it, is from a deposed leader). Nothing was stored.
+    #[error("leader epoch {epoch} is older than the log's latest epoch {latest}")]
+    StaleLeaderEpoch {
+        /// The epoch given.
+        epoch: i32,
+        /// The newest epoch the log holds (or its leader epoch).
+        latest: i32,
+    },
+    /// An epoch would start before the start of the log's latest epoch: epoch start offsets
+    /// only grow. Nothing was stored.
+    #[error(
+        "leader epoch {epoch} cannot start at offset {start_offset}: epoch {latest} starts at {latest_start}"
+    )]
+    EpochStartOutOfOrder {
+        /// The epoch given.
+        epoch: i32,
+        /// Where it was to start.
+        start_offset: i64,
+        /// The log's latest epoch.
+        latest: i32,
+        /// Where that one starts.
+        latest_start: i64,
+    },
+    /// Replicated batches must continue the log exactly: the first at the log-end offset, each
+    /// next one right after the previous one's last offset. Nothing of the call was stored.
+    #[error("replicated batch {index} starts at offset {found}; the log expects {expected}")]
+    ReplicaOffsetMismatch {
+        /// Position of the batch in the call.
+        index: usize,
+        /// The offset it had to start at.
+        expected: i64,
+        /// Its base offset.
+        found: i64,
+    },
 }
 
 impl StorageError {

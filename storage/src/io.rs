@@ -1,8 +1,10 @@
 //! The storage I/O seam: the writes, fsyncs and file creations a [`crate::Log`] makes while it
-//! appends, rolls and flushes all pass through the functions here, which ask the log's
-//! [`IoFaults`] (if it has one) whether to fail first. Tests use it to make the disk fail the
-//! ways real disks do (an error, a short write, a failed fsync, a full disk) and check that the
-//! log never claims to have stored what it did not, and recovers once the fault clears.
+//! appends, rolls, flushes and truncates (and writes its leader-epoch checkpoint) all pass
+//! through the functions here, which ask the log's [`IoFaults`] (if it has one) whether to fail
+//! first. Tests use it to make the disk fail the ways real disks do (an error, a short write, a
+//! failed fsync, a full disk) and check that the log never claims to have stored what it did
+//! not, and recovers once the fault clears. Removals and renames count as writes (of the
+//! directory).
 //!
 //! Production logs carry no `IoFaults`: the check is one branch on an `Option`.
 //!
@@ -263,13 +265,99 @@ pub(crate) fn sync_dir(dir: &Path, faults: Option<&IoFaults>) -> Result<()> {
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory. A
 /// crash leaves either the old file or the new one, never a mix. For small metadata files.
 pub fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_in(dir, path, bytes, None)
+}
+
+/// [`write_atomic`] through the seam: creating the temp file, writing it and renaming it are
+/// writes (a small file is written, not a segment created), its fsync and the directory's are
+/// fsyncs.
+pub(crate) fn write_atomic_in(
+    dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+    faults: Option<&IoFaults>,
+) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
-    f.write_all(bytes)
-        .map_err(StorageError::io("write", &tmp))?;
-    f.sync_all().map_err(StorageError::io("fsync", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(StorageError::io("rename", path))?;
-    sync_dir(dir, None)
+    check(faults, IoOp::Write).map_err(StorageError::io("create", &tmp))?;
+    let f = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
+    write_at(faults, &f, &tmp, bytes, 0)?;
+    check(faults, IoOp::Sync)
+        .and_then(|()| f.sync_all())
+        .map_err(StorageError::io("fsync", &tmp))?;
+    rename(faults, &tmp, path)?;
+    sync_dir(dir, faults)
+}
+
+/// Replaces `path` with `bytes` atomically (a temp file renamed over it) but not durably: no
+/// fsync. For files that recovery can rebuild or check (the leader-epoch checkpoint); the
+/// caller fsyncs them when it must vouch for them.
+pub(crate) fn replace_in(path: &Path, bytes: &[u8], faults: Option<&IoFaults>) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    check(faults, IoOp::Write).map_err(StorageError::io("create", &tmp))?;
+    let f = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
+    write_at(faults, &f, &tmp, bytes, 0)?;
+    rename(faults, &tmp, path)
+}
+
+/// Fsyncs an open file through the seam.
+pub(crate) fn sync_file(faults: Option<&IoFaults>, f: &File, path: &Path) -> Result<()> {
+    check(faults, IoOp::Sync)
+        .and_then(|()| f.sync_all())
+        .map_err(StorageError::io("fsync", path))
+}
+
+/// Renames `from` to `to` (replacing it). A rename changes the directory: it counts as a write.
+pub(crate) fn rename(faults: Option<&IoFaults>, from: &Path, to: &Path) -> Result<()> {
+    check(faults, IoOp::Write)
+        .and_then(|()| std::fs::rename(from, to))
+        .map_err(StorageError::io("rename", to))
+}
+
+/// Removes `path`; a file already gone is no error. A removal counts as a write (of the
+/// directory).
+pub(crate) fn remove_file(faults: Option<&IoFaults>, path: &Path) -> Result<()> {
+    check(faults, IoOp::Write).map_err(StorageError::io("remove", path))?;
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io("remove", path)(e)),
+    }
+}
+
+/// Creates (or empties) `path` for writing and reading: a segment file, so a creation.
+pub(crate) fn create_file(faults: Option<&IoFaults>, path: &Path) -> Result<File> {
+    check(faults, IoOp::Create)
+        .and_then(|()| {
+            File::options()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(path)
+        })
+        .map_err(StorageError::io("create", path))
+}
+
+/// Copies the first `len` bytes of the file at `from` into `to` (from its start), in the
+/// kernel where it can (`copy_file_range`). One write as far as faults go.
+pub(crate) fn copy_prefix(
+    faults: Option<&IoFaults>,
+    from: &Path,
+    to: &File,
+    to_path: &Path,
+    len: u64,
+) -> Result<()> {
+    check(faults, IoOp::Write).map_err(StorageError::io("write", to_path))?;
+    let src = File::open(from).map_err(StorageError::io("open", from))?;
+    let mut prefix = io::Read::take(&src, len);
+    let copied = io::copy(&mut prefix, &mut &*to).map_err(StorageError::io("write", to_path))?;
+    if copied != len {
+        return Err(StorageError::io("copy", from)(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the file holds {copied} of the {len} bytes to keep"),
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,6 +16,10 @@
 //!   tests inject disk faults, and the early write-back call (`sync_file_range`, the crate's
 //!   other `unsafe`: one system call);
 //! - `compaction`: keep-newest-per-key rewriting and its crash-safe swap;
+//! - `epochs`: the leader-epoch cache (which leader epoch wrote which offsets) and its
+//!   checkpoint file `leader-epoch-checkpoint`;
+//! - `replica`: what replication needs of a log: leader epochs stamped on appends, a
+//!   follower's append of its leader's batches, truncation (crash-safe), the epoch lookups;
 //! - `mmap`: the read-only maps (`unsafe`: mapping a file).
 //!
 //! The on-disk format, recovery procedure and durability promise are in `docs/storage.md`.
@@ -38,12 +42,14 @@
 
 mod compaction;
 pub mod config;
+mod epochs;
 mod error;
 pub mod index;
 pub mod io;
 mod log;
 mod log_start;
 mod mmap;
+mod replica;
 mod segment;
 
 pub use compaction::CompactionOutcome;

@@ -17,9 +17,11 @@ use bytes::Bytes;
 use strom_protocol::batch::{self, BatchBuilder, BatchHeader, RecordRef};
 
 use crate::config::{Clock, LogConfig, SystemClock};
+use crate::epochs::{EpochCache, EpochEntry};
 use crate::error::{Result, StorageError};
 use crate::index::{self, OFFSET_ENTRY, TIME_ENTRY};
 use crate::io::{self, IoFaults, sync_dir, write_atomic};
+use crate::replica::Stamp;
 use crate::segment::{
     self, ActiveFiles, INDEX_EXT, IndexBuilder, LOG_EXT, Planned, Segment, TIME_EXT,
 };
@@ -44,8 +46,8 @@ const MARKER_LEN: usize = 8 + 8 + 8 + 8 + 8 + 4;
 /// appends them without checking the CRC a second time.
 #[derive(Debug, Clone)]
 pub struct ValidBatch {
-    bytes: Bytes,
-    header: BatchHeader,
+    pub(crate) bytes: Bytes,
+    pub(crate) header: BatchHeader,
 }
 
 impl ValidBatch {
@@ -337,6 +339,12 @@ pub struct Log {
     marker_present: bool,
     /// Faults to inject into writes, fsyncs and creations (tests only).
     pub(crate) faults: Option<IoFaults>,
+    /// Which leader epoch wrote which offsets (see `epochs.rs`).
+    pub(crate) epochs: EpochCache,
+    /// The epoch the leader append paths stamp on batches (see `replica.rs`).
+    pub(crate) leader_epoch: i32,
+    /// Truncations so far: a flush taken before one does not move the durable offset.
+    pub(crate) truncations: u64,
 }
 
 /// A flush taken out of a log by [`Log::start_flush`]: the files to fsync and the offset that
@@ -347,6 +355,8 @@ pub struct PendingFlush {
     dir: Option<PathBuf>,
     end: i64,
     faults: Option<IoFaults>,
+    /// The log's truncation count when the flush was taken.
+    truncations: u64,
 }
 
 impl PendingFlush {
@@ -426,7 +436,7 @@ struct Loaded {
     compacted: bool,
 }
 
-struct Marker {
+pub(crate) struct Marker {
     end_offset: i64,
     active_base: i64,
     active_len: u64,
@@ -701,6 +711,15 @@ impl Log {
         let start = start_of(&dir, &loaded)?;
         let end = loaded.active.next_offset;
         let damaged_tail = loaded.damaged_tail;
+        let unclean = !loaded.marker_present;
+        let epochs = EpochCache::open(
+            &dir,
+            &loaded.segments,
+            start,
+            end,
+            unclean,
+            env.faults.as_ref(),
+        )?;
         let shared = Arc::new(Shared {
             segments: RwLock::new(Arc::new(loaded.segments)),
             start_offset: AtomicI64::new(start),
@@ -722,6 +741,11 @@ impl Log {
             poisoned: None,
             marker_present: loaded.marker_present,
             faults: env.faults,
+            // Until told otherwise, go on with the newest epoch the log holds (0 for a log
+            // that holds none: a single node never changes leader).
+            leader_epoch: epochs.latest_epoch().unwrap_or(0).max(0),
+            epochs,
+            truncations: 0,
         })
         .and_then(|mut log: Log| {
             if damaged_tail {
@@ -750,6 +774,8 @@ impl Log {
         let loaded = load(&self.dir, &self.config, self.faults.as_ref())?;
         let start = start_of(&self.dir, &loaded)?;
         let end = loaded.active.next_offset;
+        let faults = self.faults.as_ref();
+        self.epochs = EpochCache::open(&self.dir, &loaded.segments, start, end, true, faults)?;
         {
             let mut g = match self.shared.segments.write() {
                 Ok(g) => g,
@@ -825,7 +851,7 @@ impl Log {
         self.shared.durable_offset.load(Ordering::Acquire)
     }
 
-    fn check_usable(&self) -> Result<()> {
+    pub(crate) fn check_usable(&self) -> Result<()> {
         match &self.poisoned {
             Some(reason) => Err(StorageError::Poisoned {
                 dir: self.dir.clone(),
@@ -835,7 +861,7 @@ impl Log {
         }
     }
 
-    fn poison(&mut self, e: StorageError) -> StorageError {
+    pub(crate) fn poison(&mut self, e: StorageError) -> StorageError {
         tracing::error!(dir = %self.dir.display(), error = %e, "log poisoned");
         self.poisoned = Some(e.to_string());
         e
@@ -882,8 +908,15 @@ impl Log {
     /// Appends already validated batches: one vectored write per run of batches that fit the
     /// active segment, rolling between runs as `segment.bytes`, `segment.ms` and the index
     /// capacity require; then one fsync for the whole call if the flush policy asks for it.
+    /// Each batch is stored with its new base offset and the log's leader epoch
+    /// ([`Log::set_leader_epoch`]); the first append of an epoch records where it starts.
     pub fn append_valid(&mut self, batches: &[ValidBatch]) -> Result<AppendInfo> {
-        let mut info = self.append_deferred(batches)?;
+        let info = self.append_deferred(batches)?;
+        self.flush_after_append(info)
+    }
+
+    /// After a deferred append: the fsync the flush policy asks for now, and the write-back.
+    pub(crate) fn flush_after_append(&mut self, mut info: AppendInfo) -> Result<AppendInfo> {
         if self.flush_wanted() {
             self.flush()?;
             info.durable = true;
@@ -910,9 +943,21 @@ impl Log {
                 max,
             });
         }
+        let saved_epochs = self.assign_leader_epoch(batches)?;
+        self.write_appended(batches, Stamp::Leader(self.leader_epoch), saved_epochs)
+    }
+
+    /// The writes of an append, leader's or replica's, once its checks passed and its epochs
+    /// are in the checkpoint (`saved_epochs`: the cache before, put back if nothing is stored).
+    pub(crate) fn write_appended(
+        &mut self,
+        batches: &[ValidBatch],
+        stamp: Stamp,
+        saved_epochs: Option<Vec<EpochEntry>>,
+    ) -> Result<AppendInfo> {
         let base_offset = self.active.next_offset;
         let now = self.clock.now_ms();
-        let (records, bytes) = match self.write_batches(batches, now) {
+        let (records, bytes) = match self.write_batches(batches, now, stamp) {
             Ok(counts) => counts,
             // Part of the call is stored and readable, the rest is not: the caller cannot be
             // told which, so the log stops taking appends until `recover` re-reads it.
@@ -922,12 +967,18 @@ impl Log {
                     self.active.next_offset
                 );
                 self.poison(e);
+                self.epochs.truncate_from_end(self.active.next_offset);
                 return Err(StorageError::Poisoned {
                     dir: self.dir.clone(),
                     reason,
                 });
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                if let Some(saved) = saved_epochs {
+                    self.epochs.restore(saved);
+                }
+                return Err(e);
+            }
         };
         self.flush.messages += records;
         self.flush.bytes += bytes;
@@ -987,7 +1038,12 @@ impl Log {
     }
 
     /// The writes of [`Log::append_valid`]; returns the records and bytes written.
-    fn write_batches(&mut self, batches: &[ValidBatch], now: i64) -> Result<(u64, u64)> {
+    fn write_batches(
+        &mut self,
+        batches: &[ValidBatch],
+        now: i64,
+        stamp: Stamp,
+    ) -> Result<(u64, u64)> {
         let mut i = 0;
         let mut records = 0u64;
         let mut bytes = 0u64;
@@ -1021,6 +1077,7 @@ impl Log {
                     bytes: &b.bytes,
                     header: b.header,
                     base_offset: next,
+                    leader_epoch: stamp.epoch_for(&b.header),
                 });
                 len += size;
                 next = last + 1;
@@ -1127,6 +1184,7 @@ impl Log {
             dir,
             end,
             faults: self.faults.clone(),
+            truncations: self.truncations,
         }))
     }
 
@@ -1136,9 +1194,13 @@ impl Log {
         if let Err(e) = result {
             return Err(self.poison(e));
         }
-        self.shared
-            .durable_offset
-            .fetch_max(flush.end, Ordering::AcqRel);
+        // A truncation since the flush was taken replaced files it fsynced: it vouches for
+        // nothing the log holds now.
+        if flush.truncations == self.truncations {
+            self.shared
+                .durable_offset
+                .fetch_max(flush.end, Ordering::AcqRel);
+        }
         Ok(self.durable_offset())
     }
 
@@ -1293,6 +1355,7 @@ impl Log {
             }
         }
         self.flush.dir_dirty = true;
+        self.trim_epochs_to_start()?;
         outcome.log_start = self.start_offset();
         // Deleted segments need no write-back (and their files are freed once closed).
         self.flush
@@ -1341,6 +1404,7 @@ impl Log {
             let log_start = self.start_offset();
             self.flush.writeback.retain(|t| t.base_offset >= log_start);
         }
+        self.trim_epochs_to_start()?;
         tracing::info!(dir = %self.dir.display(), log_start = offset, segments_deleted = delete, "records deleted");
         Ok(self.start_offset())
     }
@@ -1370,6 +1434,9 @@ impl Log {
                     .map_err(StorageError::io("fsync", p.as_path()))?;
             }
         }
+        // The leader-epoch checkpoint is written without fsyncs; the marker vouches for it too.
+        let faults = self.faults.clone();
+        self.epochs.sync(faults.as_ref())?;
         let mut m = Vec::with_capacity(MARKER_LEN);
         m.extend_from_slice(MARKER_MAGIC);
         m.extend_from_slice(&self.active.next_offset.to_be_bytes());
@@ -1405,6 +1472,7 @@ fn start_of(dir: &Path, loaded: &Loaded) -> Result<i64> {
 
 fn load(dir: &Path, config: &LogConfig, faults: Option<&IoFaults>) -> Result<Loaded> {
     fs::create_dir_all(dir).map_err(StorageError::io("create dir", dir))?;
+    crate::replica::finish_truncation(dir, config, faults)?;
     let (marker_present, marker) = read_marker(dir)?;
     let mut bases = list_segments(dir)?;
     let mut created = false;
@@ -1514,7 +1582,7 @@ fn tail_is_damaged(seg: &Segment, active: &ActiveFiles) -> bool {
 }
 
 /// Opens the last segment for appending: trusts it after a clean close, recovers it otherwise.
-fn open_active(
+pub(crate) fn open_active(
     dir: &Path,
     base: i64,
     config: &LogConfig,

@@ -261,6 +261,61 @@ impl Segment {
         end
     }
 
+    /// The header of the last batch of the committed log, walking by headers (with `pread`)
+    /// from the last offset-index entry as [`Segment::end_by_walk`] does; `None` when the
+    /// segment holds no batch that parses.
+    pub fn last_header_by_walk(&self, log: &File) -> Option<BatchHeader> {
+        let len = self.len();
+        let mut pos = self.last_offset_entry().map_or(0, |(rel, pos)| {
+            match self.header_from_file(log, u64::from(pos), len) {
+                Some(h) if h.base_offset == self.base_offset + i64::from(rel) => u64::from(pos),
+                _ => 0,
+            }
+        });
+        let mut last: Option<BatchHeader> = None;
+        while pos < len {
+            match self.header_from_file(log, pos, len) {
+                Some(h)
+                    if last.is_none_or(|l| h.base_offset >= l.next_offset())
+                        && h.next_offset() > h.base_offset =>
+                {
+                    pos += h.total_len() as u64;
+                    last = Some(h);
+                }
+                _ => break,
+            }
+        }
+        last
+    }
+
+    /// Where a truncation at `offset` cuts this segment: the position and header of the batch
+    /// holding `offset`, or of the first batch after it (past a compacted gap); `None` when no
+    /// batch of the segment holds `offset` or anything after it.
+    pub fn cut_point(&self, offset: i64, contiguous: bool) -> Result<Option<(usize, BatchHeader)>> {
+        let committed = self.committed();
+        Ok(self
+            .locate(offset, &committed, contiguous)?
+            .map(|(_, pos, h)| (pos, h)))
+    }
+
+    /// The written index entries that stay valid when the `.log` is cut to `log_len` bytes and
+    /// its last record is below `end`: offset entries for batches before the cut, time entries
+    /// about records below `end` only. As bytes of (`.index`, `.timeindex`).
+    pub fn index_prefixes(&self, log_len: u64, end: i64) -> (Vec<u8>, Vec<u8>) {
+        let offsets = self.offset_entries();
+        let keep = (0..offsets.len() / OFFSET_ENTRY)
+            .take_while(|&i| u64::from(index::offset_entry(offsets, i).1) < log_len)
+            .count();
+        let times = self.time_entries();
+        let keep_times = (0..times.len() / TIME_ENTRY)
+            .take_while(|&i| self.base_offset + i64::from(index::time_entry(times, i).1) < end)
+            .count();
+        (
+            offsets[..keep * OFFSET_ENTRY].to_vec(),
+            times[..keep_times * TIME_ENTRY].to_vec(),
+        )
+    }
+
     /// The header of the batch at `pos` of `log`, read with `pread`, if it parses, lies wholly
     /// inside the first `len` bytes and has offsets inside this segment.
     pub fn header_from_file(&self, log: &File, pos: u64, len: u64) -> Option<BatchHeader> {
@@ -707,23 +762,34 @@ pub(crate) fn open_files(
     }
 }
 
-/// One batch ready to be written: its bytes and the offset it will get.
+/// One batch ready to be written: its bytes, and the offset and leader epoch it is stored with.
 #[derive(Debug)]
 pub(crate) struct Planned<'a> {
     pub bytes: &'a [u8],
     pub header: BatchHeader,
     pub base_offset: i64,
+    pub leader_epoch: i32,
+}
+
+/// The first 16 bytes a batch is stored with: `base_offset`, the batch's own length field, and
+/// `leader_epoch`. Neither patched field is covered by the CRC.
+fn stored_prefix(p: &Planned<'_>) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&p.base_offset.to_be_bytes());
+    out[8..12].copy_from_slice(&p.bytes[8..12]);
+    out[12..].copy_from_slice(&p.leader_epoch.to_be_bytes());
+    out
 }
 
 impl ActiveFiles {
     /// Writes `run` (batches that all fit this segment) with vectored writes, patching each
-    /// batch's base offset on the way out, then the index entries they earn. If any of these
+    /// batch's base offset and leader epoch on the way out, then the index entries they earn. If any of these
     /// writes fails or is short, all three files are cut back to their previous lengths and
     /// nothing is published: the call either stores the whole run or none of it. Only when a
     /// file cannot be cut back is the error [`StorageError::Poisoned`].
     pub fn write_run(&mut self, segment: &Segment, run: &[Planned<'_>]) -> Result<()> {
         let start_len = self.len;
-        let offsets: Vec<[u8; 8]> = run.iter().map(|p| p.base_offset.to_be_bytes()).collect();
+        let prefixes: Vec<[u8; 16]> = run.iter().map(stored_prefix).collect();
         let mark = self.builder.mark();
         let mut pos = start_len;
         for p in run {
@@ -735,7 +801,7 @@ impl ActiveFiles {
         let (index_at, time_at) = self.index_ends();
         let write_index = self.builder.offset_buf.len() >= INDEX_WRITE_GROUP * OFFSET_ENTRY;
         let written = self
-            .write_log(&segment.log_path, run, &offsets)
+            .write_log(&segment.log_path, run, &prefixes)
             .and_then(|()| {
                 if write_index {
                     self.write_index_entries(segment)
@@ -818,14 +884,15 @@ impl ActiveFiles {
         );
     }
 
-    fn write_log(&mut self, path: &Path, run: &[Planned<'_>], offsets: &[[u8; 8]]) -> Result<()> {
-        // Each batch is two slices: its new base offset, then everything after the old one.
+    fn write_log(&mut self, path: &Path, run: &[Planned<'_>], prefixes: &[[u8; 16]]) -> Result<()> {
+        // Each batch is two slices: its stored first 16 bytes (new base offset and leader
+        // epoch around its length), then everything after the epoch field.
         const IOV_BATCHES: usize = 512; // 1024 iovecs: Linux's IOV_MAX
-        for (chunk, offs) in run.chunks(IOV_BATCHES).zip(offsets.chunks(IOV_BATCHES)) {
+        for (chunk, pres) in run.chunks(IOV_BATCHES).zip(prefixes.chunks(IOV_BATCHES)) {
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
-            for (p, o) in chunk.iter().zip(offs) {
-                slices.push(IoSlice::new(o));
-                slices.push(IoSlice::new(&p.bytes[8..]));
+            for (p, pre) in chunk.iter().zip(pres) {
+                slices.push(IoSlice::new(pre));
+                slices.push(IoSlice::new(&p.bytes[16..]));
             }
             io::write_all_vectored(self.faults.as_ref(), &self.log, path, &mut slices)?;
         }

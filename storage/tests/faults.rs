@@ -268,3 +268,294 @@ fn an_append_that_fails_half_way_poisons_and_recovery_keeps_the_stored_part() {
     drop(log);
     assert_contiguous(&Log::open(dir.path(), c).unwrap(), 20);
 }
+
+/// How a truncation is carried out: in place of the segments (a prefix at every step), or
+/// from a recorded intent (all or nothing).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Truncation {
+    /// `truncate_to` inside the segment being appended to.
+    InActiveSegment,
+    /// `truncate_to` inside an older segment: later segments are deleted.
+    InOlderSegment,
+    /// `truncate_to` inside a compacted closed segment (by intent).
+    InCompactedSegment,
+    /// `truncate_fully_and_start_at` (by intent).
+    Fully,
+}
+
+/// A log of several segments and three leader epochs (and, for the compacted case, gaps).
+fn truncation_subject(dir: &Path, faults: &IoFaults, compacted: bool) -> Log {
+    let mut pairs = vec![("segment.bytes", "4096"), ("index.interval.bytes", "256")];
+    if compacted {
+        pairs.push(("cleanup.policy", "compact"));
+    }
+    let mut log = open(dir, config(&pairs), faults);
+    for (i, epoch) in [0, 0, 0, 2, 2, 5].into_iter().enumerate() {
+        log.set_leader_epoch(epoch).unwrap();
+        for j in 0..5 {
+            let n = (i * 5 + j) * 3;
+            // Compacted: every batch's first record shares a key, so compaction rewrites them.
+            let mut b = strom_protocol::batch::BatchBuilder::default();
+            for k in 0..3 {
+                let key = if compacted && k == 0 && j % 2 == 0 {
+                    "dup".to_string()
+                } else {
+                    format!("k{}", n + k)
+                };
+                let value = format!("v{}-{}", n + k, "x".repeat(200));
+                b.push(&strom_protocol::batch::RecordRef {
+                    timestamp: 1,
+                    key: Some(key.as_bytes()),
+                    value: Some(value.as_bytes()),
+                    headers: &[],
+                })
+                .unwrap();
+            }
+            log.append(&[b.finish().unwrap()]).unwrap();
+        }
+    }
+    if compacted {
+        log.roll().unwrap();
+        log.compact().unwrap();
+    }
+    assert!(log.reader().segment_count() >= 4);
+    log
+}
+
+fn truncate(log: &mut Log, how: Truncation, dir: &Path) -> Result<(), StorageError> {
+    let bases = segment_bases(dir);
+    match how {
+        Truncation::InActiveSegment => log.truncate_to(log.end_offset() - 2).map(drop),
+        Truncation::InOlderSegment => log.truncate_to(bases[1] + 4).map(drop),
+        Truncation::InCompactedSegment => log.truncate_to(bases[1] + 4).map(drop),
+        Truncation::Fully => log.truncate_fully_and_start_at(7),
+    }
+}
+
+fn segment_bases(dir: &Path) -> Vec<i64> {
+    let mut bases: Vec<i64> = fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".log").map(|b| b.parse().unwrap())
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
+}
+
+/// What a log holds: its start, its batches (bytes as stored) and its leader-epoch cache.
+#[derive(Debug, Clone, PartialEq)]
+struct Held {
+    start: i64,
+    end: i64,
+    batches: Vec<bytes::Bytes>,
+    epochs: Vec<(i32, i64)>,
+}
+
+fn held(log: &Log) -> Held {
+    let batches = common::read_batches(&log.reader(), log.start_offset());
+    Held {
+        start: log.start_offset(),
+        end: log.end_offset(),
+        batches: batches.iter().map(|(_, b)| b.clone()).collect(),
+        epochs: log.epoch_entries(),
+    }
+}
+
+/// After a truncation cut short: the log holds the old log, the truncated one, or (for the
+/// in-place kind) a prefix of the old one in between; its end is where its batches end; and
+/// its leader-epoch cache is the old one without the epochs that start at or past its end.
+fn assert_prefix_and_agreeing_cache(
+    now: &Held,
+    old: &Held,
+    done: &Held,
+    how: Truncation,
+    what: &str,
+) {
+    match how {
+        Truncation::InActiveSegment | Truncation::InOlderSegment => {
+            assert_eq!(now.start, old.start, "{what}");
+            assert!(
+                now.batches.len() >= done.batches.len() && now.batches.len() <= old.batches.len(),
+                "{what}: {} batches, between {} and {}",
+                now.batches.len(),
+                done.batches.len(),
+                old.batches.len()
+            );
+            assert_eq!(
+                now.batches[..],
+                old.batches[..now.batches.len()],
+                "{what}: a prefix"
+            );
+            let last = now.batches.last().map(|b| {
+                strom_protocol::batch::BatchHeader::parse(b)
+                    .unwrap()
+                    .next_offset()
+            });
+            assert_eq!(
+                now.end,
+                last.unwrap_or(now.start),
+                "{what}: the end is the prefix's"
+            );
+        }
+        Truncation::InCompactedSegment | Truncation::Fully => {
+            assert!(now == old || now == done, "{what}: all or nothing\n{now:?}");
+        }
+    }
+    let want: Vec<(i32, i64)> = old
+        .epochs
+        .iter()
+        .copied()
+        .filter(|&(_, s)| s < now.end && (how != Truncation::Fully || now == old))
+        .collect();
+    assert_eq!(now.epochs, want, "{what}: the cache agrees with the log");
+    if how != Truncation::InCompactedSegment {
+        let batches: Vec<_> = now
+            .batches
+            .iter()
+            .map(|b| {
+                (
+                    strom_protocol::batch::BatchHeader::parse(b).unwrap(),
+                    b.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            now.epochs,
+            common::epochs_of(&batches, now.start),
+            "{what}: by the batches"
+        );
+    }
+}
+
+#[test]
+fn a_truncation_cut_short_by_any_fault_leaves_a_prefix_and_an_agreeing_cache() {
+    let hows = [
+        Truncation::InActiveSegment,
+        Truncation::InOlderSegment,
+        Truncation::InCompactedSegment,
+        Truncation::Fully,
+    ];
+    let cases = [
+        (IoOp::Write, Fault::Fail(EIO)),
+        (IoOp::Write, Fault::Short),
+        (IoOp::Sync, Fault::Fail(EIO)),
+        (IoOp::Create, Fault::Fail(ENOSPC)),
+    ];
+    for how in hows {
+        let compacted = how == Truncation::InCompactedSegment;
+        // The truncation without faults: what it leaves.
+        let dir = tempfile::tempdir().unwrap();
+        let faults = IoFaults::new();
+        let mut log = truncation_subject(dir.path(), &faults, compacted);
+        let old = held(&log);
+        truncate(&mut log, how, dir.path()).unwrap();
+        let done = held(&log);
+        assert!(
+            done.batches.len() < old.batches.len(),
+            "{how:?} removes something"
+        );
+        drop(log);
+        for (op, fault) in cases {
+            let mut failures = 0;
+            for skip in 0..200 {
+                let what = format!("{how:?} {op:?} {fault:?} after {skip}");
+                let dir = tempfile::tempdir().unwrap();
+                let faults = IoFaults::new();
+                let mut log = truncation_subject(dir.path(), &faults, compacted);
+                assert_eq!(held(&log), old);
+                let reader = log.reader();
+                faults.set_after(op, skip, Some(fault));
+                let result = truncate(&mut log, how, dir.path());
+                let injected = faults.injected() > 0;
+                faults.clear();
+                if !injected {
+                    result.unwrap();
+                    assert_eq!(held(&log), done, "{what}");
+                    break;
+                }
+                failures += 1;
+                let e = result.expect_err(&what);
+                assert!(os_error(&e).is_some(), "{what}: {e}");
+                // Either nothing had changed, or the log refuses writes until it recovers.
+                if log.poisoned().is_some() {
+                    assert!(log.append(&[simple_batch(0, 1, 1, 1)]).is_err(), "{what}");
+                }
+                // In the process: recovery reads back what is on disk, and readers follow.
+                log.recover().unwrap();
+                let recovered = held(&log);
+                assert_prefix_and_agreeing_cache(&recovered, &old, &done, how, &what);
+                assert_eq!(
+                    common::read_batches(&reader, reader.start_offset()).len(),
+                    recovered.batches.len(),
+                    "{what}: a reader from before follows"
+                );
+                // After a crash: the same.
+                drop(log);
+                let mut log = Log::open(dir.path(), config(&[("segment.bytes", "4096")])).unwrap();
+                let reopened = held(&log);
+                assert_prefix_and_agreeing_cache(&reopened, &old, &done, how, &what);
+                assert_eq!(reopened, recovered, "{what}: recovery and reopen agree");
+                // And the truncation can be done again, to the same end.
+                if reopened != done {
+                    truncate(&mut log, how, dir.path()).unwrap();
+                    assert_eq!(held(&log), done, "{what}: done again");
+                }
+            }
+            assert!(failures > 0, "{how:?} {op:?}: no call was failed");
+        }
+    }
+}
+
+#[test]
+fn a_new_epoch_is_in_the_checkpoint_before_its_first_batch_is_stored() {
+    // The first append of a new leader epoch writes the checkpoint, then the batch. If the
+    // checkpoint cannot be written, nothing is stored and the log goes on. (The checkpoint is
+    // not fsynced there: after a crash the log's open checks it against the batches.)
+    for (op, skip, fault) in [
+        (IoOp::Write, 0, Fault::Fail(EIO)),
+        (IoOp::Write, 1, Fault::Short),
+        (IoOp::Write, 2, Fault::Fail(ENOSPC)),
+    ] {
+        let what = format!("{op:?} {skip} {fault:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let faults = IoFaults::new();
+        let mut log = open(dir.path(), LogConfig::default(), &faults);
+        log.append(&[simple_batch(0, 10, 1, 100)]).unwrap();
+        log.set_leader_epoch(4).unwrap();
+        faults.set_after(op, skip, Some(fault));
+        let e = log.append(&[simple_batch(10, 10, 1, 100)]).unwrap_err();
+        faults.clear();
+        assert!(os_error(&e).is_some(), "{what}: {e}");
+        assert_eq!(log.end_offset(), 10, "{what}: nothing stored");
+        assert!(log.poisoned().is_none(), "{what}");
+        assert_eq!(log.epoch_entries(), [(0, 0)], "{what}");
+        assert_eq!(log.end_offset_for_epoch(4), (0, 10), "{what}");
+        // A crash now: the checkpoint may hold epoch 4 or not, the log has no batch of it.
+        drop(log);
+        let mut log = open(dir.path(), LogConfig::default(), &faults);
+        assert_contiguous(&log, 10);
+        assert_eq!(log.epoch_entries(), [(0, 0)], "{what}: after a crash");
+        log.set_leader_epoch(4).unwrap();
+        log.append(&[simple_batch(10, 10, 1, 100)]).unwrap();
+        assert_eq!(log.epoch_entries(), [(0, 0), (4, 10)], "{what}");
+        // A follower's append of a new epoch follows the same order.
+        faults.set_after(op, skip, Some(fault));
+        let b = common::as_stored(&simple_batch(20, 5, 1, 100), 20, 6);
+        let e = log
+            .append_replica(&[strom_storage::ValidBatch::replicated(b.clone()).unwrap()])
+            .unwrap_err();
+        faults.clear();
+        assert!(os_error(&e).is_some(), "{what}: {e}");
+        assert_eq!(log.end_offset(), 20, "{what}");
+        assert_eq!(log.epoch_entries(), [(0, 0), (4, 10)], "{what}");
+        log.append_replica(&[strom_storage::ValidBatch::replicated(b).unwrap()])
+            .unwrap();
+        assert_eq!(log.epoch_entries(), [(0, 0), (4, 10), (6, 20)], "{what}");
+        drop(log);
+        let log = open(dir.path(), LogConfig::default(), &faults);
+        assert_eq!(log.epoch_entries(), [(0, 0), (4, 10), (6, 20)], "{what}");
+        assert_contiguous(&log, 25);
+    }
+}

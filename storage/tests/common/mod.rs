@@ -87,3 +87,50 @@ pub fn read_all(reader: &LogReader, from: i64) -> Vec<Rec> {
     }
     out
 }
+
+/// `batch` with its base offset and partition leader epoch set (neither is covered by the
+/// CRC): a batch as a leader stored it, for a follower's append.
+pub fn as_stored(batch: &Bytes, base_offset: i64, leader_epoch: i32) -> Bytes {
+    let mut b = bytes::BytesMut::from(&batch[..]);
+    strom_protocol::batch::set_base_offset(&mut b, base_offset).unwrap();
+    b[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+    b.freeze()
+}
+
+/// Every stored batch from the one holding `from` to the log end, with its header.
+pub fn read_batches(
+    reader: &LogReader,
+    from: i64,
+) -> Vec<(strom_protocol::batch::BatchHeader, Bytes)> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    loop {
+        let r: ReadResult = reader.read(offset, 1).unwrap();
+        if r.data.is_empty() {
+            break;
+        }
+        for item in BatchIter::new(&r.data) {
+            let (range, h) = item.unwrap();
+            out.push((h, r.data.slice(range)));
+        }
+        assert!(r.next_offset > offset, "reads make progress");
+        offset = r.next_offset;
+    }
+    out
+}
+
+/// The leader-epoch entries a log's batches imply: one wherever a batch carries an epoch
+/// (>= 0) newer than all before it, the first moved up to the log start.
+pub fn epochs_of(
+    batches: &[(strom_protocol::batch::BatchHeader, Bytes)],
+    start: i64,
+) -> Vec<(i32, i64)> {
+    let mut out: Vec<(i32, i64)> = Vec::new();
+    for (h, _) in batches {
+        let e = h.partition_leader_epoch;
+        if e >= 0 && out.last().is_none_or(|l| e > l.0) {
+            out.push((e, h.base_offset.max(start)));
+        }
+    }
+    out
+}

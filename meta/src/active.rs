@@ -1,7 +1,10 @@
 //! The active controller: what the member that leads the metadata quorum does on top of Raft.
-//! It answers brokers' calls (registration, heartbeats, admin requests), keeps the liveness
-//! table for its term, and proposes the leadership changes liveness calls for
-//! ([`crate::placement::reconcile`]), a few times per session and whenever a broker returns.
+//! It answers brokers' calls (registration, heartbeats, admin requests, partition leaders' ISR
+//! changes, controlled shutdowns), keeps the liveness table for its term, and proposes the
+//! leadership and ISR changes liveness calls for ([`crate::election::reconcile`]), a few times
+//! per session, whenever a broker returns and when one asks to shut down. The decisions are the
+//! pure functions of [`crate::placement`], [`crate::election`] and [`crate::isr`]; this module
+//! feeds them the image and the liveness table and proposes what they return.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError};
@@ -10,10 +13,13 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, RaftError};
 
 use crate::controller::{Inner, Office};
+use crate::election::{self, BrokerStatus};
 use crate::image::MetadataImage;
+use crate::isr;
 use crate::liveness::Heartbeat;
 use crate::placement;
 use crate::rpc::{BrokerState, ClusterStatus, ControllerRequest, ControllerResponse, Member};
+use crate::topic_config;
 use crate::types::{BrokerId, ControllerNode, MetaCommand, MetaResponse, Rejection, TopicId};
 
 /// How long the active controller waits for one of its proposals to commit.
@@ -34,6 +40,27 @@ impl Inner {
             );
         }
         office
+    }
+
+    /// `broker` as elections and ISR changes see it. The active controller's own broker is up
+    /// for as long as it leads: a stall longer than a session (a paused VM) must not fence the
+    /// one broker of a single-node cluster.
+    fn broker_status(
+        &self,
+        office: &Office,
+        image: &MetadataImage,
+        broker: BrokerId,
+    ) -> BrokerStatus {
+        match office.liveness.status(image, broker) {
+            BrokerStatus::Fenced if broker == self.id => {
+                if office.liveness.is_shutting_down(image, broker) {
+                    BrokerStatus::ShuttingDown
+                } else {
+                    BrokerStatus::Alive
+                }
+            }
+            status => status,
+        }
     }
 
     fn not_controller(&self) -> ControllerResponse {
@@ -157,6 +184,10 @@ impl Inner {
                 };
                 match self.write(command).await? {
                     (index, MetaResponse::Registered { broker_epoch }) => {
+                        // A new process: the old one's session and shutdown end here.
+                        self.office(term)
+                            .liveness
+                            .registered(broker, broker_epoch, Instant::now());
                         ControllerResponse::Registered {
                             epoch: broker_epoch,
                             index,
@@ -175,7 +206,8 @@ impl Inner {
                     Heartbeat::Alive { newly } => {
                         if newly {
                             tracing::info!(broker, epoch, "broker unfenced");
-                            self.reconcile(term).await;
+                            // Not committed: the next tick tries again.
+                            let _ = self.reconcile(term).await;
                         }
                         ControllerResponse::HeartbeatAck { fenced: false }
                     }
@@ -197,6 +229,8 @@ impl Inner {
                         name,
                     }));
                 }
+                topic_config::check_all(configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .map_err(ControllerResponse::Rejected)?;
                 let live = self.live_brokers(term, &image);
                 let assignments =
                     placement::assign_replicas(&image, &live, partitions, replication_factor)
@@ -273,10 +307,16 @@ impl Inner {
                         .await?,
                 )
             }
-            ControllerRequest::AlterTopicConfigs { name, configs } => committed(
-                self.write(MetaCommand::AlterTopicConfigs { name, configs })
-                    .await?,
-            ),
+            ControllerRequest::AlterTopicConfigs { name, configs } => {
+                let set = configs
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.as_str(), v.as_deref()?)));
+                topic_config::check_all(set).map_err(ControllerResponse::Rejected)?;
+                committed(
+                    self.write(MetaCommand::AlterTopicConfigs { name, configs })
+                        .await?,
+                )
+            }
             ControllerRequest::AllocateProducerIds { broker, count } => {
                 match self
                     .write(MetaCommand::AllocateProducerIds { broker, count })
@@ -289,17 +329,141 @@ impl Inner {
                 }
             }
             ControllerRequest::Status => ControllerResponse::Status(self.status(term)),
+            ControllerRequest::AlterPartition {
+                broker,
+                broker_epoch,
+                topic,
+                partition,
+                leader_epoch,
+                partition_epoch,
+                isr,
+                replica_epochs,
+            } => {
+                let request = isr::AlterPartition {
+                    broker,
+                    broker_epoch,
+                    topic: &topic,
+                    partition,
+                    leader_epoch,
+                    partition_epoch,
+                    isr: &isr,
+                    replica_epochs: &replica_epochs,
+                };
+                self.alter_partition(term, &request).await?
+            }
+            ControllerRequest::ControlledShutdown {
+                broker,
+                broker_epoch,
+            } => {
+                let image = self.image.borrow().clone();
+                image
+                    .check_broker_epoch(broker, broker_epoch)
+                    .map_err(ControllerResponse::Rejected)?;
+                let first =
+                    self.office(term)
+                        .liveness
+                        .begin_shutdown(broker, broker_epoch, Instant::now());
+                if first {
+                    tracing::info!(broker, "controlled shutdown: moving its leaderships away");
+                }
+                // One batch moves every leadership it can; an error (no quorum) reaches the
+                // broker, which asks again.
+                self.reconcile(term).await?;
+                let leading = self
+                    .image
+                    .borrow()
+                    .topics
+                    .values()
+                    .flat_map(|t| &t.partitions)
+                    .filter(|p| p.leader == Some(broker))
+                    .count();
+                tracing::debug!(broker, leading, "controlled shutdown progress");
+                ControllerResponse::ShuttingDown {
+                    leading: u32::try_from(leading).unwrap_or(u32::MAX),
+                }
+            }
         })
     }
 
-    /// The unfenced registered brokers.
+    /// A leader's ISR change: checked against the image and the liveness table, committed,
+    /// and answered with the partition's state after it.
+    async fn alter_partition(
+        &self,
+        term: u64,
+        request: &isr::AlterPartition<'_>,
+    ) -> Result<ControllerResponse, ControllerResponse> {
+        let image = self.image.borrow().clone();
+        let decided = {
+            let office = self.office(term);
+            isr::check_alter_partition(&image, request, |b| self.broker_status(&office, &image, b))
+        };
+        let change = match decided {
+            Ok(Some(change)) => change,
+            Ok(None) => {
+                // Already that ISR: the state the leader named is the current one.
+                let Some(p) = image.partition(request.topic, request.partition) else {
+                    return Err(ControllerResponse::Rejected(Rejection::UnknownPartition {
+                        topic: request.topic.to_owned(),
+                        partition: request.partition,
+                    }));
+                };
+                return Ok(ControllerResponse::PartitionState {
+                    leader: p.leader,
+                    leader_epoch: p.leader_epoch,
+                    partition_epoch: p.partition_epoch,
+                    isr: p.isr.clone(),
+                });
+            }
+            Err(rejection) => {
+                tracing::debug!(%rejection, "ISR change refused");
+                return Err(ControllerResponse::Rejected(rejection));
+            }
+        };
+        match self.write(change).await? {
+            (
+                index,
+                MetaResponse::PartitionChanged {
+                    leader,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                },
+            ) => {
+                tracing::info!(
+                    topic = request.topic,
+                    partition = request.partition,
+                    ?isr,
+                    partition_epoch,
+                    index,
+                    "ISR changed"
+                );
+                Ok(ControllerResponse::PartitionState {
+                    leader,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                })
+            }
+            // A change that committed since the check (the compare-and-set at apply).
+            (_, MetaResponse::Rejected(rejection)) => Err(ControllerResponse::Rejected(rejection)),
+            (index, other) => {
+                tracing::warn!(?other, index, "unexpected answer to an ISR change");
+                Err(ControllerResponse::Unavailable {
+                    message: format!("unexpected answer to an ISR change: {other:?}"),
+                })
+            }
+        }
+    }
+
+    /// The registered brokers new replicas may go to: unfenced and not shutting down (a new
+    /// partition's replicas all start in its ISR, and its first one leads).
     fn live_brokers(&self, term: u64, image: &MetadataImage) -> BTreeSet<BrokerId> {
         let office = self.office(term);
         image
             .brokers
             .keys()
             .copied()
-            .filter(|broker| *broker == self.id || office.liveness.is_alive(*broker))
+            .filter(|broker| self.broker_status(&office, image, *broker).is_eligible())
             .collect()
     }
 
@@ -335,37 +499,44 @@ impl Inner {
                     id: *id,
                     epoch: registration.epoch,
                     endpoints: registration.endpoints.clone(),
-                    alive: *id == self.id || office.liveness.is_alive(*id),
+                    alive: self.broker_status(&office, &image, *id).is_up(),
+                    shutting_down: office.liveness.is_shutting_down(&image, *id),
                 })
                 .collect(),
         }
     }
 
-    /// Fences brokers whose sessions ran out and proposes the leadership changes liveness calls
-    /// for, as one batch.
-    async fn reconcile(&self, term: u64) {
+    /// Fences brokers whose sessions ran out and proposes the leadership and ISR changes
+    /// liveness calls for, as one batch. One at a time, each from the image its predecessor
+    /// left: two computed from the same image would propose the same changes twice, the second
+    /// refused by the compare-and-set but still an entry in the log.
+    async fn reconcile(&self, term: u64) -> Result<(), ControllerResponse> {
+        let _turn = self.reconciling.lock().await;
         let image = self.image.borrow().clone();
         let commands = {
             let mut office = self.office(term);
             for broker in office.liveness.expire(&image, Instant::now()) {
                 tracing::warn!(broker, "broker fenced: its session expired");
             }
-            // The active controller's own broker is alive for as long as it leads: a stall
-            // longer than a session (a paused VM) must not fence the one broker of a
-            // single-node cluster.
-            placement::reconcile(&image, |broker| {
-                broker == self.id || office.liveness.is_alive(broker)
-            })
+            election::reconcile(&image, |broker| self.broker_status(&office, &image, broker))
         };
         if commands.is_empty() {
-            return;
+            return Ok(());
         }
         let count = commands.len();
         match self.write(MetaCommand::Batch { commands }).await {
             Ok((index, _)) => {
-                tracing::info!(partitions = count, index, "partition leadership changed")
+                tracing::info!(
+                    partitions = count,
+                    index,
+                    "partition leadership or ISR changed"
+                );
+                Ok(())
             }
-            Err(e) => tracing::warn!(?e, "partition leadership change not committed"),
+            Err(e) => {
+                tracing::warn!(?e, "partition leadership change not committed");
+                Err(e)
+            }
         }
     }
 
@@ -377,7 +548,8 @@ impl Inner {
         while !self.stopped() {
             ticker.tick().await;
             if let Some(term) = self.leader_term() {
-                self.reconcile(term).await;
+                // Not committed: the next tick tries again.
+                let _ = self.reconcile(term).await;
             }
         }
     }

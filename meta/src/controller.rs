@@ -111,6 +111,8 @@ pub(crate) struct Inner {
     pub(crate) voters: BTreeMap<BrokerId, String>,
     pub(crate) timing: Timing,
     pub(crate) office: Mutex<Office>,
+    /// Held while a reconciliation computes and commits its batch.
+    pub(crate) reconciling: tokio::sync::Mutex<()>,
     peers: tokio::sync::Mutex<BTreeMap<BrokerId, Connection>>,
     /// Where outgoing controller connections leave from: the listener's address, unless it is
     /// unspecified.
@@ -227,6 +229,7 @@ impl Controller {
                 term: None,
                 liveness: Liveness::new(timing.session),
             }),
+            reconciling: tokio::sync::Mutex::new(()),
             timing,
             peers: tokio::sync::Mutex::new(BTreeMap::new()),
             source,

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::topic_config;
 use crate::types::{
     Assignment, BrokerId, Endpoints, LeaderChange, MetaCommand, MetaResponse, Rejection, TopicId,
 };
@@ -53,13 +54,13 @@ pub struct PartitionImage {
 }
 
 impl PartitionImage {
-    /// A new partition: its first replica leads and is, for now, its only in-sync replica. The
-    /// others join the ISR once they have fetched what the leader holds (replication is not
-    /// built yet, so until then they never do, and a partition whose leader is down is offline
-    /// rather than led by a replica without its data).
+    /// A new partition: its first replica leads and every replica is in sync, since all of them
+    /// hold the same thing, nothing (Kafka starts a partition the same way). From then on the
+    /// ISR changes only through the leader's AlterPartition ([`crate::isr`]) and the
+    /// controller's reconciliation ([`crate::election`]).
     fn new(replicas: Assignment) -> Self {
         Self {
-            isr: replicas.first().copied().into_iter().collect(),
+            isr: replicas.clone(),
             leader: replicas.first().copied(),
             replicas,
             leader_epoch: 0,
@@ -77,6 +78,26 @@ pub struct TopicImage {
     pub configs: BTreeMap<String, String>,
     /// Its partitions, by number.
     pub partitions: Vec<PartitionImage>,
+}
+
+impl TopicImage {
+    /// The topic's `min.insync.replicas` ([`topic_config::MIN_INSYNC_REPLICAS`]), 1 unless it
+    /// sets one. It may be larger than the replication factor (see [`topic_config::check`]).
+    pub fn min_insync_replicas(&self) -> usize {
+        self.configs
+            .get(topic_config::MIN_INSYNC_REPLICAS)
+            .and_then(|value| topic_config::parse_min_insync_replicas(value).ok())
+            .unwrap_or(topic_config::DEFAULT_MIN_INSYNC_REPLICAS)
+    }
+
+    /// Whether the topic allows unclean leader elections
+    /// ([`topic_config::UNCLEAN_LEADER_ELECTION`]), false unless it says so.
+    pub fn unclean_leader_election(&self) -> bool {
+        self.configs
+            .get(topic_config::UNCLEAN_LEADER_ELECTION)
+            .and_then(|value| topic_config::parse_bool(value).ok())
+            .unwrap_or(topic_config::DEFAULT_UNCLEAN_LEADER_ELECTION)
+    }
 }
 
 /// The whole of the cluster's metadata.
@@ -298,6 +319,8 @@ impl MetadataImage {
         Ok(MetaResponse::PartitionChanged {
             leader_epoch: image.leader_epoch,
             partition_epoch: image.partition_epoch,
+            leader: image.leader,
+            isr: image.isr.clone(),
         })
     }
 
@@ -332,6 +355,20 @@ impl MetadataImage {
         Ok(())
     }
 
+    /// Whether `epoch` is the broker epoch of `broker`'s newest registration: requests that act
+    /// for a broker process (AlterPartition, ControlledShutdown) carry it, so an older process of
+    /// the same broker is refused (Kafka's KIP-380).
+    pub fn check_broker_epoch(&self, broker: BrokerId, epoch: u64) -> Result<(), Rejection> {
+        match self.brokers.get(&broker) {
+            Some(registration) if registration.epoch == epoch => Ok(()),
+            registration => Err(Rejection::StaleBrokerEpoch {
+                broker,
+                sent: epoch,
+                current: registration.map(|r| r.epoch),
+            }),
+        }
+    }
+
     /// The partition, if the topic and partition exist.
     pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionImage> {
         self.topics.get(topic)?.partitions.get(partition as usize)
@@ -357,5 +394,116 @@ impl MetadataImage {
             }
         }
         counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(brokers: &[BrokerId]) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        for broker in brokers {
+            image.apply(
+                *broker * 10,
+                &MetaCommand::RegisterBroker {
+                    broker: *broker,
+                    incarnation: u128::from(*broker),
+                    endpoints: Endpoints::default(),
+                    rack: None,
+                },
+            );
+        }
+        image
+    }
+
+    #[test]
+    fn a_new_partition_has_every_replica_in_sync_and_the_first_leading() {
+        let mut image = registered(&[1, 2, 3]);
+        let create = MetaCommand::CreateTopic {
+            name: "t".into(),
+            id: TopicId(1),
+            configs: BTreeMap::new(),
+            assignments: vec![vec![2, 3, 1], vec![3]],
+        };
+        assert_eq!(image.apply(100, &create), MetaResponse::Done);
+        let grow = MetaCommand::CreatePartitions {
+            name: "t".into(),
+            assignments: vec![vec![1, 2]],
+        };
+        assert_eq!(image.apply(101, &grow), MetaResponse::Done);
+        let partitions = &image.topics["t"].partitions;
+        let state: Vec<_> = partitions
+            .iter()
+            .map(|p| (p.leader, p.isr.clone(), p.leader_epoch, p.partition_epoch))
+            .collect();
+        assert_eq!(
+            state,
+            vec![
+                (Some(2), vec![2, 3, 1], 0, 0),
+                (Some(3), vec![3], 0, 0),
+                (Some(1), vec![1, 2], 0, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn topic_settings_read_with_defaults() {
+        let mut topic = TopicImage {
+            id: TopicId(1),
+            configs: BTreeMap::new(),
+            partitions: Vec::new(),
+        };
+        assert_eq!(topic.min_insync_replicas(), 1);
+        assert!(!topic.unclean_leader_election());
+        topic
+            .configs
+            .insert(topic_config::MIN_INSYNC_REPLICAS.into(), "3".into());
+        topic
+            .configs
+            .insert(topic_config::UNCLEAN_LEADER_ELECTION.into(), "True".into());
+        assert_eq!(topic.min_insync_replicas(), 3);
+        assert!(topic.unclean_leader_election());
+        // Only a log from before validation can hold these; they read as the defaults.
+        topic
+            .configs
+            .insert(topic_config::MIN_INSYNC_REPLICAS.into(), "0".into());
+        topic
+            .configs
+            .insert(topic_config::UNCLEAN_LEADER_ELECTION.into(), "maybe".into());
+        assert_eq!(topic.min_insync_replicas(), 1);
+        assert!(!topic.unclean_leader_election());
+    }
+
+    #[test]
+    fn only_the_newest_registration_s_epoch_is_current() {
+        let mut image = registered(&[1]);
+        assert_eq!(image.check_broker_epoch(1, 10), Ok(()));
+        image.apply(
+            50,
+            &MetaCommand::RegisterBroker {
+                broker: 1,
+                incarnation: 99,
+                endpoints: Endpoints::default(),
+                rack: None,
+            },
+        );
+        assert_eq!(
+            image.check_broker_epoch(1, 10),
+            Err(Rejection::StaleBrokerEpoch {
+                broker: 1,
+                sent: 10,
+                current: Some(50)
+            })
+        );
+        assert_eq!(image.check_broker_epoch(1, 50), Ok(()));
+        assert_eq!(
+            image.check_broker_epoch(2, 50),
+            Err(Rejection::StaleBrokerEpoch {
+                broker: 2,
+                sent: 50,
+                current: None
+            })
+        );
     }
 }

@@ -7,10 +7,17 @@
 //! session ([`Liveness::seed`]), so a broker that died during the failover is fenced one session
 //! after the failover and live ones are never disturbed by it. Time is passed in, so the rules
 //! are tested without clocks.
+//!
+//! **Controlled shutdown** is soft state here too, as fencing is: a broker that asks for it is
+//! marked for the rest of its registration ([`BrokerStatus::ShuttingDown`]) and keeps its
+//! session while it heartbeats. Its next registration (a restart) clears the mark. A new active
+//! controller does not know it, which is why a broker repeats its request until it leads
+//! nothing (as Kafka brokers repeat `want_shutdown` in every heartbeat).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::election::BrokerStatus;
 use crate::image::MetadataImage;
 use crate::types::BrokerId;
 
@@ -32,6 +39,20 @@ struct Session {
     epoch: u64,
     expires: Instant,
     fenced: bool,
+    /// In controlled shutdown (for this registration).
+    shutting_down: bool,
+}
+
+impl Session {
+    /// A session of the registration with `epoch` that has not heartbeated yet.
+    fn fenced(epoch: u64, expires: Instant) -> Self {
+        Self {
+            epoch,
+            expires,
+            fenced: true,
+            shutting_down: false,
+        }
+    }
 }
 
 /// The heartbeat table of the active controller.
@@ -59,9 +80,8 @@ impl Liveness {
             .iter()
             .map(|(broker, registration)| {
                 let session = Session {
-                    epoch: registration.epoch,
-                    expires: now + self.timeout,
                     fenced: false,
+                    ..Session::fenced(registration.epoch, now + self.timeout)
                 };
                 (*broker, session)
             })
@@ -81,18 +101,13 @@ impl Liveness {
             _ => return Heartbeat::StaleEpoch,
         }
         let expires = now + self.timeout;
-        let session = self.sessions.entry(broker).or_insert(Session {
-            epoch,
-            expires,
-            fenced: true,
-        });
+        let session = self
+            .sessions
+            .entry(broker)
+            .or_insert(Session::fenced(epoch, expires));
         if session.epoch != epoch {
             // A newer registration: the old process's session is over.
-            *session = Session {
-                epoch,
-                expires,
-                fenced: true,
-            };
+            *session = Session::fenced(epoch, expires);
         }
         session.expires = expires;
         let newly = session.fenced;
@@ -127,6 +142,53 @@ impl Liveness {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// A registration of `broker` with `epoch` committed at `now`. A new epoch is a new process:
+    /// the old one's session ends at once (fenced, its controlled shutdown forgotten) and the new
+    /// one is unfenced by its first heartbeat. The same epoch again (a retried registration)
+    /// changes nothing.
+    pub fn registered(&mut self, broker: BrokerId, epoch: u64, now: Instant) {
+        let fresh = Session::fenced(epoch, now + self.timeout);
+        let session = self.sessions.entry(broker).or_insert(fresh);
+        if session.epoch != epoch {
+            *session = fresh;
+        }
+    }
+
+    /// `broker`, registered with `epoch` (the caller checked it is its newest registration),
+    /// asks for controlled shutdown; true the first time. It stays up while it heartbeats.
+    pub fn begin_shutdown(&mut self, broker: BrokerId, epoch: u64, now: Instant) -> bool {
+        let fresh = Session::fenced(epoch, now + self.timeout);
+        let session = self.sessions.entry(broker).or_insert(fresh);
+        if session.epoch != epoch {
+            *session = fresh;
+        }
+        !std::mem::replace(&mut session.shutting_down, true)
+    }
+
+    /// `broker`'s session, if it belongs to the registration `image` holds now. The image moves
+    /// on before this table hears of a new registration (the table learns it when the Register
+    /// call returns, or at the next [`Liveness::expire`]), and a session of the process before
+    /// must count for nothing in between: not alive, not shutting down.
+    fn current(&self, image: &MetadataImage, broker: BrokerId) -> Option<&Session> {
+        let epoch = image.brokers.get(&broker)?.epoch;
+        self.sessions.get(&broker).filter(|s| s.epoch == epoch)
+    }
+
+    /// Whether `broker` asked for controlled shutdown in its current registration (fenced or
+    /// not).
+    pub fn is_shutting_down(&self, image: &MetadataImage, broker: BrokerId) -> bool {
+        self.current(image, broker).is_some_and(|s| s.shutting_down)
+    }
+
+    /// What elections and ISR changes make of `broker` now, given the registrations in `image`.
+    pub fn status(&self, image: &MetadataImage, broker: BrokerId) -> BrokerStatus {
+        match self.current(image, broker) {
+            Some(s) if !s.fenced && s.shutting_down => BrokerStatus::ShuttingDown,
+            Some(s) if !s.fenced => BrokerStatus::Alive,
+            _ => BrokerStatus::Fenced,
         }
     }
 
@@ -218,5 +280,78 @@ mod tests {
             Heartbeat::Alive { newly: true }
         );
         assert_eq!(table.alive().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn a_controlled_shutdown_lasts_until_the_next_registration() {
+        let mut image = MetadataImage::default();
+        register(&mut image, 5, 1, 11);
+        let mut table = Liveness::new(Duration::from_secs(9));
+        let t0 = Instant::now();
+        assert_eq!(table.status(&image, 1), BrokerStatus::Fenced);
+        table.heartbeat(&image, 1, 5, t0);
+        assert_eq!(table.status(&image, 1), BrokerStatus::Alive);
+        assert!(table.begin_shutdown(1, 5, t0));
+        assert!(!table.begin_shutdown(1, 5, t0), "once");
+        assert_eq!(table.status(&image, 1), BrokerStatus::ShuttingDown);
+        assert!(table.is_alive(1), "it still serves");
+        assert_eq!(
+            table.heartbeat(&image, 1, 5, t0 + Duration::from_secs(5)),
+            Heartbeat::Alive { newly: false }
+        );
+        assert_eq!(
+            table.status(&image, 1),
+            BrokerStatus::ShuttingDown,
+            "heartbeats keep it"
+        );
+        // It exits: fenced, still marked, until it registers again.
+        assert_eq!(table.expire(&image, t0 + Duration::from_secs(15)), vec![1]);
+        assert_eq!(table.status(&image, 1), BrokerStatus::Fenced);
+        assert!(table.is_shutting_down(&image, 1));
+        // A retried registration of the same process changes nothing; a restart clears it.
+        table.registered(1, 5, t0 + Duration::from_secs(16));
+        assert!(table.is_shutting_down(&image, 1));
+        register(&mut image, 20, 1, 12);
+        assert!(
+            !table.is_shutting_down(&image, 1),
+            "the old process's mark is gone with its registration, before the table hears"
+        );
+        table.registered(1, 20, t0 + Duration::from_secs(16));
+        assert!(!table.is_shutting_down(&image, 1));
+        assert_eq!(
+            table.status(&image, 1),
+            BrokerStatus::Fenced,
+            "until it heartbeats"
+        );
+        assert_eq!(
+            table.heartbeat(&image, 1, 20, t0 + Duration::from_secs(17)),
+            Heartbeat::Alive { newly: true }
+        );
+        assert_eq!(table.status(&image, 1), BrokerStatus::Alive);
+    }
+
+    #[test]
+    fn a_registration_ends_the_old_process_s_session_at_once() {
+        let mut image = MetadataImage::default();
+        register(&mut image, 5, 1, 11);
+        let mut table = Liveness::new(Duration::from_secs(9));
+        let t0 = Instant::now();
+        table.heartbeat(&image, 1, 5, t0);
+        table.begin_shutdown(1, 5, t0);
+        table.registered(1, 5, t0);
+        assert_eq!(
+            table.status(&image, 1),
+            BrokerStatus::ShuttingDown,
+            "a retry"
+        );
+        register(&mut image, 9, 1, 12);
+        assert_eq!(
+            table.status(&image, 1),
+            BrokerStatus::Fenced,
+            "the old process counts for nothing once the image has the new one"
+        );
+        table.registered(1, 9, t0);
+        assert_eq!(table.status(&image, 1), BrokerStatus::Fenced);
+        assert!(table.expire(&image, t0).is_empty(), "already fenced");
     }
 }

@@ -1,12 +1,16 @@
-//! The controller's decisions as pure functions of the metadata image and the set of live
-//! brokers: where a new topic's replicas go, who leads a partition, and what changes when a
-//! broker goes away or comes back. Nothing here does I/O; the controller proposes what these
-//! return, and the tests below drive them with random inputs (proptest).
+//! Replica placement, as a pure function of the metadata image and the set of live brokers:
+//! where a new topic's (or a grown topic's) replicas go. Nothing here does I/O; the controller
+//! proposes what it returns, and the tests below drive it with random inputs (proptest). Who
+//! leads once the replicas exist is [`crate::election`]'s.
 
 use std::collections::BTreeSet;
 
-use crate::image::{MetadataImage, PartitionImage};
-use crate::types::{Assignment, BrokerId, LeaderChange, MetaCommand};
+use crate::image::MetadataImage;
+use crate::types::{Assignment, BrokerId};
+
+/// Leader choice and reconciliation lived here before they grew controlled shutdown, unclean
+/// and preferred elections; they are [`crate::election`]'s now.
+pub use crate::election::{choose_leader, reconcile};
 
 /// Why replicas could not be placed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,62 +69,6 @@ pub fn assign_replicas(
         .collect())
 }
 
-/// The leader a partition should have when `alive` says which brokers are up: its first replica,
-/// in preferred order, that is in the ISR and alive. `None` means the partition is offline (an
-/// unclean election, from outside the ISR, is never chosen here).
-pub fn choose_leader(
-    partition: &PartitionImage,
-    alive: impl Fn(BrokerId) -> bool,
-) -> Option<BrokerId> {
-    partition
-        .replicas
-        .iter()
-        .copied()
-        .find(|replica| partition.isr.contains(replica) && alive(*replica))
-}
-
-/// The partition changes that make the image agree with which brokers are `alive`: a partition
-/// whose leader is not alive moves to the first live in-sync replica in preferred order, or goes
-/// offline when there is none (keeping its ISR, so the last in-sync replica can lead again when
-/// it returns); an offline partition with a live in-sync replica gets it as leader; replicas that
-/// are not alive leave the ISR, unless they are its last members. Applying the changes and
-/// calling this again returns nothing.
-pub fn reconcile(image: &MetadataImage, alive: impl Fn(BrokerId) -> bool) -> Vec<MetaCommand> {
-    let mut changes = Vec::new();
-    for (name, topic) in &image.topics {
-        for (index, partition) in topic.partitions.iter().enumerate() {
-            let live_isr: Vec<BrokerId> = partition
-                .isr
-                .iter()
-                .copied()
-                .filter(|b| alive(*b))
-                .collect();
-            let isr =
-                (!live_isr.is_empty() && live_isr.len() != partition.isr.len()).then_some(live_isr);
-            let candidate = PartitionImage {
-                isr: isr.clone().unwrap_or_else(|| partition.isr.clone()),
-                ..partition.clone()
-            };
-            let leader = match partition.leader {
-                Some(leader) if alive(leader) => partition.leader,
-                _ => choose_leader(&candidate, &alive),
-            };
-            let leader = LeaderChange::between(partition.leader, leader);
-            if leader.is_unchanged() && isr.is_none() {
-                continue;
-            }
-            changes.push(MetaCommand::ChangePartition {
-                topic: name.clone(),
-                partition: index as u32,
-                partition_epoch: partition.partition_epoch,
-                leader,
-                isr,
-            });
-        }
-    }
-    changes
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -128,7 +76,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::types::{Endpoints, MetaResponse, TopicId};
+    use crate::types::{Endpoints, MetaCommand, MetaResponse, TopicId};
 
     fn image_with(brokers: &[BrokerId]) -> MetadataImage {
         let mut image = MetadataImage::default();
@@ -210,72 +158,6 @@ mod tests {
                 prop_assert!(spread(&image.leader_counts(), &brokers) <= 1);
             }
         }
-
-        /// Brokers going down and coming back in any order: after each reconciliation every
-        /// partition is led by a live in-sync replica, or is offline only when none is alive, the
-        /// ISR never empties, and reconciling again changes nothing. Once all are back, every
-        /// partition is online.
-        #[test]
-        fn reconcile_keeps_leaders_on_live_isr_members(
-            brokers in proptest::collection::btree_set(1u64..10, 1..6),
-            partitions in 1u32..30,
-            rf_seed in 0u32..6,
-            flips in proptest::collection::vec(0usize..6, 0..12),
-        ) {
-            let ids: Vec<BrokerId> = brokers.iter().copied().collect();
-            let mut image = image_with(&ids);
-            let rf = rf_seed % ids.len() as u32 + 1;
-            let assignments = assign_replicas(&image, &brokers, partitions, rf).unwrap();
-            create(&mut image, "t", assignments);
-            let mut index = 2000;
-            // Some partitions have all their replicas in sync, as replication will make them.
-            for p in 0..partitions {
-                if p % 2 == 0 {
-                    index += 1;
-                    let isr = image.partition("t", p).unwrap().replicas.clone();
-                    let applied = image.apply(index, &MetaCommand::ChangePartition {
-                        topic: "t".into(),
-                        partition: p,
-                        partition_epoch: 0,
-                        leader: LeaderChange::Unchanged,
-                        isr: Some(isr),
-                    });
-                    let changed = matches!(applied, MetaResponse::PartitionChanged { .. });
-                    prop_assert!(changed, "{:?}", applied);
-                }
-            }
-            let mut alive: BTreeSet<BrokerId> = brokers.clone();
-            let steps = flips.iter().map(|pick| Some(ids[pick % ids.len()])).chain([None]);
-            for step in steps {
-                match step {
-                    Some(broker) if !alive.remove(&broker) => {
-                        alive.insert(broker);
-                    }
-                    Some(_) => {}
-                    None => alive = brokers.clone(),
-                }
-                for change in reconcile(&image, |b| alive.contains(&b)) {
-                    index += 1;
-                    // As a member that got the entry over the wire applies it.
-                    let change: MetaCommand =
-                        serde_json::from_slice(&serde_json::to_vec(&change).unwrap()).unwrap();
-                    let applied = image.apply(index, &change);
-                    prop_assert!(matches!(applied, MetaResponse::PartitionChanged { .. }), "{:?}", applied);
-                }
-                prop_assert!(reconcile(&image, |b| alive.contains(&b)).is_empty());
-                for partition in &image.topics["t"].partitions {
-                    match partition.leader {
-                        Some(leader) => {
-                            prop_assert!(alive.contains(&leader));
-                            prop_assert!(partition.isr.contains(&leader));
-                        }
-                        None => prop_assert!(partition.isr.iter().all(|b| !alive.contains(b))),
-                    }
-                    prop_assert!(!partition.isr.is_empty());
-                }
-            }
-            prop_assert!(image.topics["t"].partitions.iter().all(|p| p.leader.is_some()));
-        }
     }
 
     #[test]
@@ -291,38 +173,5 @@ mod tests {
         );
         assert!(assign_replicas(&image, &brokers, 0, 1).is_err());
         assert!(assign_replicas(&image, &brokers, 1, 0).is_err());
-    }
-
-    #[test]
-    fn a_stale_change_is_rejected() {
-        let brokers: BTreeSet<BrokerId> = [1, 2, 3].into();
-        let mut image = image_with(&[1, 2, 3]);
-        let assignments = assign_replicas(&image, &brokers, 1, 3).unwrap();
-        create(&mut image, "t", assignments);
-        let full_isr = MetaCommand::ChangePartition {
-            topic: "t".into(),
-            partition: 0,
-            partition_epoch: 0,
-            leader: LeaderChange::Unchanged,
-            isr: Some(vec![1, 2, 3]),
-        };
-        assert!(matches!(
-            image.apply(2999, &full_isr),
-            MetaResponse::PartitionChanged { .. }
-        ));
-        let changes = reconcile(&image, |b| b != 1);
-        assert_eq!(changes.len(), 1);
-        assert!(matches!(
-            image.apply(3000, &changes[0]),
-            MetaResponse::PartitionChanged { .. }
-        ));
-        assert!(matches!(
-            image.apply(3001, &changes[0]),
-            MetaResponse::Rejected(crate::types::Rejection::StalePartitionEpoch { .. })
-        ));
-        let partition = image.partition("t", 0).unwrap();
-        assert_eq!(partition.leader, Some(2));
-        assert_eq!((partition.leader_epoch, partition.partition_epoch), (1, 2));
-        assert_eq!(partition.isr, vec![2, 3]);
     }
 }

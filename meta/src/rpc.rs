@@ -156,6 +156,51 @@ pub enum ControllerRequest {
     },
     /// The quorum's state as the active controller sees it.
     Status,
+    /// A partition leader asks to change its ISR (Kafka's AlterPartition). Accepted only from the
+    /// current leader's current process, in the current leader epoch, computed from the current
+    /// partition epoch (a compare-and-set), for a valid ISR whose added members may join
+    /// ([`crate::isr`]); answered with [`ControllerResponse::PartitionState`] once committed.
+    AlterPartition {
+        /// The leader.
+        broker: BrokerId,
+        /// Its broker epoch.
+        broker_epoch: u64,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The leader epoch it leads in.
+        leader_epoch: u32,
+        /// The partition epoch its new ISR was computed from.
+        partition_epoch: u32,
+        /// The ISR it wants.
+        isr: Vec<BrokerId>,
+        /// The broker epoch each follower it adds carried in its fetches (KIP-903): a follower
+        /// that restarted since is refused. Optional, but a leader should always send them.
+        /// A list rather than a map: serde cannot read integer map keys back through the
+        /// tagged enum this request is part of.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replica_epochs: Vec<ReplicaEpoch>,
+    },
+    /// A broker asks to shut down cleanly (Kafka's ControlledShutdown): the controller moves its
+    /// leaderships to other in-sync replicas, takes it out of ISRs that keep a live member without
+    /// it, and never elects it or adds it to an ISR again until it registers anew. Answered with
+    /// [`ControllerResponse::ShuttingDown`]; the broker asks again until it leads nothing.
+    ControlledShutdown {
+        /// The broker.
+        broker: BrokerId,
+        /// Its broker epoch.
+        broker_epoch: u64,
+    },
+}
+
+/// The broker epoch a leader saw in a follower's fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaEpoch {
+    /// The follower.
+    pub broker: BrokerId,
+    /// The broker epoch its fetches carried.
+    pub epoch: u64,
 }
 
 /// The active controller's answers.
@@ -190,6 +235,26 @@ pub enum ControllerResponse {
     },
     /// The quorum's state.
     Status(ClusterStatus),
+    /// A partition's state after an accepted AlterPartition, as committed (or as it already
+    /// was, when the ISR asked for was the current one).
+    PartitionState {
+        /// The leader.
+        leader: Option<BrokerId>,
+        /// The leader epoch (an ISR change leaves it as it was).
+        leader_epoch: u32,
+        /// The partition epoch, for the leader's next change.
+        partition_epoch: u32,
+        /// The ISR, in the replicas' order.
+        isr: Vec<BrokerId>,
+    },
+    /// The broker is in controlled shutdown and still leads this many partitions: those whose
+    /// ISR has no other live member. At 0 it may exit; otherwise it asks again (a later
+    /// reconciliation may have moved more), or exits anyway and those partitions go offline
+    /// when its session ends.
+    ShuttingDown {
+        /// The partitions it still leads.
+        leading: u32,
+    },
     /// This node is not the active controller; the leader is this one, if known.
     NotController {
         /// The active controller's id and controller address, if known.
@@ -248,6 +313,9 @@ pub struct BrokerState {
     pub endpoints: Endpoints,
     /// Heartbeating within its session.
     pub alive: bool,
+    /// In controlled shutdown.
+    #[serde(default)]
+    pub shutting_down: bool,
 }
 
 /// Writes one frame.
@@ -341,5 +409,67 @@ mod tests {
             read_frame::<_, Envelope>(&mut b).await.unwrap().is_none(),
             "clean end"
         );
+    }
+
+    /// The calls and answers of replication cross the wire between brokers: each must come
+    /// back as it left.
+    #[test]
+    fn replication_calls_and_answers_round_trip_through_json() {
+        let alter = |replica_epochs| ControllerRequest::AlterPartition {
+            broker: 1,
+            broker_epoch: 40,
+            topic: "orders".into(),
+            partition: 2,
+            leader_epoch: 3,
+            partition_epoch: 9,
+            isr: vec![1, 3],
+            replica_epochs,
+        };
+        for request in [
+            alter(Vec::new()),
+            alter(vec![
+                ReplicaEpoch {
+                    broker: 3,
+                    epoch: 77,
+                },
+                ReplicaEpoch {
+                    broker: u64::MAX,
+                    epoch: u64::MAX,
+                },
+            ]),
+            ControllerRequest::ControlledShutdown {
+                broker: 2,
+                broker_epoch: 12,
+            },
+        ] {
+            let json = serde_json::to_vec(&request).unwrap();
+            let back: ControllerRequest = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back, request, "{}", String::from_utf8_lossy(&json));
+        }
+        for response in [
+            ControllerResponse::PartitionState {
+                leader: Some(1),
+                leader_epoch: 3,
+                partition_epoch: 10,
+                isr: vec![1, 3],
+            },
+            ControllerResponse::PartitionState {
+                leader: None,
+                leader_epoch: 3,
+                partition_epoch: 10,
+                isr: vec![3],
+            },
+            ControllerResponse::ShuttingDown { leading: 0 },
+            ControllerResponse::Rejected(Rejection::FencedLeaderEpoch {
+                topic: "orders".into(),
+                partition: 2,
+                sent: 2,
+                current: 3,
+            }),
+        ] {
+            let json = serde_json::to_vec(&response).unwrap();
+            let back: ControllerResponse = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back, response, "{}", String::from_utf8_lossy(&json));
+        }
     }
 }

@@ -12,6 +12,8 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::rejection::{Ineligible, Rejection};
+
 /// A broker's id, which is also its Raft node id (Kafka's `node.id`).
 pub type BrokerId = u64;
 
@@ -223,72 +225,6 @@ impl LeaderChange {
     }
 }
 
-/// Why applying a command changed nothing. The command is still in the log: every replica
-/// rejects it the same way.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "rejection", rename_all = "snake_case")]
-pub enum Rejection {
-    /// A topic of that name exists.
-    #[error("topic {name} already exists")]
-    TopicExists {
-        /// The name.
-        name: String,
-    },
-    /// No topic of that name (or with that id) exists.
-    #[error("topic {name} does not exist")]
-    UnknownTopic {
-        /// The name.
-        name: String,
-    },
-    /// The partition number is past the topic's last partition.
-    #[error("topic {topic} has no partition {partition}")]
-    UnknownPartition {
-        /// The topic.
-        topic: String,
-        /// The partition.
-        partition: u32,
-    },
-    /// A replica list names no broker, a broker twice, or a broker that never registered.
-    #[error("invalid assignment: {reason}")]
-    InvalidAssignment {
-        /// What is wrong.
-        reason: String,
-    },
-    /// The partition changed since the proposer looked (compare-and-set failed).
-    #[error(
-        "partition {topic}-{partition} is at epoch {current}, the change was made at {expected}"
-    )]
-    StalePartitionEpoch {
-        /// The topic.
-        topic: String,
-        /// The partition.
-        partition: u32,
-        /// The epoch the proposer saw.
-        expected: u32,
-        /// The epoch the partition is at.
-        current: u32,
-    },
-    /// The proposed leader is not one of the partition's in-sync replicas.
-    #[error("broker {leader} is not in the ISR of {topic}-{partition}")]
-    LeaderNotInIsr {
-        /// The topic.
-        topic: String,
-        /// The partition.
-        partition: u32,
-        /// The proposed leader.
-        leader: BrokerId,
-    },
-    /// A batch held another batch.
-    #[error("a batch of metadata commands cannot hold another batch")]
-    NestedBatch,
-    /// The broker has not registered.
-    #[error("broker {broker} is not registered")]
-    UnknownBroker {
-        /// The broker.
-        broker: BrokerId,
-    },
-}
-
 /// What applying one command answers to whoever proposed it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -301,12 +237,18 @@ pub enum MetaResponse {
         /// The broker epoch (the log index of the registration that counts).
         broker_epoch: u64,
     },
-    /// The partition change was applied; these are its new epochs.
+    /// The partition change was applied; this is the partition's state after it.
     PartitionChanged {
         /// The leader epoch after the change.
         leader_epoch: u32,
         /// The partition epoch after the change.
         partition_epoch: u32,
+        /// The leader after the change.
+        #[serde(default)]
+        leader: Option<BrokerId>,
+        /// The ISR after the change.
+        #[serde(default)]
+        isr: Vec<BrokerId>,
     },
     /// The broker owns producer ids `first .. first + count`.
     ProducerIds {
@@ -373,6 +315,28 @@ mod tests {
             change(LeaderChange::Offline, None),
             change(LeaderChange::Elect(2), Some(vec![2, 3])),
             change(LeaderChange::Unchanged, Some(vec![])),
+            // An ISR change a leader asked for (AlterPartition), and an unclean election.
+            change(LeaderChange::Unchanged, Some(vec![1, 3])),
+            change(LeaderChange::Elect(3), Some(vec![3])),
+            MetaCommand::CreateTopic {
+                name: "replicated".into(),
+                id: TopicId(1),
+                configs: BTreeMap::from([
+                    ("min.insync.replicas".into(), "2".into()),
+                    ("unclean.leader.election.enable".into(), "true".into()),
+                ]),
+                assignments: vec![vec![1, 2, 3]],
+            },
+            MetaCommand::AlterTopicConfigs {
+                name: "replicated".into(),
+                configs: BTreeMap::from([
+                    ("min.insync.replicas".into(), None),
+                    (
+                        "unclean.leader.election.enable".into(),
+                        Some("false".into()),
+                    ),
+                ]),
+            },
             MetaCommand::AllocateProducerIds {
                 broker: 1,
                 count: 1000,

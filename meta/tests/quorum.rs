@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use strom_meta::controller::{Controller, ControllerConfig, Timing};
 use strom_meta::image::MetadataImage;
-use strom_meta::rpc::{ControllerRequest, ControllerResponse};
-use strom_meta::types::{BrokerId, Endpoints, Rejection};
+use strom_meta::rpc::{ControllerRequest, ControllerResponse, ReplicaEpoch};
+use strom_meta::types::{BrokerId, Endpoints, Ineligible, Rejection};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
@@ -159,6 +159,11 @@ impl Cluster {
             let mut metrics = via.metrics();
             let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
         }
+    }
+
+    /// The active controller's answer to `request`, asked through `via`.
+    async fn ask(&self, via: BrokerId, request: ControllerRequest) -> ControllerResponse {
+        self.controller(via).call(request, PATIENCE).await.unwrap()
     }
 
     async fn create(&self, via: BrokerId, name: &str, partitions: u32) -> ControllerResponse {
@@ -469,4 +474,240 @@ async fn a_single_voter_may_lose_its_log() {
     assert!(!node.dir.path().join("quorum.voter").exists());
     cluster.boot(1, None).await;
     assert_eq!(cluster.leader().await, 1);
+}
+
+/// An AlterPartition from `broker` for partition `partition` of `replicated`.
+fn alter(
+    image: &MetadataImage,
+    broker: BrokerId,
+    partition: u32,
+    partition_epoch: u32,
+    isr: Vec<BrokerId>,
+) -> ControllerRequest {
+    ControllerRequest::AlterPartition {
+        broker,
+        broker_epoch: image.brokers[&broker].epoch,
+        topic: "replicated".into(),
+        partition,
+        leader_epoch: image
+            .partition("replicated", partition)
+            .unwrap()
+            .leader_epoch,
+        partition_epoch,
+        isr,
+        replica_epochs: Vec::new(),
+    }
+}
+
+/// Waits until every running member's image equals the active controller's.
+async fn all_agree(cluster: &Cluster) -> Arc<MetadataImage> {
+    let leader = cluster.leader().await;
+    let image = Arc::clone(&cluster.controller(leader).image().borrow());
+    for controller in cluster.running() {
+        image_where(controller, |other| *other == *image).await;
+    }
+    image
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_change_their_isr_and_a_broker_shutting_down_hands_over() {
+    let mut cluster = Cluster::start(3, 0).await;
+    let active = cluster.leader().await;
+    cluster.alive(3).await;
+    let create = |min_isr: &str| ControllerRequest::CreateTopic {
+        name: "replicated".into(),
+        partitions: 3,
+        replication_factor: 3,
+        configs: BTreeMap::from([("min.insync.replicas".into(), min_isr.into())]),
+    };
+    assert!(matches!(
+        cluster.ask(active, create("0")).await,
+        ControllerResponse::Rejected(Rejection::InvalidConfig { .. })
+    ));
+    assert!(matches!(
+        cluster.ask(active, create("2")).await,
+        ControllerResponse::Committed { .. }
+    ));
+    let image = image_where(cluster.controller(active), |image| {
+        image.topics.contains_key("replicated")
+    })
+    .await;
+    let topic = &image.topics["replicated"];
+    assert_eq!(topic.min_insync_replicas(), 2);
+    for p in &topic.partitions {
+        assert_eq!(p.isr, p.replicas, "every replica starts in sync");
+        assert_eq!(p.leader, p.replicas.first().copied());
+    }
+    // The partition led by a broker other than the active controller: that broker shuts down
+    // and restarts below without a controller election.
+    let (number, p) = topic
+        .partitions
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.leader != Some(active))
+        .unwrap();
+    let number = number as u32;
+    let (lead, second, third) = (p.replicas[0], p.replicas[1], p.replicas[2]);
+    let not_lead = if active == lead { second } else { active };
+
+    // The leader shrinks its ISR (asked through another broker: forwarded).
+    let shrunk = cluster
+        .ask(not_lead, alter(&image, lead, number, 0, vec![lead, second]))
+        .await;
+    assert_eq!(
+        shrunk,
+        ControllerResponse::PartitionState {
+            leader: Some(lead),
+            leader_epoch: 0,
+            partition_epoch: 1,
+            isr: vec![lead, second],
+        }
+    );
+    // Computed from the old state: the compare-and-set refuses it.
+    assert_eq!(
+        cluster
+            .ask(active, alter(&image, lead, number, 0, vec![lead]))
+            .await,
+        ControllerResponse::Rejected(Rejection::StalePartitionEpoch {
+            topic: "replicated".into(),
+            partition: number,
+            expected: 0,
+            current: 1,
+        })
+    );
+    // Only the leader changes its ISR.
+    assert_eq!(
+        cluster
+            .ask(active, alter(&image, second, number, 1, vec![second]))
+            .await,
+        ControllerResponse::Rejected(Rejection::NotLeader {
+            topic: "replicated".into(),
+            partition: number,
+            broker: second,
+            leader: Some(lead),
+        })
+    );
+    // It expands again (in any order; recorded in the replicas' order).
+    let expanded = cluster
+        .ask(
+            active,
+            alter(&image, lead, number, 1, vec![third, lead, second]),
+        )
+        .await;
+    assert_eq!(
+        expanded,
+        ControllerResponse::PartitionState {
+            leader: Some(lead),
+            leader_epoch: 0,
+            partition_epoch: 2,
+            isr: vec![lead, second, third],
+        }
+    );
+    all_agree(&cluster).await;
+
+    // Controlled shutdown: every leadership moves, and the broker leaves every ISR.
+    let led: Vec<usize> = topic
+        .partitions
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.leader == Some(lead))
+        .map(|(i, _)| i)
+        .collect();
+    let shutdown = ControllerRequest::ControlledShutdown {
+        broker: lead,
+        broker_epoch: image.brokers[&lead].epoch,
+    };
+    assert_eq!(
+        cluster.ask(lead, shutdown).await,
+        ControllerResponse::ShuttingDown { leading: 0 }
+    );
+    let after = all_agree(&cluster).await;
+    for (i, (p, before)) in after.topics["replicated"]
+        .partitions
+        .iter()
+        .zip(&topic.partitions)
+        .enumerate()
+    {
+        assert!(!p.isr.contains(&lead), "{i}: {p:?}");
+        assert!(p.leader.is_some() && p.leader != Some(lead), "{i}: {p:?}");
+        if led.contains(&i) {
+            assert_eq!(p.leader_epoch, before.leader_epoch + 1, "{i}: {p:?}");
+        }
+    }
+    let p = after.partition("replicated", number).unwrap().clone();
+    assert_eq!(p.leader, Some(second), "the next in preferred order");
+    // It may not come back into an ISR while shutting down.
+    let back = alter(
+        &after,
+        second,
+        number,
+        p.partition_epoch,
+        p.replicas.clone(),
+    );
+    assert!(matches!(
+        cluster.ask(active, back).await,
+        ControllerResponse::Rejected(Rejection::IneligibleReplica {
+            why: Ineligible::ShuttingDown,
+            ..
+        })
+    ));
+
+    // It restarts: a new registration clears its shutdown. Its new leader adds it back once it
+    // heartbeats (not for the fetches of its previous process, KIP-903), and leadership returns
+    // to it, its preferred replica.
+    let old_epoch = after.brokers[&lead].epoch;
+    cluster.stop(lead).await;
+    cluster.boot(lead, None).await;
+    let restarted = image_where(cluster.controller(active), |image| {
+        image.brokers[&lead].epoch != old_epoch
+    })
+    .await;
+    let new_epoch = restarted.brokers[&lead].epoch;
+    let rejoin = |epoch: u64| {
+        let image = cluster.controller(active).image().borrow().clone();
+        let p = image.partition("replicated", number).unwrap().clone();
+        let mut request = alter(
+            &image,
+            second,
+            number,
+            p.partition_epoch,
+            p.replicas.clone(),
+        );
+        if let ControllerRequest::AlterPartition { replica_epochs, .. } = &mut request {
+            replica_epochs.push(ReplicaEpoch {
+                broker: lead,
+                epoch,
+            });
+        }
+        request
+    };
+    assert!(matches!(
+        cluster.ask(active, rejoin(old_epoch)).await,
+        ControllerResponse::Rejected(Rejection::IneligibleReplica {
+            why: Ineligible::StaleBrokerEpoch { .. },
+            ..
+        })
+    ));
+    let started = Instant::now();
+    loop {
+        match cluster.ask(active, rejoin(new_epoch)).await {
+            ControllerResponse::PartitionState { isr, .. } => {
+                assert_eq!(isr, p.replicas);
+                break;
+            }
+            // Not heartbeating yet.
+            ControllerResponse::Rejected(Rejection::IneligibleReplica {
+                why: Ineligible::Fenced,
+                ..
+            }) if started.elapsed() < PATIENCE => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    image_where(cluster.controller(active), |image| {
+        image.partition("replicated", number).unwrap().leader == Some(lead)
+    })
+    .await;
+    all_agree(&cluster).await;
 }

@@ -74,6 +74,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), TopicNameError> {
     }
 }
 
+/// The internal topic holding consumer groups' committed offsets (Kafka's name: Kafka clients
+/// see it in Metadata).
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
 /// Whether a topic is one of the broker's own (its name starts with two underscores, as
 /// `__consumer_offsets` does).
 pub fn is_internal_topic(name: &str) -> bool {

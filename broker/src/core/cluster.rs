@@ -344,7 +344,7 @@ impl Core {
     /// instead of a new one being created: its committed offsets stay. Idempotent: once the
     /// image holds the topic this does nothing.
     async fn import_local_offsets(&self) -> Result<(), BrokerError> {
-        let name = super::groups::OFFSETS_TOPIC;
+        let name = strom_protocol::topic::OFFSETS_TOPIC;
         if !self.cluster.alone || self.cluster.image().topics.contains_key(name) {
             return Ok(());
         }

@@ -1,7 +1,7 @@
 //! Where things are, as every listener's Metadata answers it and as produce and fetch check it:
 //! topics and their partitions with leader, replicas and ISR from the metadata image, the
 //! brokers with their addresses, the active controller, and each group's coordinator (the
-//! leader of its `__consumer_offsets` partition, [`Core::coordinator_of`]). Internal topics the
+//! leader of its `__consumer_offsets` partition, found by the group coordinator's leadership module). Internal topics the
 //! image does not hold (`__queue_state`) are local to each broker and led by it;
 //! `__consumer_offsets` is in the image like any topic.
 //!
@@ -16,8 +16,6 @@ use strom_meta::types::Endpoints;
 use strom_protocol::ErrorCode;
 use strom_protocol::topic::{is_internal_topic, validate_topic_name};
 
-use super::groups::OFFSETS_TOPIC;
-use super::groups::leadership::partition_for;
 use super::partition::Partition;
 use super::topics::{Topic, TopicId};
 use super::{Core, Failure};
@@ -58,7 +56,8 @@ pub(crate) fn host_port(addr: &str) -> Option<(&str, u16)> {
     Some((host, port.parse().ok()?))
 }
 
-fn broker_id(id: u64) -> i32 {
+/// A broker id as the protocols' `int32` carries it.
+pub(crate) fn broker_id(id: u64) -> i32 {
     i32::try_from(id).unwrap_or(i32::MAX)
 }
 
@@ -234,43 +233,5 @@ impl Core {
             broker_id(leader),
             i32::try_from(p.leader_epoch).unwrap_or(i32::MAX),
         ))
-    }
-
-    /// The coordinator of `group_id` as `image` places it: the leader of the group's partition
-    /// of `__consumer_offsets`, with its addresses. COORDINATOR_NOT_AVAILABLE while the topic
-    /// does not exist or the partition has no leader (its broker is down).
-    pub(crate) fn coordinator_of(
-        &self,
-        image: &MetadataImage,
-        group_id: &str,
-    ) -> Result<BrokerView, Failure> {
-        let topic = image.topics.get(OFFSETS_TOPIC).ok_or_else(|| {
-            (
-                ErrorCode::CoordinatorNotAvailable,
-                format!("{OFFSETS_TOPIC} is being created"),
-            )
-        })?;
-        let p = partition_for(group_id, topic.partitions.len());
-        let leader = topic
-            .partitions
-            .get(p)
-            .and_then(|placed| placed.leader)
-            .ok_or_else(|| {
-                (
-                    ErrorCode::CoordinatorNotAvailable,
-                    format!("{OFFSETS_TOPIC}-{p}, which holds group {group_id}, has no leader"),
-                )
-            })?;
-        let registration = image.brokers.get(&leader).ok_or_else(|| {
-            (
-                ErrorCode::CoordinatorNotAvailable,
-                format!("broker {leader} leads {OFFSETS_TOPIC}-{p} but is not registered"),
-            )
-        })?;
-        Ok(BrokerView {
-            id: broker_id(leader),
-            endpoints: registration.endpoints.clone(),
-            rack: registration.rack.clone(),
-        })
     }
 }

@@ -22,9 +22,10 @@ use strom_meta::rpc::ControllerRequest;
 use strom_meta::types::BrokerId;
 use strom_protocol::ErrorCode;
 
-use super::offsets::{parse_key, parse_value};
+use super::records::{parse_key, parse_value};
 use super::{Catalog, Coordinator, OFFSETS_TOPIC, State, Tp, offsets_topic_configs};
 use crate::core::cluster::local_id;
+use crate::core::metadata::{BrokerView, broker_id};
 use crate::core::partition::Partition;
 use crate::core::topics::Topics;
 use crate::core::{Core, Failure};
@@ -373,12 +374,47 @@ impl Core {
         self.groups.follows_offsets_topic() && self.image().topics.contains_key(OFFSETS_TOPIC)
     }
 
+    /// The coordinator of `group_id` as `image` places it: the leader of the group's partition
+    /// of `__consumer_offsets`, with its addresses. COORDINATOR_NOT_AVAILABLE while the topic
+    /// does not exist or the partition has no leader (its broker is down).
+    pub(crate) fn coordinator_of(
+        &self,
+        image: &MetadataImage,
+        group_id: &str,
+    ) -> Result<BrokerView, Failure> {
+        let topic = image.topics.get(OFFSETS_TOPIC).ok_or_else(|| {
+            (
+                ErrorCode::CoordinatorNotAvailable,
+                format!("{OFFSETS_TOPIC} is being created"),
+            )
+        })?;
+        let p = partition_for(group_id, topic.partitions.len());
+        let leader = topic
+            .partitions
+            .get(p)
+            .and_then(|placed| placed.leader)
+            .ok_or_else(|| {
+                (
+                    ErrorCode::CoordinatorNotAvailable,
+                    format!("{OFFSETS_TOPIC}-{p}, which holds group {group_id}, has no leader"),
+                )
+            })?;
+        let registration = image.brokers.get(&leader).ok_or_else(|| {
+            (
+                ErrorCode::CoordinatorNotAvailable,
+                format!("broker {leader} leads {OFFSETS_TOPIC}-{p} but is not registered"),
+            )
+        })?;
+        Ok(BrokerView {
+            id: broker_id(leader),
+            endpoints: registration.endpoints.clone(),
+            rack: registration.rack.clone(),
+        })
+    }
+
     /// Where `group_id`'s coordinator is, once `__consumer_offsets` exists (created here if
     /// needed): the leader of the group's partition.
-    pub(crate) async fn find_coordinator(
-        &self,
-        group_id: &str,
-    ) -> Result<crate::core::metadata::BrokerView, Failure> {
+    pub(crate) async fn find_coordinator(&self, group_id: &str) -> Result<BrokerView, Failure> {
         self.offsets_topic_ready().await?;
         self.coordinator_of(&self.image(), group_id)
     }

@@ -16,14 +16,15 @@
 //! and NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS / COORDINATOR_NOT_AVAILABLE for a group
 //! this broker cannot serve). A commit is appended (and fsynced) to the group's partition before
 //! it is acknowledged ([`offsets`]), so committed offsets survive any crash the log survives.
-//! Records: key `0x01 | u16 len | group | u16 len | topic | i32 partition`, value `0x01 | i64
-//! offset | i64 commit time ms | u16 len | metadata`; a null value deletes the commit (group
-//! deletion).
+//! Its records ([`records`]): key `0x01 | u16 len | group | u16 len | topic | i32 partition`,
+//! value `0x01 | i64 offset | i64 commit time ms | u16 len | metadata`; a null value deletes the
+//! commit (group deletion).
 
 pub mod assignor;
 pub(crate) mod classic;
 pub(crate) mod leadership;
 pub(crate) mod offsets;
+mod records;
 pub(crate) mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -65,8 +66,7 @@ pub(crate) struct HeartbeatResult {
     pub assignment: BTreeSet<Tp>,
 }
 
-/// The internal topic holding committed offsets.
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+pub use strom_protocol::topic::OFFSETS_TOPIC;
 
 /// The settings `__consumer_offsets` is created with: compacted (the newest commit per group and
 /// partition is what matters), kept forever otherwise, in 16 MiB segments.

@@ -120,7 +120,11 @@ mod tests {
         let leader = [(1, 0), (3, 10)];
         let follower = [(1, 0), (2, 10)];
         let diverging = check_follower(12, 2, lookup(&leader, 30, 2)).unwrap();
-        assert_eq!(diverging, e(1, 10), "epoch 2 is not the leader's: 1 ends at 10");
+        assert_eq!(
+            diverging,
+            e(1, 10),
+            "epoch 2 is not the leader's: 1 ends at 10"
+        );
         let t = truncation_for(diverging, lookup(&follower, 12, diverging.epoch), 12);
         assert_eq!(
             t,

@@ -244,8 +244,7 @@ impl LeaderView {
             return false;
         };
         f.end == self.end
-            || f
-                .caught_up_at
+            || f.caught_up_at
                 .is_some_and(|at| now.saturating_duration_since(at) <= lag_max)
     }
 
@@ -387,7 +386,10 @@ mod tests {
         assert_eq!(change, IsrRequest::Shrink(vec![1, 2]), "3 is out of sync");
         v.isr_requested(change);
         assert_eq!(v.hw(), 0, "a shrink waits for the controller");
-        assert!(v.isr_change_due(later, LAG).is_none(), "one change at a time");
+        assert!(
+            v.isr_change_due(later, LAG).is_none(),
+            "one change at a time"
+        );
         assert!(v.isr_committed(vec![1, 2], 8));
         assert_eq!(v.hw(), 10);
     }
@@ -440,15 +442,26 @@ mod tests {
         assert_eq!(v.epoch_start(), 50);
         v.on_follower_fetch(3, 45, 45, t);
         assert_eq!(v.hw(), 40);
-        assert_eq!(v.isr_change_due(t, LAG), None, "past the HW, below the epoch start");
+        assert_eq!(
+            v.isr_change_due(t, LAG),
+            None,
+            "past the HW, below the epoch start"
+        );
         v.on_follower_fetch(2, 50, 50, t);
         v.on_leader_progress(60, 60);
         v.on_follower_fetch(2, 60, 60, t);
         assert_eq!(v.hw(), 60);
         v.on_follower_fetch(3, 55, 55, t);
-        assert_eq!(v.isr_change_due(t, LAG), None, "past the epoch start, below the HW");
+        assert_eq!(
+            v.isr_change_due(t, LAG),
+            None,
+            "past the epoch start, below the HW"
+        );
         v.on_follower_fetch(3, 60, 60, t);
-        assert_eq!(v.isr_change_due(t, LAG), Some(IsrRequest::Expand(vec![1, 2, 3])));
+        assert_eq!(
+            v.isr_change_due(t, LAG),
+            Some(IsrRequest::Expand(vec![1, 2, 3]))
+        );
     }
 
     #[test]

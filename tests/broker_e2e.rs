@@ -1032,3 +1032,59 @@ fn a_topic_with_early_writeback_stores_and_serves_everything() {
         "the log rolled at least once ({segments} segments)"
     );
 }
+
+/// Consumers read below the high watermark. For a topic with a durable policy that is what
+/// every replica has fsynced (here the one broker): a record acknowledged with acks=leader but
+/// not yet fsynced is not handed to consumers, nor counted as the latest offset, and a long
+/// poll waiting for it is answered once the fsync the policy asks for covers it.
+#[test]
+fn a_durable_topic_shows_consumers_only_what_is_fsynced() {
+    let dir = TestDir::new();
+    let broker = Broker::start(&dir.data(), NO_AUTO_CREATE);
+    let mut c = broker.client();
+    let mut producer = broker.client();
+    c.create_topic_ok("ledger", 1, &[("flush.messages", "3")]);
+    let ts = now_ms();
+    let first = records(2, ts, "a");
+    assert_eq!(
+        producer
+            .produce("ledger", 0, &[batch_of(&first)], Acks::Leader)
+            .base_offset,
+        0
+    );
+    let fetched = c.fetch("ledger", 0, 0, 0, 0, 0);
+    assert_eq!(fetched.error_code(), ErrorCode::None, "{fetched:?}");
+    assert!(fetched.records.is_empty(), "2 of 3 messages: not fsynced");
+    assert_eq!(fetched.high_watermark, 0);
+    let latest = c.list_offsets("ledger", 0, OffsetSpec::Latest, 0);
+    assert_eq!(latest.offset, 0, "{latest:?}");
+
+    // A long poll for the first record is answered by the append that makes the policy fsync.
+    let id = c.send_body(fetch_request("ledger", 0, 0, 0, 1, 30_000));
+    let third = records(1, ts + 1, "b");
+    assert_eq!(producer.produce_ok("ledger", 0, &[batch_of(&third)]), 2);
+    let response = c.recv();
+    assert_eq!(response_id(&response), id);
+    let fetched = fetch_body(response).topics.remove(0).partitions.remove(0);
+    assert_eq!(fetched.error_code(), ErrorCode::None);
+    assert_eq!(fetched.high_watermark, 3);
+    let mut all = with_offsets(&first, 0);
+    all.extend(with_offsets(&third, 2));
+    assert_eq!(records_from(&fetched.records, 0), all);
+    assert_eq!(c.list_offsets("ledger", 0, OffsetSpec::Latest, 0).offset, 3);
+
+    // Without the policy the HW is the log end again.
+    assert_eq!(
+        c.alter_configs("ledger", &[], &["flush.messages"])
+            .error_code(),
+        ErrorCode::None
+    );
+    let more = records(1, ts + 2, "c");
+    assert_eq!(
+        producer
+            .produce("ledger", 0, &[batch_of(&more)], Acks::Leader)
+            .base_offset,
+        3
+    );
+    assert_eq!(c.fetch("ledger", 0, 3, 0, 0, 0).high_watermark, 4);
+}

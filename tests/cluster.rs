@@ -182,7 +182,13 @@ fn three_brokers_spread_partitions_and_route_clients_to_leaders() {
         "{first:?}"
     );
     for id in 1..=3 {
-        let r = metadata(&mut cluster.kafka(id), "orders");
+        // CreateTopics is answered once the asked broker applied it; the others follow the
+        // metadata log on their own time (Kafka clients retry an unknown topic).
+        let mut c = cluster.kafka(id);
+        let r = eventually(&format!("broker {id} describes orders"), || {
+            let r = metadata(&mut c, "orders");
+            (!leaders(&r).is_empty()).then_some(r)
+        });
         assert_eq!(leaders(&r), want_leaders, "broker {id}'s view");
         assert!((1..=3).contains(&r.controller_id.0), "{r:?}");
         let mut listed: Vec<(i32, u16)> = r

@@ -284,7 +284,8 @@ impl Core {
         let r = part.reader();
         match query {
             OffsetQuery::Earliest => Ok((r.start_offset(), -1)),
-            OffsetQuery::Latest => Ok((r.end_offset(), -1)),
+            // Kafka's latest for a read-uncommitted consumer: the high watermark.
+            OffsetQuery::Latest => Ok((part.high_watermark(), -1)),
             OffsetQuery::Time(ts) => match r.record_for_time(ts) {
                 Ok(Some((o, found))) => Ok((o, found)),
                 Ok(None) => Ok((-1, -1)),

@@ -1,9 +1,10 @@
 //! Fetch: read stored batches from partitions, and long-poll until `min_bytes` are there.
 //!
 //! A read is a `Bytes` slice of the segment's memory map, handed to the front-end as it lies on
-//! disk (no copy, no re-encoding). An empty or small fetch waits on the partitions' end-offset
-//! `watch` channels, never in a sleep loop, until data arrives, `max_wait_ms` passes (capped by
-//! `fetch_max_wait_ms`) or the broker shuts down.
+//! disk (no copy, no re-encoding), and stops at the partition's high watermark: consumers see
+//! only what is committed (`replication::replica`). An empty or small fetch waits on the
+//! partitions' high-watermark `watch` channels, never in a sleep loop, until data arrives,
+//! `max_wait_ms` passes (capped by `fetch_max_wait_ms`) or the broker shuts down.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -44,7 +45,7 @@ pub(crate) struct Fetched {
     pub partition: i32,
     /// Whole stored batches, starting with the one that holds the offset asked for.
     pub result: Result<Bytes, Failure>,
-    /// The log end offset (-1 when the partition is unknown).
+    /// The high watermark (-1 when the partition is unknown).
     pub high_watermark: i64,
     /// The log start offset (-1 when the partition is unknown).
     pub log_start: i64,
@@ -62,14 +63,14 @@ impl Core {
         ));
         let deadline = Instant::now() + max_wait;
         loop {
-            // Take the current end offsets before reading, so an append between the read and
-            // the wait is not missed.
+            // Take the current high watermarks before reading, so one that moves between the
+            // read and the wait is not missed.
             let mut watchers = Vec::new();
             for (name, partitions) in &req.topics {
                 if let Some(topic) = self.topics.get(name) {
                     for p in partitions {
                         if let Some(part) = topic.partition(p.partition) {
-                            let mut w = part.watch_end();
+                            let mut w = part.watch_hw();
                             w.borrow_and_update();
                             watchers.push(w);
                         }
@@ -135,29 +136,36 @@ impl Core {
                 // Once something is in the response, stay within the budget; the first batch
                 // of the response may exceed it so a consumer always makes progress.
                 let limit = if total > 0 { limit.min(budget) } else { limit };
+                let hw = part.high_watermark();
                 let mut out = Fetched {
                     partition: p.partition,
                     result: Ok(Bytes::new()),
-                    high_watermark: reader.end_offset(),
+                    high_watermark: hw,
                     log_start: reader.start_offset(),
                 };
                 if total > 0 && limit == 0 {
                     partitions.push(out);
                     continue;
                 }
-                match reader.read(p.offset, limit) {
-                    Ok(r) => {
+                // Between the HW and the log end there is nothing to read yet (not committed);
+                // past the log end the offset is out of range.
+                let read = if p.offset >= hw && p.offset <= reader.end_offset() {
+                    Ok(None)
+                } else {
+                    reader.read_until(p.offset, hw - 1, limit).map(Some)
+                };
+                match read {
+                    Ok(None) => {}
+                    Ok(Some(r)) => {
                         total += r.data.len() as u64;
                         budget = budget.saturating_sub(r.data.len());
-                        out.high_watermark = r.log_end;
                         out.log_start = r.log_start;
                         out.result = Ok(r.data);
                     }
                     Err(e) => {
                         errors = true;
-                        if let StorageError::OffsetOutOfRange { start, end, .. } = &e {
+                        if let StorageError::OffsetOutOfRange { start, .. } = &e {
                             out.log_start = *start;
-                            out.high_watermark = *end;
                         } else {
                             tracing::error!(topic = %name, partition = p.partition, error = %e, "fetch failed");
                         }

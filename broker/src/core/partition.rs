@@ -6,8 +6,9 @@
 //! answers each request with its base offset, except those that wait for an fsync: the writer
 //! keeps one flush running beside its appends (`Log::start_flush`) and answers them when a flush
 //! that started after their append finishes (pipelined group commit). Readers use a
-//! [`LogReader`] directly and wait for new data on a `watch` channel carrying the log-end offset,
-//! which the writer updates after every append.
+//! [`LogReader`] directly, up to the partition's high watermark, and wait for new data on the
+//! high watermark's `watch` channel ([`Replica`]), which the writer moves after every append
+//! group and fsync.
 //!
 //! Disk work runs on tokio's blocking pool (`spawn_blocking`), the `Log` moving in and out of the
 //! closure, so a slow disk never stalls the threads that serve connections. So does the early
@@ -28,6 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::core::delays::{self, Delay, DelayIndex, TopicId};
 use crate::core::producers::{ProducerStates, Verdict};
+use crate::core::replication::replica::Replica;
 use crate::error::storage_code;
 use crate::stats::Stats;
 
@@ -111,7 +113,8 @@ pub struct Partition {
     pub index: i32,
     reader: LogReader,
     tx: mpsc::Sender<WriterMsg>,
-    end: watch::Receiver<i64>,
+    /// The high watermark and what moves it.
+    replica: Arc<Replica>,
     delays: Arc<DelayIndex>,
     stats: Arc<PartitionStats>,
 }
@@ -143,11 +146,16 @@ impl Partition {
             .producers
             .store(producers.len() as u64, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let (end_tx, end) = watch::channel(log.end_offset());
+        let replica = Arc::new(Replica::alone(
+            log.end_offset(),
+            log.durable_offset(),
+            log.config().has_flush_policy(),
+        ));
         let delays = Arc::new(DelayIndex::new(delayed_runs));
         let state = Writer {
             delays: delays.clone(),
-            end_tx,
+            end: log.end_offset(),
+            replica: replica.clone(),
             producers,
             topic,
             index,
@@ -163,7 +171,7 @@ impl Partition {
             index,
             reader,
             tx,
-            end,
+            replica,
             delays,
             stats,
         })
@@ -189,9 +197,16 @@ impl Partition {
         &self.reader
     }
 
-    /// A receiver that changes whenever the log-end offset moves.
-    pub fn watch_end(&self) -> watch::Receiver<i64> {
-        self.end.clone()
+    /// The high watermark: consumers read below it (the log end, or the durable offset for a
+    /// topic with a flush policy, while the partition has no other replica).
+    pub fn high_watermark(&self) -> i64 {
+        self.replica.high_watermark()
+    }
+
+    /// A receiver that changes whenever the high watermark moves: what consumers' long polls
+    /// wait on.
+    pub fn watch_hw(&self) -> watch::Receiver<i64> {
+        self.replica.watch_hw()
     }
 
     /// Queues `batches` for appending; the receiver resolves with the base offset.
@@ -279,7 +294,9 @@ impl Partition {
 
 /// What the writer task keeps besides the log.
 struct Writer {
-    end_tx: watch::Sender<i64>,
+    /// The log end after the last append.
+    end: i64,
+    replica: Arc<Replica>,
     delays: Arc<DelayIndex>,
     producers: ProducerStates,
     topic: Arc<str>,
@@ -388,6 +405,7 @@ impl Writer {
     }
 
     fn acknowledge(&mut self, durable: i64) {
+        self.replica.progress(self.end, durable);
         while self.waiting.front().is_some_and(|w| w.end <= durable) {
             if let Some(w) = self.waiting.pop_front() {
                 let _ = w.reply.send(Ok(w.first));
@@ -465,6 +483,8 @@ async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
             };
             match control {
                 WriterMsg::Configure(c) => {
+                    w.replica
+                        .set_durable(c.has_flush_policy(), l.end_offset(), l.durable_offset());
                     l.set_config(*c);
                     flush_timer = flush_interval(Some(l.config()));
                     log = Some(l);
@@ -603,7 +623,8 @@ async fn recover_if_poisoned(
             w.producers = producers;
             w.recovery_error = None;
             if let Some(l) = &log {
-                w.end_tx.send_replace(l.end_offset());
+                w.end = l.end_offset();
+                w.replica.progress(l.end_offset(), l.durable_offset());
                 tracing::info!(topic = %w.topic, partition = w.index, end = l.end_offset(), "partition recovered; appends resume");
             }
             (log, Ok(()))
@@ -691,7 +712,8 @@ async fn append_group(
         blocking(log, move |l| l.append_deferred(&batches)).await
     };
     if let Some(l) = &log {
-        w.end_tx.send_replace(l.end_offset());
+        w.end = l.end_offset();
+        w.replica.progress(l.end_offset(), l.durable_offset());
     }
     match result {
         Ok(info) => {

@@ -182,7 +182,7 @@ impl Group {
                     metadata: meta.clone(),
                     log_end: topics
                         .get(t)
-                        .and_then(|x| x.partition(*p).map(|q| q.reader().end_offset()))
+                        .and_then(|x| x.partition(*p).map(|q| q.high_watermark()))
                         .unwrap_or(-1),
                 })
                 .collect(),

@@ -84,7 +84,7 @@ impl Core {
                 for t in &topics {
                     if let Some(topic) = self.topics.get(t) {
                         for p in &topic.partitions {
-                            let mut w = p.watch_end();
+                            let mut w = p.watch_hw();
                             w.borrow_and_update();
                             watchers.push(w);
                         }
@@ -174,7 +174,8 @@ impl Core {
                 continue;
             };
             let reader = part.reader();
-            let (log_start, end) = (reader.start_offset(), reader.end_offset());
+            // Queue groups hand out only committed records, as consumers read them.
+            let (log_start, end) = (reader.start_offset(), part.high_watermark());
             let Some(qp) = inner.qps.get(tp) else {
                 continue;
             };

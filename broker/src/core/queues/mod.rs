@@ -464,7 +464,7 @@ impl Inner {
             let reader = p.reader();
             let at = match self.settings.start {
                 Start::Earliest => reader.start_offset(),
-                Start::Latest => reader.end_offset(),
+                Start::Latest => p.high_watermark(),
             };
             let qp = QueuePartition::new(at);
             out.state(group, &tp, SNAPSHOT, &qp.snapshot(), now);

@@ -298,6 +298,13 @@ impl LeaderView {
         self.advance_hw()
     }
 
+    /// The topic's flush policy changed: with one, the HW is computed over durable offsets.
+    /// Returns whether the HW moved (it never goes back).
+    pub fn set_durable(&mut self, durable: bool) -> bool {
+        self.lead.durable = durable;
+        self.advance_hw()
+    }
+
     /// The topic's `min.insync.replicas` changed.
     pub fn set_min_isr(&mut self, min_isr: usize) -> bool {
         self.lead.min_isr = min_isr;

@@ -2,6 +2,8 @@
 //!
 //! - [`leader`]: what a partition's leader knows of its followers (their log ends, the high
 //!   watermark, which ISR change is due), pure and tested without I/O;
+//! - [`replica`]: a partition's replication state as requests see it: the high watermark
+//!   consumers read below;
 //! - [`divergence`]: where a follower's log parts from its leader's, by leader epochs, and
 //!   where the follower truncates.
 
@@ -11,3 +13,4 @@
 
 pub(crate) mod divergence;
 pub(crate) mod leader;
+pub(crate) mod replica;

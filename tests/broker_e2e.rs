@@ -175,6 +175,9 @@ fn topics_are_created_listed_configured_and_deleted() {
         vec![("no.such.config", "1")],
         // a valid change next to an invalid one: neither applies
         vec![("retention.ms", "100"), ("no.such.config", "1")],
+        // replication's settings are validated too
+        vec![("min.insync.replicas", "0")],
+        vec![("unclean.leader.election.enable", "maybe")],
     ] {
         let result = c.alter_configs("orders", &bad, &[]);
         assert_eq!(
@@ -191,6 +194,30 @@ fn topics_are_created_listed_configured_and_deleted() {
         .value,
         "7200000",
         "a failed AlterConfigs changes nothing"
+    );
+    // Kafka's replication settings are topic settings here too (defaults 1 and false).
+    let repl = ["min.insync.replicas", "unclean.leader.election.enable"];
+    let defaults = c.describe_configs("orders", &repl);
+    assert_eq!(config(&defaults, "min.insync.replicas").value, "1");
+    assert_eq!(
+        config(&defaults, "unclean.leader.election.enable").value,
+        "false"
+    );
+    let set = c.alter_configs(
+        "orders",
+        &[
+            ("min.insync.replicas", "2"),
+            ("unclean.leader.election.enable", "true"),
+        ],
+        &[],
+    );
+    assert_eq!(set.error_code(), ErrorCode::None, "{set:?}");
+    let now = c.describe_configs("orders", &repl);
+    assert_eq!(config(&now, "min.insync.replicas").value, "2");
+    assert_eq!(config(&now, "unclean.leader.election.enable").value, "true");
+    assert_eq!(
+        c.alter_configs("orders", &[], &repl).error_code(),
+        ErrorCode::None
     );
     let both = c.alter_configs("orders", &[("retention.ms", "1")], &["retention.ms"]);
     assert_eq!(

@@ -1480,3 +1480,75 @@ fn unknown_topics_and_partitions_are_unknown_topic_or_partition() {
     let p = c.fetch(12, "never-created", 0, 0, 0, 0);
     assert_eq!(p.error_code, code::UNKNOWN_TOPIC_OR_PARTITION, "{p:?}");
 }
+
+/// The leader epochs in the log are the metadata's: a restart of a single broker gives its
+/// partitions a new leader epoch (its new incarnation is fenced and elected again), Metadata
+/// reports it, batches appended afterwards carry it, and OffsetForLeaderEpoch answers from the
+/// log's epochs (where the old epoch ends) and fences requests naming an older current epoch.
+#[test]
+fn leader_epochs_in_metadata_batches_and_offset_for_leader_epoch_agree() {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    let dir = TestDir::new();
+    let mut broker = Broker::start(&dir.data(), &[]);
+    let mut c = KafkaClient::to(&broker);
+    c.create_topic("epochs", 1);
+    let epoch_of = |c: &mut KafkaClient| {
+        let r = metadata(c, 12, Some(&["epochs"]), false);
+        r.topics[0].partitions[0].leader_epoch
+    };
+    let first = epoch_of(&mut c);
+    let (_, batch) = records("a", 3);
+    assert_eq!(c.produce_ok("epochs", 0, batch), 0);
+    let ask = |c: &mut KafkaClient, current: i32, epoch: i32| {
+        let r = c.call(
+            4,
+            &OffsetForLeaderEpochRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![
+                    OffsetForLeaderTopic::default()
+                        .with_topic(topic_name("epochs"))
+                        .with_partitions(vec![
+                            OffsetForLeaderPartition::default()
+                                .with_partition(0)
+                                .with_current_leader_epoch(current)
+                                .with_leader_epoch(epoch),
+                        ]),
+                ]),
+        );
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.leader_epoch, p.end_offset)
+    };
+    assert_eq!(ask(&mut c, first, first), (code::NONE, first, 3));
+
+    broker.stop();
+    let broker = Broker::start(&dir.data(), &[]);
+    let mut c = KafkaClient::to(&broker);
+    // The new incarnation leads in a newer epoch once the controller has elected it again.
+    let mut second = epoch_of(&mut c);
+    let started = std::time::Instant::now();
+    while second <= first && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        second = epoch_of(&mut c);
+    }
+    assert!(second > first, "epoch {first} then {second}");
+    let (_, batch) = records("b", 2);
+    assert_eq!(c.produce_ok("epochs", 0, batch), 3);
+    let fetched = c.fetch(12, "epochs", 0, 3, 0, 0);
+    let stored = fetched.records.unwrap_or_default();
+    assert_eq!(
+        i32::from_be_bytes(stored[12..16].try_into().unwrap()),
+        second,
+        "the new batch carries the new epoch"
+    );
+    // The old epoch ends where the new one began; the current one at the log end.
+    assert_eq!(ask(&mut c, second, first), (code::NONE, first, 3));
+    assert_eq!(ask(&mut c, second, second), (code::NONE, second, 5));
+    assert_eq!(ask(&mut c, -1, second), (code::NONE, second, 5));
+    assert_eq!(ask(&mut c, first, first).0, code::FENCED_LEADER_EPOCH);
+    assert_eq!(
+        ask(&mut c, second + 1, second).0,
+        code::UNKNOWN_LEADER_EPOCH
+    );
+}

@@ -241,15 +241,33 @@ impl MetadataImage {
                 broker_epoch: existing.epoch,
             };
         }
-        self.brokers.insert(
-            broker,
-            BrokerRegistration {
-                incarnation,
-                epoch: index,
-                endpoints: endpoints.clone(),
-                rack: rack.clone(),
-            },
-        );
+        let restarted = self
+            .brokers
+            .insert(
+                broker,
+                BrokerRegistration {
+                    incarnation,
+                    epoch: index,
+                    endpoints: endpoints.clone(),
+                    rack: rack.clone(),
+                },
+            )
+            .is_some();
+        if restarted {
+            // A new process of a broker that led partitions: whatever it leads it leads in a
+            // new leader epoch, decided here by the log itself (the liveness table may see the
+            // old session fenced and the new one unfenced between two reconciliations, which
+            // then change nothing). Its log may have lost an unflushed tail that followers
+            // hold: batches it writes now must not share an epoch with what it wrote before.
+            for topic in self.topics.values_mut() {
+                for p in &mut topic.partitions {
+                    if p.leader == Some(broker) {
+                        p.leader_epoch = p.leader_epoch.saturating_add(1);
+                        p.partition_epoch = p.partition_epoch.saturating_add(1);
+                    }
+                }
+            }
+        }
         MetaResponse::Registered {
             broker_epoch: index,
         }
@@ -445,6 +463,41 @@ mod tests {
                 (Some(1), vec![1, 2], 0, 0),
             ]
         );
+    }
+
+    #[test]
+    fn a_restarted_broker_leads_in_a_new_epoch() {
+        let mut image = registered(&[1, 2]);
+        let create = MetaCommand::CreateTopic {
+            name: "t".into(),
+            id: TopicId(1),
+            configs: BTreeMap::new(),
+            assignments: vec![vec![1, 2], vec![2, 1]],
+        };
+        image.apply(100, &create);
+        let epochs = |image: &MetadataImage| -> Vec<(u32, u32)> {
+            image.topics["t"]
+                .partitions
+                .iter()
+                .map(|p| (p.leader_epoch, p.partition_epoch))
+                .collect()
+        };
+        let register = |incarnation| MetaCommand::RegisterBroker {
+            broker: 1,
+            incarnation,
+            endpoints: Endpoints::default(),
+            rack: None,
+        };
+        // A retry of the same process changes nothing.
+        image.apply(101, &register(1));
+        assert_eq!(epochs(&image), [(0, 0), (0, 0)]);
+        // A new process: the partition it leads gets a new epoch, the other does not.
+        assert_eq!(
+            image.apply(102, &register(99)),
+            MetaResponse::Registered { broker_epoch: 102 }
+        );
+        assert_eq!(epochs(&image), [(1, 1), (0, 0)]);
+        assert_eq!(image.topics["t"].partitions[0].leader, Some(1));
     }
 
     #[test]

@@ -91,6 +91,14 @@ pub struct LogConfig {
     /// alongside the appends instead of in bursts once dirty pages pile up. `None` leaves
     /// write-back to the kernel's own thresholds.
     pub writeback_bytes: Option<u64>,
+    /// `min.insync.replicas`: how many in-sync replicas an `acks=all` produce needs (and below
+    /// which the high watermark stands still). Replication's setting, kept with the others so
+    /// that topics describe and validate it in one place; the log itself does not use it.
+    pub min_insync_replicas: u32,
+    /// `unclean.leader.election.enable`: whether the controller may elect a replica outside the
+    /// ISR when none inside is alive (losing what only the ISR held). Replication's setting, as
+    /// above.
+    pub unclean_leader_election: bool,
 }
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -111,6 +119,8 @@ impl Default for LogConfig {
             flush_ms: None,
             flush_bytes: None,
             writeback_bytes: None,
+            min_insync_replicas: 1,
+            unclean_leader_election: false,
         }
     }
 }
@@ -124,11 +134,13 @@ pub const CONFIG_KEYS: &[&str] = &[
     "flush.ms",
     "index.interval.bytes",
     "max.message.bytes",
+    "min.insync.replicas",
     "retention.bytes",
     "retention.ms",
     "segment.bytes",
     "segment.index.bytes",
     "segment.ms",
+    "unclean.leader.election.enable",
     "writeback.bytes",
 ];
 
@@ -223,6 +235,19 @@ impl LogConfig {
             "flush.ms" => self.flush_ms = optional()?.map(|v| v as i64),
             "flush.bytes" => self.flush_bytes = optional()?,
             "writeback.bytes" => self.writeback_bytes = optional()?,
+            "min.insync.replicas" => {
+                self.min_insync_replicas = u32::try_from(positive()?)
+                    .ok()
+                    .filter(|&v| v <= i32::MAX as u32)
+                    .ok_or_else(|| bad("must be between 1 and 2147483647"))?;
+            }
+            "unclean.leader.election.enable" => {
+                self.unclean_leader_election = match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad("expected true or false")),
+                }
+            }
             _ => return Err(bad("unknown setting")),
         }
         Ok(())
@@ -242,11 +267,16 @@ impl LogConfig {
                 self.index_interval_bytes.to_string(),
             ),
             ("max.message.bytes", self.max_message_bytes.to_string()),
+            ("min.insync.replicas", self.min_insync_replicas.to_string()),
             ("retention.bytes", self.retention_bytes.to_string()),
             ("retention.ms", self.retention_ms.to_string()),
             ("segment.bytes", self.segment_bytes.to_string()),
             ("segment.index.bytes", self.segment_index_bytes.to_string()),
             ("segment.ms", self.segment_ms.to_string()),
+            (
+                "unclean.leader.election.enable",
+                self.unclean_leader_election.to_string(),
+            ),
             ("writeback.bytes", opt(self.writeback_bytes)),
         ]
     }

@@ -49,6 +49,8 @@ pub mod code {
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const FENCED_LEADER_EPOCH: i16 = 74;
+    pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
     pub const MEMBER_ID_REQUIRED: i16 = 79;
 }
 

@@ -310,7 +310,11 @@ fn rejection_failure(rejection: Rejection) -> Failure {
         Rejection::UnknownTopic { .. } | Rejection::UnknownPartition { .. } => {
             ErrorCode::UnknownTopicOrPartition
         }
-        Rejection::InvalidAssignment { .. } => ErrorCode::InvalidRequest,
+        Rejection::InvalidConfig { .. } => ErrorCode::InvalidConfig,
+        Rejection::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
+        Rejection::NotLeader { .. } => ErrorCode::NotLeaderOrFollower,
+        // The rest answer requests between brokers and the controller (a leader's ISR change,
+        // a registration), which the broker handles itself; a client never causes them.
         _ => ErrorCode::InvalidRequest,
     };
     (code, rejection.to_string())
@@ -493,6 +497,18 @@ impl Core {
                 self.topics
                     .create_with_id(name, id, count, Some(hosted), topic.configs.clone())
                     .await?;
+            }
+        }
+        // The partitions led here stamp their batches with the image's leader epoch, so the
+        // epochs in the log are the ones Metadata reports and OffsetForLeaderEpoch answers.
+        if let Some(local) = self.topics.get(name) {
+            for (index, placed) in topic.partitions.iter().enumerate() {
+                if placed.leader == Some(me)
+                    && let Some(part) = local.partition(i32::try_from(index).unwrap_or(i32::MAX))
+                {
+                    part.lead(i32::try_from(placed.leader_epoch).unwrap_or(i32::MAX))
+                        .await;
+                }
             }
         }
         Ok(())

@@ -16,7 +16,7 @@
 //! the kernel writing to disk alongside the appends.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use std::collections::VecDeque;
@@ -27,6 +27,7 @@ use strom_storage::{Log, LogConfig, LogReader, PendingFlush, StorageError, Valid
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::core::Failure;
 use crate::core::delays::{self, Delay, DelayIndex, TopicId};
 use crate::core::producers::{ProducerStates, Verdict};
 use crate::core::replication::replica::Replica;
@@ -91,6 +92,15 @@ pub(crate) enum WriterMsg {
         before: i64,
         done: oneshot::Sender<Result<i64, (ErrorCode, String)>>,
     },
+    /// This broker leads the partition in `epoch` (the metadata image's leader epoch): batches
+    /// appended from now on are stamped with it.
+    Lead(i32),
+    /// Kafka's OffsetForLeaderEpoch on the log: the largest epoch at or below this one that the
+    /// log holds, and where it ends.
+    EpochEnd {
+        epoch: i32,
+        done: oneshot::Sender<(i32, i64)>,
+    },
     /// Close the log cleanly (or delete it) and stop.
     Stop {
         delete: bool,
@@ -115,6 +125,8 @@ pub struct Partition {
     tx: mpsc::Sender<WriterMsg>,
     /// The high watermark and what moves it.
     replica: Arc<Replica>,
+    /// The leader epoch last handed to the writer (-1: none yet).
+    led_epoch: AtomicI32,
     delays: Arc<DelayIndex>,
     stats: Arc<PartitionStats>,
 }
@@ -172,6 +184,7 @@ impl Partition {
             reader,
             tx,
             replica,
+            led_epoch: AtomicI32::new(-1),
             delays,
             stats,
         })
@@ -239,6 +252,27 @@ impl Partition {
             )));
         }
         rx
+    }
+
+    /// This broker leads the partition in `epoch`: appends queued after this are stamped with it.
+    /// Sent to the writer only when the epoch changed.
+    pub(crate) async fn lead(&self, epoch: i32) {
+        if self.led_epoch.swap(epoch, Ordering::AcqRel) != epoch {
+            self.send(WriterMsg::Lead(epoch)).await;
+        }
+    }
+
+    /// The largest leader epoch at or below `epoch` that the log holds and the offset where it
+    /// ends (`(-1, -1)`: none that old), after everything queued before.
+    pub(crate) async fn end_offset_for_epoch(&self, epoch: i32) -> Result<(i32, i64), Failure> {
+        let (done, rx) = oneshot::channel();
+        self.send(WriterMsg::EpochEnd { epoch, done }).await;
+        rx.await.map_err(|_| {
+            (
+                ErrorCode::UnknownTopicOrPartition,
+                "the partition is being deleted or the broker is shutting down".into(),
+            )
+        })
     }
 
     /// Moves the log start to `before` (-1: the end) after everything queued before; returns
@@ -509,6 +543,16 @@ async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
                         tracing::error!(topic = %topic, partition = index, error = %e, "retention or compaction failed");
                     }
                     log = l;
+                }
+                WriterMsg::Lead(epoch) => {
+                    if let Err(e) = l.set_leader_epoch(epoch) {
+                        tracing::warn!(topic = %topic, partition = index, epoch, error = %e, "cannot take up the leader epoch; appends keep the log's");
+                    }
+                    log = Some(l);
+                }
+                WriterMsg::EpochEnd { epoch, done } => {
+                    let _ = done.send(l.end_offset_for_epoch(epoch));
+                    log = Some(l);
                 }
                 WriterMsg::DeleteRecords { before, done } => {
                     let (l, r) = blocking(l, move |l| l.delete_records_before(before)).await;

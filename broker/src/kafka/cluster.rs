@@ -1,7 +1,9 @@
 //! The cluster as Kafka clients ask about it: DescribeCluster (the registered brokers) and
-//! OffsetForLeaderEpoch, which consumers use to validate their position after a leader change.
-//! Every partition has had one leader, at epoch 0, since it was created: any epoch up to 0
-//! ends at the log end offset.
+//! OffsetForLeaderEpoch, which consumers use to validate their position after a leader change:
+//! the request's current leader epoch is checked against the metadata image's (older:
+//! FENCED_LEADER_EPOCH, newer: UNKNOWN_LEADER_EPOCH), and the answer comes from the log's
+//! leader-epoch checkpoint (the largest epoch at or below the one asked that the log holds, and
+//! where it ends).
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
@@ -16,9 +18,6 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::metadata::CLUSTER_ID;
 use super::{Kafka, KafkaResponse, Req, kafka_code};
-
-/// The leader epoch of every partition of a single broker.
-const LEADER_EPOCH: i32 = 0;
 
 impl Kafka {
     pub(super) fn describe_cluster(
@@ -46,46 +45,55 @@ impl Kafka {
         req.respond(&resp)
     }
 
-    pub(super) fn offset_for_leader_epoch(
+    pub(super) async fn offset_for_leader_epoch(
         &self,
         req: &Req,
         m: OffsetForLeaderEpochRequest,
     ) -> Result<KafkaResponse, String> {
-        let topics = m
-            .topics
-            .into_iter()
-            .map(|t| {
-                let topic = self.core.topics.get(&t.topic.0);
-                let image = self.core.image();
-                let partitions = t
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let out = EpochEndOffset::default().with_partition(p.partition);
-                        let part = match self.core.leader_partition(
-                            &image,
-                            topic.as_ref(),
-                            &t.topic.0,
-                            p.partition,
-                        ) {
-                            Ok(part) => part,
-                            Err((code, _)) => return out.with_error_code(kafka_code(code)),
-                        };
-                        if p.current_leader_epoch > LEADER_EPOCH {
-                            return out.with_error_code(ResponseError::UnknownLeaderEpoch.code());
-                        }
-                        if p.leader_epoch > LEADER_EPOCH || p.leader_epoch < 0 {
-                            return out.with_leader_epoch(-1).with_end_offset(-1);
-                        }
-                        out.with_leader_epoch(LEADER_EPOCH)
-                            .with_end_offset(part.reader().end_offset())
-                    })
-                    .collect();
+        let image = self.core.image();
+        let mut topics = Vec::with_capacity(m.topics.len());
+        for t in m.topics {
+            let topic = self.core.topics.get(&t.topic.0);
+            let mut partitions = Vec::with_capacity(t.partitions.len());
+            for p in &t.partitions {
+                let out = EpochEndOffset::default().with_partition(p.partition);
+                let part = match self.core.leader_partition(
+                    &image,
+                    topic.as_ref(),
+                    &t.topic.0,
+                    p.partition,
+                ) {
+                    Ok(part) => part,
+                    Err((code, _)) => {
+                        partitions.push(out.with_error_code(kafka_code(code)));
+                        continue;
+                    }
+                };
+                let current = self
+                    .core
+                    .current_leader(&t.topic.0, p.partition)
+                    .map_or(0, |(_, epoch)| epoch);
+                // -1: the client does not know the epoch (no check), as Kafka does.
+                if p.current_leader_epoch >= 0 && p.current_leader_epoch < current {
+                    partitions.push(out.with_error_code(ResponseError::FencedLeaderEpoch.code()));
+                    continue;
+                }
+                if p.current_leader_epoch > current {
+                    partitions.push(out.with_error_code(ResponseError::UnknownLeaderEpoch.code()));
+                    continue;
+                }
+                let answer = match part.end_offset_for_epoch(p.leader_epoch).await {
+                    Ok((epoch, end)) => out.with_leader_epoch(epoch).with_end_offset(end),
+                    Err((code, _)) => out.with_error_code(kafka_code(code)),
+                };
+                partitions.push(answer);
+            }
+            topics.push(
                 OffsetForLeaderTopicResult::default()
                     .with_topic(t.topic)
-                    .with_partitions(partitions)
-            })
-            .collect();
+                    .with_partitions(partitions),
+            );
+        }
         req.respond(&OffsetForLeaderEpochResponse::default().with_topics(topics))
     }
 }

@@ -314,7 +314,7 @@ impl Kafka {
             ApiKey::OffsetForLeaderEpoch => {
                 session.wait_for_produces().await;
                 let m = req.decode()?;
-                ready(self.offset_for_leader_epoch(&req, m))
+                ready(self.offset_for_leader_epoch(&req, m).await)
             }
             ApiKey::CreatePartitions => {
                 let m = req.decode()?;

@@ -318,8 +318,12 @@ fn topics_are_administered_and_described() {
         .find(|l| l.trim_start().starts_with("1 "))
         .expect("partition 1's row");
     let cols: Vec<&str> = row.split_whitespace().collect();
-    // PARTITION LEADER REPLICAS ISR START END RECORDS
-    assert_eq!(&cols[..7], ["1", "0", "0", "0", "0", "3", "3"], "{row}");
+    // PARTITION LEADER EPOCH REPLICAS ISR START END RECORDS
+    assert_eq!(
+        &cols[..8],
+        ["1", "0", "0", "0", "0", "0", "3", "3"],
+        "{row}"
+    );
     let list = ok(&strom(&addr, &["--output", "json", "topics", "list"], b""));
     assert!(
         list.lines().any(|l| l.contains("\"topic\":\"admin\"")),

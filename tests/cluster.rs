@@ -15,6 +15,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -694,6 +695,57 @@ fn consumer_groups_work_with_coordinators_on_different_brokers() {
             (offset_fetch(&mut c, &group).0 == coordinator_code::COORDINATOR_NOT_AVAILABLE)
                 .then_some(())
         },
+    );
+    // `strom cluster status` names the victim fenced and lists exactly the partitions it led
+    // as offline (each has only the victim as replica).
+    let survivor_addr = cluster.brokers[survivor - 1]
+        .as_ref()
+        .expect("a survivor")
+        .addr
+        .to_string();
+    let led_by_victim: BTreeSet<(String, i64)> = ["orders", OFFSETS_TOPIC]
+        .iter()
+        .flat_map(|t| {
+            let r = metadata(&mut c, t);
+            r.topics[0]
+                .partitions
+                .iter()
+                .filter(|p| p.replica_nodes.iter().any(|n| n.0 == victim))
+                .map(|p| (t.to_string(), i64::from(p.partition_index)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!led_by_victim.is_empty());
+    let status = eventually(
+        "cluster status lists the victim's partitions offline",
+        || {
+            let out = Command::new(env!("CARGO_BIN_EXE_strom"))
+                .args(["--bootstrap", &survivor_addr, "cluster", "status"])
+                .args(["--output", "json"])
+                .output()
+                .expect("run strom cluster status");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let offline: BTreeSet<(String, i64)> = v["offline"]
+                .as_array()?
+                .iter()
+                .filter_map(|p| Some((p["topic"].as_str()?.to_string(), p["partition"].as_i64()?)))
+                .collect();
+            (offline == led_by_victim).then_some(v)
+        },
+    );
+    let victim_state = status["brokers"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["broker"] == victim))
+        .map(|b| b["state"].clone());
+    assert_eq!(victim_state, Some("fenced".into()), "{status}");
+    assert_eq!(
+        status["under_replicated"],
+        serde_json::json!([]),
+        "{status}"
+    );
+    assert!(
+        status["partitions"].as_u64().is_some_and(|n| n >= 22),
+        "6 + 16 partitions at least: {status}"
     );
     // The other groups carry on.
     for (other_group, b) in groups.iter().filter(|(_, b)| *b != victim) {

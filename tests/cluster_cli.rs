@@ -336,6 +336,18 @@ fn cluster_up_starts_three_brokers_that_status_describes_and_sigint_stops() {
     ]));
     let led: BTreeSet<i64> = leaders(&natives[1], "t", 6).into_iter().collect();
     assert_eq!(led, BTreeSet::from([1, 2, 3]));
+    // Status counts the partitions, none offline or under-replicated (a broker killed is in
+    // tests/cluster.rs: its partitions are then listed offline).
+    // 6 of t, and the asked broker's own `__queue_state` (queue-group state is local).
+    let s = status(&natives[1]).expect("status");
+    assert_eq!(s["partitions"], 7, "{s}");
+    assert_eq!(s["offline"], serde_json::json!([]), "{s}");
+    assert_eq!(s["under_replicated"], serde_json::json!([]), "{s}");
+    let text = ok(&strom(&["--bootstrap", &natives[1], "cluster", "status"]));
+    assert!(
+        text.contains("partitions 7  offline 0  under-replicated 0"),
+        "{text}"
+    );
 
     // SIGINT stops every broker: none of their ports answers, and the temporary data is gone.
     let addrs = up.all_addrs();

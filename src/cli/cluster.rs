@@ -78,12 +78,95 @@ pub async fn status(admin: &Admin, output: Output) -> anyhow::Result<()> {
         .describe_cluster()
         .await
         .context("describing the cluster")?;
+    let topics = admin
+        .list_topics()
+        .await
+        .context("listing the cluster's partitions")?;
+    let health = Health::of(&topics);
     let mut out = std::io::stdout().lock();
     match output {
-        Output::Json => writeln!(out, "{}", status_json(&cluster))?,
-        Output::Text => write_status_table(&mut out, &cluster)?,
+        Output::Json => {
+            let mut v = status_json(&cluster);
+            v["partitions"] = health.partitions.into();
+            v["offline"] = Health::json(&health.offline);
+            v["under_replicated"] = Health::json(&health.under_replicated);
+            writeln!(out, "{v}")?;
+        }
+        Output::Text => {
+            write_status_table(&mut out, &cluster)?;
+            health.write(&mut out)?;
+        }
     }
     Ok(())
+}
+
+/// The partitions' health as Metadata describes them: which have no leader (offline: their
+/// leader's broker is down and no other in-sync replica is alive) and which have fewer
+/// in-sync replicas than replicas (under-replicated).
+struct Health {
+    partitions: usize,
+    offline: Vec<(String, i32)>,
+    under_replicated: Vec<(String, i32)>,
+}
+
+impl Health {
+    /// Partitions listed by name in the text output before "and N more".
+    const LISTED: usize = 20;
+
+    fn of(topics: &[strom_client::TopicDescription]) -> Self {
+        let mut h = Health {
+            partitions: 0,
+            offline: Vec::new(),
+            under_replicated: Vec::new(),
+        };
+        for t in topics {
+            for p in &t.partitions {
+                h.partitions += 1;
+                if p.leader < 0 {
+                    h.offline.push((t.name.clone(), p.partition));
+                }
+                if p.isr.len() < p.replicas.len() {
+                    h.under_replicated.push((t.name.clone(), p.partition));
+                }
+            }
+        }
+        h
+    }
+
+    fn json(parts: &[(String, i32)]) -> serde_json::Value {
+        parts
+            .iter()
+            .map(|(t, p)| serde_json::json!({"topic": t, "partition": p}))
+            .collect()
+    }
+
+    fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "partitions {}  offline {}  under-replicated {}",
+            self.partitions,
+            self.offline.len(),
+            self.under_replicated.len()
+        )?;
+        for (label, parts) in [
+            ("offline", &self.offline),
+            ("under-replicated", &self.under_replicated),
+        ] {
+            if parts.is_empty() {
+                continue;
+            }
+            let mut names: Vec<String> = parts
+                .iter()
+                .take(Self::LISTED)
+                .map(|(t, p)| format!("{t}-{p}"))
+                .collect();
+            if parts.len() > Self::LISTED {
+                names.push(format!("and {} more", parts.len() - Self::LISTED));
+            }
+            writeln!(out, "{label}: {}", names.join(" "))?;
+        }
+        Ok(())
+    }
 }
 
 /// A broker's state word: `alive`, `fenced`, or `unregistered` (a quorum member that never
@@ -449,10 +532,14 @@ pub async fn up(args: UpArgs, output: Output) -> anyhow::Result<()> {
     let (stop, _) = watch::channel(0u8);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut running = BTreeSet::new();
+    let mut pids = BTreeMap::new();
     let mut spawn_error = None;
     for id in 1..=plan.nodes {
         match spawn_node(&exe, &dir, &plan, id) {
             Ok((child, stdout)) => {
+                if let Some(pid) = child.id() {
+                    pids.insert(id, pid);
+                }
                 tokio::spawn(read_addresses(id, stdout, events_tx.clone()));
                 tokio::spawn(supervise(id, child, stop.subscribe(), events_tx.clone()));
                 running.insert(id);
@@ -520,7 +607,7 @@ pub async fn up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         }
     }
 
-    if let Err(e) = print_cluster(&dir, &plan, &listening, output) {
+    if let Err(e) = print_cluster(&dir, &plan, &listening, &pids, output) {
         stop_all(&stop, &mut running, &mut events, &mut term, &mut int).await;
         return Err(e);
     }
@@ -780,6 +867,7 @@ fn print_cluster(
     dir: &DataDir,
     plan: &Plan,
     listening: &BTreeMap<u32, Addrs>,
+    pids: &BTreeMap<u32, u32>,
     output: Output,
 ) -> anyhow::Result<()> {
     let dash = |a: &Option<String>| a.clone().unwrap_or_else(|| "-".to_string());
@@ -811,6 +899,7 @@ fn print_cluster(
                         "controller": controller(id),
                         "role": if *id <= plan.voters { "voter" } else { "learner" },
                         "log": dir.log(*id).display().to_string(),
+                        "pid": pids.get(id),
                     })
                 })
                 .collect();

@@ -129,6 +129,7 @@ pub async fn run(admin: &Admin, cmd: TopicsCommand, output: Output) -> anyhow::R
                             serde_json::json!({
                                 "topic": t.name, "partition": p.partition, "leader": p.leader,
                                 "leader_epoch": p.leader_epoch, "replicas": p.replicas, "isr": p.isr,
+                                "offline": p.leader < 0, "under_replicated": p.isr.len() < p.replicas.len(),
                                 "start_offset": p.log_start_offset, "end_offset": p.log_end_offset,
                                 "size_bytes": p.size_bytes,
                             })
@@ -146,8 +147,16 @@ pub async fn run(admin: &Admin, cmd: TopicsCommand, output: Output) -> anyhow::R
                     writeln!(out, "topic {}  partitions {}", t.name, t.partitions.len())?;
                     writeln!(
                         out,
-                        "{:>9} {:>6} {:<12} {:<12} {:>14} {:>14} {:>12} {:>12}",
-                        "PARTITION", "LEADER", "REPLICAS", "ISR", "START", "END", "RECORDS", "SIZE"
+                        "{:>9} {:>6} {:>6} {:<12} {:<12} {:>14} {:>14} {:>12} {:>12}",
+                        "PARTITION",
+                        "LEADER",
+                        "EPOCH",
+                        "REPLICAS",
+                        "ISR",
+                        "START",
+                        "END",
+                        "RECORDS",
+                        "SIZE"
                     )?;
                     let ids =
                         |ids: &[i32]| ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
@@ -156,13 +165,26 @@ pub async fn run(admin: &Admin, cmd: TopicsCommand, output: Output) -> anyhow::R
                         // partition (in a cluster) says -1.
                         let held = p.log_start_offset >= 0;
                         let dash = || "-".to_string();
+                        // A partition without a leader is offline; one with fewer in-sync
+                        // replicas than replicas is under-replicated (marked after the ISR).
+                        let leader = if p.leader < 0 {
+                            "none".to_string()
+                        } else {
+                            p.leader.to_string()
+                        };
+                        let isr = if p.isr.len() < p.replicas.len() {
+                            format!("{} (under)", ids(&p.isr))
+                        } else {
+                            ids(&p.isr)
+                        };
                         writeln!(
                             out,
-                            "{:>9} {:>6} {:<12} {:<12} {:>14} {:>14} {:>12} {:>12}",
+                            "{:>9} {:>6} {:>6} {:<12} {:<12} {:>14} {:>14} {:>12} {:>12}",
                             p.partition,
-                            p.leader,
+                            leader,
+                            p.leader_epoch,
                             ids(&p.replicas),
-                            ids(&p.isr),
+                            isr,
                             if held {
                                 p.log_start_offset.to_string()
                             } else {

@@ -120,6 +120,9 @@ struct ServeArgs {
     /// Metadata log bytes that cause a snapshot whatever the entry count [default: 4194304]
     #[arg(long, value_name = "BYTES")]
     metadata_snapshot_bytes: Option<u64>,
+    /// How long a follower may stay behind its leader before it leaves the ISR [default: 30000]
+    #[arg(long, value_name = "MS")]
+    replica_lag_time_max_ms: Option<u64>,
     /// Partitions of __consumer_offsets when the cluster creates it [default: 16]
     #[arg(long, value_name = "N")]
     offsets_topic_partitions: Option<u32>,
@@ -225,6 +228,7 @@ impl ServeArgs {
             controller_listen,
             metadata_snapshot_entries,
             metadata_snapshot_bytes,
+            replica_lag_time_max_ms,
             offsets_topic_partitions,
             auto_create_topics,
             default_partitions,

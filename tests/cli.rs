@@ -376,7 +376,7 @@ fn every_failure_is_one_line_and_a_non_zero_exit() {
         &["topics", "create", "t", "--config", "retention.ms=soon"],
         b"",
     ));
-    // Replication factors: 1 (or the default) only, until partition data is replicated.
+    // Replication factors: at most the brokers (one here).
     let err = fails(&strom(
         &addr,
         &["topics", "create", "r", "--replication-factor", "2"],

@@ -3,18 +3,16 @@
 //! brokers, Produce, Fetch and ListOffsets to a broker that does not lead a partition answer
 //! NOT_LEADER_OR_FOLLOWER, and librdkafka produces (idempotently) and consumes in a group
 //! through any broker's address. Killing the active controller (SIGKILL) elects another, and
-//! topic creation works again; the dead broker's partitions go offline (nothing replicates them
-//! yet) until it returns.
+//! topic creation works again; the dead broker's partitions go offline (a factor of 1 replicates
+//! nothing) until it returns.
 //!
-//! Controller ports are taken from the OS (bound to port 0, then released) just before the
-//! brokers start; every other port is the broker's own pick.
+//! The cluster itself is `support::cluster`.
 
 #[path = "support/kafka.rs"]
 mod kafka;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -28,87 +26,17 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use kafka::*;
+use support::cluster::{Cluster, PATIENCE, eventually};
 use support::*;
 
-/// How long the cluster may take to agree on something after a failure.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Brokers first: fields drop in order, and a broker's log must outlive it.
-struct Cluster {
-    brokers: Vec<Option<Broker>>,
-    voters: String,
-    dirs: Vec<TestDir>,
-    /// More `strom serve` arguments for every broker.
-    extra: Vec<String>,
+/// A Kafka protocol client to broker `id`.
+trait KafkaOf {
+    fn kafka(&self, id: usize) -> KafkaClient;
 }
 
-impl Cluster {
-    /// Three voters, started at once (each waits for a quorum before it listens).
-    fn start() -> Cluster {
-        Cluster::start_with(&[])
-    }
-
-    /// As [`Cluster::start`], with `extra` arguments for every broker.
-    fn start_with(extra: &[&str]) -> Cluster {
-        let ports: Vec<u16> = (0..3)
-            .map(|_| {
-                let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
-                l.local_addr().expect("its address").port()
-            })
-            .collect();
-        let voters = ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut cluster = Cluster {
-            dirs: (0..3).map(|_| TestDir::new()).collect(),
-            voters,
-            brokers: vec![None, None, None],
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        let started: Vec<_> = (1..=3).map(|id| cluster.spawn(id)).collect();
-        for (i, handle) in started.into_iter().enumerate() {
-            cluster.brokers[i] = Some(handle.join().expect("broker start"));
-        }
-        cluster
-    }
-
-    fn spawn(&self, id: usize) -> thread::JoinHandle<Broker> {
-        let data = self.dirs[id - 1].data();
-        let voters = self.voters.clone();
-        let extra = self.extra.clone();
-        thread::spawn(move || {
-            let id = id.to_string();
-            let mut args = vec![
-                "--node-id",
-                &id,
-                "--controller-voters",
-                &voters,
-                "--http-listen",
-                "none",
-            ];
-            args.extend(extra.iter().map(String::as_str));
-            Broker::start(&data, &args)
-        })
-    }
-
-    fn broker(&self, id: usize) -> &Broker {
-        self.brokers[id - 1].as_ref().expect("a running broker")
-    }
-
+impl KafkaOf for Cluster {
     fn kafka(&self, id: usize) -> KafkaClient {
         KafkaClient::to(self.broker(id))
-    }
-
-    fn bootstrap(&self) -> String {
-        self.brokers
-            .iter()
-            .flatten()
-            .map(|b| b.kafka_addr.expect("kafka listener").to_string())
-            .collect::<Vec<_>>()
-            .join(",")
     }
 }
 
@@ -272,11 +200,10 @@ fn three_brokers_spread_partitions_and_route_clients_to_leaders() {
         assert_eq!((at_leader.error_code, at_leader.offset), (code::NONE, 1));
     }
 
-    // A replication factor beyond the brokers, or above 1 before replication exists, is
-    // refused with Kafka's code and a reason.
+    // A replication factor beyond the brokers is refused with Kafka's code and a reason.
     for (factor, why) in [
         (4, "larger than the 3 registered brokers"),
-        (3, "not replicated yet"),
+        (0, "at least 1"),
     ] {
         let r = cluster.kafka(2).call(
             7,
@@ -516,17 +443,6 @@ fn offset_commit(
 
 /// Polls `f` until it returns `Some`, at most [`PATIENCE`] (a retry loop on cluster state,
 /// not a fixed sleep).
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(started.elapsed() < PATIENCE, "never happened: {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Three groups whose coordinators are three different brokers: librdkafka consumer groups
 /// read a 6-partition topic and commit through their own coordinator; FindCoordinator asked of
 /// any broker names that coordinator; a commit or heartbeat sent elsewhere gets

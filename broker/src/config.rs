@@ -36,6 +36,7 @@
 //! | `offsets_topic_partitions` | 16 | partitions of `__consumer_offsets` when the cluster creates it (on the first request that needs a group coordinator; Kafka's `offsets.topic.num.partitions`, 50 there, 16 as Redpanda's); 1 to 1000; a group lives on the leader of its partition (docs/cluster.md) |
 //! | `group_initial_rebalance_delay_ms` | 3000 | how long a new Kafka (classic protocol) group's first rebalance waits for more members (Kafka's `group.initial.rebalance.delay.ms`) |
 //! | `queue_state_compact_records` | 100000 | queue-group state records (`__queue_state`) held beyond the last snapshots and the pending delayed runs (and more than those runs) before every group is snapshotted and the older records dropped |
+//! | `replica_lag_time_max_ms` | 30000 | a follower that has not caught up with its leader for this long leaves the ISR (Kafka's `replica.lag.time.max.ms`); 100 to 3600000 |
 //! | `shutdown_timeout_ms` | 10000 | how long a graceful shutdown waits for in-flight requests |
 //! | `topic_defaults` | (storage defaults) | Kafka-named topic settings (`retention.ms = "..."`) for every topic that does not override them |
 
@@ -118,6 +119,8 @@ pub struct BrokerConfig {
     pub metadata_snapshot_bytes: u64,
     /// Queue state records between compactions of `__queue_state`.
     pub queue_state_compact_records: u64,
+    /// How long a follower may stay behind before it leaves the ISR.
+    pub replica_lag_time_max_ms: u64,
     /// Graceful shutdown deadline.
     pub shutdown_timeout_ms: u64,
     /// Topic setting defaults, by Kafka name.
@@ -175,6 +178,7 @@ impl Default for BrokerConfig {
             offsets_topic_partitions: 16,
             metadata_snapshot_entries: 5000,
             metadata_snapshot_bytes: 4 << 20,
+            replica_lag_time_max_ms: 30_000,
             queue_state_compact_records: 100_000,
             shutdown_timeout_ms: 10_000,
             topic_defaults: BTreeMap::new(),
@@ -335,6 +339,15 @@ impl BrokerConfig {
                 format!(
                     "must be in 10..=10000000; got {}",
                     self.metadata_snapshot_entries
+                ),
+            );
+        }
+        if !(100..=3_600_000).contains(&self.replica_lag_time_max_ms) {
+            return bad(
+                "replica_lag_time_max_ms",
+                format!(
+                    "must be in 100..=3600000; got {}",
+                    self.replica_lag_time_max_ms
                 ),
             );
         }

@@ -27,6 +27,7 @@ pub struct Broker {
     kafka_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
+    core: Arc<Core>,
     task: JoinHandle<()>,
 }
 
@@ -87,12 +88,13 @@ impl Broker {
                 shutdown.clone(),
             )));
         }
-        let task = tokio::spawn(run(core, net, loops));
+        let task = tokio::spawn(run(core.clone(), net, loops));
         Ok(Self {
             local_addr,
             kafka_addr,
             http_addr,
             shutdown,
+            core,
             task,
         })
     }
@@ -112,8 +114,10 @@ impl Broker {
         self.http_addr
     }
 
-    /// Stops the broker gracefully and waits until every log is closed.
+    /// Stops the broker gracefully and waits until every log is closed. A broker of a larger
+    /// cluster first hands its leaderships to other in-sync replicas (controlled shutdown).
     pub async fn shutdown(self) {
+        self.core.controlled_shutdown().await;
         self.shutdown.cancel();
         let _ = self.task.await;
     }
@@ -148,6 +152,7 @@ async fn run(core: Arc<Core>, net: Arc<Net>, loops: Vec<JoinHandle<()>>) {
         );
     }
     let _ = background.await;
+    core.fetchers.stop();
     core.cluster.shutdown().await;
     core.topics.close_all().await;
     tracing::info!("broker stopped");

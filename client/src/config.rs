@@ -116,8 +116,13 @@ pub enum Acks {
     /// After the leader appended the records (readable, not necessarily on disk). The default.
     #[default]
     Leader,
-    /// After an fsync that covers the records.
+    /// After an fsync that covers the records, on the leader and on every in-sync replica.
     Durable,
+    /// After every in-sync replica has the records (the partition's high watermark passed
+    /// them; for a topic with a `flush.*` policy, fsynced on each). Refused with
+    /// NOT_ENOUGH_REPLICAS (retriable) while the partition has fewer in-sync replicas than its
+    /// topic's `min.insync.replicas`.
+    All,
 }
 
 /// How record batches are compressed (the records section of each batch; the broker stores

@@ -55,7 +55,8 @@ use crate::error_code::ErrorCode;
 use crate::frame::{LENGTH_PREFIX_LEN, MAX_ENCODABLE_FRAME_BYTES, encode_frame};
 use crate::messages::{
     ApiKey, FetchPartitionResponse, FetchResponse, FetchTopicResponse, QueueFetchPartition,
-    QueueFetchResponse, Request, RequestHeader, Response, response,
+    QueueFetchResponse, ReplicaFetchPartitionResponse, ReplicaFetchResponse,
+    ReplicaFetchTopicResponse, Request, RequestHeader, Response, response,
 };
 
 /// Appends `request` to `dst` as one frame, after checking its envelope.
@@ -210,6 +211,17 @@ pub fn encode_response_chunks(
                 });
             (QUEUE_FETCH_BODY_TAG, fetch.encoded_len(), bytes, count)
         }
+        Some(response::Body::ReplicaFetch(fetch)) => {
+            let (bytes, count) = fetch
+                .topics
+                .iter()
+                .flat_map(|topic| &topic.partitions)
+                .filter(|partition| !partition.records.is_empty())
+                .fold((0, 0), |(bytes, count), partition| {
+                    (bytes + partition.records.len(), count + 1)
+                });
+            (REPLICA_FETCH_BODY_TAG, fetch.encoded_len(), bytes, count)
+        }
         _ => {
             encode_frame(response, scratch)?;
             chunks.push(scratch.split().freeze());
@@ -238,6 +250,9 @@ pub fn encode_response_chunks(
     match body {
         Some(response::Body::Fetch(fetch)) => encode_fetch_body(fetch, scratch, chunks),
         Some(response::Body::QueueFetch(fetch)) => encode_queue_fetch_body(fetch, scratch, chunks),
+        Some(response::Body::ReplicaFetch(fetch)) => {
+            encode_replica_fetch_body(fetch, scratch, chunks);
+        }
         _ => {}
     }
     if !scratch.is_empty() {
@@ -342,6 +357,60 @@ fn encode_queue_fetch_body(
     }
 }
 
+fn encode_replica_fetch_body(
+    fetch: &ReplicaFetchResponse,
+    scratch: &mut BytesMut,
+    chunks: &mut Vec<Bytes>,
+) {
+    let ReplicaFetchResponse { topics } = fetch;
+    for topic in topics {
+        encode_length_delimited_key(1, topic.encoded_len(), scratch);
+        let ReplicaFetchTopicResponse { name, partitions } = topic;
+        if !name.is_empty() {
+            prost::encoding::string::encode(1, name, scratch);
+        }
+        for partition_response in partitions {
+            encode_length_delimited_key(2, partition_response.encoded_len(), scratch);
+            let ReplicaFetchPartitionResponse {
+                partition,
+                error_code,
+                error_message,
+                high_watermark,
+                log_start_offset,
+                log_end_offset,
+                diverging_epoch,
+                durable_wanted,
+                records,
+            } = partition_response;
+            if *partition != 0 {
+                prost::encoding::int32::encode(1, partition, scratch);
+            }
+            if *error_code != i32::from(ErrorCode::default()) {
+                prost::encoding::int32::encode(2, error_code, scratch);
+            }
+            if let Some(error_message) = error_message {
+                prost::encoding::string::encode(3, error_message, scratch);
+            }
+            if *high_watermark != 0 {
+                prost::encoding::int64::encode(4, high_watermark, scratch);
+            }
+            if *log_start_offset != 0 {
+                prost::encoding::int64::encode(5, log_start_offset, scratch);
+            }
+            if *log_end_offset != 0 {
+                prost::encoding::int64::encode(6, log_end_offset, scratch);
+            }
+            if let Some(diverging_epoch) = diverging_epoch {
+                prost::encoding::message::encode(7, diverging_epoch, scratch);
+            }
+            if *durable_wanted != 0 {
+                prost::encoding::int64::encode(8, durable_wanted, scratch);
+            }
+            put_records(15, records, scratch, chunks);
+        }
+    }
+}
+
 /// Field number of `Response.header`.
 const RESPONSE_HEADER_TAG: u32 = 1;
 
@@ -349,6 +418,8 @@ const RESPONSE_HEADER_TAG: u32 = 1;
 const FETCH_BODY_TAG: u32 = 100 + ApiKey::Fetch as u32;
 /// Field number of `Response.queue_fetch`.
 const QUEUE_FETCH_BODY_TAG: u32 = 100 + ApiKey::QueueFetch as u32;
+/// Field number of `Response.replica_fetch`.
+const REPLICA_FETCH_BODY_TAG: u32 = 100 + ApiKey::ReplicaFetch as u32;
 
 /// The key of a length-delimited field (message, string or bytes) and the varint length of its
 /// `len` bytes of content, which the caller writes (or sends) next.
@@ -644,6 +715,26 @@ mod tests {
             }
             .into(),
             DescribeClusterRequest {}.into(),
+            ReplicaFetchRequest {
+                replica_id: 2,
+                broker_epoch: 40,
+                max_wait_ms: 500,
+                min_bytes: 1,
+                max_bytes: 8 << 20,
+                topics: vec![ReplicaFetchTopic {
+                    name: "orders".into(),
+                    topic_id: Bytes::from_static(&[7; 16]),
+                    partitions: vec![ReplicaFetchPartition {
+                        partition: 1,
+                        current_leader_epoch: 3,
+                        fetch_offset: 120,
+                        last_fetched_epoch: Some(0),
+                        durable_offset: 100,
+                        partition_max_bytes: 1 << 20,
+                    }],
+                }],
+            }
+            .into(),
         ];
         bodies
             .into_iter()
@@ -998,6 +1089,33 @@ mod tests {
                 ],
             }
             .into(),
+            ReplicaFetchResponse {
+                topics: vec![ReplicaFetchTopicResponse {
+                    name: "orders".into(),
+                    partitions: vec![
+                        ReplicaFetchPartitionResponse {
+                            partition: 1,
+                            high_watermark: 118,
+                            log_start_offset: 4,
+                            log_end_offset: 130,
+                            durable_wanted: 125,
+                            records: Bytes::from_static(b"batches"),
+                            ..Default::default()
+                        },
+                        ReplicaFetchPartitionResponse {
+                            partition: 2,
+                            error_code: ErrorCode::FencedLeaderEpoch.into(),
+                            error_message: Some("epoch 3 is older than 4".into()),
+                            diverging_epoch: Some(EpochEndOffset {
+                                epoch: 0,
+                                end_offset: 0,
+                            }),
+                            ..Default::default()
+                        },
+                    ],
+                }],
+            }
+            .into(),
         ];
         let mut responses: Vec<Response> = bodies
             .into_iter()
@@ -1343,6 +1461,13 @@ mod tests {
                 .map(|partition| partition.records.clone())
                 .filter(|records| !records.is_empty())
                 .collect(),
+            Some(response::Body::ReplicaFetch(fetch)) => fetch
+                .topics
+                .iter()
+                .flat_map(|topic| &topic.partitions)
+                .map(|partition| partition.records.clone())
+                .filter(|records| !records.is_empty())
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -1370,9 +1495,11 @@ mod tests {
         for response in sample_responses() {
             let chunks = chunks_of(&response);
             match &response.body {
-                Some(response::Body::Fetch(_) | response::Body::QueueFetch(_)) => {
-                    assert_records_not_copied(&response, &chunks)
-                }
+                Some(
+                    response::Body::Fetch(_)
+                    | response::Body::QueueFetch(_)
+                    | response::Body::ReplicaFetch(_),
+                ) => assert_records_not_copied(&response, &chunks),
                 _ => assert_eq!(chunks.len(), 1, "one chunk for {response:?}"),
             }
         }

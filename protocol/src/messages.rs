@@ -92,6 +92,7 @@ apis! {
     Redrive => RedriveRequest, RedriveResponse;
     DescribeRedrive => DescribeRedriveRequest, DescribeRedriveResponse;
     DescribeCluster => DescribeClusterRequest, DescribeClusterResponse;
+    ReplicaFetch => ReplicaFetchRequest, ReplicaFetchResponse;
 }
 
 impl Request {

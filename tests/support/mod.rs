@@ -25,6 +25,8 @@ use strom_protocol::frame::{LENGTH_PREFIX_LEN, decode_frame, encode_frame};
 use strom_protocol::messages::*;
 use strom_protocol::{ErrorCode, decode_response, encode_request};
 
+pub mod cluster;
+
 /// How long the broker may take to print its `listening on` line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a graceful stop (SIGTERM) may take.
@@ -918,7 +920,7 @@ pub fn frame_bytes(payload: &[u8]) -> Vec<u8> {
 // ------------------------------------------------------------------------------------------
 
 /// One record, owned: what a test produces and what it reads back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rec {
     /// Offset: ignored when building a batch, the broker's when decoded.
     pub offset: i64,

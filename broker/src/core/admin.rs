@@ -60,7 +60,14 @@ impl Core {
     ) -> Result<i32, Failure> {
         let partitions = partitions.unwrap_or(i64::from(self.config.default_partitions));
         self.topics.check_create(name, partitions, &overrides)?;
-        self.check_replication_factor(replication_factor)?;
+        let factor = self.check_replication_factor(replication_factor)?;
+        let mut overrides = overrides;
+        if factor >= 3 {
+            // Three copies and acks=all: acknowledged means on two of them, at least.
+            overrides
+                .entry(strom_meta::topic_config::MIN_INSYNC_REPLICAS.to_string())
+                .or_insert_with(|| "2".to_string());
+        }
         if is_internal_topic(name) {
             return Err((
                 ErrorCode::InvalidTopicName,
@@ -72,7 +79,7 @@ impl Core {
                 name: name.to_string(),
                 // `check_create` bounds the count by `max_partitions`, a u32 setting.
                 partitions: u32::try_from(partitions).unwrap_or(u32::MAX),
-                replication_factor: 1,
+                replication_factor: factor,
                 configs: overrides,
             };
             let index = self.cluster.call(request).await?;
@@ -81,13 +88,12 @@ impl Core {
         Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
     }
 
-    /// INVALID_REPLICATION_FACTOR unless `replication_factor` is absent, -1 (the default, 1) or
-    /// 1: a factor must be at least 1 and at most the registered brokers, and until partition
-    /// data is replicated (issue 17) a second replica would hold nothing, so it is refused
-    /// rather than shown as a replica that is not one.
-    fn check_replication_factor(&self, replication_factor: Option<i32>) -> Result<(), Failure> {
+    /// The replication factor to create a topic with: `replication_factor`, or for `None` and
+    /// -1 the default, 1; INVALID_REPLICATION_FACTOR unless it is at least 1 and at most the
+    /// registered brokers.
+    fn check_replication_factor(&self, replication_factor: Option<i32>) -> Result<u32, Failure> {
         let factor = match replication_factor {
-            None | Some(-1) => return Ok(()),
+            None | Some(-1) => return Ok(1),
             Some(f) => f,
         };
         let brokers = self.image().brokers.len();
@@ -102,13 +108,7 @@ impl Core {
                 "replication factor {factor} is larger than the {brokers} registered brokers"
             ));
         }
-        if factor > 1 {
-            return refuse(format!(
-                "replication factor {factor}: partition data is not replicated yet, so only 1 is \
-                 accepted"
-            ));
-        }
-        Ok(())
+        Ok(factor.unsigned_abs())
     }
 
     /// The topic, created with `partitions` partitions if it does not exist.
@@ -285,7 +285,7 @@ impl Core {
         match query {
             OffsetQuery::Earliest => Ok((r.start_offset(), -1)),
             // Kafka's latest for a read-uncommitted consumer: the high watermark.
-            OffsetQuery::Latest => Ok((part.high_watermark(), -1)),
+            OffsetQuery::Latest => Ok((part.replica().latest_offset()?, -1)),
             OffsetQuery::Time(ts) => match r.record_for_time(ts) {
                 Ok(Some((o, found))) => Ok((o, found)),
                 Ok(None) => Ok((-1, -1)),

@@ -36,6 +36,8 @@ use strom_protocol::ErrorCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::replication::fetcher::{Followed, Plan};
+use super::replication::leader::Leadership;
 use super::{Core, Failure};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
@@ -187,6 +189,16 @@ impl Cluster {
         self.id
     }
 
+    /// Whether this broker is the one voter of its own quorum (a single-node cluster).
+    pub fn is_alone(&self) -> bool {
+        self.alone
+    }
+
+    /// A receiver that changes whenever the local registry has followed a newer image.
+    pub fn watch_followed(&self) -> watch::Receiver<u64> {
+        self.followed.subscribe()
+    }
+
     /// The current metadata image.
     pub fn image(&self) -> Arc<MetadataImage> {
         Arc::clone(&self.applied.borrow().image)
@@ -223,6 +235,15 @@ impl Cluster {
                 format!("unexpected answer from the controller: {other:?}"),
             )),
         }
+    }
+
+    /// The active controller's answer to a request between brokers and the controller (an
+    /// ISR change, a controlled shutdown), as it is.
+    pub(crate) async fn ask_controller(
+        &self,
+        request: ControllerRequest,
+    ) -> Result<ControllerResponse, Failure> {
+        self.ask(request).await
     }
 
     /// The active controller's answer, wherever it is; `REQUEST_TIMED_OUT` when none answers.
@@ -431,6 +452,7 @@ impl Core {
             }
         }
         *self.cluster.failures() = failures;
+        self.fetchers.assign(self.fetch_plans(&image));
         // The group coordinator takes up (loads) the `__consumer_offsets` partitions this
         // broker now leads and drops the groups of the ones it no longer does, before the
         // image counts as followed.
@@ -499,19 +521,79 @@ impl Core {
                     .await?;
             }
         }
-        // The partitions led here stamp their batches with the image's leader epoch, so the
-        // epochs in the log are the ones Metadata reports and OffsetForLeaderEpoch answers.
+        // Each hosted partition takes the role the image gives this broker: a leader stamps
+        // its batches with the image's leader epoch (the epochs in the log are the ones
+        // Metadata reports and OffsetForLeaderEpoch answers) and tracks its followers; a
+        // follower refuses producers and is fetched by `fetch_plans`' fetchers.
         if let Some(local) = self.topics.get(name) {
+            let durable = local.config().has_flush_policy();
+            let min_isr = topic.min_insync_replicas();
             for (index, placed) in topic.partitions.iter().enumerate() {
-                if placed.leader == Some(me)
-                    && let Some(part) = local.partition(i32::try_from(index).unwrap_or(i32::MAX))
-                {
-                    part.lead(i32::try_from(placed.leader_epoch).unwrap_or(i32::MAX))
+                let Some(part) = local.partition(i32::try_from(index).unwrap_or(i32::MAX)) else {
+                    continue;
+                };
+                let epoch = i32::try_from(placed.leader_epoch).unwrap_or(i32::MAX);
+                match placed.leader {
+                    Some(leader) if leader == me => {
+                        part.become_leader(Leadership {
+                            me,
+                            leader_epoch: epoch,
+                            partition_epoch: placed.partition_epoch,
+                            replicas: placed.replicas.clone(),
+                            isr: placed.isr.clone(),
+                            // At most the replication factor: a topic asking for more than it
+                            // has replicas would never move its HW (decided in docs/cluster.md).
+                            min_isr: min_isr.clamp(1, placed.replicas.len().max(1)),
+                            durable,
+                        })
                         .await;
+                    }
+                    leader => part.become_follower(leader.map(|l| (l, epoch))),
                 }
             }
         }
         Ok(())
+    }
+
+    /// What every fetcher follows: per leader, its native address and the partitions this
+    /// broker hosts and it leads, each in its leader epoch.
+    fn fetch_plans(&self, image: &MetadataImage) -> HashMap<BrokerId, Plan> {
+        let me = self.cluster.id();
+        let broker_epoch = image.brokers.get(&me).map_or(0, |b| b.epoch);
+        let mut plans: HashMap<BrokerId, Plan> = HashMap::new();
+        for (name, topic) in &image.topics {
+            let Some(local) = self.topics.get(name) else {
+                continue;
+            };
+            for (index, placed) in topic.partitions.iter().enumerate() {
+                let Some(leader) = placed.leader.filter(|l| *l != me) else {
+                    continue;
+                };
+                let index = i32::try_from(index).unwrap_or(i32::MAX);
+                let Some(part) = local
+                    .partition(index)
+                    .filter(|_| placed.replicas.contains(&me))
+                else {
+                    continue;
+                };
+                let plan = plans.entry(leader).or_insert_with(|| Plan {
+                    addr: image
+                        .brokers
+                        .get(&leader)
+                        .and_then(|b| b.endpoints.native.clone()),
+                    broker_epoch,
+                    partitions: Vec::new(),
+                });
+                plan.partitions.push(Followed {
+                    topic: local.name.clone(),
+                    topic_id: local.id,
+                    index,
+                    epoch: i32::try_from(placed.leader_epoch).unwrap_or(i32::MAX),
+                    partition: part.clone(),
+                });
+            }
+        }
+        plans
     }
 
     /// Waits until the image holds `topic` and this broker follows it (a topic another broker

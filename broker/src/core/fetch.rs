@@ -37,6 +37,9 @@ pub(crate) struct FetchPartition {
     pub offset: i64,
     /// Cap on this partition's bytes (0: `fetch_partition_max_bytes`).
     pub max_bytes: u32,
+    /// The leader epoch the consumer knows (KIP-320; -1: it does not say): an older one than
+    /// the partition's is FENCED_LEADER_EPOCH, a newer one UNKNOWN_LEADER_EPOCH.
+    pub leader_epoch: i32,
 }
 
 /// What one partition gave.
@@ -114,7 +117,12 @@ impl Core {
             let topic = self.topics.get(name);
             let mut partitions = Vec::with_capacity(wanted.len());
             for p in wanted {
-                let part = match self.leader_partition(&image, topic.as_ref(), name, p.partition) {
+                let part = match self
+                    .leader_partition(&image, topic.as_ref(), name, p.partition)
+                    .and_then(|part| {
+                        self.check_leader_epoch(&image, name, p.partition, p.leader_epoch)?;
+                        Ok(part)
+                    }) {
                     Ok(part) => part,
                     Err(e) => {
                         errors = true;

@@ -219,6 +219,34 @@ impl Core {
         }
     }
 
+    /// KIP-320: a request naming leader epoch `asked` (-1: none) for `name`-`index` is
+    /// FENCED_LEADER_EPOCH when the partition has moved on to a newer epoch (the client's
+    /// metadata is stale), UNKNOWN_LEADER_EPOCH when this broker has not heard of that epoch
+    /// yet (its metadata is); both retriable after a metadata refresh.
+    pub(crate) fn check_leader_epoch(
+        &self,
+        image: &MetadataImage,
+        name: &str,
+        index: i32,
+        asked: i32,
+    ) -> Result<(), Failure> {
+        if asked < 0 {
+            return Ok(());
+        }
+        let Some(placed) = image
+            .topics
+            .get(name)
+            .and_then(|t| t.partitions.get(usize::try_from(index).ok()?))
+        else {
+            return Ok(());
+        };
+        let current = i32::try_from(placed.leader_epoch).unwrap_or(i32::MAX);
+        if asked == current {
+            return Ok(());
+        }
+        Err(super::replication::replica::epoch_mismatch(asked, current))
+    }
+
     /// The current leader of `topic`-`partition` and its leader epoch, as the image says (for
     /// KIP-951's hints on `NOT_LEADER_OR_FOLLOWER`); `None` when it has none.
     pub(crate) fn current_leader(&self, topic: &str, partition: i32) -> Option<(i32, i32)> {

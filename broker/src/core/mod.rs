@@ -20,7 +20,8 @@
 //!   retries with backoff, dead-letter topics;
 //! - [`produce`]: validating batches, queueing them on partition writers, waiting for the acks;
 //! - [`fetch`]: reading partitions, with long polls on the writers' end-offset notifications;
-//! - [`replication`]: partition replication (the leader's view of its followers);
+//! - [`replication`]: partition replication: the leader's view of its followers, the
+//!   followers' fetchers, and ReplicaFetch;
 //! - [`admin`]: topic creation, deletion, settings, offsets by time, producer ids;
 //! - [`session`]: what one connection's requests share (read-your-writes ordering).
 //!
@@ -68,6 +69,8 @@ pub(crate) struct Core {
     pub topics: Topics,
     pub groups: Coordinator,
     pub queues: Queues,
+    /// The follower side of replication: one fetcher per leader this broker follows from.
+    pub fetchers: replication::fetcher::Fetchers,
     /// The data path's counters (`/metrics`).
     pub stats: Arc<Stats>,
     /// Cancelled when the broker shuts down: long polls return at once.
@@ -112,12 +115,14 @@ impl Core {
         // One id, one kind of group: consumer groups refuse queue groups' ids (and the queue
         // coordinator refuses consumer groups').
         groups.refuse_ids(queues.ids());
+        let cluster_id = cluster.id();
         let core = Arc::new(Self {
             config,
             cluster,
             topics,
             groups,
             queues,
+            fetchers: replication::fetcher::Fetchers::new(cluster_id, shutdown.clone()),
             stats,
             shutdown,
         });
@@ -166,8 +171,19 @@ impl Core {
                 self.queue_dead_letter().await;
             }
         };
+        let isr = async {
+            let lag = Duration::from_millis(self.config.replica_lag_time_max_ms);
+            let period = (lag / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                self.isr_changes().await;
+            }
+        };
         tokio::select! {
             () = self.clone().follow_image_forever() => {}
+            () = isr => {}
             () = maintain => {}
             () = expire => {}
             () = queues => {}

@@ -50,11 +50,18 @@ pub(crate) struct Appended {
 
 enum Pending {
     Done(Failure),
-    Waiting(
-        oneshot::Receiver<AppendReply>,
-        Arc<Partition>,
-        Option<oneshot::Receiver<oneshot::Receiver<AppendReply>>>,
-    ),
+    Waiting(Box<Waiting>),
+}
+
+/// An append queued on a partition's writer, and what its acknowledgement waits for.
+struct Waiting {
+    reply: oneshot::Receiver<AppendReply>,
+    part: Arc<Partition>,
+    /// A delayed run's record in `__queue_state`.
+    recorded: Option<oneshot::Receiver<oneshot::Receiver<AppendReply>>>,
+    /// For `acks=all` and durable produces: the leader epoch appended in and the records
+    /// appended, whose end the high watermark (or the in-sync replicas' fsyncs) must pass.
+    replicated: Option<(i32, i64)>,
 }
 
 impl Core {
@@ -115,23 +122,31 @@ impl Core {
                             let checked =
                                 validate_records(&records, topic.config().max_message_bytes)
                                     .and_then(|b| {
+                                        // acks=all is refused, before appending, while the
+                                        // ISR is under min.insync.replicas.
+                                        let epoch = match req.durability {
+                                            Durability::Appended => None,
+                                            _ => Some(part.replica().check_replicated_append()?),
+                                        };
                                         let delays =
                                             self.delays_for(topic, part, &b, deliver_at)?;
-                                        Ok((b, delays))
+                                        Ok((b, delays, epoch))
                                     });
                             match checked {
                                 Err(e) => Pending::Done(e),
-                                Ok((batches, None)) => Pending::Waiting(
-                                    part.append(batches, req.durability).await,
-                                    Arc::clone(part),
-                                    None,
-                                ),
-                                Ok((batches, Some((delays, recorded)))) => Pending::Waiting(
-                                    part.append_delayed(batches, req.durability, Some(delays))
-                                        .await,
-                                    Arc::clone(part),
-                                    Some(recorded),
-                                ),
+                                Ok((batches, delays, epoch)) => {
+                                    let count: i64 =
+                                        batches.iter().map(ValidBatch::record_count).sum();
+                                    let (delays, recorded) = delays.unzip();
+                                    let reply =
+                                        part.append_delayed(batches, req.durability, delays).await;
+                                    Pending::Waiting(Box::new(Waiting {
+                                        reply,
+                                        part: Arc::clone(part),
+                                        recorded,
+                                        replicated: epoch.map(|e| (e, count)),
+                                    }))
+                                }
                             }
                         }
                     },
@@ -147,9 +162,26 @@ impl Core {
                 for (partition, state) in parts {
                     let (result, log_start) = match state {
                         Pending::Done(e) => (Err(e), -1),
-                        Pending::Waiting(rx, part, recorded) => {
+                        Pending::Waiting(waiting) => {
+                            let Waiting {
+                                reply: rx,
+                                part,
+                                recorded,
+                                replicated,
+                            } = *waiting;
+                            let durable = req.durability == Durability::Fsynced;
                             let appended = async {
                                 let r = rx.await;
+                                // acks=all: the HW (or every in-sync replica's fsync) must
+                                // pass the batches, while this broker still leads.
+                                if let (Ok(Ok(base)), Some((epoch, count))) = (&r, replicated)
+                                    && let Err(e) = part
+                                        .replica()
+                                        .acknowledged(base + count, durable, epoch)
+                                        .await
+                                {
+                                    return Ok(Err(e));
+                                }
                                 // A delayed run's record in `__queue_state` is part of the
                                 // acknowledgement.
                                 if let (Ok(Ok(_)), Some(recorded)) = (&r, recorded)

@@ -17,6 +17,7 @@ use tokio::sync::{Mutex, oneshot};
 
 use crate::core::partition::{Partition, WriterMsg};
 use crate::core::producers::ProducerStates;
+use crate::core::replication::replica::AppendSignal;
 pub use crate::core::topic_file::TopicId;
 use crate::core::topic_file::{TopicMeta, decode_meta, encode_meta, new_topic_id};
 use crate::error::BrokerError;
@@ -87,6 +88,9 @@ pub struct Topics {
     admin: Mutex<()>,
     /// Delayed runs held by every partition's delay index, together.
     delayed_runs: Arc<AtomicUsize>,
+    /// Bumped by every append group of a partition led here with followers: wakes their
+    /// fetches' long polls.
+    appended: AppendSignal,
     /// The broker's data-path counters, which partition writers count fsyncs in.
     stats: Arc<Stats>,
 }
@@ -133,6 +137,7 @@ impl Topics {
             topics: RwLock::new(HashMap::new()),
             admin: Mutex::new(()),
             delayed_runs: Arc::new(AtomicUsize::new(0)),
+            appended: Arc::new(tokio::sync::watch::channel(0).0),
             stats,
         };
         let entries = fs::read_dir(&meta_dir).map_err(|source| BrokerError::Io {
@@ -235,6 +240,7 @@ impl Topics {
                     name.clone(),
                     self.delayed_runs.clone(),
                     self.stats.clone(),
+                    self.appended.clone(),
                 ));
             }
         }
@@ -251,6 +257,12 @@ impl Topics {
 
     /// Delayed runs held by every partition together: none means no queue-partition has a
     /// delay to take in.
+    /// What followers' fetch long polls wait on: bumped by every append group of a partition
+    /// led here with followers.
+    pub(crate) fn appended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
     pub fn delayed_runs(&self) -> usize {
         self.delayed_runs.load(AtomicOrdering::Relaxed)
     }

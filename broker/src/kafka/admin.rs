@@ -201,8 +201,16 @@ impl Kafka {
                                 format!("timestamp {ts} is not a time or a known special value"),
                             )),
                         };
-                        match query.and_then(|q| self.core.list_offset(&name, p.partition_index, q))
-                        {
+                        let epoch_known = self.core.check_leader_epoch(
+                            &self.core.image(),
+                            &name,
+                            p.partition_index,
+                            p.current_leader_epoch,
+                        );
+                        match query.and_then(|q| {
+                            epoch_known?;
+                            self.core.list_offset(&name, p.partition_index, q)
+                        }) {
                             Ok((offset, timestamp)) => {
                                 out.with_offset(offset).with_timestamp(timestamp)
                             }

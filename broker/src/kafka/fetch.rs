@@ -33,6 +33,7 @@ impl Kafka {
                             partition: p.partition,
                             offset: p.fetch_offset,
                             max_bytes: nonneg(p.partition_max_bytes),
+                            leader_epoch: p.current_leader_epoch,
                         })
                         .collect();
                     (t.topic.0.to_string(), parts)

@@ -41,6 +41,11 @@ pub(crate) fn error_codes(body: &Body, f: &mut impl FnMut(i32)) {
             .iter()
             .flat_map(|t| &t.partitions)
             .for_each(|p| code(p.error_code)),
+        Body::ReplicaFetch(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .for_each(|p| code(p.error_code)),
         Body::ListOffsets(r) => r
             .topics
             .iter()

@@ -207,6 +207,13 @@ impl Native {
             B::Redrive(r) => ready(queues::redrive(core, r).await.into()),
             B::DescribeRedrive(r) => ready(queues::describe_redrive(core, r).await.into()),
             B::DescribeCluster(_) => ready(describe_cluster(core).await.into()),
+            B::ReplicaFetch(r) => {
+                let core = core.clone();
+                Started::Pending(Box::pin(async move {
+                    let resp = core.replica_fetch(r).await;
+                    Some(Response::new(id, response::Body::from(resp)))
+                }))
+            }
         }
     }
 
@@ -812,10 +819,10 @@ async fn describe_cluster(core: &Core) -> DescribeClusterResponse {
 
 fn produce_request(r: ProduceRequest) -> produce::ProduceRequest {
     produce::ProduceRequest {
-        durability: if r.acks() == Acks::Durable {
-            Durability::Fsynced
-        } else {
-            Durability::Appended
+        durability: match r.acks() {
+            Acks::Durable => Durability::Fsynced,
+            Acks::All => Durability::Replicated,
+            Acks::Leader | Acks::None => Durability::Appended,
         },
         timeout_ms: Some(r.timeout_ms),
         topics: r
@@ -879,6 +886,7 @@ fn fetch_request(r: FetchRequest) -> core_fetch::FetchRequest {
                         partition: p.partition,
                         offset: p.fetch_offset,
                         max_bytes: p.partition_max_bytes,
+                        leader_epoch: -1,
                     })
                     .collect();
                 (t.name, parts)

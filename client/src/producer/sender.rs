@@ -926,6 +926,7 @@ impl Sender {
             Acks::None => WireAcks::None,
             Acks::Leader => WireAcks::Leader,
             Acks::Durable => WireAcks::Durable,
+            Acks::All => WireAcks::All,
         };
         let timeout_ms =
             u32::try_from(self.config.client.request_timeout.as_millis()).unwrap_or(u32::MAX);

@@ -19,6 +19,7 @@ pub struct EpochEnd {
 
 impl EpochEnd {
     /// The "no such epoch" answer.
+    #[cfg(test)]
     pub const UNDEFINED: EpochEnd = EpochEnd {
         epoch: -1,
         end_offset: -1,

@@ -145,12 +145,33 @@ impl LeaderView {
         &self.lead
     }
 
+    /// The offset below which the leader and every member of the maximal ISR have fsynced the
+    /// log, at most the HW: what a durable produce (acks=durable) waits for.
+    pub fn durable_hw(&self) -> i64 {
+        let mut low = self.durable_end;
+        for r in self.maximal_isr() {
+            if r == self.lead.me {
+                continue;
+            }
+            if let Some(f) = self.followers.get(&r) {
+                low = low.min(f.durable);
+            }
+        }
+        low.min(self.hw)
+    }
+
+    /// The leader's own log end.
+    pub fn end(&self) -> i64 {
+        self.end
+    }
+
     /// The offset where this leader epoch began.
     pub fn epoch_start(&self) -> i64 {
         self.epoch_start
     }
 
     /// The ISR change in flight, if any.
+    #[cfg(test)]
     pub fn pending(&self) -> Option<&IsrRequest> {
         self.pending.as_ref()
     }

@@ -1,362 +1,63 @@
-//! One partition in the broker: its log's single writer task and the handles connections use.
-//!
-//! Connections never touch the [`Log`] itself. They validate batches (length, magic, CRC) on their
-//! own task and send them to the partition's writer over a bounded queue; the writer drains every
-//! request waiting in the queue and appends them with one storage call (one vectored write), then
-//! answers each request with its base offset, except those that wait for an fsync: the writer
-//! keeps one flush running beside its appends (`Log::start_flush`) and answers them when a flush
-//! that started after their append finishes (pipelined group commit). Readers use a
-//! [`LogReader`] directly, up to the partition's high watermark, and wait for new data on the
-//! high watermark's `watch` channel ([`Replica`]), which the writer moves after every append
-//! group and fsync.
-//!
-//! Disk work runs on tokio's blocking pool (`spawn_blocking`), the `Log` moving in and out of the
-//! closure, so a slow disk never stalls the threads that serve connections. So does the early
-//! write-back a topic with `writeback.bytes` set asks for (`Log::start_writeback`), which keeps
-//! the kernel writing to disk alongside the appends.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+//! A partition's writer task: it drains its queue, appends producers' batches in groups with one
+//! storage call, keeps one fsync running beside the appends and answers what waits for it, and
+//! brings a log an earlier failure poisoned back into service.
 
 use std::collections::VecDeque;
-use strom_protocol::ErrorCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use strom_protocol::batch::{BatchBuilder, RecordRef};
-use strom_storage::{Log, LogConfig, LogReader, PendingFlush, StorageError, ValidBatch};
-use tokio::sync::{mpsc, oneshot, watch};
+use strom_protocol::ErrorCode;
+use strom_storage::{Log, LogConfig, PendingFlush, StorageError, ValidBatch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::core::Failure;
-use crate::core::delays::{self, Delay, DelayIndex, TopicId};
+use super::delayed::{register_delays, withdraw_delays};
+use super::follower::{not_following, position, replicate, truncate};
+use super::{
+    AppendReply, AppendRequest, Durability, INLINE_APPEND_BYTES, MAX_GROUP, PRODUCER_EXPIRY_MS,
+    PartitionStats, WriterMsg, now_ms,
+};
+use crate::core::delays::DelayIndex;
 use crate::core::producers::{ProducerStates, Verdict};
 use crate::core::replication::replica::Replica;
 use crate::error::storage_code;
 use crate::stats::Stats;
 
-/// How long a partition keeps an idle producer's sequence state (Kafka's
-/// `producer.id.expiration.ms` default).
-const PRODUCER_EXPIRY_MS: i64 = 24 * 60 * 60 * 1000;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// How a produce wants to be acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Once appended (in the page cache, readable by fetches).
-    Appended,
-    /// Once an fsync covers the batches.
-    Fsynced,
-}
-
-/// The writer's answer to one append: the base offset, or an error code and message.
-pub type AppendReply = Result<i64, (ErrorCode, String)>;
-
-#[derive(Debug)]
-pub(crate) struct AppendRequest {
-    pub batches: Vec<ValidBatch>,
-    pub durability: Durability,
-    pub reply: oneshot::Sender<AppendReply>,
-    /// Delivery times for queue groups, when some batch has one.
-    pub delays: Option<DelayedAppend>,
-}
-
-/// An append whose batches (some of them) are delayed for queue groups (docs/queues.md).
-#[derive(Debug)]
-pub(crate) struct DelayedAppend {
-    /// Per batch, its delivery time (ms since the Unix epoch; 0: not delayed).
-    pub times: Vec<i64>,
-    /// `__queue_state`, where the delayed runs are recorded.
-    pub state: Arc<Partition>,
-    pub topic_id: TopicId,
-    /// Gets the wait for the runs' record, which the produce must also wait for (taken when
-    /// it is sent).
-    pub recorded: Option<oneshot::Sender<oneshot::Receiver<AppendReply>>>,
-}
-
-#[derive(Debug)]
-pub(crate) enum WriterMsg {
-    Append(AppendRequest),
-    /// New topic settings (boxed: every message moves through the queue and the writer's
-    /// batch, and the settings would make each one three times larger).
-    Configure(Box<LogConfig>),
-    /// Run retention and compaction.
-    Maintain,
-    /// Move the log start to an offset (Kafka's DeleteRecords; -1: the end); answers the start
-    /// afterwards.
-    DeleteRecords {
-        before: i64,
-        done: oneshot::Sender<Result<i64, (ErrorCode, String)>>,
-    },
-    /// This broker leads the partition in `epoch` (the metadata image's leader epoch): batches
-    /// appended from now on are stamped with it.
-    Lead(i32),
-    /// Kafka's OffsetForLeaderEpoch on the log: the largest epoch at or below this one that the
-    /// log holds, and where it ends.
-    EpochEnd {
-        epoch: i32,
-        done: oneshot::Sender<(i32, i64)>,
-    },
-    /// Close the log cleanly (or delete it) and stop.
-    Stop {
-        delete: bool,
-        done: oneshot::Sender<Result<(), StorageError>>,
-    },
-}
-
-/// Requests the writer may hold in its queue before producers wait.
-const QUEUE_DEPTH: usize = 1024;
-/// Largest append (bytes of a group) done on the writer's own task instead of the blocking pool.
-const INLINE_APPEND_BYTES: usize = 256 * 1024;
-
-/// Most appends the writer gathers into one storage call.
-const MAX_GROUP: usize = 4096;
-
-/// A partition as connections see it. Cheap to share.
-#[derive(Debug)]
-pub struct Partition {
-    /// Partition index within its topic.
-    pub index: i32,
-    reader: LogReader,
-    tx: mpsc::Sender<WriterMsg>,
-    /// The high watermark and what moves it.
-    replica: Arc<Replica>,
-    /// The leader epoch last handed to the writer (-1: none yet).
-    led_epoch: AtomicI32,
-    delays: Arc<DelayIndex>,
-    stats: Arc<PartitionStats>,
-}
-
-/// What a partition's writer counts for `/metrics`: per append group, never per record.
-#[derive(Debug, Default)]
-pub(crate) struct PartitionStats {
-    /// Records appended since the broker started.
-    pub records: AtomicU64,
-    /// Record batch bytes appended since the broker started.
-    pub bytes: AtomicU64,
-    /// Idempotent producers whose state the partition keeps.
-    pub producers: AtomicU64,
-}
-
-impl Partition {
-    /// Starts the writer task for `log` and returns the partition handle.
-    pub(crate) fn start(
-        index: i32,
-        log: Log,
-        producers: ProducerStates,
-        topic: Arc<str>,
-        delayed_runs: Arc<AtomicUsize>,
-        broker: Arc<Stats>,
-    ) -> Arc<Self> {
-        let reader = log.reader();
-        let stats = Arc::new(PartitionStats::default());
-        stats
-            .producers
-            .store(producers.len() as u64, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let replica = Arc::new(Replica::alone(
-            log.end_offset(),
-            log.durable_offset(),
-            log.config().has_flush_policy(),
-        ));
-        let delays = Arc::new(DelayIndex::new(delayed_runs));
-        let state = Writer {
-            delays: delays.clone(),
-            end: log.end_offset(),
-            replica: replica.clone(),
-            producers,
-            topic,
-            index,
-            recovery_error: None,
-            flushing: None,
-            waiting: VecDeque::new(),
-            writing_back: Arc::new(AtomicBool::new(false)),
-            stats: stats.clone(),
-            broker,
-        };
-        tokio::spawn(writer(log, rx, state));
-        Arc::new(Self {
-            index,
-            reader,
-            tx,
-            replica,
-            led_epoch: AtomicI32::new(-1),
-            delays,
-            stats,
-        })
-    }
-
-    /// What the partition's writer counted.
-    pub fn stats(&self) -> &PartitionStats {
-        &self.stats
-    }
-
-    /// Requests queued for the partition's writer.
-    pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
-    }
-
-    /// The partition's delayed runs, for queue groups.
-    pub fn delays(&self) -> &Arc<DelayIndex> {
-        &self.delays
-    }
-
-    /// Read access to the log.
-    pub fn reader(&self) -> &LogReader {
-        &self.reader
-    }
-
-    /// The high watermark: consumers read below it (the log end, or the durable offset for a
-    /// topic with a flush policy, while the partition has no other replica).
-    pub fn high_watermark(&self) -> i64 {
-        self.replica.high_watermark()
-    }
-
-    /// A receiver that changes whenever the high watermark moves: what consumers' long polls
-    /// wait on.
-    pub fn watch_hw(&self) -> watch::Receiver<i64> {
-        self.replica.watch_hw()
-    }
-
-    /// Queues `batches` for appending; the receiver resolves with the base offset.
-    pub(crate) async fn append(
-        &self,
-        batches: Vec<ValidBatch>,
-        durability: Durability,
-    ) -> oneshot::Receiver<AppendReply> {
-        self.append_delayed(batches, durability, None).await
-    }
-
-    /// [`Partition::append`] with delivery times for queue groups.
-    pub(crate) async fn append_delayed(
-        &self,
-        batches: Vec<ValidBatch>,
-        durability: Durability,
-        delays: Option<DelayedAppend>,
-    ) -> oneshot::Receiver<AppendReply> {
-        let (reply, rx) = oneshot::channel();
-        let msg = WriterMsg::Append(AppendRequest {
-            batches,
-            durability,
-            reply,
-            delays,
-        });
-        if let Err(mpsc::error::SendError(WriterMsg::Append(req))) = self.tx.send(msg).await {
-            let _ = req.reply.send(Err((
-                ErrorCode::UnknownTopicOrPartition,
-                "the partition is being deleted or the broker is shutting down".into(),
-            )));
-        }
-        rx
-    }
-
-    /// This broker leads the partition in `epoch`: appends queued after this are stamped with it.
-    /// Sent to the writer only when the epoch changed.
-    pub(crate) async fn lead(&self, epoch: i32) {
-        if self.led_epoch.swap(epoch, Ordering::AcqRel) != epoch {
-            self.send(WriterMsg::Lead(epoch)).await;
-        }
-    }
-
-    /// The largest leader epoch at or below `epoch` that the log holds and the offset where it
-    /// ends (`(-1, -1)`: none that old), after everything queued before.
-    pub(crate) async fn end_offset_for_epoch(&self, epoch: i32) -> Result<(i32, i64), Failure> {
-        let (done, rx) = oneshot::channel();
-        self.send(WriterMsg::EpochEnd { epoch, done }).await;
-        rx.await.map_err(|_| {
-            (
-                ErrorCode::UnknownTopicOrPartition,
-                "the partition is being deleted or the broker is shutting down".into(),
-            )
-        })
-    }
-
-    /// Moves the log start to `before` (-1: the end) after everything queued before; returns
-    /// the start afterwards.
-    pub(crate) async fn delete_records(&self, before: i64) -> Result<i64, (ErrorCode, String)> {
-        let (done, rx) = oneshot::channel();
-        self.send(WriterMsg::DeleteRecords { before, done }).await;
-        rx.await.unwrap_or_else(|_| {
-            Err((
-                ErrorCode::UnknownTopicOrPartition,
-                "the partition is being deleted or the broker is shutting down".into(),
-            ))
-        })
-    }
-
-    /// Calls `f` with every record of an internal (uncompressed) log, from its start to its
-    /// end, in offset order: how coordinators rebuild their state at start-up. Batches that are
-    /// not uncompressed record batches are skipped.
-    pub(crate) fn for_each_record(
-        &self,
-        mut f: impl FnMut(strom_protocol::batch::Record),
-    ) -> Result<(), StorageError> {
-        let reader = self.reader();
-        let mut offset = reader.start_offset();
-        while offset < reader.end_offset() {
-            let r = reader.read(offset, 1 << 20)?;
-            if r.data.is_empty() {
-                break;
-            }
-            for item in strom_protocol::batch::BatchIter::new(&r.data) {
-                let Ok((range, _)) = item else { break };
-                let Ok(records) = strom_protocol::batch::Records::new(r.data.slice(range)) else {
-                    continue;
-                };
-                for rec in records.flatten() {
-                    if rec.offset >= offset {
-                        f(rec);
-                    }
-                }
-            }
-            if r.next_offset <= offset {
-                break;
-            }
-            offset = r.next_offset;
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn send(&self, msg: WriterMsg) {
-        let _ = self.tx.send(msg).await;
-    }
-}
-
 /// What the writer task keeps besides the log.
-struct Writer {
+pub(super) struct Writer {
     /// The log end after the last append.
-    end: i64,
-    replica: Arc<Replica>,
-    delays: Arc<DelayIndex>,
-    producers: ProducerStates,
-    topic: Arc<str>,
-    index: i32,
+    pub(super) end: i64,
+    pub(super) replica: Arc<Replica>,
+    pub(super) delays: Arc<DelayIndex>,
+    pub(super) producers: ProducerStates,
+    pub(super) topic: Arc<str>,
+    pub(super) index: i32,
     /// Why the last recovery attempt failed (logged once per distinct reason).
-    recovery_error: Option<String>,
+    pub(super) recovery_error: Option<String>,
     /// The fsync running on the blocking pool while the writer goes on appending.
-    flushing: Option<JoinHandle<(PendingFlush, Result<(), StorageError>)>>,
+    pub(super) flushing: Option<JoinHandle<(PendingFlush, Result<(), StorageError>)>>,
+    /// A follower fsyncs up to here without waiting for its flush policy: a durable produce on
+    /// the leader waits for it.
+    pub(super) flush_to: i64,
     /// Appends stored but waiting for an fsync before they are acknowledged, oldest first.
-    waiting: VecDeque<Waiter>,
+    pub(super) waiting: VecDeque<Waiter>,
     /// Set while an early write-back (`writeback.bytes`) runs on the blocking pool.
-    writing_back: Arc<AtomicBool>,
-    stats: Arc<PartitionStats>,
-    broker: Arc<Stats>,
+    pub(super) writing_back: Arc<AtomicBool>,
+    pub(super) stats: Arc<PartitionStats>,
+    pub(super) broker: Arc<Stats>,
 }
 
 /// An append waiting for the durable offset to reach `end`.
-struct Waiter {
-    reply: oneshot::Sender<AppendReply>,
-    first: i64,
-    end: i64,
+pub(super) struct Waiter {
+    pub(super) reply: oneshot::Sender<AppendReply>,
+    pub(super) first: i64,
+    pub(super) end: i64,
 }
 
 impl Writer {
     /// Counts an append group of `records` records and `bytes` bytes.
-    fn counted(&self, records: i64, bytes: usize) {
+    pub(super) fn counted(&self, records: i64, bytes: usize) {
         let s = &self.stats;
         s.records
             .fetch_add(u64::try_from(records).unwrap_or(0), Ordering::Relaxed);
@@ -368,8 +69,12 @@ impl Writer {
     /// Starts an fsync if none is running and one is needed: appends are waiting for one, or the
     /// topic's flush policy says it is time. Appends go on while it runs; [`Writer::flushed`]
     /// takes its outcome.
-    fn start_flush(&mut self, log: &mut Log) {
-        if self.flushing.is_some() || (self.waiting.is_empty() && !log.flush_wanted()) {
+    pub(super) fn start_flush(&mut self, log: &mut Log) {
+        if self.flushing.is_some()
+            || (self.waiting.is_empty()
+                && !log.flush_wanted()
+                && log.durable_offset() >= self.flush_to.min(log.end_offset()))
+        {
             return;
         }
         match log.start_flush() {
@@ -389,7 +94,7 @@ impl Writer {
 
     /// Starts the kernel's write-back of the latest appends (`writeback.bytes`) on the blocking
     /// pool, unless one is still running (the next one then covers more). Nothing waits for it.
-    fn start_writeback(&mut self, log: &mut Log) {
+    pub(super) fn start_writeback(&mut self, log: &mut Log) {
         if self.writing_back.load(Ordering::Acquire) || !log.writeback_wanted() {
             return;
         }
@@ -405,7 +110,7 @@ impl Writer {
 
     /// Takes the outcome of the running fsync: acknowledges what it made durable, or fails
     /// every waiting append (the log is poisoned then), and starts the next fsync if needed.
-    fn flushed(
+    pub(super) fn flushed(
         &mut self,
         log: &mut Log,
         done: Result<(PendingFlush, Result<(), StorageError>), tokio::task::JoinError>,
@@ -431,14 +136,14 @@ impl Writer {
     }
 
     /// Waits for the running fsync, and the one it may start for appends still waiting.
-    async fn settle(&mut self, log: &mut Log) {
+    pub(super) async fn settle(&mut self, log: &mut Log) {
         while let Some(task) = self.flushing.take() {
             let done = task.await;
             self.flushed(log, done);
         }
     }
 
-    fn acknowledge(&mut self, durable: i64) {
+    pub(super) fn acknowledge(&mut self, durable: i64) {
         self.replica.progress(self.end, durable);
         while self.waiting.front().is_some_and(|w| w.end <= durable) {
             if let Some(w) = self.waiting.pop_front() {
@@ -447,7 +152,7 @@ impl Writer {
         }
     }
 
-    fn fail_waiting(&mut self, e: &StorageError) {
+    pub(super) fn fail_waiting(&mut self, e: &StorageError) {
         let (code, msg) = (storage_code(e), e.to_string());
         for w in self.waiting.drain(..) {
             let _ = w.reply.send(Err((code, msg.clone())));
@@ -466,7 +171,7 @@ async fn flush_done(
 }
 
 /// The single writer of one partition's log.
-async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
+pub(super) async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
     let (topic, index) = (w.topic.clone(), w.index);
     // Boxed: the log moves in and out of the append, recovery and blocking-pool futures for
     // every group, and is ~500 bytes.
@@ -554,6 +259,28 @@ async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: Writer) {
                     let _ = done.send(l.end_offset_for_epoch(epoch));
                     log = Some(l);
                 }
+                WriterMsg::Position(done) => {
+                    let _ = done.send(position(&l));
+                    log = Some(l);
+                }
+                WriterMsg::Replicate(r) => {
+                    log = replicate(l, *r, &mut w).await;
+                }
+                WriterMsg::Truncate {
+                    leader,
+                    epoch,
+                    to,
+                    done,
+                } => {
+                    if !w.replica.follows(leader, epoch) {
+                        let _ = done.send(Err(not_following(leader, epoch)));
+                        log = Some(l);
+                        continue;
+                    }
+                    let (l, r) = truncate(l, to, &mut w).await;
+                    let _ = done.send(r);
+                    log = l;
+                }
                 WriterMsg::DeleteRecords { before, done } => {
                     let (l, r) = blocking(l, move |l| l.delete_records_before(before)).await;
                     let _ = done.send(r.map_err(|e| (storage_code(&e), e.to_string())));
@@ -618,7 +345,7 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
 /// Runs `f` on the blocking pool with the log moved in and back out. `None` if the closure
 /// panicked: the log went with it, and the partition stops (its files stay as they are; the next
 /// start recovers them).
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     mut log: Box<Log>,
     f: impl FnOnce(&mut Log) -> Result<T, StorageError> + Send + 'static,
 ) -> (Option<Box<Log>>, Result<T, StorageError>) {
@@ -648,7 +375,7 @@ async fn blocking<T: Send + 'static>(
 /// stored some batches that an idempotent producer will retry (they must be answered as
 /// duplicates, with the offsets they got). While the fault lasts every attempt fails and the
 /// log stays poisoned; a failure is logged once per distinct reason.
-async fn recover_if_poisoned(
+pub(super) async fn recover_if_poisoned(
     mut log: Box<Log>,
     w: &mut Writer,
 ) -> (Option<Box<Log>>, Result<(), StorageError>) {
@@ -705,6 +432,17 @@ async fn append_group(
         return log;
     }
     let mut log = log?;
+    if w.replica.status().leading.is_none() {
+        // The image made this broker a follower after these were queued: only the leader
+        // appends producers' batches.
+        for a in appends {
+            let _ = a.reply.send(Err((
+                ErrorCode::NotLeaderOrFollower,
+                "this broker no longer leads the partition".into(),
+            )));
+        }
+        return Some(log);
+    }
     let mut accepted = Vec::with_capacity(appends.len());
     for a in appends {
         let headers: Vec<&strom_protocol::batch::BatchHeader> =
@@ -815,110 +553,6 @@ async fn append_group(
                 let _ = a.reply.send(Err((code, msg.clone())));
             }
             log
-        }
-    }
-}
-
-/// Enters the delayed runs of `appends` (to be appended from `base`) in the partition's index
-/// and queues their records on `__queue_state`, handing each produce the wait for its record.
-/// Returns what was entered, to withdraw if the append fails.
-async fn register_delays(
-    appends: &mut [AppendRequest],
-    base: i64,
-    w: &Writer,
-) -> Vec<(Arc<Partition>, TopicId, Delay)> {
-    let mut entered = Vec::new();
-    if appends.iter().all(|a| a.delays.is_none()) {
-        return entered;
-    }
-    let mut offset = base;
-    for a in appends.iter_mut() {
-        let durability = a.durability;
-        let Some(d) = &mut a.delays else {
-            offset += a.batches.iter().map(ValidBatch::record_count).sum::<i64>();
-            continue;
-        };
-        // Consecutive batches with one time are one run.
-        let mut runs: Vec<Delay> = Vec::new();
-        for (b, at) in a.batches.iter().zip(d.times.iter().copied()) {
-            let n = b.record_count();
-            if at > 0 && n > 0 {
-                match runs.last_mut() {
-                    Some(r) if r.at == at && r.last + 1 == offset => r.last = offset + n - 1,
-                    _ => runs.push(Delay {
-                        first: offset,
-                        last: offset + n - 1,
-                        at,
-                    }),
-                }
-            }
-            offset += n;
-        }
-        if runs.is_empty() {
-            continue;
-        }
-        let mut builder = BatchBuilder::default();
-        let now = now_ms();
-        let mut built = Ok(());
-        for r in &runs {
-            let k = delays::key(&w.topic, w.index, r.first);
-            let v = delays::value(&d.topic_id, r.last, r.at);
-            if built.is_ok() {
-                built = builder.push(&RecordRef {
-                    timestamp: now,
-                    key: Some(&k),
-                    value: Some(&v),
-                    headers: &[],
-                });
-            }
-        }
-        let batch = built
-            .map_err(|e| e.to_string())
-            .and_then(|()| builder.finish().map_err(|e| e.to_string()))
-            .and_then(|b| ValidBatch::new(b).map_err(|e| e.to_string()));
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                // Not delayed then: the produce is answered without the wait.
-                tracing::error!(topic = %w.topic, partition = w.index, error = %e, "a delayed run could not be recorded; delivering at once");
-                continue;
-            }
-        };
-        let _order = w.delays.order.lock().await;
-        for r in &runs {
-            w.delays.insert(*r);
-            entered.push((d.state.clone(), d.topic_id, *r));
-        }
-        let rx = d.state.append(vec![batch], durability).await;
-        drop(_order);
-        // The produce waits for this too; if it is gone the record is still written.
-        if let Some(tx) = d.recorded.take() {
-            let _ = tx.send(rx);
-        }
-    }
-    entered
-}
-
-/// Takes back delayed runs whose append failed: out of the index, and a withdrawal queued on
-/// `__queue_state` (the offsets will be given to other records).
-async fn withdraw_delays(entered: Vec<(Arc<Partition>, TopicId, Delay)>, w: &Writer) {
-    for (state, _, d) in entered {
-        w.delays.remove(d.first);
-        let k = delays::key(&w.topic, w.index, d.first);
-        let mut builder = BatchBuilder::default();
-        let pushed = builder.push(&RecordRef {
-            timestamp: now_ms(),
-            key: Some(&k),
-            value: None,
-            headers: &[],
-        });
-        if let Ok(batch) = pushed
-            .map_err(|e| e.to_string())
-            .and_then(|()| builder.finish().map_err(|e| e.to_string()))
-            .and_then(|b| ValidBatch::new(b).map_err(|e| e.to_string()))
-        {
-            let _order = w.delays.order.lock().await;
-            drop(state.append(vec![batch], Durability::Appended).await);
         }
     }
 }

@@ -1,0 +1,125 @@
+//! Three `strom serve` processes forming one cluster over loopback (each a voter of the
+//! metadata quorum), for the cluster and replication tests.
+//!
+//! Controller ports are taken from the OS (bound to port 0, then released) just before the
+//! brokers start; every other port is the broker's own pick.
+
+use std::net::TcpListener;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{Broker, TestDir};
+
+/// Brokers first: fields drop in order, and a broker's log must outlive it.
+pub struct Cluster {
+    pub brokers: Vec<Option<Broker>>,
+    pub voters: String,
+    pub dirs: Vec<TestDir>,
+    /// More `strom serve` arguments for every broker.
+    pub extra: Vec<String>,
+}
+
+impl Cluster {
+    /// Three voters, started at once (each waits for a quorum before it listens).
+    pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// As [`Cluster::start`], with `extra` arguments for every broker.
+    pub fn start_with(extra: &[&str]) -> Cluster {
+        let ports: Vec<u16> = (0..3)
+            .map(|_| {
+                let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+                l.local_addr().expect("its address").port()
+            })
+            .collect();
+        let voters = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            dirs: (0..3).map(|_| TestDir::new()).collect(),
+            voters,
+            brokers: vec![None, None, None],
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        let started: Vec<_> = (1..=3).map(|id| cluster.spawn(id)).collect();
+        for (i, handle) in started.into_iter().enumerate() {
+            cluster.brokers[i] = Some(handle.join().expect("broker start"));
+        }
+        cluster
+    }
+
+    /// Starts broker `id` (1 to 3) on its data directory, on a thread.
+    pub fn spawn(&self, id: usize) -> thread::JoinHandle<Broker> {
+        let data = self.dirs[id - 1].data();
+        let voters = self.voters.clone();
+        let extra = self.extra.clone();
+        thread::spawn(move || {
+            let id = id.to_string();
+            let mut args = vec![
+                "--node-id",
+                &id,
+                "--controller-voters",
+                &voters,
+                "--http-listen",
+                "none",
+            ];
+            args.extend(extra.iter().map(String::as_str));
+            Broker::start(&data, &args)
+        })
+    }
+
+    /// Kills broker `id` with SIGKILL.
+    pub fn kill(&mut self, id: usize) {
+        drop(self.brokers[id - 1].take());
+    }
+
+    /// Starts broker `id` again after [`Cluster::kill`].
+    pub fn restart(&mut self, id: usize) {
+        let broker = self.spawn(id).join().expect("restart");
+        self.brokers[id - 1] = Some(broker);
+    }
+
+    pub fn broker(&self, id: usize) -> &Broker {
+        self.brokers[id - 1].as_ref().expect("a running broker")
+    }
+
+    /// Every running broker's Kafka address, comma-separated.
+    pub fn bootstrap(&self) -> String {
+        self.brokers
+            .iter()
+            .flatten()
+            .map(|b| b.kafka_addr.expect("kafka listener").to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Every running broker's native address, comma-separated.
+    pub fn native_bootstrap(&self) -> String {
+        self.brokers
+            .iter()
+            .flatten()
+            .map(|b| b.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// How long a cluster may take to agree on something after a failure.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Asks `f` until it gives something (every 50 ms, for at most [`PATIENCE`]): for a state the
+/// cluster reaches on its own (an election, an ISR change), observed from outside.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(started.elapsed() < PATIENCE, "never happened: {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}

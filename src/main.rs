@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a broker. With no flags it serves ./strom-data on 127.0.0.1:9494.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, describe, delete and alter topics.
     Topics {
         #[command(subcommand)]
@@ -129,6 +129,10 @@ struct ServeArgs {
     /// Create a topic on its first produce [default: true]
     #[arg(long, value_name = "BOOL")]
     auto_create_topics: Option<bool>,
+    /// Replicas of each partition of a topic created without a factor; 0: three, or every live
+    /// broker when there are fewer [default: 0]
+    #[arg(long, value_name = "N")]
+    default_replication_factor: Option<u32>,
     /// Partitions of an auto-created topic [default: 1]
     #[arg(long, value_name = "N")]
     default_partitions: Option<u32>,
@@ -232,6 +236,7 @@ impl ServeArgs {
             offsets_topic_partitions,
             auto_create_topics,
             default_partitions,
+            default_replication_factor,
             max_partitions,
             max_frame_bytes,
             max_control_frame_bytes,
@@ -265,7 +270,7 @@ impl ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         command => client_command(&cli.bootstrap, cli.output, command),
     };
     match result {

@@ -441,14 +441,14 @@ fn offset_commit(
     r.topics[0].partitions[0].error_code
 }
 
-/// Polls `f` until it returns `Some`, at most [`PATIENCE`] (a retry loop on cluster state,
-/// not a fixed sleep).
 /// Three groups whose coordinators are three different brokers: librdkafka consumer groups
 /// read a 6-partition topic and commit through their own coordinator; FindCoordinator asked of
 /// any broker names that coordinator; a commit or heartbeat sent elsewhere gets
 /// NOT_COORDINATOR; OffsetFetch at the coordinator reads the commits back. Then the coordinator
-/// of one group is killed (SIGKILL): its partition of `__consumer_offsets` goes offline
-/// (COORDINATOR_NOT_AVAILABLE) and, once it is back, its committed offsets are all there.
+/// of one group is killed (SIGKILL): `__consumer_offsets` is replicated on the three brokers,
+/// so another one takes its partition over and serves every committed offset, while the
+/// killed broker's partitions of a topic with one replica go offline; once it is back it
+/// rejoins the ISR, leads its partition again (preferred leader) and still has the offsets.
 #[test]
 fn consumer_groups_work_with_coordinators_on_different_brokers() {
     let mut cluster = Cluster::start();
@@ -600,37 +600,37 @@ fn consumer_groups_work_with_coordinators_on_different_brokers() {
     drop(cluster.brokers[victim as usize - 1].take());
     let survivor = if victim == 1 { 2 } else { 1 };
     let mut c = cluster.kafka(survivor);
-    // Its partition goes offline once its session runs out: no coordinator for the group.
-    eventually("the group's coordinator is unavailable", || {
-        (find_coordinator(&mut c, &group).0 == coordinator_code::COORDINATOR_NOT_AVAILABLE)
-            .then_some(())
+    // Its partition of `__consumer_offsets` moves to another in-sync replica, which serves
+    // every commit the victim acknowledged.
+    let (moved_to, _) = eventually("another broker coordinates the group", || {
+        let (code, node, port) = find_coordinator(&mut c, &group);
+        (code == code::NONE && node != victim).then_some((node, port))
     });
-    eventually(
-        "OffsetFetch at a survivor says COORDINATOR_NOT_AVAILABLE",
-        || {
-            (offset_fetch(&mut c, &group).0 == coordinator_code::COORDINATOR_NOT_AVAILABLE)
-                .then_some(())
-        },
+    let mut at_new = cluster.kafka(moved_to as usize);
+    let served = eventually("the new coordinator serves the group's offsets", || {
+        let (code, got) = offset_fetch(&mut at_new, &group);
+        (code == code::NONE).then_some(got)
+    });
+    assert_eq!(
+        served, before,
+        "{group}: committed offsets at its new coordinator after SIGKILL of the old one"
     );
-    // `strom cluster status` names the victim fenced and lists exactly the partitions it led
-    // as offline (each has only the victim as replica).
+    // `strom cluster status` names the victim fenced, lists as offline exactly the partitions
+    // of `orders` (one replica) it led, and `__consumer_offsets` partitions as under-replicated.
     let survivor_addr = cluster.brokers[survivor - 1]
         .as_ref()
         .expect("a survivor")
         .addr
         .to_string();
-    let led_by_victim: BTreeSet<(String, i64)> = ["orders", OFFSETS_TOPIC]
-        .iter()
-        .flat_map(|t| {
-            let r = metadata(&mut c, t);
-            r.topics[0]
-                .partitions
-                .iter()
-                .filter(|p| p.replica_nodes.iter().any(|n| n.0 == victim))
-                .map(|p| (t.to_string(), i64::from(p.partition_index)))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let led_by_victim: BTreeSet<(String, i64)> = {
+        let r = metadata(&mut c, "orders");
+        r.topics[0]
+            .partitions
+            .iter()
+            .filter(|p| p.replica_nodes.iter().any(|n| n.0 == victim))
+            .map(|p| ("orders".to_string(), i64::from(p.partition_index)))
+            .collect()
+    };
     assert!(!led_by_victim.is_empty());
     let status = eventually(
         "cluster status lists the victim's partitions offline",
@@ -654,9 +654,12 @@ fn consumer_groups_work_with_coordinators_on_different_brokers() {
         .and_then(|b| b.iter().find(|b| b["broker"] == victim))
         .map(|b| b["state"].clone());
     assert_eq!(victim_state, Some("fenced".into()), "{status}");
-    assert_eq!(
-        status["under_replicated"],
-        serde_json::json!([]),
+    let under: Vec<&str> = status["under_replicated"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["topic"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        !under.is_empty() && under.iter().all(|t| *t == OFFSETS_TOPIC),
         "{status}"
     );
     assert!(
@@ -866,19 +869,29 @@ async fn the_rust_client_routes_to_leaders_and_coordinators_from_one_bootstrap_b
         "keys reach every partition: {per_partition:?}"
     );
 
-    // Offsets of every partition, whichever broker is asked.
-    let described = Admin::connect(ClientConfig::new(&two))
+    // Offsets of every partition, whichever broker is asked: each leader's high watermark,
+    // once the followers have the records (acks=1 does not wait for them).
+    let describer = Admin::connect(ClientConfig::new(&two))
         .await
-        .expect("admin")
-        .describe_topics(&["native"])
-        .await
-        .expect("describe");
-    let ends: BTreeMap<i32, i64> = described[0]
-        .partitions
-        .iter()
-        .map(|p| (p.partition, p.log_end_offset))
-        .collect();
-    assert_eq!(ends, per_partition.iter().map(|(p, n)| (*p, *n)).collect());
+        .expect("admin");
+    let want: BTreeMap<i32, i64> = per_partition.iter().map(|(p, n)| (*p, *n)).collect();
+    let started = Instant::now();
+    loop {
+        let described = describer
+            .describe_topics(&["native"])
+            .await
+            .expect("describe");
+        let ends: BTreeMap<i32, i64> = described[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.log_end_offset))
+            .collect();
+        if ends == want {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "{ends:?} != {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A group read through broker 2 gets every record once and commits.
     let mut config = ConsumerConfig::new(&two);

@@ -384,6 +384,9 @@ fn cluster_up_on_a_data_dir_starts_the_same_cluster_again() {
         "kept",
         "--partitions",
         "3",
+        // One copy each: where each partition is led is then fixed across the restart.
+        "--replication-factor",
+        "1",
     ]));
     assert_eq!(leaders(&first.addr(3, "native"), "kept", 3).len(), 3);
     let status = first.interrupt();

@@ -13,6 +13,7 @@
 //! | `controller_listen` | this broker's voter address, else `127.0.0.1:0` | address of the controller listener (Raft and brokers' calls to the active controller) |
 //! | `auto_create_topics` | true | a produce to an unknown topic creates it |
 //! | `default_partitions` | 1 | partitions of an auto-created topic, or of a create without a count |
+//! | `default_replication_factor` | 0 | replicas of each partition of an auto-created topic, or of a create without a factor (Kafka's `default.replication.factor`); 0: three, or every live broker when fewer (one for a single broker), as the controller sees them when the topic is created; 1 to 9 otherwise |
 //! | `max_partitions` | 10000 | most partitions a topic may have |
 //! | `max_frame_bytes` | 8 MiB | largest request frame; checked on the length prefix, before allocating |
 //! | `max_control_frame_bytes` | 1 MiB | largest request other than Produce (their decoded form can be ~50x the frame); never above `max_frame_bytes` |
@@ -73,6 +74,8 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// Partitions of a topic created without a count.
     pub default_partitions: u32,
+    /// Replicas of a new topic's partitions when the request names none (0: min(3, brokers)).
+    pub default_replication_factor: u32,
     /// Upper bound on partitions per topic.
     pub max_partitions: u32,
     /// Largest request frame.
@@ -156,6 +159,7 @@ impl Default for BrokerConfig {
             controller_listen: String::new(),
             auto_create_topics: true,
             default_partitions: 1,
+            default_replication_factor: 0,
             max_partitions: 10_000,
             max_frame_bytes: 8 << 20,
             max_control_frame_bytes: 1 << 20,
@@ -257,6 +261,15 @@ impl BrokerConfig {
                 reason,
             })
         };
+        if self.default_replication_factor > 9 {
+            return bad(
+                "default_replication_factor",
+                format!(
+                    "must be 0 (three, or fewer brokers) to 9; got {}",
+                    self.default_replication_factor
+                ),
+            );
+        }
         if self.default_partitions == 0 || self.default_partitions > self.max_partitions {
             return bad(
                 "default_partitions",

@@ -232,6 +232,18 @@ impl Inner {
                 topic_config::check_all(configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                     .map_err(ControllerResponse::Rejected)?;
                 let live = self.live_brokers(term, &image);
+                // 0: the cluster's default, three replicas or every live broker when fewer.
+                let replication_factor = match replication_factor {
+                    0 => u32::try_from(live.len()).unwrap_or(u32::MAX).clamp(1, 3),
+                    n => n,
+                };
+                // Three copies and acks=all: acknowledged means on two of them, at least.
+                let mut configs = configs;
+                if replication_factor >= 3 {
+                    configs
+                        .entry(topic_config::MIN_INSYNC_REPLICAS.to_string())
+                        .or_insert_with(|| "2".to_string());
+                }
                 let assignments =
                     placement::assign_replicas(&image, &live, partitions, replication_factor)
                         .map_err(|e| ControllerResponse::Invalid {

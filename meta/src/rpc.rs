@@ -109,7 +109,9 @@ pub enum ControllerRequest {
         name: String,
         /// Partitions.
         partitions: u32,
-        /// Replicas per partition.
+        /// Replicas per partition; 0: the cluster's default, three, or every live broker when
+        /// there are fewer. A factor of 3 or more gets `min.insync.replicas` 2 unless `configs`
+        /// names it.
         replication_factor: u32,
         /// Settings.
         configs: BTreeMap<String, String>,

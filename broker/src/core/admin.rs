@@ -61,13 +61,6 @@ impl Core {
         let partitions = partitions.unwrap_or(i64::from(self.config.default_partitions));
         self.topics.check_create(name, partitions, &overrides)?;
         let factor = self.check_replication_factor(replication_factor)?;
-        let mut overrides = overrides;
-        if factor >= 3 {
-            // Three copies and acks=all: acknowledged means on two of them, at least.
-            overrides
-                .entry(strom_meta::topic_config::MIN_INSYNC_REPLICAS.to_string())
-                .or_insert_with(|| "2".to_string());
-        }
         if is_internal_topic(name) {
             return Err((
                 ErrorCode::InvalidTopicName,
@@ -88,15 +81,21 @@ impl Core {
         Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
     }
 
-    /// The replication factor to create a topic with: `replication_factor`, or for `None` and
-    /// -1 the default, 1; INVALID_REPLICATION_FACTOR unless it is at least 1 and at most the
-    /// registered brokers.
+    /// The replication factor to ask the controller for: `replication_factor`, or for `None` and
+    /// -1 `default_replication_factor` (0: the controller's default, three or every live broker
+    /// when fewer); INVALID_REPLICATION_FACTOR unless it is at least 1 and at most the
+    /// registered brokers. (The controller gives a factor of 3 or more `min.insync.replicas` 2
+    /// unless the topic's settings name it.)
     fn check_replication_factor(&self, replication_factor: Option<i32>) -> Result<u32, Failure> {
+        let brokers = self.image().brokers.len();
         let factor = match replication_factor {
-            None | Some(-1) => return Ok(1),
+            None | Some(-1) => match self.config.default_replication_factor {
+                // The controller picks it, from the brokers alive now.
+                0 => return Ok(0),
+                n => i32::try_from(n).unwrap_or(i32::MAX),
+            },
             Some(f) => f,
         };
-        let brokers = self.image().brokers.len();
         let refuse = |why: String| Err((ErrorCode::InvalidReplicationFactor, why));
         if factor < 1 {
             return refuse(format!(

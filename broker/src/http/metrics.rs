@@ -231,6 +231,10 @@ fn partitions(registry: &mut Registry, http: &Http) {
     let mut segments = Series::<i64>::gauge();
     let mut queued = Series::<i64>::gauge();
     let mut producers = Series::<i64>::gauge();
+    let mut hw = Series::<i64>::gauge();
+    let mut under = Series::<i64>::gauge();
+    let mut lag = Series::<i64>::gauge();
+    let mut under_total = 0usize;
     let mut topics = http.core.topics.all();
     topics.sort_by(|a, b| a.name.cmp(&b.name));
     for t in &topics {
@@ -253,6 +257,16 @@ fn partitions(registry: &mut Registry, http: &Http) {
             );
             segments.add(labels.clone(), count(r.segment_count()));
             queued.add(labels.clone(), count(p.queued()));
+            hw.add(labels.clone(), p.high_watermark());
+            if let Some(standing) = p.replica().standing() {
+                let short = standing.in_sync < standing.replicas;
+                under_total += usize::from(short);
+                under.add(labels.clone(), i64::from(short));
+                for (follower, behind) in standing.lags {
+                    let follower = i32::try_from(follower).unwrap_or(i32::MAX);
+                    lag.add(labels.and("follower", follower), behind);
+                }
+            }
             producers.add(
                 labels,
                 i64::try_from(s.producers.load(Relaxed)).unwrap_or(i64::MAX),
@@ -300,6 +314,28 @@ fn partitions(registry: &mut Registry, http: &Http) {
         "partition_idempotent_producers",
         "Idempotent producers whose sequence state the partition keeps",
         producers,
+    );
+    registry.register(
+        "partition_high_watermark",
+        "Offset below which the partition's records are replicated to every in-sync replica (what consumers read)",
+        hw,
+    );
+    registry.register(
+        "partition_under_replicated",
+        "1 when the partition, led here, has fewer in-sync replicas than replicas",
+        under,
+    );
+    registry.register(
+        "replica_follower_lag",
+        "Offsets a follower's log end is behind the leader's, for partitions led here (per follower)",
+        lag,
+    );
+    let mut total = Series::<i64>::gauge();
+    total.add(Labels::none(), count(under_total));
+    registry.register(
+        "under_replicated_partitions",
+        "Partitions led here with fewer in-sync replicas than replicas",
+        total,
     );
 }
 

@@ -555,7 +555,13 @@ impl Native {
                     } else {
                         ErrorCode::None
                     };
-                    let reader = p.local.as_ref().map(|local| local.reader());
+                    // Offsets from the leader only: a follower's log end lags (clients ask
+                    // the leader for the partitions the asked broker does not lead).
+                    let led = p
+                        .local
+                        .as_ref()
+                        .filter(|_| p.leader == self.core.broker_id());
+                    let reader = led.map(|local| local.reader());
                     PartitionMetadata {
                         partition: p.index,
                         error_code: code.into(),
@@ -564,7 +570,7 @@ impl Native {
                         replica_nodes: p.replicas,
                         isr_nodes: p.isr,
                         log_start_offset: reader.as_ref().map_or(-1, |r| r.start_offset()),
-                        log_end_offset: reader.as_ref().map_or(-1, |r| r.end_offset()),
+                        log_end_offset: led.map_or(-1, |local| local.high_watermark()),
                         size_bytes: reader.as_ref().map_or(0, |r| r.size_bytes()),
                     }
                 })

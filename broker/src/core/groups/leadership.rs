@@ -342,10 +342,13 @@ impl Core {
         };
         if !self.image().topics.contains_key(OFFSETS_TOPIC) {
             let partitions = self.config.offsets_topic_partitions;
+            // Replicated as Kafka's offsets.topic.replication.factor (3), on every live broker
+            // when there are fewer (the controller's default, 0): a group's commits survive
+            // its coordinator's death.
             let request = ControllerRequest::CreateTopic {
                 name: OFFSETS_TOPIC.to_string(),
                 partitions,
-                replication_factor: 1,
+                replication_factor: 0,
                 configs: offsets_topic_configs(),
             };
             match self.cluster.call(request).await {

@@ -207,13 +207,18 @@ impl Coordinator {
                 ErrorCode::CoordinatorNotAvailable,
                 format!("the log of {OFFSETS_TOPIC}-{partition} is missing"),
             ))?;
-        match part.append(vec![batch], Durability::Fsynced).await.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err((
-                ErrorCode::CoordinatorNotAvailable,
-                "the offsets log stopped".into(),
-            )),
+        // Fsynced on the coordinator and on every in-sync replica of the partition: a commit
+        // answered survives the coordinator's crash, and its partition's next leader has it.
+        match part
+            .append_acknowledged(vec![batch], Durability::Fsynced)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Leadership moved while the commit waited: the group has another coordinator.
+            Err((ErrorCode::NotLeaderOrFollower, message)) => {
+                Err((ErrorCode::NotCoordinator, message))
+            }
+            Err(e) => Err(e),
         }
     }
 

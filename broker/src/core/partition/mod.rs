@@ -328,6 +328,33 @@ impl Partition {
         self.append_delayed(batches, durability, None).await
     }
 
+    /// Appends `batches` and waits for the acknowledgement `durability` asks for, on this
+    /// broker and (for [`Durability::Fsynced`] and [`Durability::Replicated`]) on every
+    /// in-sync replica; the broker's own writes (group commits, dead letters, redrives) use
+    /// it. Answers the base offset.
+    pub(crate) async fn append_acknowledged(
+        &self,
+        batches: Vec<ValidBatch>,
+        durability: Durability,
+    ) -> Result<i64, Failure> {
+        let epoch = match durability {
+            Durability::Appended => None,
+            _ => Some(self.replica.check_replicated_append()?),
+        };
+        let count: i64 = batches.iter().map(ValidBatch::record_count).sum();
+        let base = self
+            .append(batches, durability)
+            .await
+            .await
+            .unwrap_or_else(|_| Err(closing()))?;
+        if let Some(epoch) = epoch {
+            self.replica
+                .acknowledged(base + count, durability == Durability::Fsynced, epoch)
+                .await?;
+        }
+        Ok(base)
+    }
+
     /// [`Partition::append`] with delivery times for queue groups.
     pub(crate) async fn append_delayed(
         &self,

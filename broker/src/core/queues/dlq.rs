@@ -99,11 +99,9 @@ impl Core {
             false
         };
         if !written && let Some(batch) = self.dead_letter_batch(&g.name, job)? {
-            match part.append(vec![batch], Durability::Fsynced).await.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((_, e))) => return Err(e),
-                Err(_) => return Err("the dead-letter partition stopped".into()),
-            }
+            part.append_acknowledged(vec![batch], Durability::Fsynced)
+                .await
+                .map_err(|(_, e)| e)?;
         }
         self.queue_mark(g, &job.tp, |qp| qp.dead_lettered(job.first, job.last))
             .await

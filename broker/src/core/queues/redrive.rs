@@ -463,11 +463,10 @@ impl Core {
         // 2. Append the copies.
         let n = copies.len();
         let batch = redrive_batch(&task.dlq, part_index, &copies)?;
-        match target.append(vec![batch], Durability::Fsynced).await.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((_, e))) => return Err(e),
-            Err(_) => return Err("the target partition stopped".into()),
-        }
+        target
+            .append_acknowledged(vec![batch], Durability::Fsynced)
+            .await
+            .map_err(|(_, e)| e)?;
         // 3. Done.
         self.redrive_save(&task.dlq, |t| {
             t.moved += n as u64;

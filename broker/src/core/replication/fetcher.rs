@@ -43,6 +43,8 @@ const PARTITION_BYTES: u32 = 1 << 20;
 const RESPONSE_BYTES: u32 = 16 << 20;
 /// Largest response frame a fetcher reads.
 const MAX_RESPONSE_FRAME: usize = RESPONSE_BYTES as usize + (4 << 20);
+/// Longest wait for an fsync a leader's durable produce waits for, before the next fetch.
+const DURABLE_WAIT: Duration = Duration::from_millis(50);
 /// How long a partition the leader refused waits before it is fetched again.
 const REFUSED_BACKOFF: Duration = Duration::from_millis(50);
 /// How long the fetcher waits before dialling a leader again, at most.
@@ -329,10 +331,17 @@ async fn partition_outcome(
     f: &Followed,
     p: ReplicaFetchPartitionResponse,
 ) -> (Key, Result<Option<Position>, ()>) {
-    let key = (f.topic.clone(), f.index);
+    ((f.topic.clone(), f.index), outcome(leader, f, p).await)
+}
+
+async fn outcome(
+    leader: BrokerId,
+    f: &Followed,
+    p: ReplicaFetchPartitionResponse,
+) -> Result<Option<Position>, ()> {
     let part = &f.partition;
     let code = ErrorCode::from(p.error_code);
-    let outcome = match code {
+    match code {
         ErrorCode::None => {
             if let Some(d) = p.diverging_epoch {
                 let to = TruncateTo::Diverging {
@@ -346,12 +355,20 @@ async fn partition_outcome(
                     tracing::warn!(topic = %f.topic, partition = f.index, error = %e.1, "cannot truncate to the leader's log");
                 })
             } else if !p.records.is_empty() || p.durable_wanted > part.reader().durable_offset() {
-                part.replicate(leader, f.epoch, p.records, p.high_watermark, p.durable_wanted)
+                let at = part
+                    .replicate(leader, f.epoch, p.records, p.high_watermark, p.durable_wanted)
                     .await
-                    .map(Some)
                     .map_err(|e| {
                         tracing::debug!(topic = %f.topic, partition = f.index, error = %e.1, "cannot append the leader's batches");
-                    })
+                    })?;
+                // A durable produce on the leader waits for this fsync: report it in the next
+                // fetch rather than one long poll later.
+                let wanted = p.durable_wanted.min(at.end);
+                if wanted > part.reader().durable_offset() {
+                    let _ = tokio::time::timeout(DURABLE_WAIT, part.replica().wait_durable(wanted))
+                        .await;
+                }
+                Ok(Some(at))
             } else {
                 part.replica().learn_hw(p.high_watermark);
                 Ok(None)
@@ -370,8 +387,7 @@ async fn partition_outcome(
             tracing::debug!(topic = %f.topic, partition = f.index, leader, ?code, message = ?p.error_message, "the leader refused a replica fetch");
             Err(())
         }
-    };
-    (key, outcome)
+    }
 }
 
 /// One connection to a leader's native listener.

@@ -160,6 +160,11 @@ impl LeaderView {
         low.min(self.hw)
     }
 
+    /// Each follower and its log end as of its last fetch (-1: none yet in this epoch).
+    pub fn follower_ends(&self) -> impl Iterator<Item = (BrokerId, i64)> + '_ {
+        self.followers.iter().map(|(id, f)| (*id, f.end))
+    }
+
     /// The leader's own log end.
     pub fn end(&self) -> i64 {
         self.end

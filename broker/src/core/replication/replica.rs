@@ -74,12 +74,24 @@ pub(crate) struct IsrChange {
     pub seen: Vec<(BrokerId, u64)>,
 }
 
+/// How a partition led here stands with its followers, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LeaderStanding {
+    pub replicas: usize,
+    pub in_sync: usize,
+    /// Per follower, how many offsets its log end is behind the leader's.
+    pub lags: Vec<(BrokerId, i64)>,
+}
+
 /// A partition's replication state.
 #[derive(Debug)]
 pub(crate) struct Replica {
     role: Mutex<Role>,
     hw: watch::Sender<i64>,
     status: watch::Sender<Status>,
+    /// The log's durable offset, for a follower waiting to report an fsync a durable produce
+    /// on its leader waits for.
+    durable: watch::Sender<i64>,
     /// The highest end a durable produce waits for, sent to followers.
     durable_wanted: AtomicI64,
     appended: AppendSignal,
@@ -118,6 +130,7 @@ impl Replica {
             }),
             hw,
             status,
+            durable: watch::channel(durable).0,
             durable_wanted: AtomicI64::new(0),
             appended,
         }
@@ -181,6 +194,26 @@ impl Replica {
             ));
         }
         Ok(self.high_watermark())
+    }
+
+    /// How the partition stands with its followers, when this broker leads it with some.
+    pub(crate) fn standing(&self) -> Option<LeaderStanding> {
+        let role = self.role();
+        let Role::Leader { view, .. } = &*role else {
+            return None;
+        };
+        let lead = view.leadership();
+        if lead.replicas.len() < 2 {
+            return None;
+        }
+        Some(LeaderStanding {
+            replicas: lead.replicas.len(),
+            in_sync: lead.isr.len(),
+            lags: view
+                .follower_ends()
+                .map(|(id, end)| (id, view.end() - end.max(0)))
+                .collect(),
+        })
     }
 
     /// Whether this broker leads the partition, and how it stands.
@@ -256,6 +289,8 @@ impl Replica {
     /// The log end and durable offset moved (an append group, an fsync, a follower's append or
     /// truncation).
     pub(crate) fn progress(&self, end: i64, durable: i64) {
+        self.durable
+            .send_if_modified(|d| std::mem::replace(d, durable) != durable);
         let mut role = self.role();
         match &mut *role {
             Role::Leader { view, .. } => {
@@ -273,6 +308,13 @@ impl Replica {
             }
         }
         self.publish(&role);
+    }
+
+    /// Waits until the log is fsynced up to `offset` (a follower, before it reports that to a
+    /// leader whose durable produce waits for it).
+    pub(crate) async fn wait_durable(&self, offset: i64) {
+        let mut durable = self.durable.subscribe();
+        let _ = durable.wait_for(|d| *d >= offset).await;
     }
 
     /// A follower learned its leader's HW: its own is that, at most its log end.
@@ -367,8 +409,9 @@ impl Replica {
         durable: bool,
         epoch: i32,
     ) -> Result<(), Failure> {
-        if durable {
-            self.durable_wanted.fetch_max(end, Ordering::AcqRel);
+        if durable && self.durable_wanted.fetch_max(end, Ordering::AcqRel) < end {
+            // Followers waiting in a fetch learn at once that they are to fsync.
+            self.appended.send_modify(|n| *n = n.wrapping_add(1));
         }
         let mut hw = self.hw.subscribe();
         let mut status = self.status.subscribe();
@@ -570,6 +613,15 @@ mod tests {
         r.follower_fetched(2, 7, 5, 10, 0).unwrap();
         assert_eq!(r.high_watermark(), 0, "broker 3 is in the ISR too");
         assert!(!waiting.is_finished());
+        assert_eq!(
+            r.standing(),
+            Some(LeaderStanding {
+                replicas: 3,
+                in_sync: 3,
+                lags: vec![(2, 0), (3, 10)],
+            }),
+            "what /metrics shows: broker 3 has fetched nothing yet"
+        );
         let marks = r.follower_fetched(3, 7, 5, 10, 0).unwrap();
         assert_eq!(marks.hw, 10);
         assert_eq!(waiting.await.unwrap(), Ok(()));

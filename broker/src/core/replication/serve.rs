@@ -40,6 +40,9 @@ enum Slot {
     Read {
         part: std::sync::Arc<Partition>,
         fetch_offset: i64,
+        /// What the follower reported fsynced: a durable produce waiting for more answers the
+        /// fetch at once, so the follower fsyncs.
+        durable: i64,
         max_bytes: usize,
         response: ReplicaFetchPartitionResponse,
     },
@@ -87,6 +90,7 @@ impl Core {
                     let Slot::Read {
                         part,
                         fetch_offset,
+                        durable,
                         max_bytes,
                         response,
                     } = slot
@@ -97,6 +101,7 @@ impl Core {
                     let marks = part.replica().marks();
                     response.high_watermark = marks.hw;
                     response.durable_wanted = marks.durable_wanted;
+                    answer_now |= marks.durable_wanted > *durable;
                     response.log_start_offset = part.reader().start_offset();
                     response.log_end_offset = part.reader().end_offset();
                     if room == 0 {
@@ -262,6 +267,7 @@ impl Core {
         };
         Slot::Read {
             fetch_offset: p.fetch_offset,
+            durable: p.durable_offset,
             max_bytes,
             response: ReplicaFetchPartitionResponse {
                 partition: index,

@@ -181,8 +181,24 @@ impl Producer {
         config.validate()?;
         let control = Arc::new(Control::new(config.client.clone()));
         let identity = if config.is_idempotent() {
-            let conn = control.connection().await?;
-            init_producer_id(&conn, -1, -1).await?
+            // A retriable refusal (no controller to hand out ids during an election) is
+            // retried with backoff for up to `max_block`; an unreachable cluster fails at once.
+            let deadline = tokio::time::Instant::now() + config.max_block;
+            let mut backoff = config.retry_backoff;
+            loop {
+                let conn = control.connection().await?;
+                match init_producer_id(&conn, -1, -1).await {
+                    Ok(identity) => break identity,
+                    Err(Error::Broker { code, .. })
+                        if code.is_retriable()
+                            && tokio::time::Instant::now() + backoff < deadline =>
+                    {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(config.retry_backoff_max);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         } else {
             // Fail fast when no broker is reachable, as in the idempotent case.
             control.connection().await?;

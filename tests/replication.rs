@@ -17,7 +17,7 @@ use strom_client::{Acks as ClientAcks, Producer, ProducerConfig};
 use strom_protocol::ErrorCode;
 use strom_protocol::messages::{Acks, CreatableTopic, PartitionMetadata};
 
-use support::cluster::{Cluster, eventually};
+use support::cluster::{Cluster, PATIENCE, eventually};
 use support::*;
 
 /// Partition 0 of `topic` as broker `id` reports it.
@@ -222,6 +222,13 @@ fn produce_until(
     acked: Arc<Mutex<Vec<Acked>>>,
 ) -> std::thread::JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
+        // The client's own account of retries and epoch bumps, for a failure report.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                std::env::var("STROM_TEST_CLIENT_LOG").unwrap_or_else(|_| "warn".to_string()),
+            )
+            .with_writer(std::io::stderr)
+            .try_init();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -304,6 +311,10 @@ fn leader_kill_loop_loses_nothing_acknowledged() {
         stop.clone(),
         acked.clone(),
     );
+    eventually("the load running on partition 0", || {
+        let acked = acked.lock().expect("acked");
+        acked.iter().any(|a| a.partition == 0).then_some(())
+    });
     let mut failovers = Vec::new();
     for cycle in 0..cycles {
         let asked = (1..=3)
@@ -312,14 +323,54 @@ fn leader_kill_loop_loses_nothing_acknowledged() {
         let victim = leader_other_than(&cluster, "loop", None, asked);
         let killed = Instant::now();
         cluster.kill(victim);
-        let first_after = eventually("an acknowledged record sent after the kill", || {
-            let acked = acked.lock().expect("acked");
-            acked
-                .iter()
-                .filter(|a| a.partition == 0 && a.sent > killed)
-                .map(|a| a.acked)
-                .min()
-        });
+        let first_after = loop {
+            let found = {
+                let acked = acked.lock().expect("acked");
+                acked
+                    .iter()
+                    .rev()
+                    .take_while(|a| a.acked > killed)
+                    .filter(|a| a.partition == 0 && a.sent > killed)
+                    .map(|a| a.acked)
+                    .min()
+            };
+            if let Some(at) = found {
+                break at;
+            }
+            if killed.elapsed() > PATIENCE {
+                // What the cluster looked like, for the failure report.
+                for b in cluster.brokers.iter().flatten() {
+                    let t = b.client().topic_metadata("loop");
+                    eprintln!("broker at {}: {:?}", b.addr, t.partitions);
+                }
+                for (i, dir) in cluster.dirs.iter().enumerate() {
+                    // The newest stderr file beside the data directory: this run's.
+                    let parent = dir.data().parent().map(std::path::Path::to_path_buf);
+                    let newest = parent
+                        .and_then(|p| std::fs::read_dir(p).ok())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .filter(|e| e.path().extension().is_some_and(|x| x == "stderr"))
+                        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+                    let log = newest
+                        .and_then(|e| std::fs::read_to_string(e.path()).ok())
+                        .unwrap_or_default();
+                    let lines: Vec<&str> = log
+                        .lines()
+                        .filter(|l| {
+                            !l.contains("openraft")
+                                && !l.contains("connection ")
+                                && !l.contains("ISR change")
+                        })
+                        .collect();
+                    let from = lines.len().saturating_sub(60);
+                    eprintln!("--- broker {} ---\n{}", i + 1, lines[from..].join("\n"));
+                }
+                panic!("no record acknowledged on partition 0 within {PATIENCE:?} of the kill");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         failovers.push(first_after.duration_since(killed));
         cluster.restart(victim);
         eventually("the restarted broker back in every ISR", || {

@@ -139,6 +139,8 @@ struct PartState {
     partition: i32,
     /// The broker this partition's batches go to; `None` while its leader is unknown.
     leader: Option<NodeId>,
+    /// The routes' version `leader` was taken from (`None`: never).
+    routed_at: Option<u64>,
     next_seq: i32,
     next_number: u64,
     /// Batches of this partition in flight.
@@ -200,8 +202,6 @@ pub(crate) struct Sender {
     config: Arc<ProducerConfig>,
     control: Arc<Control>,
     routes: Arc<Routes>,
-    /// The routes' version the partitions' leaders were last taken from.
-    routes_seen: u64,
     /// When a topic without a known leader may be looked up again.
     lookups: HashMap<Arc<str>, Instant>,
     idempotent: bool,
@@ -231,7 +231,6 @@ impl Sender {
             shared,
             config,
             routes: control.routes().clone(),
-            routes_seen: u64::MAX,
             lookups: HashMap::new(),
             control,
             peers: HashMap::new(),
@@ -321,30 +320,31 @@ impl Sender {
                 p.topic = Some(q.topic.clone());
                 p.partition = q.partition;
             }
+            // A new partition needs its leader (`routed_at` is `None`).
             self.parts.push(p);
-            // A new partition needs its leader.
-            self.routes_seen = u64::MAX;
         }
     }
 
-    /// Takes each partition's leader from the routes when they changed; a partition with
-    /// batches in flight keeps its broker until they are answered. Topics with a partition
-    /// whose leader is unknown are looked up (at most once per `retry_backoff`).
+    /// Takes each partition's leader from the routes when they changed since it last did; a
+    /// partition with batches in flight keeps its broker until they are answered, and takes
+    /// the routes up then (a change seen while it waited is not missed: a partition kept on a
+    /// dead broker whose routes were forgotten meanwhile would never be looked up again).
+    /// Topics with a partition whose leader is unknown are looked up (at most once per
+    /// `retry_backoff`).
     fn route_parts(&mut self, now: Instant) {
         let version = self.routes.version();
-        let changed = version != self.routes_seen;
-        self.routes_seen = version;
         let mut unknown: Vec<Arc<str>> = Vec::new();
         for p in &mut self.parts {
             let Some(topic) = &p.topic else {
                 continue;
             };
-            if changed && p.inflight == 0 {
+            if p.routed_at != Some(version) && p.inflight == 0 {
                 let leader = self.routes.leader(topic, p.partition);
                 if let Some((id, _)) = &leader {
                     self.peers.entry(*id).or_default();
                 }
                 p.leader = leader.map(|(id, _)| id);
+                p.routed_at = Some(version);
             }
             if p.leader.is_none() && !unknown.contains(topic) {
                 unknown.push(topic.clone());

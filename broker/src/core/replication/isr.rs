@@ -19,6 +19,7 @@ use strom_meta::image::MetadataImage;
 
 use futures_util::future::join_all;
 use strom_meta::rpc::{ControllerRequest, ControllerResponse, ReplicaEpoch};
+use strom_meta::types::Rejection;
 
 use super::replica::IsrChange;
 use crate::core::Core;
@@ -72,7 +73,13 @@ impl Core {
                         }
                         other => {
                             tracing::info!(topic = %name, partition = part.index, answer = ?other, "ISR change not made");
-                            part.replica().isr_refused(lead.leader_epoch);
+                            let ineligible = match other {
+                                Ok(ControllerResponse::Rejected(
+                                    Rejection::IneligibleReplica { broker, .. },
+                                )) => Some(broker),
+                                _ => None,
+                            };
+                            part.replica().isr_refused(lead.leader_epoch, ineligible);
                         }
                     }
                 });

@@ -313,6 +313,17 @@ impl LeaderView {
         self.pending = None;
     }
 
+    /// The controller refused to add `follower` (fenced, shutting down, or an older
+    /// incarnation than its fetches said): forget its position, so it is proposed again only
+    /// once it fetches again, not at every tick.
+    pub fn forget_follower(&mut self, follower: BrokerId) {
+        if !self.lead.isr.contains(&follower)
+            && let Some(f) = self.followers.get_mut(&follower)
+        {
+            *f = Follower::unknown();
+        }
+    }
+
     /// The metadata image committed a new ISR (and partition epoch) for this leader epoch.
     /// Returns whether the HW moved (a shrink can let it advance).
     pub fn isr_committed(&mut self, isr: Vec<BrokerId>, partition_epoch: u32) -> bool {
@@ -356,6 +367,23 @@ mod tests {
     }
 
     const LAG: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_follower_the_controller_refused_is_proposed_again_only_after_it_fetches() {
+        let now = Instant::now();
+        let mut v = LeaderView::new(lead(&[1, 2], 1, false), 10, 10, 10, now);
+        v.on_follower_fetch(3, 10, 10, now);
+        let due = v.isr_change_due(now, LAG).expect("broker 3 caught up");
+        assert_eq!(due, IsrRequest::Expand(vec![1, 2, 3]));
+        v.isr_requested(due);
+        // Refused (broker 3 was fenced since): not asked again at every tick...
+        v.isr_refused();
+        v.forget_follower(3);
+        assert_eq!(v.isr_change_due(now, LAG), None);
+        // ...until it fetches again.
+        v.on_follower_fetch(3, 10, 10, now);
+        assert!(v.isr_change_due(now, LAG).is_some());
+    }
 
     #[test]
     fn the_hw_is_the_lowest_end_over_the_isr() {

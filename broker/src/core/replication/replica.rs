@@ -484,13 +484,18 @@ impl Replica {
         self.publish(&role);
     }
 
-    /// The ISR change in flight was refused (or could not be sent): another may be asked for.
-    pub(crate) fn isr_refused(&self, epoch: i32) {
+    /// The ISR change in flight was refused (or could not be sent): another may be asked for;
+    /// a follower the controller would not add (`ineligible`) is proposed again only once it
+    /// fetches again.
+    pub(crate) fn isr_refused(&self, epoch: i32, ineligible: Option<BrokerId>) {
         let mut role = self.role();
         if let Role::Leader { view, .. } = &mut *role
             && view.leadership().leader_epoch == epoch
         {
             view.isr_refused();
+            if let Some(b) = ineligible {
+                view.forget_follower(b);
+            }
         }
     }
 }

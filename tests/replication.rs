@@ -453,3 +453,88 @@ fn leader_kill_loop_loses_nothing_acknowledged() {
         acked.len()
     );
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to broker `id`, and returns once the process is stopped
+/// (or running again), as `/proc` shows it: a signal is delivered after `kill` returns.
+fn signal(cluster: &Cluster, id: usize, signal: &str) {
+    let pid = cluster.broker(id).pid().to_string();
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{signal} {pid}");
+    let stopped = signal == "STOP";
+    eventually("the process state the signal sets", || {
+        // Every thread's: a group stop is complete once each one has stopped.
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let mut all = true;
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // `tid (comm) state ...`: the state follows the command's closing parenthesis.
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            all &= (state == 'T') == stopped;
+        }
+        all.then_some(())
+    });
+}
+
+/// Issue 17's failure scenarios 3 and 5. A follower paused (SIGSTOP) leaves the ISR once its
+/// session ends, writes go on with the other two, and once resumed it catches up and is added
+/// back. A leader paused past its session is replaced; a produce it held when it stopped is
+/// not acknowledged after it resumes (its followers follow the new leader), and it comes back
+/// as a follower: the new leader's log holds exactly what was acknowledged.
+#[test]
+fn a_paused_follower_rejoins_and_a_paused_leader_acknowledges_nothing() {
+    let cluster = Cluster::start();
+    create(&cluster, "paused", 3, &[]);
+    let leader = leader_other_than(&cluster, "paused", None, 1);
+    produce_all(&cluster, leader, "paused", 0, 10, Acks::All);
+    let follower = (1..=3).find(|b| *b != leader).expect("a follower");
+    signal(&cluster, follower, "STOP");
+    eventually("the paused follower out of the ISR", || {
+        let p = partition(&cluster, leader, "paused");
+        (p.isr_nodes.len() == 2).then_some(())
+    });
+    produce_all(&cluster, leader, "paused", 10, 10, Acks::All);
+    signal(&cluster, follower, "CONT");
+    eventually("the resumed follower back in the ISR", || {
+        let p = partition(&cluster, leader, "paused");
+        (p.isr_nodes.len() == 3).then_some(())
+    });
+    assert_holds(&cluster, leader, "paused", 20);
+
+    // The leader pauses with a produce on its socket, past its session.
+    let mut held = cluster.broker(leader).client();
+    signal(&cluster, leader, "STOP");
+    let sent = held.send_body(produce_request(
+        Acks::All,
+        &[("paused", 0, batches(999, 1).remove(0))],
+    ));
+    let other = (1..=3).find(|b| *b != leader).expect("a survivor");
+    let next = leader_other_than(&cluster, "paused", Some(leader), other);
+    produce_all(&cluster, next, "paused", 20, 5, Acks::All);
+    signal(&cluster, leader, "CONT");
+    let answer = held.recv();
+    assert_eq!(answer.header.as_ref().map(|h| h.correlation_id), Some(sent));
+    let code = match &answer.body {
+        Some(strom_protocol::messages::response::Body::Produce(p)) => {
+            p.topics[0].partitions[0].error_code()
+        }
+        _ => answer
+            .header
+            .as_ref()
+            .map_or(ErrorCode::None, |h| h.error_code()),
+    };
+    assert_ne!(
+        code,
+        ErrorCode::None,
+        "the zombie leader acknowledged: {answer:?}"
+    );
+    eprintln!("the zombie leader's answer to the produce it held: {code:?}");
+    // It returns as a follower of the new leader, which holds exactly the acknowledged 25.
+    eventually("the old leader following the new one", || {
+        let p = partition(&cluster, leader, "paused");
+        (p.leader_id as usize == next && p.isr_nodes.len() == 3).then_some(())
+    });
+    assert_holds(&cluster, next, "paused", 25);
+}

@@ -113,15 +113,18 @@ pub enum Acks {
     /// once its request is written to the socket, with offset -1. Records can be lost; the
     /// producer is not idempotent in this mode (as Kafka does with `acks=0`).
     None,
-    /// After the leader appended the records (readable, not necessarily on disk). The default.
-    #[default]
+    /// After the leader appended the records (readable, not necessarily on disk, perhaps on
+    /// no other replica yet).
     Leader,
     /// After an fsync that covers the records, on the leader and on every in-sync replica.
     Durable,
     /// After every in-sync replica has the records (the partition's high watermark passed
     /// them; for a topic with a `flush.*` policy, fsynced on each). Refused with
     /// NOT_ENOUGH_REPLICAS (retriable) while the partition has fewer in-sync replicas than its
-    /// topic's `min.insync.replicas`.
+    /// topic's `min.insync.replicas`. The default, as Kafka's producers default to
+    /// `acks=all`: on a single broker it is answered once appended (or fsynced, with a
+    /// `flush.*` policy).
+    #[default]
     All,
 }
 
@@ -207,7 +210,7 @@ impl CompressionType {
 pub struct ProducerConfig {
     /// Connection settings.
     pub client: ClientConfig,
-    /// When the broker acknowledges. Default [`Acks::Leader`].
+    /// When the broker acknowledges. Default [`Acks::All`].
     pub acks: Acks,
     /// Idempotent producer: batches carry a producer id, epoch and per-partition sequence
     /// numbers, so retries never write a record twice and never reorder a partition. Default
@@ -252,7 +255,7 @@ impl ProducerConfig {
     pub fn new(bootstrap: impl Into<String>) -> Self {
         Self {
             client: ClientConfig::new(bootstrap),
-            acks: Acks::Leader,
+            acks: Acks::All,
             idempotence: true,
             compression: CompressionType::None,
             batch_size: 16384,

@@ -853,7 +853,18 @@ async fn produce(env: &Env, a: ProduceArgs) -> anyhow::Result<Summary> {
     };
     let topic = a.topic.topic.as_str();
     let run = run_senders(env, &a.send, topic, amount, a.rate, "produce").await?;
-    let after = describe_existing(&admin, topic).await?;
+    // A partition's offsets as Metadata reports them end at its high watermark: with acks=1
+    // on replicated partitions, records acknowledged by the leader reach it once the followers
+    // have them. Wait for that (outside the measured interval), up to a minute.
+    let settle = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut after = describe_existing(&admin, topic).await?;
+    while a.send.acks != AcksArg::None
+        && end_offsets(&after).saturating_sub(end_offsets(&before)) < run.records
+        && tokio::time::Instant::now() < settle
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        after = describe_existing(&admin, topic).await?;
+    }
     let in_log = end_offsets(&after).saturating_sub(end_offsets(&before));
     let mut notes = Vec::new();
     if in_log < run.records {

@@ -538,3 +538,94 @@ fn a_paused_follower_rejoins_and_a_paused_leader_acknowledges_nothing() {
     });
     assert_holds(&cluster, next, "paused", 25);
 }
+
+/// Every record of partition 0 below broker `id`'s high watermark, as (offset, key, value),
+/// read across the gaps compaction leaves.
+fn read_compacted(cluster: &Cluster, id: usize, topic: &str) -> Vec<(i64, Vec<u8>, Vec<u8>)> {
+    let mut c = cluster.broker(id).client();
+    let mut out = Vec::new();
+    let mut next = 0;
+    loop {
+        let p = c.fetch(topic, 0, next, 0, 0, 0);
+        assert_eq!(p.error_code(), ErrorCode::None, "fetch at {next}: {p:?}");
+        if next >= p.high_watermark {
+            return out;
+        }
+        for item in strom_protocol::batch::BatchIter::new(&p.records) {
+            let (range, header) = item.expect("a whole batch");
+            next = next.max(header.next_offset());
+            let batch = Bytes::copy_from_slice(&p.records[range]);
+            for r in strom_protocol::batch::Records::new(batch).expect("a batch") {
+                let r = r.expect("a record");
+                let (key, value) = (r.key.unwrap_or_default(), r.value.unwrap_or_default());
+                out.push((r.offset, key.to_vec(), value.to_vec()));
+            }
+        }
+    }
+}
+
+/// A follower away while its leader compacted: what it fetches skips the offsets of whole
+/// batches compaction removed. It fills those gaps (its own log keeps no gaps, which its crash
+/// recovery relies on), catches up, rejoins the ISR, and once it leads serves every key's
+/// newest value at the offset the old leader had it.
+#[test]
+fn a_follower_catches_up_across_offsets_its_leaders_compaction_removed() {
+    let mut cluster = Cluster::start_with(&["--retention-check-interval-ms", "100"]);
+    create(
+        &cluster,
+        "profiles",
+        2,
+        &[("cleanup.policy", "compact"), ("segment.bytes", "4096")],
+    );
+    let leader = leader_other_than(&cluster, "profiles", None, 1);
+    let p = partition(&cluster, leader, "profiles");
+    let away = p
+        .replica_nodes
+        .iter()
+        .map(|b| *b as usize)
+        .find(|b| *b != leader)
+        .expect("a follower");
+    cluster.kill(away);
+    eventually("the follower out of the ISR", || {
+        (partition(&cluster, leader, "profiles").isr_nodes.len() == 1).then_some(())
+    });
+
+    // Twelve updates of each of five profiles, one batch each (~13 to a segment): compaction
+    // removes whole batches from the closed segments.
+    let mut c = cluster.broker(leader).client();
+    for i in 0..60 {
+        let b = batch_of(&[Rec {
+            key: Some(format!("profile-{}", i % 5).into_bytes()),
+            value: Some(format!("{i:0>250}").into_bytes()),
+            ..Rec::default()
+        }]);
+        let r = c.produce("profiles", 0, &[b], Acks::All);
+        assert_eq!(r.error_code(), ErrorCode::None, "{r:?}");
+    }
+    let marker = cluster.dirs[leader - 1]
+        .data()
+        .join("profiles-0")
+        .join(".compacted");
+    eventually("the leader's compaction", || marker.exists().then_some(()));
+    let before = read_compacted(&cluster, leader, "profiles");
+    assert!(before.len() < 50, "gaps to cross: {} records", before.len());
+
+    cluster.restart(away);
+    eventually("the follower back in the ISR", || {
+        (partition(&cluster, leader, "profiles").isr_nodes.len() == 2).then_some(())
+    });
+    cluster.kill(leader);
+    let next = leader_other_than(&cluster, "profiles", Some(leader), away);
+    assert_eq!(next, away, "the only other replica in the ISR");
+    let after = read_compacted(&cluster, away, "profiles");
+    let newest = |records: &[(i64, Vec<u8>, Vec<u8>)]| {
+        let mut m = std::collections::BTreeMap::new();
+        for (offset, key, value) in records {
+            m.insert(key.clone(), (*offset, value.clone()));
+        }
+        m
+    };
+    assert_eq!(newest(&after), newest(&before), "every key's newest value");
+    // Its own compaction may remove more, never anything the old leader did not hold.
+    assert!(after.iter().all(|r| before.contains(r)), "{after:?}");
+}

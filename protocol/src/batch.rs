@@ -368,6 +368,39 @@ pub fn validate_produced(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(header)
 }
 
+/// A batch of no records holding offsets `base_offset..=base_offset + last_offset_delta`, with
+/// `leader_epoch` and both timestamps `timestamp`: what compaction leaves of a batch whose every
+/// record it removed, in the form Kafka's compaction keeps such batches. A follower writes one
+/// where its leader's compaction removed whole batches, so its own log has no gaps (readers,
+/// Kafka clients too, step over it by its last offset delta). `None` for a negative delta.
+pub fn empty_batch(
+    base_offset: i64,
+    last_offset_delta: i32,
+    leader_epoch: i32,
+    timestamp: i64,
+) -> Option<Bytes> {
+    if last_offset_delta < 0 {
+        return None;
+    }
+    let mut buf = BytesMut::with_capacity(HEADER_LEN);
+    buf.put_i64(base_offset);
+    buf.put_i32((HEADER_LEN - LOG_OVERHEAD) as i32);
+    buf.put_i32(leader_epoch);
+    buf.put_i8(MAGIC);
+    buf.put_u32(0); // CRC, filled below
+    buf.put_i16(0);
+    buf.put_i32(last_offset_delta);
+    buf.put_i64(timestamp);
+    buf.put_i64(timestamp);
+    buf.put_i64(-1); // no producer
+    buf.put_i16(-1);
+    buf.put_i32(-1);
+    buf.put_i32(0); // no records
+    let crc = compute_crc(&buf);
+    buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    Some(buf.freeze())
+}
+
 /// Overwrites the base offset of the batch at the start of `buf` (not covered by the CRC).
 pub fn set_base_offset(buf: &mut [u8], base_offset: i64) -> Result<(), BatchError> {
     let have = buf.len();
@@ -919,6 +952,26 @@ mod tests {
             b.push(r).unwrap();
         }
         b.finish().unwrap()
+    }
+
+    #[test]
+    fn an_empty_batch_checks_and_holds_its_offsets_but_no_records() {
+        let b = empty_batch(100, 6, 4, 1_700).unwrap();
+        let h = validate(&b).unwrap();
+        assert_eq!(b.len(), HEADER_LEN);
+        assert_eq!(
+            (h.base_offset, h.last_offset(), h.next_offset()),
+            (100, 106, 107)
+        );
+        assert_eq!((h.partition_leader_epoch, h.record_count), (4, 0));
+        assert_eq!(
+            (h.base_timestamp, h.max_timestamp, h.producer_id),
+            (1_700, 1_700, -1)
+        );
+        assert!(!h.is_control() && !h.is_transactional());
+        assert_eq!(Records::new(b.clone()).unwrap().count(), 0);
+        assert!(validate_produced(&b).is_err(), "not a produced batch");
+        assert!(empty_batch(0, -1, 0, 0).is_none());
     }
 
     #[test]

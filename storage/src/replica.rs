@@ -106,6 +106,41 @@ impl ValidBatch {
     }
 }
 
+/// The batches with an empty batch in front of each one that starts past the offset after
+/// the previous one (or past `end` for the first); `None` when there is no such gap, the
+/// common case, so nothing is copied. See [`Log::append_replica_deferred`].
+fn fill_compacted_gaps(batches: &[ValidBatch], end: i64) -> Result<Option<Vec<ValidBatch>>> {
+    let mut next = end;
+    let mut filled: Option<Vec<ValidBatch>> = None;
+    for (index, b) in batches.iter().enumerate() {
+        let h = b.header();
+        let mismatch = || StorageError::ReplicaOffsetMismatch {
+            index,
+            expected: next,
+            found: h.base_offset,
+        };
+        if h.base_offset > next {
+            let delta = i32::try_from(h.base_offset - next - 1).map_err(|_| mismatch())?;
+            let gap = batch::empty_batch(next, delta, h.partition_leader_epoch, h.base_timestamp)
+                .ok_or_else(mismatch)?;
+            let header = batch::validate(&gap).map_err(|_| mismatch())?;
+            filled
+                .get_or_insert_with(|| batches[..index].to_vec())
+                .push(ValidBatch { bytes: gap, header });
+        } else if h.base_offset < next {
+            return Err(mismatch());
+        }
+        if let Some(out) = filled.as_mut() {
+            out.push(b.clone());
+        }
+        next = h
+            .base_offset
+            .checked_add(i64::from(h.last_offset_delta) + 1)
+            .ok_or(StorageError::OffsetOverflow)?;
+    }
+    Ok(filled)
+}
+
 impl Log {
     /// Sets the leader epoch that [`Log::append`], [`Log::append_valid`],
     /// [`Log::append_deferred`] and [`Log::append_records`] stamp on every batch they write
@@ -217,31 +252,22 @@ impl Log {
     }
 
     /// [`Log::append_replica`] without the fsync (as [`Log::append_deferred`] is to
-    /// [`Log::append_valid`]). The batches must continue the log exactly: the first at the log
-    /// end, each next one right after the previous one's last offset, else
-    /// [`StorageError::ReplicaOffsetMismatch`]; their epochs (those >= 0: a batch without one
-    /// starts no epoch) must not go below the log's latest, else
+    /// [`Log::append_valid`]). The batches must continue the log: the first at or after the
+    /// log end, each next one at or after the offset following the previous one's last, else
+    /// [`StorageError::ReplicaOffsetMismatch`]. Offsets skipped are where the leader's
+    /// compaction removed whole batches: each gap is filled with an empty batch (no records,
+    /// the next batch's epoch and timestamp, see [`strom_protocol::batch::empty_batch`]), so
+    /// the follower's log keeps its offsets contiguous, which its crash recovery relies on; a
+    /// gap of more offsets than one batch can hold (2^31) is a mismatch. The epochs (those >= 0:
+    /// a batch without one starts no epoch) must not go below the log's latest, else
     /// [`StorageError::StaleLeaderEpoch`]. In both cases nothing is stored. A newer epoch is
     /// recorded as starting at its first batch, in the checkpoint, before the data is written.
     /// `max.message.bytes` does not apply: the leader already took the batch. A failure after
     /// part of the call was stored poisons the log, as for [`Log::append_deferred`].
     pub fn append_replica_deferred(&mut self, batches: &[ValidBatch]) -> Result<AppendInfo> {
         self.check_usable()?;
-        let mut next = self.end_offset();
-        for (index, b) in batches.iter().enumerate() {
-            let h = b.header();
-            if h.base_offset != next {
-                return Err(StorageError::ReplicaOffsetMismatch {
-                    index,
-                    expected: next,
-                    found: h.base_offset,
-                });
-            }
-            next = h
-                .base_offset
-                .checked_add(i64::from(h.last_offset_delta) + 1)
-                .ok_or(StorageError::OffsetOverflow)?;
-        }
+        let filled = fill_compacted_gaps(batches, self.end_offset())?;
+        let batches = filled.as_deref().unwrap_or(batches);
         let mut latest = self.epochs.latest_epoch();
         let mut new_epochs = Vec::new();
         for b in batches {

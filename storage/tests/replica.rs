@@ -240,10 +240,14 @@ fn replica_appends_keep_the_leaders_offsets_and_epochs() {
     let end = follower.end_offset();
     let b = |base: i64, epoch: i32| replicated(as_stored(&simple_batch(0, 5, 1, 10), base, epoch));
     for (call, (index, expected, found)) in [
-        (vec![b(end + 1, 8)], (0, end, end + 1)),
         (vec![b(end - 5, 8)], (0, end, end - 5)),
-        (vec![b(end, 8), b(end + 6, 8)], (1, end + 5, end + 6)),
+        (vec![b(end, 8), b(end + 4, 8)], (1, end + 5, end + 4)),
         (vec![b(end, 8), b(end, 8)], (1, end + 5, end)),
+        // A gap no batch can hold (its last offset delta would not fit an i32).
+        (
+            vec![b(end + (1 << 31) + 1, 8)],
+            (0, end, end + (1 << 31) + 1),
+        ),
     ] {
         let e = follower.append_replica(&call).unwrap_err();
         assert!(
@@ -322,6 +326,116 @@ fn a_replicated_compacted_batch_is_accepted() {
         .unwrap();
     assert_eq!(log.end_offset(), 10);
     assert_eq!(log.epoch_entries(), [(2, 0)]);
+}
+
+#[test]
+fn gaps_a_leaders_compaction_left_are_filled_with_empty_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small()).unwrap();
+    let b = |base: i64, epoch: i32| replicated(as_stored(&simple_batch(0, 5, 7, 10), base, epoch));
+    log.append_replica(&[b(0, 1)]).unwrap();
+    // Offsets 5..8 and 13..15 were compacted away on the leader.
+    let info = log.append_replica(&[b(8, 1), b(15, 3), b(20, 3)]).unwrap();
+    assert_eq!((info.base_offset, info.next_offset), (5, 25));
+    let expect = [
+        (0, 4, 5, 1),
+        (5, 7, 0, 1),
+        (8, 12, 5, 1),
+        (13, 14, 0, 3),
+        (15, 19, 5, 3),
+        (20, 24, 5, 3),
+    ];
+    let layout = |log: &Log| -> Vec<(i64, i64, i32, i32)> {
+        read_batches(&log.reader(), 0)
+            .iter()
+            .map(|(h, _)| {
+                (
+                    h.base_offset,
+                    h.last_offset(),
+                    h.record_count,
+                    h.partition_leader_epoch,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(layout(&log), expect);
+    // The empty batch takes the next batch's epoch: epoch 3 is said to start at 13, where
+    // the leader's may start later, so a lookup errs towards truncating more, never less.
+    assert_eq!(log.epoch_entries(), [(1, 0), (3, 13)]);
+    let records: Vec<i64> = read_all(&log.reader(), 0)
+        .iter()
+        .map(|r| r.offset)
+        .collect();
+    let want: Vec<i64> = (0..5).chain(8..13).chain(15..25).collect();
+    assert_eq!(records, want);
+    // The log has no gap, so recovery after a crash (which reads a jump in the active
+    // segment's offsets as damage) keeps all of it.
+    drop(log);
+    let mut log = Log::open(dir.path(), small()).unwrap();
+    assert_eq!(log.end_offset(), 25);
+    assert_eq!(layout(&log), expect);
+    log.append_replica(&[b(25, 3)]).unwrap();
+    assert_eq!(log.end_offset(), 30);
+}
+
+#[test]
+fn a_follower_copies_a_compacted_leader_log_and_keeps_it_through_a_crash() {
+    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let clock = ManualClock::new(1_000_000);
+    let c = config(&[
+        ("segment.bytes", "4096"),
+        ("cleanup.policy", "compact"),
+        ("index.interval.bytes", "256"),
+    ]);
+    let mut leader =
+        Log::open_with_clock(leader_dir.path(), c.clone(), Arc::new(clock.clone())).unwrap();
+    // Runs of batches with the same key: compaction removes whole batches.
+    for i in 0..60 {
+        let key = if i % 10 < 6 {
+            "dup".to_string()
+        } else {
+            format!("u{i}")
+        };
+        let value = format!("{i:0>200}");
+        let batch = common::batch(&[(1_000_000 + i, Some(key.as_bytes()), Some(value.as_bytes()))]);
+        if i == 30 {
+            leader.set_leader_epoch(4).unwrap();
+        }
+        leader.append(&[batch]).unwrap();
+    }
+    leader.roll().unwrap();
+    assert!(leader.compact().unwrap().records_removed > 0);
+    let held = read_all(&leader.reader(), 0);
+    assert!(
+        held.len() < 40,
+        "compaction left gaps: {} records",
+        held.len()
+    );
+    // The follower fetches from its log end each time, as the replica fetcher does.
+    let mut follower = Log::open(follower_dir.path(), small()).unwrap();
+    while follower.end_offset() < leader.end_offset() {
+        let from = follower.end_offset();
+        let batches: Vec<ValidBatch> = read_batches(&leader.reader(), from)
+            .into_iter()
+            .filter(|(h, _)| h.last_offset() >= from)
+            .take(3)
+            .map(|(_, b)| replicated(b))
+            .collect();
+        follower.append_replica(&batches).unwrap();
+    }
+    assert_eq!(read_all(&follower.reader(), 0), held);
+    drop(follower);
+    let follower = Log::open(follower_dir.path(), small()).unwrap();
+    assert_eq!(follower.end_offset(), leader.end_offset());
+    assert_eq!(
+        read_all(&follower.reader(), 0),
+        held,
+        "nothing lost on reopen"
+    );
+    assert_eq!(
+        follower.end_offset_for_epoch(4).1,
+        leader.end_offset_for_epoch(4).1
+    );
 }
 
 #[test]

@@ -23,7 +23,9 @@ enum Op {
     /// `set_leader_epoch(current + delta)`.
     SetLeaderEpoch(i8),
     /// A follower append of (records, epoch step) batches: step -2 is a batch without an
-    /// epoch, others move the epoch from the latest. `gap`: batch `gap - 1` is one offset off.
+    /// epoch, others move the epoch from the latest. `gap` 1..=4: batch `gap - 1` starts
+    /// `gap` offsets late (a gap the leader's compaction left: filled); 5..=8: batch
+    /// `gap - 5` starts one offset early (refused).
     ReplicaAppend(Vec<(u8, i8)>, u8),
     TruncateTo(u16),
     TruncateFully(u16),
@@ -38,7 +40,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => proptest::collection::vec(1u8..6, 1..4).prop_map(Op::LeaderAppend),
         2 => (-1i8..3).prop_map(Op::SetLeaderEpoch),
-        5 => (proptest::collection::vec((1u8..6, -2i8..3), 1..5), prop_oneof![6 => Just(0u8), 1 => 1u8..5])
+        5 => (proptest::collection::vec((1u8..6, -2i8..3), 1..5), prop_oneof![6 => Just(0u8), 2 => 1u8..9])
             .prop_map(|(b, gap)| Op::ReplicaAppend(b, gap)),
         3 => any::<u16>().prop_map(Op::TruncateTo),
         1 => any::<u16>().prop_map(Op::TruncateFully),
@@ -63,13 +65,15 @@ fn config() -> LogConfig {
 struct MBatch {
     base: i64,
     epoch: i32,
-    /// Values of its records, offsets `base..`.
+    /// Values of its records, offsets `base..`; none for the empty batch filling a gap.
     values: Vec<Vec<u8>>,
+    /// Offsets it holds.
+    span: i64,
 }
 
 impl MBatch {
     fn next(&self) -> i64 {
-        self.base + self.values.len() as i64
+        self.base + self.span
     }
 }
 
@@ -170,7 +174,8 @@ fn check(log: &Log, m: &Model) -> Result<(), TestCaseError> {
         prop_assert_eq!((h.base_offset, h.partition_leader_epoch), (w.base, w.epoch));
         let records = records_of(bytes);
         let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
-        prop_assert_eq!(offsets, (w.base..w.next()).collect::<Vec<_>>());
+        let held = w.base + w.values.len() as i64;
+        prop_assert_eq!(offsets, (w.base..held).collect::<Vec<_>>());
         for (r, v) in records.iter().zip(&w.values) {
             prop_assert_eq!(r.value.as_ref(), Some(v));
         }
@@ -197,6 +202,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     batches.push(MBatch {
                         base: next,
                         epoch: m.leader_epoch,
+                        span: values.len() as i64,
                         values,
                     });
                     next += i64::from(n);
@@ -233,7 +239,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let mut next = m.end;
                 let mut valid = Vec::new();
                 let mut batches = Vec::new();
-                let gap_at = usize::from(gap).checked_sub(1).map(|g| g % specs.len());
+                // (index, offsets skipped) of the gap to fill, or the index of the batch one
+                // offset early.
+                let late = (1..=4)
+                    .contains(&gap)
+                    .then(|| (usize::from(gap - 1) % specs.len(), i64::from(gap)));
+                let early = (gap >= 5).then(|| usize::from(gap - 5) % specs.len());
                 for (i, (n, step)) in specs.iter().enumerate() {
                     let stamped = if *step == -2 {
                         -1
@@ -242,15 +253,30 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         epoch
                     };
                     let (b, values) = m.encode(*n);
-                    let base = next + i64::from(gap_at == Some(i));
+                    let mut base = next;
+                    if let Some((_, skipped)) = late.filter(|l| l.0 == i) {
+                        // The follower fills the gap with an empty batch in this one's epoch.
+                        batches.push(MBatch {
+                            base,
+                            epoch: stamped,
+                            values: Vec::new(),
+                            span: skipped,
+                        });
+                        base += skipped;
+                    }
+                    if early == Some(i) {
+                        base -= 1;
+                    }
                     valid.push(ValidBatch::replicated(as_stored(&b, base, stamped)).unwrap());
                     batches.push(MBatch {
                         base,
                         epoch: stamped,
+                        span: values.len() as i64,
                         values,
                     });
                     next = base + i64::from(*n);
                 }
+                let gap_at = early;
                 let r = l.append_replica(&valid);
                 let stale = {
                     let mut latest = m.latest();

@@ -308,8 +308,9 @@ impl LeaderView {
         self.advance_hw();
     }
 
-    /// The controller refused or the request failed: nothing is in flight any more.
-    pub fn isr_refused(&mut self) {
+    /// The controller answered the change in flight (refused it, or took it in whatever form it
+    /// committed), or it could not be sent: nothing is in flight any more.
+    pub fn isr_settled(&mut self) {
         self.pending = None;
     }
 
@@ -327,7 +328,12 @@ impl LeaderView {
     /// The metadata image committed a new ISR (and partition epoch) for this leader epoch.
     /// Returns whether the HW moved (a shrink can let it advance).
     pub fn isr_committed(&mut self, isr: Vec<BrokerId>, partition_epoch: u32) -> bool {
-        if self.pending.as_ref().is_some_and(|p| p.isr() == isr) {
+        // The controller keeps an ISR in replica order, not in the order asked for.
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| same_members(p.isr(), &isr))
+        {
             self.pending = None;
         }
         self.lead.partition_epoch = partition_epoch;
@@ -347,6 +353,11 @@ impl LeaderView {
         self.lead.min_isr = min_isr;
         self.advance_hw()
     }
+}
+
+/// Whether two ISRs hold the same brokers, in any order.
+fn same_members(a: &[BrokerId], b: &[BrokerId]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
 }
 
 #[cfg(test)]
@@ -377,12 +388,36 @@ mod tests {
         assert_eq!(due, IsrRequest::Expand(vec![1, 2, 3]));
         v.isr_requested(due);
         // Refused (broker 3 was fenced since): not asked again at every tick...
-        v.isr_refused();
+        v.isr_settled();
         v.forget_follower(3);
         assert_eq!(v.isr_change_due(now, LAG), None);
         // ...until it fetches again.
         v.on_follower_fetch(3, 10, 10, now);
         assert!(v.isr_change_due(now, LAG).is_some());
+    }
+
+    #[test]
+    fn a_change_committed_in_replica_order_is_no_longer_in_flight() {
+        // Found by the rolling restart (tests/failover.rs): a leader asked to add a broker as
+        // [3, 2, 1], the controller committed [3, 1, 2], and the change stayed "in flight" for
+        // good, so the leader never asked for another (no shrink, no expansion) again.
+        let now = Instant::now();
+        let mut v = LeaderView::new(lead(&[1, 3], 1, false), 10, 10, 10, now);
+        v.on_follower_fetch(3, 10, 10, now);
+        v.on_follower_fetch(2, 10, 10, now);
+        let due = v.isr_change_due(now, LAG).expect("broker 2 caught up");
+        assert_eq!(due, IsrRequest::Expand(vec![1, 3, 2]));
+        v.isr_requested(due);
+        v.isr_committed(vec![1, 2, 3], 8);
+        assert_eq!(v.pending(), None);
+        // So the next change is asked for: broker 3 falls behind past the lag limit.
+        let later = now + LAG + Duration::from_millis(1);
+        v.on_leader_progress(20, 20);
+        v.on_follower_fetch(2, 20, 20, later);
+        assert_eq!(
+            v.isr_change_due(later, LAG),
+            Some(IsrRequest::Shrink(vec![1, 2]))
+        );
     }
 
     #[test]
@@ -590,10 +625,14 @@ mod tests {
                     Event::Tick(s) => now += Duration::from_secs(u64::from(s)),
                     Event::Change => if let Some(c) = v.isr_change_due(now, LAG) { v.isr_requested(c); },
                     Event::Commit => if let Some(p) = v.pending().cloned() {
+                        // The controller keeps the ISR in replica order (here, sorted).
+                        let mut isr = p.isr().to_vec();
+                        isr.sort_unstable();
                         epoch += 1;
-                        v.isr_committed(p.isr().to_vec(), epoch);
+                        v.isr_committed(isr, epoch);
+                        prop_assert!(v.pending().is_none(), "a committed change stays in flight");
                     },
-                    Event::Refuse => v.isr_refused(),
+                    Event::Refuse => v.isr_settled(),
                     Event::MinIsr(m) => { v.set_min_isr(usize::from(m)); }
                 }
                 prop_assert!(v.hw() >= before, "the HW went back");

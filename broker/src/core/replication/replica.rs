@@ -473,13 +473,17 @@ impl Replica {
     }
 
     /// The controller committed an ISR change this leader asked for (in `epoch`).
+    /// The request in flight is settled whether or not the image got there first: a newer
+    /// image (a fencing after it, say) may already hold another ISR.
     pub(crate) fn isr_committed(&self, epoch: i32, isr: Vec<BrokerId>, partition_epoch: u32) {
         let mut role = self.role();
         if let Role::Leader { view, .. } = &mut *role
             && view.leadership().leader_epoch == epoch
-            && partition_epoch >= view.leadership().partition_epoch
         {
-            view.isr_committed(isr, partition_epoch);
+            view.isr_settled();
+            if partition_epoch >= view.leadership().partition_epoch {
+                view.isr_committed(isr, partition_epoch);
+            }
         }
         self.publish(&role);
     }
@@ -492,7 +496,7 @@ impl Replica {
         if let Role::Leader { view, .. } = &mut *role
             && view.leadership().leader_epoch == epoch
         {
-            view.isr_refused();
+            view.isr_settled();
             if let Some(b) = ineligible {
                 view.forget_follower(b);
             }

@@ -131,10 +131,22 @@ impl Connection {
     /// # Errors
     /// The last address's failure ([`Error::Connect`], [`Error::Timeout`], or a handshake
     /// error).
+    #[cfg(test)]
     pub(crate) async fn connect_any(config: &ClientConfig) -> Result<Arc<Connection>> {
+        Connection::connect_first(&config.addresses(), config).await
+    }
+
+    /// Opens a connection to the first of `addrs` that accepts one.
+    ///
+    /// # Errors
+    /// The last address's error, or [`Error::Config`] when `addrs` is empty.
+    pub(crate) async fn connect_first(
+        addrs: &[String],
+        config: &ClientConfig,
+    ) -> Result<Arc<Connection>> {
         let mut last = Error::config("bootstrap", "no broker address given");
-        for addr in config.addresses() {
-            match Connection::connect(&addr, config).await {
+        for addr in addrs {
+            match Connection::connect(addr, config).await {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "connect failed");

@@ -2,7 +2,8 @@
 //! client's data path (metadata, InitProducerId, ListOffsets, group and admin calls), and what
 //! the client knows of the cluster ([`Routes`]).
 //!
-//! Most control requests go to any broker (the first bootstrap address that answers): every
+//! Most control requests go to any broker (the first that answers, of those the last metadata
+//! named, then the bootstrap addresses): every
 //! broker serves Metadata and forwards admin requests to the active controller. ListOffsets
 //! goes to the partition's leader ([`Control::leader`]) and group requests to the group's
 //! coordinator ([`Control::coordinator`]); those connections are kept per address.
@@ -65,7 +66,16 @@ impl Control {
         {
             return Ok(c.clone());
         }
-        let c = Connection::connect_any(&self.config).await?;
+        // The brokers the cluster named in its last metadata first, then the bootstrap list:
+        // brokers may all have moved since the client started (a rolling restart onto new
+        // addresses), while the bootstrap list stays a way back in if none of those answers.
+        let mut addrs = self.routes.broker_addresses();
+        for a in self.config.addresses() {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        let c = Connection::connect_first(&addrs, &self.config).await?;
         *slot = Some(c.clone());
         Ok(c)
     }

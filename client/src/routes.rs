@@ -82,6 +82,14 @@ impl Routes {
         Some((id, addr))
     }
 
+    /// Every broker's address the client has learned, by node id.
+    pub(crate) fn broker_addresses(&self) -> Vec<String> {
+        let t = self.lock();
+        let mut known: Vec<(NodeId, &String)> = t.brokers.iter().map(|(id, a)| (*id, a)).collect();
+        known.sort_unstable();
+        known.into_iter().map(|(_, a)| a.clone()).collect()
+    }
+
     /// The address of broker `id`, when known.
     pub(crate) fn broker(&self, id: NodeId) -> Option<String> {
         self.lock().brokers.get(&id).cloned()

@@ -3,27 +3,22 @@
 //! in-sync replica holds the batches, a killed leader's acknowledged records are all on the
 //! replica elected in its place, and a broker that returns truncates what it must, catches up
 //! and rejoins the ISR. Under `min.insync.replicas`, `acks=all` is refused while `acks=1` goes
-//! on. A leader killed and restarted again and again under an `acks=all` load loses nothing
-//! acknowledged (issue 17's failure scenario 1).
+//! on. Paused followers and leaders (issue 17's scenarios 3 and 5), and a follower crossing the
+//! gaps its leader's compaction left. The loops under load (scenarios 1, 2, 7, 9) are in
+//! `tests/failover.rs`.
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
-use strom_client::{Acks as ClientAcks, Producer, ProducerConfig};
 use strom_protocol::ErrorCode;
 use strom_protocol::messages::{Acks, CreatableTopic, PartitionMetadata};
 
-use support::cluster::{Cluster, PATIENCE, eventually};
+use support::cluster::{Cluster, eventually, leader_other_than, partition_of};
 use support::*;
 
 /// Partition 0 of `topic` as broker `id` reports it.
 fn partition(cluster: &Cluster, id: usize, topic: &str) -> PartitionMetadata {
-    let t = cluster.broker(id).client().topic_metadata(topic);
-    t.partitions[0].clone()
+    partition_of(cluster, id, topic, 0)
 }
 
 fn create(cluster: &Cluster, topic: &str, factor: i32, configs: &[(&str, &str)]) {
@@ -83,15 +78,6 @@ fn assert_holds(cluster: &Cluster, leader: usize, topic: &str, n: usize) {
         .map(|i| (i as i64, format!("v{i}").into_bytes()))
         .collect();
     assert_eq!(got, want, "broker {leader}'s log");
-}
-
-/// The leader of partition 0, once every running broker agrees on one other than `not`.
-fn leader_other_than(cluster: &Cluster, topic: &str, not: Option<usize>, asked: usize) -> usize {
-    eventually("a new leader", || {
-        let p = partition(cluster, asked, topic);
-        let leader = usize::try_from(p.leader_id).ok()?;
-        (leader >= 1 && Some(leader) != not).then_some(leader)
-    })
 }
 
 #[test]
@@ -199,259 +185,6 @@ fn a_leader_stopped_with_sigterm_hands_its_partitions_over_before_it_exits() {
     let next = leader_other_than(&cluster, "handover", Some(leader), survivor);
     assert_holds(&cluster, next, "handover", 10);
     produce_all(&cluster, next, "handover", 10, 5, Acks::All);
-}
-
-/// One record the producer got an acknowledgement for.
-#[derive(Debug, Clone)]
-struct Acked {
-    partition: i32,
-    offset: i64,
-    key: String,
-    value: String,
-    sent: Instant,
-    acked: Instant,
-}
-
-/// Produces keyed records with `acks=all` and idempotence through the Rust client (which
-/// follows leader changes), on its own thread, until `stop`; every acknowledgement goes into
-/// `acked`. Returns the records that failed for good.
-fn produce_until(
-    bootstrap: String,
-    topic: &'static str,
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<Acked>>>,
-) -> std::thread::JoinHandle<Vec<String>> {
-    std::thread::spawn(move || {
-        // The client's own account of retries and epoch bumps, for a failure report.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                std::env::var("STROM_TEST_CLIENT_LOG").unwrap_or_else(|_| "warn".to_string()),
-            )
-            .with_writer(std::io::stderr)
-            .try_init();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        rt.block_on(async move {
-            let mut config = ProducerConfig::new(bootstrap);
-            config.acks = ClientAcks::All;
-            config.linger = Duration::from_millis(2);
-            let producer = Producer::connect(config).await.expect("producer");
-            let failed = Arc::new(Mutex::new(Vec::new()));
-            let mut waiting = Vec::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("k{}", i % 32);
-                let value = format!("v{i}");
-                let sent = Instant::now();
-                let delivery = producer
-                    .send(topic, Some(key.as_bytes()), Some(value.as_bytes()), &[])
-                    .await
-                    .expect("send");
-                let (acked, failed) = (acked.clone(), failed.clone());
-                waiting.push(tokio::spawn(async move {
-                    match delivery.await {
-                        Ok(m) => acked.lock().expect("acked").push(Acked {
-                            partition: m.partition,
-                            offset: m.offset,
-                            key,
-                            value,
-                            sent,
-                            acked: Instant::now(),
-                        }),
-                        Err(e) => failed.lock().expect("failed").push(format!("{value}: {e}")),
-                    }
-                }));
-                i += 1;
-                // A steady trickle rather than a flood: the brokers share 2 cores with the test.
-                if i.is_multiple_of(20) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-            producer.flush().await.expect("flush");
-            for w in waiting {
-                w.await.expect("delivery task");
-            }
-            producer.close().await.expect("close");
-            failed.lock().expect("failed").clone()
-        })
-    })
-}
-
-/// Issue 17's failure scenario 1: the leader of a partition is killed (SIGKILL) and restarted,
-/// cycle after cycle, under a steady `acks=all` idempotent load (RF 3, min ISR 2). Every
-/// acknowledged record is read back exactly once at its offset, every key's records in the
-/// order they were sent; the time from each kill to the first acknowledged record sent after
-/// it is reported. `STROM_FAILOVER_CYCLES` sets the cycles (3 by default; seeded by nothing:
-/// the victim is always the current leader).
-#[test]
-fn leader_kill_loop_loses_nothing_acknowledged() {
-    let cycles: usize = std::env::var("STROM_FAILOVER_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let mut cluster = Cluster::start();
-    let mut c = cluster.broker(1).client();
-    let r = c.create_topics(
-        vec![CreatableTopic {
-            replication_factor: Some(3),
-            ..creatable("loop", 2, &[])
-        }],
-        false,
-    );
-    assert_eq!(r.topics[0].error_code(), ErrorCode::None, "{r:?}");
-    drop(c);
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::<Acked>::new()));
-    let producer = produce_until(
-        cluster.native_bootstrap(),
-        "loop",
-        stop.clone(),
-        acked.clone(),
-    );
-    eventually("the load running on partition 0", || {
-        let acked = acked.lock().expect("acked");
-        acked.iter().any(|a| a.partition == 0).then_some(())
-    });
-    let mut failovers = Vec::new();
-    for cycle in 0..cycles {
-        let asked = (1..=3)
-            .find(|b| cluster.brokers[b - 1].is_some())
-            .expect("a broker");
-        let victim = leader_other_than(&cluster, "loop", None, asked);
-        let killed = Instant::now();
-        cluster.kill(victim);
-        let first_after = loop {
-            let found = {
-                let acked = acked.lock().expect("acked");
-                acked
-                    .iter()
-                    .rev()
-                    .take_while(|a| a.acked > killed)
-                    .filter(|a| a.partition == 0 && a.sent > killed)
-                    .map(|a| a.acked)
-                    .min()
-            };
-            if let Some(at) = found {
-                break at;
-            }
-            if killed.elapsed() > PATIENCE {
-                // What the cluster looked like, for the failure report.
-                for b in cluster.brokers.iter().flatten() {
-                    let t = b.client().topic_metadata("loop");
-                    eprintln!("broker at {}: {:?}", b.addr, t.partitions);
-                }
-                for (i, dir) in cluster.dirs.iter().enumerate() {
-                    // The newest stderr file beside the data directory: this run's.
-                    let parent = dir.data().parent().map(std::path::Path::to_path_buf);
-                    let newest = parent
-                        .and_then(|p| std::fs::read_dir(p).ok())
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .filter(|e| e.path().extension().is_some_and(|x| x == "stderr"))
-                        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
-                    let log = newest
-                        .and_then(|e| std::fs::read_to_string(e.path()).ok())
-                        .unwrap_or_default();
-                    let lines: Vec<&str> = log
-                        .lines()
-                        .filter(|l| {
-                            !l.contains("openraft")
-                                && !l.contains("connection ")
-                                && !l.contains("ISR change")
-                        })
-                        .collect();
-                    let from = lines.len().saturating_sub(60);
-                    eprintln!("--- broker {} ---\n{}", i + 1, lines[from..].join("\n"));
-                }
-                panic!("no record acknowledged on partition 0 within {PATIENCE:?} of the kill");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        failovers.push(first_after.duration_since(killed));
-        cluster.restart(victim);
-        eventually("the restarted broker back in every ISR", || {
-            let t = cluster.broker(victim).client().topic_metadata("loop");
-            t.partitions
-                .iter()
-                .all(|p| p.isr_nodes.len() == 3)
-                .then_some(())
-        });
-        eprintln!(
-            "cycle {cycle}: broker {victim} killed, failover {:?}",
-            failovers[cycle]
-        );
-    }
-    stop.store(true, Ordering::Relaxed);
-    let failed = producer.join().expect("producer thread");
-    assert!(
-        failed.is_empty(),
-        "records that failed for good: {failed:?}"
-    );
-    let acked = acked.lock().expect("acked").clone();
-    assert!(!acked.is_empty());
-
-    // Read every partition back from its leader once its HW covers what was acknowledged.
-    for partition in 0..2 {
-        let mine: Vec<&Acked> = acked.iter().filter(|a| a.partition == partition).collect();
-        let end = mine.iter().map(|a| a.offset + 1).max().unwrap_or(0);
-        let leader = eventually("a leader whose HW covers the acknowledged", || {
-            let asked = (1..=3).find(|b| cluster.brokers[b - 1].is_some())?;
-            let p = cluster
-                .broker(asked)
-                .client()
-                .topic_metadata("loop")
-                .partitions[partition as usize]
-                .clone();
-            let leader = usize::try_from(p.leader_id).ok().filter(|l| *l >= 1)?;
-            let hw = cluster
-                .broker(leader)
-                .client()
-                .fetch("loop", partition, 0, 0, 0, 0)
-                .high_watermark;
-            (hw >= end).then_some(leader)
-        });
-        let log = cluster.broker(leader).client().fetch_all("loop", partition);
-        let at: std::collections::BTreeMap<i64, (String, String)> = log
-            .iter()
-            .map(|r| {
-                let text = |b: &Option<Vec<u8>>| {
-                    String::from_utf8(b.clone().unwrap_or_default()).expect("utf-8")
-                };
-                (r.offset, (text(&r.key), text(&r.value)))
-            })
-            .collect();
-        for a in &mine {
-            assert_eq!(
-                at.get(&a.offset),
-                Some(&(a.key.clone(), a.value.clone())),
-                "partition {partition}: acknowledged {a:?}"
-            );
-        }
-        // Each record once (idempotence across failovers), each key's in the order sent.
-        let mut values = std::collections::BTreeSet::new();
-        let mut last_of_key: std::collections::BTreeMap<&str, u64> = Default::default();
-        for (key, value) in at.values() {
-            assert!(values.insert(value.clone()), "{value} stored twice");
-            let n: u64 = value[1..].parse().expect("a number");
-            if let Some(prev) = last_of_key.insert(key, n) {
-                assert!(prev < n, "{key}: {prev} stored before {n}");
-            }
-        }
-    }
-    failovers.sort();
-    let p = |q: f64| failovers[((failovers.len() - 1) as f64 * q).round() as usize];
-    eprintln!(
-        "leader kill -9 to the first acks=all record acknowledged: p50 {:?}, p99 {:?}, max {:?} over {} cycles ({} records acknowledged)",
-        p(0.5),
-        p(0.99),
-        failovers.last().expect("a cycle"),
-        failovers.len(),
-        acked.len()
-    );
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to broker `id`, and returns once the process is stopped

@@ -4,9 +4,11 @@
 //! Controller ports are taken from the OS (bound to port 0, then released) just before the
 //! brokers start; every other port is the broker's own pick.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use strom_protocol::messages::PartitionMetadata;
 
 use super::{Broker, TestDir};
 
@@ -54,6 +56,12 @@ impl Cluster {
 
     /// Starts broker `id` (1 to 3) on its data directory, on a thread.
     pub fn spawn(&self, id: usize) -> thread::JoinHandle<Broker> {
+        self.spawn_at(id, None)
+    }
+
+    /// As [`Cluster::spawn`], with its native listener on `addr` when given (the address it
+    /// had before a kill, so that running clients find it again).
+    pub fn spawn_at(&self, id: usize, addr: Option<SocketAddr>) -> thread::JoinHandle<Broker> {
         let data = self.dirs[id - 1].data();
         let voters = self.voters.clone();
         let extra = self.extra.clone();
@@ -68,7 +76,10 @@ impl Cluster {
                 "none",
             ];
             args.extend(extra.iter().map(String::as_str));
-            Broker::start(&data, &args)
+            match addr {
+                Some(addr) => Broker::start_at(&data, addr, &args),
+                None => Broker::start(&data, &args),
+            }
         })
     }
 
@@ -122,4 +133,25 @@ pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         assert!(started.elapsed() < PATIENCE, "never happened: {what}");
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Partition `index` of `topic` as broker `id` reports it.
+pub fn partition_of(cluster: &Cluster, id: usize, topic: &str, index: usize) -> PartitionMetadata {
+    let t = cluster.broker(id).client().topic_metadata(topic);
+    t.partitions[index].clone()
+}
+
+/// The leader of partition 0 of `topic` as broker `asked` reports it, once there is one other
+/// than `not`.
+pub fn leader_other_than(
+    cluster: &Cluster,
+    topic: &str,
+    not: Option<usize>,
+    asked: usize,
+) -> usize {
+    eventually("a new leader", || {
+        let p = partition_of(cluster, asked, topic, 0);
+        let leader = usize::try_from(p.leader_id).ok()?;
+        (leader >= 1 && Some(leader) != not).then_some(leader)
+    })
 }

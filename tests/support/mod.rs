@@ -818,6 +818,7 @@ body_getters! {
     fetch_body => Fetch(FetchResponse);
     list_offsets_body => ListOffsets(ListOffsetsResponse);
     init_producer_id_body => InitProducerId(InitProducerIdResponse);
+    describe_cluster_body => DescribeCluster(DescribeClusterResponse);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -23,10 +23,11 @@ pub enum AcksArg {
     /// Never: fire and forget.
     #[value(name = "0")]
     None,
-    /// Once appended on the broker (default).
+    /// Once appended on the partition's leader.
     #[value(name = "1")]
     Leader,
-    /// Once fsynced (on a single node, "all" replicas is this one).
+    /// Once fsynced on the leader and every in-sync replica (on a single node, that node):
+    /// the default, as Kafka producers default to acks=all.
     #[value(name = "all")]
     All,
 }
@@ -38,8 +39,8 @@ pub struct ProduceArgs {
     /// Split each line at the first SEP into key and value; lines without SEP get no key.
     #[arg(long, value_name = "SEP")]
     pub key_separator: Option<String>,
-    /// When the broker acknowledges each batch [default: 1]
-    #[arg(long, value_enum, default_value = "1")]
+    /// When the broker acknowledges each batch [default: all]
+    #[arg(long, value_enum, default_value = "all")]
     pub acks: AcksArg,
     /// A header added to every record (repeatable).
     #[arg(long = "header", value_name = "K=V", value_parser = parse_pair)]

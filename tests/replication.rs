@@ -11,73 +11,17 @@ mod support;
 
 use bytes::Bytes;
 use strom_protocol::ErrorCode;
-use strom_protocol::messages::{Acks, CreatableTopic, PartitionMetadata};
+use strom_protocol::messages::{Acks, PartitionMetadata};
 
-use support::cluster::{Cluster, eventually, leader_other_than, partition_of};
+use support::cluster::{
+    Cluster, assert_holds, batches, create, eventually, leader_and_follower, leader_other_than,
+    partition_of, produce_all,
+};
 use support::*;
 
 /// Partition 0 of `topic` as broker `id` reports it.
 fn partition(cluster: &Cluster, id: usize, topic: &str) -> PartitionMetadata {
     partition_of(cluster, id, topic, 0)
-}
-
-fn create(cluster: &Cluster, topic: &str, factor: i32, configs: &[(&str, &str)]) {
-    let mut c = cluster.broker(1).client();
-    let r = c.create_topics(
-        vec![CreatableTopic {
-            replication_factor: Some(factor),
-            ..creatable(topic, 1, configs)
-        }],
-        false,
-    );
-    assert_eq!(r.topics[0].error_code(), ErrorCode::None, "{r:?}");
-}
-
-/// `n` single-record batches numbered from `from`.
-fn batches(from: usize, n: usize) -> Vec<Bytes> {
-    (from..from + n)
-        .map(|i| {
-            batch_of(&[Rec {
-                key: Some(format!("k{i}").into_bytes()),
-                value: Some(format!("v{i}").into_bytes()),
-                ..Rec::default()
-            }])
-        })
-        .collect()
-}
-
-/// Produces each batch with `acks` to broker `leader`; asserts each is acknowledged at the
-/// next offset.
-fn produce_all(cluster: &Cluster, leader: usize, topic: &str, from: usize, n: usize, acks: Acks) {
-    let mut c = cluster.broker(leader).client();
-    for (i, b) in batches(from, n).into_iter().enumerate() {
-        let p = c.produce(topic, 0, &[b], acks);
-        assert_eq!(
-            p.error_code(),
-            ErrorCode::None,
-            "record {}: {p:?}",
-            from + i
-        );
-        assert_eq!(p.base_offset, (from + i) as i64);
-    }
-}
-
-/// Asserts broker `leader` serves exactly records 0..n, each at its offset, once its high
-/// watermark reaches n (a new leader's moves once its followers fetch from it).
-fn assert_holds(cluster: &Cluster, leader: usize, topic: &str, n: usize) {
-    eventually("the new leader's high watermark", || {
-        let p = cluster.broker(leader).client().fetch(topic, 0, 0, 0, 0, 0);
-        (p.high_watermark >= n as i64).then_some(())
-    });
-    let records = cluster.broker(leader).client().fetch_all(topic, 0);
-    let got: Vec<(i64, Vec<u8>)> = records
-        .into_iter()
-        .map(|r| (r.offset, r.value.unwrap_or_default()))
-        .collect();
-    let want: Vec<(i64, Vec<u8>)> = (0..n)
-        .map(|i| (i as i64, format!("v{i}").into_bytes()))
-        .collect();
-    assert_eq!(got, want, "broker {leader}'s log");
 }
 
 #[test]
@@ -128,17 +72,10 @@ fn acks_all_survives_the_leaders_death_and_the_old_leader_rejoins() {
 fn under_min_insync_replicas_acks_all_is_refused_and_acks_1_goes_on() {
     let mut cluster = Cluster::start();
     create(&cluster, "jobs", 2, &[("min.insync.replicas", "2")]);
-    let leader = leader_other_than(&cluster, "jobs", None, 1);
+    let (leader, follower) = leader_and_follower(&cluster, "jobs");
     produce_all(&cluster, leader, "jobs", 0, 5, Acks::All);
 
     // Its follower dies: once the controller fences it, the ISR is the leader alone.
-    let p = partition(&cluster, leader, "jobs");
-    let follower = p
-        .replica_nodes
-        .iter()
-        .map(|b| *b as usize)
-        .find(|b| *b != leader)
-        .expect("a follower");
     // Keep the quorum: with three voters, one down still has a majority.
     cluster.kill(follower);
     eventually("the follower out of the ISR", || {
@@ -310,14 +247,7 @@ fn a_follower_catches_up_across_offsets_its_leaders_compaction_removed() {
         2,
         &[("cleanup.policy", "compact"), ("segment.bytes", "4096")],
     );
-    let leader = leader_other_than(&cluster, "profiles", None, 1);
-    let p = partition(&cluster, leader, "profiles");
-    let away = p
-        .replica_nodes
-        .iter()
-        .map(|b| *b as usize)
-        .find(|b| *b != leader)
-        .expect("a follower");
+    let (leader, away) = leader_and_follower(&cluster, "profiles");
     cluster.kill(away);
     eventually("the follower out of the ISR", || {
         (partition(&cluster, leader, "profiles").isr_nodes.len() == 1).then_some(())
@@ -335,13 +265,11 @@ fn a_follower_catches_up_across_offsets_its_leaders_compaction_removed() {
         let r = c.produce("profiles", 0, &[b], Acks::All);
         assert_eq!(r.error_code(), ErrorCode::None, "{r:?}");
     }
-    let marker = cluster.dirs[leader - 1]
-        .data()
-        .join("profiles-0")
-        .join(".compacted");
-    eventually("the leader's compaction", || marker.exists().then_some(()));
-    let before = read_compacted(&cluster, leader, "profiles");
-    assert!(before.len() < 50, "gaps to cross: {} records", before.len());
+    // Compaction runs every 100 ms; wait until it has removed batches (gaps to cross).
+    let before = eventually("the leader's compaction", || {
+        let held = read_compacted(&cluster, leader, "profiles");
+        (held.len() < 50).then_some(held)
+    });
 
     cluster.restart(away);
     eventually("the follower back in the ISR", || {

@@ -8,9 +8,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use strom_protocol::messages::PartitionMetadata;
+use bytes::Bytes;
+use strom_protocol::ErrorCode;
+use strom_protocol::messages::{Acks, CreatableTopic, PartitionMetadata};
 
-use super::{Broker, TestDir};
+use super::{Broker, Rec, TestDir, batch_of, creatable};
 
 /// Brokers first: fields drop in order, and a broker's log must outlive it.
 pub struct Cluster {
@@ -154,4 +156,84 @@ pub fn leader_other_than(
         let leader = usize::try_from(p.leader_id).ok()?;
         (leader >= 1 && Some(leader) != not).then_some(leader)
     })
+}
+
+/// The leader of partition 0 of `topic` and one of its followers.
+pub fn leader_and_follower(cluster: &Cluster, topic: &str) -> (usize, usize) {
+    let leader = leader_other_than(cluster, topic, None, 1);
+    let p = partition_of(cluster, leader, topic, 0);
+    let follower = p
+        .replica_nodes
+        .iter()
+        .map(|b| *b as usize)
+        .find(|b| *b != leader)
+        .expect("a follower");
+    (leader, follower)
+}
+
+/// Creates `topic` with one partition and `factor` replicas.
+pub fn create(cluster: &Cluster, topic: &str, factor: i32, configs: &[(&str, &str)]) {
+    let mut c = cluster.broker(1).client();
+    let r = c.create_topics(
+        vec![CreatableTopic {
+            replication_factor: Some(factor),
+            ..creatable(topic, 1, configs)
+        }],
+        false,
+    );
+    assert_eq!(r.topics[0].error_code(), ErrorCode::None, "{r:?}");
+}
+
+/// `n` single-record batches numbered from `from`.
+pub fn batches(from: usize, n: usize) -> Vec<Bytes> {
+    (from..from + n)
+        .map(|i| {
+            batch_of(&[Rec {
+                key: Some(format!("k{i}").into_bytes()),
+                value: Some(format!("v{i}").into_bytes()),
+                ..Rec::default()
+            }])
+        })
+        .collect()
+}
+
+/// Produces each batch with `acks` to broker `leader`; asserts each is acknowledged at the
+/// next offset.
+pub fn produce_all(
+    cluster: &Cluster,
+    leader: usize,
+    topic: &str,
+    from: usize,
+    n: usize,
+    acks: Acks,
+) {
+    let mut c = cluster.broker(leader).client();
+    for (i, b) in batches(from, n).into_iter().enumerate() {
+        let p = c.produce(topic, 0, &[b], acks);
+        assert_eq!(
+            p.error_code(),
+            ErrorCode::None,
+            "record {}: {p:?}",
+            from + i
+        );
+        assert_eq!(p.base_offset, (from + i) as i64);
+    }
+}
+
+/// Asserts broker `leader` serves exactly records 0..n, each at its offset, once its high
+/// watermark reaches n (a new leader's moves once its followers fetch from it).
+pub fn assert_holds(cluster: &Cluster, leader: usize, topic: &str, n: usize) {
+    eventually("the new leader's high watermark", || {
+        let p = cluster.broker(leader).client().fetch(topic, 0, 0, 0, 0, 0);
+        (p.high_watermark >= n as i64).then_some(())
+    });
+    let records = cluster.broker(leader).client().fetch_all(topic, 0);
+    let got: Vec<(i64, Vec<u8>)> = records
+        .into_iter()
+        .map(|r| (r.offset, r.value.unwrap_or_default()))
+        .collect();
+    let want: Vec<(i64, Vec<u8>)> = (0..n)
+        .map(|i| (i as i64, format!("v{i}").into_bytes()))
+        .collect();
+    assert_eq!(got, want, "broker {leader}'s log");
 }

@@ -97,6 +97,28 @@ impl Inner {
         }
     }
 
+    /// The connection `broker` heartbeated on (with `epoch`) closed: on the active controller
+    /// its session ends now and its partitions move at once (see
+    /// [`crate::liveness::Liveness::connection_closed`]).
+    pub(crate) async fn heartbeats_stopped(&self, broker: BrokerId, epoch: u64) {
+        let Some(term) = self.leader_term() else {
+            return;
+        };
+        let cut = self
+            .office(term)
+            .liveness
+            .connection_closed(broker, epoch, Instant::now());
+        if cut {
+            tracing::info!(
+                broker,
+                epoch,
+                "broker's heartbeat connection closed; ending its session"
+            );
+            // Not committed: the next tick tries again.
+            let _ = self.reconcile(term).await;
+        }
+    }
+
     /// Answers a broker's call; only the active controller answers anything but
     /// `NotController`.
     pub(crate) async fn handle(&self, request: ControllerRequest) -> ControllerResponse {

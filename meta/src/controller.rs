@@ -114,6 +114,9 @@ pub(crate) struct Inner {
     /// Held while a reconciliation computes and commits its batch.
     pub(crate) reconciling: tokio::sync::Mutex<()>,
     peers: tokio::sync::Mutex<BTreeMap<BrokerId, Connection>>,
+    /// Connections for the broker session's registration and heartbeats only (see
+    /// [`Controller::call_through`]).
+    session_peers: tokio::sync::Mutex<BTreeMap<BrokerId, Connection>>,
     /// Where outgoing controller connections leave from: the listener's address, unless it is
     /// unspecified.
     source: Option<std::net::IpAddr>,
@@ -137,6 +140,10 @@ impl crate::server::Dispatch for Inner {
             }
             Request::Controller(request) => Response::Controller(self.handle(request).await),
         }
+    }
+
+    async fn heartbeats_stopped(&self, broker: BrokerId, epoch: u64) {
+        Inner::heartbeats_stopped(self, broker, epoch).await;
     }
 }
 
@@ -232,6 +239,7 @@ impl Controller {
             reconciling: tokio::sync::Mutex::new(()),
             timing,
             peers: tokio::sync::Mutex::new(BTreeMap::new()),
+            session_peers: tokio::sync::Mutex::new(BTreeMap::new()),
             source,
             stop,
             tasks: Mutex::new(Vec::new()),
@@ -332,6 +340,20 @@ impl Controller {
         request: ControllerRequest,
         patience: Duration,
     ) -> Result<ControllerResponse, ControllerError> {
+        self.call_through(&self.inner.peers, request, patience)
+            .await
+    }
+
+    /// [`Controller::call`] over the connections in `peers`. The broker session's calls have
+    /// connections of their own: the active controller ends a broker's session when the
+    /// connection it heartbeats on closes, so that connection must close only when the
+    /// process dies or a heartbeat fails, never because another call failed.
+    async fn call_through(
+        &self,
+        peers: &tokio::sync::Mutex<BTreeMap<BrokerId, Connection>>,
+        request: ControllerRequest,
+        patience: Duration,
+    ) -> Result<ControllerResponse, ControllerError> {
         let started = Instant::now();
         let mut hint: Option<(BrokerId, String)> = None;
         let mut last = None;
@@ -354,7 +376,7 @@ impl Controller {
                 let remaining = patience
                     .saturating_sub(started.elapsed())
                     .max(Duration::from_millis(100));
-                let mut peers = inner.peers.lock().await;
+                let mut peers = peers.lock().await;
                 let connection = peers.entry(node).or_insert_with(|| {
                     Connection::new(node, addr.clone()).from_source(inner.source)
                 });
@@ -401,7 +423,11 @@ impl Controller {
                     endpoints: endpoints.clone(),
                     rack: rack.clone(),
                 };
-                let epoch = match controller.call(register, Duration::from_secs(5)).await {
+                let session = &controller.inner.session_peers;
+                let epoch = match controller
+                    .call_through(session, register, Duration::from_secs(5))
+                    .await
+                {
                     Ok(ControllerResponse::Registered { epoch, .. }) => epoch,
                     Ok(other) => {
                         tracing::warn!(?other, "broker registration refused");
@@ -423,7 +449,8 @@ impl Controller {
                         return;
                     }
                     let beat = ControllerRequest::Heartbeat { broker: id, epoch };
-                    match controller.call(beat, controller.inner.timing.session).await {
+                    let patience = controller.inner.timing.session;
+                    match controller.call_through(session, beat, patience).await {
                         Ok(ControllerResponse::StaleEpoch) => break,
                         Ok(_) => {}
                         Err(e) => tracing::debug!(error = %e, "broker heartbeat failed"),

@@ -145,6 +145,21 @@ impl Liveness {
         }
     }
 
+    /// The connection `broker` heartbeated on with `epoch` closed at `now`: a process that
+    /// dies closes its sockets, so its session ends now rather than a whole session later
+    /// (the next [`Liveness::expire`] fences it). A broker closes that connection itself only
+    /// when a heartbeat failed, by when its session is about over anyway; it dials again and
+    /// its next heartbeat unfences it. True when a live session was cut short.
+    pub fn connection_closed(&mut self, broker: BrokerId, epoch: u64, now: Instant) -> bool {
+        match self.sessions.get_mut(&broker) {
+            Some(session) if session.epoch == epoch && !session.fenced => {
+                session.expires = session.expires.min(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// A registration of `broker` with `epoch` committed at `now`. A new epoch is a new process:
     /// the old one's session ends at once (fenced, its controlled shutdown forgotten) and the new
     /// one is unfenced by its first heartbeat. The same epoch again (a retried registration)
@@ -248,6 +263,28 @@ mod tests {
         );
         assert_eq!(
             table.heartbeat(&image, 1, 5, t0 + Duration::from_secs(13)),
+            Heartbeat::Alive { newly: true }
+        );
+    }
+
+    #[test]
+    fn a_closed_heartbeat_connection_ends_the_session_at_once() {
+        let mut image = MetadataImage::default();
+        register(&mut image, 5, 1, 11);
+        let mut table = Liveness::new(Duration::from_secs(9));
+        let t0 = Instant::now();
+        table.heartbeat(&image, 1, 5, t0);
+        // The connection of an older epoch (a process before this one) changes nothing.
+        assert!(!table.connection_closed(1, 4, t0));
+        assert!(table.expire(&image, t0).is_empty());
+        // Its own: fenced at the next check, not 9 s later.
+        let t1 = t0 + Duration::from_millis(300);
+        assert!(table.connection_closed(1, 5, t1));
+        assert_eq!(table.expire(&image, t1), vec![1]);
+        assert!(!table.connection_closed(1, 5, t1), "fenced already");
+        // A broker that only lost the connection heartbeats again on a new one.
+        assert_eq!(
+            table.heartbeat(&image, 1, 5, t1 + Duration::from_millis(250)),
             Heartbeat::Alive { newly: true }
         );
     }

@@ -11,7 +11,7 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::rpc::{self, Envelope, Request, Response};
+use crate::rpc::{self, ControllerRequest, Envelope, Request, Response};
 use crate::types::BrokerId;
 
 /// What answers the listener's requests: the controller.
@@ -21,6 +21,9 @@ pub(crate) trait Dispatch: Send + Sync + 'static {
 
     /// Answers one request.
     fn dispatch(&self, request: Request) -> impl Future<Output = Response> + Send;
+
+    /// A connection on which `broker` heartbeated with `epoch` (last) has closed.
+    fn heartbeats_stopped(&self, broker: BrokerId, epoch: u64) -> impl Future<Output = ()> + Send;
 }
 
 /// Accepts until `stop` turns true.
@@ -53,10 +56,27 @@ pub(crate) async fn serve<D: Dispatch>(
     }
 }
 
+/// Serves one connection; when it ends, the broker that heartbeated on it (if one did) is
+/// reported to the controller, which ends its session at once (a crashed process closes its
+/// sockets long before its session would run out).
 async fn connection<D: Dispatch>(
     stream: TcpStream,
     inner: Arc<D>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut heartbeater = None;
+    let served = requests(stream, &inner, stop, &mut heartbeater).await;
+    if let Some((broker, epoch)) = heartbeater {
+        inner.heartbeats_stopped(broker, epoch).await;
+    }
+    served
+}
+
+async fn requests<D: Dispatch>(
+    stream: TcpStream,
+    inner: &Arc<D>,
     mut stop: watch::Receiver<bool>,
+    heartbeater: &mut Option<(BrokerId, u64)>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut stream = BufReader::new(stream);
@@ -71,6 +91,11 @@ async fn connection<D: Dispatch>(
         let response = if envelope.to != inner.id() {
             Response::WrongNode { actual: inner.id() }
         } else {
+            if let Request::Controller(ControllerRequest::Heartbeat { broker, epoch }) =
+                &envelope.request
+            {
+                *heartbeater = Some((*broker, *epoch));
+            }
             inner.dispatch(envelope.request).await
         };
         rpc::write_frame(stream.get_mut(), &response).await?;

@@ -290,6 +290,25 @@ async fn three_voters_agree_spread_partitions_and_fail_over() {
     .await;
 }
 
+/// A broker whose process stops closes its heartbeat connection, and the active controller
+/// fences it at once rather than a session later: with a 60 s session the broker is out well
+/// within this test's patience (10 s) only because of that. It comes back when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_heartbeat_connection_closes_is_fenced_before_its_session_ends() {
+    let timing = Timing {
+        session: Duration::from_secs(60),
+        ..timing()
+    };
+    // Three voters and a learner (broker 4, never the active controller).
+    let mut cluster = Cluster::start_with(3, 1, timing).await;
+    cluster.leader().await;
+    cluster.alive(4).await;
+    cluster.stop(4).await;
+    cluster.alive(3).await;
+    cluster.boot(4, None).await;
+    cluster.alive(4).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_cannot_change_metadata() {
     let mut cluster = Cluster::start(3, 0).await;

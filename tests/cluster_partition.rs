@@ -2,7 +2,9 @@
 //! cut off from the other two cannot change metadata (it cannot create a topic, and what the
 //! majority creates meanwhile reaches it only after the cut heals); an active controller cut
 //! off is replaced by the majority, cannot commit anything itself, and follows the new
-//! controller once healed. Every broker ends with the same topics: no split brain.
+//! controller once healed. Every broker ends with the same topics: no split brain. A
+//! partition's leader cut off from the controllers (issue 17's scenario 4) acknowledges nothing
+//! once the majority has elected another, and drops its unreplicated tail after the heal.
 //!
 //! The cut is an in-test TCP proxy in front of each controller listener. Broker N's controller
 //! listens on 127.0.0.N, and controllers call each other from their listener's address, so a
@@ -295,4 +297,148 @@ fn a_cut_off_controller_is_replaced_and_commits_nothing() -> io::Result<()> {
         assert_eq!(cluster.topics(id), set(&["before", "after"]), "broker {id}");
     }
     Ok(())
+}
+
+/// Partition 0 of `topic` as broker `id` (1 to 3) reports it on the native listener.
+fn partition0(
+    cluster: &Cluster,
+    id: u8,
+    topic: &str,
+) -> strom_protocol::messages::PartitionMetadata {
+    let t = cluster.brokers[usize::from(id) - 1]
+        .client()
+        .topic_metadata(topic);
+    t.partitions[0].clone()
+}
+
+/// One record `v{i}` (key `k{i}`) produced with `acks=all` to broker `id`; its offset.
+fn produce_to(cluster: &Cluster, id: u8, topic: &str, i: usize) -> i64 {
+    let batch = batch_of(&[Rec {
+        key: Some(format!("k{i}").into_bytes()),
+        value: Some(format!("v{i}").into_bytes()),
+        ..Rec::default()
+    }]);
+    let mut c = cluster.brokers[usize::from(id) - 1].client();
+    let p = c.produce(topic, 0, &[batch], strom_protocol::messages::Acks::All);
+    assert_eq!(
+        p.error_code(),
+        strom_protocol::ErrorCode::None,
+        "v{i}: {p:?}"
+    );
+    p.base_offset
+}
+
+/// Issue 17's failure scenario 4: a partition's leader is cut off from the controllers while
+/// its clients still reach it. The majority fences it and elects another in-sync replica, whose
+/// image its followers follow, so they stop fetching from the old leader: a produce sent to the
+/// old leader after that is never acknowledged (its HW cannot move), though it appends it. After
+/// the heal the old leader learns it follows, answers that produce with an error, cuts the
+/// record nobody has from its log (by leader epochs) and catches up: its log on disk ends up
+/// exactly the new leader's, every acknowledged record at its offset.
+#[test]
+fn a_leader_cut_off_from_the_controllers_acknowledges_nothing_and_drops_its_tail() {
+    let cluster = Cluster::start();
+    let r = cluster.brokers[0].client().create_topics(
+        vec![strom_protocol::messages::CreatableTopic {
+            replication_factor: Some(3),
+            ..creatable("cut", 1, &[])
+        }],
+        false,
+    );
+    assert_eq!(
+        r.topics[0].error_code(),
+        strom_protocol::ErrorCode::None,
+        "{r:?}"
+    );
+    let mut old = 0u8;
+    cluster.eventually("a leader with every replica in sync", || {
+        let p = partition0(&cluster, 1, "cut");
+        old = u8::try_from(p.leader_id).unwrap_or(0);
+        old >= 1 && p.isr_nodes.len() == 3
+    });
+    for i in 0..10 {
+        assert_eq!(produce_to(&cluster, old, "cut", i), i as i64);
+    }
+
+    cluster.cuts.isolate(old);
+    let others: Vec<u8> = (1..=3).filter(|b| *b != old).collect();
+    let mut next = 0u8;
+    cluster.eventually("both other brokers follow a new leader", || {
+        let seen: Vec<i32> = others
+            .iter()
+            .map(|b| partition0(&cluster, *b, "cut").leader_id)
+            .collect();
+        next = u8::try_from(seen[0]).unwrap_or(0);
+        next >= 1 && next != old && seen.iter().all(|l| *l == seen[0])
+    });
+    // Its clients still reach the old leader, which still thinks it leads.
+    let mut held = cluster.brokers[usize::from(old) - 1].client();
+    let sent = held.send_body(produce_request(
+        strom_protocol::messages::Acks::All,
+        &[(
+            "cut",
+            0,
+            batch_of(&[Rec {
+                key: Some(b"k999".to_vec()),
+                value: Some(b"v999".to_vec()),
+                ..Rec::default()
+            }]),
+        )],
+    ));
+    for i in 10..15 {
+        assert_eq!(produce_to(&cluster, next, "cut", i), i as i64);
+    }
+
+    cluster.cuts.heal();
+    let answer = held.recv();
+    assert_eq!(answer.header.as_ref().map(|h| h.correlation_id), Some(sent));
+    let code = match &answer.body {
+        Some(strom_protocol::messages::response::Body::Produce(p)) => {
+            p.topics[0].partitions[0].error_code()
+        }
+        _ => answer
+            .header
+            .as_ref()
+            .map_or(strom_protocol::ErrorCode::None, |h| h.error_code()),
+    };
+    assert_ne!(
+        code,
+        strom_protocol::ErrorCode::None,
+        "the cut-off leader acknowledged: {answer:?}"
+    );
+    eprintln!("the cut-off leader's answer to the produce it held: {code:?}");
+    cluster.eventually("the old leader back in the ISR as a follower", || {
+        let p = partition0(&cluster, next, "cut");
+        p.leader_id == i32::from(next) && p.isr_nodes.len() == 3
+    });
+    let want: Vec<(i64, Vec<u8>)> = (0..15)
+        .map(|i| (i as i64, format!("v{i}").into_bytes()))
+        .collect();
+    let served: Vec<(i64, Vec<u8>)> = cluster.brokers[usize::from(next) - 1]
+        .client()
+        .fetch_all("cut", 0)
+        .into_iter()
+        .map(|r| (r.offset, r.value.unwrap_or_default()))
+        .collect();
+    assert_eq!(served, want, "the new leader's log");
+    // The old leader's own copy, read from its segment file: v999 is gone.
+    let dir = cluster._dirs[usize::from(old) - 1].data().join("cut-0");
+    let segment = std::fs::read_dir(&dir)
+        .expect("the old leader's partition directory")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .expect("a segment");
+    let bytes = std::fs::read(&segment).expect("read the segment");
+    let held: Vec<(i64, Vec<u8>)> = decode_records(&bytes)
+        .into_iter()
+        .map(|r| (r.offset, r.value.unwrap_or_default()))
+        .collect();
+    assert_eq!(held, want, "the old leader's log after the heal");
+    let log = std::fs::read_to_string(&cluster.brokers[usize::from(old) - 1].log_path)
+        .expect("the old leader's stderr");
+    assert!(
+        log.contains("log truncated"),
+        "the old leader had appended v999 and cut it:\n{log}"
+    );
 }

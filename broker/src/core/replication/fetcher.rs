@@ -258,6 +258,8 @@ fn fetch_request(
     positions: &HashMap<Key, Pos>,
 ) -> ReplicaFetchRequest {
     let mut topics: Vec<ReplicaFetchTopic> = Vec::new();
+    // Each topic's place in `topics`, so grouping is linear in the partitions.
+    let mut slot: HashMap<&str, usize> = HashMap::new();
     for f in wanted {
         let Some(pos) = positions.get(&(f.topic.clone(), f.index)) else {
             continue;
@@ -270,13 +272,16 @@ fn fetch_request(
             durable_offset: f.partition.reader().durable_offset().min(pos.at.end),
             partition_max_bytes: PARTITION_BYTES,
         };
-        match topics.iter_mut().find(|t| *t.name == *f.topic) {
-            Some(t) => t.partitions.push(partition),
-            None => topics.push(ReplicaFetchTopic {
-                name: f.topic.to_string(),
-                topic_id: Bytes::copy_from_slice(&f.topic_id),
-                partitions: vec![partition],
-            }),
+        match slot.get(&*f.topic) {
+            Some(&i) => topics[i].partitions.push(partition),
+            None => {
+                slot.insert(&f.topic, topics.len());
+                topics.push(ReplicaFetchTopic {
+                    name: f.topic.to_string(),
+                    topic_id: Bytes::copy_from_slice(&f.topic_id),
+                    partitions: vec![partition],
+                });
+            }
         }
     }
     ReplicaFetchRequest {
@@ -296,14 +301,17 @@ async fn apply(
     positions: &mut HashMap<Key, Pos>,
     response: ReplicaFetchResponse,
 ) {
+    // By (topic, partition): a response answers every partition followed from this leader,
+    // so a search of the plan per partition would be quadratic in them.
+    let planned: HashMap<(&str, i32), &Followed> = plan
+        .partitions
+        .iter()
+        .map(|f| ((&*f.topic, f.index), f))
+        .collect();
     let mut work = Vec::new();
     for topic in response.topics {
         for p in topic.partitions {
-            let Some(f) = plan
-                .partitions
-                .iter()
-                .find(|f| *f.topic == *topic.name && f.index == p.partition)
-            else {
+            let Some(f) = planned.get(&(topic.name.as_str(), p.partition)) else {
                 continue;
             };
             work.push(partition_outcome(leader, f, p));

@@ -266,11 +266,16 @@ fn check_acknowledged(cluster: &Cluster, topic: &str, partitions: i32, acked: &[
     for partition in 0..partitions {
         let mine: Vec<&Acked> = acked.iter().filter(|a| a.partition == partition).collect();
         let end = mine.iter().map(|a| a.offset + 1).max().unwrap_or(0);
+        // Read once leadership has settled on the preferred replica (it moves back there after
+        // a restart, and a read racing that move would be refused).
         let leader = eventually("a leader whose HW covers the acknowledged", || {
             let asked = running(cluster)?;
             let t = cluster.broker(asked).client().topic_metadata(topic);
             let p = t.partitions[partition as usize].clone();
             let leader = usize::try_from(p.leader_id).ok().filter(|l| *l >= 1)?;
+            if p.replica_nodes.first() != Some(&p.leader_id) || p.isr_nodes.len() < 3 {
+                return None;
+            }
             let hw = cluster
                 .broker(leader)
                 .client()

@@ -119,6 +119,28 @@ impl Inner {
         }
     }
 
+    /// This member's connection to `broker`'s controller listener was refused: on the active
+    /// controller, a broker not heard from lately is fenced at once (see
+    /// [`crate::liveness::Liveness::refused`]).
+    pub(crate) async fn controller_refused(&self, broker: BrokerId) {
+        let Some(term) = self.leader_term() else {
+            return;
+        };
+        let recent = self.timing.broker_heartbeat * 2;
+        let cut = self
+            .office(term)
+            .liveness
+            .refused(broker, Instant::now(), recent);
+        if cut {
+            tracing::info!(
+                broker,
+                "broker's controller listener refuses connections; ending its session"
+            );
+            // Not committed: the next tick tries again.
+            let _ = self.reconcile(term).await;
+        }
+    }
+
     /// Answers a broker's call; only the active controller answers anything but
     /// `NotController`.
     pub(crate) async fn handle(&self, request: ControllerRequest) -> ControllerResponse {

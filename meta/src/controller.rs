@@ -216,10 +216,14 @@ impl Controller {
         }
         .validate()
         .map_err(|e| Error::Config(e.to_string()))?;
+        let (refused_tx, mut refused_rx) = tokio::sync::mpsc::unbounded_channel();
         let raft = Raft::new(
             node_id,
             Arc::new(raft_config),
-            Network { source },
+            Network {
+                source,
+                refused: Some(refused_tx),
+            },
             log_store,
             state_machine,
         )
@@ -247,7 +251,15 @@ impl Controller {
         let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&inner), stop_rx));
         let duties = tokio::spawn(Arc::clone(&inner).leader_duties());
         let trim = tokio::spawn(Arc::clone(&inner).trim_log(log_size));
-        inner.tasks().extend([server, duties, trim]);
+        let watch_refusals = {
+            let inner = Arc::clone(&inner);
+            tokio::spawn(async move {
+                while let Some(node) = refused_rx.recv().await {
+                    inner.controller_refused(node).await;
+                }
+            })
+        };
+        inner.tasks().extend([server, duties, trim, watch_refusals]);
         let controller = Self { inner };
         controller.bootstrap(advertised).await?;
         Ok(controller)

@@ -38,6 +38,8 @@ pub enum Heartbeat {
 struct Session {
     epoch: u64,
     expires: Instant,
+    /// When it last heartbeated to this controller (`None`: not in this term yet).
+    heard: Option<Instant>,
     fenced: bool,
     /// In controlled shutdown (for this registration).
     shutting_down: bool,
@@ -49,6 +51,7 @@ impl Session {
         Self {
             epoch,
             expires,
+            heard: None,
             fenced: true,
             shutting_down: false,
         }
@@ -110,6 +113,7 @@ impl Liveness {
             *session = Session::fenced(epoch, expires);
         }
         session.expires = expires;
+        session.heard = Some(now);
         let newly = session.fenced;
         session.fenced = false;
         Heartbeat::Alive { newly }
@@ -153,6 +157,27 @@ impl Liveness {
     pub fn connection_closed(&mut self, broker: BrokerId, epoch: u64, now: Instant) -> bool {
         match self.sessions.get_mut(&broker) {
             Some(session) if session.epoch == epoch && !session.fenced => {
+                session.expires = session.expires.min(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// This controller's connection to `broker`'s controller listener was refused at `now`:
+    /// nothing listens there, so the process is gone (a broker's controller listener lives as
+    /// long as the broker). Its session ends now unless it heartbeated within `recent` (a
+    /// refusal that raced its restart). This is what finds a broker that died with the active
+    /// controller: the new controller starts every session afresh, and the dead one's would
+    /// otherwise run a whole session first. True when a live session was cut short.
+    pub fn refused(&mut self, broker: BrokerId, now: Instant, recent: Duration) -> bool {
+        match self.sessions.get_mut(&broker) {
+            Some(session)
+                if !session.fenced
+                    && session
+                        .heard
+                        .is_none_or(|h| now.saturating_duration_since(h) > recent) =>
+            {
                 session.expires = session.expires.min(now);
                 true
             }
@@ -287,6 +312,30 @@ mod tests {
             table.heartbeat(&image, 1, 5, t1 + Duration::from_millis(250)),
             Heartbeat::Alive { newly: true }
         );
+    }
+
+    #[test]
+    fn a_refused_connection_ends_a_session_not_heard_from_lately() {
+        let mut image = MetadataImage::default();
+        register(&mut image, 5, 1, 11);
+        register(&mut image, 6, 2, 12);
+        let mut table = Liveness::new(Duration::from_secs(9));
+        let t0 = Instant::now();
+        // A new controller: sessions start afresh, nobody heard from yet.
+        table.seed(&image, t0);
+        table.heartbeat(&image, 2, 6, t0 + Duration::from_millis(100));
+        let recent = Duration::from_secs(1);
+        let t1 = t0 + Duration::from_millis(300);
+        // Broker 2 heartbeated 200 ms ago: a refusal then raced its restart.
+        assert!(!table.refused(2, t1, recent));
+        // Broker 1 never heartbeated to this controller: fenced at the next check.
+        assert!(table.refused(1, t1, recent));
+        assert_eq!(table.expire(&image, t1), vec![1]);
+        assert!(!table.refused(1, t1, recent), "fenced already");
+        // Broker 2 silent for longer than `recent`: its refusal counts.
+        let t2 = t0 + Duration::from_millis(1500);
+        assert!(table.refused(2, t2, recent));
+        assert_eq!(table.expire(&image, t2), vec![2]);
     }
 
     #[test]

@@ -234,6 +234,9 @@ async fn dial(addr: &str, source: Option<IpAddr>) -> io::Result<TcpStream> {
 pub struct Network {
     /// The local address outgoing connections leave from, if any.
     pub source: Option<IpAddr>,
+    /// Told the node whenever a connection to it is refused (nothing listens: its process is
+    /// gone), for the active controller's liveness table.
+    pub refused: Option<tokio::sync::mpsc::UnboundedSender<BrokerId>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -242,6 +245,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: BrokerId, node: &ControllerNode) -> Peer {
         Peer {
             connection: Connection::new(target, node.addr.clone()).from_source(self.source),
+            refused: self.refused.clone(),
         }
     }
 }
@@ -250,6 +254,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[derive(Debug)]
 pub struct Peer {
     connection: Connection,
+    refused: Option<tokio::sync::mpsc::UnboundedSender<BrokerId>>,
 }
 
 type RaftRpcError<E = openraft::error::Infallible> =
@@ -265,9 +270,15 @@ impl Peer {
             .call(request, option.hard_ttl())
             .await
             .map_err(|e| match e {
-                CallError::Unreachable { .. } | CallError::WrongNode { .. } => {
+                CallError::Unreachable { ref source, .. } => {
+                    if source.kind() == io::ErrorKind::ConnectionRefused
+                        && let Some(refused) = &self.refused
+                    {
+                        let _ = refused.send(self.connection.node);
+                    }
                     RPCError::Unreachable(Unreachable::new(&e))
                 }
+                CallError::WrongNode { .. } => RPCError::Unreachable(Unreachable::new(&e)),
                 CallError::Network { .. } | CallError::Unexpected { .. } => {
                     RPCError::Network(NetworkError::new(&e))
                 }

@@ -309,6 +309,24 @@ async fn a_broker_whose_heartbeat_connection_closes_is_fenced_before_its_session
     cluster.alive(4).await;
 }
 
+/// The active controller's process stops: the member elected in its place starts every
+/// broker's session afresh, but its connections to the dead one's controller listener are
+/// refused, so it fences that broker at once rather than a (here 60 s) session later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_controllers_broker_is_fenced_by_the_next_controller_at_once() {
+    let timing = Timing {
+        session: Duration::from_secs(60),
+        ..timing()
+    };
+    let mut cluster = Cluster::start_with(3, 0, timing).await;
+    let leader = cluster.leader().await;
+    cluster.alive(3).await;
+    cluster.stop(leader).await;
+    let next = cluster.leader().await;
+    assert_ne!(next, leader);
+    cluster.alive(2).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_cannot_change_metadata() {
     let mut cluster = Cluster::start(3, 0).await;

@@ -180,6 +180,8 @@ pub(crate) struct Stats {
     pub fetch_bytes: AtomicU64,
     /// The partition writers' fsyncs (each one covers every append before it).
     pub fsync: Latency,
+    /// Whether the disk fails writes (reported to the controller in every heartbeat).
+    pub storage: crate::core::storage_health::StorageHealth,
 }
 
 impl Stats {

@@ -1427,6 +1427,9 @@ pub struct BrokerDescription {
     pub controller_address: Option<String>,
     /// The last metadata log index the active controller knows it holds; `None` when unknown.
     pub metadata_index: Option<u64>,
+    /// Its storage failed (a full disk, an I/O error): it leads nothing and is in no ISR
+    /// until a probe write succeeds.
+    pub storage_failed: bool,
 }
 
 /// A broker's part in the metadata quorum ([`BrokerDescription::role`]).
@@ -1498,6 +1501,7 @@ impl Admin {
                 alive: b.alive,
                 controller_address: b.controller_address,
                 metadata_index: u64::try_from(b.metadata_index).ok(),
+                storage_failed: b.storage_failed,
             })
             .collect();
         brokers.sort_by_key(|b| b.node_id);

@@ -240,16 +240,36 @@ impl Inner {
                     other => committed(other),
                 }
             }
-            ControllerRequest::Heartbeat { broker, epoch } => {
+            ControllerRequest::Heartbeat {
+                broker,
+                epoch,
+                storage_failed,
+            } => {
                 let image = self.image.borrow().clone();
-                let outcome =
-                    self.office(term)
-                        .liveness
-                        .heartbeat(&image, broker, epoch, Instant::now());
+                let outcome = self.office(term).liveness.heartbeat(
+                    &image,
+                    broker,
+                    epoch,
+                    storage_failed,
+                    Instant::now(),
+                );
                 match outcome {
-                    Heartbeat::Alive { newly } => {
+                    Heartbeat::Alive {
+                        newly,
+                        storage_changed,
+                    } => {
                         if newly {
                             tracing::info!(broker, epoch, "broker unfenced");
+                        }
+                        if storage_changed && storage_failed {
+                            tracing::warn!(
+                                broker,
+                                "broker storage failed: moving its leaderships away"
+                            );
+                        } else if storage_changed {
+                            tracing::info!(broker, "broker storage works again");
+                        }
+                        if newly || storage_changed {
                             // Not committed: the next tick tries again.
                             let _ = self.reconcile(term).await;
                         }
@@ -512,15 +532,25 @@ impl Inner {
     }
 
     /// The registered brokers new replicas may go to: unfenced and not shutting down (a new
-    /// partition's replicas all start in its ISR, and its first one leads).
+    /// partition's replicas all start in its ISR, and its first one leads), and with working
+    /// storage unless none has it (a single broker whose disk failed a write still takes new
+    /// topics: there is nowhere else to put them, and their files fail if the disk still does).
     fn live_brokers(&self, term: u64, image: &MetadataImage) -> BTreeSet<BrokerId> {
         let office = self.office(term);
-        image
-            .brokers
-            .keys()
-            .copied()
-            .filter(|broker| self.broker_status(&office, image, *broker).is_eligible())
-            .collect()
+        let with = |wanted: &dyn Fn(BrokerStatus) -> bool| -> BTreeSet<BrokerId> {
+            image
+                .brokers
+                .keys()
+                .copied()
+                .filter(|broker| wanted(self.broker_status(&office, image, *broker)))
+                .collect()
+        };
+        let eligible = with(&BrokerStatus::is_eligible);
+        if eligible.is_empty() {
+            with(&|s| s == BrokerStatus::StorageFailed)
+        } else {
+            eligible
+        }
     }
 
     fn status(&self, term: u64) -> ClusterStatus {
@@ -557,6 +587,7 @@ impl Inner {
                     endpoints: registration.endpoints.clone(),
                     alive: self.broker_status(&office, &image, *id).is_up(),
                     shutting_down: office.liveness.is_shutting_down(&image, *id),
+                    storage_failed: office.liveness.is_storage_failed(&image, *id),
                 })
                 .collect(),
         }

@@ -415,12 +415,14 @@ impl Controller {
     }
 
     /// Registers this broker with `endpoints` and heartbeats until shutdown, registering again
-    /// whenever the controller says its epoch is stale. The receiver holds the broker epoch once
-    /// registered.
+    /// whenever the controller says its epoch is stale. Each heartbeat says whether `storage`
+    /// holds true (the broker's storage failed), and a change of it is sent at once rather than
+    /// at the next tick. The receiver holds the broker epoch once registered.
     pub fn start_broker_session(
         &self,
         endpoints: Endpoints,
         rack: Option<String>,
+        mut storage: watch::Receiver<bool>,
     ) -> watch::Receiver<Option<u64>> {
         let (epoch_tx, epoch_rx) = watch::channel(None);
         let controller = self.clone();
@@ -456,11 +458,20 @@ impl Controller {
                 let mut ticker = tokio::time::interval(interval);
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    ticker.tick().await;
+                    tokio::select! {
+                        _ = ticker.tick() => {}
+                        // A sender gone (the broker stopping) just leaves the ticks.
+                        Ok(()) = storage.changed() => {}
+                    }
                     if controller.inner.stopped() {
                         return;
                     }
-                    let beat = ControllerRequest::Heartbeat { broker: id, epoch };
+                    let storage_failed = *storage.borrow_and_update();
+                    let beat = ControllerRequest::Heartbeat {
+                        broker: id,
+                        epoch,
+                        storage_failed,
+                    };
                     let patience = controller.inner.timing.session;
                     match controller.call_through(session, beat, patience).await {
                         Ok(ControllerResponse::StaleEpoch) => break,

@@ -37,7 +37,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use serde::Serialize;
@@ -324,10 +325,16 @@ fn parent_dir(path: &Path) -> &Path {
 /// file or the new one; a stale temporary file is overwritten by the next call.
 pub fn replace_file(path: &Path, contents: &[u8]) -> Result<(), Error> {
     let tmp = temp_path(path);
-    let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
-    f.write_all(contents).map_err(Error::io("write", &tmp))?;
-    f.sync_all().map_err(Error::io("fsync", &tmp))?;
-    drop(f);
+    let written = (|| {
+        let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
+        f.write_all(contents).map_err(Error::io("write", &tmp))?;
+        f.sync_all().map_err(Error::io("fsync", &tmp))
+    })();
+    if written.is_err() {
+        // Nothing of a failed replacement stays behind to take space.
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     fs::rename(&tmp, path).map_err(Error::io("rename", path))?;
     sync_dir(parent_dir(path))
 }
@@ -383,26 +390,44 @@ impl std::fmt::Debug for WriteRequest {
 /// it, strictly in submission order. It takes every request waiting in its channel (up to a
 /// limit), writes their appends with one `write` and one `fdatasync` (grouped fsync), then reports
 /// them done, in order. A [`WriteOp::Replace`] or [`WriteOp::Rewrite`] first makes everything
-/// before it durable. After a failed write or fsync the file's state is unknown: the writer is
-/// poisoned and fails every later request; reopening runs recovery. Dropping it waits until
-/// everything submitted is written.
+/// before it durable. A write the disk refuses for want of space (`ENOSPC`) is cut back off the
+/// file and tried again, backing off up to [`FULL_DISK_RETRY_MAX`], until there is room: a full
+/// disk stalls the quorum member (as a slow disk would) instead of ending it, and it goes on when
+/// space returns. After any other failed write, or a failed fsync, the file's state is unknown:
+/// the writer is poisoned and fails every later request; reopening runs recovery. Dropping it
+/// waits until everything submitted is written (or, on a full disk, fails what still waits).
 #[derive(Debug)]
 pub struct GroupWriter {
     path: PathBuf,
     tx: Option<mpsc::Sender<WriteRequest>>,
     thread: Option<JoinHandle<()>>,
+    /// Set when dropped: a write waiting for space gives up.
+    closing: Arc<AtomicBool>,
 }
+
+/// The longest wait between two tries of a write refused for a full disk.
+pub const FULL_DISK_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether `e` is the disk saying it is full.
+fn is_full_disk(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.raw_os_error() == Some(ENOSPC))
+}
+
+/// `ENOSPC`.
+const ENOSPC: i32 = 28;
 
 impl GroupWriter {
     /// Starts the writer thread (named `name`) for the file at `path`, opened for appending.
     pub fn spawn(path: PathBuf, max_group: usize, name: &str) -> Result<Self, Error> {
         let file = open_append(&path)?;
         let (tx, rx) = mpsc::channel();
+        let closing = Arc::new(AtomicBool::new(false));
         let mut thread = WriterThread {
             path: path.clone(),
             file,
             max_group: max_group.max(1),
             poisoned: None,
+            closing: closing.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(name.to_owned())
@@ -412,6 +437,7 @@ impl GroupWriter {
             path,
             tx: Some(tx),
             thread: Some(handle),
+            closing,
         })
     }
 
@@ -428,6 +454,7 @@ impl GroupWriter {
 
 impl Drop for GroupWriter {
     fn drop(&mut self) {
+        self.closing.store(true, Ordering::Release);
         drop(self.tx.take());
         if let Some(handle) = self.thread.take()
             && handle.join().is_err()
@@ -451,6 +478,8 @@ struct WriterThread {
     max_group: usize,
     /// Why the writer refuses further writes, after a failure.
     poisoned: Option<String>,
+    /// The [`GroupWriter`] was dropped: stop waiting for space.
+    closing: Arc<AtomicBool>,
 }
 
 impl WriterThread {
@@ -477,13 +506,15 @@ impl WriterThread {
                 };
                 // A replacement goes after everything before it is durable.
                 self.flush(&mut pending);
-                let result = self.guarded(|w| match other {
-                    Some(other) => replace_file(&other, &bytes),
-                    None => {
-                        replace_file(&w.path, &bytes)?;
-                        w.file = open_append(&w.path)?;
-                        Ok(())
-                    }
+                let result = self.guarded(|w| {
+                    w.until_there_is_room(|w| match &other {
+                        Some(other) => replace_file(other, &bytes),
+                        None => {
+                            replace_file(&w.path, &bytes)?;
+                            w.file = open_append(&w.path)?;
+                            Ok(())
+                        }
+                    })
                 });
                 if let Some(done) = done {
                     done(borrow(&result));
@@ -502,9 +533,7 @@ impl WriterThread {
         }
         let result = self.guarded(|w| {
             if !bytes.is_empty() {
-                w.file
-                    .write_all(&bytes)
-                    .map_err(Error::io("write", &w.path))?;
+                w.until_there_is_room(|w| w.append(&bytes))?;
             }
             if sync {
                 w.file.sync_data().map_err(Error::io("fsync", &w.path))?;
@@ -513,6 +542,56 @@ impl WriterThread {
         });
         for d in done {
             d(borrow(&result));
+        }
+    }
+
+    /// Appends `bytes`; if that fails, cuts the file back to its length before, so a failed
+    /// append leaves nothing behind (the write may have stored part of them).
+    fn append(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let before = self
+            .file
+            .metadata()
+            .map_err(Error::io("stat", &self.path))?
+            .len();
+        let written = self
+            .file
+            .write_all(bytes)
+            .map_err(Error::io("write", &self.path));
+        if written.is_err() {
+            self.file
+                .set_len(before)
+                .map_err(Error::io("truncate", &self.path))?;
+        }
+        written
+    }
+
+    /// Runs `op` (which leaves nothing behind when it fails) again while it fails for a full
+    /// disk, waiting longer each time up to [`FULL_DISK_RETRY_MAX`], until it succeeds, fails
+    /// otherwise, or the writer is closing.
+    fn until_there_is_room(
+        &mut self,
+        mut op: impl FnMut(&mut Self) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut wait = std::time::Duration::from_millis(10);
+        let mut waited = false;
+        loop {
+            match op(self) {
+                Err(e) if is_full_disk(&e) && !self.closing.load(Ordering::Acquire) => {
+                    if !waited {
+                        tracing::warn!(path = %self.path.display(), error = %e, "the disk is full: metadata writes wait for space");
+                        waited = true;
+                    }
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(FULL_DISK_RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    if waited {
+                        tracing::info!(path = %self.path.display(), "there is space again: metadata writes go on");
+                    }
+                    return Ok(());
+                }
+            }
         }
     }
 

@@ -10,6 +10,9 @@
 //! - **Controlled shutdown**: a broker shutting down is never elected and never joins an ISR; it
 //!   hands its leaderships to another live ISR member and leaves every ISR that keeps a live
 //!   member without it. Where it is the only one up, it keeps what it has until it exits.
+//! - **Failed storage**: a broker whose disk failed a write (full, or an I/O error) is treated
+//!   as one shutting down until it reports the disk working again: a leader that cannot append
+//!   hands its partitions to replicas that can, instead of refusing every produce.
 //! - **Preferred leader**: a partition whose first replica is alive, in the ISR and not leading
 //!   moves back to it (Kafka's `auto.leader.rebalance.enable`, without its imbalance
 //!   threshold). Being in the ISR is what proves a returning broker caught up, so one that just
@@ -31,6 +34,12 @@ pub enum BrokerStatus {
     /// Heartbeating, but in controlled shutdown: it keeps serving what it has until it exits,
     /// and takes on nothing new.
     ShuttingDown,
+    /// Heartbeating, but a write to its storage failed (a full disk, an I/O error) and none has
+    /// been shown to work since: elections treat it as one shutting down (it hands over its
+    /// leaderships and leaves the ISRs that keep a live member without it) until it reports
+    /// its storage working, then it is [`BrokerStatus::Alive`] again and rejoins the ISRs once
+    /// it has caught up.
+    StorageFailed,
 }
 
 impl BrokerStatus {
@@ -371,6 +380,8 @@ mod tests {
         Flip(usize),
         /// A broker asks for controlled shutdown (if it is alive).
         Shutdown(usize),
+        /// A live broker's storage fails, or a failed one's works again.
+        Storage(usize),
         /// A partition's leader asks for this ISR (bits over its replicas).
         Alter { partition: usize, mask: u8 },
         /// Every partition's leader adds every live replica, as it would once they caught up.
@@ -381,20 +392,22 @@ mod tests {
         prop_oneof![
             3 => (0usize..6).prop_map(Step::Flip),
             1 => (0usize..6).prop_map(Step::Shutdown),
+            1 => (0usize..6).prop_map(Step::Storage),
             3 => (0usize..60, any::<u8>()).prop_map(|(partition, mask)| Step::Alter { partition, mask }),
             1 => Just(Step::CatchUp),
         ]
     }
 
     proptest! {
-        /// Brokers failing, returning and shutting down in any order, leaders shrinking and
+        /// Brokers failing, returning, shutting down and losing and regaining their storage in
+        /// any order, leaders shrinking and
         /// expanding their ISRs, over a clean topic and an unclean one. After each
         /// reconciliation (I5 of research/cluster.md §2.3 and this module's rules):
-        /// - a leader is an up ISR member; a leader shutting down only while no eligible
-        ///   member could take over; no leader only while no ISR member is eligible (and, for
+        /// - a leader is an up ISR member; a leader shutting down (or with failed storage)
+        ///   only while no eligible member could take over; no leader only while no ISR member is eligible (and, for
         ///   the unclean topic, while some member is up or no replica is eligible);
-        /// - the ISR never empties, and holds no fenced or shutting-down member beside an
-        ///   eligible one; the preferred replica leads whenever it is eligible and in sync;
+        /// - the ISR never empties, and holds no fenced, shutting-down or storage-failed member
+        ///   beside an eligible one; the preferred replica leads whenever it is eligible and in sync;
         /// - reconciling again changes nothing.
         /// For every applied change: the partition epoch goes up by one; the leader epoch goes
         /// up exactly when the leader changes; a new leader is eligible and comes from the ISR
@@ -409,7 +422,7 @@ mod tests {
             rf_seed in 0u32..6,
             steps in proptest::collection::vec(step(), 0..24),
         ) {
-            use BrokerStatus::{Alive, Fenced, ShuttingDown};
+            use BrokerStatus::{Alive, Fenced, ShuttingDown, StorageFailed};
             let ids: Vec<BrokerId> = brokers.iter().copied().collect();
             let mut image = image_with(&ids);
             let rf = rf_seed % ids.len() as u32 + 1;
@@ -431,6 +444,14 @@ mod tests {
                         if *s == Alive {
                             *s = ShuttingDown;
                         }
+                    }
+                    Some(Step::Storage(pick)) => {
+                        let s = status.get_mut(&ids[pick % ids.len()]).unwrap();
+                        *s = match *s {
+                            Alive => StorageFailed,
+                            StorageFailed => Alive,
+                            other => other,
+                        };
                     }
                     Some(Step::Alter { partition, mask }) => {
                         let topic = if partition % 2 == 0 { "clean" } else { "unclean" };
@@ -479,7 +500,7 @@ mod tests {
                             Some(leader) => {
                                 prop_assert!(p.isr.contains(&leader), "{}", at);
                                 prop_assert!(s(leader).is_up(), "{}", at);
-                                if s(leader) == ShuttingDown {
+                                if !s(leader).is_eligible() {
                                     prop_assert!(!any_eligible, "{}", at);
                                 }
                             }

@@ -160,6 +160,7 @@ pub fn check_alter_partition(
             BrokerStatus::Alive => {}
             BrokerStatus::Fenced => return Err(refuse(Ineligible::Fenced)),
             BrokerStatus::ShuttingDown => return Err(refuse(Ineligible::ShuttingDown)),
+            BrokerStatus::StorageFailed => return Err(refuse(Ineligible::StorageFailed)),
         }
     }
     let unchanged =

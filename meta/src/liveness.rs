@@ -28,6 +28,9 @@ pub enum Heartbeat {
     Alive {
         /// True when this heartbeat unfenced it.
         newly: bool,
+        /// True when this heartbeat reported its storage failed where the one before did not,
+        /// or the other way round.
+        storage_changed: bool,
     },
     /// The broker's epoch is not that of its newest registration (or it never registered): it
     /// must register again.
@@ -43,6 +46,8 @@ struct Session {
     fenced: bool,
     /// In controlled shutdown (for this registration).
     shutting_down: bool,
+    /// Its last heartbeat said its storage failed.
+    storage_failed: bool,
 }
 
 impl Session {
@@ -54,6 +59,7 @@ impl Session {
             heard: None,
             fenced: true,
             shutting_down: false,
+            storage_failed: false,
         }
     }
 }
@@ -91,12 +97,15 @@ impl Liveness {
             .collect();
     }
 
-    /// Records a heartbeat from `broker` at `now`, checking its epoch against the image.
+    /// Records a heartbeat from `broker` at `now`, checking its epoch against the image;
+    /// `storage_failed` is what the broker says of its storage (each heartbeat replaces the
+    /// last one's word: a new controller learns it from the next).
     pub fn heartbeat(
         &mut self,
         image: &MetadataImage,
         broker: BrokerId,
         epoch: u64,
+        storage_failed: bool,
         now: Instant,
     ) -> Heartbeat {
         match image.brokers.get(&broker) {
@@ -116,7 +125,12 @@ impl Liveness {
         session.heard = Some(now);
         let newly = session.fenced;
         session.fenced = false;
-        Heartbeat::Alive { newly }
+        let storage_changed =
+            std::mem::replace(&mut session.storage_failed, storage_failed) != storage_failed;
+        Heartbeat::Alive {
+            newly,
+            storage_changed,
+        }
     }
 
     /// Fences every unfenced broker whose session ran out by `now`, and every one whose
@@ -217,6 +231,12 @@ impl Liveness {
         self.sessions.get(&broker).filter(|s| s.epoch == epoch)
     }
 
+    /// Whether `broker`'s current registration last said its storage failed.
+    pub fn is_storage_failed(&self, image: &MetadataImage, broker: BrokerId) -> bool {
+        self.current(image, broker)
+            .is_some_and(|s| s.storage_failed)
+    }
+
     /// Whether `broker` asked for controlled shutdown in its current registration (fenced or
     /// not).
     pub fn is_shutting_down(&self, image: &MetadataImage, broker: BrokerId) -> bool {
@@ -227,6 +247,7 @@ impl Liveness {
     pub fn status(&self, image: &MetadataImage, broker: BrokerId) -> BrokerStatus {
         match self.current(image, broker) {
             Some(s) if !s.fenced && s.shutting_down => BrokerStatus::ShuttingDown,
+            Some(s) if !s.fenced && s.storage_failed => BrokerStatus::StorageFailed,
             Some(s) if !s.fenced => BrokerStatus::Alive,
             _ => BrokerStatus::Fenced,
         }
@@ -266,12 +287,18 @@ mod tests {
         let t0 = Instant::now();
         assert!(!table.is_alive(1));
         assert_eq!(
-            table.heartbeat(&image, 1, 5, t0),
-            Heartbeat::Alive { newly: true }
+            table.heartbeat(&image, 1, 5, false, t0),
+            Heartbeat::Alive {
+                newly: true,
+                storage_changed: false
+            }
         );
         assert_eq!(
-            table.heartbeat(&image, 1, 5, t0 + Duration::from_secs(2)),
-            Heartbeat::Alive { newly: false }
+            table.heartbeat(&image, 1, 5, false, t0 + Duration::from_secs(2)),
+            Heartbeat::Alive {
+                newly: false,
+                storage_changed: false
+            }
         );
         assert!(
             table
@@ -287,8 +314,11 @@ mod tests {
             "fenced once"
         );
         assert_eq!(
-            table.heartbeat(&image, 1, 5, t0 + Duration::from_secs(13)),
-            Heartbeat::Alive { newly: true }
+            table.heartbeat(&image, 1, 5, false, t0 + Duration::from_secs(13)),
+            Heartbeat::Alive {
+                newly: true,
+                storage_changed: false
+            }
         );
     }
 
@@ -298,7 +328,7 @@ mod tests {
         register(&mut image, 5, 1, 11);
         let mut table = Liveness::new(Duration::from_secs(9));
         let t0 = Instant::now();
-        table.heartbeat(&image, 1, 5, t0);
+        table.heartbeat(&image, 1, 5, false, t0);
         // The connection of an older epoch (a process before this one) changes nothing.
         assert!(!table.connection_closed(1, 4, t0));
         assert!(table.expire(&image, t0).is_empty());
@@ -309,8 +339,11 @@ mod tests {
         assert!(!table.connection_closed(1, 5, t1), "fenced already");
         // A broker that only lost the connection heartbeats again on a new one.
         assert_eq!(
-            table.heartbeat(&image, 1, 5, t1 + Duration::from_millis(250)),
-            Heartbeat::Alive { newly: true }
+            table.heartbeat(&image, 1, 5, false, t1 + Duration::from_millis(250)),
+            Heartbeat::Alive {
+                newly: true,
+                storage_changed: false
+            }
         );
     }
 
@@ -323,7 +356,7 @@ mod tests {
         let t0 = Instant::now();
         // A new controller: sessions start afresh, nobody heard from yet.
         table.seed(&image, t0);
-        table.heartbeat(&image, 2, 6, t0 + Duration::from_millis(100));
+        table.heartbeat(&image, 2, 6, false, t0 + Duration::from_millis(100));
         let recent = Duration::from_secs(1);
         let t1 = t0 + Duration::from_millis(300);
         // Broker 2 heartbeated 200 ms ago: a refusal then raced its restart.
@@ -345,14 +378,20 @@ mod tests {
         let mut table = Liveness::new(Duration::from_secs(9));
         let t0 = Instant::now();
         assert_eq!(
-            table.heartbeat(&image, 2, 5, t0),
+            table.heartbeat(&image, 2, 5, false, t0),
             Heartbeat::StaleEpoch,
             "never registered"
         );
-        assert_eq!(table.heartbeat(&image, 1, 4, t0), Heartbeat::StaleEpoch);
         assert_eq!(
-            table.heartbeat(&image, 1, 5, t0),
-            Heartbeat::Alive { newly: true }
+            table.heartbeat(&image, 1, 4, false, t0),
+            Heartbeat::StaleEpoch
+        );
+        assert_eq!(
+            table.heartbeat(&image, 1, 5, false, t0),
+            Heartbeat::Alive {
+                newly: true,
+                storage_changed: false
+            }
         );
         register(&mut image, 9, 1, 12);
         assert_eq!(
@@ -360,10 +399,16 @@ mod tests {
             vec![1],
             "the old process is fenced at once"
         );
-        assert_eq!(table.heartbeat(&image, 1, 5, t0), Heartbeat::StaleEpoch);
         assert_eq!(
-            table.heartbeat(&image, 1, 9, t0),
-            Heartbeat::Alive { newly: true }
+            table.heartbeat(&image, 1, 5, false, t0),
+            Heartbeat::StaleEpoch
+        );
+        assert_eq!(
+            table.heartbeat(&image, 1, 9, false, t0),
+            Heartbeat::Alive {
+                newly: true,
+                storage_changed: false
+            }
         );
         assert_eq!(table.alive().collect::<Vec<_>>(), vec![1]);
     }
@@ -375,15 +420,18 @@ mod tests {
         let mut table = Liveness::new(Duration::from_secs(9));
         let t0 = Instant::now();
         assert_eq!(table.status(&image, 1), BrokerStatus::Fenced);
-        table.heartbeat(&image, 1, 5, t0);
+        table.heartbeat(&image, 1, 5, false, t0);
         assert_eq!(table.status(&image, 1), BrokerStatus::Alive);
         assert!(table.begin_shutdown(1, 5, t0));
         assert!(!table.begin_shutdown(1, 5, t0), "once");
         assert_eq!(table.status(&image, 1), BrokerStatus::ShuttingDown);
         assert!(table.is_alive(1), "it still serves");
         assert_eq!(
-            table.heartbeat(&image, 1, 5, t0 + Duration::from_secs(5)),
-            Heartbeat::Alive { newly: false }
+            table.heartbeat(&image, 1, 5, false, t0 + Duration::from_secs(5)),
+            Heartbeat::Alive {
+                newly: false,
+                storage_changed: false
+            }
         );
         assert_eq!(
             table.status(&image, 1),
@@ -410,10 +458,62 @@ mod tests {
             "until it heartbeats"
         );
         assert_eq!(
-            table.heartbeat(&image, 1, 20, t0 + Duration::from_secs(17)),
-            Heartbeat::Alive { newly: true }
+            table.heartbeat(&image, 1, 20, false, t0 + Duration::from_secs(17)),
+            Heartbeat::Alive {
+                newly: true,
+                storage_changed: false
+            }
         );
         assert_eq!(table.status(&image, 1), BrokerStatus::Alive);
+    }
+
+    #[test]
+    fn failed_storage_lasts_while_the_heartbeats_say_so() {
+        let mut image = MetadataImage::default();
+        register(&mut image, 5, 1, 11);
+        let mut table = Liveness::new(Duration::from_secs(9));
+        let t0 = Instant::now();
+        table.heartbeat(&image, 1, 5, false, t0);
+        assert_eq!(
+            table.heartbeat(&image, 1, 5, true, t0),
+            Heartbeat::Alive {
+                newly: false,
+                storage_changed: true
+            }
+        );
+        assert_eq!(table.status(&image, 1), BrokerStatus::StorageFailed);
+        assert!(table.is_storage_failed(&image, 1));
+        assert!(
+            table.is_alive(1),
+            "it still heartbeats and serves what it can"
+        );
+        assert_eq!(
+            table.heartbeat(&image, 1, 5, true, t0 + Duration::from_secs(1)),
+            Heartbeat::Alive {
+                newly: false,
+                storage_changed: false
+            }
+        );
+        // Shutting down outranks it; a heartbeat saying the disk works clears it.
+        table.begin_shutdown(1, 5, t0);
+        assert_eq!(table.status(&image, 1), BrokerStatus::ShuttingDown);
+        let mut fresh = Liveness::new(Duration::from_secs(9));
+        fresh.heartbeat(&image, 1, 5, true, t0);
+        assert_eq!(fresh.status(&image, 1), BrokerStatus::StorageFailed);
+        assert_eq!(
+            fresh.heartbeat(&image, 1, 5, false, t0 + Duration::from_secs(2)),
+            Heartbeat::Alive {
+                newly: false,
+                storage_changed: true
+            }
+        );
+        assert_eq!(fresh.status(&image, 1), BrokerStatus::Alive);
+        // A new registration starts with working storage until its heartbeats say otherwise.
+        fresh.heartbeat(&image, 1, 5, true, t0 + Duration::from_secs(3));
+        register(&mut image, 7, 1, 12);
+        fresh.registered(1, 7, t0 + Duration::from_secs(3));
+        fresh.heartbeat(&image, 1, 7, false, t0 + Duration::from_secs(3));
+        assert_eq!(fresh.status(&image, 1), BrokerStatus::Alive);
     }
 
     #[test]
@@ -422,7 +522,7 @@ mod tests {
         register(&mut image, 5, 1, 11);
         let mut table = Liveness::new(Duration::from_secs(9));
         let t0 = Instant::now();
-        table.heartbeat(&image, 1, 5, t0);
+        table.heartbeat(&image, 1, 5, false, t0);
         table.begin_shutdown(1, 5, t0);
         table.registered(1, 5, t0);
         assert_eq!(

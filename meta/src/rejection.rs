@@ -161,6 +161,9 @@ pub enum Ineligible {
     /// It is in controlled shutdown.
     #[error("it is shutting down")]
     ShuttingDown,
+    /// A write to its storage failed and none has been shown to work since.
+    #[error("its storage failed")]
+    StorageFailed,
     /// The leader saw the fetches of another process of that broker.
     #[error("the leader saw broker epoch {seen}, its registration has {current}")]
     StaleBrokerEpoch {

@@ -102,6 +102,10 @@ pub enum ControllerRequest {
         broker: BrokerId,
         /// The epoch its registration was given.
         epoch: u64,
+        /// A write to its storage failed (a full disk, an I/O error) and none has been shown
+        /// to work since: it gives up its leaderships and leaves its ISRs until it clears.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        storage_failed: bool,
     },
     /// Creates a topic, placing its replicas over the live brokers.
     CreateTopic {
@@ -318,6 +322,9 @@ pub struct BrokerState {
     /// In controlled shutdown.
     #[serde(default)]
     pub shutting_down: bool,
+    /// Its storage failed: it leads nothing and joins no ISR until it clears.
+    #[serde(default)]
+    pub storage_failed: bool,
 }
 
 /// Writes one frame.
@@ -382,6 +389,7 @@ mod tests {
             request: Request::Controller(ControllerRequest::Heartbeat {
                 broker: 1,
                 epoch: 7,
+                storage_failed: false,
             }),
         };
         write_frame(&mut a, &request).await.unwrap();
@@ -391,7 +399,8 @@ mod tests {
             read.request,
             Request::Controller(ControllerRequest::Heartbeat {
                 broker: 1,
-                epoch: 7
+                epoch: 7,
+                storage_failed: false,
             })
         ));
 

@@ -91,7 +91,7 @@ async fn requests<D: Dispatch>(
         let response = if envelope.to != inner.id() {
             Response::WrongNode { actual: inner.id() }
         } else {
-            if let Request::Controller(ControllerRequest::Heartbeat { broker, epoch }) =
+            if let Request::Controller(ControllerRequest::Heartbeat { broker, epoch, .. }) =
                 &envelope.request
             {
                 *heartbeater = Some((*broker, *epoch));

@@ -97,6 +97,7 @@ impl Cluster {
                 ..Endpoints::default()
             },
             None,
+            tokio::sync::watch::channel(false).1,
         );
         node.controller = Some(controller);
     }

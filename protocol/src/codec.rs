@@ -1074,6 +1074,7 @@ mod tests {
                         role: QuorumRole::Voter as i32,
                         controller_address: Some("127.0.0.1:9301".into()),
                         metadata_index: 118,
+                        storage_failed: true,
                     },
                     ClusterBroker {
                         node_id: 4,
@@ -1085,6 +1086,7 @@ mod tests {
                         role: QuorumRole::Learner as i32,
                         controller_address: Some("127.0.0.1:9304".into()),
                         metadata_index: -1,
+                        storage_failed: false,
                     },
                 ],
             }

@@ -169,11 +169,13 @@ impl Health {
     }
 }
 
-/// A broker's state word: `alive`, `fenced`, or `unregistered` (a quorum member that never
-/// registered as a broker).
+/// A broker's state word: `alive`, `storage-failed` (alive, but its disk refuses writes: it
+/// leads nothing), `fenced`, or `unregistered` (a quorum member that never registered as a
+/// broker).
 fn state(b: &strom_client::BrokerDescription) -> &'static str {
     match (b.broker_epoch, b.alive) {
         (None, _) => "unregistered",
+        (Some(_), true) if b.storage_failed => "storage-failed",
         (Some(_), true) => "alive",
         (Some(_), false) => "fenced",
     }

@@ -17,8 +17,8 @@ pub enum TopicsCommand {
         /// Number of partitions [default: the broker's default_partitions]
         #[arg(long, value_name = "N")]
         partitions: Option<i32>,
-        /// Replicas per partition [default: the broker's default, 1]; until partition data is
-        /// replicated the broker accepts only 1
+        /// Replicas per partition, at most the live brokers [default: the cluster's
+        /// default_replication_factor: three, or every live broker when fewer]
         #[arg(long, value_name = "R")]
         replication_factor: Option<i32>,
         /// A topic setting by its Kafka name, e.g. `retention.ms=86400000` (repeatable)

@@ -10,6 +10,15 @@
 //!
 //! Early write-back ([`start_writeback`]) passes through here too; it is a hint with no effect
 //! on what is stored, so no fault applies to it.
+//!
+//! **The sync journal** (a test hook for simulated power cuts): when the environment variable
+//! [`SYNC_JOURNAL_ENV`] names a file when the first log opens, every fsync of a segment's `.log`
+//! through here appends `PATH<TAB>LENGTH` to it (the file's length once the fsync returned, so
+//! before anything that waited for that fsync is acknowledged), and every `.log` created appends
+//! `PATH<TAB>0`. After the processes are killed, a test cuts each `.log` to the last length
+//! journaled for it: what a power cut keeps of a file written only through the page cache
+//! (issue 17's scenario 9, power-cut half: its test is being built). Off (one check of a
+//! `OnceLock`) otherwise.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
@@ -251,7 +260,56 @@ pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<
 pub(crate) fn sync_data(faults: Option<&IoFaults>, file: &File, path: &Path) -> Result<()> {
     check(faults, IoOp::Sync)
         .and_then(|()| file.sync_data())
-        .map_err(StorageError::io("fsync", path))
+        .map_err(StorageError::io("fsync", path))?;
+    journal_synced(file);
+    Ok(())
+}
+
+/// The environment variable naming the sync journal's file (module docs).
+pub const SYNC_JOURNAL_ENV: &str = "STROM_SYNC_JOURNAL";
+
+/// The sync journal, if [`SYNC_JOURNAL_ENV`] named one.
+fn journal() -> Option<&'static Mutex<File>> {
+    static JOURNAL: std::sync::OnceLock<Option<Mutex<File>>> = std::sync::OnceLock::new();
+    JOURNAL
+        .get_or_init(|| {
+            let path = std::env::var_os(SYNC_JOURNAL_ENV)?;
+            match File::options().create(true).append(true).open(&path) {
+                Ok(f) => Some(Mutex::new(f)),
+                Err(e) => {
+                    tracing::error!(path = ?path, error = %e, "cannot open the sync journal");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Journals `file`'s length if it is a segment's `.log` and the journal is on.
+fn journal_synced(file: &File) {
+    let Some(journal) = journal() else { return };
+    use std::os::fd::AsRawFd;
+    let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) else {
+        return;
+    };
+    if let Ok(meta) = file.metadata() {
+        journal_line(journal, &path, meta.len());
+    }
+}
+
+/// Appends `PATH<TAB>LEN` for a `.log` file, in one write.
+fn journal_line(journal: &Mutex<File>, path: &Path, len: u64) {
+    if path
+        .extension()
+        .is_none_or(|e| e != crate::segment::LOG_EXT)
+    {
+        return;
+    }
+    let line = format!("{}\t{len}\n", path.display());
+    let mut f = journal.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = f.write_all(line.as_bytes()) {
+        tracing::error!(error = %e, "cannot write the sync journal");
+    }
 }
 
 /// fsyncs a directory so that file creations, renames and deletions in it are durable.
@@ -334,6 +392,13 @@ pub(crate) fn create_file(faults: Option<&IoFaults>, path: &Path) -> Result<File
                 .read(true)
                 .write(true)
                 .open(path)
+        })
+        .inspect(|_| {
+            if let Some(journal) = journal() {
+                // Named as `/proc/self/fd` names it when it is fsynced.
+                let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+                journal_line(journal, &path, 0);
+            }
         })
         .map_err(StorageError::io("create", path))
 }

@@ -5,6 +5,7 @@
 //! brokers start; every other port is the broker's own pick.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,8 @@ pub struct Cluster {
     pub dirs: Vec<TestDir>,
     /// More `strom serve` arguments for every broker.
     pub extra: Vec<String>,
+    /// A command each broker runs through, by id - 1 (empty: none; [`Broker::start_wrapped`]).
+    pub wrappers: Vec<Vec<String>>,
 }
 
 impl Cluster {
@@ -31,6 +34,12 @@ impl Cluster {
 
     /// As [`Cluster::start`], with `extra` arguments for every broker.
     pub fn start_with(extra: &[&str]) -> Cluster {
+        Cluster::start_wrapped(extra, |_, _| Vec::new())
+    }
+
+    /// As [`Cluster::start_with`], broker `id` run through `wrap(id, its data directory)`
+    /// ([`Broker::start_wrapped`]; empty: directly).
+    pub fn start_wrapped(extra: &[&str], wrap: impl Fn(usize, &Path) -> Vec<String>) -> Cluster {
         let ports: Vec<u16> = (0..3)
             .map(|_| {
                 let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
@@ -43,11 +52,14 @@ impl Cluster {
             .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
+        let dirs: Vec<TestDir> = (0..3).map(|_| TestDir::new()).collect();
+        let wrappers = (1..=3).map(|id| wrap(id, &dirs[id - 1].data())).collect();
         let mut cluster = Cluster {
-            dirs: (0..3).map(|_| TestDir::new()).collect(),
+            dirs,
             voters,
             brokers: vec![None, None, None],
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            wrappers,
         };
         let started: Vec<_> = (1..=3).map(|id| cluster.spawn(id)).collect();
         for (i, handle) in started.into_iter().enumerate() {
@@ -67,6 +79,7 @@ impl Cluster {
         let data = self.dirs[id - 1].data();
         let voters = self.voters.clone();
         let extra = self.extra.clone();
+        let wrapper = self.wrappers[id - 1].clone();
         thread::spawn(move || {
             let id = id.to_string();
             let mut args = vec![
@@ -78,10 +91,7 @@ impl Cluster {
                 "none",
             ];
             args.extend(extra.iter().map(String::as_str));
-            match addr {
-                Some(addr) => Broker::start_at(&data, addr, &args),
-                None => Broker::start(&data, &args),
-            }
+            Broker::start_wrapped(&data, addr, &wrapper, &args)
         })
     }
 

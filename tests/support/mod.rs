@@ -26,6 +26,7 @@ use strom_protocol::messages::*;
 use strom_protocol::{ErrorCode, decode_response, encode_request};
 
 pub mod cluster;
+pub mod load;
 
 /// How long the broker may take to print its `listening on` line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -91,12 +92,30 @@ impl Broker {
     /// existing, empty data directory). The broker's stderr goes to a file beside the data
     /// directory, never inside it.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Broker {
-        Broker::spawn(data_dir, None, extra_args)
+        Broker::spawn(data_dir, None, &[], extra_args)
     }
 
-    /// Spawns `strom serve` on `addr` (or `127.0.0.1:0`) and waits for its `listening on` line,
-    /// which must name `addr` when one was asked for.
-    fn spawn(data_dir: &Path, addr: Option<SocketAddr>, extra_args: &[&str]) -> Broker {
+    /// As [`Broker::start`], run through `wrapper` (a command that ends by executing the
+    /// command line it is given after its own arguments, in the same process, as `unshare`
+    /// and `sh -c '...; exec "$@"'` do), on `addr` when given.
+    pub fn start_wrapped(
+        data_dir: &Path,
+        addr: Option<SocketAddr>,
+        wrapper: &[String],
+        extra_args: &[&str],
+    ) -> Broker {
+        Broker::spawn(data_dir, addr, wrapper, extra_args)
+    }
+
+    /// Spawns `strom serve` on `addr` (or `127.0.0.1:0`), through `wrapper` when it is not
+    /// empty, and waits for its `listening on` line, which must name `addr` when one was asked
+    /// for.
+    fn spawn(
+        data_dir: &Path,
+        addr: Option<SocketAddr>,
+        wrapper: &[String],
+        extra_args: &[&str],
+    ) -> Broker {
         fs::create_dir_all(data_dir).expect("create the data directory");
         let n = BROKER_SEQ.fetch_add(1, Ordering::Relaxed);
         let log_dir = data_dir
@@ -127,7 +146,16 @@ impl Broker {
             &["--http-listen", "127.0.0.1:0"]
         };
 
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+        let strom = env!("CARGO_BIN_EXE_strom");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(strom);
+                c
+            }
+            None => Command::new(strom),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--listen")
             .arg(&listen)
@@ -1140,7 +1168,7 @@ impl Broker {
     /// address. The old port is free once the old process is gone (the listener sets
     /// `SO_REUSEADDR`).
     pub fn start_at(data_dir: &Path, addr: SocketAddr, extra_args: &[&str]) -> Broker {
-        Broker::spawn(data_dir, Some(addr), extra_args)
+        Broker::spawn(data_dir, Some(addr), &[], extra_args)
     }
 }
 

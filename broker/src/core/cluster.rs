@@ -79,10 +79,14 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     /// Starts the controller under `<data-dir>/meta/quorum` (the one voter of its own quorum
-    /// unless `controller_voters` names others) and registers the broker with `endpoints`,
-    /// returning once registered and caught up with the image up to the registration. A broker
+    /// unless `controller_voters` names others) and registers the broker with `endpoints`
+    /// (its heartbeats say whether `storage_failed` holds true), returning once registered and caught up with the image up to the registration. A broker
     /// of a larger quorum waits for a quorum of voters as long as it takes.
-    pub async fn start(config: &BrokerConfig, endpoints: Endpoints) -> Result<Self, BrokerError> {
+    pub async fn start(
+        config: &BrokerConfig,
+        endpoints: Endpoints,
+        storage_failed: watch::Receiver<bool>,
+    ) -> Result<Self, BrokerError> {
         let id = BrokerId::try_from(config.node_id).map_err(|_| BrokerError::Config {
             key: "node_id".into(),
             reason: format!("must be 0 or more, not {}", config.node_id),
@@ -130,7 +134,7 @@ impl Cluster {
         // Registered, and the image applied here up to the registration (the broker epoch is
         // its log index): everything this broker ever followed is in the image before the
         // registry is compared with it, so nothing is deleted for having been applied late.
-        let mut epoch = controller.start_broker_session(endpoints, None);
+        let mut epoch = controller.start_broker_session(endpoints, None, storage_failed);
         let mut applied = controller.applied();
         let mut waited = Duration::ZERO;
         loop {

@@ -40,6 +40,7 @@ pub(crate) mod producers;
 pub(crate) mod queues;
 pub(crate) mod replication;
 pub(crate) mod session;
+pub(crate) mod storage_health;
 pub(crate) mod topic_file;
 pub(crate) mod topics;
 
@@ -102,7 +103,7 @@ impl Core {
             stats.clone(),
         )
         .await?;
-        let cluster = Cluster::start(&config, endpoints).await?;
+        let cluster = Cluster::start(&config, endpoints, stats.storage.subscribe()).await?;
         let groups = Coordinator::new(
             SessionBounds {
                 min_ms: config.group_min_session_timeout_ms,
@@ -181,8 +182,13 @@ impl Core {
                 self.isr_changes().await;
             }
         };
+        let storage = self
+            .stats
+            .storage
+            .watch(self.config.data_dir.clone(), self.shutdown.clone());
         tokio::select! {
             () = self.clone().follow_image_forever() => {}
+            () = storage => {}
             () = isr => {}
             () = maintain => {}
             () = expire => {}

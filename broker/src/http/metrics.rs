@@ -90,7 +90,8 @@ fn render_now(http: &Http, queues: &[GroupView]) -> String {
     out
 }
 
-/// Build, uptime, connections, in-flight bytes, bytes produced and fetched, fsyncs.
+/// Build, uptime, connections, in-flight bytes, bytes produced and fetched, fsyncs, storage
+/// health.
 fn broker(registry: &mut Registry, http: &Http) {
     let stats = &http.core.stats;
     let mut build = Series::<i64>::gauge();
@@ -164,6 +165,20 @@ fn broker(registry: &mut Registry, http: &Http) {
         "Partition writers' fsyncs (each covers every append before it)",
         Unit::Seconds,
         Histograms(vec![(Labels::none(), stats.fsync.snapshot())]),
+    );
+    let mut storage_failed = Series::<i64>::gauge();
+    storage_failed.add(Labels::none(), i64::from(stats.storage.is_failed()));
+    registry.register(
+        "storage_failed",
+        "1 while the disk fails writes and no probe write has succeeded since (the broker then leads nothing and leaves its ISRs)",
+        storage_failed,
+    );
+    let mut storage_failures = Series::<u64>::counter();
+    storage_failures.add(Labels::none(), stats.storage.failures());
+    registry.register(
+        "storage_write_failures",
+        "Partition writes the disk refused (full, or an I/O error)",
+        storage_failures,
     );
 }
 

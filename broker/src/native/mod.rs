@@ -794,6 +794,7 @@ async fn describe_cluster(core: &Core) -> DescribeClusterResponse {
         role: QuorumRole::Unspecified as i32,
         controller_address: None,
         metadata_index: -1,
+        storage_failed: false,
     };
     for m in status.members {
         let b = brokers.entry(m.id).or_insert_with(|| blank(m.id));
@@ -812,6 +813,7 @@ async fn describe_cluster(core: &Core) -> DescribeClusterResponse {
         b.kafka_address = r.endpoints.kafka;
         b.http_address = r.endpoints.http;
         b.alive = r.alive;
+        b.storage_failed = r.storage_failed;
     }
     DescribeClusterResponse {
         error_code: ErrorCode::None.into(),

@@ -73,6 +73,7 @@ pub(super) async fn replicate(log: Box<Log>, r: Replicate, w: &mut Writer) -> Op
     let (log, usable) = recover_if_poisoned(log, w).await;
     let mut log = log?;
     if let Err(e) = usable {
+        w.disk_failed(&e);
         let _ = r.done.send(Err((storage_code(&e), e.to_string())));
         return Some(log);
     }
@@ -123,7 +124,10 @@ pub(super) async fn replicate(log: Box<Log>, r: Replicate, w: &mut Writer) -> Op
             }
             Err(e) => {
                 w.producers.abort();
-                tracing::warn!(topic = %w.topic, partition = w.index, error = %e, "cannot append the leader's batches");
+                // A disk failure is logged once, by the broker's storage health.
+                if !w.disk_failed(&e) {
+                    tracing::warn!(topic = %w.topic, partition = w.index, error = %e, "cannot append the leader's batches");
+                }
                 let _ = r.done.send(Err((storage_code(&e), e.to_string())));
                 return Some(log);
             }
@@ -151,6 +155,7 @@ pub(super) async fn truncate(
         return (None, Err(closing()));
     };
     if let Err(e) = usable {
+        w.disk_failed(&e);
         return (Some(log), Err((storage_code(&e), e.to_string())));
     }
     // The running fsync works on the files a truncation replaces.
@@ -201,7 +206,10 @@ pub(super) async fn truncate(
             let p = position(&log);
             (Some(log), Ok(p))
         }
-        (log, Err(e)) => (log, Err((storage_code(&e), e.to_string()))),
+        (log, Err(e)) => {
+            w.disk_failed(&e);
+            (log, Err((storage_code(&e), e.to_string())))
+        }
         (None, Ok(_)) => (None, Err(closing())),
     }
 }

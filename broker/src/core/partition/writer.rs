@@ -152,7 +152,14 @@ impl Writer {
         }
     }
 
+    /// A write of this partition failed with `e`: a disk failure fails the broker's storage
+    /// (which moves its leaderships away). True when it was one.
+    pub(super) fn disk_failed(&self, e: &StorageError) -> bool {
+        self.broker.storage.fail(&self.topic, self.index, e)
+    }
+
     pub(super) fn fail_waiting(&mut self, e: &StorageError) {
+        self.disk_failed(e);
         let (code, msg) = (storage_code(e), e.to_string());
         for w in self.waiting.drain(..) {
             let _ = w.reply.send(Err((code, msg.clone())));
@@ -245,12 +252,14 @@ pub(super) async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: W
                     })
                     .await;
                     if let Err(e) = r {
+                        w.disk_failed(&e);
                         tracing::error!(topic = %topic, partition = index, error = %e, "retention or compaction failed");
                     }
                     log = l;
                 }
                 WriterMsg::Lead(epoch) => {
                     if let Err(e) = l.set_leader_epoch(epoch) {
+                        w.disk_failed(&e);
                         tracing::warn!(topic = %topic, partition = index, epoch, error = %e, "cannot take up the leader epoch; appends keep the log's");
                     }
                     log = Some(l);
@@ -424,6 +433,7 @@ async fn append_group(
     }
     let (log, usable) = recover_if_poisoned(log, w).await;
     if let Err(e) = usable {
+        w.disk_failed(&e);
         let code = storage_code(&e);
         let msg = e.to_string();
         for a in appends {
@@ -547,6 +557,7 @@ async fn append_group(
         Err(e) => {
             w.producers.abort();
             withdraw_delays(registered, w).await;
+            w.disk_failed(&e);
             let code = storage_code(&e);
             let msg = e.to_string();
             for a in appends {

@@ -21,13 +21,15 @@
 
 mod delayed;
 mod follower;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 pub(crate) use follower::{Position, Replicate, TruncateTo};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use strom_protocol::ErrorCode;
 use strom_storage::{Log, LogConfig, LogReader, StorageError, ValidBatch};
@@ -102,9 +104,12 @@ pub(crate) enum WriterMsg {
         before: i64,
         done: oneshot::Sender<Result<i64, (ErrorCode, String)>>,
     },
-    /// This broker leads the partition in `epoch` (the metadata image's leader epoch): batches
-    /// appended from now on are stamped with it.
-    Lead(i32),
+    /// This broker leads the partition as the metadata image says: the replication view starts
+    /// at the log's end, and batches appended from now on are stamped with the leader epoch.
+    Lead {
+        lead: Box<Leadership>,
+        done: oneshot::Sender<()>,
+    },
     /// Kafka's OffsetForLeaderEpoch on the log: the largest epoch at or below this one that the
     /// log holds, and where it ends.
     EpochEnd {
@@ -146,8 +151,6 @@ pub struct Partition {
     tx: mpsc::Sender<WriterMsg>,
     /// The high watermark and what moves it.
     replica: Arc<Replica>,
-    /// The leader epoch last handed to the writer (-1: none yet).
-    led_epoch: AtomicI32,
     delays: Arc<DelayIndex>,
     stats: Arc<PartitionStats>,
 }
@@ -208,7 +211,6 @@ impl Partition {
             reader,
             tx,
             replica,
-            led_epoch: AtomicI32::new(-1),
             delays,
             stats,
         })
@@ -253,17 +255,25 @@ impl Partition {
 
     /// The metadata image makes this broker the partition's leader as `lead` says: its
     /// followers' fetches are answered, and appends from now on are stamped with the epoch.
+    /// A new leadership is taken up by the writer, after everything queued before it (a
+    /// follower's append or truncation in flight would otherwise move the log end under the
+    /// new epoch's start), and this returns once it has been.
     pub(crate) async fn become_leader(&self, lead: Leadership) {
-        let epoch = lead.leader_epoch;
-        self.replica
-            .lead(lead, self.reader.end_offset(), self.reader.durable_offset());
-        self.lead(epoch).await;
+        let Err(lead) = self.replica.retake(lead) else {
+            return;
+        };
+        let (done, rx) = oneshot::channel();
+        self.send(WriterMsg::Lead {
+            lead: Box::new(lead),
+            done,
+        })
+        .await;
+        let _ = rx.await;
     }
 
     /// The metadata image makes this broker a follower of `leader` in its epoch (`None`: the
     /// partition has no leader now): producers' appends are refused, the fetcher's taken.
     pub(crate) fn become_follower(&self, leader: Option<(BrokerId, i32)>) {
-        self.led_epoch.store(-1, Ordering::Release);
         self.replica.follow(
             leader,
             self.reader.end_offset(),
@@ -376,14 +386,6 @@ impl Partition {
             )));
         }
         rx
-    }
-
-    /// This broker leads the partition in `epoch`: appends queued after this are stamped with it.
-    /// Sent to the writer only when the epoch changed.
-    pub(crate) async fn lead(&self, epoch: i32) {
-        if self.led_epoch.swap(epoch, Ordering::AcqRel) != epoch {
-            self.send(WriterMsg::Lead(epoch)).await;
-        }
     }
 
     /// The largest leader epoch at or below `epoch` that the log holds and the offset where it

@@ -257,11 +257,16 @@ pub(super) async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: W
                     }
                     log = l;
                 }
-                WriterMsg::Lead(epoch) => {
-                    if let Err(e) = l.set_leader_epoch(epoch) {
+                WriterMsg::Lead { lead, done } => {
+                    let epoch = lead.leader_epoch;
+                    w.replica.lead(*lead, l.end_offset(), l.durable_offset());
+                    if l.leader_epoch() != epoch
+                        && let Err(e) = l.set_leader_epoch(epoch)
+                    {
                         w.disk_failed(&e);
                         tracing::warn!(topic = %topic, partition = index, epoch, error = %e, "cannot take up the leader epoch; appends keep the log's");
                     }
+                    let _ = done.send(());
                     log = Some(l);
                 }
                 WriterMsg::EpochEnd { epoch, done } => {

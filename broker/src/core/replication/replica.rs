@@ -221,47 +221,55 @@ impl Replica {
         *self.status.borrow()
     }
 
-    /// The metadata image makes this broker the leader as `lead` says; `end` and `durable` are
-    /// the log's now. In the epoch it already leads in (with the same replicas), only the ISR,
-    /// partition epoch and settings are taken up; otherwise the view starts afresh, keeping
-    /// the HW. (A new topic's first epoch is 0, the epoch of the view a partition opens with
-    /// before the image names its replicas: the replicas tell them apart.)
-    pub(crate) fn lead(&self, lead: Leadership, end: i64, durable: i64) {
+    /// The metadata image names this broker the leader in the epoch it already leads in (with
+    /// the same replicas): only the ISR, partition epoch and settings are taken up. Anything
+    /// else is handed back, for [`Replica::lead`] to start a new view with the log's position.
+    pub(crate) fn retake(&self, lead: Leadership) -> Result<(), Leadership> {
         let mut role = self.role();
-        match &mut *role {
-            Role::Leader { view, .. }
-                if view.leadership().leader_epoch == lead.leader_epoch
-                    && view.leadership().me == lead.me
-                    && view.leadership().replicas == lead.replicas =>
-            {
-                let l = view.leadership();
-                // An image older than the controller's answer to this leader's own ISR change
-                // (taken up already) does not take it back.
-                if lead.partition_epoch > l.partition_epoch
-                    || (lead.partition_epoch == l.partition_epoch && l.isr != lead.isr)
-                {
-                    view.isr_committed(lead.isr, lead.partition_epoch);
-                }
-                view.set_min_isr(lead.min_isr);
-                view.set_durable(lead.durable);
-            }
-            current => {
-                // A partition opens as if alone, its HW at its log end; once the image gives
-                // it other replicas that tail may be unreplicated (nothing persists the HW
-                // across a restart), so a replicated leader starts from 0 and its followers'
-                // fetches move it (no reader saw the opening value: the image is followed
-                // before the listeners start).
-                let hw = if is_opening(current) && lead.replicas.len() > 1 {
-                    0
-                } else {
-                    self.high_watermark()
-                };
-                *role = Role::Leader {
-                    view: LeaderView::new(lead, end, durable, hw, Instant::now()),
-                    epochs: BTreeMap::new(),
-                };
-            }
+        let Role::Leader { view, .. } = &mut *role else {
+            return Err(lead);
+        };
+        let l = view.leadership();
+        if l.leader_epoch != lead.leader_epoch || l.me != lead.me || l.replicas != lead.replicas {
+            return Err(lead);
         }
+        // An image older than the controller's answer to this leader's own ISR change (taken
+        // up already) does not take it back.
+        if lead.partition_epoch > l.partition_epoch
+            || (lead.partition_epoch == l.partition_epoch && l.isr != lead.isr)
+        {
+            view.isr_committed(lead.isr, lead.partition_epoch);
+        }
+        view.set_min_isr(lead.min_isr);
+        view.set_durable(lead.durable);
+        self.publish(&role);
+        Ok(())
+    }
+
+    /// The metadata image makes this broker the leader as `lead` says; `end` and `durable` are
+    /// the log's now, read by the partition's writer (so no follower append or truncation in
+    /// flight can move them after the view is taken: the epoch starts where the log ends).
+    /// In the epoch it already leads in, this is [`Replica::retake`]; otherwise the view
+    /// starts afresh, keeping the HW. (A new topic's first epoch is 0, the epoch of the view a
+    /// partition opens with before the image names its replicas: the replicas tell them apart.)
+    pub(crate) fn lead(&self, lead: Leadership, end: i64, durable: i64) {
+        let Err(lead) = self.retake(lead) else {
+            return;
+        };
+        let mut role = self.role();
+        // A partition opens as if alone, its HW at its log end; once the image gives it other
+        // replicas that tail may be unreplicated (nothing persists the HW across a restart),
+        // so a replicated leader starts from 0 and its followers' fetches move it (no reader
+        // saw the opening value: the image is followed before the listeners start).
+        let hw = if is_opening(&role) && lead.replicas.len() > 1 {
+            0
+        } else {
+            self.high_watermark()
+        };
+        *role = Role::Leader {
+            view: LeaderView::new(lead, end, durable, hw, Instant::now()),
+            epochs: BTreeMap::new(),
+        };
         self.publish(&role);
     }
 

@@ -1,0 +1,82 @@
+//! The partition's writer orders role changes with the log changes queued before them.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+use strom_protocol::batch::RecordRef;
+use strom_storage::{Log, LogConfig};
+use tokio::sync::watch;
+
+use super::{Partition, TruncateTo};
+use crate::core::producers::ProducerStates;
+use crate::core::replication::leader::{IsrRequest, Leadership};
+use crate::stats::Stats;
+
+/// A partition whose log holds `records` single-record batches of leader epoch 1.
+fn partition_in_epoch_1(dir: &std::path::Path, records: usize) -> Arc<Partition> {
+    let mut log = Log::open(dir, LogConfig::default()).expect("open the log");
+    log.set_leader_epoch(1).expect("epoch 1");
+    for i in 0..records {
+        let value = i.to_string();
+        log.append_records(&[RecordRef {
+            timestamp: 0,
+            key: None,
+            value: Some(value.as_bytes()),
+            headers: &[],
+        }])
+        .expect("append");
+    }
+    let producers = ProducerStates::load(&log, 0).expect("producer state");
+    Partition::start(
+        0,
+        log,
+        producers,
+        "t".into(),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(Stats::default()),
+        Arc::new(watch::channel(0).0),
+    )
+}
+
+/// A follower truncating its log when the image makes it the leader: the new epoch starts
+/// where the truncated log ends, so a follower that fetched to there joins the ISR. (Taking
+/// the log end before the queued truncation ran left the epoch's start past the log's end,
+/// and with nothing produced the ISR could never grow back: the power-cut test found it.)
+#[tokio::test]
+async fn a_new_leadership_starts_where_a_truncation_queued_before_it_left_the_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let part = partition_in_epoch_1(dir.path(), 10);
+    part.become_follower(Some((2, 1)));
+    let lead = Leadership {
+        me: 1,
+        leader_epoch: 2,
+        partition_epoch: 3,
+        replicas: vec![1, 2],
+        isr: vec![1],
+        min_isr: 1,
+        durable: false,
+    };
+    let (truncated, ()) = tokio::join!(
+        part.truncate(
+            2,
+            1,
+            TruncateTo::OutOfRange {
+                leader_start: 0,
+                leader_end: 6,
+            },
+        ),
+        part.become_leader(lead),
+    );
+    assert_eq!(truncated.expect("truncated").end, 6);
+    assert_eq!(part.reader().end_offset(), 6);
+
+    part.replica()
+        .follower_fetched(2, 7, 2, 6, 6)
+        .expect("the follower's fetch in epoch 2");
+    let change = part
+        .replica()
+        .isr_change(Instant::now(), Duration::from_secs(30))
+        .expect("an ISR change is due");
+    assert_eq!(change.change, IsrRequest::Expand(vec![1, 2]));
+}

@@ -28,7 +28,7 @@
 //! | `fetch_partition_max_bytes` | 1 MiB | record bytes per partition when a fetch gives no limit |
 //! | `fetch_max_wait_ms` | 30000 | cap on a fetch's long-poll wait |
 //! | `produce_timeout_ms` | 30000 | how long a produce waits for its acknowledgement when it names no timeout |
-//! | `retention_check_interval_ms` | 60000 | how often retention and compaction run |
+//! | `retention_check_interval_ms` | 60000 | how often retention, compaction and the recovery-point checkpoint run |
 //! | `group_min_session_timeout_ms` | 1000 | shortest session timeout a group member may ask for |
 //! | `group_max_session_timeout_ms` | 300000 | longest session timeout a group member may ask for |
 //! | `group_default_session_timeout_ms` | 45000 | session timeout of a member that asks for none |

@@ -17,7 +17,7 @@
 //! before anything that waited for that fsync is acknowledged), and every `.log` created appends
 //! `PATH<TAB>0`. After the processes are killed, a test cuts each `.log` to the last length
 //! journaled for it: what a power cut keeps of a file written only through the page cache
-//! (issue 17's scenario 9, power-cut half: its test is being built). Off (one check of a
+//! (issue 17's scenario 9, power-cut half: `tests/power_cut.rs`). Off (one check of a
 //! `OnceLock`) otherwise.
 
 use std::fs::File;

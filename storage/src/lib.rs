@@ -20,6 +20,8 @@
 //!   checkpoint file `leader-epoch-checkpoint`;
 //! - `replica`: what replication needs of a log: leader epochs stamped on appends, a
 //!   follower's append of its leader's batches, truncation (crash-safe), the epoch lookups;
+//! - `recovery_point`: the offset below which a log is known to be on disk, which bounds
+//!   what recovery checks after an unclean shutdown;
 //! - `mmap`: the read-only maps (`unsafe`: mapping a file).
 //!
 //! The on-disk format, recovery procedure and durability promise are in `docs/storage.md`.
@@ -49,6 +51,7 @@ pub mod io;
 mod log;
 mod log_start;
 mod mmap;
+mod recovery_point;
 mod replica;
 mod segment;
 

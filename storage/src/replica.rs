@@ -409,6 +409,7 @@ impl Log {
         keep_len: u64,
         new_end: i64,
     ) -> Result<i64> {
+        self.lower_recovery_point(new_end)?;
         self.truncations += 1;
         let faults = self.faults.clone();
         let faults = faults.as_ref();
@@ -460,6 +461,9 @@ impl Log {
     /// does. Any failure poisons the log; `recover` (or the next open) finishes the intent.
     fn truncate_by_intent(&mut self, intent: Intent) -> Result<()> {
         self.mark_dirty()?;
+        if let Err(e) = self.lower_recovery_point(intent.new_end) {
+            return Err(self.poison(e));
+        }
         self.truncations += 1;
         let faults = self.faults.clone();
         let done = write_intent(&self.dir, &intent, faults.as_ref())

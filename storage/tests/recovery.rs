@@ -437,6 +437,10 @@ fn a_rewritten_base_offset_is_found_in_a_log_that_was_never_compacted() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), small_segments()).unwrap();
     fill(&mut log, 200);
+    // On disk and recorded so: the closed segments lie below the recovery point, where an
+    // unclean open walks them by headers and leaves damage for reads to find.
+    log.flush().unwrap();
+    log.checkpoint_recovery_point().unwrap();
     drop(log); // a crash: the next open recovers the active segment
     let logs = segment_files(dir.path(), "log");
     assert!(logs.len() >= 3);
@@ -469,4 +473,161 @@ fn a_rewritten_base_offset_is_found_in_a_log_that_was_never_compacted() {
     // Offsets and times before it still read.
     assert_eq!(log.reader().read(0, 1).unwrap().first_offset, 0);
     assert_eq!(log.reader().offset_for_time(1_003).unwrap(), Some(9));
+}
+
+/// The base offset a segment file is named by.
+fn base_of(path: &Path) -> i64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_power_cut_in_a_closed_segment_past_the_recovery_point_cuts_the_log_there() {
+    // What a power cut does to segments rolled since the last fsync: each loses its unsynced
+    // tail ("drop"), or keeps its length with zeros where pages never reached the disk
+    // ("zeros"). Either way the log is cut at the first damage and the later segments go: a
+    // prefix, with no hole, that a replica refetches from its leader.
+    for damage in ["drop", "zeros"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), small_segments()).unwrap();
+        fill(&mut log, 30);
+        log.flush().unwrap();
+        log.checkpoint_recovery_point().unwrap();
+        let durable = log.end_offset();
+        fill(&mut log, 200);
+        let want = read_all(&log.reader(), 0);
+        drop(log);
+        let logs = segment_files(dir.path(), "log");
+        assert!(logs.len() >= 4, "{damage}: several segments");
+        // The first segment that reaches past the recovery point is damaged in its middle.
+        let victim = logs
+            .iter()
+            .rposition(|p| base_of(p) <= durable)
+            .map(|i| &logs[i + 1])
+            .unwrap();
+        let bytes = fs::read(victim).unwrap();
+        let starts = batch_starts(&bytes);
+        let keep = starts[starts.len() / 2];
+        match damage {
+            "drop" => OpenOptions::new()
+                .write(true)
+                .open(victim)
+                .unwrap()
+                .set_len(keep as u64)
+                .unwrap(),
+            _ => {
+                // A page of zeros inside a batch: its header is intact, its CRC is not.
+                let mut bytes = bytes.clone();
+                let (from, len) = (keep + 20, bytes.len());
+                bytes[from..(from + 64).min(len)].fill(0);
+                fs::write(victim, &bytes).unwrap();
+            }
+        }
+        let kept_end = base_of(victim) + (starts.len() / 2 * 3) as i64;
+
+        let mut log = Log::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(log.end_offset(), kept_end, "{damage}: cut at the damage");
+        assert_eq!(
+            segment_files(dir.path(), "log").last().unwrap(),
+            victim,
+            "{damage}: the later segments are gone"
+        );
+        assert_eq!(
+            first_read_error(&log, 0, kept_end).map(|e| e.to_string()),
+            None
+        );
+        let got = read_all(&log.reader(), 0);
+        assert_eq!(
+            got[..],
+            want[..got.len()],
+            "{damage}: a prefix of what was written"
+        );
+        // Appends go on from the cut, and a clean reopen keeps them.
+        let next = log.append(&[simple_batch(0, 3, 9, 40)]).unwrap();
+        assert_eq!(next.base_offset, kept_end);
+        log.close().unwrap();
+        let log = Log::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(log.end_offset(), kept_end + 3);
+    }
+}
+
+#[test]
+fn damage_below_the_recovery_point_is_left_for_reads_to_report() {
+    // Below the recovery point segments are only walked by headers at an unclean open (a
+    // restart does not read the whole log): a flipped payload byte there is not a reason to
+    // cut, and reads report it as corruption (finding S1's rule for data that was on disk).
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments()).unwrap();
+    fill(&mut log, 200);
+    log.flush().unwrap();
+    log.checkpoint_recovery_point().unwrap();
+    let end = log.end_offset();
+    drop(log);
+    let logs = segment_files(dir.path(), "log");
+    let mut bytes = fs::read(&logs[0]).unwrap();
+    let at = batch_starts(&bytes)[3] + 40;
+    bytes[at] ^= 0x01;
+    fs::write(&logs[0], &bytes).unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(log.end_offset(), end);
+    let e = first_read_error(&log, 0, end).expect("the damaged batch is reported");
+    assert!(e.is_corruption(), "{e}");
+}
+
+#[test]
+fn a_truncation_lowers_the_recovery_point_before_the_offsets_are_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments()).unwrap();
+    fill(&mut log, 200);
+    log.flush().unwrap();
+    log.checkpoint_recovery_point().unwrap();
+    // A follower parts from its leader at offset 90 and writes other batches there, never
+    // fsynced: the point must not vouch for them.
+    log.truncate_to(90).unwrap();
+    let written = log.end_offset();
+    for i in 0..150 {
+        log.append(&[simple_batch(written as usize + i * 3, 3, 5_000, 40)])
+            .unwrap();
+    }
+    drop(log);
+    let logs = segment_files(dir.path(), "log");
+    let victim = logs
+        .iter()
+        .find(|p| base_of(p) >= written)
+        .expect("a segment written after the truncation");
+    let len = fs::metadata(victim).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(victim)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    assert!(
+        log.end_offset() < base_of(victim) + 150,
+        "cut inside the damaged segment"
+    );
+    assert_eq!(
+        first_read_error(&log, 0, log.end_offset()).map(|e| e.to_string()),
+        None,
+        "no hole"
+    );
+}
+
+#[test]
+fn without_a_flush_policy_the_durable_offset_follows_the_segments_rolls_put_on_disk() {
+    // Past a few unflushed closed segments a roll fsyncs the oldest: the durable offset (and
+    // the recovery point with it) moves to its end, so what an unclean open checks is bounded.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(log.durable_offset(), 0);
+    fill(&mut log, 400);
+    let logs = segment_files(dir.path(), "log");
+    assert!(logs.len() > 6, "{} segments", logs.len());
+    let durable = log.durable_offset();
+    assert!(durable > 0, "the oldest closed segments went to disk");
+    assert!(
+        logs.iter().any(|p| base_of(p) == durable),
+        "at a segment boundary: {durable}"
+    );
+    assert!(durable < log.end_offset());
 }

@@ -247,6 +247,7 @@ pub(super) async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: W
                     let snapshot = w.producers.encode(l.end_offset());
                     let (l, r) = blocking(l, move |l| {
                         ProducerStates::save(l.dir(), &snapshot)?;
+                        l.checkpoint_recovery_point()?;
                         l.enforce_retention()?;
                         l.compact()
                     })

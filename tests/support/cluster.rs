@@ -26,6 +26,22 @@ pub struct Cluster {
     pub wrappers: Vec<Vec<String>>,
 }
 
+/// A loopback address of one cluster's own for its controller listeners (all of 127.0.0.0/8
+/// is loopback on Linux). Their ports are picked by binding port 0 and released before the
+/// brokers bind them; on 127.0.0.1 a test running beside this one could take such a port
+/// meanwhile (seen: "Address already in use"), on an address of its own nothing else binds.
+fn cluster_ip() -> std::net::Ipv4Addr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    std::net::Ipv4Addr::new(
+        127,
+        20 + (pid % 200) as u8,
+        (n / 250 % 256) as u8,
+        (n % 250 + 2) as u8,
+    )
+}
+
 impl Cluster {
     /// Three voters, started at once (each waits for a quorum before it listens).
     pub fn start() -> Cluster {
@@ -40,16 +56,17 @@ impl Cluster {
     /// As [`Cluster::start_with`], broker `id` run through `wrap(id, its data directory)`
     /// ([`Broker::start_wrapped`]; empty: directly).
     pub fn start_wrapped(extra: &[&str], wrap: impl Fn(usize, &Path) -> Vec<String>) -> Cluster {
+        let ip = cluster_ip();
         let ports: Vec<u16> = (0..3)
             .map(|_| {
-                let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+                let l = TcpListener::bind((ip, 0)).expect("a free port");
                 l.local_addr().expect("its address").port()
             })
             .collect();
         let voters = ports
             .iter()
             .enumerate()
-            .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
+            .map(|(i, port)| format!("{}@{ip}:{port}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
         let dirs: Vec<TestDir> = (0..3).map(|_| TestDir::new()).collect();
@@ -104,6 +121,25 @@ impl Cluster {
     pub fn restart(&mut self, id: usize) {
         let broker = self.spawn(id).join().expect("restart");
         self.brokers[id - 1] = Some(broker);
+    }
+
+    /// Kills every broker with SIGKILL, calls `while_down` with each one's id while all are
+    /// down, and starts all three again at their native addresses at once (each waits for a
+    /// quorum of the others before it listens).
+    pub fn crash_all(&mut self, mut while_down: impl FnMut(usize)) {
+        let addrs: Vec<_> = (1..=3).map(|id| self.broker(id).addr).collect();
+        for id in 1..=3 {
+            self.kill(id);
+        }
+        for id in 1..=3 {
+            while_down(id);
+        }
+        let started: Vec<_> = (1..=3)
+            .map(|id| self.spawn_at(id, Some(addrs[id - 1])))
+            .collect();
+        for (i, handle) in started.into_iter().enumerate() {
+            self.brokers[i] = Some(handle.join().expect("broker restart"));
+        }
     }
 
     pub fn broker(&self, id: usize) -> &Broker {

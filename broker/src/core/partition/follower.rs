@@ -168,7 +168,7 @@ pub(super) async fn truncate(
             leader_start,
         } => {
             let (epoch, end_offset) = log.end_offset_for_epoch(diverging.epoch);
-            let t = truncation_for(diverging, EpochEnd { epoch, end_offset }, end);
+            let t = truncation_for(diverging, EpochEnd { epoch, end_offset }, start, end);
             if diverging.epoch < 0 || diverging.end_offset < 0 {
                 (None, leader_start)
             } else {

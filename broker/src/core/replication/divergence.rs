@@ -59,8 +59,14 @@ pub struct Truncation {
 }
 
 /// The follower's truncation for the leader's `diverging` answer, given its own
-/// `end_offset_for_epoch(diverging.epoch)` (`local`) and its log end `log_end`.
-pub fn truncation_for(diverging: EpochEnd, local: EpochEnd, log_end: i64) -> Truncation {
+/// `end_offset_for_epoch(diverging.epoch)` (`local`), its log start `log_start` and its log
+/// end `log_end`.
+pub fn truncation_for(
+    diverging: EpochEnd,
+    local: EpochEnd,
+    log_start: i64,
+    log_end: i64,
+) -> Truncation {
     if diverging.is_undefined() {
         // The leader holds no epoch this old (its log starts later, or the follower's history
         // is from another life of the partition): nothing of the follower's log can be
@@ -71,10 +77,15 @@ pub fn truncation_for(diverging: EpochEnd, local: EpochEnd, log_end: i64) -> Tru
         };
     }
     if local.is_undefined() {
-        // The follower holds no epoch that old: everything it has is newer than the
-        // divergence point, or it has nothing. Cut to the leader's end of that epoch.
+        // The follower holds no epoch that old, so every batch it holds was written in an
+        // epoch above `diverging.epoch` and at or below its last one, and the leader holds
+        // none of those (`diverging.epoch` is its largest up to there): none of the follower's
+        // log is the leader's. Cut it all (Kafka's follower answers such a lookup with the
+        // start of its first epoch, to the same effect). Cutting to the leader's end of the
+        // epoch instead kept a record of another epoch at an offset the leader had filled
+        // differently, and the follower never caught up (found by `sim`).
         return Truncation {
-            offset: diverging.end_offset.min(log_end),
+            offset: diverging.end_offset.min(log_start).min(log_end),
             complete: true,
         };
     }
@@ -126,7 +137,7 @@ mod tests {
             e(1, 10),
             "epoch 2 is not the leader's: 1 ends at 10"
         );
-        let t = truncation_for(diverging, lookup(&follower, 12, diverging.epoch), 12);
+        let t = truncation_for(diverging, lookup(&follower, 12, diverging.epoch), 0, 12);
         assert_eq!(
             t,
             Truncation {
@@ -144,13 +155,39 @@ mod tests {
         let leader = [(2, 0), (4, 20)];
         let diverging = check_follower(23, 2, lookup(&leader, 40, 2)).unwrap();
         assert_eq!(diverging, e(2, 20));
-        let t = truncation_for(diverging, lookup(&[(2, 0)], 23, 2), 23);
+        let t = truncation_for(diverging, lookup(&[(2, 0)], 23, 2), 0, 23);
         assert_eq!(
             t,
             Truncation {
                 offset: 20,
                 complete: true
             }
+        );
+    }
+
+    #[test]
+    fn a_follower_holding_only_epochs_the_leader_never_had_is_cut_whole() {
+        // Epoch 0's leader wrote offset 0 and only broker 3 fetched it; broker 2, elected for
+        // epoch 1 with an empty log, wrote its own offset 0 and died; broker 3 leads epoch 2
+        // with epoch 0's record. Broker 2 returns and fetches at 1 with last epoch 1.
+        let leader = [(0, 0), (2, 1)];
+        let follower = [(1, 0)];
+        let diverging = check_follower(1, 1, lookup(&leader, 1, 1)).unwrap();
+        assert_eq!(diverging, e(0, 1));
+        let local = lookup(&follower, 1, diverging.epoch);
+        assert_eq!(local, EpochEnd::UNDEFINED);
+        assert_eq!(
+            truncation_for(diverging, local, 0, 1),
+            Truncation {
+                offset: 0,
+                complete: true
+            },
+            "its epoch-1 record at offset 0 is not the leader's"
+        );
+        // A follower whose log starts later (retention) is cut to its start.
+        assert_eq!(
+            truncation_for(e(0, 30), EpochEnd::UNDEFINED, 20, 25).offset,
+            20
         );
     }
 
@@ -162,7 +199,7 @@ mod tests {
         let follower = [(1, 0), (3, 6)];
         let diverging = check_follower(9, 3, lookup(&leader, 12, 3)).unwrap();
         assert_eq!(diverging, e(1, 8));
-        let t = truncation_for(diverging, lookup(&follower, 9, 1), 9);
+        let t = truncation_for(diverging, lookup(&follower, 9, 1), 0, 9);
         // The follower's epoch 1 ends at 6 (epoch 3 starts there): cut at 6, complete.
         assert_eq!(
             t,
@@ -216,7 +253,7 @@ mod tests {
                 let Some(d) = check_follower(follower_end, last, lookup(&leader, leader_end, last)) else {
                     break;
                 };
-                let t = truncation_for(d, lookup(&follower, follower_end, d.epoch), follower_end);
+                let t = truncation_for(d, lookup(&follower, follower_end, d.epoch), 0, follower_end);
                 let cut = if d.is_undefined() { 0 } else { t.offset };
                 prop_assert!(cut >= common_end.min(follower_end) || d.is_undefined());
                 follower_end = cut;

@@ -8,7 +8,8 @@
 //!   where the follower truncates;
 //! - [`serve`]: the leader's side of ReplicaFetch;
 //! - [`fetcher`]: the follower's side, one fetcher per leader broker;
-//! - [`isr`]: the leaders' ISR changes, asked of the controller.
+//! - [`isr`]: the leaders' ISR changes, asked of the controller;
+//! - `sim` (tests): the leader, its followers and the controller together, under proptest.
 
 pub(crate) mod divergence;
 pub(crate) mod fetcher;
@@ -16,3 +17,5 @@ pub(crate) mod isr;
 pub(crate) mod leader;
 pub(crate) mod replica;
 pub(crate) mod serve;
+#[cfg(test)]
+mod sim;

@@ -30,6 +30,32 @@ pub enum AcksArg {
     /// the default, as Kafka producers default to acks=all.
     #[value(name = "all")]
     All,
+    /// Once every in-sync replica has the records (the high watermark passed them), fsynced
+    /// only as the topic's flush policy says: native ACKS_ALL, the Rust client's default.
+    #[value(name = "replicated")]
+    Replicated,
+}
+
+impl AcksArg {
+    /// The client's setting for it.
+    pub fn client(self) -> Acks {
+        match self {
+            AcksArg::None => Acks::None,
+            AcksArg::Leader => Acks::Leader,
+            AcksArg::All => Acks::Durable,
+            AcksArg::Replicated => Acks::All,
+        }
+    }
+
+    /// How the command line names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AcksArg::None => "0",
+            AcksArg::Leader => "1",
+            AcksArg::All => "all",
+            AcksArg::Replicated => "replicated",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -171,11 +197,7 @@ const WINDOW: usize = 100_000;
 
 pub async fn run(bootstrap: &str, args: ProduceArgs) -> anyhow::Result<()> {
     let mut config = ProducerConfig::new(bootstrap);
-    config.acks = match args.acks {
-        AcksArg::None => Acks::None,
-        AcksArg::Leader => Acks::Leader,
-        AcksArg::All => Acks::Durable,
-    };
+    config.acks = args.acks.client();
     config.compression = CompressionType::parse(&args.compression).with_context(|| {
         format!(
             "unknown compression {:?}: use none, gzip, snappy, lz4 or zstd",

@@ -40,8 +40,8 @@ use strom_client::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, Que
 use super::measure::{Goal, ProcSample, Ticker, new_histogram, proc_sample};
 use super::summary::{LatencyKind, Summary, group_digits, human_bytes};
 use super::{
-    AcksArg, Env, TargetArgs, Tasks, TopicArgs, UsageStart, acks, acks_name, describe_existing,
-    end_offsets, merge, parse_seconds, prepare_topic, size_bytes,
+    AcksArg, Env, TargetArgs, Tasks, TopicArgs, UsageStart, describe_existing, end_offsets, merge,
+    parse_seconds, prepare_topic, size_bytes,
 };
 
 /// The aims this bench checks (the performance aim for delayed delivery).
@@ -269,7 +269,7 @@ async fn connect(env: &Env, s: &DelaySendArgs, topic: &str) -> anyhow::Result<Ve
     let mut out = Vec::new();
     for _ in 0..s.producers {
         let mut c = ProducerConfig::new(&env.bootstrap);
-        c.acks = acks(s.acks);
+        c.acks = s.acks.client();
         // Every batch holds one record (1 KiB of room): 8 MiB is 8,000 batches queued.
         c.buffer_memory = 8 << 20;
         let p = Producer::connect(c)
@@ -844,7 +844,7 @@ pub(super) async fn delay(env: &Env, a: DelayArgs) -> anyhow::Result<Summary> {
         ("max_in_flight", json!(a.max_in_flight)),
         ("producers", json!(a.send.producers)),
         ("record_size", json!(a.send.record_size)),
-        ("acks", json!(acks_name(a.send.acks))),
+        ("acks", json!(a.send.acks.name())),
         ("seed", json!(a.seed)),
     ];
     Ok(Summary {

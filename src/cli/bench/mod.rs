@@ -50,8 +50,8 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use strom_broker::{Broker, BrokerConfig};
 use strom_client::{
-    Acks, Admin, AutoOffsetReset, ClientConfig, CompressionType, Consumer, ConsumerConfig,
-    NewTopic, Producer, ProducerConfig, TopicDescription,
+    Admin, AutoOffsetReset, ClientConfig, CompressionType, Consumer, ConsumerConfig, NewTopic,
+    Producer, ProducerConfig, TopicDescription,
 };
 use strom_protocol::ErrorCode;
 use tokio::task::JoinHandle;
@@ -157,7 +157,8 @@ pub struct SendArgs {
     /// The producer's linger.ms.
     #[arg(long, value_name = "L", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     linger_ms: u64,
-    /// When the broker acknowledges: 0 never, 1 once appended, all once fsynced.
+    /// When the broker acknowledges: 0 never, 1 once appended, all once fsynced on every
+    /// in-sync replica, replicated once every in-sync replica has the records.
     #[arg(long, value_enum, default_value = "1")]
     acks: AcksArg,
     /// Batch compression.
@@ -587,7 +588,7 @@ impl Amount {
 
 fn producer_config(bootstrap: &str, s: &SendArgs) -> ProducerConfig {
     let mut c = ProducerConfig::new(bootstrap);
-    c.acks = acks(s.acks);
+    c.acks = s.acks.client();
     c.compression = match s.compression {
         CompressionArg::None => CompressionType::None,
         CompressionArg::Gzip => CompressionType::GZIP,
@@ -599,22 +600,6 @@ fn producer_config(bootstrap: &str, s: &SendArgs) -> ProducerConfig {
     c.linger = Duration::from_millis(s.linger_ms);
     c.buffer_memory = c.buffer_memory.max(4 * c.batch_size);
     c
-}
-
-fn acks(a: AcksArg) -> Acks {
-    match a {
-        AcksArg::None => Acks::None,
-        AcksArg::Leader => Acks::Leader,
-        AcksArg::All => Acks::Durable,
-    }
-}
-
-fn acks_name(a: AcksArg) -> &'static str {
-    match a {
-        AcksArg::None => "0",
-        AcksArg::Leader => "1",
-        AcksArg::All => "all",
-    }
 }
 
 fn send_settings(s: &SendArgs) -> Vec<(&'static str, Value)> {
@@ -635,7 +620,7 @@ fn send_settings(s: &SendArgs) -> Vec<(&'static str, Value)> {
         ("window", json!(s.window)),
         ("batch_size", json!(s.batch_size)),
         ("linger_ms", json!(s.linger_ms)),
-        ("acks", json!(acks_name(s.acks))),
+        ("acks", json!(s.acks.name())),
         (
             "compression",
             json!(format!("{:?}", s.compression).to_lowercase()),

@@ -532,6 +532,9 @@ impl Core {
         if let Some(local) = self.topics.get(name) {
             let durable = local.config().has_flush_policy();
             let min_isr = topic.min_insync_replicas();
+            // New leaderships are taken up by each partition's writer: asked of all at once,
+            // so one writer busy with a long compaction holds up only its own partition.
+            let mut leads = Vec::new();
             for (index, placed) in topic.partitions.iter().enumerate() {
                 let Some(part) = local.partition(i32::try_from(index).unwrap_or(i32::MAX)) else {
                     continue;
@@ -539,7 +542,7 @@ impl Core {
                 let epoch = i32::try_from(placed.leader_epoch).unwrap_or(i32::MAX);
                 match placed.leader {
                     Some(leader) if leader == me => {
-                        part.become_leader(Leadership {
+                        let lead = Leadership {
                             me,
                             leader_epoch: epoch,
                             partition_epoch: placed.partition_epoch,
@@ -549,12 +552,13 @@ impl Core {
                             // has replicas would never move its HW (decided in docs/cluster.md).
                             min_isr: min_isr.clamp(1, placed.replicas.len().max(1)),
                             durable,
-                        })
-                        .await;
+                        };
+                        leads.push(async move { part.become_leader(lead).await });
                     }
                     leader => part.become_follower(leader.map(|l| (l, epoch))),
                 }
             }
+            futures_util::future::join_all(leads).await;
         }
         Ok(())
     }

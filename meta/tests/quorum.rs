@@ -36,6 +36,22 @@ struct Cluster {
     timing: Timing,
 }
 
+/// A loopback address of one cluster's own (all of 127.0.0.0/8 is loopback on Linux). A
+/// restarted node binds the port it had again; on 127.0.0.1 another test's connection could
+/// hold that port as its local one meanwhile (seen once: "Address already in use"), while
+/// connections leave from 127.0.0.1, never from this address.
+fn cluster_ip() -> std::net::Ipv4Addr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    std::net::Ipv4Addr::new(
+        127,
+        20 + (pid % 200) as u8,
+        (n / 250 % 256) as u8,
+        (n % 250 + 2) as u8,
+    )
+}
+
 impl Cluster {
     /// `voters` voters and `learners` more brokers, all started.
     async fn start(voters: u64, learners: u64) -> Cluster {
@@ -44,9 +60,10 @@ impl Cluster {
 
     /// [`Cluster::start`] with other timing.
     async fn start_with(voters: u64, learners: u64, timing: Timing) -> Cluster {
+        let ip = cluster_ip();
         let mut listeners = Vec::new();
         for id in 1..=voters + learners {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let listener = TcpListener::bind((ip, 0)).await.unwrap();
             let addr = listener.local_addr().unwrap().to_string();
             listeners.push((id, listener, addr));
         }

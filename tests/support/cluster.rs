@@ -24,12 +24,17 @@ pub struct Cluster {
     pub extra: Vec<String>,
     /// A command each broker runs through, by id - 1 (empty: none; [`Broker::start_wrapped`]).
     pub wrappers: Vec<Vec<String>>,
+    /// The cluster's own loopback address ([`cluster_ip`]): its controller listeners and its
+    /// brokers' native listeners.
+    pub ip: std::net::Ipv4Addr,
 }
 
-/// A loopback address of one cluster's own for its controller listeners (all of 127.0.0.0/8
-/// is loopback on Linux). Their ports are picked by binding port 0 and released before the
-/// brokers bind them; on 127.0.0.1 a test running beside this one could take such a port
-/// meanwhile (seen: "Address already in use"), on an address of its own nothing else binds.
+/// A loopback address of one cluster's own for its controller and native listeners (all of
+/// 127.0.0.0/8 is loopback on Linux). Controller ports are picked by binding port 0 and
+/// released before the brokers bind them, and a restarted broker binds its native port again;
+/// on 127.0.0.1 a test running beside this one could hold such a port meanwhile, as a listener
+/// or as the local end of a connection (seen: "Address already in use"). Connections leave
+/// from 127.0.0.1, and nothing else binds this address.
 fn cluster_ip() -> std::net::Ipv4Addr {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -77,6 +82,7 @@ impl Cluster {
             brokers: vec![None, None, None],
             extra: extra.iter().map(|s| s.to_string()).collect(),
             wrappers,
+            ip,
         };
         let started: Vec<_> = (1..=3).map(|id| cluster.spawn(id)).collect();
         for (i, handle) in started.into_iter().enumerate() {
@@ -97,6 +103,7 @@ impl Cluster {
         let voters = self.voters.clone();
         let extra = self.extra.clone();
         let wrapper = self.wrappers[id - 1].clone();
+        let addr = addr.unwrap_or(SocketAddr::new(self.ip.into(), 0));
         thread::spawn(move || {
             let id = id.to_string();
             let mut args = vec![
@@ -108,7 +115,7 @@ impl Cluster {
                 "none",
             ];
             args.extend(extra.iter().map(String::as_str));
-            Broker::start_wrapped(&data, addr, &wrapper, &args)
+            Broker::start_wrapped(&data, Some(addr), &wrapper, &args)
         })
     }
 

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -196,7 +196,11 @@ impl Broker {
         };
         let listening = first.and_then(|line| {
             parse_listening_line(&line)
-                .filter(|got| addr.is_none_or(|want| *got == want))
+                .filter(|got| {
+                    addr.is_none_or(|want| {
+                        *got == want || (want.port() == 0 && got.ip() == want.ip())
+                    })
+                })
                 .ok_or_else(|| {
                     format!("its first stdout line is {line:?}, not `listening on {listen}`")
                 })
@@ -317,7 +321,7 @@ impl Drop for Broker {
 
 fn parse_listening_line(line: &str) -> Option<SocketAddr> {
     let addr: SocketAddr = line.strip_prefix("listening on ")?.parse().ok()?;
-    (addr.ip() == Ipv4Addr::LOCALHOST && addr.port() != 0).then_some(addr)
+    (addr.ip().is_loopback() && addr.port() != 0).then_some(addr)
 }
 
 /// The last 8 KiB of a log file, for failure messages.

@@ -122,8 +122,11 @@ impl Core {
                 broker: me,
                 broker_epoch,
             };
-            let remaining = match self.cluster.ask_controller(request).await {
-                Ok(ControllerResponse::ShuttingDown { leading }) => leading,
+            // The whole handover is bounded: a controller that cannot commit (no quorum
+            // left) does not hold the stop up past it.
+            let answer = tokio::time::timeout_at(deadline, self.cluster.ask_controller(request));
+            let remaining = match answer.await {
+                Ok(Ok(ControllerResponse::ShuttingDown { leading })) => leading,
                 other => {
                     tracing::warn!(answer = ?other, "controlled shutdown: the controller did not take it; stopping anyway");
                     return;

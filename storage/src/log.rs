@@ -1540,8 +1540,9 @@ fn load(dir: &Path, config: &LogConfig, faults: Option<&IoFaults>) -> Result<Loa
         created = true;
     }
     let compacted = dir.join(COMPACTED_MARKER).exists();
+    let mut point = recovery_point::read(dir);
     if !marker_present && !created && !compacted {
-        recovery_point::cut_unflushed_damage(dir, &mut bases, recovery_point::read(dir), faults)?;
+        recovery_point::cut_unflushed_damage(dir, &mut bases, point, faults)?;
     }
     let last_base = bases[bases.len() - 1];
     let mut segments = Vec::with_capacity(bases.len());
@@ -1586,7 +1587,6 @@ fn load(dir: &Path, config: &LogConfig, faults: Option<&IoFaults>) -> Result<Loa
         fs::remove_file(&p).map_err(StorageError::io("remove", &p))?;
         marker_present = false;
     }
-    let mut point = recovery_point::read(dir);
     if !marker_present && !created {
         for s in &segments {
             let f = File::open(&s.log_path).map_err(StorageError::io("open", &s.log_path))?;

@@ -191,6 +191,7 @@ impl Sim {
     }
 
     fn partition(&self) -> &strom_meta::image::PartitionImage {
+        // ok: test-only module; the image is made with this partition in `Sim::new`.
         self.image.partition("t", 0).expect("the partition")
     }
 
@@ -319,6 +320,7 @@ impl Sim {
             .copied()
             .collect();
         let follower_id = BROKERS[f];
+        // ok: test-only module; `leader()` is the broker holding a view.
         let view = self.brokers[l].view.as_mut().expect("the leader's view");
         view.on_follower_fetch(follower_id, fetch_offset, fetch_offset, now);
         let hw = view.hw();

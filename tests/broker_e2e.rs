@@ -106,9 +106,9 @@ fn topics_are_created_listed_configured_and_deleted() {
             assert_eq!((p.log_start_offset, p.log_end_offset), (0, 0));
         }
     }
-    // all_topics lists the two topics, and the broker's internal topics, marked internal: the
-    // queue-group state (`__consumer_offsets` is created by the first request that needs a
-    // group coordinator, as Kafka does; docs/cluster.md).
+    // all_topics lists the two topics, and the broker's internal topics, marked internal: its
+    // own log of delayed runs (`__consumer_offsets` and `__queue_state` are created by the
+    // first request that needs a group or queue coordinator, as Kafka does; docs/cluster.md).
     let listed = c.metadata_all().topics;
     let mut all: Vec<String> = listed
         .iter()
@@ -123,7 +123,7 @@ fn topics_are_created_listed_configured_and_deleted() {
         .map(|t| t.name.as_str())
         .collect();
     internal.sort_unstable();
-    assert_eq!(internal, ["__queue_state"]);
+    assert_eq!(internal, ["__queue_delays"]);
     // Unknown and invalid names in Metadata.
     let meta = c.metadata(&["no-such-topic", "bad name!"]);
     assert_eq!(

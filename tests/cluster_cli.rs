@@ -338,7 +338,7 @@ fn cluster_up_starts_three_brokers_that_status_describes_and_sigint_stops() {
     assert_eq!(led, BTreeSet::from([1, 2, 3]));
     // Status counts the partitions, none offline or under-replicated (a broker killed is in
     // tests/cluster.rs: its partitions are then listed offline).
-    // 6 of t, and the asked broker's own `__queue_state` (queue-group state is local).
+    // 6 of t, and the asked broker's own `__queue_delays` (its log of delayed runs).
     let s = status(&natives[1]).expect("status");
     assert_eq!(s["partitions"], 7, "{s}");
     assert_eq!(s["offline"], serde_json::json!([]), "{s}");

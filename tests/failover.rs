@@ -323,6 +323,7 @@ fn a_group_coordinator_killed_during_commits_never_loses_an_acknowledged_commit(
             let asked = running(&cluster)?;
             let r = cluster.broker(asked).client().call(FindCoordinatorRequest {
                 key: "workers".into(),
+                key_type: 0,
             });
             let Some(response::Body::FindCoordinator(f)) = r.body else {
                 return None;

@@ -35,6 +35,7 @@
 //! | `metadata_snapshot_entries` | 5000 | metadata log entries between snapshots of the metadata image (Kafka's `metadata.log.max.snapshot.interval`, by entries); a fifth as many are kept behind each snapshot for members slightly behind; a member further behind, or one that lost its log, is sent the snapshot; 10 to 10,000,000 |
 //! | `metadata_snapshot_bytes` | 4194304 | once the metadata log's entries hold more encoded bytes than this, the image is snapshotted and the log purged up to the snapshot whatever the entry count (Kafka's `metadata.log.max.record.bytes.between.snapshots`); bounds the log's memory and each start's replay when single entries are large (a leadership change of thousands of partitions); 4096 to 1073741824 |
 //! | `offsets_topic_partitions` | 16 | partitions of `__consumer_offsets` when the cluster creates it (on the first request that needs a group coordinator; Kafka's `offsets.topic.num.partitions`, 50 there, 16 as Redpanda's); 1 to 1000; a group lives on the leader of its partition (docs/cluster.md) |
+//! | `queue_state_partitions` | 16 | partitions of `__queue_state` when the cluster creates it (on the first request that needs a queue-group coordinator); 1 to 1000; a queue group (and a redrive task) lives on the leader of its partition (docs/cluster.md) |
 //! | `group_initial_rebalance_delay_ms` | 3000 | how long a new Kafka (classic protocol) group's first rebalance waits for more members (Kafka's `group.initial.rebalance.delay.ms`) |
 //! | `queue_state_compact_records` | 100000 | queue-group state records (`__queue_state`) held beyond the last snapshots and the pending delayed runs (and more than those runs) before every group is snapshotted and the older records dropped |
 //! | `replica_lag_time_max_ms` | 30000 | a follower that has not caught up with its leader for this long leaves the ISR (Kafka's `replica.lag.time.max.ms`); 100 to 3600000 |
@@ -116,6 +117,8 @@ pub struct BrokerConfig {
     pub group_initial_rebalance_delay_ms: u64,
     /// Partitions of `__consumer_offsets` when it is created.
     pub offsets_topic_partitions: u32,
+    /// Partitions of `__queue_state` when it is created.
+    pub queue_state_partitions: u32,
     /// Metadata log entries between snapshots.
     pub metadata_snapshot_entries: u64,
     /// Metadata log bytes that cause a snapshot and a purge.
@@ -180,6 +183,7 @@ impl Default for BrokerConfig {
             group_default_session_timeout_ms: 45_000,
             group_initial_rebalance_delay_ms: 3_000,
             offsets_topic_partitions: 16,
+            queue_state_partitions: 16,
             metadata_snapshot_entries: 5000,
             metadata_snapshot_bytes: 4 << 20,
             replica_lag_time_max_ms: 30_000,
@@ -346,6 +350,12 @@ impl BrokerConfig {
                 format!("must be in 1..=1000; got {}", self.offsets_topic_partitions),
             );
         }
+        if !(1..=1000).contains(&self.queue_state_partitions) {
+            return bad(
+                "queue_state_partitions",
+                format!("must be in 1..=1000; got {}", self.queue_state_partitions),
+            );
+        }
         if !(10..=10_000_000).contains(&self.metadata_snapshot_entries) {
             return bad(
                 "metadata_snapshot_entries",
@@ -470,6 +480,12 @@ mod tests {
             };
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains("offsets_topic_partitions"), "{bad}: {e}");
+            let c = BrokerConfig {
+                queue_state_partitions: bad,
+                ..BrokerConfig::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("queue_state_partitions"), "{bad}: {e}");
         }
         assert!(
             c.validate()

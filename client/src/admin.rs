@@ -17,7 +17,7 @@ use strom_protocol::messages::{
     AlterConfigsRequest, AlterableTopic, CreatableTopic, CreateTopicsRequest, DeleteGroupsRequest,
     DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeQueueGroupsRequest,
     ListGroupsRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, MetadataRequest,
-    OffsetSpec as WireSpec, ResetQueueGroupRequest, reset_queue_group_request, response,
+    OffsetSpec as WireSpec, ResetQueueGroupRequest, request, reset_queue_group_request, response,
 };
 
 use crate::config::ClientConfig;
@@ -1014,7 +1014,8 @@ impl Admin {
         })
     }
 
-    /// Deletes a group without members, with its committed offsets (durably).
+    /// Deletes a group without members, with its committed offsets (durably); a queue group
+    /// of that id (which its own coordinator holds) the same way.
     ///
     /// ```no_run
     /// # async fn run(admin: strom_client::Admin) -> Result<(), strom_client::Error> {
@@ -1028,17 +1029,34 @@ impl Admin {
         let req = DeleteGroupsRequest {
             groups: vec![group.to_string()],
         };
-        let response::Body::DeleteGroups(r) = self.control.group_request(group, req).await? else {
+        let response::Body::DeleteGroups(r) =
+            self.control.group_request(group, req.clone()).await?
+        else {
             return Err(unexpected("DeleteGroups"));
         };
-        let d = r
-            .results
-            .into_iter()
-            .find(|d| d.group_id == group)
-            .ok_or_else(|| Error::Protocol {
-                addr: String::new(),
-                reason: format!("DeleteGroups did not answer for group {group}"),
-            })?;
+        let answer = |r: strom_protocol::messages::DeleteGroupsResponse| {
+            r.results
+                .into_iter()
+                .find(|d| d.group_id == group)
+                .ok_or_else(|| Error::Protocol {
+                    addr: String::new(),
+                    reason: format!("DeleteGroups did not answer for group {group}"),
+                })
+        };
+        let mut d = answer(r)?;
+        if d.error_code() == ErrorCode::GroupIdNotFound {
+            // Not a consumer group: maybe a queue group, on its own coordinator.
+            let body = self
+                .queue_call(group, req, |b| match b {
+                    response::Body::DeleteGroups(r) => r.results.first().map(|d| d.error_code()),
+                    _ => None,
+                })
+                .await?;
+            let response::Body::DeleteGroups(r) = body else {
+                return Err(unexpected("DeleteGroups"));
+            };
+            d = answer(r)?;
+        }
         if d.error_code().is_ok() {
             Ok(())
         } else {
@@ -1155,24 +1173,50 @@ impl Admin {
         &self,
         groups: &[&str],
     ) -> Result<Vec<QueueGroupDescription>> {
-        let req = DescribeQueueGroupsRequest {
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-        };
-        let response::Body::DescribeQueueGroups(r) = self.control.request(req).await? else {
-            return Err(unexpected("DescribeQueueGroups"));
-        };
-        if !groups.is_empty() && r.groups.len() != groups.len() {
-            return Err(Error::Protocol {
-                addr: String::new(),
-                reason: format!(
-                    "DescribeQueueGroups answered for {} groups of {}",
-                    r.groups.len(),
-                    groups.len()
-                ),
-            });
+        let mut described = Vec::with_capacity(groups.len());
+        if groups.is_empty() {
+            // Each broker describes the queue groups it coordinates: ask them all.
+            let brokers = self.control.metadata(&[], false).await?.brokers;
+            let mut found = std::collections::BTreeMap::new();
+            for b in brokers {
+                let Some(addr) = self.control.routes().broker(b.node_id) else {
+                    continue;
+                };
+                let req = DescribeQueueGroupsRequest { groups: vec![] };
+                let response::Body::DescribeQueueGroups(r) =
+                    self.control.request_at(&addr, req).await?
+                else {
+                    return Err(unexpected("DescribeQueueGroups"));
+                };
+                for g in r.groups {
+                    found.entry(g.group_id.clone()).or_insert(g);
+                }
+            }
+            described.extend(found.into_values());
         }
-        let mut out = Vec::with_capacity(r.groups.len());
-        for g in r.groups {
+        for group in groups {
+            let req = DescribeQueueGroupsRequest {
+                groups: vec![group.to_string()],
+            };
+            let body = self
+                .queue_call(group, req, |b| match b {
+                    response::Body::DescribeQueueGroups(r) => {
+                        r.groups.first().map(|g| g.error_code())
+                    }
+                    _ => None,
+                })
+                .await?;
+            let response::Body::DescribeQueueGroups(r) = body else {
+                return Err(unexpected("DescribeQueueGroups"));
+            };
+            let g = r.groups.into_iter().next().ok_or_else(|| Error::Protocol {
+                addr: String::new(),
+                reason: format!("DescribeQueueGroups did not answer for group {group}"),
+            })?;
+            described.push(g);
+        }
+        let mut out = Vec::with_capacity(described.len());
+        for g in described {
             if !g.error_code().is_ok() {
                 return Err(group_error(
                     g.error_code(),
@@ -1253,7 +1297,13 @@ impl Admin {
                 QueueResetTo::Time(ms) => To::TimestampMs(ms),
             }),
         };
-        let response::Body::ResetQueueGroup(r) = self.control.request(req).await? else {
+        let body = self
+            .queue_call(group, req, |b| match b {
+                response::Body::ResetQueueGroup(r) => Some(r.error_code()),
+                _ => None,
+            })
+            .await?;
+        let response::Body::ResetQueueGroup(r) = body else {
             return Err(unexpected("ResetQueueGroup"));
         };
         match r.error_code() {
@@ -1310,6 +1360,32 @@ impl From<strom_protocol::messages::RedriveStatus> for RedriveStatus {
 }
 
 impl Admin {
+    /// Sends a request to the queue coordinator of `key` (a queue group, or a redrive's
+    /// dead-letter topic), looking it up again and retrying (a few times, with the client's
+    /// reconnect backoff) while the answer's error code (`code`) says the coordinator moved or is not
+    /// ready.
+    async fn queue_call(
+        &self,
+        key: &str,
+        req: impl Into<request::Body>,
+        code: impl Fn(&response::Body) -> Option<ErrorCode>,
+    ) -> Result<response::Body> {
+        let req = req.into();
+        let mut tries: u32 = 0;
+        loop {
+            let body = self.control.queue_request(key, req.clone()).await?;
+            let moved = code(&body).is_some_and(crate::control::is_coordinator_error);
+            tries += 1;
+            if !moved || tries >= 5 {
+                return Ok(body);
+            }
+            self.control.forget_queue_coordinator(key);
+            let config = self.control.config();
+            let wait = (config.reconnect_backoff * tries).min(config.reconnect_backoff_max);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// Starts moving the records of dead-letter topic `dlq` back to their origin topics (or to
     /// `target`), at most `rate` records/s (0: the broker's 1000). The broker runs the task
     /// (it resumes after a restart); follow it with [`Admin::redrive_status`].
@@ -1330,7 +1406,13 @@ impl Admin {
             from_offset: None,
             to_offset: None,
         };
-        let response::Body::Redrive(r) = self.control.request(req).await? else {
+        let body = self
+            .queue_call(dlq, req, |b| match b {
+                response::Body::Redrive(r) => Some(r.error_code()),
+                _ => None,
+            })
+            .await?;
+        let response::Body::Redrive(r) = body else {
             return Err(unexpected("Redrive"));
         };
         match r.error_code() {
@@ -1357,7 +1439,13 @@ impl Admin {
         let req = strom_protocol::messages::DescribeRedriveRequest {
             dlq_topic: dlq.to_string(),
         };
-        let response::Body::DescribeRedrive(r) = self.control.request(req).await? else {
+        let body = self
+            .queue_call(dlq, req, |b| match b {
+                response::Body::DescribeRedrive(r) => Some(r.error_code()),
+                _ => None,
+            })
+            .await?;
+        let response::Body::DescribeRedrive(r) = body else {
             return Err(unexpected("DescribeRedrive"));
         };
         match r.error_code() {

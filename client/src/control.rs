@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use strom_protocol::ErrorCode;
 use strom_protocol::messages::{
-    FindCoordinatorRequest, MetadataRequest, MetadataResponse, request, response,
+    CoordinatorType, FindCoordinatorRequest, MetadataRequest, MetadataResponse, request, response,
 };
 
 use crate::config::ClientConfig;
@@ -34,8 +34,8 @@ pub(crate) struct Control {
     /// Connections to particular brokers (leaders, coordinators), by address.
     pool: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
     routes: Arc<Routes>,
-    /// Each group's coordinator address, once found.
-    coordinators: Mutex<HashMap<String, String>>,
+    /// Each key's coordinator address, once found, by what the key names.
+    coordinators: Mutex<HashMap<(CoordinatorType, String), String>>,
 }
 
 impl Control {
@@ -176,19 +176,18 @@ impl Control {
             })
     }
 
-    /// The address of `group`'s coordinator, found with FindCoordinator (asked of any broker)
-    /// when not known.
-    ///
-    /// # Errors
-    /// The coordinator lookup's error (e.g. `COORDINATOR_NOT_AVAILABLE`, retriable).
-    pub(crate) async fn coordinator(&self, group: &str) -> Result<String> {
-        if let Some(addr) = self.coordinators_lock().get(group) {
+    /// The address of the coordinator of `key` as `kind` names it (a consumer group; a queue
+    /// group or a redrive's dead-letter topic), found with FindCoordinator when not known.
+    async fn coordinator_for(&self, kind: CoordinatorType, key: &str) -> Result<String> {
+        let cached = (kind, key.to_string());
+        if let Some(addr) = self.coordinators_lock().get(&cached) {
             return Ok(addr.clone());
         }
         let conn = self.connection().await?;
         let body = conn
             .request(FindCoordinatorRequest {
-                key: group.to_string(),
+                key: key.to_string(),
+                key_type: kind.into(),
             })
             .await?;
         let response::Body::FindCoordinator(r) = body else {
@@ -211,14 +210,14 @@ impl Control {
             (Ok(std::net::IpAddr::V6(_)), _) => format!("[{}]:{}", r.host, r.port),
             _ => format!("{}:{}", r.host, r.port),
         };
-        self.coordinators_lock()
-            .insert(group.to_string(), addr.clone());
+        self.coordinators_lock().insert(cached, addr.clone());
         Ok(addr)
     }
 
     /// Forgets `group`'s coordinator: it moved, or cannot be reached.
     pub(crate) fn forget_coordinator(&self, group: &str) {
-        self.coordinators_lock().remove(group);
+        self.coordinators_lock()
+            .remove(&(CoordinatorType::Group, group.to_string()));
     }
 
     /// Notes the error code a group request was answered with: one that says the coordinator
@@ -231,7 +230,10 @@ impl Control {
 
     /// The connection to `group`'s coordinator, if one is open (without waiting for one).
     pub(crate) fn coordinator_connection(&self, group: &str) -> Option<Arc<Connection>> {
-        let addr = self.coordinators_lock().get(group).cloned()?;
+        let addr = self
+            .coordinators_lock()
+            .get(&(CoordinatorType::Group, group.to_string()))
+            .cloned()?;
         self.pool.try_lock().ok()?.get(&addr).cloned()
     }
 
@@ -243,19 +245,61 @@ impl Control {
         group: &str,
         body: impl Into<request::Body>,
     ) -> Result<response::Body> {
-        let addr = self.coordinator(group).await?;
-        let result = self.request_at(&addr, body).await;
-        match &result {
-            Err(e) if e.is_retriable() => self.forget_coordinator(group),
-            Err(Error::Broker { code, .. }) if is_coordinator_error(*code) => {
-                self.forget_coordinator(group)
+        self.coordinated_request(CoordinatorType::Group, group, body)
+            .await
+    }
+
+    /// Sends a request to the queue coordinator of `key` (a queue group, or a redrive's
+    /// dead-letter topic); as [`Control::group_request`].
+    pub(crate) async fn queue_request(
+        &self,
+        key: &str,
+        body: impl Into<request::Body>,
+    ) -> Result<response::Body> {
+        self.coordinated_request(CoordinatorType::Queue, key, body)
+            .await
+    }
+
+    /// The connection to the queue coordinator of `key`, opened if needed.
+    pub(crate) async fn queue_connection(&self, key: &str) -> Result<Arc<Connection>> {
+        let addr = self.coordinator_for(CoordinatorType::Queue, key).await?;
+        match self.connection_at(&addr).await {
+            Ok(conn) => Ok(conn),
+            Err(e) => {
+                self.forget_queue_coordinator(key);
+                Err(e)
             }
-            _ => {}
+        }
+    }
+
+    /// Forgets the queue coordinator of `key`: it moved, or cannot be reached.
+    pub(crate) fn forget_queue_coordinator(&self, key: &str) {
+        self.coordinators_lock()
+            .remove(&(CoordinatorType::Queue, key.to_string()));
+    }
+
+    async fn coordinated_request(
+        &self,
+        kind: CoordinatorType,
+        key: &str,
+        body: impl Into<request::Body>,
+    ) -> Result<response::Body> {
+        let addr = self.coordinator_for(kind, key).await?;
+        let result = self.request_at(&addr, body).await;
+        let forget = match &result {
+            Err(e) if e.is_retriable() => true,
+            Err(Error::Broker { code, .. }) => is_coordinator_error(*code),
+            _ => false,
+        };
+        if forget {
+            self.coordinators_lock().remove(&(kind, key.to_string()));
         }
         result
     }
 
-    fn coordinators_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn coordinators_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(CoordinatorType, String), String>> {
         // Plain inserts and removes: a poisoned map is still consistent.
         self.coordinators.lock().unwrap_or_else(|e| e.into_inner())
     }

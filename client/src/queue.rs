@@ -11,9 +11,13 @@
 //! at least once.
 //!
 //! A member makes up its id (here from the time, the process id and a counter) and keeps it
-//! across reconnects and broker restarts, so leases it holds stay its own. If the broker
-//! removed it (no request for its session timeout), the next call joins again with the same id;
-//! what it held was failed and will be handed out again.
+//! across reconnects and broker restarts, so leases it holds stay its own. Every request goes
+//! to the group's coordinator (the leader of the group's `__queue_state` partition, found with
+//! FindCoordinator and looked up again when it moves). If the coordinator does not know the
+//! member (it removed it after no request for its session timeout, or it has just taken the
+//! group over from a broker that died: leases survive that, memberships do not), the member
+//! joins again with the same id and sends its unanswered answers once more: leases it still
+//! holds are its own; what was failed meanwhile is refused and will be handed out again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -122,8 +126,10 @@ pub struct Refused {
     pub attempt: u32,
     /// Whether it was an ack (a nack, reject, extend or release otherwise).
     pub was_ack: bool,
-    /// Why (`INVALID_RECORD_STATE`: not held by this member at that attempt any more;
-    /// `UNKNOWN_MEMBER_ID`: the member's session had ended, so what it held was failed).
+    /// Why (`INVALID_RECORD_STATE`: not held by this member at that attempt any more, e.g.
+    /// because the member's session had ended and what it held was failed; a member the
+    /// coordinator no longer knows joins again and sends its answers once more, for the
+    /// broker to judge).
     pub code: ErrorCode,
     /// The broker's explanation.
     pub message: Option<String>,
@@ -193,7 +199,8 @@ impl QueueConsumer {
             session_timeout_ms: self.config.session_timeout_ms,
             settings: self.config.settings.clone(),
         };
-        let response::Body::QueueJoin(r) = self.control.request(req).await? else {
+        let group = self.config.group.clone();
+        let response::Body::QueueJoin(r) = self.control.queue_request(&group, req).await? else {
             return Err(unexpected("QueueJoin"));
         };
         match r.error_code() {
@@ -201,7 +208,10 @@ impl QueueConsumer {
                 self.settings = r.settings;
                 Ok(())
             }
-            code => Err(broker_error(code, r.error_message)),
+            code => {
+                self.coordinator_answered(code);
+                Err(broker_error(code, r.error_message))
+            }
         }
     }
 
@@ -354,40 +364,50 @@ impl QueueConsumer {
         }
     }
 
-    /// Every answer of `sent` refused at once (the member's session had ended).
-    fn refuse_all(&mut self, sent: &[QueueAck], message: Option<String>) {
-        for a in sent {
-            self.refused.push(Refused {
-                tp: TopicPartition::new(a.topic.as_str(), a.partition),
-                first_offset: a.first_offset,
-                last_offset: a.last_offset,
-                attempt: a.attempt,
-                was_ack: a.kind == QueueAckKind::Ack as i32,
-                code: ErrorCode::UnknownMemberId,
-                message: message.clone(),
-            });
-        }
-    }
-
-    /// Sends a request carrying `acks` (taken from the queue) once: a request repeated after a
-    /// lost connection could reach a restarted broker after the first was applied, and its
-    /// refusal would then say the opposite of what happened. On failure the answers go back to
-    /// the front of the queue; the caller knows they may have landed.
+    /// Sends a request carrying `acks` (taken from the queue) once, to the group's
+    /// coordinator: a request repeated after a lost connection could reach a restarted broker
+    /// after the first was applied, and its refusal would then say the opposite of what
+    /// happened. On failure the answers go back to the front of the queue; the caller knows
+    /// they may have landed.
     async fn send_once(
         &mut self,
         req: impl Into<strom_protocol::messages::request::Body>,
         acks: &[QueueAck],
         timeout: Duration,
     ) -> Result<response::Body> {
+        let group = self.config.group.clone();
         let sent = async {
-            let conn = self.control.connection().await?;
+            let conn = self.control.queue_connection(&group).await?;
             conn.request_with_timeout(req, timeout).await
         }
         .await;
         if sent.is_err() {
+            self.control.forget_queue_coordinator(&group);
             self.pending.splice(0..0, acks.iter().cloned());
         }
         sent
+    }
+
+    /// Notes an answer's error code: one that says the coordinator is elsewhere (or not
+    /// ready) makes the next request look it up again.
+    fn coordinator_answered(&self, code: ErrorCode) {
+        if crate::control::is_coordinator_error(code) {
+            self.control.forget_queue_coordinator(&self.config.group);
+        }
+    }
+
+    /// A request carrying `acks` was answered with `code` for the whole request: the answers
+    /// go back to the front of the queue when the request was not applied (the coordinator
+    /// moved, or the member is unknown to it: after a failover the new coordinator has the
+    /// leases but not the membership, so the member joins again and the answers are sent
+    /// again, for the broker to judge); whether to join again first.
+    fn requeue_after(&mut self, code: ErrorCode, acks: &[QueueAck]) -> bool {
+        self.coordinator_answered(code);
+        let rejoin = code == ErrorCode::UnknownMemberId;
+        if rejoin || crate::control::is_coordinator_error(code) {
+            self.pending.splice(0..0, acks.iter().cloned());
+        }
+        rejoin
     }
 
     /// Sends the queued answers now (an empty flush keeps the membership alive).
@@ -395,6 +415,22 @@ impl QueueConsumer {
     /// # Errors
     /// Connection errors (the answers stay queued for the next try); [`Error::Broker`].
     pub async fn flush(&mut self) -> Result<()> {
+        // A member unknown to the coordinator joins again and sends its answers once more.
+        for _ in 0..2 {
+            match self.flush_once().await? {
+                None => return Ok(()),
+                Some(_) => self.rejoin().await?,
+            }
+        }
+        match self.flush_once().await? {
+            None => Ok(()),
+            Some(message) => Err(broker_error(ErrorCode::UnknownMemberId, message)),
+        }
+    }
+
+    /// One QueueAck; `Some(message)` when the member was unknown (the answers are queued
+    /// again).
+    async fn flush_once(&mut self) -> Result<Option<Option<String>>> {
         let acks = std::mem::take(&mut self.pending);
         let req = QueueAckRequest {
             group_id: self.config.group.clone(),
@@ -409,14 +445,9 @@ impl QueueConsumer {
         match r.error_code() {
             ErrorCode::None => {
                 self.note_results(&acks, r.results);
-                Ok(())
+                Ok(None)
             }
-            ErrorCode::UnknownMemberId => {
-                // Removed for silence: what it held was failed (the answers are refused);
-                // join again.
-                self.refuse_all(&acks, r.error_message);
-                self.rejoin().await
-            }
+            code if self.requeue_after(code, &acks) => Ok(Some(r.error_message)),
             code => Err(broker_error(code, r.error_message)),
         }
     }
@@ -445,12 +476,15 @@ impl QueueConsumer {
         };
         match r.error_code() {
             ErrorCode::None => {}
-            ErrorCode::UnknownMemberId => {
-                self.refuse_all(&acks, r.error_message);
-                self.rejoin().await?;
-                return Ok(Vec::new());
+            code => {
+                if self.requeue_after(code, &acks) {
+                    // Unknown to the coordinator: join again; the answers go with the next
+                    // poll.
+                    self.rejoin().await?;
+                    return Ok(Vec::new());
+                }
+                return Err(broker_error(code, r.error_message));
             }
-            code => return Err(broker_error(code, r.error_message)),
         }
         self.note_results(&acks, r.ack_results);
         let mut out = Vec::new();
@@ -499,7 +533,8 @@ impl QueueConsumer {
             group_id: self.config.group.clone(),
             member_id: self.member_id.clone(),
         };
-        let response::Body::QueueLeave(r) = self.control.request(req).await? else {
+        let group = self.config.group.clone();
+        let response::Body::QueueLeave(r) = self.control.queue_request(&group, req).await? else {
             return Err(unexpected("QueueLeave"));
         };
         match r.error_code() {

@@ -588,7 +588,11 @@ mod tests {
                 }],
             }
             .into(),
-            FindCoordinatorRequest { key: "g".into() }.into(),
+            FindCoordinatorRequest {
+                key: "g".into(),
+                key_type: 0,
+            }
+            .into(),
             GroupHeartbeatRequest {
                 group_id: "payments".into(),
                 member_id: String::new(),

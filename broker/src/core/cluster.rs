@@ -9,9 +9,9 @@
 //! [`Core::follow_image`]: topics the image holds are opened, topics it no longer holds are
 //! deleted, settings and partition counts follow. `__consumer_offsets` is an image topic like
 //! any other (created on demand by the group coordinator, `core::groups::leadership`); after
-//! each follow the coordinator takes up the partitions of it this broker leads. The queue-group
-//! state (`__queue_state`) stays local to the broker for now: internal topics the image does not
-//! hold are never deleted by following it.
+//! each follow the coordinator takes up the partitions of it this broker leads; so does the
+//! queue coordinator with `__queue_state`. Internal topics the image does not hold (a broker's
+//! own `__queue_delays`) are never deleted by following it.
 //!
 //! A data directory from before the quorum existed holds topics the (new, empty) image does
 //! not: they are imported, with their ids, before the registry first follows the image, so
@@ -358,8 +358,8 @@ impl Core {
     /// When the metadata log is new, records in it every local, non-internal topic (a data
     /// directory from before the quorum), with its id and all its partitions on this broker.
     /// An existing log is never added to (a topic file it does not know is one it deleted),
-    /// except by a single broker's `__consumer_offsets` from before it was an image topic
-    /// ([`Core::import_local_offsets`]).
+    /// except by a single broker's `__consumer_offsets` and `__queue_state` from before they
+    /// were image topics ([`Core::import_local_offsets`]).
     pub(crate) async fn import_local_topics(&self) -> Result<(), BrokerError> {
         if self.cluster.new_log {
             self.import_data_dir().await?;
@@ -367,13 +367,23 @@ impl Core {
         self.import_local_offsets().await
     }
 
-    /// A single broker (a quorum of its own) whose image has no `__consumer_offsets` but whose
-    /// data directory holds one (local, one partition, made by an older strom) records that
-    /// one in the metadata log, with its id, partition count and settings, all on this broker,
-    /// instead of a new one being created: its committed offsets stay. Idempotent: once the
-    /// image holds the topic this does nothing.
+    /// A single broker (a quorum of its own) whose image has no `__consumer_offsets` (or no
+    /// `__queue_state`) but whose data directory holds one (local, one partition, made by an
+    /// older strom) records that one in the metadata log, with its id, partition count and
+    /// settings, all on this broker, instead of a new one being created: its committed offsets
+    /// (its queue groups) stay. Idempotent: once the image holds the topic this does nothing.
     async fn import_local_offsets(&self) -> Result<(), BrokerError> {
-        let name = strom_protocol::topic::OFFSETS_TOPIC;
+        for name in [
+            strom_protocol::topic::OFFSETS_TOPIC,
+            crate::core::queues::STATE_TOPIC,
+        ] {
+            self.import_local_internal(name).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Core::import_local_offsets`] for one topic.
+    async fn import_local_internal(&self, name: &str) -> Result<(), BrokerError> {
         if !self.cluster.alone || self.cluster.image().topics.contains_key(name) {
             return Ok(());
         }
@@ -396,7 +406,7 @@ impl Core {
             })?;
         tracing::info!(
             partitions = local.count,
-            "the local {name} is recorded in the metadata log; its committed offsets stay"
+            "the local {name} is recorded in the metadata log; what it holds stays"
         );
         Ok(())
     }
@@ -457,12 +467,13 @@ impl Core {
         }
         *self.cluster.failures() = failures;
         self.fetchers.assign(self.fetch_plans(&image));
-        // The group coordinator takes up (loads) the `__consumer_offsets` partitions this
-        // broker now leads and drops the groups of the ones it no longer does, before the
-        // image counts as followed.
+        // The group coordinators take up (load) the `__consumer_offsets` and `__queue_state`
+        // partitions this broker now leads and drop the groups of the ones it no longer does,
+        // before the image counts as followed.
         self.groups
             .follow(&image, &self.topics, self.cluster.id())
             .await;
+        self.queue_follow(&image).await;
         {
             let mut published = self
                 .cluster

@@ -4,10 +4,11 @@
 //! A producer gives a delivery time per batch beside the records, never inside them, so the
 //! broker never decompresses to find one. The partition's writer, the only one that knows a
 //! batch's offsets before they are readable, enters `(first, last, time)` here *before* the
-//! append makes the records visible, and queues the entry's record on `__queue_state` in the
+//! append makes the records visible, and queues the entry's record on `__queue_delays` in the
 //! same step: so no queue fetch can see a delayed record before its entry, and no queue state
-//! written after that fetch can reach the log before the entry does. Recovery rebuilds the index
-//! from those records; compaction of `__queue_state` writes the entries still needed whole.
+//! written after that fetch is written before the entry is appended. Recovery rebuilds the index
+//! from those records; compaction of `__queue_delays` writes the entries still needed whole
+//! (`queues::delay_log`).
 //!
 //! Memory: one entry per delayed batch (a producer's batches with one delivery time are one
 //! entry), in two ordered maps: about 100 bytes an entry, at most [`MAX_PENDING`] per partition.
@@ -83,7 +84,7 @@ struct Entries {
 /// One partition's delayed runs.
 #[derive(Debug, Default)]
 pub struct DelayIndex {
-    /// Held while an entry's record is queued on `__queue_state` and while compaction queues
+    /// Held while an entry's record is queued on `__queue_delays` and while compaction queues
     /// the index whole, so an entry is either in the snapshot or written after it.
     pub order: tokio::sync::Mutex<()>,
     entries: Mutex<Entries>,
@@ -300,9 +301,10 @@ impl DelayIndex {
     }
 }
 
-// ---- records in `__queue_state` ----
+// ---- records in `__queue_delays` ----
 
-/// Key kind of a delayed run in `__queue_state` (after the queue coordinator's 1-3).
+/// Key kind of a delayed run in `__queue_delays` (after the queue coordinator's 1-3 in
+/// `__queue_state`, where an older strom kept them too).
 pub const KEY_DELAY: u8 = 4;
 const VERSION: u8 = 1;
 

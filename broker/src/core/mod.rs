@@ -30,6 +30,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod cluster;
+pub(crate) mod coordination;
 pub(crate) mod delays;
 pub(crate) mod fetch;
 pub(crate) mod groups;
@@ -112,7 +113,7 @@ impl Core {
             },
             Duration::from_millis(config.group_initial_rebalance_delay_ms),
         );
-        let queues = Queues::load(&topics).await?;
+        let queues = Queues::load(&topics, &config.data_dir).await?;
         // One id, one kind of group: consumer groups refuse queue groups' ids (and the queue
         // coordinator refuses consumer groups').
         groups.refuse_ids(queues.ids());
@@ -170,6 +171,8 @@ impl Core {
                 interval.tick().await;
                 self.queue_tick().await;
                 self.queue_dead_letter().await;
+                // Redrive tasks of the `__queue_state` partitions this broker has come to lead.
+                self.redrive_resume().await;
             }
         };
         let isr = async {

@@ -279,9 +279,9 @@ impl Core {
                 format!("the partition holds {MAX_PENDING} pending delays; retry once some fire"),
             ));
         }
-        let state = super::queues::state_partition(&self.topics).ok_or((
+        let state = super::queues::delay_log::delays_partition(&self.topics).ok_or((
             ErrorCode::CoordinatorNotAvailable,
-            "the queue state log is missing".to_string(),
+            "the delayed runs' log is missing".to_string(),
         ))?;
         let (tx, rx) = oneshot::channel();
         Ok(Some((

@@ -221,7 +221,11 @@ impl Native {
     /// address (the topic is created on the first request that needs it).
     async fn find_coordinator(&self, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
         let me = self.core.broker_id();
-        let found = self.core.find_coordinator(&req.key).await.and_then(|b| {
+        let found = match req.key_type() {
+            CoordinatorType::Group => self.core.find_coordinator(&req.key).await,
+            CoordinatorType::Queue => self.core.find_queue_coordinator(&req.key).await,
+        };
+        let found = found.and_then(|b| {
             match b.endpoints.native.as_deref().and_then(host_port) {
                 Some((host, port)) => Ok((b.id, host.to_string(), u32::from(port))),
                 // This broker always knows where it listens.

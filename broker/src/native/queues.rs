@@ -328,13 +328,21 @@ pub(super) async fn describe_redrive(
     core: &Core,
     req: DescribeRedriveRequest,
 ) -> DescribeRedriveResponse {
-    match core.redrive_status(&req.dlq_topic).await {
-        Some(t) => DescribeRedriveResponse {
+    match core.redrive_describe(&req.dlq_topic).await {
+        Ok(Some(t)) => DescribeRedriveResponse {
             error_code: ErrorCode::None.into(),
             error_message: None,
             status: Some(redrive_status(&t)),
         },
-        None => DescribeRedriveResponse {
+        Err(f) => {
+            let (error_code, error_message) = split(f);
+            DescribeRedriveResponse {
+                error_code,
+                error_message,
+                status: None,
+            }
+        }
+        Ok(None) => DescribeRedriveResponse {
             error_code: ErrorCode::GroupIdNotFound.into(),
             error_message: Some(format!("no redrive of {} was started", req.dlq_topic)),
             status: None,

@@ -1,219 +1,44 @@
-//! Which groups this broker coordinates. `__consumer_offsets` is a topic of the metadata log
-//! with several partitions spread over the brokers; a group lives on the leader of its
-//! partition, chosen by Kafka's rule ([`partition_for`]). This module owns:
-//!
-//! - the rule itself (Java's `String.hashCode`, as Kafka computes it);
-//! - the coordinator's view of each partition ([`Slot`]), refreshed by
-//!   [`Coordinator::follow`] every time the broker follows the metadata image: a partition this
-//!   broker has just come to lead (and holds open) is loaded, that partition's records only,
-//!   before its groups are served (COORDINATOR_LOAD_IN_PROGRESS meanwhile); the groups of a
-//!   partition it no longer leads leave memory;
-//! - routing a group request ([`State::route`]): NOT_COORDINATOR when another broker leads the
-//!   group's partition, COORDINATOR_NOT_AVAILABLE when nobody does;
-//! - creating `__consumer_offsets` through the controller on the first request that needs a
-//!   coordinator ([`Core::offsets_topic_ready`]), once even when requests race.
+//! Which consumer groups this broker coordinates: those of the `__consumer_offsets`
+//! partitions it leads ([`crate::core::coordination`] owns the rule and the slots). This module
+//! reads a partition's commits when this broker comes to lead it ([`Coordinator::follow`]),
+//! drops the groups of the partitions it no longer leads, and creates `__consumer_offsets` on
+//! the first request that needs a coordinator ([`Core::offsets_topic_ready`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use strom_meta::image::MetadataImage;
-use strom_meta::rpc::ControllerRequest;
 use strom_meta::types::BrokerId;
-use strom_protocol::ErrorCode;
 
 use super::records::{parse_key, parse_value};
 use super::{Catalog, Coordinator, OFFSETS_TOPIC, State, Tp, offsets_topic_configs};
-use crate::core::cluster::local_id;
-use crate::core::metadata::{BrokerView, broker_id};
+use crate::core::coordination::{CoordinatorTopic, Load, Route, partition_for};
+use crate::core::metadata::BrokerView;
 use crate::core::partition::Partition;
 use crate::core::topics::Topics;
 use crate::core::{Core, Failure};
 
-/// Java's `String.hashCode()`: `s[0]*31^(n-1) + ... + s[n-1]` over UTF-16 code units, in
-/// wrapping 32-bit arithmetic.
-pub(crate) fn java_string_hash(s: &str) -> i32 {
-    s.encode_utf16().fold(0i32, |h, unit| {
-        h.wrapping_mul(31).wrapping_add(i32::from(unit))
-    })
-}
-
-/// The `__consumer_offsets` partition of `group_id` among `partitions` (Kafka's
-/// `Utils.abs(groupId.hashCode()) % groupMetadataTopicPartitionCount`, where `Utils.abs` masks
-/// the sign bit, so `Integer.MIN_VALUE` gives 0).
-pub(crate) fn partition_for(group_id: &str, partitions: usize) -> usize {
-    let hash = (java_string_hash(group_id) & 0x7fff_ffff).unsigned_abs() as usize;
-    hash % partitions.max(1)
-}
-
-/// One partition of `__consumer_offsets`, as this broker serves it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Slot {
-    /// Another broker leads it: its groups are that broker's.
-    Elsewhere(BrokerId),
-    /// Nobody leads it (its broker is down), or this broker leads it without holding it open.
-    Offline,
-    /// This broker leads it (at this leader epoch) and is reading its records.
-    Loading(u32),
-    /// This broker leads it (at this leader epoch) and coordinates its groups.
-    Ready(u32),
-}
-
-/// The partition a group request was served under: commits go to it, and its leader epoch
-/// tells whether leadership changed while the request waited for its append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Route {
-    pub partition: i32,
-    pub epoch: u32,
-}
-
 impl State {
-    /// Where `group_id`'s requests are served: `Ok(Some(_))` here; `Ok(None)` when the image
-    /// holds no `__consumer_offsets` yet (so no group exists anywhere); otherwise the error the
-    /// client gets (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE).
+    /// Where `group_id`'s requests are served ([`crate::core::coordination::Slots::route`]).
     pub(crate) fn route(&self, group_id: &str) -> Result<Option<Route>, Failure> {
-        let Some(slots) = &self.slots else {
-            return Ok(None);
-        };
-        let p = partition_for(group_id, slots.len());
-        let partition = i32::try_from(p).unwrap_or(i32::MAX);
-        match slots.get(p) {
-            Some(Slot::Ready(epoch)) => Ok(Some(Route {
-                partition,
-                epoch: *epoch,
-            })),
-            Some(Slot::Loading(_)) => Err((
-                ErrorCode::CoordinatorLoadInProgress,
-                format!("loading {OFFSETS_TOPIC}-{partition}, which holds group {group_id}"),
-            )),
-            Some(Slot::Elsewhere(leader)) => Err((
-                ErrorCode::NotCoordinator,
-                format!(
-                    "broker {leader} coordinates group {group_id} (it leads {OFFSETS_TOPIC}-{partition})"
-                ),
-            )),
-            Some(Slot::Offline) | None => Err((
-                ErrorCode::CoordinatorNotAvailable,
-                format!("{OFFSETS_TOPIC}-{partition}, which holds group {group_id}, has no leader"),
-            )),
-        }
+        self.slots.route(group_id)
     }
 
-    /// [`State::route`] for a request that needs the coordinator to exist:
-    /// COORDINATOR_NOT_AVAILABLE while `__consumer_offsets` is not in the image.
+    /// [`State::route`] for a request that needs the coordinator to exist.
     pub(crate) fn serve(&self, group_id: &str) -> Result<Route, Failure> {
-        self.route(group_id)?.ok_or_else(|| {
-            (
-                ErrorCode::CoordinatorNotAvailable,
-                format!("{OFFSETS_TOPIC} is being created; find the coordinator again"),
-            )
-        })
-    }
-
-    /// Brings the slots in line with `image`; returns the partitions to load. Groups of a
-    /// partition this broker stops serving (or must load again) leave memory.
-    fn replan(&mut self, image: &MetadataImage, topics: &Topics, me: BrokerId) -> Vec<Load> {
-        let Some(topic) = image.topics.get(OFFSETS_TOPIC) else {
-            if self.slots.take().is_some() {
-                tracing::warn!("{OFFSETS_TOPIC} left the metadata image; no group is served here");
-            }
-            self.groups.clear();
-            return Vec::new();
-        };
-        let count = topic.partitions.len();
-        // Only this topic's logs: a local one of another id (an older data directory's that
-        // was not imported) is never served as the cluster's.
-        let local = topics
-            .get(OFFSETS_TOPIC)
-            .filter(|t| t.id == local_id(topic.id));
-        let old = match self.slots.take() {
-            Some(old) if old.len() == count => old,
-            Some(_) => {
-                tracing::warn!(
-                    count,
-                    "{OFFSETS_TOPIC} changed its partition count; every group is loaded again"
-                );
-                self.groups.clear();
-                vec![Slot::Offline; count]
-            }
-            None => vec![Slot::Offline; count],
-        };
-        let mut loads = Vec::new();
-        let mut slots = Vec::with_capacity(count);
-        for (p, placed) in topic.partitions.iter().enumerate() {
-            let index = i32::try_from(p).unwrap_or(i32::MAX);
-            let slot = match placed.leader {
-                Some(leader) if leader == me => {
-                    let epoch = placed.leader_epoch;
-                    match (old[p], local.as_ref().and_then(|t| t.partition(index))) {
-                        (Slot::Ready(e) | Slot::Loading(e), Some(_)) if e == epoch => old[p],
-                        (_, Some(log)) => {
-                            loads.push(Load {
-                                partition: p,
-                                epoch,
-                                log: log.clone(),
-                                count,
-                            });
-                            Slot::Loading(epoch)
-                        }
-                        (_, None) => Slot::Offline,
-                    }
-                }
-                Some(leader) => Slot::Elsewhere(leader),
-                None => Slot::Offline,
-            };
-            slots.push(slot);
-        }
-        let dropped: BTreeSet<usize> = (0..count)
-            .filter(|p| matches!(old[*p], Slot::Ready(_)) && slots[*p] != old[*p])
-            .collect();
-        if !dropped.is_empty() {
-            let before = self.groups.len();
-            self.groups
-                .retain(|name, _| !dropped.contains(&partition_for(name, count)));
-            tracing::info!(
-                partitions = ?dropped,
-                groups = before - self.groups.len(),
-                "no longer coordinating these {OFFSETS_TOPIC} partitions; their groups left memory"
-            );
-        }
-        self.slots = Some(slots);
-        loads
+        self.slots.serve(group_id)
     }
 
     /// A partition's groups are read: they are served from now on, unless leadership moved
     /// while they were read.
     fn loaded(&mut self, partition: usize, epoch: u32, groups: LoadedGroups) {
-        let Some(slot) = self.slots.as_mut().and_then(|s| s.get_mut(partition)) else {
-            return;
-        };
-        if *slot != Slot::Loading(epoch) {
+        if !self.slots.loaded(partition, epoch) {
             return;
         }
-        *slot = Slot::Ready(epoch);
         for (name, offsets) in groups {
             self.groups.entry(name).or_default().offsets = offsets;
         }
     }
-
-    /// A partition could not be read: offline until the next follow tries again.
-    fn load_failed(&mut self, partition: usize, epoch: u32) {
-        if let Some(slot) = self.slots.as_mut().and_then(|s| s.get_mut(partition))
-            && *slot == Slot::Loading(epoch)
-        {
-            *slot = Slot::Offline;
-        }
-    }
-}
-
-/// A partition to read the groups of.
-#[derive(Debug)]
-struct Load {
-    partition: usize,
-    epoch: u32,
-    log: Arc<Partition>,
-    /// The topic's partition count (which partition a group belongs to).
-    count: usize,
 }
 
 /// Committed offsets by group.
@@ -266,7 +91,24 @@ impl Coordinator {
     /// groups of the ones it no longer leads are dropped. Called by `Core::follow_image` after
     /// the registry follows the image, so newly placed partitions are open.
     pub(crate) async fn follow(&self, image: &MetadataImage, topics: &Topics, me: BrokerId) {
-        let loads = self.lock().replan(image, topics, me);
+        let loads = {
+            let mut state = self.lock();
+            let plan = state.slots.replan(image, topics, me);
+            if plan.all {
+                state.groups.clear();
+            } else if !plan.dropped.is_empty() {
+                let before = state.groups.len();
+                state
+                    .groups
+                    .retain(|name, _| !plan.dropped.contains(&partition_for(name, plan.count)));
+                tracing::info!(
+                    partitions = ?plan.dropped,
+                    groups = before - state.groups.len(),
+                    "no longer coordinating these {OFFSETS_TOPIC} partitions; their groups left memory"
+                );
+            }
+            plan.loads
+        };
         for load in loads {
             let Load {
                 partition,
@@ -292,11 +134,11 @@ impl Coordinator {
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(partition, error = %e, "cannot read {OFFSETS_TOPIC}-{partition}; its groups are unavailable");
-                    state.load_failed(partition, epoch);
+                    state.slots.load_failed(partition, epoch);
                 }
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "reading {OFFSETS_TOPIC}-{partition} failed");
-                    state.load_failed(partition, epoch);
+                    state.slots.load_failed(partition, epoch);
                 }
             }
         }
@@ -304,7 +146,7 @@ impl Coordinator {
 
     /// Whether this broker follows a `__consumer_offsets` of the metadata image.
     fn follows_offsets_topic(&self) -> bool {
-        self.lock().slots.is_some()
+        self.lock().slots.followed()
     }
 }
 
@@ -324,50 +166,15 @@ impl Core {
     /// another broker (TOPIC_ALREADY_EXISTS) is followed. COORDINATOR_NOT_AVAILABLE when it
     /// cannot be created now.
     pub(crate) async fn offsets_topic_ready(&self) -> Result<(), Failure> {
-        if self.offsets_topic_followed() {
-            return Ok(());
-        }
-        let _creating = self.groups.creating.lock().await;
-        if self.offsets_topic_followed() {
-            return Ok(());
-        }
-        let unavailable = |(code, msg): Failure| {
-            (
-                ErrorCode::CoordinatorNotAvailable,
-                format!(
-                    "{OFFSETS_TOPIC} is not available yet ({}: {msg})",
-                    code.name()
-                ),
-            )
+        let spec = || CoordinatorTopic {
+            name: OFFSETS_TOPIC,
+            partitions: self.config.offsets_topic_partitions,
+            configs: offsets_topic_configs(),
         };
-        if !self.image().topics.contains_key(OFFSETS_TOPIC) {
-            let partitions = self.config.offsets_topic_partitions;
-            // Replicated as Kafka's offsets.topic.replication.factor (3), on every live broker
-            // when there are fewer (the controller's default, 0): a group's commits survive
-            // its coordinator's death.
-            let request = ControllerRequest::CreateTopic {
-                name: OFFSETS_TOPIC.to_string(),
-                partitions,
-                replication_factor: 0,
-                configs: offsets_topic_configs(),
-            };
-            match self.cluster.call(request).await {
-                Ok(index) => {
-                    tracing::info!(partitions, "{OFFSETS_TOPIC} created");
-                    return self
-                        .cluster
-                        .settled(index, OFFSETS_TOPIC)
-                        .await
-                        .map_err(unavailable);
-                }
-                Err((ErrorCode::TopicAlreadyExists, _)) => {}
-                Err(failure) => return Err(unavailable(failure)),
-            }
-        }
-        // Created by another broker (or just before): wait until this one follows it.
-        self.settled_on_topic(OFFSETS_TOPIC)
-            .await
-            .map_err(unavailable)
+        self.coordinator_topic_ready(spec, &self.groups.creating, || {
+            self.offsets_topic_followed()
+        })
+        .await
     }
 
     /// Whether this broker follows `__consumer_offsets` and answers from an image that holds
@@ -377,88 +184,21 @@ impl Core {
         self.groups.follows_offsets_topic() && self.image().topics.contains_key(OFFSETS_TOPIC)
     }
 
-    /// The coordinator of `group_id` as `image` places it: the leader of the group's partition
-    /// of `__consumer_offsets`, with its addresses. COORDINATOR_NOT_AVAILABLE while the topic
-    /// does not exist or the partition has no leader (its broker is down).
-    pub(crate) fn coordinator_of(
-        &self,
-        image: &MetadataImage,
-        group_id: &str,
-    ) -> Result<BrokerView, Failure> {
-        let topic = image.topics.get(OFFSETS_TOPIC).ok_or_else(|| {
-            (
-                ErrorCode::CoordinatorNotAvailable,
-                format!("{OFFSETS_TOPIC} is being created"),
-            )
-        })?;
-        let p = partition_for(group_id, topic.partitions.len());
-        let leader = topic
-            .partitions
-            .get(p)
-            .and_then(|placed| placed.leader)
-            .ok_or_else(|| {
-                (
-                    ErrorCode::CoordinatorNotAvailable,
-                    format!("{OFFSETS_TOPIC}-{p}, which holds group {group_id}, has no leader"),
-                )
-            })?;
-        let registration = image.brokers.get(&leader).ok_or_else(|| {
-            (
-                ErrorCode::CoordinatorNotAvailable,
-                format!("broker {leader} leads {OFFSETS_TOPIC}-{p} but is not registered"),
-            )
-        })?;
-        Ok(BrokerView {
-            id: broker_id(leader),
-            endpoints: registration.endpoints.clone(),
-            rack: registration.rack.clone(),
-        })
-    }
-
     /// Where `group_id`'s coordinator is, once `__consumer_offsets` exists (created here if
     /// needed): the leader of the group's partition.
     pub(crate) async fn find_coordinator(&self, group_id: &str) -> Result<BrokerView, Failure> {
         self.offsets_topic_ready().await?;
-        self.coordinator_of(&self.image(), group_id)
+        self.coordinator_of(&self.image(), OFFSETS_TOPIC, group_id)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::coordination::Slot;
     use crate::core::groups::SessionBounds;
     use std::time::Duration;
-
-    #[test]
-    fn groups_hash_to_partitions_as_kafka_computes() {
-        // Java's String.hashCode by hand: "a" = 97; "ab" = 97*31 + 98 = 3105;
-        // "hello" = 99162322 (104*31^4 + 101*31^3 + 108*31^2 + 108*31 + 111);
-        // "Aa" and "BB" collide at 2112 (65*31+97 = 66*31+66).
-        assert_eq!(java_string_hash(""), 0);
-        assert_eq!(java_string_hash("a"), 97);
-        assert_eq!(java_string_hash("ab"), 3105);
-        assert_eq!(java_string_hash("hello"), 99_162_322);
-        assert_eq!(java_string_hash("Aa"), 2112);
-        assert_eq!(java_string_hash("BB"), 2112);
-        // Overflow wraps as in Java: "polygenelubricants".hashCode() is Integer.MIN_VALUE,
-        // which Kafka's Utils.abs masks to 0; "billing".hashCode() is -109829509, whose low 31
-        // bits are 2037654139: partition 11 of 16, 39 of 50.
-        assert_eq!(java_string_hash("polygenelubricants"), i32::MIN);
-        assert_eq!(partition_for("polygenelubricants", 16), 0);
-        assert_eq!(partition_for("polygenelubricants", 50), 0);
-        assert_eq!(java_string_hash("billing"), -109_829_509);
-        assert_eq!(partition_for("billing", 16), 11);
-        assert_eq!(partition_for("billing", 50), 39);
-        // Kafka with 50 partitions (its default): 99162322 % 50 = 22; with 16: 99162322 % 16 = 2.
-        assert_eq!(partition_for("hello", 50), 22);
-        assert_eq!(partition_for("hello", 16), 2);
-        assert_eq!(partition_for("ab", 16), 1);
-        // Non-ASCII: UTF-16 code units, not bytes ("é" is U+00E9 = 233; "😀" is the surrogate
-        // pair D83D DE00: 55357*31 + 56832 = 1772899).
-        assert_eq!(java_string_hash("é"), 233);
-        assert_eq!(java_string_hash("😀"), 1_772_899);
-        assert_eq!(partition_for("anything", 1), 0);
-    }
+    use strom_protocol::ErrorCode;
 
     fn coordinator() -> Coordinator {
         Coordinator::new(
@@ -502,7 +242,7 @@ mod tests {
             group_on(2, 4),
             group_on(3, 4),
         );
-        co.lock().slots = Some(vec![
+        co.lock().slots.set(vec![
             Slot::Ready(3),
             Slot::Elsewhere(2),
             Slot::Offline,

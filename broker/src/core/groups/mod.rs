@@ -36,10 +36,10 @@ use strom_meta::image::MetadataImage;
 use strom_protocol::ErrorCode;
 use strom_protocol::topic::validate_topic_name;
 
+use crate::core::coordination::Slots;
 use crate::core::topics::{TopicId, Topics};
 use assignor::{MemberView, Strategy, Tp};
 use classic::Classic;
-use leadership::Slot;
 
 /// A KIP-848 heartbeat: a join (epoch 0), a heartbeat, or a leave (epoch -1).
 #[derive(Debug, Clone)]
@@ -225,12 +225,20 @@ fn now_ms() -> i64 {
 
 /// What the coordinator's lock guards: the groups of the `__consumer_offsets` partitions this
 /// broker leads, and which partitions those are.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct State {
     groups: HashMap<String, Group>,
-    /// Each partition of `__consumer_offsets` as this broker last followed the metadata image
-    /// (its length is the partition count); `None` while the image holds no such topic.
-    slots: Option<Vec<Slot>>,
+    /// Each partition of `__consumer_offsets` as this broker last followed the metadata image.
+    slots: Slots,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            groups: HashMap::new(),
+            slots: Slots::new(OFFSETS_TOPIC, "group"),
+        }
+    }
 }
 
 /// The coordinator of the groups of the `__consumer_offsets` partitions this broker leads.
@@ -271,7 +279,9 @@ impl Coordinator {
         initial_rebalance_delay: Duration,
     ) -> Self {
         let c = Self::new(bounds, initial_rebalance_delay);
-        c.lock().slots = Some(vec![Slot::Ready(0)]);
+        c.lock()
+            .slots
+            .set(vec![crate::core::coordination::Slot::Ready(0)]);
         c
     }
 

@@ -15,10 +15,10 @@ use strom_protocol::batch::{BatchBuilder, RecordRef};
 use strom_storage::ValidBatch;
 
 use super::classic::ClassicState;
-use super::leadership::Route;
 use super::records::{offset_key, offset_value};
 use super::{Catalog, Coordinator, Group, OFFSETS_TOPIC, State, Tp, now_ms};
 use crate::core::Failure;
+use crate::core::coordination::Route;
 use crate::core::partition::Durability;
 use crate::core::topics::Topics;
 

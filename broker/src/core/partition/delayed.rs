@@ -1,5 +1,5 @@
 //! Queue groups' delayed delivery at append time: the delayed runs of an append are entered in
-//! the partition's index and recorded on `__queue_state` before the records become readable,
+//! the partition's index and recorded on `__queue_delays` before the records become readable,
 //! and withdrawn if the append fails (docs/queues.md).
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use super::{AppendRequest, Durability, Partition, now_ms};
 use crate::core::delays::{self, Delay, TopicId};
 
 /// Enters the delayed runs of `appends` (to be appended from `base`) in the partition's index
-/// and queues their records on `__queue_state`, handing each produce the wait for its record.
+/// and queues their records on `__queue_delays`, handing each produce the wait for its record.
 /// Returns what was entered, to withdraw if the append fails.
 pub(super) async fn register_delays(
     appends: &mut [AppendRequest],
@@ -92,7 +92,7 @@ pub(super) async fn register_delays(
 }
 
 /// Takes back delayed runs whose append failed: out of the index, and a withdrawal queued on
-/// `__queue_state` (the offsets will be given to other records).
+/// `__queue_delays` (the offsets will be given to other records).
 pub(super) async fn withdraw_delays(entered: Vec<(Arc<Partition>, TopicId, Delay)>, w: &Writer) {
     for (state, _, d) in entered {
         w.delays.remove(d.first);

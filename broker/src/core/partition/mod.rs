@@ -82,7 +82,7 @@ pub(crate) struct AppendRequest {
 pub(crate) struct DelayedAppend {
     /// Per batch, its delivery time (ms since the Unix epoch; 0: not delayed).
     pub times: Vec<i64>,
-    /// `__queue_state`, where the delayed runs are recorded.
+    /// `__queue_delays`, where the delayed runs are recorded.
     pub state: Arc<Partition>,
     pub topic_id: TopicId,
     /// Gets the wait for the runs' record, which the produce must also wait for (taken when

@@ -499,7 +499,7 @@ async fn append_group(
     // costs more than the write itself, and with many partitions every request fans out into
     // one append per partition. Large ones go to the blocking pool.
     let bytes: usize = batches.iter().map(|b| b.bytes().len()).sum();
-    // Delayed runs are entered (and their records queued on `__queue_state`) before the
+    // Delayed runs are entered (and their records queued on `__queue_delays`) before the
     // append makes the records readable.
     let registered = register_delays(&mut appends, log.end_offset(), w).await;
     let (mut log, result) = if bytes <= INLINE_APPEND_BYTES {

@@ -84,12 +84,19 @@ impl Core {
             }
             topic_names.push(Arc::from(t.as_str()));
         }
+        let route = self.queue_route(&req.group).await?;
         let now = now_ms();
         let mut out = StateWrites::default();
         let group = {
             let existing = self.queues.get(&req.group);
             match existing {
-                Some(g) => g,
+                Some(g) if g.route == route => g,
+                Some(_) => {
+                    return Err((
+                        ErrorCode::CoordinatorLoadInProgress,
+                        format!("queue group {} is being loaded again", req.group),
+                    ));
+                }
                 None => {
                     let settings = Settings::from_pairs(
                         req.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())),
@@ -97,6 +104,7 @@ impl Core {
                     .map_err(|e| (ErrorCode::InvalidConfig, e))?;
                     let g = Arc::new(QueueGroup {
                         name: req.group.clone(),
+                        route,
                         inner: tokio::sync::Mutex::new(Inner::new(settings)),
                         wake: Notify::new(),
                     });
@@ -141,7 +149,7 @@ impl Core {
             },
         );
         let settings = inner.settings.pairs();
-        let rx = self.queue_persist(out).await;
+        let rx = self.queue_persist(group.route, out).await;
         drop(inner);
         Self::queue_durable(rx).await?;
         Ok(settings)
@@ -149,7 +157,7 @@ impl Core {
 
     /// A member leaves: what it holds is released (its attempts stay counted).
     pub async fn queue_leave(&self, group: &str, member: &str) -> Result<(), Failure> {
-        let g = self.queues.group(group)?;
+        let g = self.queue_group(group)?;
         let now = now_ms();
         let mut out = StateWrites::default();
         let mut inner = g.inner.lock().await;
@@ -157,35 +165,35 @@ impl Core {
             return Err((ErrorCode::UnknownMemberId, "not a member".into()));
         }
         inner.remove_member(&g.name, member, true, now, &mut out);
-        let rx = self.queue_persist(out).await;
+        let rx = self.queue_persist(g.route, out).await;
         drop(inner);
         g.wake.notify_waiters();
-        Self::queue_durable(rx).await
+        Self::queue_durable(rx).await.map(drop)
     }
 
     /// Describes queue groups (all of them when `names` is empty).
     pub async fn queue_describe(&self, names: &[String]) -> Vec<Result<GroupView, Failure>> {
-        let groups: Vec<(String, Option<Arc<QueueGroup>>)> = if names.is_empty() {
+        let groups: Vec<(String, Result<Arc<QueueGroup>, Failure>)> = if names.is_empty() {
             self.queues
                 .all()
                 .into_iter()
-                .map(|g| (g.name.clone(), Some(g)))
+                .map(|g| (g.name.clone(), Ok(g)))
                 .collect()
         } else {
             names
                 .iter()
-                .map(|n| (n.clone(), self.queues.get(n)))
+                .map(|n| (n.clone(), self.queue_group(n)))
                 .collect()
         };
         let now = now_ms();
         let mut views = Vec::with_capacity(groups.len());
         for (name, g) in groups {
-            let Some(g) = g else {
-                views.push(Err((
-                    ErrorCode::GroupIdNotFound,
-                    format!("no queue group {name}"),
-                )));
-                continue;
+            let g = match g {
+                Ok(g) => g,
+                Err(e) => {
+                    views.push(Err(e));
+                    continue;
+                }
             };
             let inner = g.inner.lock().await;
             let mut members: Vec<(String, Vec<String>, u64)> = inner
@@ -262,7 +270,7 @@ impl Core {
         topic: &str,
         to: OffsetQuery,
     ) -> Result<Vec<(i32, i64)>, Failure> {
-        let g = self.queues.group(group)?;
+        let g = self.queue_group(group)?;
         let t = self.topics.get(topic).ok_or_else(|| {
             (
                 ErrorCode::UnknownTopicOrPartition,
@@ -310,7 +318,7 @@ impl Core {
             inner.qps.insert(tp, fresh);
             moved.push((p.index, offset));
         }
-        let rx = self.queue_persist(out).await;
+        let rx = self.queue_persist(g.route, out).await;
         drop(inner);
         g.wake.notify_waiters();
         Self::queue_durable(rx).await?;
@@ -319,7 +327,7 @@ impl Core {
 
     /// Deletes queue groups without members.
     pub async fn queue_delete(&self, group: &str) -> Result<(), Failure> {
-        let g = self.queues.group(group)?;
+        let g = self.queue_group(group)?;
         let mut out = StateWrites::default();
         let mut inner = g.inner.lock().await;
         if !inner.members.is_empty() {
@@ -331,11 +339,11 @@ impl Core {
         inner.deleted = true;
         inner.qps.clear();
         out.push(&codec::group_key(group), None, now_ms());
-        let rx = self.queue_persist(out).await;
+        let rx = self.queue_persist(g.route, out).await;
         drop(inner);
         lock_groups(&self.queues).remove(group);
         g.wake.notify_waiters();
-        Self::queue_durable(rx).await
+        Self::queue_durable(rx).await.map(drop)
     }
 }
 

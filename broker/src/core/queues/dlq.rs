@@ -120,9 +120,9 @@ impl Core {
         if let Some(d) = delta {
             inner.commit(&g.name, tp, d, &mut out, now_ms());
         }
-        let rx = self.queue_persist(out).await;
+        let rx = self.queue_persist(g.route, out).await;
         drop(inner);
-        Self::queue_durable(rx).await.map_err(|(_, e)| e)
+        Self::queue_durable(rx).await.map(drop).map_err(|(_, e)| e)
     }
 
     /// The copies of the run's records that still exist, as one batch (None: none exist).

@@ -23,14 +23,14 @@ impl Core {
     /// Applies a fetch's acknowledgements, then hands out records, waiting up to `max_wait_ms`
     /// for some.
     pub async fn queue_fetch(&self, req: QueueFetch) -> Fetched {
-        let Some(group) = self.queues.get(&req.group) else {
-            return Fetched {
-                error: Some((
-                    ErrorCode::GroupIdNotFound,
-                    format!("no queue group {}", req.group),
-                )),
-                ..Fetched::default()
-            };
+        let group = match self.queue_group(&req.group) {
+            Ok(g) => g,
+            Err(e) => {
+                return Fetched {
+                    error: Some(e),
+                    ..Fetched::default()
+                };
+            }
         };
         let max_wait = Duration::from_millis(u64::from(
             req.max_wait_ms.min(self.config.fetch_max_wait_ms),
@@ -95,7 +95,7 @@ impl Core {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let persisted = self.queue_persist(out).await;
+            let persisted = self.queue_persist(group.route, out).await;
             drop(inner);
             if woke {
                 group.wake.notify_waiters();
@@ -272,13 +272,13 @@ impl Core {
         member: &str,
         acks: &[AckEntry],
     ) -> Result<Vec<Failure>, Failure> {
-        let g = self.queues.group(group)?;
+        let g = self.queue_group(group)?;
         let now = now_ms();
         let mut out = StateWrites::default();
         let mut inner = g.inner.lock().await;
         inner.touch(member)?;
         let results = inner.settle(&g.name, member, acks, now, &mut out);
-        let rx = self.queue_persist(out).await;
+        let rx = self.queue_persist(g.route, out).await;
         drop(inner);
         g.wake.notify_waiters();
         Self::queue_durable(rx).await?;

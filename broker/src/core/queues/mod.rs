@@ -5,13 +5,14 @@
 //! sends nothing for its session timeout is gone, and what it held fails as a lease expiry
 //! does), one [`state::QueuePartition`] per (group, topic, partition), long-poll fetches that
 //! hand out records and take acknowledgements, and the durable record of it all in the internal
-//! topic `__queue_state` ([`codec`]):
+//! topic `__queue_state` ([`codec`]), a replicated topic of the cluster: a group lives on the
+//! leader of its partition ([`leadership`]), which writes its records there:
 //!
 //! - every change to a queue-partition is a delta appended, with every other change of the same
-//!   request, as one batch, and fsynced (grouped with other appends by the partition writer)
-//!   before the answer leaves: an acquisition is durable before the member sees the records, so
-//!   after a crash the attempt count never goes down and a lease still held is not handed to a
-//!   second member;
+//!   request, as one batch, and fsynced on every in-sync replica (grouped with other appends by
+//!   the partition writer) before the answer leaves: an acquisition is durable before the member
+//!   sees the records, so after a crash or a failover the attempt count never goes down and a
+//!   lease still held is not handed to a second member;
 //! - changes are applied in memory and queued for appending under the group's lock, so the log
 //!   holds them in the order they happened, and replaying it gives the state that was live;
 //! - from time to time every queue-partition is written whole (a snapshot) and the log start
@@ -22,15 +23,17 @@
 
 mod admin;
 pub(crate) mod codec;
+pub(crate) mod delay_log;
 pub(crate) mod dlq;
 mod fetch;
+mod leadership;
 mod maintain;
 pub(crate) mod policy;
 pub(crate) mod redrive;
 pub(crate) mod settings;
 pub(crate) mod state;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -40,12 +43,11 @@ use strom_protocol::batch::{BatchBuilder, RecordRef};
 use strom_storage::ValidBatch;
 use tokio::sync::{Notify, oneshot};
 
-use super::delays::Delay;
+use super::coordination::{Route, Slots};
 use super::partition::{AppendReply, Durability, Partition};
-use super::topics::{TopicId, Topics};
+use super::topics::Topics;
 use super::{Core, Failure};
-use crate::error::BrokerError;
-use codec::{DELTA, Key, SNAPSHOT};
+use codec::{DELTA, SNAPSHOT};
 use settings::{Settings, Start};
 use state::{Acquired, Delta, MemberId, Millis, Outcome, QueuePartition};
 
@@ -93,20 +95,44 @@ struct Inner {
 #[derive(Debug)]
 pub(crate) struct QueueGroup {
     name: String,
+    /// The `__queue_state` partition its records go to, and the leader epoch this broker
+    /// coordinates it in: a write in another epoch is refused (the group has another
+    /// coordinator, or was loaded again).
+    route: Route,
     inner: tokio::sync::Mutex<Inner>,
     /// Woken when records may have become available (released, failed, delay over, reset).
     wake: Notify,
 }
 
-/// The queue coordinator's state.
-#[derive(Debug, Default)]
+/// The queue coordinator's state: the groups (and redrive tasks) of the `__queue_state`
+/// partitions this broker leads.
+#[derive(Debug)]
 pub(crate) struct Queues {
     groups: Arc<Mutex<HashMap<String, Arc<QueueGroup>>>>,
     /// Redrive tasks by dead-letter topic (finished ones too, for their status).
     redrives: tokio::sync::Mutex<HashMap<String, redrive::Task>>,
-    /// Records the last compaction wrote besides delayed runs (groups' and redrives'
-    /// snapshots): what the state log holds at least, so it does not count towards the next.
-    snapshot_records: std::sync::atomic::AtomicU64,
+    /// Redrive tasks running here, by dead-letter topic.
+    running: Mutex<HashSet<String>>,
+    /// Per `__queue_state` partition, the records its last compaction wrote (groups' and
+    /// redrives' snapshots): what it holds at least, so they do not count towards the next.
+    snapshot_records: Mutex<HashMap<i32, u64>>,
+    /// Which partitions of `__queue_state` this broker leads.
+    slots: Mutex<Slots>,
+    /// Held while this broker creates `__queue_state`.
+    creating: tokio::sync::Mutex<()>,
+}
+
+impl Default for Queues {
+    fn default() -> Self {
+        Self {
+            groups: Arc::default(),
+            redrives: tokio::sync::Mutex::default(),
+            running: Mutex::default(),
+            snapshot_records: Mutex::default(),
+            slots: Mutex::new(Slots::new(STATE_TOPIC, "queue group")),
+            creating: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
 /// Joining a queue group (or refreshing a membership).
@@ -229,70 +255,8 @@ impl StateWrites {
 }
 
 impl Queues {
-    /// Creates `__queue_state` if needed and rebuilds every group from it.
-    pub async fn load(topics: &Topics) -> Result<Self, BrokerError> {
-        if topics.get(STATE_TOPIC).is_none() {
-            let mut overrides = BTreeMap::new();
-            overrides.insert("segment.bytes".to_string(), (64u64 << 20).to_string());
-            overrides.insert("retention.ms".to_string(), "-1".to_string());
-            overrides.insert("max.message.bytes".to_string(), (64u64 << 20).to_string());
-            topics
-                .create(STATE_TOPIC, 1, overrides)
-                .await
-                .map_err(|(_, reason)| BrokerError::Config {
-                    key: STATE_TOPIC.into(),
-                    reason,
-                })?;
-        }
-        let mut groups: HashMap<String, Inner> = HashMap::new();
-        let mut redrives: HashMap<String, redrive::Task> = HashMap::new();
-        let mut delays = DelayRecords::new();
-        let mut records = 0u64;
-        if let Some(part) = state_partition(topics) {
-            part.for_each_record(|rec| {
-                records += 1;
-                if let Err(e) = replay(
-                    &mut groups,
-                    &mut redrives,
-                    &mut delays,
-                    rec.key.as_deref(),
-                    rec.value.as_deref(),
-                ) {
-                    tracing::error!(offset = rec.offset, error = %e, "skipping an unreadable queue state record");
-                }
-            })?;
-        }
-        restore_delays(topics, delays);
-        let map = groups
-            .into_iter()
-            .filter(|(_, g)| !g.deleted)
-            .map(|(name, inner)| {
-                let g = Arc::new(QueueGroup {
-                    name: name.clone(),
-                    inner: tokio::sync::Mutex::new(inner),
-                    wake: Notify::new(),
-                });
-                (name, g)
-            })
-            .collect::<HashMap<_, _>>();
-        if !map.is_empty() {
-            tracing::info!(groups = map.len(), records, "queue groups loaded");
-        }
-        Ok(Self {
-            groups: Arc::new(Mutex::new(map)),
-            redrives: tokio::sync::Mutex::new(redrives),
-            snapshot_records: Default::default(),
-        })
-    }
-
     fn get(&self, name: &str) -> Option<Arc<QueueGroup>> {
         lock_groups(self).get(name).cloned()
-    }
-
-    /// The group, or GROUP_ID_NOT_FOUND.
-    fn group(&self, name: &str) -> Result<Arc<QueueGroup>, Failure> {
-        self.get(name)
-            .ok_or_else(|| (ErrorCode::GroupIdNotFound, format!("no queue group {name}")))
     }
 
     /// What tells the consumer-group coordinator which ids are queue groups'.
@@ -315,104 +279,6 @@ impl Queues {
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
-}
-
-/// Delayed runs read back, per (topic, partition): first -> (topic id, last, time).
-type DelayRecords = HashMap<(String, i32), BTreeMap<i64, (TopicId, i64, i64)>>;
-
-/// Enters the delayed runs read back into their partitions' indexes: those of topics that still
-/// exist (with the same id), within the log.
-fn restore_delays(topics: &Topics, records: DelayRecords) {
-    let mut restored = 0usize;
-    for ((topic, partition), runs) in records {
-        let Some(t) = topics.get(&topic) else {
-            continue;
-        };
-        let Some(p) = t.partition(partition) else {
-            continue;
-        };
-        let index = p.delays();
-        for (first, (id, last, at)) in runs {
-            if id == t.id {
-                index.insert(Delay { first, last, at });
-                restored += 1;
-            }
-        }
-        index.truncate(p.reader().end_offset());
-    }
-    if restored > 0 {
-        tracing::info!(runs = restored, "delayed runs loaded");
-    }
-}
-
-/// Applies one state record to the groups being rebuilt.
-fn replay(
-    groups: &mut HashMap<String, Inner>,
-    redrives: &mut HashMap<String, redrive::Task>,
-    delays: &mut DelayRecords,
-    raw_key: Option<&[u8]>,
-    value: Option<&[u8]>,
-) -> Result<(), codec::CodecError> {
-    let raw_key = raw_key.ok_or(codec::CodecError("no key"))?;
-    let key = codec::decode_key(raw_key)?;
-    match key {
-        Key::Delay => {
-            let r = crate::core::delays::decode(raw_key, value).map_err(codec::CodecError)?;
-            let runs = delays.entry((r.topic, r.partition)).or_default();
-            match r.entry {
-                Some(e) => {
-                    runs.insert(r.first, e);
-                }
-                None => {
-                    runs.remove(&r.first);
-                }
-            }
-        }
-        Key::Redrive(dlq) => match value {
-            None => {
-                redrives.remove(&dlq);
-            }
-            Some(v) => {
-                redrives.insert(dlq.clone(), redrive::decode(&dlq, v)?);
-            }
-        },
-        Key::Group(name) => match value {
-            None => {
-                if let Some(g) = groups.get_mut(&name) {
-                    g.deleted = true;
-                    g.qps.clear();
-                }
-            }
-            Some(v) => {
-                let settings = settings::decode(v)?;
-                let g = groups
-                    .entry(name)
-                    .or_insert_with(|| Inner::new(settings.clone()));
-                g.settings = settings;
-                g.deleted = false;
-            }
-        },
-        Key::Partition {
-            group,
-            topic,
-            partition,
-        } => {
-            let (kind, delta) = codec::decode_state(value.ok_or(codec::CodecError("no value"))?)?;
-            let g = groups
-                .entry(group)
-                .or_insert_with(|| Inner::new(Settings::default()));
-            let tp: Tp = (Arc::from(topic.as_str()), partition);
-            if kind == SNAPSHOT {
-                g.qps.insert(tp, QueuePartition::restore(&delta));
-            } else {
-                g.qps
-                    .entry(tp)
-                    .or_insert_with(|| QueuePartition::new(delta.start))
-                    .apply(&delta);
-            }
-        }
-    }
-    Ok(())
 }
 
 impl Inner {
@@ -615,25 +481,43 @@ impl Inner {
     }
 }
 
-/// A state batch on its way to disk (None: nothing to write).
-type Persisting = Result<Option<oneshot::Receiver<AppendReply>>, Failure>;
+/// A state batch on its way into `__queue_state`.
+#[derive(Debug)]
+struct Pending {
+    appended: oneshot::Receiver<AppendReply>,
+    part: Arc<Partition>,
+    records: i64,
+    epoch: i32,
+}
 
-pub(crate) fn state_partition(topics: &Topics) -> Option<Arc<Partition>> {
+/// A state batch on its way to disk (None: nothing to write).
+type Persisting = Result<Option<Pending>, Failure>;
+
+/// The log of partition `partition` of `__queue_state`, if this broker holds it.
+pub(crate) fn state_partition(topics: &Topics, partition: i32) -> Option<Arc<Partition>> {
     topics
         .get(STATE_TOPIC)
-        .and_then(|t| t.partition(0).cloned())
+        .and_then(|t| t.partition(partition).cloned())
+}
+
+/// The answer when the partition a write went to is no longer led here in the epoch the
+/// group was loaded in.
+fn moved(route: Route, why: &str) -> Failure {
+    (
+        ErrorCode::NotCoordinator,
+        format!(
+            "{STATE_TOPIC}-{} is no longer coordinated here in leader epoch {} ({why}); find the coordinator again",
+            route.partition, route.epoch
+        ),
+    )
 }
 
 impl Core {
-    /// Appends a request's state records; the result is what to wait on for their fsync
-    /// ([`Core::queue_durable`]). Queued under the group's lock, so the log keeps the order of
-    /// the changes.
-    async fn queue_persist(&self, out: StateWrites) -> Persisting {
-        self.queue_persist_as(out, Durability::Fsynced).await
-    }
-
-    /// [`Core::queue_persist`], answered once appended (`Durability::Appended`) or fsynced.
-    async fn queue_persist_as(&self, out: StateWrites, durability: Durability) -> Persisting {
+    /// Appends a request's state records to `route`'s partition of `__queue_state`; the
+    /// result is what to wait on ([`Core::queue_durable`]). Queued under the group's lock, so
+    /// the log keeps the order of the changes. Refused (nothing appended) when this broker no
+    /// longer leads the partition in the route's epoch.
+    async fn queue_persist(&self, route: Route, out: StateWrites) -> Persisting {
         let Some(builder) = out.builder else {
             return Ok(None);
         };
@@ -646,25 +530,49 @@ impl Core {
         }
         let bytes = builder.finish().map_err(|e| failed(e.to_string()))?;
         let batch = ValidBatch::new(bytes).map_err(|e| failed(e.to_string()))?;
-        let part = state_partition(&self.topics).ok_or((
-            ErrorCode::CoordinatorNotAvailable,
-            "the queue state log is missing".to_string(),
-        ))?;
-        Ok(Some(part.append(vec![batch], durability).await))
+        let part = state_partition(&self.topics, route.partition)
+            .ok_or_else(|| moved(route, "its log is not here"))?;
+        let epoch = match part.replica().check_replicated_append() {
+            Ok(e) if u32::try_from(e).ok() == Some(route.epoch) => e,
+            Ok(e) => return Err(moved(route, &format!("it is led here in epoch {e}"))),
+            Err((ErrorCode::NotLeaderOrFollower, why)) => return Err(moved(route, &why)),
+            Err(e) => return Err(e),
+        };
+        let records = i64::try_from(out.count).unwrap_or(i64::MAX);
+        Ok(Some(Pending {
+            appended: part.append(vec![batch], Durability::Fsynced).await,
+            part,
+            records,
+            epoch,
+        }))
     }
 
-    /// Waits until a persisted batch is on disk.
-    async fn queue_durable(persisting: Persisting) -> Result<(), Failure> {
-        let Some(rx) = persisting? else {
-            return Ok(());
+    /// Waits until a persisted batch is fsynced on every in-sync replica of its partition
+    /// (the HW over fsynced offsets passed it, as `acks=all` on a durable topic); its base
+    /// offset, if there was one.
+    async fn queue_durable(persisting: Persisting) -> Result<Option<i64>, Failure> {
+        let Some(p) = persisting? else {
+            return Ok(None);
         };
-        match rx.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err((
-                ErrorCode::CoordinatorNotAvailable,
-                "the queue state log stopped".into(),
-            )),
+        let base = match p.appended.await {
+            Ok(Ok(base)) => base,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err((
+                    ErrorCode::CoordinatorNotAvailable,
+                    "the queue state log stopped".into(),
+                ));
+            }
+        };
+        match p
+            .part
+            .replica()
+            .acknowledged(base + p.records, true, p.epoch)
+            .await
+        {
+            Ok(()) => Ok(Some(base)),
+            Err((ErrorCode::NotLeaderOrFollower, why)) => Err((ErrorCode::NotCoordinator, why)),
+            Err(e) => Err(e),
         }
     }
 }

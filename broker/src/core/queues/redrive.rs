@@ -240,6 +240,7 @@ fn header_text(rec: &strom_protocol::batch::Record, key: &str) -> Option<String>
 impl Core {
     /// Starts a redrive task (or answers BUSY while one of the same topic runs).
     pub async fn redrive_start(self: &Arc<Self>, req: Start) -> Result<Task, Failure> {
+        let route = self.queue_route(&req.dlq).await?;
         let dlq = self.topics.get(&req.dlq).ok_or_else(|| {
             (
                 ErrorCode::UnknownTopicOrPartition,
@@ -300,22 +301,49 @@ impl Core {
         };
         let mut out = StateWrites::default();
         out.push(&key(&task.dlq), Some(&encode(&task)), now_ms());
-        let rx = self.queue_persist(out).await;
+        let rx = self.queue_persist(route, out).await;
         tasks.insert(task.dlq.clone(), task.clone());
         drop(tasks);
         Self::queue_durable(rx).await?;
-        let core = self.clone();
-        let dlq = req.dlq;
-        tokio::spawn(async move { core.redrive_run(&dlq).await });
+        self.redrive_spawn(&req.dlq);
         Ok(task)
     }
 
-    /// A task's progress.
+    /// A task's progress, when this broker coordinates it: the routing error otherwise.
+    pub async fn redrive_describe(&self, dlq: &str) -> Result<Option<Task>, Failure> {
+        self.queue_route(dlq).await?;
+        Ok(self.redrive_status(dlq).await)
+    }
+
+    /// A task's progress, as this broker holds it.
     pub async fn redrive_status(&self, dlq: &str) -> Option<Task> {
         self.queues.redrives.lock().await.get(dlq).cloned()
     }
 
-    /// Resumes every unfinished task (at start-up).
+    /// Runs the task of `dlq` unless it runs already.
+    fn redrive_spawn(self: &Arc<Self>, dlq: &str) {
+        let fresh = self
+            .queues
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(dlq.to_string());
+        if fresh {
+            let core = self.clone();
+            let dlq = dlq.to_string();
+            tokio::spawn(async move {
+                core.redrive_run(&dlq).await;
+                core.queues
+                    .running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&dlq);
+            });
+        }
+    }
+
+    /// Runs every unfinished task this broker coordinates that is not running (those of a
+    /// `__queue_state` partition it has just come to lead, after a restart or a failover).
     pub async fn redrive_resume(self: &Arc<Self>) {
         let names: Vec<String> = self
             .queues
@@ -327,9 +355,16 @@ impl Core {
             .map(|t| t.dlq.clone())
             .collect();
         for dlq in names {
-            tracing::info!(topic = %dlq, "resuming a redrive");
-            let core = self.clone();
-            tokio::spawn(async move { core.redrive_run(&dlq).await });
+            if !self
+                .queues
+                .running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&dlq)
+            {
+                tracing::info!(topic = %dlq, "resuming a redrive");
+                self.redrive_spawn(&dlq);
+            }
         }
     }
 
@@ -349,7 +384,8 @@ impl Core {
         let snapshot = task.clone();
         let mut out = StateWrites::default();
         out.push(&key(dlq), Some(&encode(&snapshot)), now_ms());
-        let rx = self.queue_persist(out).await;
+        let route = self.queues.slots().serve(dlq)?;
+        let rx = self.queue_persist(route, out).await;
         drop(tasks);
         Self::queue_durable(rx).await?;
         Ok(snapshot)

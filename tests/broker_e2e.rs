@@ -1115,3 +1115,110 @@ fn a_durable_topic_shows_consumers_only_what_is_fsynced() {
     );
     assert_eq!(c.fetch("ledger", 0, 3, 0, 0, 0).high_watermark, 4);
 }
+
+/// OffsetForLeaderEpoch and KIP-320's epoch checks on strom's protocol, as on Kafka's: the old
+/// epoch ends where the new one began, the current one at the log end; Fetch, ListOffsets and
+/// OffsetForLeaderEpoch naming an older epoch than the partition's get FENCED_LEADER_EPOCH, a
+/// newer one UNKNOWN_LEADER_EPOCH; naming none is not checked.
+#[test]
+fn leader_epochs_are_checked_and_their_ends_answered_on_strom_protocol() {
+    let dir = TestDir::new();
+    let mut broker = Broker::start(&dir.data(), &[]);
+    let mut c = broker.client();
+    c.create_topic_ok("epochs", 1, &[]);
+    let epoch_of = |c: &mut Client| c.topic_metadata("epochs").partitions[0].leader_epoch;
+    let first = epoch_of(&mut c);
+    assert_eq!(
+        c.produce_ok("epochs", 0, &[batch_of(&records(3, 1, "a"))]),
+        0
+    );
+    let ask = |c: &mut Client, current: Option<i32>, epoch: i32| {
+        let r = c.call(OffsetForLeaderEpochRequest {
+            topics: vec![OffsetForLeaderEpochTopic {
+                name: "epochs".into(),
+                partitions: vec![OffsetForLeaderEpochPartition {
+                    partition: 0,
+                    current_leader_epoch: current,
+                    leader_epoch: epoch,
+                }],
+            }],
+        });
+        let Some(response::Body::OffsetForLeaderEpoch(r)) = r.body else {
+            panic!("OffsetForLeaderEpoch answered with {r:?}");
+        };
+        let p = &r.topics[0].partitions[0];
+        (p.error_code(), p.leader_epoch, p.end_offset)
+    };
+    assert_eq!(ask(&mut c, Some(first), first), (ErrorCode::None, first, 3));
+
+    broker.stop();
+    let broker = Broker::start(&dir.data(), &[]);
+    let mut c = broker.client();
+    // The new incarnation leads in a newer epoch once the controller has elected it again.
+    let started = Instant::now();
+    let mut second = epoch_of(&mut c);
+    while second <= first && started.elapsed() < Duration::from_secs(10) {
+        thread::sleep(Duration::from_millis(20));
+        second = epoch_of(&mut c);
+    }
+    assert!(second > first, "epoch {first} then {second}");
+    assert_eq!(
+        c.produce_ok("epochs", 0, &[batch_of(&records(2, 5, "b"))]),
+        3
+    );
+    assert_eq!(
+        ask(&mut c, Some(second), first),
+        (ErrorCode::None, first, 3)
+    );
+    assert_eq!(
+        ask(&mut c, Some(second), second),
+        (ErrorCode::None, second, 5)
+    );
+    assert_eq!(ask(&mut c, None, second), (ErrorCode::None, second, 5));
+    assert_eq!(
+        ask(&mut c, Some(first), first).0,
+        ErrorCode::FencedLeaderEpoch
+    );
+    assert_eq!(
+        ask(&mut c, Some(second + 1), second).0,
+        ErrorCode::UnknownLeaderEpoch
+    );
+    assert_eq!(ask(&mut c, None, second + 5), (ErrorCode::None, second, 5));
+
+    // Fetch and ListOffsets check the epoch the client names, and nothing without one.
+    let fetch = |c: &mut Client, current: Option<i32>| {
+        let mut req = fetch_request("epochs", 0, 0, 0, 0, 0);
+        req.topics[0].partitions[0].current_leader_epoch = current;
+        let body = fetch_body(c.call(req));
+        body.topics[0].partitions[0].error_code()
+    };
+    assert_eq!(fetch(&mut c, None), ErrorCode::None);
+    assert_eq!(fetch(&mut c, Some(second)), ErrorCode::None);
+    assert_eq!(fetch(&mut c, Some(first)), ErrorCode::FencedLeaderEpoch);
+    assert_eq!(
+        fetch(&mut c, Some(second + 1)),
+        ErrorCode::UnknownLeaderEpoch
+    );
+    let list = |c: &mut Client, current: Option<i32>| {
+        let body = list_offsets_body(c.call(ListOffsetsRequest {
+            topics: vec![ListOffsetsTopic {
+                name: "epochs".into(),
+                partitions: vec![ListOffsetsPartition {
+                    partition: 0,
+                    spec: OffsetSpec::Latest as i32,
+                    timestamp_ms: 0,
+                    current_leader_epoch: current,
+                }],
+            }],
+        }));
+        let p = &body.topics[0].partitions[0];
+        (p.error_code(), p.offset)
+    };
+    assert_eq!(list(&mut c, None), (ErrorCode::None, 5));
+    assert_eq!(list(&mut c, Some(second)), (ErrorCode::None, 5));
+    assert_eq!(list(&mut c, Some(first)).0, ErrorCode::FencedLeaderEpoch);
+    assert_eq!(
+        list(&mut c, Some(second + 1)).0,
+        ErrorCode::UnknownLeaderEpoch
+    );
+}

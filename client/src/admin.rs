@@ -528,6 +528,7 @@ pub(crate) async fn list_offsets_on(
             partition: tp.partition,
             spec: spec as i32,
             timestamp_ms,
+            current_leader_epoch: None,
         };
         match topics.iter_mut().find(|t| *t.name == *tp.topic) {
             Some(t) => t.partitions.push(p),

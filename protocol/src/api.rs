@@ -69,6 +69,7 @@ pub const SUPPORTED_APIS: &[VersionRange] = &[
     v0(ApiKey::DescribeRedrive),
     v0(ApiKey::DescribeCluster),
     v0(ApiKey::ReplicaFetch),
+    v0(ApiKey::OffsetForLeaderEpoch),
 ];
 
 /// The supported versions of the API with raw key `api_key`, if this build implements it.
@@ -155,7 +156,7 @@ mod tests {
     #[test]
     fn every_known_api_is_supported_once_in_key_order() {
         let keys: Vec<i32> = SUPPORTED_APIS.iter().map(|r| r.api_key as i32).collect();
-        let expected: Vec<i32> = (1..=11).chain(15..=30).collect();
+        let expected: Vec<i32> = (1..=11).chain(15..=31).collect();
         assert_eq!(keys, expected);
         for range in SUPPORTED_APIS {
             assert!(range.min <= range.max);

@@ -566,6 +566,7 @@ mod tests {
                         partition: 2,
                         fetch_offset: 42,
                         partition_max_bytes: 1 << 20,
+                        current_leader_epoch: Some(3),
                     }],
                 }],
             }
@@ -578,11 +579,13 @@ mod tests {
                             partition: 0,
                             spec: OffsetSpec::Timestamp as i32,
                             timestamp_ms: 1_700_000_000_000,
+                            current_leader_epoch: None,
                         },
                         ListOffsetsPartition {
                             partition: 1,
                             spec: OffsetSpec::Earliest as i32,
                             timestamp_ms: 0,
+                            current_leader_epoch: Some(7),
                         },
                     ],
                 }],
@@ -735,6 +738,17 @@ mod tests {
                         last_fetched_epoch: Some(0),
                         durable_offset: 100,
                         partition_max_bytes: 1 << 20,
+                    }],
+                }],
+            }
+            .into(),
+            OffsetForLeaderEpochRequest {
+                topics: vec![OffsetForLeaderEpochTopic {
+                    name: "orders".into(),
+                    partitions: vec![OffsetForLeaderEpochPartition {
+                        partition: 1,
+                        current_leader_epoch: Some(4),
+                        leader_epoch: 2,
                     }],
                 }],
             }
@@ -1117,6 +1131,28 @@ mod tests {
                                 end_offset: 0,
                             }),
                             ..Default::default()
+                        },
+                    ],
+                }],
+            }
+            .into(),
+            OffsetForLeaderEpochResponse {
+                topics: vec![OffsetForLeaderEpochTopicResponse {
+                    name: "orders".into(),
+                    partitions: vec![
+                        OffsetForLeaderEpochPartitionResponse {
+                            partition: 1,
+                            error_code: 0,
+                            error_message: None,
+                            leader_epoch: 2,
+                            end_offset: 77,
+                        },
+                        OffsetForLeaderEpochPartitionResponse {
+                            partition: 2,
+                            error_code: ErrorCode::FencedLeaderEpoch.into(),
+                            error_message: Some("leader epoch 3 is older than 4".into()),
+                            leader_epoch: -1,
+                            end_offset: -1,
                         },
                     ],
                 }],

@@ -93,6 +93,7 @@ apis! {
     DescribeRedrive => DescribeRedriveRequest, DescribeRedriveResponse;
     DescribeCluster => DescribeClusterRequest, DescribeClusterResponse;
     ReplicaFetch => ReplicaFetchRequest, ReplicaFetchResponse;
+    OffsetForLeaderEpoch => OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse;
 }
 
 impl Request {

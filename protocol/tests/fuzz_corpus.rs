@@ -164,6 +164,7 @@ fn write_seeds() {
                     partition: 1,
                     fetch_offset: 5,
                     partition_max_bytes: 1 << 16,
+                    current_leader_epoch: None,
                 }],
             }],
         }

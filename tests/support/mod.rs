@@ -769,6 +769,7 @@ impl Client {
                     partition,
                     spec: spec as i32,
                     timestamp_ms,
+                    current_leader_epoch: None,
                 }],
             }],
         }));
@@ -916,6 +917,7 @@ pub fn fetch_request(
                 partition,
                 fetch_offset: offset,
                 partition_max_bytes: max_bytes,
+                current_leader_epoch: None,
             }],
         }],
     }

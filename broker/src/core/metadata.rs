@@ -247,6 +247,23 @@ impl Core {
         Err(super::replication::replica::epoch_mismatch(asked, current))
     }
 
+    /// OffsetForLeaderEpoch, on both listeners: after the KIP-320 check of the epoch the client
+    /// knows (`current`, -1: none), the largest epoch at or below `epoch` this leader's log
+    /// holds and the offset where it ends (`(-1, -1)`: the log holds no epoch that old).
+    pub(crate) async fn epoch_end(
+        &self,
+        name: &str,
+        index: i32,
+        current: i32,
+        epoch: i32,
+    ) -> Result<(i32, i64), Failure> {
+        let image = self.image();
+        let topic = self.topics.get(name);
+        let part = self.leader_partition(&image, topic.as_ref(), name, index)?;
+        self.check_leader_epoch(&image, name, index, current)?;
+        part.end_offset_for_epoch(epoch).await
+    }
+
     /// The current leader of `topic`-`partition` and its leader epoch, as the image says (for
     /// KIP-951's hints on `NOT_LEADER_OR_FOLLOWER`); `None` when it has none.
     pub(crate) fn current_leader(&self, topic: &str, partition: i32) -> Option<(i32, i32)> {

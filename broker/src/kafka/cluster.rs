@@ -5,7 +5,6 @@
 //! leader-epoch checkpoint (the largest epoch at or below the one asked that the log holds, and
 //! where it ends).
 
-use kafka_protocol::ResponseError;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
@@ -50,39 +49,21 @@ impl Kafka {
         req: &Req,
         m: OffsetForLeaderEpochRequest,
     ) -> Result<KafkaResponse, String> {
-        let image = self.core.image();
         let mut topics = Vec::with_capacity(m.topics.len());
         for t in m.topics {
-            let topic = self.core.topics.get(&t.topic.0);
             let mut partitions = Vec::with_capacity(t.partitions.len());
             for p in &t.partitions {
                 let out = EpochEndOffset::default().with_partition(p.partition);
-                let part = match self.core.leader_partition(
-                    &image,
-                    topic.as_ref(),
-                    &t.topic.0,
-                    p.partition,
-                ) {
-                    Ok(part) => part,
-                    Err((code, _)) => {
-                        partitions.push(out.with_error_code(kafka_code(code)));
-                        continue;
-                    }
-                };
-                let current = self
+                let answer = match self
                     .core
-                    .current_leader(&t.topic.0, p.partition)
-                    .map_or(0, |(_, epoch)| epoch);
-                // -1: the client does not know the epoch (no check), as Kafka does.
-                if p.current_leader_epoch >= 0 && p.current_leader_epoch < current {
-                    partitions.push(out.with_error_code(ResponseError::FencedLeaderEpoch.code()));
-                    continue;
-                }
-                if p.current_leader_epoch > current {
-                    partitions.push(out.with_error_code(ResponseError::UnknownLeaderEpoch.code()));
-                    continue;
-                }
-                let answer = match part.end_offset_for_epoch(p.leader_epoch).await {
+                    .epoch_end(
+                        &t.topic.0,
+                        p.partition,
+                        p.current_leader_epoch,
+                        p.leader_epoch,
+                    )
+                    .await
+                {
                     Ok((epoch, end)) => out.with_leader_epoch(epoch).with_end_offset(end),
                     Err((code, _)) => out.with_error_code(kafka_code(code)),
                 };

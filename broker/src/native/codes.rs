@@ -51,6 +51,11 @@ pub(crate) fn error_codes(body: &Body, f: &mut impl FnMut(i32)) {
             .iter()
             .flat_map(|t| &t.partitions)
             .for_each(|p| code(p.error_code)),
+        Body::OffsetForLeaderEpoch(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .for_each(|p| code(p.error_code)),
         Body::FindCoordinator(r) => code(r.error_code),
         Body::GroupHeartbeat(r) => code(r.error_code),
         Body::OffsetCommit(r) => {
@@ -270,6 +275,16 @@ mod tests {
                 }],
             }
             .into(),
+            OffsetForLeaderEpochResponse {
+                topics: vec![OffsetForLeaderEpochTopicResponse {
+                    partitions: vec![OffsetForLeaderEpochPartitionResponse {
+                        error_code: e,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            }
+            .into(),
             FindCoordinatorResponse {
                 error_code: e,
                 ..Default::default()
@@ -423,7 +438,7 @@ mod tests {
         let bodies = every_field_failed();
         assert_eq!(
             bodies.len(),
-            26,
+            27,
             "one body per response::Body variant (update when an API is added)"
         );
         let keys: std::collections::BTreeSet<_> = bodies.iter().map(|b| b.api_key()).collect();

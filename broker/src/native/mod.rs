@@ -183,6 +183,7 @@ impl Native {
                 session.wait_for_produces().await;
                 ready(self.list_offsets(r).into())
             }
+            B::OffsetForLeaderEpoch(r) => ready(self.offset_for_leader_epoch(r).await.into()),
             B::InitProducerId(r) => ready(self.init_producer_id(r).await.into()),
             B::FindCoordinator(r) => ready(self.find_coordinator(r).await.into()),
             B::GroupHeartbeat(r) => ready(self.group_heartbeat(r).await.into()),
@@ -678,6 +679,39 @@ impl Native {
         AlterConfigsResponse { topics }
     }
 
+    async fn offset_for_leader_epoch(
+        &self,
+        req: OffsetForLeaderEpochRequest,
+    ) -> OffsetForLeaderEpochResponse {
+        let mut topics = Vec::with_capacity(req.topics.len());
+        for t in req.topics {
+            let mut partitions = Vec::with_capacity(t.partitions.len());
+            for p in &t.partitions {
+                let current = p.current_leader_epoch.unwrap_or(-1);
+                let answer = self
+                    .core
+                    .epoch_end(&t.name, p.partition, current, p.leader_epoch)
+                    .await;
+                let (error_code, error_message, leader_epoch, end_offset) = match answer {
+                    Ok((epoch, end)) => (ErrorCode::None, None, epoch, end),
+                    Err((code, msg)) => (code, Some(msg), -1, -1),
+                };
+                partitions.push(OffsetForLeaderEpochPartitionResponse {
+                    partition: p.partition,
+                    error_code: error_code.into(),
+                    error_message,
+                    leader_epoch,
+                    end_offset,
+                });
+            }
+            topics.push(OffsetForLeaderEpochTopicResponse {
+                name: t.name,
+                partitions,
+            });
+        }
+        OffsetForLeaderEpochResponse { topics }
+    }
+
     fn list_offsets(&self, req: ListOffsetsRequest) -> ListOffsetsResponse {
         let topics = req
             .topics
@@ -696,7 +730,16 @@ impl Native {
                                 "offset spec is unspecified".to_string(),
                             )),
                         };
-                        match query.and_then(|q| self.core.list_offset(&t.name, p.partition, q)) {
+                        let epoch_known = self.core.check_leader_epoch(
+                            &self.core.image(),
+                            &t.name,
+                            p.partition,
+                            p.current_leader_epoch.unwrap_or(-1),
+                        );
+                        match query.and_then(|q| {
+                            epoch_known?;
+                            self.core.list_offset(&t.name, p.partition, q)
+                        }) {
                             Ok((offset, timestamp_ms)) => ListOffsetsPartitionResponse {
                                 partition: p.partition,
                                 error_code: ErrorCode::None.into(),
@@ -898,7 +941,7 @@ fn fetch_request(r: FetchRequest) -> core_fetch::FetchRequest {
                         partition: p.partition,
                         offset: p.fetch_offset,
                         max_bytes: p.partition_max_bytes,
-                        leader_epoch: -1,
+                        leader_epoch: p.current_leader_epoch.unwrap_or(-1),
                     })
                     .collect();
                 (t.name, parts)

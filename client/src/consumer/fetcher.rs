@@ -460,6 +460,7 @@ impl FetchCtx {
                 partition: tp.partition,
                 fetch_offset: *offset,
                 partition_max_bytes: self.config.max_partition_fetch_bytes,
+                current_leader_epoch: None,
             };
             match topics.last_mut() {
                 Some(t) if *t.name == *tp.topic => t.partitions.push(partition),

@@ -46,6 +46,8 @@ pub struct CompactionOutcome {
     pub bytes_after: u64,
     /// Records dropped.
     pub records_removed: u64,
+    /// Closed segments left as they were: alone in their group, with nothing to drop.
+    pub segments_unchanged: usize,
 }
 
 fn ext_path(dir: &Path, base: i64, ext: &str, suffix: &str) -> std::path::PathBuf {
@@ -94,7 +96,6 @@ impl Log {
             size += s.len();
         }
         groups.push(&sealed[start..]);
-        self.mark_dirty()?;
 
         let mut new_segments: Vec<Arc<Segment>> = Vec::new();
         let mut next_index = 0;
@@ -104,11 +105,27 @@ impl Log {
             outcome.segments_in += group.len();
             let before: u64 = group.iter().map(|s| s.len()).sum();
             outcome.bytes_before += before;
+            // Rewriting a lone segment with nothing to drop would write (and fsync) the same
+            // bytes again, every pass.
+            if let [seg] = group
+                && !holds_garbage(seg, &latest, horizon)?
+            {
+                outcome.segments_unchanged += 1;
+                outcome.bytes_after += before;
+                outcome.segments_out += 1;
+                new_segments.push(seg.clone());
+                continue;
+            }
+            self.mark_dirty()?;
             let (seg, removed) = self.rewrite_group(group, end, &latest, horizon)?;
             outcome.records_removed += removed;
             outcome.bytes_after += seg.len();
             outcome.segments_out += 1;
             new_segments.push(seg);
+        }
+        if outcome.segments_unchanged == outcome.segments_in {
+            tracing::debug!(dir = %self.dir.display(), ?outcome, "compaction pass: nothing to clean");
+            return Ok(outcome);
         }
         // `segs` is still the current list: only this writer changes it.
         let mut all = new_segments;
@@ -239,6 +256,19 @@ impl Log {
         let seg = crate::log::open_sealed_segment(dir, base, &self.config, false)?;
         Ok((seg, removed))
     }
+}
+
+/// Whether a rewrite of `seg` would drop a record: an older record of a key, or a tombstone
+/// older than the delete horizon (the rule of [`Log::compact`]'s rewrite).
+fn holds_garbage(seg: &Segment, latest: &HashMap<Bytes, i64>, horizon: i64) -> Result<bool> {
+    let mut found = false;
+    for_each_record(seg, |r| {
+        if let Some(k) = &r.key {
+            found |=
+                latest.get(k) != Some(&r.offset) || (r.value.is_none() && r.timestamp < horizon);
+        }
+    })?;
+    Ok(found)
 }
 
 /// Calls `f` for every record of the uncompressed batches of a segment.

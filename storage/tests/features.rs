@@ -369,6 +369,49 @@ fn compaction_keeps_newest_per_key_and_offsets() {
     );
 }
 
+/// A closed segment with nothing to drop is left as it is (not written and fsynced again every
+/// pass); once a later record supersedes one of its keys, the next pass rewrites it.
+#[test]
+fn compaction_leaves_a_segment_with_nothing_to_drop_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&[("segment.bytes", "4096")]);
+    c.cleanup_policy = CleanupPolicy::COMPACT;
+    let mut log = Log::open(dir.path(), c).unwrap();
+    log.append(&[batch(&[
+        (1, Some(b"a".as_slice()), Some(b"1".as_slice())),
+        (1, Some(b"b".as_slice()), Some(b"1".as_slice())),
+    ])])
+    .unwrap();
+    log.roll().unwrap();
+    let first = dir.path().join(format!("{:020}.log", 0));
+    let inode = fs::metadata(&first).unwrap().ino();
+    let out = log.compact().unwrap();
+    assert_eq!((out.segments_in, out.segments_unchanged), (1, 1), "{out:?}");
+    assert_eq!(out.records_removed, 0);
+    assert_eq!(
+        fs::metadata(&first).unwrap().ino(),
+        inode,
+        "the segment was rewritten"
+    );
+    // Key a again: the first segment now holds a record to drop.
+    log.append(&[batch(&[(1, Some(b"a".as_slice()), Some(b"2".as_slice()))])])
+        .unwrap();
+    log.roll().unwrap();
+    let out = log.compact().unwrap();
+    assert_eq!(out.records_removed, 1, "{out:?}");
+    assert_ne!(
+        fs::metadata(&first).unwrap().ino(),
+        inode,
+        "the segment was kept"
+    );
+    let values: Vec<_> = read_all(&log.reader(), 0)
+        .into_iter()
+        .map(|r| (r.offset, r.value))
+        .collect();
+    assert_eq!(values, [(1, Some(b"1".to_vec())), (2, Some(b"2".to_vec()))]);
+}
+
 #[test]
 fn interrupted_compaction_swap_is_finished_or_discarded_on_open() {
     let dir = tempfile::tempdir().unwrap();

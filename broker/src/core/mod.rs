@@ -153,7 +153,7 @@ impl Core {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
-                self.topics.maintain().await;
+                self.topics.maintain();
             }
         };
         let expire = async {

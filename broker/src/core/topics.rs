@@ -552,11 +552,12 @@ impl Topics {
         &self.defaults
     }
 
-    /// Asks every partition to run retention and compaction.
-    pub async fn maintain(&self) {
+    /// Asks every partition to run retention and compaction, unless a pass is queued there
+    /// already ([`super::partition::Partition::request_maintenance`]).
+    pub fn maintain(&self) {
         for t in self.all() {
             for p in &t.partitions {
-                p.send(WriterMsg::Maintain).await;
+                p.request_maintenance();
             }
         }
     }

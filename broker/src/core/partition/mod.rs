@@ -153,6 +153,8 @@ pub struct Partition {
     replica: Arc<Replica>,
     delays: Arc<DelayIndex>,
     stats: Arc<PartitionStats>,
+    /// Set while a maintenance pass is queued for the writer (it clears it as the pass starts).
+    maintenance_queued: Arc<AtomicBool>,
 }
 
 /// What a partition's writer counts for `/metrics`: per append group, never per record.
@@ -190,7 +192,9 @@ impl Partition {
             appended,
         ));
         let delays = Arc::new(DelayIndex::new(delayed_runs));
+        let maintenance_queued = Arc::new(AtomicBool::new(false));
         let state = Writer {
+            maintenance_queued: maintenance_queued.clone(),
             delays: delays.clone(),
             end: log.end_offset(),
             replica: replica.clone(),
@@ -213,7 +217,25 @@ impl Partition {
             replica,
             delays,
             stats,
+            maintenance_queued,
         })
+    }
+
+    /// Queues a retention and compaction pass unless one is queued already, or the writer's
+    /// queue is full (the next interval asks again). Returns whether it queued one. A writer
+    /// slower than the maintenance interval so runs one pass per turn instead of collecting a
+    /// backlog of them ahead of producers' appends, which then wait behind every pass.
+    pub(crate) fn request_maintenance(&self) -> bool {
+        if self.maintenance_queued.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        match self.tx.try_send(WriterMsg::Maintain) {
+            Ok(()) => true,
+            Err(_) => {
+                self.maintenance_queued.store(false, Ordering::Release);
+                false
+            }
+        }
     }
 
     /// What the partition's writer counted.

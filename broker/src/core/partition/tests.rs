@@ -80,3 +80,29 @@ async fn a_new_leadership_starts_where_a_truncation_queued_before_it_left_the_lo
         .expect("an ISR change is due");
     assert_eq!(change.change, IsrRequest::Expand(vec![1, 2]));
 }
+
+/// Maintenance requests while a pass is queued are dropped: a writer slower than the
+/// maintenance interval (a compaction pass with its fsyncs on a loaded disk) ran a backlog of up
+/// to a queue's worth of passes ahead of every append, which then timed out (the crash loop
+/// found it, with compaction every 20 ms). Once the writer takes the pass up, the next request
+/// queues again.
+#[tokio::test]
+async fn maintenance_requests_are_coalesced_while_a_pass_is_queued() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let part = partition_in_epoch_1(dir.path(), 3);
+    // The writer task cannot run between these (one thread, no await in between).
+    assert!(
+        part.request_maintenance(),
+        "the first request queues a pass"
+    );
+    for _ in 0..100 {
+        assert!(!part.request_maintenance(), "a second pass was queued");
+    }
+    assert_eq!(part.queued(), 1, "one message for the writer");
+    // Answered after the queued pass ran.
+    part.position().await.expect("position");
+    assert!(
+        part.request_maintenance(),
+        "a request after the pass started queues the next one"
+    );
+}

@@ -46,6 +46,8 @@ pub(super) struct Writer {
     pub(super) writing_back: Arc<AtomicBool>,
     pub(super) stats: Arc<PartitionStats>,
     pub(super) broker: Arc<Stats>,
+    /// Shared with [`super::Partition::request_maintenance`]: a pass is queued.
+    pub(super) maintenance_queued: Arc<AtomicBool>,
 }
 
 /// An append waiting for the durable offset to reach `end`.
@@ -236,6 +238,8 @@ pub(super) async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: W
                     log = Some(l);
                 }
                 WriterMsg::Maintain => {
+                    // From here on a new request queues the next pass.
+                    w.maintenance_queued.store(false, Ordering::Release);
                     let (l, usable) = recover_if_poisoned(l, &mut w).await;
                     let Some(l) = l else { break };
                     if usable.is_err() {

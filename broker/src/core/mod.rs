@@ -33,6 +33,7 @@ pub(crate) mod cluster;
 pub(crate) mod coordination;
 pub(crate) mod delays;
 pub(crate) mod fetch;
+pub(crate) mod forward;
 pub(crate) mod groups;
 pub(crate) mod metadata;
 pub(crate) mod partition;
@@ -73,6 +74,8 @@ pub(crate) struct Core {
     pub queues: Queues,
     /// The follower side of replication: one fetcher per leader this broker follows from.
     pub fetchers: replication::fetcher::Fetchers,
+    /// Clients for the copies queue groups write to partitions led elsewhere.
+    pub forward: forward::Forward,
     /// The data path's counters (`/metrics`).
     pub stats: Arc<Stats>,
     /// Cancelled when the broker shuts down: long polls return at once.
@@ -104,6 +107,7 @@ impl Core {
             stats.clone(),
         )
         .await?;
+        let forward = forward::Forward::new(endpoints.native.clone());
         let cluster = Cluster::start(&config, endpoints, stats.storage.subscribe()).await?;
         let groups = Coordinator::new(
             SessionBounds {
@@ -125,6 +129,7 @@ impl Core {
             groups,
             queues,
             fetchers: replication::fetcher::Fetchers::new(cluster_id, shutdown.clone()),
+            forward,
             stats,
             shutdown,
         });

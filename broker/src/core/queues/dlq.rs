@@ -24,14 +24,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strom_protocol::batch::{BatchBuilder, BatchIter, HeaderRef, RecordRef, Records, validate};
+use strom_protocol::batch::{BatchBuilder, BatchIter, HeaderRef, RecordRef, Records};
 use strom_protocol::compression::{MAX_DECOMPRESSED_BATCH, decompress};
 use strom_storage::ValidBatch;
 
 use super::state::{Offset, Reason, State};
 use super::{QueueGroup, StateWrites, Tp, now_ms};
 use crate::core::Core;
-use crate::core::partition::{Durability, Partition};
 
 /// Most records copied in one write.
 pub const MAX_RECORDS_PER_WRITE: i64 = 500;
@@ -83,15 +82,18 @@ impl Core {
             .get_or_create_topic(&job.dlq_topic, self.config.default_partitions)
             .await
             .map_err(|(_, e)| format!("dead-letter topic {}: {e}", job.dlq_topic))?;
-        let n = dlq.count.max(1) as i32;
-        let part = dlq
-            .partition(job.tp.1.rem_euclid(n))
-            .cloned()
-            .ok_or_else(|| "dead-letter partition missing".to_string())?;
+        let n = i32::try_from(dlq.count.max(1)).unwrap_or(i32::MAX);
+        let partition = job.tp.1.rem_euclid(n);
+        // The dead-letter partition may be led by another broker: `copy_*` write and read
+        // wherever its leader is.
         let written = if job.since >= 0 {
-            find_copies(&part, job.since, &g.name, job)?
+            let group = g.name.as_str();
+            self.copy_found(&job.dlq_topic, partition, job.since, &|h| {
+                is_copy(h, group, job)
+            })
+            .await?
         } else {
-            let since = part.reader().end_offset();
+            let since = self.copy_since(&job.dlq_topic, partition).await?;
             self.queue_mark(g, &job.tp, |qp| {
                 qp.dead_letter_intent(job.first, job.last, since)
             })
@@ -99,9 +101,7 @@ impl Core {
             false
         };
         if !written && let Some(batch) = self.dead_letter_batch(&g.name, job)? {
-            part.append_acknowledged(vec![batch], Durability::Fsynced)
-                .await
-                .map_err(|(_, e)| e)?;
+            self.copy_append(&job.dlq_topic, partition, batch).await?;
         }
         self.queue_mark(g, &job.tp, |qp| qp.dead_lettered(job.first, job.last))
             .await
@@ -258,55 +258,15 @@ fn clip(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Whether copies of the job's records are in `part` from `since` on.
-fn find_copies(
-    part: &Arc<Partition>,
-    since: Offset,
-    group: &str,
-    job: &Job,
-) -> Result<bool, String> {
-    let reader = part.reader();
-    let mut offset = since.max(reader.start_offset());
+/// Whether a record with these headers is a copy of one of the job's records.
+fn is_copy(headers: &[HeaderRef<'_>], group: &str, job: &Job) -> bool {
+    let h = |k: &str| headers.iter().find(|h| h.key == k).and_then(|h| h.value);
     let partition = job.tp.1.to_string();
-    while offset < reader.end_offset() {
-        let r = reader.read(offset, 1 << 20).map_err(|e| e.to_string())?;
-        if r.data.is_empty() {
-            break;
-        }
-        for item in BatchIter::new(&r.data) {
-            let Ok((range, header)) = item else { break };
-            let raw = r.data.slice(range);
-            if validate(&raw).is_err() {
-                continue;
-            }
-            let Ok(plain) = decompress(&raw, &header, MAX_DECOMPRESSED_BATCH) else {
-                continue;
-            };
-            let Ok(records) = Records::new(plain) else {
-                continue;
-            };
-            for rec in records.flatten() {
-                let h = |k: &str| {
-                    rec.headers()
-                        .find(|h| h.key == k)
-                        .and_then(|h| h.value.map(|v| v.to_vec()))
-                };
-                let is_copy = h(H_GROUP).as_deref() == Some(group.as_bytes())
-                    && h(H_TOPIC).as_deref() == Some(job.tp.0.as_bytes())
-                    && h(H_PARTITION).as_deref() == Some(partition.as_bytes())
-                    && h(H_OFFSET)
-                        .and_then(|v| String::from_utf8(v).ok())
-                        .and_then(|v| v.parse::<i64>().ok())
-                        .is_some_and(|o| o >= job.first && o <= job.last);
-                if is_copy {
-                    return Ok(true);
-                }
-            }
-        }
-        if r.next_offset <= offset {
-            break;
-        }
-        offset = r.next_offset;
-    }
-    Ok(false)
+    h(H_GROUP) == Some(group.as_bytes())
+        && h(H_TOPIC) == Some(job.tp.0.as_bytes())
+        && h(H_PARTITION) == Some(partition.as_bytes())
+        && h(H_OFFSET)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|o| o >= job.first && o <= job.last)
 }

@@ -38,7 +38,7 @@ use strom_storage::ValidBatch;
 
 use super::codec::{CodecError, KEY_REDRIVE};
 use super::{StateWrites, now_ms};
-use crate::core::partition::{Durability, Partition};
+use crate::core::partition::Partition;
 use crate::core::{Core, Failure};
 
 /// Records copied per step, at most.
@@ -440,16 +440,25 @@ impl Core {
             .and_then(|t| t.partition(p.partition).cloned())
             .ok_or_else(|| format!("no partition {} of {}", p.partition, task.dlq))?;
         let part_index = p.partition;
-        // A step noted before a crash: done already if its copies are in the target.
+        // A step noted before a crash: done already if its copies are in the target (which
+        // another broker may lead: `copy_*` read and write wherever its leader is).
         if let Some(step) = &p.step {
-            let target = self
-                .topics
-                .get(&step.topic)
-                .and_then(|t| t.partition(step.partition).cloned())
-                .ok_or_else(|| format!("no target partition {}/{}", step.topic, step.partition))?;
             let prefix = format!("{}/{}/", task.dlq, part_index);
-            if find_source(&target, step.since, &prefix, p.next, step.end)? {
-                let end = step.end;
+            let (first, end) = (p.next, step.end);
+            let is_copy = |headers: &[HeaderRef<'_>]| {
+                headers
+                    .iter()
+                    .find(|h| h.key == H_SOURCE)
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|s| s.strip_prefix(prefix.as_str()))
+                    .and_then(|o| o.parse::<i64>().ok())
+                    .is_some_and(|o| o >= first && o < end)
+            };
+            if self
+                .copy_found(&step.topic, step.partition, step.since, &is_copy)
+                .await?
+            {
                 self.redrive_save(&task.dlq, |t| {
                     if let Some(pp) = t.partitions.iter_mut().find(|x| x.partition == part_index) {
                         pp.next = end;
@@ -476,13 +485,8 @@ impl Core {
             return Ok(0);
         };
         let (topic, partition) = (first.topic.clone(), first.partition);
-        let target = self
-            .topics
-            .get(&topic)
-            .and_then(|t| t.partition(partition).cloned())
-            .ok_or_else(|| format!("no target partition {topic}/{partition}"))?;
         // 1. Note the step.
-        let since = target.reader().end_offset();
+        let since = self.copy_since(&topic, partition).await?;
         let step = Step {
             topic: topic.clone(),
             partition,
@@ -499,10 +503,7 @@ impl Core {
         // 2. Append the copies.
         let n = copies.len();
         let batch = redrive_batch(&task.dlq, part_index, &copies)?;
-        target
-            .append_acknowledged(vec![batch], Durability::Fsynced)
-            .await
-            .map_err(|(_, e)| e)?;
+        self.copy_append(&topic, partition, batch).await?;
         // 3. Done.
         self.redrive_save(&task.dlq, |t| {
             t.moved += n as u64;
@@ -645,46 +646,4 @@ fn redrive_batch(dlq: &str, partition: i32, copies: &[Copy]) -> Result<ValidBatc
     }
     let bytes = builder.finish().map_err(|e| e.to_string())?;
     ValidBatch::new(bytes).map_err(|e| e.to_string())
-}
-
-/// Whether `target` holds, from `since` on, a copy of a record of the dead-letter partition
-/// named by `prefix` with an offset in `first..end`.
-fn find_source(
-    target: &Arc<Partition>,
-    since: i64,
-    prefix: &str,
-    first: i64,
-    end: i64,
-) -> Result<bool, String> {
-    let reader = target.reader();
-    let mut at = since.max(reader.start_offset());
-    while at < reader.end_offset() {
-        let r = reader.read(at, 1 << 20).map_err(|e| e.to_string())?;
-        if r.data.is_empty() {
-            break;
-        }
-        for item in BatchIter::new(&r.data) {
-            let Ok((range, header)) = item else { break };
-            let raw = r.data.slice(range);
-            let Ok(plain) = decompress(&raw, &header, MAX_DECOMPRESSED_BATCH) else {
-                continue;
-            };
-            let Ok(records) = Records::new(plain) else {
-                continue;
-            };
-            for rec in records.flatten() {
-                let found = header_text(&rec, H_SOURCE)
-                    .and_then(|s| s.strip_prefix(prefix).and_then(|o| o.parse::<i64>().ok()))
-                    .is_some_and(|o| o >= first && o < end);
-                if found {
-                    return Ok(true);
-                }
-            }
-        }
-        if r.next_offset <= at {
-            break;
-        }
-        at = r.next_offset;
-    }
-    Ok(false)
 }

@@ -1,0 +1,221 @@
+//! Queue groups in a cluster of three `strom serve` processes: a group's coordinator writes
+//! dead-letter copies and redrives them back although other brokers lead most of the target
+//! partitions (the writes go to each partition's leader), and every record arrives exactly
+//! once.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use strom_client::{
+    Admin, ClientConfig, Consumer, ConsumerConfig, HeaderRef, Producer, ProducerConfig,
+    ProducerRecord, QueueConfig, QueueConsumer,
+};
+use strom_protocol::ErrorCode;
+use strom_protocol::messages::{CoordinatorType, FindCoordinatorRequest, response};
+
+use support::cluster::{Cluster, PATIENCE, eventually};
+use support::load::create;
+
+const TOPIC: &str = "jobs";
+const DLQ: &str = "jobs.dlq";
+const GROUP: &str = "rejecters";
+const PARTITIONS: i32 = 3;
+const RECORDS: i64 = 30;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime") // ok: test set-up
+}
+
+/// Every record of `topic` up to its end, as (partition, offset, headers by key).
+async fn read_all(bootstrap: &str, topic: &str) -> Vec<(i32, i64, BTreeMap<String, String>)> {
+    let mut c = Consumer::connect(ConsumerConfig::new(bootstrap))
+        .await
+        .expect("consumer");
+    let parts: Vec<(&str, i32)> = (0..PARTITIONS).map(|p| (topic, p)).collect();
+    c.assign(&parts);
+    c.seek_to_end(&parts).await.expect("ends");
+    let ends: Vec<i64> = parts
+        .iter()
+        .map(|tp| c.position(*tp).expect("end"))
+        .collect();
+    c.seek_to_beginning(&parts).await.expect("starts");
+    let mut out = Vec::new();
+    let started = Instant::now();
+    while parts
+        .iter()
+        .zip(&ends)
+        .any(|(tp, end)| c.position(*tp).expect("position") < *end)
+    {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "reading {topic} took too long"
+        );
+        for r in c.poll(Duration::from_millis(500)).await.expect("poll") {
+            let headers = r
+                .headers()
+                .map(|h: HeaderRef<'_>| {
+                    let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                    (h.key.to_string(), v.unwrap_or_default())
+                })
+                .collect();
+            out.push((r.partition(), r.offset(), headers));
+        }
+    }
+    out
+}
+
+/// The broker coordinating `key` (a queue group's id, or a dead-letter topic's redrive).
+fn coordinator(cluster: &Cluster, key: &str) -> i32 {
+    eventually("the queue coordinator", || {
+        let r = cluster.broker(1).client().call(FindCoordinatorRequest {
+            key: key.into(),
+            key_type: CoordinatorType::Queue.into(),
+        });
+        let Some(response::Body::FindCoordinator(f)) = r.body else {
+            return None;
+        };
+        (f.error_code() == ErrorCode::None).then_some(f.node_id)
+    })
+}
+
+#[test]
+fn dead_letter_and_redrive_copies_reach_partitions_other_brokers_lead_exactly_once() {
+    let cluster = Cluster::start();
+    create(&cluster, TOPIC, PARTITIONS);
+    create(&cluster, DLQ, PARTITIONS);
+    let bootstrap = cluster.native_bootstrap();
+    let rt = runtime();
+
+    // The group's coordinator leads at most one of the dead-letter partitions: the others'
+    // copies must go to another broker.
+    let coordinating = coordinator(&cluster, GROUP);
+    let dlq_leaders: Vec<i32> = cluster
+        .broker(1)
+        .client()
+        .topic_metadata(DLQ)
+        .partitions
+        .iter()
+        .map(|p| p.leader_id)
+        .collect();
+    assert!(
+        dlq_leaders.iter().any(|l| *l != coordinating),
+        "coordinator {coordinating} leads every dead-letter partition ({dlq_leaders:?}): \
+         nothing here would be forwarded"
+    );
+
+    rt.block_on(async {
+        let producer = Producer::connect(ProducerConfig::new(bootstrap.clone()))
+            .await
+            .expect("producer");
+        let mut deliveries = Vec::new();
+        for i in 0..RECORDS {
+            let value = format!("job-{i}");
+            let record = ProducerRecord::new(TOPIC)
+                .partition(i32::try_from(i).expect("small") % PARTITIONS)
+                .value(value.as_bytes());
+            deliveries.push(producer.send_record(record).await.expect("send"));
+        }
+        for d in deliveries {
+            d.await.expect("acknowledged");
+        }
+
+        // One member rejects everything it gets: each record goes to the dead-letter topic.
+        let config = QueueConfig::new(bootstrap.clone(), GROUP, &[TOPIC]);
+        let mut member = loop {
+            match QueueConsumer::join(config.clone()).await {
+                Ok(m) => break m,
+                Err(e) if e.is_retriable() => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("cannot join: {e}"),
+            }
+        };
+        let mut rejected = 0;
+        let started = Instant::now();
+        while rejected < RECORDS {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{rejected} records handed out"
+            );
+            for r in member.poll(100).await.expect("poll") {
+                member.reject(&r, Some("no"));
+                rejected += 1;
+            }
+        }
+        member.flush().await.expect("the rejections answered");
+        assert!(member.take_refused().is_empty(), "a rejection was refused");
+
+        let admin = Admin::connect(ClientConfig::new(bootstrap.clone()))
+            .await
+            .expect("admin");
+        let started = Instant::now();
+        loop {
+            let g = admin
+                .describe_queue_groups(&[GROUP])
+                .await
+                .expect("describe");
+            let (done, writing) = g[0].partitions.iter().fold((0, 0), |(d, w), p| {
+                (d + p.dead_lettered, w + p.dead_lettering)
+            });
+            if done == RECORDS as u64 && writing == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{done} dead-lettered, {writing} still being written: {g:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // Each record once in the dead-letter topic.
+        let copies = read_all(&bootstrap, DLQ).await;
+        let mut sources: Vec<(String, String)> = copies
+            .iter()
+            .map(|(_, _, h)| {
+                (
+                    h.get("strom.dlq.partition").cloned().unwrap_or_default(),
+                    h.get("strom.dlq.offset").cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        sources.sort();
+        let mut want: Vec<(String, String)> = (0..RECORDS)
+            .map(|i| ((i % 3).to_string(), (i / 3).to_string()))
+            .collect();
+        want.sort();
+        assert_eq!(
+            sources, want,
+            "dead-letter copies, by source partition and offset"
+        );
+        let landed: std::collections::BTreeSet<i32> = copies.iter().map(|c| c.0).collect();
+        assert_eq!(landed.len(), 3, "copies in every dead-letter partition");
+
+        // Redrive them back to where they came from: each once more in the topic.
+        admin.redrive(DLQ, None, 1_000).await.expect("redrive");
+        let started = Instant::now();
+        loop {
+            let s = admin.redrive_status(DLQ).await.expect("status");
+            if s.as_ref().is_some_and(|s| s.done) {
+                assert_eq!(s.map(|s| s.moved), Some(RECORDS as u64));
+                break;
+            }
+            assert!(started.elapsed() < PATIENCE, "redrive unfinished: {s:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let back = read_all(&bootstrap, TOPIC).await;
+        let mut redriven: Vec<String> = back
+            .iter()
+            .filter_map(|(_, _, h)| h.get("strom.redrive.source").cloned())
+            .collect();
+        redriven.sort();
+        let mut want: Vec<String> = copies
+            .iter()
+            .map(|(p, o, _)| format!("{DLQ}/{p}/{o}"))
+            .collect();
+        want.sort();
+        assert_eq!(redriven, want, "redriven copies, by dead-letter source");
+    });
+}

@@ -170,6 +170,24 @@ pub enum Error {
         /// The partition's log end offset.
         log_end_offset: i64,
     },
+    /// After a leader change, the new leader's log ends below the consumer's position in the
+    /// epoch of the last record it fetched (KIP-320): records it read are gone (possible only
+    /// after an unclean election). With `auto_offset_reset` [`crate::AutoOffsetReset::None`]
+    /// the partition stops until a seek; with another policy the consumer goes back to `end`
+    /// itself and logs it.
+    #[error(
+        "{topic}-{partition} was truncated to {end} after a leader change, below the position {offset}"
+    )]
+    LogTruncated {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The position the consumer had.
+        offset: i64,
+        /// Where the new leader's log ends in the epoch the consumer last read.
+        end: i64,
+    },
     /// An assigned partition has no position and `auto_offset_reset` is
     /// [`crate::AutoOffsetReset::None`]: seek it first.
     #[error(

@@ -4,7 +4,9 @@
 //! Every Metadata answer the client receives updates the table ([`Routes::learn`]); data paths
 //! look a partition's leader up per request ([`Routes::leader`]) and forget a topic's leaders
 //! when a broker says it does not lead one of them (`NOT_LEADER_OR_FOLLOWER`,
-//! `LEADER_NOT_AVAILABLE`, `UNKNOWN_TOPIC_OR_PARTITION`), which makes the next lookup ask again.
+//! `LEADER_NOT_AVAILABLE`, `UNKNOWN_TOPIC_OR_PARTITION`) or that the leader epoch the client
+//! sent is stale or ahead of it (`FENCED_LEADER_EPOCH`, `UNKNOWN_LEADER_EPOCH`), which makes
+//! the next lookup ask again.
 //!
 //! A broker that listens on an unspecified address (`0.0.0.0`, `::`) reports that address in
 //! Metadata; connecting to it would reach this machine, not the broker's. Such a host is
@@ -23,8 +25,9 @@ pub(crate) type NodeId = i32;
 struct Table {
     /// Native-protocol address by node id.
     brokers: HashMap<NodeId, String>,
-    /// Leader by topic and partition; a partition without a leader is absent.
-    leaders: HashMap<Arc<str>, Vec<NodeId>>,
+    /// Leader and leader epoch (-1: not said) by topic and partition; a partition without a
+    /// leader has leader -1.
+    leaders: HashMap<Arc<str>, Vec<(NodeId, i32)>>,
     /// Bumped by every change, so callers can tell a refresh happened.
     version: u64,
 }
@@ -57,13 +60,13 @@ impl Routes {
             if topic.partitions.is_empty() {
                 continue;
             }
-            let mut leaders = vec![-1; topic.partitions.len()];
+            let mut leaders = vec![(-1, -1); topic.partitions.len()];
             for p in &topic.partitions {
                 if let Some(slot) = usize::try_from(p.partition)
                     .ok()
                     .and_then(|i| leaders.get_mut(i))
                 {
-                    *slot = p.leader_id;
+                    *slot = (p.leader_id, p.leader_epoch);
                 }
             }
             t.leaders.insert(Arc::from(topic.name.as_str()), leaders);
@@ -74,12 +77,23 @@ impl Routes {
     /// The leader of `topic`/`partition` and its address, when known.
     pub(crate) fn leader(&self, topic: &str, partition: i32) -> Option<(NodeId, String)> {
         let t = self.lock();
-        let id = *t
+        let (id, _) = *t
             .leaders
             .get(topic)?
             .get(usize::try_from(partition).ok()?)?;
         let addr = t.brokers.get(&id)?.clone();
         Some((id, addr))
+    }
+
+    /// The leader epoch of `topic`/`partition` the latest Metadata answer gave, when it gave
+    /// one: what fetches send as their current leader epoch (KIP-320).
+    pub(crate) fn leader_epoch(&self, topic: &str, partition: i32) -> Option<i32> {
+        let t = self.lock();
+        let (id, epoch) = *t
+            .leaders
+            .get(topic)?
+            .get(usize::try_from(partition).ok()?)?;
+        (id >= 0 && epoch >= 0).then_some(epoch)
     }
 
     /// Every broker's address the client has learned, by node id.
@@ -136,6 +150,7 @@ mod tests {
                     PartitionMetadata {
                         partition: 1,
                         leader_id: 2,
+                        leader_epoch: 7,
                         ..Default::default()
                     },
                     PartitionMetadata {
@@ -162,6 +177,9 @@ mod tests {
         assert_eq!(r.leader("t", 0), Some((1, "broker.example:7001".into())));
         assert_eq!(r.leader("t", 1), Some((2, "10.0.0.2:7002".into())));
         assert_eq!(r.leader("t", 2), None, "no leader");
+        assert_eq!(r.leader_epoch("t", 1), Some(7));
+        assert_eq!(r.leader_epoch("t", 0), Some(0));
+        assert_eq!(r.leader_epoch("t", 2), None, "no leader, no epoch");
         assert_eq!(r.leader("t", 3), None, "no such partition");
         assert_eq!(r.leader("t", -1), None);
         assert_eq!(r.leader("u", 0), None);

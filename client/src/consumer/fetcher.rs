@@ -40,6 +40,9 @@ use crate::partitioner::Rng;
 use crate::record::TopicPartition;
 use crate::routes::{NodeId, Routes};
 
+mod validate;
+use validate::Check;
+
 /// The fetcher's view of one assigned partition.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PartFetch {
@@ -53,6 +56,11 @@ pub(crate) struct PartFetch {
     pub(crate) needs_reset: bool,
     /// No fetch before this (after a retriable error).
     pub(crate) backoff_until: Option<Instant>,
+    /// The leader epoch of the last batch fetched up to the position (KIP-320): after a leader
+    /// change the position is checked against the new leader's log with it.
+    pub(crate) last_epoch: Option<i32>,
+    /// The leader epoch the partition was last fetched in, as the client's metadata said.
+    pub(crate) fetched_in: Option<i32>,
 }
 
 /// State shared by the consumer and its fetcher.
@@ -116,19 +124,30 @@ pub(crate) enum ChunkKind {
     Error(Error),
 }
 
+/// One partition's fetched records, decoded ([`decode_fetched`]).
+#[derive(Debug, Default)]
+pub(crate) struct Decoded {
+    /// Whole uncompressed batches, in offset order.
+    pub(crate) batches: Vec<Bytes>,
+    /// The offset after the last whole batch seen (control and empty ones included).
+    pub(crate) next: Option<i64>,
+    /// Bytes the batches hold.
+    pub(crate) bytes: usize,
+    /// The leader epoch of the last whole batch seen (bytes 12-15 of its header), when stamped.
+    pub(crate) last_epoch: Option<i32>,
+    /// The first error, after the batches before it.
+    pub(crate) error: Option<Error>,
+}
+
 /// Decodes one partition's fetched records: splits them into batches, checks each CRC (when
 /// asked), drops control batches and batches wholly below `fetch_offset`, decompresses.
-/// Returns the batches, the offset after the last batch seen, and the bytes held; or the first
-/// error with the batches before it.
 pub(crate) fn decode_fetched(
     tp: &TopicPartition,
     records: &Bytes,
     fetch_offset: i64,
     check_crcs: bool,
-) -> (Vec<Bytes>, Option<i64>, usize, Option<Error>) {
-    let mut batches = Vec::new();
-    let mut next = None;
-    let mut bytes = 0;
+) -> Decoded {
+    let mut out = Decoded::default();
     let corrupt = |offset: i64, source| Error::Corrupt {
         topic: tp.topic.to_string(),
         partition: tp.partition,
@@ -139,35 +158,46 @@ pub(crate) fn decode_fetched(
         let (range, header) = match item {
             Ok(x) => x,
             Err(e) => {
-                return (
-                    batches,
-                    next,
-                    bytes,
-                    Some(corrupt(next.unwrap_or(fetch_offset), e)),
-                );
+                out.error = Some(corrupt(out.next.unwrap_or(fetch_offset), e));
+                return out;
             }
         };
         let raw = records.slice(range);
         if check_crcs && let Err(e) = batch::validate(&raw) {
-            return (batches, next, bytes, Some(corrupt(header.base_offset, e)));
+            out.error = Some(corrupt(header.base_offset, e));
+            return out;
         }
-        next = Some(header.next_offset());
+        out.next = Some(header.next_offset());
+        if header.partition_leader_epoch >= 0 {
+            out.last_epoch = Some(header.partition_leader_epoch);
+        }
         if header.is_control() || header.record_count <= 0 || header.next_offset() <= fetch_offset {
             continue;
         }
         match decompress(&raw, &header, MAX_DECOMPRESSED_BATCH) {
             Ok(b) => {
-                bytes += b.len();
-                batches.push(b);
+                out.bytes += b.len();
+                out.batches.push(b);
             }
-            Err(e) => return (batches, next, bytes, Some(e)),
+            Err(e) => {
+                out.error = Some(e);
+                return out;
+            }
         }
     }
-    (batches, next, bytes, None)
+    out
 }
 
 /// A partition to fetch: where from, and the seek epoch it is fetched for.
-type Wanted = (TopicPartition, i64, u32);
+#[derive(Debug, Clone)]
+struct Wanted {
+    tp: TopicPartition,
+    offset: i64,
+    /// The seek epoch ([`PartFetch::epoch`]).
+    seek: u32,
+    /// The leader epoch the client's metadata gives, sent as the current leader epoch.
+    leader_epoch: Option<i32>,
+}
 
 /// The fetch loop; see the module docs.
 pub(crate) struct Fetcher {
@@ -248,7 +278,7 @@ impl Fetcher {
             }
             let now = Instant::now();
             let mut resets: Vec<(TopicPartition, u32)> = Vec::new();
-            let mut fetches: Vec<Wanted> = Vec::new();
+            let mut fetches: Vec<(Wanted, Option<i32>, Option<i32>)> = Vec::new();
             let mut next_backoff: Option<Instant> = None;
             // Registered before the state is read, so a change made after the read wakes us.
             let notified = ctx.shared.wake.notified();
@@ -271,7 +301,16 @@ impl Fetcher {
                     } else if let Some(offset) = p.fetch_offset
                         && !p.buffered
                     {
-                        fetches.push((tp.clone(), offset, p.epoch));
+                        fetches.push((
+                            Wanted {
+                                tp: tp.clone(),
+                                offset,
+                                seek: p.epoch,
+                                leader_epoch: None,
+                            },
+                            p.last_epoch,
+                            p.fetched_in,
+                        ));
                     }
                 }
             }
@@ -279,12 +318,26 @@ impl Fetcher {
             // lookup.
             let mut unknown: Vec<Arc<str>> = Vec::new();
             let mut by_leader: BTreeMap<NodeId, (String, Vec<Wanted>)> = BTreeMap::new();
-            for f in fetches {
-                match ctx.routes.leader(&f.0.topic, f.0.partition) {
-                    Some((id, addr)) => by_leader.entry(id).or_insert((addr, Vec::new())).1.push(f),
+            let mut checks: BTreeMap<String, Vec<Check>> = BTreeMap::new();
+            for (mut f, last_epoch, fetched_in) in fetches {
+                match ctx.routes.leader(&f.tp.topic, f.tp.partition) {
+                    Some((id, addr)) => {
+                        f.leader_epoch = ctx.routes.leader_epoch(&f.tp.topic, f.tp.partition);
+                        // Fetched before in another leader epoch: check the position against
+                        // this leader's log first.
+                        match (last_epoch, fetched_in, f.leader_epoch) {
+                            (Some(last), Some(before), Some(now)) if before != now => {
+                                checks.entry(addr).or_default().push(Check {
+                                    wanted: f,
+                                    last_epoch: last,
+                                });
+                            }
+                            _ => by_leader.entry(id).or_insert((addr, Vec::new())).1.push(f),
+                        }
+                    }
                     None => {
-                        if !unknown.contains(&f.0.topic) {
-                            unknown.push(f.0.topic.clone());
+                        if !unknown.contains(&f.tp.topic) {
+                            unknown.push(f.tp.topic.clone());
                         }
                     }
                 }
@@ -313,6 +366,12 @@ impl Fetcher {
                 self.reset(resets).await;
                 continue;
             }
+            if !checks.is_empty() {
+                for (addr, parts) in checks {
+                    ctx.check_positions(&addr, parts).await;
+                }
+                continue;
+            }
             let mut started = false;
             {
                 let mut busy = ctx.busy();
@@ -321,15 +380,15 @@ impl Fetcher {
                         continue;
                     }
                     busy.brokers.insert(id);
-                    busy.parts.extend(parts.iter().map(|(tp, _, _)| tp.clone()));
+                    busy.parts.extend(parts.iter().map(|w| w.tp.clone()));
                     started = true;
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
                         ctx.fetch(id, &addr, &parts).await;
                         let mut busy = ctx.busy();
                         busy.brokers.remove(&id);
-                        for (tp, _, _) in &parts {
-                            busy.parts.remove(tp);
+                        for w in &parts {
+                            busy.parts.remove(&w.tp);
                         }
                         drop(busy);
                         ctx.shared.wake.notify_one();
@@ -411,6 +470,7 @@ impl FetchCtx {
                         Ok((offset, _)) if offset >= 0 => {
                             p.needs_reset = false;
                             p.fetch_offset = Some(offset);
+                            p.last_epoch = None;
                             p.buffered = false;
                             let _ = self.tx.send(Chunk {
                                 tp,
@@ -455,12 +515,18 @@ impl FetchCtx {
             }
         };
         let mut topics: Vec<FetchTopic> = Vec::new();
-        for (tp, offset, _) in parts {
+        for Wanted {
+            tp,
+            offset,
+            leader_epoch,
+            ..
+        } in parts
+        {
             let partition = FetchPartition {
                 partition: tp.partition,
                 fetch_offset: *offset,
                 partition_max_bytes: self.config.max_partition_fetch_bytes,
-                current_leader_epoch: None,
+                current_leader_epoch: *leader_epoch,
             };
             match topics.last_mut() {
                 Some(t) if *t.name == *tp.topic => t.partitions.push(partition),
@@ -494,10 +560,8 @@ impl FetchCtx {
             }
         };
         self.busy().failures.remove(&id);
-        let requested: BTreeMap<TopicPartition, (i64, u32)> = parts
-            .iter()
-            .map(|(tp, offset, epoch)| (tp.clone(), (*offset, *epoch)))
-            .collect();
+        let requested: BTreeMap<&TopicPartition, &Wanted> =
+            parts.iter().map(|w| (&w.tp, w)).collect();
         for t in body.topics {
             let topic: Arc<str> = Arc::from(t.name.as_str());
             for p in t.partitions {
@@ -505,10 +569,10 @@ impl FetchCtx {
                     topic: topic.clone(),
                     partition: p.partition,
                 };
-                let Some(&(offset, epoch)) = requested.get(&tp) else {
+                let Some(&w) = requested.get(&tp) else {
                     continue;
                 };
-                self.on_partition(tp, offset, epoch, p);
+                self.on_partition(tp, w, p);
             }
         }
     }
@@ -543,9 +607,9 @@ impl FetchCtx {
         );
         let until = Instant::now() + wait;
         let mut state = self.shared.lock();
-        for (tp, _, _) in parts {
-            self.routes.forget(&tp.topic);
-            if let Some(p) = state.get_mut(tp) {
+        for w in parts {
+            self.routes.forget(&w.tp.topic);
+            if let Some(p) = state.get_mut(&w.tp) {
                 p.backoff_until = Some(until);
             }
         }
@@ -554,10 +618,10 @@ impl FetchCtx {
     fn on_partition(
         &self,
         tp: TopicPartition,
-        fetch_offset: i64,
-        epoch: u32,
+        wanted: &Wanted,
         p: strom_protocol::messages::FetchPartitionResponse,
     ) {
+        let (fetch_offset, epoch) = (wanted.offset, wanted.seek);
         let code = p.error_code();
         // Decode before taking the lock (CRC and decompression are the expensive part).
         let decoded = (code == ErrorCode::None)
@@ -571,9 +635,24 @@ impl FetchCtx {
             return; // Sought or reassigned while the fetch was in flight.
         }
         match (code, decoded) {
-            (ErrorCode::None, Some((batches, next, bytes, error))) => {
+            (
+                ErrorCode::None,
+                Some(Decoded {
+                    batches,
+                    next,
+                    bytes,
+                    last_epoch,
+                    error,
+                }),
+            ) => {
                 if let Some(next) = next {
                     part.fetch_offset = Some(next.max(fetch_offset));
+                }
+                if wanted.leader_epoch.is_some() {
+                    part.fetched_in = wanted.leader_epoch;
+                }
+                if last_epoch.is_some() {
+                    part.last_epoch = last_epoch;
                 }
                 if !batches.is_empty() {
                     part.buffered = true;
@@ -620,16 +699,12 @@ impl FetchCtx {
                     tracing::info!(%tp, offset = fetch_offset, log_start_offset = p.log_start_offset, high_watermark = p.high_watermark, "offset out of range; resetting");
                     part.fetch_offset = None;
                     part.needs_reset = true;
+                    part.last_epoch = None;
                 }
             },
             (code, _) if code.is_retriable() => {
                 tracing::debug!(%tp, %code, "retriable fetch error");
-                if matches!(
-                    code,
-                    ErrorCode::NotLeaderOrFollower
-                        | ErrorCode::LeaderNotAvailable
-                        | ErrorCode::UnknownTopicOrPartition
-                ) {
+                if leader_moved(code) {
                     self.routes.forget(&tp.topic);
                 }
                 part.backoff_until = Some(retry_at);
@@ -648,6 +723,19 @@ impl FetchCtx {
             }
         }
     }
+}
+
+/// Whether `code` says the client's idea of the partition's leader is wrong or stale: its
+/// topic's leaders are looked up again.
+pub(crate) fn leader_moved(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotLeaderOrFollower
+            | ErrorCode::LeaderNotAvailable
+            | ErrorCode::UnknownTopicOrPartition
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::UnknownLeaderEpoch
+    )
 }
 
 #[cfg(test)]
@@ -700,7 +788,13 @@ mod tests {
         ]);
         // Cut the last batch short: a fetch may end inside one.
         let cut = records.slice(..records.len() - 3);
-        let (batches, next, bytes, err) = decode_fetched(&tp, &cut, 6, true);
+        let Decoded {
+            batches,
+            next,
+            bytes,
+            error: err,
+            ..
+        } = decode_fetched(&tp, &cut, 6, true);
         assert!(err.is_none());
         assert_eq!(next, Some(20), "the partial batch is not counted");
         assert_eq!(
@@ -729,7 +823,12 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 0xff;
         let records = fetched(&[good, bad.freeze()]);
-        let (batches, next, _, err) = decode_fetched(&tp, &records, 0, true);
+        let Decoded {
+            batches,
+            next,
+            error: err,
+            ..
+        } = decode_fetched(&tp, &records, 0, true);
         assert_eq!(batches.len(), 1);
         assert_eq!(next, Some(2));
         match err {
@@ -739,7 +838,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Without CRC checks the damaged value just decodes.
-        let (batches, _, _, err) = decode_fetched(&tp, &records, 0, false);
+        let Decoded {
+            batches,
+            error: err,
+            ..
+        } = decode_fetched(&tp, &records, 0, false);
         assert!(err.is_none());
         assert_eq!(batches.len(), 2);
     }

@@ -282,6 +282,8 @@ impl Consumer {
                 buffered: false,
                 needs_reset: pos.offset.is_none() && reset,
                 backoff_until: None,
+                last_epoch: None,
+                fetched_in: None,
             });
         }
         drop(state);
@@ -328,6 +330,8 @@ impl Consumer {
                 buffered: false,
                 needs_reset: false,
                 backoff_until: None,
+                last_epoch: None,
+                fetched_in: None,
             },
         );
         self.shared.wake.notify_one();
@@ -1097,6 +1101,8 @@ impl Consumer {
                     buffered: false,
                     needs_reset: offset.is_none() && reset,
                     backoff_until: None,
+                    last_epoch: None,
+                    fetched_in: None,
                 },
             );
         }
@@ -1176,5 +1182,7 @@ impl Consumer {
     }
 }
 
+#[cfg(test)]
+mod epoch_tests;
 #[cfg(test)]
 mod tests;

@@ -7,9 +7,11 @@
 //! once the majority has elected another, and drops its unreplicated tail after the heal.
 //!
 //! The cut is an in-test TCP proxy in front of each controller listener. Broker N's controller
-//! listens on 127.0.0.N, and controllers call each other from their listener's address, so a
-//! proxy knows which broker is calling from the source address and drops the connections of a
-//! cut-off broker in both directions. Clients reach the brokers directly. Loopback only.
+//! listens on 127.P.Q.N (P and Q of this test's own, so no other test's connection can take
+//! the port between its pick and the broker's bind), and controllers call each other from their
+//! listener's address, so a proxy knows which broker is calling from the source address and
+//! drops the connections of a cut-off broker in both directions. Clients reach the brokers
+//! directly. Loopback only.
 
 #[path = "support/kafka.rs"]
 mod kafka;
@@ -71,7 +73,7 @@ fn proxy(to: u8, target: SocketAddr, cuts: Arc<Cuts>) -> SocketAddr {
     thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
-            // Controllers call from 127.0.0.N: N is the caller.
+            // Controllers call from 127.P.Q.N: N is the caller.
             let from = match client.peer_addr() {
                 Ok(SocketAddr::V4(a)) => a.ip().octets()[3],
                 _ => 0,
@@ -121,11 +123,14 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (p, q) = ((220 + std::process::id() % 30) as u8, (k % 256) as u8);
         let cuts = Arc::new(Cuts::default());
         let mut listens = Vec::new();
         let mut voters = Vec::new();
         for n in 1..=3u8 {
-            let real = TcpListener::bind(("127.0.0.".to_string() + &n.to_string(), 0))
+            let real = TcpListener::bind((std::net::Ipv4Addr::new(127, p, q, n), 0))
                 .and_then(|l| l.local_addr())
                 .expect("a free controller port");
             let front = proxy(n, real, cuts.clone());

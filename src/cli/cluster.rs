@@ -299,12 +299,15 @@ struct Plan {
 }
 
 impl Plan {
-    /// New controller ports from the OS: all bound at once (so they differ), then released.
+    /// New controller ports: all bound at once (so they differ), then released for the
+    /// brokers to bind. Picked below the OS's ephemeral range when it leaves room: a port from
+    /// that range can be taken by any outgoing connection's local end between the release and
+    /// the broker's bind (seen in the test suite as "Address already in use"), one below it only
+    /// by another listener.
     fn fresh(nodes: u32) -> anyhow::Result<Plan> {
         let listeners = (1..=nodes)
             .map(|id| {
-                let l = TcpListener::bind("127.0.0.1:0")
-                    .context("reserving a controller port on 127.0.0.1")?;
+                let l = reserve_port().context("reserving a controller port on 127.0.0.1")?;
                 Ok((id, l.local_addr()?, l))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -427,6 +430,32 @@ impl Drop for DataDir {
             );
         }
     }
+}
+
+/// Lowest port [`reserve_port`] picks.
+const RESERVED_PORTS_FROM: u16 = 20_000;
+
+/// A listener on 127.0.0.1 at a free port below the ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`, else 32768), tried at random; the OS's pick (port
+/// 0) when none is found or the range leaves no room below it.
+fn reserve_port() -> std::io::Result<TcpListener> {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(RESERVED_PORTS_FROM);
+    if span >= 1_000 {
+        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+        for attempt in 0..64u64 {
+            random.write_u64(attempt);
+            let port = RESERVED_PORTS_FROM + (random.finish() % u64::from(span)) as u16;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                return Ok(l);
+            }
+        }
+    }
+    TcpListener::bind("127.0.0.1:0")
 }
 
 /// The plan for `dir`: the one saved there (checked against `nodes`, its ports free), or a new

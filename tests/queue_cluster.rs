@@ -219,3 +219,100 @@ fn dead_letter_and_redrive_copies_reach_partitions_other_brokers_lead_exactly_on
         assert_eq!(redriven, want, "redriven copies, by dead-letter source");
     });
 }
+
+/// Delayed delivery across brokers: records produced with a delivery time to a partition the
+/// group's coordinator only follows are not handed out before that time, and neither after the
+/// partition's leader is killed (the runs went to the followers with the records, so the next
+/// leader and every replica know them).
+#[test]
+fn delayed_records_wait_on_every_replica_and_across_a_leader_kill() {
+    const GROUP_D: &str = "waiters";
+    const TOPIC_D: &str = "later";
+    const DELAYED: usize = 10;
+    let mut cluster = Cluster::start();
+    create(&cluster, TOPIC_D, PARTITIONS);
+    let bootstrap = cluster.native_bootstrap();
+    let coordinating = coordinator(&cluster, GROUP_D);
+    let (partition, leader) = cluster
+        .broker(1)
+        .client()
+        .topic_metadata(TOPIC_D)
+        .partitions
+        .iter()
+        .find(|p| p.leader_id != coordinating)
+        .map(|p| (p.partition, p.leader_id))
+        .expect("a partition the coordinator does not lead");
+    let rt = runtime();
+    let deliver_at = rt.block_on(async {
+        let config = QueueConfig::new(bootstrap.clone(), GROUP_D, &[TOPIC_D]);
+        let member = loop {
+            match QueueConsumer::join(config.clone()).await {
+                Ok(m) => break m,
+                Err(e) if e.is_retriable() => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("cannot join: {e}"),
+            }
+        };
+        drop(member);
+        let producer = Producer::connect(ProducerConfig::new(bootstrap.clone()))
+            .await
+            .expect("producer");
+        let deliver_at = now_ms() + 6_000;
+        let mut deliveries = Vec::new();
+        for i in 0..DELAYED {
+            let value = format!("later-{i}");
+            let record = ProducerRecord::new(TOPIC_D)
+                .partition(partition)
+                .value(value.as_bytes())
+                .deliver_at(deliver_at);
+            deliveries.push(producer.send_record(record).await.expect("send"));
+        }
+        for d in deliveries {
+            d.await.expect("acknowledged");
+        }
+        deliver_at
+    });
+    // Acknowledged with acks=all: both followers hold the records, and so their runs.
+    cluster.kill(usize::try_from(leader).expect("a broker id"));
+    rt.block_on(async {
+        let config = QueueConfig::new(bootstrap.clone(), GROUP_D, &[TOPIC_D]);
+        let mut member = loop {
+            match QueueConsumer::join(config.clone()).await {
+                Ok(m) => break m,
+                Err(e) if e.is_retriable() => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("cannot join: {e}"),
+            }
+        };
+        let mut handed = 0;
+        let started = Instant::now();
+        while handed < DELAYED {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{handed} of {DELAYED} delayed records handed out"
+            );
+            match member.poll(100).await {
+                Ok(records) => {
+                    let at = now_ms();
+                    for r in records {
+                        assert!(
+                            at >= deliver_at,
+                            "{}/{} handed out {} ms before its delivery time",
+                            r.partition(),
+                            r.offset(),
+                            deliver_at - at
+                        );
+                        member.ack(&r);
+                        handed += 1;
+                    }
+                }
+                Err(e) if e.is_retriable() => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("poll: {e}"),
+            }
+        }
+    });
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -380,6 +380,7 @@ fn encode_replica_fetch_body(
                 log_end_offset,
                 diverging_epoch,
                 durable_wanted,
+                delayed,
                 records,
             } = partition_response;
             if *partition != 0 {
@@ -406,6 +407,7 @@ fn encode_replica_fetch_body(
             if *durable_wanted != 0 {
                 prost::encoding::int64::encode(8, durable_wanted, scratch);
             }
+            prost::encoding::message::encode_repeated(9, delayed, scratch);
             put_records(15, records, scratch, chunks);
         }
     }
@@ -1119,6 +1121,11 @@ mod tests {
                             log_start_offset: 4,
                             log_end_offset: 130,
                             durable_wanted: 125,
+                            delayed: vec![DelayedRun {
+                                first_offset: 120,
+                                last_offset: 124,
+                                deliver_at_ms: 1_700_000_000_000,
+                            }],
                             records: Bytes::from_static(b"batches"),
                             ..Default::default()
                         },

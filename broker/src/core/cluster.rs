@@ -36,6 +36,8 @@ use strom_protocol::ErrorCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::partition::DelayLog;
+use super::queues::delay_log::delays_partition;
 use super::replication::fetcher::{Followed, Plan};
 use super::replication::leader::Leadership;
 use super::{Core, Failure};
@@ -609,6 +611,10 @@ impl Core {
                     index,
                     epoch: i32::try_from(placed.leader_epoch).unwrap_or(i32::MAX),
                     partition: part.clone(),
+                    delay_log: delays_partition(&self.topics).map(|state| DelayLog {
+                        state,
+                        topic_id: local.id,
+                    }),
                 });
             }
         }

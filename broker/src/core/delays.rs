@@ -32,6 +32,14 @@ pub const MAX_DELAY_MS: i64 = 90 * 24 * 60 * 60 * 1000;
 /// with BUSY until delays fire.
 pub const MAX_PENDING: usize = 4_000_000;
 
+/// In a cluster, how long a due run is kept past its time on every replica (a group's
+/// coordinator elsewhere may not have taken it in yet; its next coordinator looks for it
+/// here): 10 minutes. The bound it sets: a group whose `__queue_state` partition had no
+/// leader for longer, and that had passed over a run's records while the run was pending, does
+/// not hand them out when it returns if the run came due more than this before (they stay in
+/// the log; resetting the group's position reads them again).
+pub const CLUSTER_GRACE_MS: i64 = 10 * 60 * 1000;
+
 /// Runs [`DelayIndex::due`] looks at, at most, per call.
 pub const MAX_VISIT: usize = 100_000;
 
@@ -289,6 +297,25 @@ impl DelayIndex {
                 self.total.fetch_sub(1, AtomicOrdering::Relaxed);
             }
         }
+    }
+
+    /// The runs that overlap `first..=last`, in offset order (what a follower fetching those
+    /// records is sent).
+    pub fn overlapping(&self, first: i64, last: i64) -> Vec<Delay> {
+        if first > last {
+            return Vec::new();
+        }
+        let e = self.lock();
+        let before = e
+            .by_offset
+            .range(..first)
+            .next_back()
+            .filter(|(_, (l, _))| *l >= first);
+        before
+            .into_iter()
+            .chain(e.by_offset.range(first..=last))
+            .map(|(&first, &(last, at))| Delay { first, last, at })
+            .collect()
     }
 
     /// Every run, in offset order.

@@ -1,6 +1,7 @@
 //! Queue groups' delayed delivery at append time: the delayed runs of an append are entered in
 //! the partition's index and recorded on `__queue_delays` before the records become readable,
-//! and withdrawn if the append fails (docs/queues.md).
+//! and withdrawn if the append fails (docs/queues.md). A follower does the same with the runs
+//! its leader sends beside the batches, and takes back the runs of what it truncates.
 
 use std::sync::Arc;
 
@@ -10,6 +11,101 @@ use strom_storage::ValidBatch;
 use super::writer::Writer;
 use super::{AppendRequest, Durability, Partition, now_ms};
 use crate::core::delays::{self, Delay, TopicId};
+
+/// Where a partition's delayed runs are recorded: `__queue_delays`, and the id of the topic
+/// its records name.
+#[derive(Debug, Clone)]
+pub(crate) struct DelayLog {
+    pub state: Arc<Partition>,
+    pub topic_id: TopicId,
+}
+
+/// One batch of `__queue_delays` records for this partition: per run start, its entry (last
+/// offset and time) or, with `None`, its withdrawal.
+fn delay_batch(
+    w: &Writer,
+    topic_id: &TopicId,
+    entries: &[(i64, Option<(i64, i64)>)],
+) -> Result<ValidBatch, String> {
+    let mut builder = BatchBuilder::default();
+    let now = now_ms();
+    for (first, entry) in entries {
+        let k = delays::key(&w.topic, w.index, *first);
+        let v = entry.map(|(last, at)| delays::value(topic_id, last, at));
+        builder
+            .push(&RecordRef {
+                timestamp: now,
+                key: Some(&k),
+                value: v.as_deref(),
+                headers: &[],
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    let bytes = builder.finish().map_err(|e| e.to_string())?;
+    ValidBatch::new(bytes).map_err(|e| e.to_string())
+}
+
+/// Queues `entries` on `__queue_delays` (nothing waits for them: a follower's record).
+async fn record(w: &Writer, log: &DelayLog, entries: &[(i64, Option<(i64, i64)>)]) {
+    if entries.is_empty() {
+        return;
+    }
+    match delay_batch(w, &log.topic_id, entries) {
+        Ok(batch) => drop(log.state.append(vec![batch], Durability::Appended).await),
+        Err(e) => {
+            tracing::error!(topic = %w.topic, partition = w.index, error = %e, "delayed runs could not be recorded");
+        }
+    }
+}
+
+/// A follower's side of [`register_delays`]: enters the runs its leader sent with batches to
+/// be appended from `end` on (those reaching to `end` or past it), and records them, before
+/// the append makes the records readable.
+pub(super) async fn register_replicated(
+    runs: &[Delay],
+    end: i64,
+    log: Option<&DelayLog>,
+    w: &Writer,
+) {
+    let runs: Vec<Delay> = runs
+        .iter()
+        .copied()
+        .filter(|d| d.first <= d.last && d.last >= end)
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    let _order = w.delays.order.lock().await;
+    for d in &runs {
+        w.delays.insert(*d);
+    }
+    if let Some(log) = log {
+        let entries: Vec<(i64, Option<(i64, i64)>)> = runs
+            .iter()
+            .map(|d| (d.first, Some((d.last, d.at))))
+            .collect();
+        record(w, log, &entries).await;
+    }
+}
+
+/// After a truncation to `end`: runs at or past it are taken back (those reaching into it are
+/// cut short), in the index and on `__queue_delays`, since the offsets will be given to other
+/// records.
+pub(super) async fn truncate_delays(end: i64, log: Option<&DelayLog>, w: &Writer) {
+    let cut = w.delays.overlapping(end, i64::MAX);
+    if cut.is_empty() {
+        return;
+    }
+    let _order = w.delays.order.lock().await;
+    w.delays.truncate(end);
+    if let Some(log) = log {
+        let entries: Vec<(i64, Option<(i64, i64)>)> = cut
+            .iter()
+            .map(|d| (d.first, (d.first < end).then_some((end - 1, d.at))))
+            .collect();
+        record(w, log, &entries).await;
+    }
+}
 
 /// Enters the delayed runs of `appends` (to be appended from `base`) in the partition's index
 /// and queues their records on `__queue_delays`, handing each produce the wait for its record.

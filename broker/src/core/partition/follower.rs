@@ -5,9 +5,11 @@ use strom_protocol::ErrorCode;
 use strom_storage::{Log, ValidBatch};
 use tokio::sync::oneshot;
 
+use super::delayed::{DelayLog, register_replicated, truncate_delays};
 use super::writer::{Writer, blocking, recover_if_poisoned};
 use super::{INLINE_APPEND_BYTES, closing, now_ms};
 use crate::core::Failure;
+use crate::core::delays::Delay;
 use crate::core::producers::ProducerStates;
 use crate::core::replication::divergence::{EpochEnd, truncation_for};
 use crate::core::replication::leader::BrokerId;
@@ -23,7 +25,16 @@ pub(crate) struct Replicate {
     pub leader_hw: i64,
     /// Fsync everything below this now (a durable produce waits for it).
     pub durable_wanted: i64,
+    pub runs: LeaderRuns,
     pub done: oneshot::Sender<Result<Position, Failure>>,
+}
+
+/// The leader's delayed runs overlapping the batches it sent, and where this partition
+/// records them (`None`: in memory only).
+#[derive(Debug, Default)]
+pub(crate) struct LeaderRuns {
+    pub runs: Vec<Delay>,
+    pub log: Option<DelayLog>,
 }
 
 /// Where a follower truncates.
@@ -98,6 +109,8 @@ pub(super) async fn replicate(log: Box<Log>, r: Replicate, w: &mut Writer) -> Op
         }
     }
     if !batches.is_empty() {
+        // Like a produce's: the runs are entered before the records are readable.
+        register_replicated(&r.runs.runs, end, r.runs.log.as_ref(), w).await;
         let bytes: usize = batches.iter().map(|b| b.bytes().len()).sum();
         let stored = batches.clone();
         let (l, result) = if bytes <= INLINE_APPEND_BYTES {
@@ -148,6 +161,7 @@ pub(super) async fn replicate(log: Box<Log>, r: Replicate, w: &mut Writer) -> Op
 pub(super) async fn truncate(
     log: Box<Log>,
     to: TruncateTo,
+    delay_log: Option<&DelayLog>,
     w: &mut Writer,
 ) -> (Option<Box<Log>>, Result<Position, Failure>) {
     let (log, usable) = recover_if_poisoned(log, w).await;
@@ -200,6 +214,7 @@ pub(super) async fn truncate(
     match (log, r) {
         (Some(log), Ok(producers)) => {
             w.producers = producers;
+            truncate_delays(log.end_offset(), delay_log, w).await;
             w.end = log.end_offset();
             w.replica.progress(log.end_offset(), log.durable_offset());
             tracing::info!(topic = %topic, partition = index, from = end, to = log.end_offset(), "follower truncated where its log parts from the leader's");

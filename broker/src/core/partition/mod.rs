@@ -25,7 +25,8 @@ mod follower;
 mod tests;
 mod writer;
 
-pub(crate) use follower::{Position, Replicate, TruncateTo};
+pub(crate) use delayed::DelayLog;
+pub(crate) use follower::{LeaderRuns, Position, Replicate, TruncateTo};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -123,6 +124,8 @@ pub(crate) enum WriterMsg {
         leader: BrokerId,
         epoch: i32,
         to: TruncateTo,
+        /// Where the runs of truncated records are taken back.
+        delay_log: Option<DelayLog>,
         done: oneshot::Sender<Result<Position, Failure>>,
     },
     /// The log's end and latest epoch, after everything queued before.
@@ -319,6 +322,7 @@ impl Partition {
         records: bytes::Bytes,
         leader_hw: i64,
         durable_wanted: i64,
+        runs: LeaderRuns,
     ) -> Result<Position, Failure> {
         let (done, rx) = oneshot::channel();
         self.send(WriterMsg::Replicate(Box::new(Replicate {
@@ -327,6 +331,7 @@ impl Partition {
             records,
             leader_hw,
             durable_wanted,
+            runs,
             done,
         })))
         .await;
@@ -339,12 +344,14 @@ impl Partition {
         leader: BrokerId,
         epoch: i32,
         to: TruncateTo,
+        delay_log: Option<DelayLog>,
     ) -> Result<Position, Failure> {
         let (done, rx) = oneshot::channel();
         self.send(WriterMsg::Truncate {
             leader,
             epoch,
             to,
+            delay_log,
             done,
         })
         .await;

@@ -8,7 +8,8 @@ use strom_protocol::batch::RecordRef;
 use strom_storage::{Log, LogConfig};
 use tokio::sync::watch;
 
-use super::{Partition, TruncateTo};
+use super::{LeaderRuns, Partition, TruncateTo};
+use crate::core::delays::Delay;
 use crate::core::producers::ProducerStates;
 use crate::core::replication::leader::{IsrRequest, Leadership};
 use crate::stats::Stats;
@@ -65,6 +66,7 @@ async fn a_new_leadership_starts_where_a_truncation_queued_before_it_left_the_lo
                 leader_start: 0,
                 leader_end: 6,
             },
+            None,
         ),
         part.become_leader(lead),
     );
@@ -104,5 +106,95 @@ async fn maintenance_requests_are_coalesced_while_a_pass_is_queued() {
     assert!(
         part.request_maintenance(),
         "a request after the pass started queues the next one"
+    );
+}
+
+/// A batch of `n` records from `base`, in leader epoch `epoch`, as a leader stores it.
+fn replicated_batch(base: i64, n: usize, epoch: i32) -> bytes::Bytes {
+    let mut b = strom_protocol::batch::BatchBuilder::default();
+    for i in 0..n {
+        let value = (base + i as i64).to_string();
+        b.push(&RecordRef {
+            timestamp: 0,
+            key: None,
+            value: Some(value.as_bytes()),
+            headers: &[],
+        })
+        .expect("push");
+    }
+    let mut m = bytes::BytesMut::from(&b.finish().expect("finish")[..]);
+    strom_protocol::batch::set_base_offset(&mut m, base).expect("base offset");
+    m[12..16].copy_from_slice(&epoch.to_be_bytes());
+    m.freeze()
+}
+
+/// A follower enters the delayed runs its leader sends with the batches (before they are
+/// readable), and a truncation takes back what it cuts: runs past the new end go, a run reaching
+/// into it is cut short.
+#[tokio::test]
+async fn a_follower_holds_its_leaders_delayed_runs_and_truncation_takes_them_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let part = partition_in_epoch_1(dir.path(), 10);
+    part.become_follower(Some((2, 1)));
+    let runs = vec![
+        Delay {
+            first: 3,
+            last: 4,
+            at: 1_000,
+        },
+        Delay {
+            first: 10,
+            last: 13,
+            at: 5_000,
+        },
+        Delay {
+            first: 14,
+            last: 15,
+            at: 6_000,
+        },
+    ];
+    let mut all = bytes::BytesMut::new();
+    for base in [10, 12, 14] {
+        all.extend_from_slice(&replicated_batch(base, 2, 1));
+    }
+    let batches = all.freeze();
+    let at = part
+        .replicate(
+            2,
+            1,
+            batches,
+            0,
+            0,
+            LeaderRuns {
+                runs: runs.clone(),
+                log: None,
+            },
+        )
+        .await
+        .expect("replicated");
+    assert_eq!(at.end, 16);
+    assert_eq!(
+        part.delays().all(),
+        runs[1..].to_vec(),
+        "the runs of the appended batches (not the one of records held before)"
+    );
+    part.truncate(
+        2,
+        1,
+        TruncateTo::OutOfRange {
+            leader_start: 0,
+            leader_end: 12,
+        },
+        None,
+    )
+    .await
+    .expect("truncated");
+    assert_eq!(
+        part.delays().all(),
+        vec![Delay {
+            first: 10,
+            last: 11,
+            at: 5_000
+        }]
     );
 }

@@ -289,6 +289,7 @@ pub(super) async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: W
                     leader,
                     epoch,
                     to,
+                    delay_log,
                     done,
                 } => {
                     if !w.replica.follows(leader, epoch) {
@@ -296,7 +297,7 @@ pub(super) async fn writer(log: Log, mut rx: mpsc::Receiver<WriterMsg>, mut w: W
                         log = Some(l);
                         continue;
                     }
-                    let (l, r) = truncate(l, to, &mut w).await;
+                    let (l, r) = truncate(l, to, delay_log.as_ref(), &mut w).await;
                     let _ = done.send(r);
                     log = l;
                 }

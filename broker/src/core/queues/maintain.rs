@@ -88,6 +88,11 @@ impl Core {
                 *m = (*m).min(qp.fired());
             }
         }
+        // In a cluster, a group reading a partition may be coordinated by another broker, whose
+        // marks this one does not know: a due run is kept `CLUSTER_GRACE_MS` past its time, so
+        // that group's next coordinator still finds it here.
+        let cap = (!self.cluster.is_alone())
+            .then(|| Fired::upto(now.saturating_sub(crate::core::delays::CLUSTER_GRACE_MS)));
         let mut live = 0;
         for t in self.topics.all() {
             for p in &t.partitions {
@@ -99,7 +104,7 @@ impl Core {
                     .get(&(t.name.clone(), p.index))
                     .copied()
                     .unwrap_or(Fired::upto(now));
-                index.prune(mark);
+                index.prune(cap.map_or(mark, |c| mark.min(c)));
                 live += index.len();
             }
         }

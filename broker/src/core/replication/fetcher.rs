@@ -34,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::divergence::EpochEnd;
 use super::leader::BrokerId;
-use crate::core::partition::{Partition, Position, TruncateTo};
+use crate::core::delays::Delay;
+use crate::core::partition::{DelayLog, LeaderRuns, Partition, Position, TruncateTo};
 
 /// How long a fetch waits at the leader for new batches.
 const MAX_WAIT_MS: u32 = 500;
@@ -59,6 +60,9 @@ pub(crate) struct Followed {
     /// The leader epoch it is followed in.
     pub epoch: i32,
     pub partition: Arc<Partition>,
+    /// Where the partition records the delayed runs its leader sends (`None`: kept in memory
+    /// only).
+    pub delay_log: Option<DelayLog>,
 }
 
 /// What one fetcher does: where its leader is and what it follows from it.
@@ -359,12 +363,31 @@ async fn outcome(
                     },
                     leader_start: p.log_start_offset,
                 };
-                part.truncate(leader, f.epoch, to).await.map(Some).map_err(|e| {
+                part.truncate(leader, f.epoch, to, f.delay_log.clone()).await.map(Some).map_err(|e| {
                     tracing::warn!(topic = %f.topic, partition = f.index, error = %e.1, "cannot truncate to the leader's log");
                 })
             } else if !p.records.is_empty() || p.durable_wanted > part.reader().durable_offset() {
+                let runs = p
+                    .delayed
+                    .iter()
+                    .map(|d| Delay {
+                        first: d.first_offset,
+                        last: d.last_offset,
+                        at: d.deliver_at_ms,
+                    })
+                    .collect();
                 let at = part
-                    .replicate(leader, f.epoch, p.records, p.high_watermark, p.durable_wanted)
+                    .replicate(
+                        leader,
+                        f.epoch,
+                        p.records,
+                        p.high_watermark,
+                        p.durable_wanted,
+                        LeaderRuns {
+                            runs,
+                            log: f.delay_log.clone(),
+                        },
+                    )
                     .await
                     .map_err(|e| {
                         tracing::debug!(topic = %f.topic, partition = f.index, error = %e.1, "cannot append the leader's batches");
@@ -387,7 +410,7 @@ async fn outcome(
                 leader_start: p.log_start_offset,
                 leader_end: p.log_end_offset,
             };
-            part.truncate(leader, f.epoch, to).await.map(Some).map_err(|e| {
+            part.truncate(leader, f.epoch, to, f.delay_log.clone()).await.map(Some).map_err(|e| {
                 tracing::warn!(topic = %f.topic, partition = f.index, error = %e.1, "cannot truncate to the leader's log");
             })
         }

@@ -18,8 +18,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use strom_protocol::ErrorCode;
 use strom_protocol::messages::{
-    EpochEndOffset, ReplicaFetchPartition, ReplicaFetchPartitionResponse, ReplicaFetchRequest,
-    ReplicaFetchResponse, ReplicaFetchTopicResponse,
+    DelayedRun, EpochEndOffset, ReplicaFetchPartition, ReplicaFetchPartitionResponse,
+    ReplicaFetchRequest, ReplicaFetchResponse, ReplicaFetchTopicResponse,
 };
 use tokio::time::Instant;
 
@@ -110,6 +110,18 @@ impl Core {
                     match part.reader().read(*fetch_offset, room) {
                         Ok(r) => {
                             total += r.data.len();
+                            // Entered before the append made the records readable, so a
+                            // read that sees them sees their runs.
+                            response.delayed = part
+                                .delays()
+                                .overlapping(r.first_offset, r.next_offset - 1)
+                                .into_iter()
+                                .map(|d| DelayedRun {
+                                    first_offset: d.first,
+                                    last_offset: d.last,
+                                    deliver_at_ms: d.at,
+                                })
+                                .collect();
                             response.records = r.data;
                         }
                         Err(e) => {

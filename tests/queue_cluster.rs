@@ -69,6 +69,17 @@ async fn read_all(bootstrap: &str, topic: &str) -> Vec<(i32, i64, BTreeMap<Strin
     out
 }
 
+/// A member of `config`'s group, once the cluster lets it join.
+async fn join(config: QueueConfig) -> QueueConsumer {
+    loop {
+        match QueueConsumer::join(config.clone()).await {
+            Ok(m) => return m,
+            Err(e) if e.is_retriable() => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("cannot join: {e}"),
+        }
+    }
+}
+
 /// The broker coordinating `key` (a queue group's id, or a dead-letter topic's redrive).
 fn coordinator(cluster: &Cluster, key: &str) -> i32 {
     eventually("the queue coordinator", || {
@@ -125,14 +136,7 @@ fn dead_letter_and_redrive_copies_reach_partitions_other_brokers_lead_exactly_on
         }
 
         // One member rejects everything it gets: each record goes to the dead-letter topic.
-        let config = QueueConfig::new(bootstrap.clone(), GROUP, &[TOPIC]);
-        let mut member = loop {
-            match QueueConsumer::join(config.clone()).await {
-                Ok(m) => break m,
-                Err(e) if e.is_retriable() => tokio::time::sleep(Duration::from_millis(50)).await,
-                Err(e) => panic!("cannot join: {e}"),
-            }
-        };
+        let mut member = join(QueueConfig::new(bootstrap.clone(), GROUP, &[TOPIC])).await;
         let mut rejected = 0;
         let started = Instant::now();
         while rejected < RECORDS {
@@ -244,15 +248,7 @@ fn delayed_records_wait_on_every_replica_and_across_a_leader_kill() {
         .expect("a partition the coordinator does not lead");
     let rt = runtime();
     let deliver_at = rt.block_on(async {
-        let config = QueueConfig::new(bootstrap.clone(), GROUP_D, &[TOPIC_D]);
-        let member = loop {
-            match QueueConsumer::join(config.clone()).await {
-                Ok(m) => break m,
-                Err(e) if e.is_retriable() => tokio::time::sleep(Duration::from_millis(50)).await,
-                Err(e) => panic!("cannot join: {e}"),
-            }
-        };
-        drop(member);
+        drop(join(QueueConfig::new(bootstrap.clone(), GROUP_D, &[TOPIC_D])).await);
         let producer = Producer::connect(ProducerConfig::new(bootstrap.clone()))
             .await
             .expect("producer");
@@ -274,14 +270,7 @@ fn delayed_records_wait_on_every_replica_and_across_a_leader_kill() {
     // Acknowledged with acks=all: both followers hold the records, and so their runs.
     cluster.kill(usize::try_from(leader).expect("a broker id"));
     rt.block_on(async {
-        let config = QueueConfig::new(bootstrap.clone(), GROUP_D, &[TOPIC_D]);
-        let mut member = loop {
-            match QueueConsumer::join(config.clone()).await {
-                Ok(m) => break m,
-                Err(e) if e.is_retriable() => tokio::time::sleep(Duration::from_millis(50)).await,
-                Err(e) => panic!("cannot join: {e}"),
-            }
-        };
+        let mut member = join(QueueConfig::new(bootstrap.clone(), GROUP_D, &[TOPIC_D])).await;
         let mut handed = 0;
         let started = Instant::now();
         while handed < DELAYED {

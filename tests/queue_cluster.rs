@@ -13,7 +13,10 @@ use strom_client::{
     ProducerRecord, QueueConfig, QueueConsumer,
 };
 use strom_protocol::ErrorCode;
-use strom_protocol::messages::{CoordinatorType, FindCoordinatorRequest, response};
+use strom_protocol::messages::{
+    CoordinatorType, FindCoordinatorRequest, GroupHeartbeatRequest, QueueJoinRequest, TopicNames,
+    response,
+};
 
 use support::cluster::{Cluster, PATIENCE, eventually};
 use support::load::create;
@@ -82,10 +85,15 @@ async fn join(config: QueueConfig) -> QueueConsumer {
 
 /// The broker coordinating `key` (a queue group's id, or a dead-letter topic's redrive).
 fn coordinator(cluster: &Cluster, key: &str) -> i32 {
-    eventually("the queue coordinator", || {
+    coordinator_of(cluster, key, CoordinatorType::Queue)
+}
+
+/// The broker coordinating `key` as `kind`.
+fn coordinator_of(cluster: &Cluster, key: &str, kind: CoordinatorType) -> i32 {
+    eventually("the coordinator", || {
         let r = cluster.broker(1).client().call(FindCoordinatorRequest {
             key: key.into(),
-            key_type: CoordinatorType::Queue.into(),
+            key_type: kind.into(),
         });
         let Some(response::Body::FindCoordinator(f)) = r.body else {
             return None;
@@ -304,4 +312,72 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// One id, one kind of group, where the two kinds of an id are coordinated by different
+/// brokers: a queue group cannot start under a consumer group's id, nor a consumer group under
+/// a queue group's.
+#[test]
+fn one_id_names_one_kind_of_group_across_coordinators() {
+    let cluster = Cluster::start();
+    create(&cluster, TOPIC, PARTITIONS);
+    // Two ids whose consumer-group and queue-group coordinators differ.
+    let ids: Vec<(String, usize, usize)> = (0..200)
+        .map(|i| format!("kind-{i}"))
+        .map(|id| {
+            let group = coordinator_of(&cluster, &id, CoordinatorType::Group);
+            let queue = coordinator_of(&cluster, &id, CoordinatorType::Queue);
+            let b = |n: i32| usize::try_from(n).expect("a broker id");
+            (id, b(group), b(queue))
+        })
+        .filter(|(_, g, q)| g != q)
+        .take(2)
+        .collect();
+    assert_eq!(
+        ids.len(),
+        2,
+        "no ids with coordinators on different brokers"
+    );
+    let heartbeat = |id: &str| GroupHeartbeatRequest {
+        group_id: id.into(),
+        member_id: String::new(),
+        member_epoch: 0,
+        session_timeout_ms: 0,
+        subscribed_topics: Some(TopicNames {
+            names: vec![TOPIC.into()],
+        }),
+        assignor: String::new(),
+        owned_partitions: vec![],
+    };
+    let queue_join = |id: &str| QueueJoinRequest {
+        group_id: id.into(),
+        member_id: "worker".into(),
+        topics: vec![TOPIC.into()],
+        session_timeout_ms: 0,
+        settings: Default::default(),
+    };
+    let heartbeat_code = |broker: usize, id: &str| {
+        let r = cluster.broker(broker).client().call(heartbeat(id));
+        let Some(response::Body::GroupHeartbeat(hb)) = r.body else {
+            panic!("{r:?}")
+        };
+        (hb.error_code(), hb.error_message)
+    };
+    let queue_join_code = |broker: usize, id: &str| {
+        let r = cluster.broker(broker).client().call(queue_join(id));
+        let Some(response::Body::QueueJoin(j)) = r.body else {
+            panic!("{r:?}")
+        };
+        (j.error_code(), j.error_message)
+    };
+    // A consumer group first: the queue group of its id is refused.
+    let (id, group_at, queue_at) = &ids[0];
+    assert_eq!(heartbeat_code(*group_at, id).0, ErrorCode::None);
+    let (code, msg) = queue_join_code(*queue_at, id);
+    assert_eq!(code, ErrorCode::InconsistentGroupProtocol, "{msg:?}");
+    // A queue group first: the consumer group of its id is refused.
+    let (id, group_at, queue_at) = &ids[1];
+    assert_eq!(queue_join_code(*queue_at, id).0, ErrorCode::None);
+    let (code, msg) = heartbeat_code(*group_at, id);
+    assert_eq!(code, ErrorCode::InconsistentGroupProtocol, "{msg:?}");
 }

@@ -1,5 +1,6 @@
-//! Copies into partitions: the queue groups' dead-letter and redrive writes, which go to
-//! whichever broker leads the target partition.
+//! strom's own client inside the broker, for work on partitions and groups other brokers lead:
+//! the queue groups' dead-letter and redrive copies (here), and the check that one id names
+//! one kind of group (`super::group_kinds`).
 //!
 //! Both write the same way, exactly once across crashes: note where the target ends (`since`),
 //! append the copies, and after a crash look for them from `since` on by their headers before
@@ -19,7 +20,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use strom_client::{Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord};
+use strom_client::{
+    Admin, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
+};
 use strom_protocol::batch::{BatchIter, HeaderRef, Records, validate};
 use strom_protocol::compression::{MAX_DECOMPRESSED_BATCH, decompress};
 use strom_storage::ValidBatch;
@@ -39,6 +42,7 @@ pub(crate) struct Forward {
     bootstrap: Option<String>,
     producer: Mutex<Option<Producer>>,
     consumer: Mutex<Option<Consumer>>,
+    admin: Mutex<Option<Arc<Admin>>>,
 }
 
 impl std::fmt::Debug for Forward {
@@ -78,6 +82,22 @@ impl Forward {
             .map_err(|e| format!("copy producer: {e}"))?;
         *slot = Some(p.clone());
         Ok(p)
+    }
+
+    pub(crate) async fn admin(&self) -> Result<Arc<Admin>, String> {
+        let mut slot = self.admin.lock().await;
+        if let Some(a) = slot.as_ref() {
+            return Ok(a.clone());
+        }
+        let mut config = ClientConfig::new(self.bootstrap()?);
+        config.client_id = "strom-broker".into();
+        let a = Arc::new(
+            Admin::connect(config)
+                .await
+                .map_err(|e| format!("admin client: {e}"))?,
+        );
+        *slot = Some(a.clone());
+        Ok(a)
     }
 
     async fn consumer(&self) -> Result<tokio::sync::MappedMutexGuard<'_, Consumer>, String> {

@@ -34,6 +34,7 @@ pub(crate) mod coordination;
 pub(crate) mod delays;
 pub(crate) mod fetch;
 pub(crate) mod forward;
+pub(crate) mod group_kinds;
 pub(crate) mod groups;
 pub(crate) mod metadata;
 pub(crate) mod partition;

@@ -123,7 +123,11 @@ impl Kafka {
             topics,
             require_known_member: req.version >= 4,
         };
-        let rx = match self.core.offsets_topic_ready().await {
+        let ready = match self.core.offsets_topic_ready().await {
+            Ok(()) => self.core.consumer_group_may_start(&join.group_id).await,
+            Err(failure) => Err(failure),
+        };
+        let rx = match ready {
             Ok(()) => self.core.groups.join(join),
             Err(failure) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -481,6 +485,14 @@ impl Kafka {
         // COORDINATOR_NOT_AVAILABLE when it cannot be created).
         if m.member_epoch == 0 {
             let _ = self.core.offsets_topic_ready().await;
+            if let Err((code, msg)) = self.core.consumer_group_may_start(&m.group_id.0).await {
+                let resp = ConsumerGroupHeartbeatResponse::default()
+                    .with_member_id(Some(m.member_id.clone()))
+                    .with_member_epoch(-1)
+                    .with_error_code(kafka_code(code))
+                    .with_error_message(Some(StrBytes::from_string(msg)));
+                return req.respond(&resp);
+            }
         }
         let catalog = self.core.catalog();
         let owned = m.topic_partitions.map(|tps| {

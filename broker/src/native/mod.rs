@@ -267,6 +267,15 @@ impl Native {
         // COORDINATOR_NOT_AVAILABLE when it cannot be created).
         if req.member_epoch == 0 {
             let _ = self.core.offsets_topic_ready().await;
+            if let Err((code, msg)) = self.core.consumer_group_may_start(&req.group_id).await {
+                return GroupHeartbeatResponse {
+                    error_code: code.into(),
+                    error_message: Some(msg),
+                    member_id: req.member_id,
+                    member_epoch: -1,
+                    ..Default::default()
+                };
+            }
         }
         let hb = Heartbeat {
             owned: Some(from_wire(&req.owned_partitions)),

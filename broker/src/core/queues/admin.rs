@@ -67,6 +67,7 @@ impl Core {
                 format!("{} is a consumer group, not a queue group", req.group),
             ));
         }
+        self.queue_group_may_start(&req.group).await?;
         let mut topic_names: Vec<Arc<str>> = Vec::with_capacity(req.topics.len());
         for t in &req.topics {
             if t.starts_with("__") {

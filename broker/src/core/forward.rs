@@ -174,7 +174,12 @@ impl Core {
         if since >= end {
             return Ok(false);
         }
-        c.seek((topic, partition), since)
+        // Retention may have moved the start past `since`.
+        c.seek_to_beginning(&[(topic, partition)])
+            .await
+            .map_err(|e| format!("start of {topic}/{partition}: {e}"))?;
+        let start = c.position((topic, partition)).unwrap_or(since);
+        c.seek((topic, partition), since.max(start))
             .map_err(|e| e.to_string())?;
         let deadline = tokio::time::Instant::now() + FIND_TIMEOUT;
         while c.position((topic, partition)).is_some_and(|p| p < end) {

@@ -89,6 +89,8 @@ struct Inner {
     cursor: usize,
     /// Deleted: requests get GROUP_ID_NOT_FOUND.
     deleted: bool,
+    /// Topics with partitions this broker holds no replica of, already logged.
+    unhosted_logged: std::collections::HashSet<Arc<str>>,
 }
 
 /// One queue group.
@@ -289,6 +291,7 @@ impl Inner {
             qps: BTreeMap::new(),
             cursor: 0,
             deleted: false,
+            unhosted_logged: std::collections::HashSet::new(),
         }
     }
 
@@ -322,6 +325,16 @@ impl Inner {
         now: Millis,
     ) {
         let Some(t) = topics.get(topic) else { return };
+        if t.partitions.len() < t.count as usize && self.unhosted_logged.insert(topic.clone()) {
+            // Not handed out by this coordinator yet (docs/cluster.md, "Queue groups").
+            tracing::warn!(
+                group,
+                topic = %topic,
+                hosted = t.partitions.len(),
+                partitions = t.count,
+                "the queue group's coordinator holds no replica of some partitions of this topic; their records are not handed out"
+            );
+        }
         for p in &t.partitions {
             let tp: Tp = (topic.clone(), p.index);
             if self.qps.contains_key(&tp) {

@@ -31,6 +31,9 @@ use tokio::sync::Mutex;
 use super::Core;
 use super::partition::{Durability, Partition};
 
+/// Largest copy the producer sends (the leader refuses what its topic does not take).
+const COPY_MAX_RECORD_BYTES: usize = 64 << 20;
+
 /// How long a remote search for copies may take before the round gives up (and retries).
 const FIND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -77,6 +80,10 @@ impl Forward {
         let mut config = ProducerConfig::new(self.bootstrap()?);
         config.client.client_id = "strom-broker-copies".into();
         config.acks = strom_client::Acks::Durable;
+        // A copy is as large as its record plus a few headers: the target topic's
+        // `max.message.bytes` is the limit that counts, and the leader applies it.
+        config.max_record_size = COPY_MAX_RECORD_BYTES;
+        config.buffer_memory = 2 * COPY_MAX_RECORD_BYTES;
         let p = Producer::connect(config)
             .await
             .map_err(|e| format!("copy producer: {e}"))?;

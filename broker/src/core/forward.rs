@@ -14,8 +14,9 @@
 //!
 //! The one case a remote copy can be written twice: this broker dies after the leader appended
 //! the copies and before they were acknowledged, the next coordinator looks for them while
-//! they are still above the leader's high watermark, and they are committed after all. The
-//! window is the replication of one append; docs/queues.md states it.
+//! they are still above the leader's high watermark, and they are committed after all (the
+//! window is one append's replication, or until the ISR drops this broker when it was an
+//! in-sync follower of that partition); docs/queues.md states it.
 
 use std::sync::Arc;
 use std::time::Duration;

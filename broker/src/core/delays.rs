@@ -89,6 +89,17 @@ struct Entries {
     by_time: BTreeSet<(i64, i64)>,
 }
 
+/// The runs that overlap `first..=last`, in offset order: a run starting before `first` may
+/// reach into it.
+fn touching(e: &Entries, first: i64, last: i64) -> impl Iterator<Item = (&i64, &(i64, i64))> + '_ {
+    let before = e
+        .by_offset
+        .range(..first)
+        .next_back()
+        .filter(|(_, (l, _))| *l >= first);
+    before.into_iter().chain(e.by_offset.range(first..=last))
+}
+
 /// One partition's delayed runs.
 #[derive(Debug, Default)]
 pub struct DelayIndex {
@@ -159,15 +170,7 @@ impl DelayIndex {
             return None;
         }
         let e = self.lock();
-        // A run starting before `first` may reach into it.
-        let before = e
-            .by_offset
-            .range(..first)
-            .next_back()
-            .filter(|(_, (l, _))| *l >= first);
-        before
-            .into_iter()
-            .chain(e.by_offset.range(first..=last))
+        touching(&e, first, last)
             .filter_map(|(&f, &(l, at))| {
                 fired.pending(Delay {
                     first: f,
@@ -306,14 +309,7 @@ impl DelayIndex {
             return Vec::new();
         }
         let e = self.lock();
-        let before = e
-            .by_offset
-            .range(..first)
-            .next_back()
-            .filter(|(_, (l, _))| *l >= first);
-        before
-            .into_iter()
-            .chain(e.by_offset.range(first..=last))
+        touching(&e, first, last)
             .map(|(&first, &(last, at))| Delay { first, last, at })
             .collect()
     }

@@ -1,8 +1,8 @@
 //! Three `strom serve` processes forming one cluster over loopback (each a voter of the
 //! metadata quorum), for the cluster and replication tests.
 //!
-//! Controller ports are taken from the OS (bound to port 0, then released) just before the
-//! brokers start; every other port is the broker's own pick.
+//! Controller ports are taken from the OS (all three bound to port 0 at once, then released)
+//! just before the brokers start; every other port is the broker's own pick.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -62,12 +62,15 @@ impl Cluster {
     /// ([`Broker::start_wrapped`]; empty: directly).
     pub fn start_wrapped(extra: &[&str], wrap: impl Fn(usize, &Path) -> Vec<String>) -> Cluster {
         let ip = cluster_ip();
-        let ports: Vec<u16> = (0..3)
-            .map(|_| {
-                let l = TcpListener::bind((ip, 0)).expect("a free port");
-                l.local_addr().expect("its address").port()
-            })
+        // All three held at once, so the OS hands out three different ports, then released.
+        let held: Vec<TcpListener> = (0..3)
+            .map(|_| TcpListener::bind((ip, 0)).expect("a free port"))
             .collect();
+        let ports: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().expect("its address").port())
+            .collect();
+        drop(held);
         let voters = ports
             .iter()
             .enumerate()

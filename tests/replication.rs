@@ -68,6 +68,62 @@ fn acks_all_survives_the_leaders_death_and_the_old_leader_rejoins() {
     assert_holds(&cluster, third, "orders", 70);
 }
 
+/// A follower megabytes behind (many fetches' worth, so it appends one answer while its next
+/// fetch is out) catches up to its leader's log byte for byte, rejoins the ISR and, elected in
+/// the leader's place, serves every record.
+#[test]
+fn a_follower_megabytes_behind_catches_up_to_the_same_bytes() {
+    let mut cluster = Cluster::start();
+    // Two replicas: the third broker keeps the metadata quorum when the leader dies.
+    create(&cluster, "bulk", 2, &[]);
+    let (leader, follower) = leader_and_follower(&cluster, "bulk");
+    cluster.kill(follower);
+
+    // 8 MiB: 128 batches of 64 records of 1 KiB, eight times a replica fetch's 1 MiB.
+    let (batches, per_batch) = (128, 64);
+    let mut c = cluster.broker(leader).client();
+    for i in 0..batches {
+        let records: Vec<Rec> = (0..per_batch)
+            .map(|j| {
+                let mut value = format!("record {}", i * per_batch + j).into_bytes();
+                value.resize(1024, b'.');
+                Rec {
+                    value: Some(value),
+                    ..Rec::default()
+                }
+            })
+            .collect();
+        let p = c.produce("bulk", 0, &[batch_of(&records)], Acks::Leader);
+        assert_eq!(p.error_code(), ErrorCode::None, "batch {i}: {p:?}");
+        assert_eq!(p.base_offset, (i * per_batch) as i64);
+    }
+    let (_, on_leader) = cluster.broker(leader).client().fetch_all_raw("bulk", 0);
+    assert!(on_leader.len() > 8 << 20, "{} bytes", on_leader.len());
+
+    cluster.restart(follower);
+    eventually("the follower back in the ISR", || {
+        let p = partition(&cluster, leader, "bulk");
+        (p.isr_nodes.len() == 2).then_some(())
+    });
+    cluster.kill(leader);
+    let elected = leader_other_than(&cluster, "bulk", Some(leader), follower);
+    assert_eq!(elected, follower, "the only other replica");
+    eventually("the new leader's high watermark", || {
+        let p = cluster
+            .broker(follower)
+            .client()
+            .fetch("bulk", 0, 0, 0, 0, 0);
+        (p.high_watermark >= (batches * per_batch) as i64).then_some(())
+    });
+    let (_, on_follower) = cluster.broker(follower).client().fetch_all_raw("bulk", 0);
+    assert_eq!(on_follower.len(), on_leader.len(), "bytes held");
+    let first_difference = on_follower.iter().zip(&on_leader).position(|(a, b)| a != b);
+    assert_eq!(
+        first_difference, None,
+        "the follower's log differs from the leader's"
+    );
+}
+
 #[test]
 fn under_min_insync_replicas_acks_all_is_refused_and_acks_1_goes_on() {
     let mut cluster = Cluster::start();

@@ -740,6 +740,7 @@ mod tests {
                         last_fetched_epoch: Some(0),
                         durable_offset: 100,
                         partition_max_bytes: 1 << 20,
+                        held_offset: Some(110),
                     }],
                 }],
             }

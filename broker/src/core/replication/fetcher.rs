@@ -1,6 +1,9 @@
 //! The follower's side: one fetcher task per leader broker, fetching every partition this
 //! broker follows from it with one ReplicaFetch at a time over one connection (Kafka's replica
-//! fetcher thread, as a task).
+//! fetcher thread, as a task). While the follower is behind, one answer's batches are appended
+//! while the next fetch is out (from where they will end; its `held_offset` tells the leader
+//! what is stored so far), so sending and storing overlap; once it has caught up, each answer
+//! is appended before the next fetch reports the new log end.
 //!
 //! [`Fetchers::assign`] takes the plan the metadata image calls for (per leader: its native
 //! address and the partitions followed from it, each in its leader epoch) after every image
@@ -20,6 +23,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 use strom_protocol::ErrorCode;
+use strom_protocol::batch::{BatchHeader, peek_total_len};
 use strom_protocol::frame::decode_frame;
 use strom_protocol::messages::{
     ReplicaFetchPartition, ReplicaFetchPartitionResponse, ReplicaFetchRequest,
@@ -153,9 +157,14 @@ async fn run(
     let mut conn: Option<Conn> = None;
     let mut backoff = Duration::from_millis(20);
     let mut warned = false;
+    let mut ahead: Option<Ahead> = None;
     loop {
         if shutdown.is_cancelled() {
             return;
+        }
+        // A new plan may re-read positions from the logs: the answer still to append first.
+        if let Some(a) = ahead.take_if(|_| plan.has_changed().unwrap_or(true)) {
+            apply(leader, &a.plan, &mut positions, a.response).await;
         }
         let current = plan.borrow_and_update().clone();
         // Positions of newly followed partitions (or new epochs) come from their logs.
@@ -197,6 +206,10 @@ async fn run(
             })
             .collect();
         let Some(addr) = current.addr.clone().filter(|_| !wanted.is_empty()) else {
+            if let Some(a) = ahead.take() {
+                apply(leader, &a.plan, &mut positions, a.response).await;
+                continue;
+            }
             // Nothing to fetch now: wait for a new plan, or for a refused partition's turn.
             let next = positions.values().filter_map(|p| p.until).min();
             tokio::select! {
@@ -207,6 +220,9 @@ async fn run(
             continue;
         };
         if conn.is_none() {
+            if let Some(a) = ahead.take() {
+                apply(leader, &a.plan, &mut positions, a.response).await;
+            }
             match Conn::connect(&addr).await {
                 Ok(c) => {
                     conn = Some(c);
@@ -230,10 +246,23 @@ async fn run(
                 }
             }
         }
-        let request = fetch_request(me, current.broker_epoch, &wanted, &positions);
+        let request = fetch_request(
+            me,
+            current.broker_epoch,
+            &wanted,
+            &positions,
+            ahead.as_ref().map(|a| &a.ends),
+        );
         let Some(c) = conn.as_mut() else { continue };
-        let response = tokio::select! {
-            r = c.call(request) => r,
+        // The previous answer's batches are appended while this fetch is out.
+        let pending = ahead.take();
+        let appended = async {
+            let a = pending?;
+            apply(leader, &a.plan, &mut positions, a.response).await;
+            Some(a.ends)
+        };
+        let (response, predicted) = tokio::select! {
+            r = async { tokio::join!(c.call(request), appended) } => r,
             () = shutdown.cancelled() => return,
         };
         let response = match response {
@@ -244,8 +273,81 @@ async fn run(
                 continue;
             }
         };
-        apply(leader, &current, &mut positions, response).await;
+        if let Some(ends) = predicted
+            && ends
+                .iter()
+                .any(|(key, end)| positions.get(key).map(|p| p.at) != Some(*end))
+        {
+            // An append ended elsewhere than its batches said (or failed): this answer was
+            // read from the wrong offsets.
+            tracing::debug!(
+                leader,
+                "a pipelined replica fetch missed the log's end; fetching again"
+            );
+            continue;
+        }
+        match ends_after(&response) {
+            Some(ends) => {
+                ahead = Some(Ahead {
+                    plan: current,
+                    response,
+                    ends,
+                })
+            }
+            None => apply(leader, &current, &mut positions, response).await,
+        }
     }
+}
+
+/// An answer whose batches are appended while the next fetch is in flight: the plan it
+/// answered and where each partition's log ends once they are.
+struct Ahead {
+    plan: Plan,
+    response: ReplicaFetchResponse,
+    ends: HashMap<Key, Position>,
+}
+
+/// Where the logs of `response`'s partitions end once its batches are appended, when the next
+/// fetch may go out before they are: every partition answered plain batches (no error, no
+/// divergence; the writer's checks may still refuse them, which the fetcher sees before it uses
+/// the next answer) and one of them is still behind its leader. `None` otherwise: the answer
+/// is applied first, so a follower that has caught up reports its new log end (and an
+/// `acks=all` produce waiting for it is answered) at once rather than one long poll later.
+fn ends_after(response: &ReplicaFetchResponse) -> Option<HashMap<Key, Position>> {
+    let mut ends = HashMap::new();
+    let mut behind = false;
+    for topic in &response.topics {
+        for p in &topic.partitions {
+            if p.error_code != 0 || p.diverging_epoch.is_some() {
+                return None;
+            }
+            if p.records.is_empty() {
+                continue;
+            }
+            let last = last_batch(&p.records)?;
+            behind |= last.next_offset() < p.log_end_offset;
+            ends.insert(
+                (Arc::from(topic.name.as_str()), p.partition),
+                Position {
+                    end: last.next_offset(),
+                    last_epoch: Some(last.partition_leader_epoch),
+                },
+            );
+        }
+    }
+    behind.then_some(ends)
+}
+
+/// The header of the last of `records`' batches, if they are whole batches.
+fn last_batch(records: &[u8]) -> Option<BatchHeader> {
+    let mut rest = records;
+    let mut last = None;
+    while !rest.is_empty() {
+        let len = peek_total_len(rest).ok()??;
+        last = Some(BatchHeader::parse(rest.get(..len)?).ok()?);
+        rest = &rest[len..];
+    }
+    last
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -260,21 +362,26 @@ fn fetch_request(
     broker_epoch: u64,
     wanted: &[&Followed],
     positions: &HashMap<Key, Pos>,
+    ahead: Option<&HashMap<Key, Position>>,
 ) -> ReplicaFetchRequest {
     let mut topics: Vec<ReplicaFetchTopic> = Vec::new();
     // Each topic's place in `topics`, so grouping is linear in the partitions.
     let mut slot: HashMap<&str, usize> = HashMap::new();
     for f in wanted {
-        let Some(pos) = positions.get(&(f.topic.clone(), f.index)) else {
+        let key = (f.topic.clone(), f.index);
+        let Some(pos) = positions.get(&key) else {
             continue;
         };
+        let next = ahead.and_then(|a| a.get(&key)).copied();
+        let from = next.unwrap_or(pos.at);
         let partition = ReplicaFetchPartition {
             partition: f.index,
             current_leader_epoch: f.epoch,
-            fetch_offset: pos.at.end,
-            last_fetched_epoch: pos.at.last_epoch,
+            fetch_offset: from.end,
+            last_fetched_epoch: from.last_epoch,
             durable_offset: f.partition.reader().durable_offset().min(pos.at.end),
             partition_max_bytes: PARTITION_BYTES,
+            held_offset: next.map(|_| pos.at.end),
         };
         match slot.get(&*f.topic) {
             Some(&i) => topics[i].partitions.push(partition),
@@ -502,3 +609,7 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "fetcher_tests.rs"]
+mod tests;

@@ -6,8 +6,9 @@
 //! (`fetcher`) speak its wire messages directly instead of going through a front-end. Each
 //! partition is checked against the image this broker has followed (it leads it, in the epoch
 //! the follower names, and the follower is one of its replicas), then against the log's leader
-//! epochs (KIP-320's divergence check); only then does the follower's fetch offset count as its
-//! log end in the leader's view (which moves the HW). A fetch that finds nothing new waits for
+//! epochs (KIP-320's divergence check); only then does the follower's log end (its fetch
+//! offset, or the lower `held_offset` of a follower still appending its previous answer) count
+//! in the leader's view (which moves the HW). A fetch that finds nothing new waits for
 //! an append to a partition led here with followers ([`Topics::appended`]), up to its
 //! `max_wait_ms`, as a consumer's long poll waits on the HW.
 //!
@@ -263,11 +264,26 @@ impl Core {
         if p.fetch_offset < start || p.fetch_offset > end {
             return Slot::Done(out_of_range(start, end));
         }
+        // A pipelining follower still appends what it asked for before: only what it holds
+        // counts as its log end.
+        let held = p.held_offset.unwrap_or(p.fetch_offset);
+        if !(0..=p.fetch_offset).contains(&held) {
+            return Slot::Done(failed(
+                index,
+                (
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "held offset {held} is not between 0 and the fetch offset {}",
+                        p.fetch_offset
+                    ),
+                ),
+            ));
+        }
         let marks = match part.replica().follower_fetched(
             req.replica_id,
             req.broker_epoch,
             led,
-            p.fetch_offset,
+            held,
             p.durable_offset,
         ) {
             Ok(marks) => marks,
